@@ -1,0 +1,98 @@
+"""RFC 9457 problem details for every error the API returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from conveyor.errors import (
+    BrokerUnavailableError,
+    ConveyorError,
+    FunctionNotFoundError,
+    FunctionUnavailableError,
+    InputTooLargeError,
+    InputValidationError,
+    InvocationFinishedError,
+    InvocationNotFoundError,
+)
+from conveyor.log import get_logger
+
+log = get_logger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_SECONDS = 5
+
+_STATUS: dict[type[ConveyorError], tuple[int, str]] = {
+    FunctionNotFoundError: (404, "function-not-found"),
+    InvocationNotFoundError: (404, "invocation-not-found"),
+    InputValidationError: (422, "invalid-input"),
+    InputTooLargeError: (413, "input-too-large"),
+    InvocationFinishedError: (409, "invocation-finished"),
+    FunctionUnavailableError: (503, "function-unavailable"),
+    BrokerUnavailableError: (503, "broker-unavailable"),
+}
+
+
+def problem(
+    status: int,
+    slug: str,
+    detail: str,
+    request: Request[Any, Any, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {
+        "type": f"urn:conveyor:problem:{slug}",
+        "title": slug.replace("-", " ").capitalize(),
+        "status": status,
+        "detail": detail,
+    }
+    if request is not None:
+        body["instance"] = request.url.path
+    body.update(extra)
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def conveyor_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    assert isinstance(exc, ConveyorError)
+    status, slug = next(
+        (v for cls, v in _STATUS.items() if isinstance(exc, cls)), (500, "internal-error")
+    )
+    headers, extra = None, {}
+    if isinstance(exc, BrokerUnavailableError):
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        log.warning("broker_unavailable", error=str(exc), path=request.url.path)
+    if isinstance(exc, InputValidationError):
+        extra["errors"] = exc.errors
+    return problem(status, slug, str(exc), request, headers, **extra)
+
+
+def http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    assert isinstance(exc, HTTPException)
+    extra: dict[str, Any] = {}
+    if isinstance(exc, ValidationException) and exc.extra:
+        extra["errors"] = exc.extra
+    slug = {
+        400: "bad-request",
+        404: "not-found",
+        405: "method-not-allowed",
+        413: "request-too-large",
+        415: "unsupported-media-type",
+    }.get(exc.status_code, "http-error")
+    return problem(exc.status_code, slug, exc.detail, request, exc.headers, **extra)
+
+
+def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("api_unexpected_error", path=request.url.path, error=repr(exc))
+    return problem(500, "internal-error", "internal error; see the API's log", request)
+
+
+EXCEPTION_HANDLERS = {
+    ConveyorError: conveyor_error,
+    HTTPException: http_error,
+    Exception: unexpected_error,
+}
+
+__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "problem"]

@@ -1,0 +1,199 @@
+"""``conveyor``: api, worker, redis, check, ls, invoke."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+
+from conveyor.errors import ConveyorError
+from conveyor.log import configure_logging
+from conveyor.settings import Settings, get_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = get_settings()
+        configure_logging(settings.log.level, settings.log.format)
+        return int(args.run(settings, args))
+    except ConveyorError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="command")
+
+    api = sub.add_parser("api", help="run the HTTP API")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.set_defaults(run=_api)
+
+    worker = sub.add_parser("worker", help="run a worker for some or all queues")
+    worker.add_argument("--queues", help="comma-separated; default: every queue in deploy.toml")
+    worker.add_argument("--concurrency", type=int, help="processes (default: [worker])")
+    worker.set_defaults(run=_worker)
+
+    redis = sub.add_parser("redis", help="run redis-server on deploy.toml's port, persistent")
+    redis.set_defaults(run=_redis)
+
+    check = sub.add_parser("check", help="validate deploy.toml and every function folder")
+    check.set_defaults(run=_check)
+
+    ls = sub.add_parser("ls", help="list the functions the API serves")
+    ls.add_argument("--url", help="API base URL (default: from deploy.toml)")
+    ls.set_defaults(run=_ls)
+
+    invoke = sub.add_parser("invoke", help="invoke a function through the API")
+    invoke.add_argument("name")
+    invoke.add_argument("--input", required=True, help="the input, as JSON")
+    invoke.add_argument("--wait", type=float, default=30.0, help="seconds to wait (0: don't)")
+    invoke.add_argument("--priority", type=int)
+    invoke.add_argument("--url", help="API base URL (default: from deploy.toml)")
+    invoke.set_defaults(run=_invoke)
+    return parser
+
+
+def _api(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from conveyor.api.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.api.host,
+        port=args.port or settings.api.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from conveyor.queueing.worker import WorkerProcess
+
+    queues = args.queues.split(",") if args.queues else list(settings.queues)
+    try:
+        worker = WorkerProcess(
+            settings,
+            [q.strip() for q in queues if q.strip()],
+            args.concurrency or settings.worker.concurrency,
+        )
+    except ValueError as exc:
+        raise ConveyorError(str(exc)) from None
+    worker.run()
+    return 0
+
+
+def _redis(settings: Settings, args: argparse.Namespace) -> int:
+    url = urlparse(settings.redis.url)
+    if url.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ConveyorError(
+            f"redis.url points at {url.hostname}; `conveyor redis` runs a local one"
+        )
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ConveyorError("redis-server is not installed; `make run` installs it")
+    settings.redis.data_dir.mkdir(parents=True, exist_ok=True)
+    # appendonly: every accepted invocation survives a Redis restart (fsync each second);
+    # noeviction: Redis refuses writes when full rather than dropping queued work.
+    os.execv(
+        binary,
+        [
+            binary,
+            "--port",
+            str(url.port or 6379),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(settings.redis.data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--maxmemory-policy",
+            "noeviction",
+            "--save",
+            "",
+            "--protected-mode",
+            "yes",
+        ],
+    )
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    from conveyor.functions.registry import Registry
+
+    registry = Registry(settings.functions.dir, settings.queues, import_code=True)
+    registry.refresh()
+    entries = registry.entries()
+    print(f"settings ok; functions in {settings.functions.dir}: {len(entries)}")
+    for entry in entries:
+        if entry.error:
+            print(f"  ERROR {entry.name}: {entry.error}")
+        else:
+            assert entry.spec is not None
+            print(
+                f"  ok    {entry.name} {entry.spec.version} queue={entry.spec.manifest.queue.name}"
+            )
+    return 1 if any(e.error for e in entries) else 0
+
+
+def _base_url(settings: Settings, args: argparse.Namespace) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    host = settings.api.host if settings.api.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    return f"http://{host}:{settings.api.port}"
+
+
+def _request(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    try:
+        return httpx.request(method, url, **kwargs)
+    except httpx.HTTPError as exc:
+        raise ConveyorError(
+            f"cannot reach the API at {url}: {exc}; is `conveyor api` running?"
+        ) from None
+
+
+def _ls(settings: Settings, args: argparse.Namespace) -> int:
+    response = _request("GET", f"{_base_url(settings, args)}/functions", timeout=10)
+    for fn in response.json()["functions"]:
+        line = f"{fn['name']:<24} {fn['status']:<6} {fn.get('version') or '-':<13}"
+        line += f" queue={fn.get('queue', '-')} priority={fn.get('priority', '-')}"
+        print(line + (f"\n    {fn['error']}" if fn.get("error") else ""))
+    return 0
+
+
+def _invoke(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        value = json.loads(args.input)
+    except json.JSONDecodeError as exc:
+        raise ConveyorError(f"--input is not valid JSON: {exc}") from None
+    body: dict[str, Any] = {"input": value}
+    if args.priority is not None:
+        body["priority"] = args.priority
+    params = {"wait": args.wait} if args.wait else {}
+    response = _request(
+        "POST",
+        f"{_base_url(settings, args)}/functions/{args.name}/invoke",
+        json=body,
+        params=params,
+        timeout=(args.wait or 0) + 10,
+    )
+    result = response.json()
+    print(json.dumps(result, indent=2))
+    if response.status_code >= 400 or result.get("status") in ("failed", "cancelled"):
+        return 1
+    return 0

@@ -1,0 +1,60 @@
+"""One exception tree. Every error a user can cause says what to fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConveyorError(Exception):
+    """Conveyor failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class SettingsError(ConveyorError):
+    """The platform settings (deploy.toml or CONVEYOR_* variables) are invalid."""
+
+
+class ManifestError(ConveyorError):
+    """A function folder's function.toml is invalid."""
+
+
+class FunctionLoadError(ConveyorError):
+    """A function's code could not be imported or does not fit the handler contract."""
+
+
+class FunctionNotFoundError(ConveyorError):
+    """No function of that name is deployed."""
+
+
+class FunctionUnavailableError(ConveyorError):
+    """The function exists but has no good version to serve."""
+
+
+class InvocationNotFoundError(ConveyorError):
+    """No invocation of that id exists (never did, or its result expired)."""
+
+
+class InvocationFinishedError(ConveyorError):
+    """The invocation has already finished and cannot be cancelled."""
+
+
+class InputValidationError(ConveyorError):
+    """The input does not match the function's input schema."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+class InputTooLargeError(ConveyorError):
+    """The input is larger than the function accepts."""
+
+
+class OutputNotSerializableError(ConveyorError):
+    """The handler returned something that is not JSON-serialisable."""
+
+
+class BrokerUnavailableError(ConveyorError):
+    """Redis, the broker and result store, cannot be reached."""

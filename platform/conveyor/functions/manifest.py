@@ -1,0 +1,125 @@
+"""``function.toml``: the declarative half of a function folder.
+
+Every key but ``[function] handler`` has a default. Unknown keys, wrong types and
+out-of-range values raise :class:`ManifestError` naming the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from conveyor.errors import ManifestError
+from conveyor.settings import QueueSettings
+
+MANIFEST_FILE = "function.toml"
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+PositiveSeconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class FunctionSection(_Section):
+    handler: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    description: str = ""
+
+
+class QueueSection(_Section):
+    name: str = "default"
+    priority: Annotated[int, Field(ge=0, le=9)] = 5
+
+
+class ResourcesSection(_Section):
+    # GPU placement is not built yet: accepting gpu = 1 would silently run on a CPU.
+    gpu: Literal[0] = 0
+
+
+class LimitsSection(_Section):
+    timeout: PositiveSeconds = 30.0
+    soft_timeout: PositiveSeconds | None = None
+    max_input_bytes: Annotated[int, Field(gt=0, le=1024 * 1024 * 1024)] = 1024 * 1024
+
+    @model_validator(mode="after")
+    def _soft_below_hard(self) -> Self:
+        if self.soft_timeout is not None and self.soft_timeout >= self.timeout:
+            raise ValueError(
+                f"soft_timeout ({self.soft_timeout}) must be below timeout ({self.timeout})"
+            )
+        return self
+
+
+class RetriesSection(_Section):
+    max: Annotated[int, Field(ge=0, le=100)] = 0
+    backoff: Annotated[float, Field(ge=0, le=3600)] = 1.0
+    on: list[Annotated[str, Field(pattern=IDENTIFIER)]] = Field(default_factory=list)
+
+
+class ResultsSection(_Section):
+    ttl: Annotated[int, Field(gt=0, le=30 * 24 * 3600)] = 3600
+
+
+class Manifest(_Section):
+    function: FunctionSection
+    queue: QueueSection = QueueSection()
+    resources: ResourcesSection = ResourcesSection()
+    limits: LimitsSection = LimitsSection()
+    retries: RetriesSection = RetriesSection()
+    results: ResultsSection = ResultsSection()
+
+    @property
+    def module(self) -> str:
+        return self.function.handler.partition(":")[0]
+
+    @property
+    def attribute(self) -> str:
+        return self.function.handler.partition(":")[2]
+
+
+def parse_manifest(path: Path, queues: Mapping[str, QueueSettings]) -> Manifest:
+    """Read and validate one ``function.toml`` against the deployment's queues."""
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path}: missing; every function folder needs one") from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid TOML: {exc}") from exc
+    if "batching" in data:
+        raise ManifestError(f"{path}: [batching]: dynamic batching is not supported yet")
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(_describe(path, exc)) from exc
+    queue = queues.get(manifest.queue.name)
+    if queue is None:
+        raise ManifestError(
+            f"{path}: [queue] name: {manifest.queue.name!r} is not a queue of this deployment"
+            f" (deploy.toml has: {', '.join(sorted(queues))})"
+        )
+    if manifest.limits.timeout > queue.max_timeout:
+        raise ManifestError(
+            f"{path}: [limits] timeout: {manifest.limits.timeout}s exceeds queue"
+            f" {manifest.queue.name!r}'s max_timeout of {queue.max_timeout}s"
+        )
+    return manifest
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    reasons = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        where = f"[{loc[0]}] {'.'.join(loc[1:])}".strip() if len(loc) > 1 else f"[{loc[0]}]"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        reasons.append(f"{path}: {where}: {msg}")
+    return "; ".join(reasons)

@@ -1,0 +1,66 @@
+"""Hot reload: watchfiles events on the functions folder trigger ``Registry.refresh``.
+
+The API watches from its event loop (:func:`watch_async`); a worker's supervising parent
+watches from a daemon thread (:func:`watch_in_thread`). Both debounce briefly so that a
+folder copied in file by file is read once it is complete, well within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import watchfiles
+
+from conveyor.functions.registry import Change, Registry
+from conveyor.log import get_logger
+
+log = get_logger(__name__)
+
+DEBOUNCE_MS = 150
+STEP_MS = 30
+
+
+def _relevant(change: watchfiles.Change, path: str) -> bool:
+    return "__pycache__" not in path and not path.endswith((".pyc", ".swp", "~"))
+
+
+async def watch_async(
+    registry: Registry, on_change: Callable[[list[Change]], None] | None = None
+) -> None:
+    """Refresh ``registry`` on every change under its root, until cancelled."""
+    registry.root.mkdir(parents=True, exist_ok=True)
+    async for _ in watchfiles.awatch(
+        registry.root, watch_filter=_relevant, debounce=DEBOUNCE_MS, step=STEP_MS
+    ):
+        changes = await asyncio.to_thread(registry.refresh)
+        if changes and on_change is not None:
+            on_change(changes)
+
+
+def watch_in_thread(
+    registry: Registry, on_change: Callable[[list[Change]], None] | None = None
+) -> threading.Event:
+    """Start a daemon thread that refreshes ``registry``; set the returned event to stop."""
+    stop = threading.Event()
+    registry.root.mkdir(parents=True, exist_ok=True)
+
+    def run() -> None:
+        for _ in watchfiles.watch(
+            registry.root,
+            watch_filter=_relevant,
+            debounce=DEBOUNCE_MS,
+            step=STEP_MS,
+            stop_event=stop,
+        ):
+            try:
+                changes = registry.refresh()
+            except Exception:
+                log.exception("function_refresh_failed")
+                continue
+            if changes and on_change is not None:
+                on_change(changes)
+
+    threading.Thread(target=run, name="conveyor-watch", daemon=True).start()
+    return stop

@@ -1,0 +1,250 @@
+"""The queueing seam as the API and the CLI see it: submit, get, wait, cancel, depths.
+
+Async end to end on ``redis.asyncio``: a submit is one Redis transaction (record + message);
+waiting for a result is a future woken by one shared pub/sub subscription per process, so a
+thousand waiting clients cost neither threads nor polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from conveyor.errors import (
+    BrokerUnavailableError,
+    InvocationFinishedError,
+    InvocationNotFoundError,
+)
+from conveyor.functions.registry import FunctionSpec
+from conveyor.log import get_logger
+from conveyor.queueing import keys
+from conveyor.queueing.celery_app import create_celery
+from conveyor.queueing.jobs import (
+    ACTIVE,
+    TRANSITION,
+    JobRecord,
+    JobStatus,
+    new_job_fields,
+    transition_args,
+)
+from conveyor.queueing.messages import Invocation, encode_message
+from conveyor.settings import Settings
+
+log = get_logger(__name__)
+
+
+@contextlib.contextmanager
+def broker_errors() -> Iterator[None]:
+    """Turn any failure to talk to Redis into :class:`BrokerUnavailableError`."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise BrokerUnavailableError(f"Redis is unreachable: {exc}") from exc
+
+
+class QueueClient:
+    """Submit invocations and read their records; one per process, shared by requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = aioredis.Redis.from_url(
+            settings.redis.url,
+            decode_responses=True,
+            socket_connect_timeout=settings.redis.connect_timeout,
+            socket_timeout=settings.redis.socket_timeout,
+            health_check_interval=30,
+        )
+        self.celery = create_celery(settings)
+        self._transition = self.redis.register_script(TRANSITION)
+        # Its own connection with no read timeout: it idles until an invocation finishes.
+        self._waiters = _Waiters(
+            aioredis.Redis.from_url(
+                settings.redis.url,
+                decode_responses=True,
+                socket_connect_timeout=settings.redis.connect_timeout,
+                health_check_interval=30,
+            )
+        )
+
+    async def start(self) -> None:
+        self._waiters.start()
+
+    async def close(self) -> None:
+        await self._waiters.stop()
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def submit(self, spec: FunctionSpec, raw_input: Any, priority: int | None) -> JobRecord:
+        """Store the record and enqueue the message in one transaction; then it is a promise."""
+        manifest = spec.manifest
+        inv = Invocation(
+            id=str(uuid.uuid4()),
+            function=spec.name,
+            version=spec.version,
+            input=raw_input,
+            queue=manifest.queue.name,
+            priority=manifest.queue.priority if priority is None else priority,
+            timeout=manifest.limits.timeout,
+            soft_timeout=manifest.limits.soft_timeout,
+        )
+        queue_key, message = encode_message(self.celery, inv)
+        fields = new_job_fields(
+            inv.function, inv.version, inv.queue, inv.priority, manifest.results.ttl
+        )
+        with broker_errors():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(keys.job(inv.id), mapping=cast(dict[Any, Any], fields))
+                pipe.expire(keys.job(inv.id), self.settings.results.pending_ttl)
+                pipe.lpush(queue_key, message)
+                await pipe.execute()
+        log.info(
+            "invocation_queued",
+            function=inv.function,
+            version=inv.version,
+            invocation_id=inv.id,
+            queue=inv.queue,
+            priority=inv.priority,
+        )
+        return JobRecord.from_hash(inv.id, fields)
+
+    async def get(self, invocation_id: str, function: str | None = None) -> JobRecord:
+        with broker_errors():
+            raw = await self.redis.hgetall(keys.job(invocation_id))
+        if not raw or (function is not None and raw.get("function") != function):
+            where = f" of function {function!r}" if function else ""
+            raise InvocationNotFoundError(
+                f"no invocation {invocation_id!r}{where} (never submitted, or its result expired)"
+            )
+        return JobRecord.from_hash(invocation_id, cast(dict[str, str], raw))
+
+    async def wait(
+        self, invocation_id: str, timeout: float, function: str | None = None
+    ) -> JobRecord:
+        """The record once final, or as it stands after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            with self._waiters.watch(invocation_id) as woken:
+                record = await self.get(invocation_id, function)
+                remaining = deadline - loop.time()
+                if record.status.final or remaining <= 0:
+                    return record
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken, remaining)
+
+    async def cancel(self, invocation_id: str, function: str | None = None) -> JobRecord:
+        """Cancel a queued or running invocation; a running attempt is killed."""
+        record = await self.get(invocation_id, function)
+        keys_, args = transition_args(
+            invocation_id,
+            ACTIVE,
+            JobStatus.CANCELLED,
+            error=json.dumps({"type": "Cancelled", "message": "cancelled by request"}),
+        )
+        with broker_errors():
+            changed, previous = await self._transition(keys=keys_, args=args)
+        if not changed:
+            if not previous:
+                raise InvocationNotFoundError(f"no invocation {invocation_id!r}")
+            raise InvocationFinishedError(
+                f"invocation {invocation_id!r} already {previous}; nothing to cancel"
+            )
+        if previous in (JobStatus.RUNNING, JobStatus.RETRYING):
+            # Killing the pool process is the only way to stop arbitrary user code.
+            await asyncio.to_thread(
+                self.celery.control.revoke, invocation_id, terminate=True, signal="SIGKILL"
+            )
+        log.info("invocation_cancelled", function=record.function, invocation_id=invocation_id)
+        return await self.get(invocation_id, function)
+
+    async def depths(self, queues: list[str]) -> dict[str, int]:
+        """Messages waiting in each queue, over all priority levels."""
+        with broker_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    for key in keys.queue_lists(queue):
+                        pipe.llen(key)
+                sizes = await pipe.execute()
+        steps = len(keys.PRIORITY_STEPS)
+        return {q: sum(sizes[i * steps : (i + 1) * steps]) for i, q in enumerate(queues)}
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Live workers, from their heartbeats."""
+        with broker_errors():
+            names = [k async for k in self.redis.scan_iter(match=keys.worker("*"), count=100)]
+            values = await self.redis.mget(names) if names else []
+        return [json.loads(v) for v in values if v]
+
+
+class _Waiters:
+    """Futures keyed by invocation id, woken by the events channel."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._futures: dict[str, set[asyncio.Future[None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="conveyor-events")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.redis.aclose()
+
+    @contextlib.contextmanager
+    def watch(self, invocation_id: str) -> Iterator[asyncio.Future[None]]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._futures.setdefault(invocation_id, set()).add(future)
+        try:
+            yield future
+        finally:
+            waiting = self._futures.get(invocation_id)
+            if waiting is not None:
+                waiting.discard(future)
+                if not waiting:
+                    del self._futures[invocation_id]
+
+    def _wake(self, invocation_id: str) -> None:
+        for future in self._futures.get(invocation_id, ()):
+            if not future.done():
+                future.set_result(None)
+
+    def _wake_all(self) -> None:
+        for invocation_id in list(self._futures):
+            self._wake(invocation_id)
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                async for message in self._messages():
+                    backoff = 0.1
+                    self._wake(message)
+            except (RedisError, OSError) as exc:
+                log.warning("events_disconnected", error=str(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _messages(self) -> AsyncIterator[str]:
+        async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+            await pubsub.subscribe(keys.EVENTS_CHANNEL)
+            self._wake_all()  # anything that finished while we were not subscribed
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is not None and message["type"] == "message":
+                    yield str(message["data"])

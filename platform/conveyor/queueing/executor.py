@@ -1,0 +1,213 @@
+"""What a worker does with one message of the generic task.
+
+The executor lives in every worker process. In pool children it imports function code and
+runs it; in the supervising parent (which never imports user code, so never torch or CUDA)
+it records what only the parent sees: hard time limits and dead children.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Any
+
+import redis
+import structlog
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded, WorkerLostError
+
+from conveyor.errors import ConveyorError
+from conveyor.functions.loader import LoadedFunction
+from conveyor.functions.registry import Registry
+from conveyor.log import get_logger
+from conveyor.queueing import keys
+from conveyor.queueing.jobs import START, TRANSITION, JobStatus, transition_args
+from conveyor.runtime import Runner, error_payload
+from conveyor.settings import Settings
+
+log = get_logger(__name__)
+
+# A redelivered invocation (its worker died mid-attempt) gets this many starts beyond its
+# declared retries before it fails with WorkerLostError, so a handler that kills its own
+# process cannot loop forever.
+LOST_WORKER_ALLOWANCE = 2
+
+
+class Executor:
+    """Runs invocations in this process and writes their outcome to the job record."""
+
+    def __init__(self, settings: Settings, queues: list[str]) -> None:
+        self.settings = settings
+        self.queues = queues
+        self._redis: redis.Redis | None = None
+        self._registry: Registry | None = None
+        self._runner = Runner()
+        self._superseded: dict[str, set[str]] = {}
+
+    # -- per process -------------------------------------------------------------------
+
+    def init_process(self) -> None:
+        """In a fresh pool child: load the functions and set up those on our queues."""
+        self._redis = None
+        self._registry = Registry(
+            self.settings.functions.dir, self.settings.queues, import_code=True
+        )
+        self._registry.refresh()
+        for entry in self._registry.entries():
+            if entry.loaded is None or entry.loaded.manifest.queue.name not in self.queues:
+                continue
+            try:
+                self._runner.prepare(entry.loaded)
+            except Exception as exc:  # it fails visibly on its first invocation instead
+                log.error("function_setup_failed", function=entry.name, error=repr(exc))
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(
+                self.settings.redis.url,
+                decode_responses=True,
+                socket_connect_timeout=self.settings.redis.connect_timeout,
+                socket_timeout=self.settings.redis.socket_timeout,
+                retry_on_timeout=True,
+            )
+        return self._redis
+
+    def _transition(
+        self, invocation_id: str, allowed: tuple[JobStatus, ...], to: JobStatus, **fields: str
+    ) -> tuple[int, str]:
+        keys, args = transition_args(invocation_id, allowed, to, **fields)
+        changed, previous = self.redis.eval(TRANSITION, len(keys), *keys, *args)
+        return int(changed), str(previous)
+
+    def _function(self, name: str, version: str) -> LoadedFunction:
+        """The version to run: re-read the folder when the message names a version we
+        have not seen (a deploy the API saw before us, or a function new to us)."""
+        if self._registry is None:
+            self.init_process()
+        assert self._registry is not None
+        try:
+            entry = self._registry.entry(name)
+            known = entry.spec is not None and entry.spec.version == version
+        except ConveyorError:
+            known = False
+        if not known and version not in self._superseded.get(name, set()):
+            self._registry.refresh()
+            self._superseded.setdefault(name, set()).add(version)
+        loaded = self._registry.serving(name).loaded
+        assert loaded is not None
+        return loaded
+
+    # -- the task body ----------------------------------------------------------------
+
+    def execute(
+        self, task: Task[Any, Any], invocation_id: str, function: str, version: str, raw_input: Any
+    ) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            function=function,
+            invocation_id=invocation_id,
+            queue=(task.request.delivery_info or {}).get("routing_key"),
+        )
+        started = time.monotonic()
+        try:
+            fn = self._function(function, version)
+        except ConveyorError as exc:
+            if self._start(invocation_id, version) is not None:
+                self._fail(invocation_id, exc, started, traceback=False)
+            return
+        started_attempt = self._start(invocation_id, fn.version)
+        if started_attempt is None:
+            return
+        attempt, redelivered = started_attempt
+        structlog.contextvars.bind_contextvars(version=fn.version, attempt=attempt)
+        if redelivered and attempt > fn.manifest.retries.max + 1 + LOST_WORKER_ALLOWANCE:
+            lost = WorkerLostError(
+                f"the worker process died during each of the last {attempt - 1} attempts"
+            )
+            self._fail(invocation_id, lost, started, traceback=False)
+            return
+        try:
+            output = self._runner.run(fn, raw_input)
+        except (Exception, SystemExit) as exc:
+            self._handle_error(task, fn, invocation_id, exc, attempt=attempt, started=started)
+            return
+        changed, previous = self._transition(
+            invocation_id, (JobStatus.RUNNING,), JobStatus.SUCCEEDED, output=output
+        )
+        self._finished("succeeded" if changed else f"discarded_{previous}", started)
+
+    def _start(self, invocation_id: str, version: str) -> tuple[int, bool] | None:
+        """Mark an attempt started: (attempt number, whether a lost attempt preceded it),
+        or None when the invocation must not run (cancelled, finished, or unknown)."""
+        previous, attempts = self.redis.eval(
+            START, 1, keys.job(invocation_id), repr(time.time()), version
+        )
+        if not previous:
+            log.error("invocation_record_missing")
+            return None
+        if attempts == 0:
+            log.info("invocation_skipped", status=previous)
+            return None
+        return int(attempts), previous == JobStatus.RUNNING
+
+    def _handle_error(
+        self,
+        task: Task[Any, Any],
+        fn: LoadedFunction,
+        invocation_id: str,
+        exc: BaseException,
+        *,
+        attempt: int,
+        started: float,
+    ) -> None:
+        retries = fn.manifest.retries
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if attempt <= retries.max and names & set(retries.on):
+            delay = retries.backoff * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
+            self._transition(
+                invocation_id,
+                (JobStatus.RUNNING,),
+                JobStatus.RETRYING,
+                error=json.dumps(error_payload(exc)),
+            )
+            self._finished("retrying", started, error=repr(exc), retry_in=round(delay, 3))
+            # Celery republishes with the same id, queue and (broker) priority.
+            raise task.retry(countdown=delay, max_retries=None) from None
+        self._fail(invocation_id, exc, started)
+
+    def _fail(
+        self, invocation_id: str, exc: BaseException, started: float, traceback: bool = True
+    ) -> None:
+        if isinstance(exc, SoftTimeLimitExceeded):
+            exc = SoftTimeLimitExceeded(f"soft time limit exceeded: {exc}")
+        payload = error_payload(exc, with_traceback=traceback)
+        self._transition(
+            invocation_id, (JobStatus.RUNNING,), JobStatus.FAILED, error=json.dumps(payload)
+        )
+        self._finished("failed", started, error=f"{payload['type']}: {payload['message']}")
+
+    def _finished(self, outcome: str, started: float, **extra: Any) -> None:
+        duration = round((time.monotonic() - started) * 1000, 3)
+        log.info("invocation_finished", outcome=outcome, duration_ms=duration, **extra)
+
+    # -- the supervising parent ----------------------------------------------------------
+
+    def timed_out(self, invocation_id: str, timeout: float) -> None:
+        """The pool killed the attempt at its hard limit."""
+        error = {
+            "type": "TimeLimitExceeded",
+            "message": f"the attempt ran past its hard time limit of {timeout}s; it was killed",
+        }
+        self._transition(
+            invocation_id, (JobStatus.RUNNING,), JobStatus.FAILED, error=json.dumps(error)
+        )
+        log.warning(
+            "invocation_finished", invocation_id=invocation_id, outcome="timed_out", timeout=timeout
+        )
+
+    def worker_lost(self, invocation_id: str) -> None:
+        """The child running it died; Celery requeues the message."""
+        self._transition(invocation_id, (JobStatus.RUNNING,), JobStatus.QUEUED)
+        log.warning("invocation_requeued", invocation_id=invocation_id, reason="worker_lost")

@@ -1,0 +1,142 @@
+"""Job records: one Redis hash per invocation, changed only by atomic Lua transitions.
+
+Celery reports PENDING for ids it never saw, so Conveyor keeps its own record: it makes
+unknown ids a 404, carries timings and attempts, holds the output, and expires ``ttl``
+seconds after the invocation finishes. Every transition that ends an invocation publishes
+its id on :data:`keys.EVENTS_CHANNEL` in the same script, so waiters never miss it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from conveyor.queueing import keys
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING)
+
+# KEYS[1] job, KEYS[2] events channel. ARGV: allowed-from (space separated), to, ttl (0 =
+# keep, 'record' = the ttl the record was created with), publish (1/0), id, then
+# field/value pairs. Returns {changed, previous status}.
+TRANSITION = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {0, ''} end
+if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then
+  return {0, status}
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 6))
+local ttl = ARGV[3]
+if ttl == 'record' then ttl = redis.call('HGET', KEYS[1], 'ttl') or '3600' end
+if ttl ~= '0' then redis.call('EXPIRE', KEYS[1], ttl) end
+if ARGV[4] == '1' then redis.call('PUBLISH', KEYS[2], ARGV[5]) end
+return {1, status}
+"""
+
+# An attempt starts: from queued, retrying, or running (a redelivery after a lost worker).
+START = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'', 0} end
+if status ~= 'queued' and status ~= 'retrying' and status ~= 'running' then
+  return {status, 0}
+end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'version', ARGV[2])
+return {status, attempts}
+"""
+
+
+def now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What the API answers about one invocation."""
+
+    id: str
+    function: str
+    version: str
+    status: JobStatus
+    queue: str
+    priority: int
+    attempts: int
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    has_output: bool = False
+
+    @classmethod
+    def from_hash(cls, invocation_id: str, raw: dict[str, str]) -> JobRecord:
+        def opt(field: str) -> float | None:
+            value = raw.get(field)
+            return float(value) if value else None
+
+        return cls(
+            id=invocation_id,
+            function=raw["function"],
+            version=raw["version"],
+            status=JobStatus(raw["status"]),
+            queue=raw["queue"],
+            priority=int(raw["priority"]),
+            attempts=int(raw.get("attempts", 0)),
+            created_at=float(raw["created_at"]),
+            started_at=opt("started_at"),
+            finished_at=opt("finished_at"),
+            output=json.loads(raw["output"]) if "output" in raw else None,
+            error=json.loads(raw["error"]) if "error" in raw else None,
+            has_output="output" in raw,
+        )
+
+
+def new_job_fields(
+    function: str, version: str, queue: str, priority: int, ttl: int
+) -> dict[str, str]:
+    return {
+        "function": function,
+        "version": version,
+        "status": JobStatus.QUEUED,
+        "queue": queue,
+        "priority": str(priority),
+        "attempts": "0",
+        "created_at": repr(now()),
+        "ttl": str(ttl),
+    }
+
+
+def transition_args(
+    invocation_id: str,
+    allowed: tuple[JobStatus, ...],
+    to: JobStatus,
+    **fields: str,
+) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of :data:`TRANSITION`.
+
+    A final status publishes the id, stamps finished_at and starts the result's TTL.
+    """
+    ttl = "0"
+    if to.final:
+        fields.setdefault("finished_at", repr(now()))
+        ttl = "record"
+    args = [" ".join(allowed), to.value, ttl, "1" if to.final else "0", invocation_id]
+    for name, value in fields.items():
+        args += [name, value]
+    return [keys.job(invocation_id), keys.EVENTS_CHANNEL], args

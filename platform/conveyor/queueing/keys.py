@@ -1,0 +1,29 @@
+"""Every Redis key and channel Conveyor uses, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "conveyor"
+EVENTS_CHANNEL = f"{PREFIX}:events"  # payload: an invocation id that reached a final status
+WORKER_PREFIX = f"{PREFIX}:worker:"
+
+# kombu's Redis transport keeps one list per queue and priority step; we configure the
+# separator so the lists read as ``realtime``, ``realtime:1`` ... ``realtime:9``.
+PRIORITY_SEP = ":"
+PRIORITY_STEPS = list(range(10))
+
+
+def job(invocation_id: str) -> str:
+    return f"{PREFIX}:job:{invocation_id}"
+
+
+def worker(name: str) -> str:
+    return f"{WORKER_PREFIX}{name}"
+
+
+def queue_list(queue: str, broker_priority: int) -> str:
+    """The kombu list holding ``queue``'s messages of one (Redis-side) priority."""
+    return queue if broker_priority == 0 else f"{queue}{PRIORITY_SEP}{broker_priority}"
+
+
+def queue_lists(queue: str) -> list[str]:
+    return [queue_list(queue, p) for p in PRIORITY_STEPS]

@@ -1,0 +1,72 @@
+"""Building the broker message for one invocation, so it can be stored atomically.
+
+The API writes the job record and pushes the message in one Redis transaction (a 202 is a
+promise: there is never a record without its message, or a message without its record).
+That means writing to the list kombu's Redis transport reads, in its envelope format:
+Celery's own ``as_task_v2`` builds the task message; this module wraps it the way
+``kombu.transport.virtual.Channel.basic_publish`` does. The integration tests run real
+workers on these messages, so a kombu change that breaks the format fails them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from conveyor.queueing import keys
+from conveyor.queueing.celery_app import TASK_NAME, broker_priority
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What a worker needs to run one invocation."""
+
+    id: str
+    function: str
+    version: str
+    input: Any
+    queue: str
+    priority: int
+    timeout: float
+    soft_timeout: float | None
+
+
+def encode_message(app: Celery, inv: Invocation) -> tuple[str, str]:
+    """The Redis list to push to and the JSON envelope to push."""
+    task = app.amqp.as_task_v2(
+        inv.id,
+        TASK_NAME,
+        args=(),
+        kwargs={
+            "invocation_id": inv.id,
+            "function": inv.function,
+            "version": inv.version,
+            "input": inv.input,
+        },
+        time_limit=inv.timeout,  # type: ignore[arg-type]  # floats work; the stubs say int
+        soft_time_limit=inv.soft_timeout,  # type: ignore[arg-type]
+        shadow=inv.function,
+        ignore_result=True,
+    )
+    body = json.dumps(task.body, separators=(",", ":"))
+    priority = broker_priority(inv.priority)
+    envelope = {
+        "body": base64.b64encode(body.encode()).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": task.headers,
+        "properties": {
+            **task.properties,
+            "delivery_mode": 2,
+            "priority": priority,
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": inv.queue, "routing_key": inv.queue},
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return keys.queue_list(inv.queue, priority), json.dumps(envelope, separators=(",", ":"))

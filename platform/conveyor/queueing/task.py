@@ -1,0 +1,50 @@
+"""The one generic Celery task, and the request hooks its supervising parent runs.
+
+One task for every function (DESIGN decision 1): Celery's worker drops messages for task
+names it did not register at start-up, so a task per function could not be hot-added. The
+message carries the function name and version; ``shadow`` shows the function in logs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import WorkerLostError
+from celery.worker.request import Request
+
+from conveyor.queueing.celery_app import TASK_NAME
+from conveyor.queueing.executor import Executor
+
+
+def register_task(app: Celery, executor: Executor) -> Task[Any, Any]:
+    """Register ``conveyor.run`` on ``app``, delegating to ``executor``."""
+
+    class ConveyorRequest(Request):
+        def on_timeout(self, soft: bool, timeout: float) -> None:
+            super().on_timeout(soft, timeout)
+            if not soft:
+                executor.timed_out(self.id, timeout)
+
+        def on_failure(
+            self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+        ) -> None:
+            super().on_failure(exc_info, send_failed_event, return_ok)
+            if isinstance(exc_info.exception, WorkerLostError):
+                executor.worker_lost(self.id)
+
+    @app.task(
+        name=TASK_NAME,
+        bind=True,
+        Request=ConveyorRequest,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        max_retries=None,
+    )
+    def run(
+        self: Task[Any, Any], invocation_id: str, function: str, version: str, input: Any
+    ) -> None:
+        executor.execute(self, invocation_id, function, version, input)
+
+    return run

@@ -1,0 +1,163 @@
+"""``conveyor worker``: a supervising Celery parent and a prefork pool of children.
+
+The parent reads manifests only (never user code, so never torch or CUDA): it derives the
+visibility timeout from the longest hard limit, keeps it current as functions change, and
+writes a heartbeat so the API can say which queues have live workers. Each child imports
+the functions and runs ``setup()`` once when it starts (``worker_proc_alive_timeout`` is
+raised to ``[worker] start_timeout`` for model loading), then takes one message at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+from celery import signals
+
+from conveyor.functions.registry import Registry
+from conveyor.functions.watcher import watch_in_thread
+from conveyor.log import get_logger
+from conveyor.queueing import keys
+from conveyor.queueing.celery_app import create_celery
+from conveyor.queueing.executor import Executor
+from conveyor.queueing.task import register_task
+from conveyor.settings import Settings
+
+log = get_logger(__name__)
+
+VISIBILITY_MARGIN = 30.0
+MIN_LIMIT = 30.0
+
+
+def derived_visibility_timeout(registry: Registry) -> float:
+    """Longest hard limit of any function plus a margin.
+
+    kombu's Redis transport keeps one unacked set for all queues and every worker sweeps
+    all of it, so the figure must cover every function, not only this worker's queues.
+    """
+    limits = [e.spec.manifest.limits.timeout for e in registry.entries() if e.spec]
+    return max([MIN_LIMIT, *limits]) + VISIBILITY_MARGIN
+
+
+class WorkerProcess:
+    """The supervising parent of one ``conveyor worker``."""
+
+    def __init__(self, settings: Settings, queues: list[str], concurrency: int) -> None:
+        unknown = sorted(set(queues) - set(settings.queues))
+        if unknown:
+            raise ValueError(
+                f"unknown queue(s) {unknown}; deploy.toml has: {', '.join(settings.queues)}"
+            )
+        self.settings = settings
+        self.queues = queues
+        self.concurrency = concurrency
+        self.name = f"conveyor-{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
+        self.registry = Registry(settings.functions.dir, settings.queues, import_code=False)
+        self.registry.refresh()
+        self.visibility_timeout = self._visibility_timeout()
+        self.app = create_celery(settings, visibility_timeout=self.visibility_timeout)
+        self.executor = Executor(settings, queues)
+        register_task(self.app, self.executor)
+        self._consumer: Any = None
+        self._stop = threading.Event()
+
+    def _visibility_timeout(self) -> float:
+        derived = derived_visibility_timeout(self.registry)
+        configured = self.settings.worker.visibility_timeout
+        if configured is None:
+            return derived
+        if configured < derived - VISIBILITY_MARGIN:
+            log.warning(
+                "visibility_timeout_below_time_limit",
+                visibility_timeout=configured,
+                longest_limit=derived - VISIBILITY_MARGIN,
+                hint="a running invocation may be delivered twice; raise"
+                " [worker] visibility_timeout or unset it",
+            )
+        return configured
+
+    def run(self) -> None:
+        signals.setup_logging.connect(lambda **_: None, weak=False)
+        signals.worker_process_init.connect(lambda **_: self.executor.init_process(), weak=False)
+        signals.worker_ready.connect(self._on_ready, weak=False)
+        signals.worker_shutdown.connect(self._on_shutdown, weak=False)
+        if self.settings.functions.watch:
+            watch_in_thread(self.registry, lambda _: self._on_functions_changed())
+        log.info(
+            "worker_starting",
+            worker=self.name,
+            queues=self.queues,
+            concurrency=self.concurrency,
+            visibility_timeout=self.visibility_timeout,
+        )
+        self.app.worker_main(
+            [
+                "worker",
+                f"--queues={','.join(self.queues)}",
+                f"--concurrency={self.concurrency}",
+                "--pool=prefork",
+                f"--hostname={self.name}",
+                f"--loglevel={self.settings.log.level.upper()}",
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        )
+
+    def _on_functions_changed(self) -> None:
+        if self.settings.worker.visibility_timeout is not None:
+            return
+        new = derived_visibility_timeout(self.registry)
+        if new > self.visibility_timeout:
+            self.visibility_timeout = new
+            self._apply_visibility_timeout()
+
+    def _apply_visibility_timeout(self) -> None:
+        if self._consumer is None:
+            return
+        channel = self._consumer.connection.default_channel
+        channel.visibility_timeout = self.visibility_timeout
+        # kombu caches the figure on the channel's QoS object.
+        channel.qos.__dict__.pop("visibility_timeout", None)
+        log.info("visibility_timeout_raised", visibility_timeout=self.visibility_timeout)
+
+    def _on_ready(self, sender: Any = None, **_: Any) -> None:
+        self._consumer = sender
+        self._apply_visibility_timeout()
+        threading.Thread(target=self._heartbeat, name="conveyor-heartbeat", daemon=True).start()
+        log.info("worker_ready", worker=self.name, queues=self.queues)
+
+    def _on_shutdown(self, **_: Any) -> None:
+        self._stop.set()
+        with contextlib.suppress(redis.RedisError):
+            self._redis().delete(keys.worker(self.name))
+
+    def _redis(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.settings.redis.url, socket_connect_timeout=self.settings.redis.connect_timeout
+        )
+
+    def _heartbeat(self) -> None:
+        client = self._redis()
+        interval = self.settings.worker.heartbeat
+        started = time.time()
+        while not self._stop.is_set():
+            payload = {
+                "name": self.name,
+                "queues": self.queues,
+                "concurrency": self.concurrency,
+                "pid": os.getpid(),
+                "started_at": started,
+                "seen_at": time.time(),
+                "functions": {e.name: e.spec.version for e in self.registry.entries() if e.spec},
+            }
+            try:
+                client.set(keys.worker(self.name), json.dumps(payload), ex=int(interval * 3) + 1)
+            except redis.RedisError as exc:
+                log.warning("heartbeat_failed", error=str(exc))
+            self._stop.wait(interval)

@@ -1,0 +1,32 @@
+"""JSON in results: outputs and errors, never pickle."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from typing import Any
+
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from conveyor.errors import OutputNotSerializableError
+
+MAX_TRACEBACK = 4000
+
+
+def encode_output(output: Any) -> str:
+    """The handler's return value as a JSON document (pydantic models are dumped)."""
+    try:
+        return json.dumps(to_jsonable_python(output), allow_nan=False, separators=(",", ":"))
+    except (PydanticSerializationError, TypeError, ValueError) as exc:
+        raise OutputNotSerializableError(
+            f"the handler returned a {type(output).__name__}, which is not JSON-serialisable:"
+            f" {exc}; return dicts, lists, strings, numbers or pydantic models"
+        ) from None
+
+
+def error_payload(exc: BaseException, *, with_traceback: bool = True) -> dict[str, str]:
+    payload = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+    if with_traceback and exc.__traceback__ is not None:
+        tb = "".join(traceback.format_exception(exc))
+        payload["traceback"] = tb[-MAX_TRACEBACK:]
+    return payload

@@ -1,0 +1,175 @@
+"""Platform settings: deploy.toml, overridden key by key by ``CONVEYOR_<SECTION>__<KEY>``.
+
+``CONVEYOR_CONFIG`` names another file. Settings are built by :func:`load_settings` (tests
+call it with an explicit path) or read once per process through :func:`get_settings`; never
+at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from conveyor.errors import SettingsError
+from conveyor.log import LogFormat
+
+CONFIG_ENV = "CONVEYOR_CONFIG"
+DEFAULT_CONFIG = "deploy.toml"
+QUEUE_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6390/0"
+    data_dir: Path = Field(Path(".conveyor/redis"), description="where `conveyor redis` persists")
+    connect_timeout: Seconds = 2.0
+    socket_timeout: Seconds = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    max_wait: Seconds = Field(60.0, le=600)
+
+
+class FunctionsSettings(_Section):
+    dir: Path = Path("functions")
+    watch: bool = True
+
+
+class QueueSettings(_Section):
+    description: str = ""
+    max_timeout: Seconds = Field(3600.0, description="longest hard limit a function may declare")
+
+
+class WorkerSettings(_Section):
+    concurrency: int = Field(1, ge=1, le=256)
+    visibility_timeout: Seconds | None = Field(
+        None, description="unset: derived from the longest hard limit of the functions"
+    )
+    restore_interval: Seconds = 5.0
+    start_timeout: Seconds = Field(300.0, description="time a process may take in setup()")
+    heartbeat: Seconds = 5.0
+
+
+class ResultsSettings(_Section):
+    pending_ttl: int = Field(7 * 24 * 3600, gt=0, description="seconds a record may wait")
+
+
+class LogSettings(_Section):
+    level: str = "info"
+    format: LogFormat = "auto"
+
+
+class Settings(BaseSettings):
+    """Everything a Conveyor process needs to know about its deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    redis: RedisSettings = RedisSettings()
+    api: ApiSettings = ApiSettings()
+    functions: FunctionsSettings = FunctionsSettings()
+    worker: WorkerSettings = WorkerSettings()
+    results: ResultsSettings = ResultsSettings()
+    log: LogSettings = LogSettings()
+    queues: dict[str, QueueSettings] = Field(
+        default_factory=lambda: {"default": QueueSettings()}, min_length=1
+    )
+
+    @field_validator("queues")
+    @classmethod
+    def _queue_names(cls, value: dict[str, QueueSettings]) -> dict[str, QueueSettings]:
+        bad = [name for name in value if not re.match(QUEUE_NAME_PATTERN, name)]
+        if bad:
+            raise ValueError(f"queue names must match {QUEUE_NAME_PATTERN}: {bad}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's contents arrive as init kwargs; the environment outranks them.
+        return env_settings, init_settings
+
+
+def config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG))
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read ``path`` (default: ``$CONVEYOR_CONFIG`` or ./deploy.toml) plus the environment.
+
+    Relative paths inside the file are resolved against the file's directory, so processes
+    may start anywhere.
+    """
+    path = path or config_path()
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"{path}: cannot read: {exc}") from exc
+    elif CONFIG_ENV in os.environ:
+        raise SettingsError(f"{path}: {CONFIG_ENV} names a file that does not exist")
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise SettingsError(_describe(path, exc)) from exc
+    base = path.resolve().parent
+    return settings.model_copy(
+        update={
+            "functions": settings.functions.model_copy(
+                update={"dir": _resolve(base, settings.functions.dir)}
+            ),
+            "redis": settings.redis.model_copy(
+                update={"data_dir": _resolve(base, settings.redis.data_dir)}
+            ),
+        }
+    )
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        key = ".".join(loc)
+        env = "CONVEYOR_" + "__".join(part.upper() for part in loc)
+        lines.append(f"{path}: {key} (or ${env}): {err['msg']}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process, read once on first use."""
+    return load_settings()
