@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from conveyor.functions.registry import FunctionEntry
 from conveyor.queueing.jobs import JobRecord
@@ -18,7 +18,15 @@ class InvokeRequest(BaseModel):
 
     input: Any = Field(..., description="the function's input; see its input schema")
     priority: int | None = Field(None, ge=0, le=9, description="0..9, 9 = most urgent")
-    webhook: None = Field(None, description="not supported yet; must be absent")
+    webhook: Any = Field(None, description="not supported yet; must be absent")
+
+    @field_validator("webhook")
+    @classmethod
+    def _no_webhooks(cls, value: Any) -> None:
+        if value is not None:
+            raise ValueError(
+                "webhook delivery is not supported yet; read result_url (with ?wait=S) instead"
+            )
 
 
 def iso(ts: float | None) -> str | None:

@@ -13,6 +13,7 @@ import inspect
 import sys
 import traceback
 from dataclasses import dataclass
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
 from typing import Any, get_type_hints
@@ -89,9 +90,14 @@ def _ensure_parent(name: str) -> None:
 def _import(package: str, folder: Path, module_name: str) -> ModuleType:
     _ensure_parent(package)
     init = folder / "__init__.py"
-    spec = importlib.util.spec_from_file_location(
-        package, init if init.exists() else None, submodule_search_locations=[str(folder)]
-    )
+    spec: ModuleSpec | None
+    if init.exists():
+        spec = importlib.util.spec_from_file_location(
+            package, init, submodule_search_locations=[str(folder)]
+        )
+    else:
+        spec = ModuleSpec(package, None, is_package=True)
+        spec.submodule_search_locations = [str(folder)]
     if spec is None:
         raise FunctionLoadError(f"{folder}: cannot be imported")
     pkg = importlib.util.module_from_spec(spec)

@@ -105,8 +105,8 @@ def parse_manifest(path: Path, queues: Mapping[str, QueueSettings]) -> Manifest:
         )
     if manifest.limits.timeout > queue.max_timeout:
         raise ManifestError(
-            f"{path}: [limits] timeout: {manifest.limits.timeout}s exceeds queue"
-            f" {manifest.queue.name!r}'s max_timeout of {queue.max_timeout}s"
+            f"{path}: [limits] timeout: {manifest.limits.timeout}s exceeds the max_timeout"
+            f" ({queue.max_timeout}s) of queue {manifest.queue.name!r} in deploy.toml"
         )
     return manifest
 

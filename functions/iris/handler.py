@@ -1,0 +1,57 @@
+"""Iris species from 4 measurements, by a class handler.
+
+``setup()`` runs once per worker process and loads the weights; ``predict()`` runs per
+invocation. torch is imported inside ``setup()``, not at module level, so that the API,
+which imports this module only to learn the input schema, never loads torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .model import HERE, build_network
+
+
+class IrisInput(BaseModel):
+    sepal_length: float = Field(gt=0, le=100, description="cm")
+    sepal_width: float = Field(gt=0, le=100, description="cm")
+    petal_length: float = Field(gt=0, le=100, description="cm")
+    petal_width: float = Field(gt=0, le=100, description="cm")
+
+
+class IrisOutput(BaseModel):
+    species: str
+    probabilities: dict[str, float]
+
+
+class Iris:
+    def setup(self) -> None:
+        import torch
+
+        self.torch = torch
+        saved = torch.load(HERE / "weights.pt", weights_only=True)
+        self.net = build_network()
+        self.net.load_state_dict(saved["state_dict"])
+        self.net.eval()
+        self.mean: Any = saved["mean"]
+        self.std: Any = saved["std"]
+        self.species: list[str] = saved["species"]
+
+    def predict(self, measurements: IrisInput) -> IrisOutput:
+        x = self.torch.tensor(
+            [[
+                measurements.sepal_length,
+                measurements.sepal_width,
+                measurements.petal_length,
+                measurements.petal_width,
+            ]]
+        )
+        with self.torch.no_grad():
+            probs = self.torch.softmax(self.net((x - self.mean) / self.std), dim=1)[0]
+        best = int(probs.argmax())
+        return IrisOutput(
+            species=self.species[best],
+            probabilities={s: round(float(p), 4) for s, p in zip(self.species, probs, strict=True)},
+        )

@@ -1,0 +1,181 @@
+"""Test support: real redis-server processes, deploy.toml files, function folders and
+Conveyor processes started as a user starts them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last = exc
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+class RedisServer:
+    """A private redis-server on a free port, started and stopped by the test session."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, *extra: str) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
+             "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", "",
+             "--appendonly", "no", *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: redis.Redis(port=self.port).ping(), 10, "redis-server")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True)
+
+
+def write_settings(path: Path, redis_url: str, functions: Path, extra: str = "") -> Path:
+    path.write_text(textwrap.dedent(f"""\
+        [redis]
+        url = "{redis_url}"
+        data_dir = "{path.parent / 'redis-data'}"
+        [api]
+        port = {free_port()}
+        [functions]
+        dir = "{functions}"
+        [worker]
+        restore_interval = 1.0
+        heartbeat = 1.0
+        [log]
+        format = "json"
+        [queues.realtime]
+        max_timeout = 60
+        [queues.batch]
+        [queues.default]
+        """) + textwrap.dedent(extra))
+    return path
+
+
+def write_function(root: Path, name: str, code: str, manifest: str) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "handler.py").write_text(textwrap.dedent(code))
+    (folder / "function.toml").write_text(textwrap.dedent(manifest))
+    return folder
+
+
+def copy_examples(root: Path, *names: str) -> None:
+    for name in names:
+        shutil.copytree(REPO / "functions" / name, root / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+
+
+class Process:
+    """A Conveyor command in its own process group, its output kept in a file."""
+
+    def __init__(self, args: list[str], config: Path, log: Path,
+                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        self.log = log
+        full_env = {**os.environ, "CONVEYOR_CONFIG": str(config),
+                    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
+        self._out = log.open("ab")
+        self.proc = subprocess.Popen(args, env=full_env, cwd=cwd or config.parent,
+                                     stdout=self._out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return out
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (a worker's parent and its pool children)."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.proc.wait(5)
+        self.kill(signal.SIGKILL)  # strays of the group, if any
+        self._out.close()
+
+
+def conveyor(*args: str) -> list[str]:
+    return [sys.executable, "-m", "conveyor", *args]
+
+
+def start_worker(config: Path, log: Path, *args: str, redis_client: redis.Redis) -> Process:
+    """Start ``conveyor worker`` and wait for its heartbeat (it is consuming)."""
+    before = set(redis_client.keys("conveyor:worker:*"))
+    proc = Process(conveyor("worker", *args), config, log)
+    wait_for(lambda: set(redis_client.keys("conveyor:worker:*")) - before
+             or proc.proc.poll() is not None, 30, "worker heartbeat")
+    assert proc.proc.poll() is None, log.read_text()[-3000:]
+    return proc
+
+
+def start_api(config: Path, log: Path, port: int) -> tuple[Process, str]:
+    proc = Process(conveyor("api", "--port", str(port)), config, log)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200
+             or proc.proc.poll() is not None, 30, "api readiness")
+    assert proc.proc.poll() is None, log.read_text()[-3000:]
+    return proc, base

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conveyor.errors import ManifestError
+from conveyor.functions.manifest import parse_manifest
+from conveyor.settings import QueueSettings
+
+QUEUES = {"realtime": QueueSettings(max_timeout=60), "default": QueueSettings()}
+
+
+def parse(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
+    path = tmp_path / "function.toml"
+    path.write_text(text)
+    return parse_manifest(path, QUEUES)
+
+
+def test_only_handler_is_required(tmp_path: Path) -> None:
+    manifest = parse(tmp_path, '[function]\nhandler = "handler:run"\n')
+    assert manifest.module == "handler" and manifest.attribute == "run"
+    assert manifest.queue.name == "default" and manifest.queue.priority == 5
+    assert manifest.limits.timeout == 30 and manifest.limits.soft_timeout is None
+    assert manifest.retries.max == 0 and manifest.retries.on == []
+    assert manifest.results.ttl == 3600
+
+
+def test_full_manifest(tmp_path: Path) -> None:
+    manifest = parse(tmp_path, """
+[function]
+handler = "pkg.handler:Model"
+description = "x"
+[queue]
+name = "realtime"
+priority = 9
+[resources]
+gpu = 0
+[limits]
+timeout = 30
+soft_timeout = 25.5
+max_input_bytes = 100
+[retries]
+max = 2
+backoff = 0.5
+on = ["RuntimeError", "TimeoutError"]
+[results]
+ttl = 60
+""")
+    assert manifest.queue.priority == 9
+    assert manifest.limits.soft_timeout == 25.5
+    assert manifest.retries.on == ["RuntimeError", "TimeoutError"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[queue]\nname='default'\n", r"\[function\]: required key is missing"),
+        ('[function]\nhandler = "handler"\n', r"\[function\] handler: String should match"),
+        ('[function]\nhandler = "h:f"\ncolour = 1\n', r"\[function\] colour: unknown key"),
+        ('[function]\nhandler = "h:f"\n[queue]\npriority = 10\n', r"\[queue\] priority: .*less than or equal to 9"),
+        ('[function]\nhandler = "h:f"\n[queue]\npriority = "high"\n', r"\[queue\] priority: .*valid integer"),
+        ('[function]\nhandler = "h:f"\n[limits]\ntimeout = 5\nsoft_timeout = 5\n', r"soft_timeout \(5.0\) must be below timeout"),
+        ('[function]\nhandler = "h:f"\n[limits]\ntimeout = -1\n', r"\[limits\] timeout: .*greater than 0"),
+        ('[function]\nhandler = "h:f"\n[retries]\non = ["not a name"]\n', r"\[retries\] on.0"),
+        ('[function]\nhandler = "h:f"\n[queue]\nname = "gpu"\n', r"'gpu' is not a queue of this deployment \(deploy.toml has: default, realtime\)"),
+        ('[function]\nhandler = "h:f"\n[queue]\nname = "realtime"\n[limits]\ntimeout = 120\n', r"120.0s exceeds the max_timeout \(60.0s\) of queue 'realtime'"),
+        ('[function]\nhandler = "h:f"\n[resources]\ngpu = 1\n', r"\[resources\] gpu"),
+        ('[function]\nhandler = "h:f"\n[batching]\nmax_batch_size = 4\n', r"\[batching\]: dynamic batching is not supported yet"),
+        ("[function\n", r"not valid TOML"),
+    ],
+)
+def test_errors_name_file_key_and_reason(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ManifestError, match=expected) as info:
+        parse(tmp_path, text)
+    assert str(tmp_path / "function.toml") in str(info.value)
+
+
+def test_missing_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="missing"):
+        parse_manifest(tmp_path / "function.toml", QUEUES)

@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from conveyor.errors import FunctionNotFoundError, FunctionUnavailableError
+from conveyor.functions.registry import Registry
+from conveyor.settings import QueueSettings
+from support import write_function
+
+QUEUES = {"default": QueueSettings(), "realtime": QueueSettings()}
+MANIFEST = '[function]\nhandler = "handler:run"\n'
+
+
+def registry(root: Path, import_code: bool = True) -> Registry:
+    reg = Registry(root, QUEUES, import_code=import_code)
+    reg.refresh()
+    return reg
+
+
+def test_function_and_class_handlers_with_input_schema(functions_dir: Path) -> None:
+    write_function(functions_dir, "plain", "def run(x: int) -> int:\n    return x\n", MANIFEST)
+    write_function(functions_dir, "model", """
+        from pydantic import BaseModel
+        class In(BaseModel):
+            a: float
+        class Model:
+            def setup(self): ...
+            def predict(self, item: In) -> float:
+                return item.a
+        """, '[function]\nhandler = "handler:Model"\n')
+    reg = registry(functions_dir)
+    plain, model = reg.serving("plain"), reg.serving("model")
+    assert plain.loaded and plain.loaded.input_schema() == {"type": "integer"}
+    assert model.loaded and model.loaded.is_class
+    assert model.loaded.input_schema()["required"] == ["a"]
+    assert [e.name for e in reg.entries()] == ["model", "plain"]
+
+
+def test_two_folders_with_handler_py_never_shadow(functions_dir: Path) -> None:
+    write_function(functions_dir, "one", "def run(x: int) -> str:\n    return 'one'\n", MANIFEST)
+    write_function(functions_dir, "two", "def run(x: int) -> str:\n    return 'two'\n", MANIFEST)
+    (functions_dir / "two" / "util.py").write_text("WHO = 'two-util'\n")
+    (functions_dir / "two" / "handler.py").write_text(
+        "from .util import WHO\ndef run(x: int) -> str:\n    return WHO\n"
+    )
+    reg = registry(functions_dir)
+    one, two = reg.serving("one").loaded, reg.serving("two").loaded
+    assert one and two and one.handler(1) == "one" and two.handler(1) == "two-util"
+    assert "handler" not in sys.modules
+
+
+def test_version_is_a_digest_of_the_folder(functions_dir: Path) -> None:
+    folder = write_function(functions_dir, "f", "def run(x: int) -> int:\n    return 1\n", MANIFEST)
+    reg = registry(functions_dir, import_code=False)
+    first = reg.entry("f").spec
+    assert reg.refresh() == []  # nothing changed, nothing reloaded
+    (folder / "weights.bin").write_bytes(b"\x00" * 10)
+    changes = reg.refresh()
+    assert [(c.name, c.action) for c in changes] == [("f", "updated")]
+    second = reg.entry("f").spec
+    assert first and second and first.version != second.version
+    assert len(second.version) == 12
+
+
+def test_broken_version_keeps_last_good_serving(functions_dir: Path) -> None:
+    folder = write_function(functions_dir, "f", "def run(x: int) -> int:\n    return 1\n", MANIFEST)
+    write_function(functions_dir, "other", "def run(x: int) -> int:\n    return 2\n", MANIFEST)
+    reg = registry(functions_dir)
+    good = reg.serving("f").spec
+    (folder / "function.toml").write_text('[function]\nhandler = "handler:run"\nbogus = 1\n')
+    changes = reg.refresh()
+    assert [(c.name, c.action) for c in changes] == [("f", "failed")]
+    entry = reg.serving("f")  # still serves
+    assert entry.status == "error" and "bogus: unknown key" in (entry.error or "")
+    assert entry.spec == good
+    assert reg.serving("other").status == "ready"
+    (folder / "function.toml").write_text(MANIFEST)
+    (folder / "handler.py").write_text("def run(x: int) -> int:\n    return 3\n")
+    reg.refresh()
+    fixed = reg.serving("f")
+    assert fixed.status == "ready" and fixed.loaded and fixed.loaded.handler(0) == 3
+
+
+def test_broken_new_function_is_listed_not_served(functions_dir: Path) -> None:
+    write_function(functions_dir, "bad", "import does_not_exist\n", MANIFEST)
+    write_function(functions_dir, "noattr", "x = 1\n", MANIFEST)
+    write_function(functions_dir, "twoargs", "def run(a: int, b: int) -> int:\n    return a\n", MANIFEST)
+    (functions_dir / "Upper").mkdir()
+    (functions_dir / "nomanifest").mkdir()
+    reg = registry(functions_dir)
+    errors = {e.name: e.error for e in reg.entries()}
+    assert "ModuleNotFoundError: No module named 'does_not_exist'" in (errors["bad"] or "")
+    assert "handler.py:1" in (errors["bad"] or "")
+    assert "has no attribute 'run'" in (errors["noattr"] or "")
+    assert "exactly one input parameter" in (errors["twoargs"] or "")
+    assert "folder name must match" in (errors["Upper"] or "")
+    assert "function.toml: missing" in (errors["nomanifest"] or "")
+    with pytest.raises(FunctionUnavailableError, match="no good version"):
+        reg.serving("bad")
+
+
+def test_removed_folder_is_gone(functions_dir: Path) -> None:
+    import shutil
+
+    write_function(functions_dir, "f", "def run(x: int) -> int:\n    return 1\n", MANIFEST)
+    reg = registry(functions_dir)
+    shutil.rmtree(functions_dir / "f")
+    assert [(c.name, c.action) for c in reg.refresh()] == [("f", "removed")]
+    with pytest.raises(FunctionNotFoundError):
+        reg.entry("f")
+
+
+def test_without_import_code_is_never_imported(functions_dir: Path) -> None:
+    write_function(functions_dir, "f", "raise SystemExit('imported!')\n", MANIFEST)
+    reg = registry(functions_dir, import_code=False)
+    assert reg.entry("f").status == "ready" and reg.entry("f").loaded is None
