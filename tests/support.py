@@ -3,6 +3,7 @@ Conveyor processes started as a user starts them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -37,10 +38,27 @@ def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condi
             last = check()
             if last:
                 return last
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+        except Exception as exc:
             last = exc
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def wait_until(
+    fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: float = 20.0, what: str = ""
+) -> Any:
+    """Call ``fetch`` until ``done`` accepts its value; return that value."""
+    found: list[Any] = []
+
+    def check() -> bool:
+        value = fetch()
+        if done(value):
+            found.append(value)
+            return True
+        return False
+
+    wait_for(check, timeout, what)
+    return found[0]
 
 
 class RedisServer:
@@ -58,10 +76,22 @@ class RedisServer:
     def start(self, *extra: str) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", str(self.port),
-             "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", "",
-             "--appendonly", "no", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.workdir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for(lambda: redis.Redis(port=self.port).ping(), 10, "redis-server")
         return self
@@ -77,10 +107,11 @@ class RedisServer:
 
 
 def write_settings(path: Path, redis_url: str, functions: Path, extra: str = "") -> Path:
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         [redis]
         url = "{redis_url}"
-        data_dir = "{path.parent / 'redis-data'}"
+        data_dir = "{path.parent / "redis-data"}"
         [api]
         port = {free_port()}
         [functions]
@@ -94,7 +125,9 @@ def write_settings(path: Path, redis_url: str, functions: Path, extra: str = "")
         max_timeout = 60
         [queues.batch]
         [queues.default]
-        """) + textwrap.dedent(extra))
+        """)
+        + textwrap.dedent(extra)
+    )
     return path
 
 
@@ -108,22 +141,38 @@ def write_function(root: Path, name: str, code: str, manifest: str) -> Path:
 
 def copy_examples(root: Path, *names: str) -> None:
     for name in names:
-        shutil.copytree(REPO / "functions" / name, root / name,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            REPO / "functions" / name, root / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
 
 
 class Process:
     """A Conveyor command in its own process group, its output kept in a file."""
 
-    def __init__(self, args: list[str], config: Path, log: Path,
-                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        config: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.log = log
-        full_env = {**os.environ, "CONVEYOR_CONFIG": str(config),
-                    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
+        full_env = {
+            **os.environ,
+            "CONVEYOR_CONFIG": str(config),
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            **(env or {}),
+        }
         self._out = log.open("ab")
-        self.proc = subprocess.Popen(args, env=full_env, cwd=cwd or config.parent,
-                                     stdout=self._out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            args,
+            env=full_env,
+            cwd=cwd or config.parent,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -141,10 +190,8 @@ class Process:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group (a worker's parent and its pool children)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop(self, timeout: float = 15) -> None:
         if self.proc.poll() is None:
@@ -166,8 +213,13 @@ def start_worker(config: Path, log: Path, *args: str, redis_client: redis.Redis)
     """Start ``conveyor worker`` and wait for its heartbeat (it is consuming)."""
     before = set(redis_client.keys("conveyor:worker:*"))
     proc = Process(conveyor("worker", *args), config, log)
-    wait_for(lambda: set(redis_client.keys("conveyor:worker:*")) - before
-             or proc.proc.poll() is not None, 30, "worker heartbeat")
+    wait_for(
+        lambda: (
+            set(redis_client.keys("conveyor:worker:*")) - before or proc.proc.poll() is not None
+        ),
+        30,
+        "worker heartbeat",
+    )
     assert proc.proc.poll() is None, log.read_text()[-3000:]
     return proc
 
@@ -175,7 +227,10 @@ def start_worker(config: Path, log: Path, *args: str, redis_client: redis.Redis)
 def start_api(config: Path, log: Path, port: int) -> tuple[Process, str]:
     proc = Process(conveyor("api", "--port", str(port)), config, log)
     base = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200
-             or proc.proc.poll() is not None, 30, "api readiness")
+    wait_for(
+        lambda: httpx.get(f"{base}/readyz").status_code == 200 or proc.proc.poll() is not None,
+        30,
+        "api readiness",
+    )
     assert proc.proc.poll() is None, log.read_text()[-3000:]
     return proc, base

@@ -41,12 +41,14 @@ class Iris:
 
     def predict(self, measurements: IrisInput) -> IrisOutput:
         x = self.torch.tensor(
-            [[
-                measurements.sepal_length,
-                measurements.sepal_width,
-                measurements.petal_length,
-                measurements.petal_width,
-            ]]
+            [
+                [
+                    measurements.sepal_length,
+                    measurements.sepal_width,
+                    measurements.petal_length,
+                    measurements.petal_width,
+                ]
+            ]
         )
         with self.torch.no_grad():
             probs = self.torch.softmax(self.net((x - self.mean) / self.std), dim=1)[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from model import HERE, SPECIES, build_network, read_dataset  # noqa: E402
+from model import HERE, SPECIES, build_network, read_dataset
 
 EPOCHS = 400
 

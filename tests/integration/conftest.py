@@ -10,7 +10,7 @@ from litestar.testing import TestClient
 
 from conveyor.api.app import create_app
 from conveyor.settings import Settings, load_settings
-from support import Process, RedisServer, start_worker, wait_for, write_settings
+from support import Process, RedisServer, start_worker, wait_until, write_settings
 
 pytestmark = pytest.mark.integration
 
@@ -68,11 +68,17 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[type[Stack]
         stack.close()
 
 
-def invoke(client: TestClient, name: str, payload: object, wait: float | None = None,  # type: ignore[type-arg]
-           **body: object) -> tuple[int, dict]:  # type: ignore[type-arg]
+def invoke(
+    client: TestClient,
+    name: str,
+    payload: object,
+    wait: float | None = None,  # type: ignore[type-arg]
+    **body: object,
+) -> tuple[int, dict]:  # type: ignore[type-arg]
     params = {"wait": wait} if wait else {}
-    response = client.post(f"/functions/{name}/invoke", json={"input": payload, **body},
-                           params=params)
+    response = client.post(
+        f"/functions/{name}/invoke", json={"input": payload, **body}, params=params
+    )
     return response.status_code, response.json()
 
 
@@ -83,5 +89,6 @@ def result(client: TestClient, name: str, invocation_id: str, wait: float = 30) 
 
 
 def until_reloaded(client: TestClient, name: str, check) -> dict:  # type: ignore[no-untyped-def, type-arg]
-    return wait_for(lambda: (lambda r: r if check(r) else None)(client.get(f"/functions/{name}").json()),
-                    10, f"{name} reloaded")
+    return wait_until(  # type: ignore[no-any-return]
+        lambda: client.get(f"/functions/{name}").json(), check, 10, f"{name} reloaded"
+    )

@@ -55,15 +55,24 @@ MISC = """
 def stack(make_stack) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     stack = make_stack()
     copy_examples(stack.functions, "echo", "iris")
-    write_function(stack.functions, "flaky", FLAKY, """
+    write_function(
+        stack.functions,
+        "flaky",
+        FLAKY,
+        """
         [function]
         handler = "handler:run"
         [retries]
         max = 3
         backoff = 0.1
         on = ["RuntimeError"]
-    """)
-    write_function(stack.functions, "misc", MISC, """
+    """,
+    )
+    write_function(
+        stack.functions,
+        "misc",
+        MISC,
+        """
         [function]
         handler = "handler:run"
         [queue]
@@ -77,7 +86,8 @@ def stack(make_stack) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
         on = ["RuntimeError"]
         [results]
         ttl = 5
-    """)
+    """,
+    )
     stack.worker("--concurrency", "2")
     yield stack
 
@@ -98,8 +108,11 @@ def test_echo_round_trip_with_wait(api: TestClient) -> None:  # type: ignore[typ
 
 
 def test_iris_predicts_a_species(api: TestClient) -> None:  # type: ignore[type-arg]
-    status, accepted = invoke(api, "iris", {"sepal_length": 5.1, "sepal_width": 3.5,
-                                            "petal_length": 1.4, "petal_width": 0.2})
+    status, accepted = invoke(
+        api,
+        "iris",
+        {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2},
+    )
     assert status == 202 and accepted["status"] == "queued"
     assert accepted["result_url"] == f"/functions/iris/results/{accepted['id']}"
     done = result(api, "iris", accepted["id"])
@@ -114,7 +127,11 @@ def test_listing_and_schema(api: TestClient) -> None:  # type: ignore[type-arg]
     assert listed["iris"]["priority"] == 7
     iris = api.get("/functions/iris").json()
     assert set(iris["input_schema"]["required"]) == {
-        "sepal_length", "sepal_width", "petal_length", "petal_width"}
+        "sepal_length",
+        "sepal_width",
+        "petal_length",
+        "petal_width",
+    }
     doc = api.get("/schema").json()
     assert "/functions/iris/invoke" in doc["paths"]
     assert doc["components"]["schemas"]["iris.Input"]["title"] == "IrisInput"
@@ -132,11 +149,15 @@ def test_errors_are_problem_details(api: TestClient) -> None:  # type: ignore[ty
     missing = api.get("/functions/echo/results/00000000-0000-0000-0000-000000000000")
     assert missing.status_code == 404 and "never submitted" in missing.json()["detail"]
     assert api.post("/functions/misc/invoke", json={"input": "x" * 100}).status_code == 413
-    not_json = api.post("/functions/echo/invoke", content=b"{nope",
-                        headers={"content-type": "application/json"})
+    not_json = api.post(
+        "/functions/echo/invoke", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["detail"]
-    form = api.post("/functions/echo/invoke", content=b"a=1",
-                    headers={"content-type": "application/x-www-form-urlencoded"})
+    form = api.post(
+        "/functions/echo/invoke",
+        content=b"a=1",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert form.status_code == 415
     assert api.post("/functions/echo/invoke", json={"inputs": 1}).status_code == 422
     assert api.post("/functions/echo/invoke", json={"input": 1, "priority": 12}).status_code == 422
@@ -192,8 +213,11 @@ def test_cancel_queued_and_running(api: TestClient, stack: Stack) -> None:  # ty
     # Two long attempts occupy both processes; the third waits in the queue.
     running = [invoke(api, "misc", "sleep")[1] for _ in range(2)]
     _, queued = invoke(api, "misc", "never-runs")
-    wait_for(lambda: all(result(api, "misc", r["id"], 0)["status"] == "running" for r in running),
-             10, "both running")
+    wait_for(
+        lambda: all(result(api, "misc", r["id"], 0)["status"] == "running" for r in running),
+        10,
+        "both running",
+    )
     cancelled = api.delete(f"/functions/misc/results/{queued['id']}")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     stopped = api.delete(f"/functions/misc/results/{running[0]['id']}").json()
@@ -213,7 +237,9 @@ def test_deploy_change_break_and_remove(api: TestClient, stack: Stack) -> None: 
     _, done = invoke(api, "hot", 1, wait=30)
     assert done["output"] == "v1" and done["version"] == v1  # the worker loaded it on demand
 
-    (stack.functions / "hot" / "handler.py").write_text("def run(x: int) -> str:\n    return 'v2'\n")
+    (stack.functions / "hot" / "handler.py").write_text(
+        "def run(x: int) -> str:\n    return 'v2'\n"
+    )
     v2 = until_reloaded(api, "hot", lambda r: r.get("version") not in (None, v1))["version"]
     _, done = invoke(api, "hot", 1, wait=30)
     assert done["output"] == "v2" and done["version"] == v2
@@ -231,9 +257,15 @@ def test_deploy_change_break_and_remove(api: TestClient, stack: Stack) -> None: 
 
 def test_invocation_logs_carry_the_context(api: TestClient, stack: Stack) -> None:  # type: ignore[type-arg]
     _, done = invoke(api, "echo", "logged", wait=30)
-    events = [e for e in stack.workers[0].events()
-              if e.get("event") == "invocation_finished" and e.get("invocation_id") == done["id"]]
-    assert events, "no invocation_finished event"
+    def finished() -> list[dict]:  # type: ignore[type-arg]
+        return [
+            e
+            for e in stack.workers[0].events()
+            if e.get("event") == "invocation_finished" and e.get("invocation_id") == done["id"]
+        ]
+
+    # the worker logs just after it stores the result the API has already returned
+    events = wait_for(finished, 10, "the invocation_finished event")
     event = events[0]
     assert event["function"] == "echo" and event["version"] == done["version"]
     assert event["queue"] == "realtime" and event["attempt"] == 1

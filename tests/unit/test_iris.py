@@ -19,8 +19,11 @@ def test_iris_accuracy_on_its_data_set() -> None:
     import csv
     import json
 
-    reg = Registry(REPO / "functions", {"realtime": QueueSettings(), "batch": QueueSettings(),
-                                         "default": QueueSettings()}, import_code=True)
+    reg = Registry(
+        REPO / "functions",
+        {"realtime": QueueSettings(), "batch": QueueSettings(), "default": QueueSettings()},
+        import_code=True,
+    )
     reg.refresh()
     fn = reg.serving("iris").loaded
     assert fn is not None

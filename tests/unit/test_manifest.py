@@ -27,7 +27,9 @@ def test_only_handler_is_required(tmp_path: Path) -> None:
 
 
 def test_full_manifest(tmp_path: Path) -> None:
-    manifest = parse(tmp_path, """
+    manifest = parse(
+        tmp_path,
+        """
 [function]
 handler = "pkg.handler:Model"
 description = "x"
@@ -46,7 +48,8 @@ backoff = 0.5
 on = ["RuntimeError", "TimeoutError"]
 [results]
 ttl = 60
-""")
+""",
+    )
     assert manifest.queue.priority == 9
     assert manifest.limits.soft_timeout == 25.5
     assert manifest.retries.on == ["RuntimeError", "TimeoutError"]
@@ -58,15 +61,36 @@ ttl = 60
         ("[queue]\nname='default'\n", r"\[function\]: required key is missing"),
         ('[function]\nhandler = "handler"\n', r"\[function\] handler: String should match"),
         ('[function]\nhandler = "h:f"\ncolour = 1\n', r"\[function\] colour: unknown key"),
-        ('[function]\nhandler = "h:f"\n[queue]\npriority = 10\n', r"\[queue\] priority: .*less than or equal to 9"),
-        ('[function]\nhandler = "h:f"\n[queue]\npriority = "high"\n', r"\[queue\] priority: .*valid integer"),
-        ('[function]\nhandler = "h:f"\n[limits]\ntimeout = 5\nsoft_timeout = 5\n', r"soft_timeout \(5.0\) must be below timeout"),
-        ('[function]\nhandler = "h:f"\n[limits]\ntimeout = -1\n', r"\[limits\] timeout: .*greater than 0"),
+        (
+            '[function]\nhandler = "h:f"\n[queue]\npriority = 10\n',
+            r"\[queue\] priority: .*less than or equal to 9",
+        ),
+        (
+            '[function]\nhandler = "h:f"\n[queue]\npriority = "high"\n',
+            r"\[queue\] priority: .*valid integer",
+        ),
+        (
+            '[function]\nhandler = "h:f"\n[limits]\ntimeout = 5\nsoft_timeout = 5\n',
+            r"soft_timeout \(5.0\) must be below timeout",
+        ),
+        (
+            '[function]\nhandler = "h:f"\n[limits]\ntimeout = -1\n',
+            r"\[limits\] timeout: .*greater than 0",
+        ),
         ('[function]\nhandler = "h:f"\n[retries]\non = ["not a name"]\n', r"\[retries\] on.0"),
-        ('[function]\nhandler = "h:f"\n[queue]\nname = "gpu"\n', r"'gpu' is not a queue of this deployment \(deploy.toml has: default, realtime\)"),
-        ('[function]\nhandler = "h:f"\n[queue]\nname = "realtime"\n[limits]\ntimeout = 120\n', r"120.0s exceeds the max_timeout \(60.0s\) of queue 'realtime'"),
+        (
+            '[function]\nhandler = "h:f"\n[queue]\nname = "gpu"\n',
+            r"'gpu' is not a queue of this deployment \(deploy.toml has: default, realtime\)",
+        ),
+        (
+            '[function]\nhandler = "h:f"\n[queue]\nname = "realtime"\n[limits]\ntimeout = 120\n',
+            r"120.0s exceeds the max_timeout \(60.0s\) of queue 'realtime'",
+        ),
         ('[function]\nhandler = "h:f"\n[resources]\ngpu = 1\n', r"\[resources\] gpu"),
-        ('[function]\nhandler = "h:f"\n[batching]\nmax_batch_size = 4\n', r"\[batching\]: dynamic batching is not supported yet"),
+        (
+            '[function]\nhandler = "h:f"\n[batching]\nmax_batch_size = 4\n',
+            r"\[batching\]: dynamic batching is not supported yet",
+        ),
         ("[function\n", r"not valid TOML"),
     ],
 )

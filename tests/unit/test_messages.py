@@ -29,7 +29,14 @@ def test_message_is_a_celery_v2_task_in_kombu_envelope(tmp_path: Path) -> None:
     assert headers["shadow"] == "iris" and headers["timelimit"] == [30.0, 25.0]
     assert message["content-type"] == "application/json"
     assert message["properties"]["priority"] == 2
-    assert message["properties"]["delivery_info"] == {"exchange": "realtime", "routing_key": "realtime"}
+    assert message["properties"]["delivery_info"] == {
+        "exchange": "realtime",
+        "routing_key": "realtime",
+    }
     args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-    assert args == [] and kwargs == {"invocation_id": "id-1", "function": "iris",
-                                     "version": "abc", "input": {"x": 1}}
+    assert args == [] and kwargs == {
+        "invocation_id": "id-1",
+        "function": "iris",
+        "version": "abc",
+        "input": {"x": 1},
+    }

@@ -22,7 +22,10 @@ def registry(root: Path, import_code: bool = True) -> Registry:
 
 def test_function_and_class_handlers_with_input_schema(functions_dir: Path) -> None:
     write_function(functions_dir, "plain", "def run(x: int) -> int:\n    return x\n", MANIFEST)
-    write_function(functions_dir, "model", """
+    write_function(
+        functions_dir,
+        "model",
+        """
         from pydantic import BaseModel
         class In(BaseModel):
             a: float
@@ -30,7 +33,9 @@ def test_function_and_class_handlers_with_input_schema(functions_dir: Path) -> N
             def setup(self): ...
             def predict(self, item: In) -> float:
                 return item.a
-        """, '[function]\nhandler = "handler:Model"\n')
+        """,
+        '[function]\nhandler = "handler:Model"\n',
+    )
     reg = registry(functions_dir)
     plain, model = reg.serving("plain"), reg.serving("model")
     assert plain.loaded and plain.loaded.input_schema() == {"type": "integer"}
@@ -87,7 +92,9 @@ def test_broken_version_keeps_last_good_serving(functions_dir: Path) -> None:
 def test_broken_new_function_is_listed_not_served(functions_dir: Path) -> None:
     write_function(functions_dir, "bad", "import does_not_exist\n", MANIFEST)
     write_function(functions_dir, "noattr", "x = 1\n", MANIFEST)
-    write_function(functions_dir, "twoargs", "def run(a: int, b: int) -> int:\n    return a\n", MANIFEST)
+    write_function(
+        functions_dir, "twoargs", "def run(a: int, b: int) -> int:\n    return a\n", MANIFEST
+    )
     (functions_dir / "Upper").mkdir()
     (functions_dir / "nomanifest").mkdir()
     reg = registry(functions_dir)

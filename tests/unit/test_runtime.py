@@ -19,7 +19,10 @@ def load(root: Path, name: str, code: str, handler: str = "handler:run"):  # typ
 
 
 def test_class_setup_runs_once_per_version(functions_dir: Path) -> None:
-    fn = load(functions_dir, "counter", """
+    fn = load(
+        functions_dir,
+        "counter",
+        """
         from pydantic import BaseModel
         class In(BaseModel):
             n: int
@@ -32,21 +35,27 @@ def test_class_setup_runs_once_per_version(functions_dir: Path) -> None:
                 SETUPS.append(1)
             def predict(self, item: In) -> Out:
                 return Out(n=item.n * 2, setups=len(SETUPS))
-        """, "handler:Counter")
+        """,
+        "handler:Counter",
+    )
     runner = Runner()
     assert runner.run(fn, {"n": 1}) == '{"n":2,"setups":1}'
     assert runner.run(fn, {"n": "3"}) == '{"n":6,"setups":1}'
 
 
 def test_validation_names_the_field(functions_dir: Path) -> None:
-    fn = load(functions_dir, "typed", """
+    fn = load(
+        functions_dir,
+        "typed",
+        """
         from pydantic import BaseModel
         class In(BaseModel):
             a: int
             b: list[float]
         def run(x: In) -> int:
             return x.a
-        """)
+        """,
+    )
     with pytest.raises(InputValidationError) as info:
         validate_input(fn, {"a": "x", "b": [1, "y"]})
     fields = [e["field"] for e in info.value.errors]

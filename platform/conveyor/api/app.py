@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Litestar, Request, get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi import OpenAPIConfig
 
 import conveyor
@@ -29,7 +29,9 @@ log = get_logger(__name__)
 
 
 @get("/schema", include_in_schema=False, sync_to_thread=False)
-def openapi_document(request: Request[Any, Any, Any], platform: Platform) -> dict[str, Any]:
+def openapi_document(
+    request: Request[Any, Any, Any], platform: NamedDependency[Platform]
+) -> dict[str, Any]:
     return function_paths(platform.registry, request.app.openapi_schema.to_schema())
 
 

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, HTTPException
-from litestar.params import Parameter
+from litestar.params import FromPath, QueryParameter
 from pydantic import ValidationError
 
 from conveyor.api.schemas import (
@@ -27,7 +28,7 @@ from conveyor.settings import Settings
 
 Wait = Annotated[
     float | None,
-    Parameter(query="wait", ge=0, le=60, description="seconds to wait for the result (≤ 60)"),
+    QueryParameter(ge=0, le=60, description="seconds to wait for the result (≤ 60)"),
 ]
 
 
@@ -74,16 +75,22 @@ class FunctionsController(Controller):
     path = "/functions"
 
     @get("/", summary="List functions")
-    async def list_functions(self, platform: Platform) -> dict[str, Any]:
+    async def list_functions(self, platform: NamedDependency[Platform]) -> dict[str, Any]:
         return {"functions": [function_body(e, detail=False) for e in platform.registry.entries()]}
 
     @get("/{name:str}", summary="Describe a function, with its input schema")
-    async def describe(self, platform: Platform, name: str) -> dict[str, Any]:
+    async def describe(
+        self, platform: NamedDependency[Platform], name: FromPath[str]
+    ) -> dict[str, Any]:
         return function_body(platform.registry.entry(name), detail=True)
 
     @post("/{name:str}/invoke", summary="Invoke a function", status_code=202)
     async def invoke(
-        self, platform: Platform, request: Request[Any, Any, Any], name: str, wait: Wait = None
+        self,
+        platform: NamedDependency[Platform],
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        wait: Wait = None,
     ) -> Response[dict[str, Any]]:
         entry = platform.registry.serving(name)
         assert entry.spec is not None and entry.loaded is not None
@@ -103,7 +110,11 @@ class FunctionsController(Controller):
 
     @get("/{name:str}/results/{invocation_id:str}", summary="An invocation's result")
     async def result(
-        self, platform: Platform, name: str, invocation_id: str, wait: Wait = None
+        self,
+        platform: NamedDependency[Platform],
+        name: FromPath[str],
+        invocation_id: FromPath[str],
+        wait: Wait = None,
     ) -> dict[str, Any]:
         if wait:
             record = await platform.queue.wait(invocation_id, wait, function=name)
@@ -114,7 +125,9 @@ class FunctionsController(Controller):
     @delete(
         "/{name:str}/results/{invocation_id:str}", summary="Cancel an invocation", status_code=200
     )
-    async def cancel(self, platform: Platform, name: str, invocation_id: str) -> dict[str, Any]:
+    async def cancel(
+        self, platform: NamedDependency[Platform], name: FromPath[str], invocation_id: FromPath[str]
+    ) -> dict[str, Any]:
         return result_body(await platform.queue.cancel(invocation_id, function=name))
 
 
@@ -126,7 +139,7 @@ class HealthController(Controller):
         return {"status": "ok"}
 
     @get("/readyz", summary="Readiness: Redis reachable and functions loaded")
-    async def readyz(self, platform: Platform) -> Response[dict[str, Any]]:
+    async def readyz(self, platform: NamedDependency[Platform]) -> Response[dict[str, Any]]:
         redis_ok = await platform.queue.ping()
         ready = redis_ok and platform.loaded
         body = {

@@ -1,0 +1,93 @@
+"""The CLI as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from support import (
+    REPO,
+    RedisServer,
+    conveyor,
+    copy_examples,
+    free_port,
+    start_api,
+    start_worker,
+    write_function,
+    write_settings,
+)
+
+pytestmark = pytest.mark.acceptance
+
+
+def run(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        conveyor(*args),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "CONVEYOR_CONFIG": str(config)},
+    )
+
+
+def test_check_passes_on_the_repo() -> None:
+    done = run("check", config=REPO / "deploy.toml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok    echo" in done.stdout and "ok    iris" in done.stdout
+
+
+def test_check_fails_on_a_broken_function_and_bad_settings(tmp_path: Path) -> None:
+    functions = tmp_path / "functions"
+    write_function(
+        functions,
+        "good",
+        "def run(x: int) -> int:\n    return x\n",
+        '[function]\nhandler = "handler:run"\n',
+    )
+    write_function(
+        functions,
+        "bad",
+        "def run(x: int) -> int:\n    return x\n",
+        '[function]\nhandler = "handler:run"\n[queue]\npriority = 11\n',
+    )
+    config = write_settings(tmp_path / "deploy.toml", "redis://127.0.0.1:1/0", functions)
+    done = run("check", config=config)
+    assert done.returncode == 1
+    assert "ok    good" in done.stdout
+    assert "ERROR bad" in done.stdout and "[queue] priority" in done.stdout
+    config.write_text(config.read_text() + "\n[api]\nport = 'eighty'\n")
+    done = run("check", config=config)
+    assert done.returncode == 2 and "deploy.toml" in done.stderr
+
+
+def test_api_worker_invoke_and_ls(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    functions = tmp_path / "functions"
+    copy_examples(functions, "echo")
+    config = write_settings(tmp_path / "deploy.toml", server.url, functions)
+    port = free_port()
+    api, base = start_api(config, tmp_path / "api.log", port)
+    worker = start_worker(config, tmp_path / "worker.log", redis_client=server.client())
+    try:
+        url = ["--url", base]
+        done = run("invoke", "echo", "--input", '{"a": [1, 2]}', *url, config=config)
+        assert done.returncode == 0, done.stdout + done.stderr
+        out = json.loads(done.stdout)
+        assert out["status"] == "succeeded" and out["output"] == {"a": [1, 2]}
+        listed = run("ls", *url, config=config)
+        assert listed.returncode == 0 and "echo" in listed.stdout and "ready" in listed.stdout
+        bad = run("invoke", "echo", "--input", "{nope", *url, config=config)
+        assert bad.returncode == 2 and "--input is not valid JSON" in bad.stderr
+        missing = run("invoke", "nope", "--input", "1", *url, config=config)
+        assert missing.returncode == 1 and "function-not-found" in missing.stdout
+    finally:
+        worker.stop()
+        api.stop()
+        server.stop()
+    down = run("ls", "--url", base, config=config)
+    assert down.returncode == 2 and "cannot reach the API" in down.stderr
