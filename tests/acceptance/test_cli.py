@@ -35,6 +35,10 @@ def run(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _loads_torch(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def test_check_passes_on_the_repo() -> None:
     done = run("check", config=REPO / "deploy.toml")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -68,7 +72,7 @@ def test_check_fails_on_a_broken_function_and_bad_settings(tmp_path: Path) -> No
 def test_api_worker_invoke_and_ls(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis").start()
     functions = tmp_path / "functions"
-    copy_examples(functions, "echo")
+    copy_examples(functions, "echo", "iris")
     config = write_settings(tmp_path / "deploy.toml", server.url, functions)
     port = free_port()
     api, base = start_api(config, tmp_path / "api.log", port)
@@ -85,6 +89,14 @@ def test_api_worker_invoke_and_ls(tmp_path: Path) -> None:
         assert bad.returncode == 2 and "--input is not valid JSON" in bad.stderr
         missing = run("invoke", "nope", "--input", "1", *url, config=config)
         assert missing.returncode == 1 and "function-not-found" in missing.stdout
+        iris = '{"sepal_length": 5.9, "sepal_width": 3.0, "petal_length": 4.2, "petal_width": 1.5}'
+        done = run("invoke", "iris", "--input", iris, *url, config=config)
+        assert json.loads(done.stdout)["output"]["species"] == "versicolor"
+        # torch is loaded where the model runs (the pool child) and nowhere else
+        assert not _loads_torch(api.pid), "the API process loaded torch"
+        assert not _loads_torch(worker.pid), "the worker's supervising parent loaded torch"
+        children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+        assert any(_loads_torch(int(child)) for child in children)
     finally:
         worker.stop()
         api.stop()

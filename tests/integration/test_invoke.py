@@ -257,6 +257,7 @@ def test_deploy_change_break_and_remove(api: TestClient, stack: Stack) -> None: 
 
 def test_invocation_logs_carry_the_context(api: TestClient, stack: Stack) -> None:  # type: ignore[type-arg]
     _, done = invoke(api, "echo", "logged", wait=30)
+
     def finished() -> list[dict]:  # type: ignore[type-arg]
         return [
             e

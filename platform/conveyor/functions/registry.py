@@ -114,8 +114,15 @@ class Registry:
                     changes.append(change)
             self._entries = entries
         for change in changes:
-            event = "function_failed" if change.action == "failed" else f"function_{change.action}"
-            log.info(event, function=change.name, version=change.version, error=change.error)
+            if change.error is None:
+                log.info(f"function_{change.action}", function=change.name, version=change.version)
+            else:
+                log.warning(
+                    "function_failed",
+                    function=change.name,
+                    version=change.version,
+                    error=change.error,
+                )
         return changes
 
     def _folders(self) -> dict[str, Path]:

@@ -236,7 +236,8 @@ class _Waiters:
                     backoff = 0.1
                     self._wake(message)
             except (RedisError, OSError) as exc:
-                log.warning("events_disconnected", error=str(exc), retry_in=backoff)
+                if backoff == 0.1:  # once per outage, not once per reconnection attempt
+                    log.warning("events_disconnected", error=str(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
