@@ -43,10 +43,14 @@ MISC = """
                 time.sleep(30)
             except SoftTimeLimitExceeded:
                 return "cleaned up after the soft limit"
+        if action == "soft-unhandled":
+            time.sleep(30)
         if action == "object":
             return object()
-        if action == "pid":
-            return os.getpid()
+        if action == "exit":
+            os._exit(1)
+        if action == "sys-exit":
+            raise SystemExit(3)
         return action
 """
 
@@ -178,6 +182,29 @@ def test_unlisted_exception_fails_at_once(api: TestClient) -> None:  # type: ign
     _, done = invoke(api, "misc", "object", wait=30)
     assert done["status"] == "failed"
     assert done["error"]["type"] == "OutputNotSerializableError"
+
+
+def test_a_handler_that_kills_its_process_fails_visibly(api: TestClient) -> None:  # type: ignore[type-arg]
+    _, accepted = invoke(api, "misc", "exit")
+    done = result(api, "misc", accepted["id"], wait=60)
+    assert done["status"] == "failed", done
+    assert done["error"]["type"] == "WorkerLostError"
+    assert "died" in done["error"]["message"]
+    _, after = invoke(api, "misc", "after", wait=30)
+    assert after["output"] == "after"
+
+
+def test_a_handler_calling_sys_exit_fails(api: TestClient) -> None:  # type: ignore[type-arg]
+    _, done = invoke(api, "misc", "sys-exit", wait=30)
+    assert done["status"] == "failed" and done["attempts"] == 1
+    assert done["error"]["type"] == "SystemExit" and done["error"]["message"] == "3"
+
+
+def test_soft_limit_failure_says_which_limit(api: TestClient) -> None:  # type: ignore[type-arg]
+    _, done = invoke(api, "misc", "soft-unhandled", wait=30)
+    assert done["status"] == "failed", done
+    assert done["error"]["type"] == "SoftTimeLimitExceeded"
+    assert done["error"]["message"] == "the attempt ran past its soft time limit of 1.0s"
 
 
 def test_soft_limit_raises_inside_the_handler(api: TestClient) -> None:  # type: ignore[type-arg]

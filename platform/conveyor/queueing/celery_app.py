@@ -60,6 +60,9 @@ def create_celery(settings: Settings, *, visibility_timeout: float | None = None
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         worker_proc_alive_timeout=settings.worker.start_timeout,
+        # Results go to Redis from the child itself, not through the pool's pipe, so
+        # there is nothing to wait for before declaring a dead child's job lost.
+        worker_lost_wait=1.0,
         worker_send_task_events=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_enable_remote_control=True,

@@ -8,9 +8,10 @@ it records what only the parent sees: hard time limits and dead children.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 import structlog
@@ -130,7 +131,17 @@ class Executor:
             return
         try:
             output = self._runner.run(fn, raw_input)
-        except (Exception, SystemExit) as exc:
+        except SoftTimeLimitExceeded:
+            limit = fn.manifest.limits.soft_timeout
+            soft = SoftTimeLimitExceeded(f"the attempt ran past its soft time limit of {limit}s")
+            self._handle_error(task, fn, invocation_id, soft, attempt=attempt, started=started)
+            return
+        except SystemExit as exc:
+            if isinstance(exc.code, int) and exc.code < 0:
+                raise  # billiard's SIGTERM handler ending this child at the hard limit
+            self._handle_error(task, fn, invocation_id, exc, attempt=attempt, started=started)
+            return
+        except Exception as exc:
             self._handle_error(task, fn, invocation_id, exc, attempt=attempt, started=started)
             return
         changed, previous = self._transition(
@@ -141,8 +152,8 @@ class Executor:
     def _start(self, invocation_id: str, version: str) -> tuple[int, bool] | None:
         """Mark an attempt started: (attempt number, whether a lost attempt preceded it),
         or None when the invocation must not run (cancelled, finished, or unknown)."""
-        previous, attempts = self.redis.eval(
-            START, 1, keys.job(invocation_id), repr(time.time()), version
+        previous, attempts, lost = self.redis.eval(
+            START, 1, keys.job(invocation_id), repr(time.time()), version, os.getpid()
         )
         if not previous:
             log.error("invocation_record_missing")
@@ -150,7 +161,7 @@ class Executor:
         if attempts == 0:
             log.info("invocation_skipped", status=previous)
             return None
-        return int(attempts), previous == JobStatus.RUNNING
+        return int(attempts), bool(lost)
 
     def _handle_error(
         self,
@@ -180,8 +191,6 @@ class Executor:
     def _fail(
         self, invocation_id: str, exc: BaseException, started: float, traceback: bool = True
     ) -> None:
-        if isinstance(exc, SoftTimeLimitExceeded):
-            exc = SoftTimeLimitExceeded(f"soft time limit exceeded: {exc}")
         payload = error_payload(exc, with_traceback=traceback)
         self._transition(
             invocation_id, (JobStatus.RUNNING,), JobStatus.FAILED, error=json.dumps(payload)
@@ -194,12 +203,20 @@ class Executor:
 
     # -- the supervising parent ----------------------------------------------------------
 
-    def timed_out(self, invocation_id: str, timeout: float) -> None:
-        """The pool killed the attempt at its hard limit."""
-        error = {
-            "type": "TimeLimitExceeded",
-            "message": f"the attempt ran past its hard time limit of {timeout}s; it was killed",
-        }
+    def timed_out(self, invocation_id: str, timeout: float | None) -> None:
+        """The pool ended the attempt at its hard limit (or found it gone by then)."""
+        pid = cast(str | None, self.redis.hget(keys.job(invocation_id), "pid"))
+        if pid and not _alive(int(pid)):
+            # A child that dies before the pool registers its job is only noticed here.
+            error = {
+                "type": "WorkerLostError",
+                "message": f"the worker process running the attempt (pid {pid}) died",
+            }
+        else:
+            error = {
+                "type": "TimeLimitExceeded",
+                "message": f"the attempt ran past its hard time limit of {timeout}s; it was killed",
+            }
         self._transition(
             invocation_id, (JobStatus.RUNNING,), JobStatus.FAILED, error=json.dumps(error)
         )
@@ -209,5 +226,20 @@ class Executor:
 
     def worker_lost(self, invocation_id: str) -> None:
         """The child running it died; Celery requeues the message."""
-        self._transition(invocation_id, (JobStatus.RUNNING,), JobStatus.QUEUED)
+        self._transition(invocation_id, (JobStatus.RUNNING,), JobStatus.QUEUED, lost="1")
         log.warning("invocation_requeued", invocation_id=invocation_id, reason="worker_lost")
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie awaiting its parent's wait() does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True

@@ -49,16 +49,21 @@ if ARGV[4] == '1' then redis.call('PUBLISH', KEYS[2], ARGV[5]) end
 return {1, status}
 """
 
-# An attempt starts: from queued, retrying, or running (a redelivery after a lost worker).
+# An attempt starts: from queued, retrying, or running (its worker vanished and Redis
+# redelivered the message). Returns {previous status, attempt, 1 if the previous attempt
+# was lost (still running, or marked lost by the parent of a pool child that died)}.
 START = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'', 0} end
+if not status then return {'', 0, 0} end
 if status ~= 'queued' and status ~= 'retrying' and status ~= 'running' then
-  return {status, 0}
+  return {status, 0, 0}
 end
+local lost = 0
+if status == 'running' or redis.call('HDEL', KEYS[1], 'lost') == 1 then lost = 1 end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'version', ARGV[2])
-return {status, attempts}
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'version', ARGV[2],
+           'pid', ARGV[3])
+return {status, attempts, lost}
 """
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
 from celery import Celery, Task
-from celery.exceptions import WorkerLostError
+from celery.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
 
 from conveyor.queueing.celery_app import TASK_NAME
@@ -21,16 +22,20 @@ def register_task(app: Celery, executor: Executor) -> Task[Any, Any]:
     """Register ``conveyor.run`` on ``app``, delegating to ``executor``."""
 
     class ConveyorRequest(Request):
-        def on_timeout(self, soft: bool, timeout: float) -> None:
-            super().on_timeout(soft, timeout)
-            if not soft:
-                executor.timed_out(self.id, timeout)
+        """Runs in the supervising parent, which alone sees hard limits and dead children."""
 
         def on_failure(
             self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
         ) -> None:
+            # Celery acks the message of a timed-out attempt and requeues that of a lost
+            # child; the record must follow, or a 'running' invocation would never finish.
             super().on_failure(exc_info, send_failed_event, return_ok)
-            if isinstance(exc_info.exception, WorkerLostError):
+            exc = exc_info.exception
+            if isinstance(exc, ExceptionWithTraceback):
+                exc = exc.exc
+            if isinstance(exc, TimeLimitExceeded):
+                executor.timed_out(self.id, exc.args[0] if exc.args else None)
+            elif isinstance(exc, WorkerLostError):
                 executor.worker_lost(self.id)
 
     @app.task(

@@ -25,7 +25,9 @@ def encode_output(output: Any) -> str:
 
 
 def error_payload(exc: BaseException, *, with_traceback: bool = True) -> dict[str, str]:
-    payload = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+    # billiard's exceptions (SoftTimeLimitExceeded, ...) print as their repr
+    message = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+    payload = {"type": type(exc).__name__, "message": message or type(exc).__name__}
     if with_traceback and exc.__traceback__ is not None:
         tb = "".join(traceback.format_exception(exc))
         payload["traceback"] = tb[-MAX_TRACEBACK:]
