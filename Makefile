@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint install redis-server clean
+.PHONY: run test lint install redis-server clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ run: install
 	$(BIN)/honcho start
 
 lint: $(STAMP)
-	$(BIN)/ruff check platform tests
+	$(BIN)/ruff check platform tests bench functions
 	$(BIN)/ruff format --check platform
 	$(BIN)/mypy
 
@@ -34,3 +34,7 @@ test: install lint
 
 clean:
 	rm -rf $(VENV) .conveyor .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmarks against raw Celery (not part of `make test`); see bench/README.md.
+bench: install
+	$(BIN)/python bench/run.py

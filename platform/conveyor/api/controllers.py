@@ -100,11 +100,9 @@ class FunctionsController(Controller):
             entry.spec.manifest.limits.max_input_bytes,
         )
         validate_input(entry.loaded, body.input)
-        record = await platform.queue.submit(entry.spec, body.input, body.priority)
-        if wait:
-            record = await platform.queue.wait(record.id, wait)
-            if record.status.final:
-                return Response(result_body(record), status_code=200)
+        record = await platform.queue.submit(entry.spec, body.input, body.priority, wait or 0)
+        if record.status.final:
+            return Response(result_body(record), status_code=200)
         url = _result_url(record)
         return Response(accepted_body(record, url), status_code=202, headers={"Location": url})
 

@@ -86,8 +86,13 @@ class QueueClient:
         except (RedisError, OSError):
             return False
 
-    async def submit(self, spec: FunctionSpec, raw_input: Any, priority: int | None) -> JobRecord:
-        """Store the record and enqueue the message in one transaction; then it is a promise."""
+    async def submit(
+        self, spec: FunctionSpec, raw_input: Any, priority: int | None, wait: float = 0
+    ) -> JobRecord:
+        """Store the record and enqueue the message in one transaction; then it is a promise.
+
+        With ``wait``, return the record once final or after ``wait`` seconds.
+        """
         manifest = spec.manifest
         inv = Invocation(
             id=str(uuid.uuid4()),
@@ -103,21 +108,24 @@ class QueueClient:
         fields = new_job_fields(
             inv.function, inv.version, inv.queue, inv.priority, manifest.results.ttl
         )
-        with broker_errors():
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(keys.job(inv.id), mapping=cast(dict[Any, Any], fields))
-                pipe.expire(keys.job(inv.id), self.settings.results.pending_ttl)
-                pipe.lpush(queue_key, message)
-                await pipe.execute()
-        log.info(
-            "invocation_queued",
-            function=inv.function,
-            version=inv.version,
-            invocation_id=inv.id,
-            queue=inv.queue,
-            priority=inv.priority,
-        )
-        return JobRecord.from_hash(inv.id, fields)
+        # Watch before the message exists, so even an instant result is not missed.
+        with self._waiters.watch(inv.id) as events:
+            with broker_errors():
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.hset(keys.job(inv.id), mapping=cast(dict[Any, Any], fields))
+                    pipe.expire(keys.job(inv.id), self.settings.results.pending_ttl)
+                    pipe.lpush(queue_key, message)
+                    await pipe.execute()
+            log.info(
+                "invocation_queued",
+                function=inv.function,
+                version=inv.version,
+                invocation_id=inv.id,
+                queue=inv.queue,
+                priority=inv.priority,
+            )
+            record = JobRecord.from_hash(inv.id, fields)
+            return await self._until_final(record, events, wait, None)
 
     async def get(self, invocation_id: str, function: str | None = None) -> JobRecord:
         with broker_errors():
@@ -133,16 +141,30 @@ class QueueClient:
         self, invocation_id: str, timeout: float, function: str | None = None
     ) -> JobRecord:
         """The record once final, or as it stands after ``timeout`` seconds."""
+        with self._waiters.watch(invocation_id) as events:
+            record = await self.get(invocation_id, function)
+            return await self._until_final(record, events, timeout, function)
+
+    async def _until_final(
+        self,
+        record: JobRecord,
+        events: asyncio.Queue[JobRecord | None],
+        timeout: float,
+        function: str | None,
+    ) -> JobRecord:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            with self._waiters.watch(invocation_id) as woken:
-                record = await self.get(invocation_id, function)
-                remaining = deadline - loop.time()
-                if record.status.final or remaining <= 0:
-                    return record
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken, remaining)
+        while not record.status.final:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                event = await asyncio.wait_for(events.get(), remaining)
+            except TimeoutError:
+                break
+            # None: the listener reconnected and may have missed the event; read it.
+            record = event or await self.get(record.id, function)
+        return record
 
     async def cancel(self, invocation_id: str, function: str | None = None) -> JobRecord:
         """Cancel a queued or running invocation; a running attempt is killed."""
@@ -189,11 +211,11 @@ class QueueClient:
 
 
 class _Waiters:
-    """Futures keyed by invocation id, woken by the events channel."""
+    """Per-invocation event queues, fed by one subscription to the events channel."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self._futures: dict[str, set[asyncio.Future[None]]] = {}
+        self._queues: dict[str, set[asyncio.Queue[JobRecord | None]]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -207,34 +229,38 @@ class _Waiters:
         await self.redis.aclose()
 
     @contextlib.contextmanager
-    def watch(self, invocation_id: str) -> Iterator[asyncio.Future[None]]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._futures.setdefault(invocation_id, set()).add(future)
+    def watch(self, invocation_id: str) -> Iterator[asyncio.Queue[JobRecord | None]]:
+        queue: asyncio.Queue[JobRecord | None] = asyncio.Queue()
+        self._queues.setdefault(invocation_id, set()).add(queue)
         try:
-            yield future
+            yield queue
         finally:
-            waiting = self._futures.get(invocation_id)
+            waiting = self._queues.get(invocation_id)
             if waiting is not None:
-                waiting.discard(future)
+                waiting.discard(queue)
                 if not waiting:
-                    del self._futures[invocation_id]
+                    del self._queues[invocation_id]
 
-    def _wake(self, invocation_id: str) -> None:
-        for future in self._futures.get(invocation_id, ()):
-            if not future.done():
-                future.set_result(None)
+    def _dispatch(self, payload: str) -> None:
+        invocation_id, _, record = payload.partition(" ")
+        waiting = self._queues.get(invocation_id)
+        if waiting:
+            finished = JobRecord.from_hash(invocation_id, json.loads(record))
+            for queue in waiting:
+                queue.put_nowait(finished)
 
     def _wake_all(self) -> None:
-        for invocation_id in list(self._futures):
-            self._wake(invocation_id)
+        for waiting in self._queues.values():
+            for queue in waiting:
+                queue.put_nowait(None)
 
     async def _listen(self) -> None:
         backoff = 0.1
         while True:
             try:
-                async for message in self._messages():
+                async for payload in self._messages():
                     backoff = 0.1
-                    self._wake(message)
+                    self._dispatch(payload)
             except (RedisError, OSError) as exc:
                 if backoff == 0.1:  # once per outage, not once per reconnection attempt
                     log.warning("events_disconnected", error=str(exc))

@@ -17,6 +17,7 @@ import redis
 import structlog
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, WorkerLostError
+from redis.commands.core import Script
 
 from conveyor.errors import ConveyorError
 from conveyor.functions.loader import LoadedFunction
@@ -45,6 +46,8 @@ class Executor:
         self._registry: Registry | None = None
         self._runner = Runner()
         self._superseded: dict[str, set[str]] = {}
+        self._script_client: redis.Redis | None = None
+        self._registered: dict[str, Script] = {}
 
     # -- per process -------------------------------------------------------------------
 
@@ -75,11 +78,21 @@ class Executor:
             )
         return self._redis
 
+    def _scripts(self, name: str) -> Script:
+        """Lua scripts, sent once per connection and then called by their SHA."""
+        if self._script_client is not self.redis:
+            self._script_client = self.redis
+            self._registered = {
+                "start": self.redis.register_script(START),
+                "transition": self.redis.register_script(TRANSITION),
+            }
+        return self._registered[name]
+
     def _transition(
         self, invocation_id: str, allowed: tuple[JobStatus, ...], to: JobStatus, **fields: str
     ) -> tuple[int, str]:
-        keys, args = transition_args(invocation_id, allowed, to, **fields)
-        changed, previous = self.redis.eval(TRANSITION, len(keys), *keys, *args)
+        job_keys, args = transition_args(invocation_id, allowed, to, **fields)
+        changed, previous = self._scripts("transition")(keys=job_keys, args=args)
         return int(changed), str(previous)
 
     def _function(self, name: str, version: str) -> LoadedFunction:
@@ -152,8 +165,8 @@ class Executor:
     def _start(self, invocation_id: str, version: str) -> tuple[int, bool] | None:
         """Mark an attempt started: (attempt number, whether a lost attempt preceded it),
         or None when the invocation must not run (cancelled, finished, or unknown)."""
-        previous, attempts, lost = self.redis.eval(
-            START, 1, keys.job(invocation_id), repr(time.time()), version, os.getpid()
+        previous, attempts, lost = self._scripts("start")(
+            keys=[keys.job(invocation_id)], args=[repr(time.time()), version, os.getpid()]
         )
         if not previous:
             log.error("invocation_record_missing")

@@ -3,7 +3,8 @@
 Celery reports PENDING for ids it never saw, so Conveyor keeps its own record: it makes
 unknown ids a 404, carries timings and attempts, holds the output, and expires ``ttl``
 seconds after the invocation finishes. Every transition that ends an invocation publishes
-its id on :data:`keys.EVENTS_CHANNEL` in the same script, so waiters never miss it.
+``<id> <record as JSON>`` on :data:`keys.EVENTS_CHANNEL` in the same script, so a
+waiter never misses it and needs no further read.
 """
 
 from __future__ import annotations
@@ -45,7 +46,12 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 6))
 local ttl = ARGV[3]
 if ttl == 'record' then ttl = redis.call('HGET', KEYS[1], 'ttl') or '3600' end
 if ttl ~= '0' then redis.call('EXPIRE', KEYS[1], ttl) end
-if ARGV[4] == '1' then redis.call('PUBLISH', KEYS[2], ARGV[5]) end
+if ARGV[4] == '1' then
+  local flat = redis.call('HGETALL', KEYS[1])
+  local record = {}
+  for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+  redis.call('PUBLISH', KEYS[2], ARGV[5] .. ' ' .. cjson.encode(record))
+end
 return {1, status}
 """
 

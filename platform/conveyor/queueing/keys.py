@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 PREFIX = "conveyor"
-EVENTS_CHANNEL = f"{PREFIX}:events"  # payload: an invocation id that reached a final status
+EVENTS_CHANNEL = f"{PREFIX}:events"  # payload: "<id> <record as JSON>" when one finishes
 WORKER_PREFIX = f"{PREFIX}:worker:"
 
 # kombu's Redis transport keeps one list per queue and priority step; we configure the

@@ -52,6 +52,9 @@ def encode_message(app: Celery, inv: Invocation) -> tuple[str, str]:
         soft_time_limit=inv.soft_timeout,  # type: ignore[arg-type]
         shadow=inv.function,
         ignore_result=True,
+        # Celery would saferepr() the whole input for logs and Flower; name it instead.
+        argsrepr="()",
+        kwargsrepr=f"{{'invocation_id': {inv.id!r}, 'function': {inv.function!r}}}",
     )
     body = json.dumps(task.body, separators=(",", ":"))
     priority = broker_priority(inv.priority)

@@ -1,0 +1,6 @@
+import time
+
+
+def run(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds

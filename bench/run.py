@@ -1,0 +1,456 @@
+"""`make bench`: Conveyor against raw Celery, every figure a ratio against a baseline
+measured in the same run, on the same Redis, with the same worker pool (prefork, one
+process). Starts its own Redis, API and workers; prints one table and JSON lines.
+
+BENCH_RUNS (default 3) sets how many times each scenario runs; medians are reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from support import (  # noqa: E402
+    BIN,
+    Process,
+    RedisServer,
+    free_port,
+    start_api,
+    start_worker,
+    wait_for,
+    write_settings,
+)
+
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+ROUND_TRIPS = 300
+BURST = 2000
+CLIENTS = 32
+BATCH_CLIENTS = 64
+BATCH_REQUESTS = 1500
+BACKLOG = 500
+DEPLOYS = 10
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of ``pid``, MiB."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+@dataclass
+class Row:
+    scenario: str
+    metric: str
+    conveyor: float
+    baseline: float | None
+    unit: str
+    target: str = ""
+    ok: bool | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        return None if not self.baseline else self.conveyor / self.baseline
+
+
+@dataclass
+class Platform:
+    """Redis, a Conveyor API and worker, and a raw Celery worker, in one temp directory."""
+
+    root: Path
+    redis: RedisServer = field(init=False)
+    procs: list[Process] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.redis = RedisServer(self.root / "redis").start()
+        self.functions = self.root / "functions"
+        shutil.copytree(HERE / "functions", self.functions)
+        self.config = write_settings(self.root / "deploy.toml", self.redis.url, self.functions)
+        port = free_port()
+        api, self.base = start_api(self.config, self.root / "api.log", port)
+        self.api = api
+        self.procs.append(api)
+
+    def worker(self, *args: str) -> Process:
+        proc = start_worker(
+            self.config,
+            self.root / f"worker{len(self.procs)}.log",
+            *args,
+            redis_client=self.redis.client(),
+        )
+        self.procs.append(proc)
+        return proc
+
+    def raw_worker(self) -> Process:
+        proc = Process(
+            [
+                str(BIN / "celery"),
+                "-A",
+                "raw_celery",
+                "worker",
+                "--pool=prefork",
+                "--concurrency=1",
+                "-Q",
+                "raw",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel=WARNING",
+            ],
+            self.config,
+            self.root / "raw.log",
+            {"BENCH_REDIS_URL": self.redis.url},
+            HERE,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: Process) -> None:
+        proc.stop()
+        self.procs.remove(proc)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+        self.redis.stop()
+
+
+@contextmanager
+def raw_celery(url: str) -> Iterator[Any]:
+    os.environ["BENCH_REDIS_URL"] = url
+    sys.path.insert(0, str(HERE))
+    import raw_celery as module
+
+    module.app.conf.broker_url = url
+    module.app.conf.result_backend = url
+    yield module
+    sys.path.remove(str(HERE))
+
+
+def median_of(runs: int, measure: Callable[[], dict[str, float]]) -> dict[str, float]:
+    samples = [measure() for _ in range(runs)]
+    return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+
+
+# -- scenarios ------------------------------------------------------------------------
+
+
+def conveyor_round_trip(base: str, n: int = ROUND_TRIPS) -> dict[str, float]:
+    async def run() -> list[float]:
+        times = []
+        async with aiohttp.ClientSession(base) as client:
+            for i in range(n):
+                start = time.perf_counter()
+                async with client.post("/functions/echo/invoke?wait=5", json={"input": i}) as r:
+                    body = await r.json()
+                times.append((time.perf_counter() - start) * 1000)
+                assert r.status == 200 and body["output"] == i, body
+        return times
+
+    times = asyncio.run(run())
+    return {"p50": pct(times, 0.5), "p99": pct(times, 0.99)}
+
+
+def raw_round_trip(raw: Any, n: int = ROUND_TRIPS) -> dict[str, float]:
+    times = []
+    for i in range(n):
+        start = time.perf_counter()
+        assert raw.echo.delay(i).get(timeout=30) == i
+        times.append((time.perf_counter() - start) * 1000)
+    return {"p50": pct(times, 0.5), "p99": pct(times, 0.99)}
+
+
+async def _http_load(
+    base: str, name: str, make_input: Callable[[int], Any], total: int, clients: int
+) -> dict[str, float]:
+    """``clients`` concurrent clients, each: submit, then long-poll the result."""
+    latencies: list[float] = []
+    counter = iter(range(total))
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(base, connector=connector) as client:
+
+        async def one_client() -> None:
+            for i in counter:
+                start = time.perf_counter()
+                async with client.post(
+                    f"/functions/{name}/invoke", json={"input": make_input(i)}
+                ) as r:
+                    accepted = await r.json()
+                    assert r.status == 202, accepted
+                async with client.get(accepted["result_url"] + "?wait=60") as r:
+                    done = await r.json()
+                assert done["status"] == "succeeded", done
+                latencies.append((time.perf_counter() - start) * 1000)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    return {"rate": total / elapsed, "p50": pct(latencies, 0.5), "p99": pct(latencies, 0.99)}
+
+
+def conveyor_throughput(base: str) -> dict[str, float]:
+    return asyncio.run(_http_load(base, "echo", lambda i: i, BURST, CLIENTS))
+
+
+def raw_throughput(raw: Any) -> dict[str, float]:
+    start = time.perf_counter()
+    sent = [(time.perf_counter(), raw.echo.delay(i)) for i in range(BURST)]
+    latencies = []
+    for i, (at, result) in enumerate(sent):
+        assert result.get(timeout=120) == i
+        latencies.append((time.perf_counter() - at) * 1000)
+    elapsed = time.perf_counter() - start
+    return {"rate": BURST / elapsed, "p50": pct(latencies, 0.5), "p99": pct(latencies, 0.99)}
+
+
+def mlp_load(base: str, name: str) -> dict[str, float]:
+    def features(i: int) -> list[float]:
+        return [((i * 7 + j) % 13) / 13 for j in range(16)]
+
+    return asyncio.run(_http_load(base, name, features, BATCH_REQUESTS, BATCH_CLIENTS))
+
+
+def deploy_times(base: str, functions: Path, n: int = DEPLOYS) -> dict[str, float]:
+    seconds = []
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for i in range(n):
+            name = f"deployed{i}-{time.monotonic_ns()}"
+            folder = functions / name
+            start = time.perf_counter()
+            folder.mkdir()
+            (folder / "handler.py").write_text(f"def run(x: int) -> int:\n    return x + {i}\n")
+            (folder / "function.toml").write_text(
+                '[function]\nhandler = "handler:run"\n[queue]\nname = "realtime"\n'
+            )
+            while True:
+                r = client.post(f"/functions/{name}/invoke", params={"wait": 5}, json={"input": 1})
+                if r.status_code == 200 and r.json().get("output") == 1 + i:
+                    break
+                time.sleep(0.005)
+            seconds.append(time.perf_counter() - start)
+            shutil.rmtree(folder)
+    return {"p50": statistics.median(seconds), "max": max(seconds)}
+
+
+def priority_time(base: str, task_seconds: float) -> dict[str, float]:
+    """Seconds until a priority-9 invocation finishes behind BACKLOG priority-1 ones."""
+    with httpx.Client(base_url=base, timeout=60) as client:
+        for _ in range(BACKLOG):
+            body = {"input": task_seconds, "priority": 1}
+            assert client.post("/functions/sleep/invoke", json=body).status_code == 202
+        start = time.perf_counter()
+        r = client.post(
+            "/functions/sleep/invoke",
+            params={"wait": 60},
+            json={"input": task_seconds, "priority": 9},
+        )
+        elapsed = time.perf_counter() - start
+        assert r.status_code == 200, r.text
+    return {"seconds": elapsed}
+
+
+def drain(redis_url: str, queue: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.keys(f"{queue}*"):
+        client.delete(key)
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+def main() -> int:
+    # Per-invocation info logs are a deployment choice; both sides run at warning.
+    os.environ["CONVEYOR_LOG__LEVEL"] = "warning"
+    rows: list[Row] = []
+    root = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
+    env = Platform(root)
+    try:
+        worker = env.worker("--queues", "realtime,default", "--concurrency", "1")
+        raw_worker = env.raw_worker()
+        with raw_celery(env.redis.url) as raw:
+            wait_for(lambda: raw.echo.delay(0).get(timeout=10) == 0, 30, "raw celery worker")
+            conveyor_round_trip(env.base, 50)  # warm both paths
+            raw_round_trip(raw, 50)
+
+            rt = median_of(RUNS, lambda: conveyor_round_trip(env.base))
+            rt_raw = median_of(RUNS, lambda: raw_round_trip(raw))
+            rows += [
+                Row("round trip", "p50", rt["p50"], rt_raw["p50"], "ms", "≤ 1.5×"),
+                Row("round trip", "p99", rt["p99"], rt_raw["p99"], "ms"),
+            ]
+            rows[-2].ok = rows[-2].ratio is not None and rows[-2].ratio <= 1.5
+
+            api_idle = rss_mib(env.api.pid)[0]
+            child = children(worker.pid)[0]
+            worker_idle = rss_mib(child)[0]
+            tp = median_of(RUNS, lambda: conveyor_throughput(env.base))
+            tp_raw = median_of(RUNS, lambda: raw_throughput(raw))
+            rows += [
+                Row(
+                    "throughput",
+                    "completed/s",
+                    tp["rate"],
+                    tp_raw["rate"],
+                    "/s",
+                    "≥ 0.7×",
+                    tp["rate"] >= 0.7 * tp_raw["rate"],
+                ),
+                Row("throughput", "p50", tp["p50"], tp_raw["p50"], "ms"),
+                Row(
+                    "throughput",
+                    "p99",
+                    tp["p99"],
+                    tp_raw["p99"],
+                    "ms",
+                    "p99 ≤ 5× p50",
+                    tp["p99"] <= 5 * tp["p50"],
+                ),
+            ]
+            api_peak = rss_mib(env.api.pid)[1]
+            worker_peak = max(rss_mib(worker.pid)[1], rss_mib(children(worker.pid)[0])[1])
+            rows += [
+                Row("memory", "API idle", api_idle, None, "MiB"),
+                Row(
+                    "memory", "API peak under load", api_peak, None, "MiB", "≤ 150", api_peak <= 150
+                ),
+                Row("memory", "worker process idle", worker_idle, None, "MiB"),
+                Row("memory", "worker peak under load", worker_peak, None, "MiB"),
+            ]
+
+            one = median_of(RUNS, lambda: {"s": _one_sleep(env.base, 0.02)})["s"]
+            prio = median_of(RUNS, lambda: priority_time(env.base, 0.02))["seconds"]
+            rows.append(
+                Row("priority", "p9 behind 500 p1", prio, one, "s", "≤ 3×", prio <= 3 * one)
+            )
+            drain(env.redis.url, "default")
+
+            dep = median_of(1, lambda: deploy_times(env.base, env.functions))
+            rows.append(
+                Row(
+                    "deploy",
+                    "folder → first invoke p50",
+                    dep["p50"],
+                    None,
+                    "s",
+                    "≤ 1 s",
+                    dep["p50"] <= 1.0,
+                )
+            )
+        env.stop(raw_worker)
+        env.stop(worker)
+
+        if os.environ.get("BENCH_SKIP_BATCHING"):
+            return report(rows) or 0
+        mlp_worker = env.worker("--queues", "batch", "--concurrency", "1")
+        asyncio.run(_http_load(env.base, "mlp", lambda i: [0.0] * 16, 100, 8))
+        asyncio.run(_http_load(env.base, "mlp-nobatch", lambda i: [0.0] * 16, 100, 8))
+        on = median_of(RUNS, lambda: mlp_load(env.base, "mlp"))
+        off = median_of(RUNS, lambda: mlp_load(env.base, "mlp-nobatch"))
+        rows += [
+            Row(
+                "batching",
+                "completed/s",
+                on["rate"],
+                off["rate"],
+                "/s",
+                "≥ 4×",
+                on["rate"] >= 4 * off["rate"],
+            ),
+            Row("batching", "p50", on["p50"], off["p50"], "ms"),
+            Row("batching", "p99", on["p99"], off["p99"], "ms", "≤ 1×", on["p99"] <= off["p99"]),
+        ]
+        env.stop(mlp_worker)
+    finally:
+        env.close()
+        shutil.rmtree(root, ignore_errors=True)
+    report(rows)
+    return 0 if all(r.ok is not False for r in rows) else 1
+
+
+def _one_sleep(base: str, seconds: float) -> float:
+    with httpx.Client(base_url=base, timeout=30) as client:
+        start = time.perf_counter()
+        r = client.post("/functions/sleep/invoke", params={"wait": 30}, json={"input": seconds})
+        assert r.status_code == 200, r.text
+        return time.perf_counter() - start
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def report(rows: list[Row]) -> None:
+    print(
+        f"\nConveyor bench: {machine()}; medians of {RUNS} runs; baseline = raw Celery "
+        "(prefork, 1 process) on the same Redis, or batching off\n"
+    )
+    print(
+        f"| {'scenario':<11} | {'metric':<26} | {'Conveyor':>10} | {'baseline':>10} | "
+        f"{'ratio':>6} | {'target':<12} | ok |"
+    )
+    print(f"|{'-' * 13}|{'-' * 28}|{'-' * 12}|{'-' * 12}|{'-' * 8}|{'-' * 14}|----|")
+    for r in rows:
+        base = f"{r.baseline:.2f}" if r.baseline is not None else "—"
+        ratio = f"{r.ratio:.2f}×" if r.ratio is not None else "—"
+        ok = {True: "✓", False: "✗", None: ""}[r.ok]
+        print(
+            f"| {r.scenario:<11} | {r.metric:<26} | {r.conveyor:>7.2f} {r.unit:<3}"
+            f"| {base:>10} | {ratio:>6} | {r.target:<12} | {ok:<2} |"
+        )
+    print()
+    for r in rows:
+        print(
+            json.dumps(
+                {
+                    "scenario": r.scenario,
+                    "metric": r.metric,
+                    "conveyor": r.conveyor,
+                    "baseline": r.baseline,
+                    "ratio": r.ratio,
+                    "unit": r.unit,
+                    "target": r.target,
+                    "ok": r.ok,
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
