@@ -56,5 +56,9 @@ class OutputNotSerializableError(ConveyorError):
     """The handler returned something that is not JSON-serialisable."""
 
 
+class BatchSizeError(ConveyorError):
+    """predict_batch returned a different number of outputs than it was given inputs."""
+
+
 class BrokerUnavailableError(ConveyorError):
     """Redis, the broker and result store, cannot be reached."""

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 FLAKY = """
     from pathlib import Path
-    COUNTER = Path(__file__).parent / "calls"
+    COUNTER = Path(__file__).parent.parent.parent / "flaky-calls"  # outside the watched tree
     def run(fail_times: int) -> dict:
         calls = int(COUNTER.read_text()) if COUNTER.exists() else 0
         COUNTER.write_text(str(calls + 1))

@@ -88,8 +88,12 @@ ttl = 60
         ),
         ('[function]\nhandler = "h:f"\n[resources]\ngpu = 1\n', r"\[resources\] gpu"),
         (
-            '[function]\nhandler = "h:f"\n[batching]\nmax_batch_size = 4\n',
-            r"\[batching\]: dynamic batching is not supported yet",
+            '[function]\nhandler = "h:f"\n[batching]\nmax_batch_size = 0\n',
+            r"\[batching\] max_batch_size: .*greater than or equal to 1",
+        ),
+        (
+            '[function]\nhandler = "h:f"\n[batching]\nmax_size = 4\n',
+            r"\[batching\] max_size: unknown key",
         ),
         ("[function\n", r"not valid TOML"),
     ],

@@ -1,18 +1,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conveyor.errors import InputValidationError, OutputNotSerializableError
+from conveyor.errors import BatchSizeError, InputValidationError, OutputNotSerializableError
 from conveyor.functions.registry import Registry
 from conveyor.runtime import Runner, encode_output, error_payload, validate_input
 from conveyor.settings import QueueSettings
 from support import write_function
 
 
-def load(root: Path, name: str, code: str, handler: str = "handler:run"):  # type: ignore[no-untyped-def]
-    write_function(root, name, code, f'[function]\nhandler = "{handler}"\n')
+def load(root: Path, name: str, code: str, handler: str = "handler:run", extra: str = "") -> Any:
+    write_function(root, name, code, f'[function]\nhandler = "{handler}"\n' + extra)
     reg = Registry(root, {"default": QueueSettings()}, import_code=True)
     reg.refresh()
     return reg.serving(name).loaded
@@ -78,3 +79,75 @@ def test_error_payload() -> None:
         payload = error_payload(exc)
     assert payload["type"] == "RuntimeError" and payload["message"] == "boom"
     assert "raise RuntimeError" in payload["traceback"]
+
+
+BATCHER = """
+    from pydantic import BaseModel
+    class In(BaseModel):
+        n: int
+    class Batcher:
+        def predict_batch(self, items: list[In]) -> list:
+            if any(i.n == 13 for i in items):
+                raise ValueError("unlucky")
+            return [ValueError("odd") if i.n == 7 else (object() if i.n == 8 else i.n * 10)
+                    for i in items]
+    """
+
+
+def test_batch_failures_stay_with_their_item(functions_dir: Path) -> None:
+    fn = load(
+        functions_dir,
+        "batcher",
+        BATCHER,
+        "handler:Batcher",
+        extra="[batching]\nmax_batch_size = 8\n",
+    )
+    assert fn.input_schema()["required"] == ["n"]
+    outcomes = Runner().run_batch(
+        fn, [{"n": 1}, {"n": "x"}, {"n": 7}, {"n": 13}, {"n": 8}, {"n": 2}]
+    )
+    assert outcomes[0] == "10" and outcomes[5] == "20"
+    assert isinstance(outcomes[1], InputValidationError)
+    assert isinstance(outcomes[2], ValueError) and str(outcomes[2]) == "odd"
+    assert isinstance(outcomes[3], ValueError) and str(outcomes[3]) == "unlucky"
+    assert isinstance(outcomes[4], OutputNotSerializableError)
+
+
+def test_wrong_number_of_outputs_fails_the_batch(functions_dir: Path) -> None:
+    fn = load(
+        functions_dir,
+        "short",
+        """
+        class Short:
+            def predict_batch(self, items: list[int]) -> list[int]:
+                return items[:-1]
+    """,
+        "handler:Short",
+        extra="[batching]\n",
+    )
+    outcomes = Runner().run_batch(fn, [1, 2])
+    assert all(isinstance(o, BatchSizeError) for o in outcomes)
+    assert "returned 1 outputs for 2 inputs" in str(outcomes[0])
+
+
+def test_batching_needs_predict_batch(functions_dir: Path) -> None:
+    write_function(
+        functions_dir,
+        "plain",
+        "def run(x: int) -> int:\n    return x\n",
+        '[function]\nhandler = "handler:run"\n[batching]\n',
+    )
+    write_function(
+        functions_dir,
+        "badlist",
+        """
+        class B:
+            def predict_batch(self, items: int) -> list:
+                return []
+    """,
+        '[function]\nhandler = "handler:B"\n[batching]\n',
+    )
+    reg = Registry(functions_dir, {"default": QueueSettings()}, import_code=True)
+    reg.refresh()
+    assert "must be a class with predict_batch" in (reg.entry("plain").error or "")
+    assert "annotated list[X]" in (reg.entry("badlist").error or "")

@@ -83,7 +83,7 @@ def function_body(entry: FunctionEntry, *, detail: bool) -> dict[str, Any]:
             queue=manifest.queue.name,
             priority=manifest.queue.priority,
             gpu=manifest.resources.gpu,
-            batching=None,
+            batching=manifest.batching.model_dump() if manifest.batching else None,
             timeout=manifest.limits.timeout,
             invoke_url=f"/functions/{entry.name}/invoke",
             input_schema_url=f"/functions/{entry.name}",

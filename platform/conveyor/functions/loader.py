@@ -7,16 +7,18 @@ the folder reaches its siblings with relative imports (``from .utils import x``)
 
 from __future__ import annotations
 
+import collections.abc
 import importlib
 import importlib.util
 import inspect
 import sys
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 from pydantic import TypeAdapter
 
@@ -60,7 +62,7 @@ def load_function(name: str, version: str, folder: Path, manifest: Manifest) -> 
         unload(package)
         raise FunctionLoadError(f"{where}: has no attribute {manifest.attribute!r}")
     try:
-        input_type = _input_type(handler)
+        input_type = _batch_input_type(handler) if manifest.batching else _input_type(handler)
         adapter: TypeAdapter[Any] = TypeAdapter(input_type)
         adapter.json_schema()
     except FunctionLoadError as exc:
@@ -138,3 +140,26 @@ def _input_type(handler: Any) -> Any:
     except Exception as exc:
         raise FunctionLoadError(f"cannot resolve the input annotation: {exc}") from exc
     return hints.get(params[0].name, Any)
+
+
+def _batch_input_type(handler: Any) -> Any:
+    """With [batching]: a class whose ``predict_batch(self, inputs: list[X])`` sets X."""
+    batch = getattr(handler, "predict_batch", None) if inspect.isclass(handler) else None
+    if not callable(batch):
+        raise FunctionLoadError(
+            "with [batching] the handler must be a class with predict_batch(self, inputs)"
+        )
+    params = list(inspect.signature(batch).parameters.values())[1:]
+    if len(params) != 1:
+        raise FunctionLoadError("predict_batch must take exactly one parameter: the inputs")
+    try:
+        hint = get_type_hints(batch).get(params[0].name, Any)
+    except Exception as exc:
+        raise FunctionLoadError(f"cannot resolve the input annotation: {exc}") from exc
+    if hint is Any:
+        return Any
+    if get_origin(hint) not in (list, Sequence, collections.abc.Sequence) or not get_args(hint):
+        raise FunctionLoadError(
+            f"predict_batch's inputs must be annotated list[X] (X is one input), not {hint}"
+        )
+    return get_args(hint)[0]

@@ -62,6 +62,11 @@ class RetriesSection(_Section):
     on: list[Annotated[str, Field(pattern=IDENTIFIER)]] = Field(default_factory=list)
 
 
+class BatchingSection(_Section):
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    max_wait_ms: Annotated[float, Field(ge=0, le=60_000)] = 10.0
+
+
 class ResultsSection(_Section):
     ttl: Annotated[int, Field(gt=0, le=30 * 24 * 3600)] = 3600
 
@@ -72,6 +77,7 @@ class Manifest(_Section):
     resources: ResourcesSection = ResourcesSection()
     limits: LimitsSection = LimitsSection()
     retries: RetriesSection = RetriesSection()
+    batching: BatchingSection | None = None
     results: ResultsSection = ResultsSection()
 
     @property
@@ -91,8 +97,6 @@ def parse_manifest(path: Path, queues: Mapping[str, QueueSettings]) -> Manifest:
         raise ManifestError(f"{path}: missing; every function folder needs one") from exc
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ManifestError(f"{path}: not valid TOML: {exc}") from exc
-    if "batching" in data:
-        raise ManifestError(f"{path}: [batching]: dynamic batching is not supported yet")
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:

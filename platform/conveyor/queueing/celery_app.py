@@ -11,6 +11,7 @@ from conveyor.queueing import keys
 from conveyor.settings import Settings
 
 TASK_NAME = "conveyor.run"
+BATCH_TASK_NAME = "conveyor.batch"
 HIGHEST_PRIORITY = 9
 
 

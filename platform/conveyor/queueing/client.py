@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from conveyor.errors import (
@@ -25,6 +26,7 @@ from conveyor.errors import (
 from conveyor.functions.registry import FunctionSpec
 from conveyor.log import get_logger
 from conveyor.queueing import keys
+from conveyor.queueing.batches import ARM, ARMED_TTL, trigger_for
 from conveyor.queueing.celery_app import create_celery
 from conveyor.queueing.jobs import (
     ACTIVE,
@@ -34,7 +36,7 @@ from conveyor.queueing.jobs import (
     new_job_fields,
     transition_args,
 )
-from conveyor.queueing.messages import Invocation, encode_message
+from conveyor.queueing.messages import Invocation, encode_batch_trigger, encode_message
 from conveyor.settings import Settings
 
 log = get_logger(__name__)
@@ -63,6 +65,7 @@ class QueueClient:
         )
         self.celery = create_celery(settings)
         self._transition = self.redis.register_script(TRANSITION)
+        self._arm = self.redis.register_script(ARM)
         # Its own connection with no read timeout: it idles until an invocation finishes.
         self._waiters = _Waiters(
             aioredis.Redis.from_url(
@@ -104,7 +107,6 @@ class QueueClient:
             timeout=manifest.limits.timeout,
             soft_timeout=manifest.limits.soft_timeout,
         )
-        queue_key, message = encode_message(self.celery, inv)
         fields = new_job_fields(
             inv.function, inv.version, inv.queue, inv.priority, manifest.results.ttl
         )
@@ -114,7 +116,7 @@ class QueueClient:
                 async with self.redis.pipeline(transaction=True) as pipe:
                     pipe.hset(keys.job(inv.id), mapping=cast(dict[Any, Any], fields))
                     pipe.expire(keys.job(inv.id), self.settings.results.pending_ttl)
-                    pipe.lpush(queue_key, message)
+                    await self._enqueue(pipe, spec, inv)
                     await pipe.execute()
             log.info(
                 "invocation_queued",
@@ -126,6 +128,22 @@ class QueueClient:
             )
             record = JobRecord.from_hash(inv.id, fields)
             return await self._until_final(record, events, wait, None)
+
+    async def _enqueue(self, pipe: Pipeline, spec: FunctionSpec, inv: Invocation) -> None:
+        """Queue the task, or, for a batching function, append the item to its stream
+        and arm a drain trigger (see :mod:`conveyor.queueing.batches`)."""
+        if spec.manifest.batching is None:
+            pipe.lpush(*encode_message(self.celery, inv))
+            return
+        item = {"id": inv.id, "version": inv.version, "input": json.dumps(inv.input)}
+        pipe.xadd(keys.batch_stream(inv.function), cast(dict[Any, Any], item))
+        trigger = trigger_for(spec.name, spec.version, spec.manifest, inv.priority)
+        queue_key, message = encode_batch_trigger(self.celery, trigger)
+        await self._arm(
+            keys=[keys.batch_armed(inv.function), queue_key],
+            args=[ARMED_TTL, message],
+            client=pipe,
+        )
 
     async def get(self, invocation_id: str, function: str | None = None) -> JobRecord:
         with broker_errors():

@@ -2,7 +2,8 @@
 
 The executor lives in every worker process. In pool children it imports function code and
 runs it; in the supervising parent (which never imports user code, so never torch or CUDA)
-it records what only the parent sees: hard time limits and dead children.
+it records what only the parent sees: hard time limits and dead children. Batches
+(:mod:`conveyor.queueing.batches`) reuse its attempt bookkeeping.
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ class Executor:
     def __init__(self, settings: Settings, queues: list[str]) -> None:
         self.settings = settings
         self.queues = queues
+        self.runner = Runner()
         self._redis: redis.Redis | None = None
         self._registry: Registry | None = None
-        self._runner = Runner()
         self._superseded: dict[str, set[str]] = {}
         self._script_client: redis.Redis | None = None
-        self._registered: dict[str, Script] = {}
+        self._scripts: dict[str, Script] = {}
 
     # -- per process -------------------------------------------------------------------
 
@@ -62,7 +63,8 @@ class Executor:
             if entry.loaded is None or entry.loaded.manifest.queue.name not in self.queues:
                 continue
             try:
-                self._runner.prepare(entry.loaded)
+                if entry.loaded.is_class:
+                    self.runner.instance(entry.loaded)
             except Exception as exc:  # it fails visibly on its first invocation instead
                 log.error("function_setup_failed", function=entry.name, error=repr(exc))
 
@@ -78,24 +80,24 @@ class Executor:
             )
         return self._redis
 
-    def _scripts(self, name: str) -> Script:
+    def script(self, name: str) -> Script:
         """Lua scripts, sent once per connection and then called by their SHA."""
         if self._script_client is not self.redis:
             self._script_client = self.redis
-            self._registered = {
+            self._scripts = {
                 "start": self.redis.register_script(START),
                 "transition": self.redis.register_script(TRANSITION),
             }
-        return self._registered[name]
+        return self._scripts[name]
 
-    def _transition(
+    def transition(
         self, invocation_id: str, allowed: tuple[JobStatus, ...], to: JobStatus, **fields: str
     ) -> tuple[int, str]:
         job_keys, args = transition_args(invocation_id, allowed, to, **fields)
-        changed, previous = self._scripts("transition")(keys=job_keys, args=args)
+        changed, previous = self.script("transition")(keys=job_keys, args=args)
         return int(changed), str(previous)
 
-    def _function(self, name: str, version: str) -> LoadedFunction:
+    def load(self, name: str, version: str) -> LoadedFunction:
         """The version to run: re-read the folder when the message names a version we
         have not seen (a deploy the API saw before us, or a function new to us)."""
         if self._registry is None:
@@ -113,104 +115,107 @@ class Executor:
         assert loaded is not None
         return loaded
 
-    # -- the task body ----------------------------------------------------------------
+    # -- one invocation -----------------------------------------------------------------
 
     def execute(
         self, task: Task[Any, Any], invocation_id: str, function: str, version: str, raw_input: Any
     ) -> None:
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            function=function,
-            invocation_id=invocation_id,
-            queue=(task.request.delivery_info or {}).get("routing_key"),
-        )
+        bind(function, invocation_id, task)
         started = time.monotonic()
         try:
-            fn = self._function(function, version)
+            fn = self.load(function, version)
         except ConveyorError as exc:
-            if self._start(invocation_id, version) is not None:
-                self._fail(invocation_id, exc, started, traceback=False)
+            if self.start(invocation_id, version) is not None:
+                self.fail(invocation_id, exc, started, traceback=False)
             return
-        started_attempt = self._start(invocation_id, fn.version)
-        if started_attempt is None:
+        attempt = self.admit(fn, invocation_id, started)
+        if attempt is None:
             return
-        attempt, redelivered = started_attempt
-        structlog.contextvars.bind_contextvars(version=fn.version, attempt=attempt)
-        if redelivered and attempt > fn.manifest.retries.max + 1 + LOST_WORKER_ALLOWANCE:
-            lost = WorkerLostError(
-                f"the worker process died during each of the last {attempt - 1} attempts"
-            )
-            self._fail(invocation_id, lost, started, traceback=False)
-            return
+        error: BaseException
         try:
-            output = self._runner.run(fn, raw_input)
+            output = self.runner.run(fn, raw_input)
         except SoftTimeLimitExceeded:
-            limit = fn.manifest.limits.soft_timeout
-            soft = SoftTimeLimitExceeded(f"the attempt ran past its soft time limit of {limit}s")
-            self._handle_error(task, fn, invocation_id, soft, attempt=attempt, started=started)
-            return
+            error = soft_limit_error(fn)
         except SystemExit as exc:
             if isinstance(exc.code, int) and exc.code < 0:
                 raise  # billiard's SIGTERM handler ending this child at the hard limit
-            self._handle_error(task, fn, invocation_id, exc, attempt=attempt, started=started)
-            return
+            error = exc
         except Exception as exc:
-            self._handle_error(task, fn, invocation_id, exc, attempt=attempt, started=started)
+            error = exc
+        else:
+            changed, previous = self.transition(
+                invocation_id, (JobStatus.RUNNING,), JobStatus.SUCCEEDED, output=output
+            )
+            self.finished("succeeded" if changed else f"discarded_{previous}", started)
             return
-        changed, previous = self._transition(
-            invocation_id, (JobStatus.RUNNING,), JobStatus.SUCCEEDED, output=output
-        )
-        self._finished("succeeded" if changed else f"discarded_{previous}", started)
+        delay = self.retry_delay(fn, error, attempt)
+        if delay is None:
+            self.fail(invocation_id, error, started)
+            return
+        self.mark_retrying(invocation_id, error, started, delay)
+        # Celery republishes with the same id, queue and (broker) priority.
+        raise task.retry(countdown=delay, max_retries=None) from None
 
-    def _start(self, invocation_id: str, version: str) -> tuple[int, bool] | None:
+    def start(self, invocation_id: str, version: str) -> tuple[int, bool] | None:
         """Mark an attempt started: (attempt number, whether a lost attempt preceded it),
         or None when the invocation must not run (cancelled, finished, or unknown)."""
-        previous, attempts, lost = self._scripts("start")(
+        previous, attempts, lost = self.script("start")(
             keys=[keys.job(invocation_id)], args=[repr(time.time()), version, os.getpid()]
         )
         if not previous:
-            log.error("invocation_record_missing")
+            log.error("invocation_record_missing", invocation_id=invocation_id)
             return None
         if attempts == 0:
-            log.info("invocation_skipped", status=previous)
+            log.info("invocation_skipped", invocation_id=invocation_id, status=previous)
             return None
         return int(attempts), bool(lost)
 
-    def _handle_error(
-        self,
-        task: Task[Any, Any],
-        fn: LoadedFunction,
-        invocation_id: str,
-        exc: BaseException,
-        *,
-        attempt: int,
-        started: float,
-    ) -> None:
+    def admit(self, fn: LoadedFunction, invocation_id: str, started: float) -> int | None:
+        """Start an attempt of ``fn``, or fail the invocation whose workers keep dying."""
+        begun = self.start(invocation_id, fn.version)
+        if begun is None:
+            return None
+        attempt, lost = begun
+        structlog.contextvars.bind_contextvars(version=fn.version, attempt=attempt)
+        if lost and attempt > fn.manifest.retries.max + 1 + LOST_WORKER_ALLOWANCE:
+            dead = WorkerLostError(
+                f"the worker process died during each of the last {attempt - 1} attempts"
+            )
+            self.fail(invocation_id, dead, started, traceback=False)
+            return None
+        return attempt
+
+    @staticmethod
+    def retry_delay(fn: LoadedFunction, exc: BaseException, attempt: int) -> float | None:
+        """Seconds before the next attempt, or None when ``exc`` ends the invocation."""
         retries = fn.manifest.retries
         names = {cls.__name__ for cls in type(exc).__mro__}
-        if attempt <= retries.max and names & set(retries.on):
-            delay = retries.backoff * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)
-            self._transition(
-                invocation_id,
-                (JobStatus.RUNNING,),
-                JobStatus.RETRYING,
-                error=json.dumps(error_payload(exc)),
-            )
-            self._finished("retrying", started, error=repr(exc), retry_in=round(delay, 3))
-            # Celery republishes with the same id, queue and (broker) priority.
-            raise task.retry(countdown=delay, max_retries=None) from None
-        self._fail(invocation_id, exc, started)
+        if attempt > retries.max or not names & set(retries.on):
+            return None
+        return float(retries.backoff * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
 
-    def _fail(
+    def mark_retrying(
+        self, invocation_id: str, exc: BaseException, started: float, delay: float
+    ) -> None:
+        self.transition(
+            invocation_id,
+            (JobStatus.RUNNING,),
+            JobStatus.RETRYING,
+            error=json.dumps(error_payload(exc)),
+        )
+        self.finished("retrying", started, error=repr(exc), retry_in=round(delay, 3))
+
+    def fail(
         self, invocation_id: str, exc: BaseException, started: float, traceback: bool = True
     ) -> None:
         payload = error_payload(exc, with_traceback=traceback)
-        self._transition(
+        self.transition(
             invocation_id, (JobStatus.RUNNING,), JobStatus.FAILED, error=json.dumps(payload)
         )
-        self._finished("failed", started, error=f"{payload['type']}: {payload['message']}")
+        self.finished("failed", started, error=f"{payload['type']}: {payload['message']}")
 
-    def _finished(self, outcome: str, started: float, **extra: Any) -> None:
+    @staticmethod
+    def finished(outcome: str, started: float, **extra: Any) -> None:
         duration = round((time.monotonic() - started) * 1000, 3)
         log.info("invocation_finished", outcome=outcome, duration_ms=duration, **extra)
 
@@ -219,18 +224,15 @@ class Executor:
     def timed_out(self, invocation_id: str, timeout: float | None) -> None:
         """The pool ended the attempt at its hard limit (or found it gone by then)."""
         pid = cast(str | None, self.redis.hget(keys.job(invocation_id), "pid"))
-        if pid and not _alive(int(pid)):
+        if pid and not alive(int(pid)):
             # A child that dies before the pool registers its job is only noticed here.
             error = {
                 "type": "WorkerLostError",
                 "message": f"the worker process running the attempt (pid {pid}) died",
             }
         else:
-            error = {
-                "type": "TimeLimitExceeded",
-                "message": f"the attempt ran past its hard time limit of {timeout}s; it was killed",
-            }
-        self._transition(
+            error = hard_limit_error(timeout)
+        self.transition(
             invocation_id, (JobStatus.RUNNING,), JobStatus.FAILED, error=json.dumps(error)
         )
         log.warning(
@@ -239,11 +241,32 @@ class Executor:
 
     def worker_lost(self, invocation_id: str) -> None:
         """The child running it died; Celery requeues the message."""
-        self._transition(invocation_id, (JobStatus.RUNNING,), JobStatus.QUEUED, lost="1")
+        self.transition(invocation_id, (JobStatus.RUNNING,), JobStatus.QUEUED, lost="1")
         log.warning("invocation_requeued", invocation_id=invocation_id, reason="worker_lost")
 
 
-def _alive(pid: int) -> bool:
+def bind(function: str, invocation_id: str | None, task: Task[Any, Any]) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        function=function,
+        invocation_id=invocation_id,
+        queue=(task.request.delivery_info or {}).get("routing_key"),
+    )
+
+
+def soft_limit_error(fn: LoadedFunction) -> SoftTimeLimitExceeded:
+    limit = fn.manifest.limits.soft_timeout
+    return SoftTimeLimitExceeded(f"the attempt ran past its soft time limit of {limit}s")
+
+
+def hard_limit_error(timeout: float | None) -> dict[str, str]:
+    return {
+        "type": "TimeLimitExceeded",
+        "message": f"the attempt ran past its hard time limit of {timeout}s; it was killed",
+    }
+
+
+def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie awaiting its parent's wait() does not)."""
     try:
         with open(f"/proc/{pid}/stat") as stat:

@@ -27,3 +27,25 @@ def queue_list(queue: str, broker_priority: int) -> str:
 
 def queue_lists(queue: str) -> list[str]:
     return [queue_list(queue, p) for p in PRIORITY_STEPS]
+
+
+# Dynamic batching: a stream of waiting items per function, read by a consumer group; a
+# flag that is set while a drain trigger for the function is queued; retries waiting for
+# their backoff; and, per running batch, what its items are (for the supervising parent).
+BATCH_GROUP = "workers"
+
+
+def batch_stream(function: str) -> str:
+    return f"{PREFIX}:batch:{function}"
+
+
+def batch_armed(function: str) -> str:
+    return f"{PREFIX}:batch-armed:{function}"
+
+
+def batch_delayed(function: str) -> str:
+    return f"{PREFIX}:batch-delayed:{function}"
+
+
+def batch_run(task_id: str) -> str:
+    return f"{PREFIX}:batch-run:{task_id}"

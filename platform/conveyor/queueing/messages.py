@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery
 
 from conveyor.queueing import keys
-from conveyor.queueing.celery_app import TASK_NAME, broker_priority
+from conveyor.queueing.celery_app import BATCH_TASK_NAME, TASK_NAME, broker_priority
 
 
 @dataclass(frozen=True)
@@ -37,24 +37,46 @@ class Invocation:
 
 
 def encode_message(app: Celery, inv: Invocation) -> tuple[str, str]:
-    """The Redis list to push to and the JSON envelope to push."""
+    """The Redis list to push to and the JSON envelope of one invocation's task."""
+    kwargs = {
+        "invocation_id": inv.id,
+        "function": inv.function,
+        "version": inv.version,
+        "input": inv.input,
+    }
+    return encode_task(app, inv.id, TASK_NAME, kwargs, inv)
+
+
+def encode_batch_trigger(
+    app: Celery, inv: Invocation, countdown: float | None = None
+) -> tuple[str, str]:
+    """A ``conveyor.batch`` task: drain ``inv.function``'s stream of waiting items."""
+    kwargs = {"function": inv.function, "version": inv.version}
+    return encode_task(app, str(uuid.uuid4()), BATCH_TASK_NAME, kwargs, inv, countdown=countdown)
+
+
+def encode_task(
+    app: Celery,
+    task_id: str,
+    name: str,
+    kwargs: dict[str, Any],
+    inv: Invocation,
+    *,
+    countdown: float | None = None,
+) -> tuple[str, str]:
     task = app.amqp.as_task_v2(
-        inv.id,
-        TASK_NAME,
+        task_id,
+        name,
         args=(),
-        kwargs={
-            "invocation_id": inv.id,
-            "function": inv.function,
-            "version": inv.version,
-            "input": inv.input,
-        },
+        kwargs=kwargs,
         time_limit=inv.timeout,  # type: ignore[arg-type]  # floats work; the stubs say int
         soft_time_limit=inv.soft_timeout,  # type: ignore[arg-type]
         shadow=inv.function,
         ignore_result=True,
+        countdown=countdown,
         # Celery would saferepr() the whole input for logs and Flower; name it instead.
         argsrepr="()",
-        kwargsrepr=f"{{'invocation_id': {inv.id!r}, 'function': {inv.function!r}}}",
+        kwargsrepr=f"{{'function': {inv.function!r}, 'id': {task_id!r}}}",
     )
     body = json.dumps(task.body, separators=(",", ":"))
     priority = broker_priority(inv.priority)

@@ -14,12 +14,14 @@ from celery import Celery, Task
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
 
-from conveyor.queueing.celery_app import TASK_NAME
+from conveyor.queueing.batches import Batches
+from conveyor.queueing.celery_app import BATCH_TASK_NAME, TASK_NAME
 from conveyor.queueing.executor import Executor
 
 
 def register_task(app: Celery, executor: Executor) -> Task[Any, Any]:
-    """Register ``conveyor.run`` on ``app``, delegating to ``executor``."""
+    """Register ``conveyor.run`` and ``conveyor.batch`` on ``app``."""
+    batches = Batches(executor, app)
 
     class ConveyorRequest(Request):
         """Runs in the supervising parent, which alone sees hard limits and dead children."""
@@ -33,10 +35,18 @@ def register_task(app: Celery, executor: Executor) -> Task[Any, Any]:
             exc = exc_info.exception
             if isinstance(exc, ExceptionWithTraceback):
                 exc = exc.exc
+            batch = self.task.name == BATCH_TASK_NAME  # self.name is the shadow name
             if isinstance(exc, TimeLimitExceeded):
-                executor.timed_out(self.id, exc.args[0] if exc.args else None)
+                timeout = exc.args[0] if exc.args else None
+                if batch:
+                    batches.timed_out(self.id, timeout)
+                else:
+                    executor.timed_out(self.id, timeout)
             elif isinstance(exc, WorkerLostError):
-                executor.worker_lost(self.id)
+                if batch:
+                    batches.lost(self.id)
+                else:
+                    executor.worker_lost(self.id)
 
     @app.task(
         name=TASK_NAME,
@@ -51,5 +61,17 @@ def register_task(app: Celery, executor: Executor) -> Task[Any, Any]:
         self: Task[Any, Any], invocation_id: str, function: str, version: str, input: Any
     ) -> None:
         executor.execute(self, invocation_id, function, version, input)
+
+    @app.task(
+        name=BATCH_TASK_NAME,
+        bind=True,
+        Request=ConveyorRequest,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        max_retries=None,
+    )
+    def batch(self: Task[Any, Any], function: str, version: str) -> None:
+        batches.drain(self, function, version)
 
     return run

@@ -5,6 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from conveyor.errors import (
+    BatchSizeError,
+    InputValidationError,
+    OutputNotSerializableError,
+)
 from conveyor.functions.loader import LoadedFunction
 from conveyor.log import get_logger
 from conveyor.runtime.encoding import encode_output
@@ -17,12 +22,10 @@ class Runner:
     """Runs invocations in this process; keeps one set-up instance per function."""
 
     def __init__(self) -> None:
-        self._instances: dict[str, tuple[str, Callable[[Any], Any]]] = {}
+        self._instances: dict[str, tuple[str, Any]] = {}
 
-    def prepare(self, fn: LoadedFunction) -> Callable[[Any], Any]:
-        """The callable for ``fn``: a class is instantiated and ``setup()`` once per version."""
-        if not fn.is_class:
-            return fn.handler  # type: ignore[no-any-return]
+    def instance(self, fn: LoadedFunction) -> Any:
+        """The set-up instance of a class handler: built and ``setup()`` once per version."""
         cached = self._instances.get(fn.name)
         if cached is not None and cached[0] == fn.version:
             return cached[1]
@@ -33,14 +36,76 @@ class Runner:
             log.info("function_setup_started", function=fn.name, version=fn.version)
             setup()
             log.info("function_setup_finished", function=fn.name, version=fn.version)
-        predict: Callable[[Any], Any] = instance.predict
-        self._instances[fn.name] = (fn.version, predict)
-        return predict
+        self._instances[fn.name] = (fn.version, instance)
+        return instance
+
+    def prepare(self, fn: LoadedFunction) -> Callable[[Any], Any]:
+        """The callable that runs one input of ``fn``."""
+        if not fn.is_class:
+            return fn.handler  # type: ignore[no-any-return]
+        return self.instance(fn).predict  # type: ignore[no-any-return]
 
     def run(self, fn: LoadedFunction, raw_input: Any) -> str:
         """Validate, call and encode: the invocation's output as JSON."""
         value = validate_input(fn, raw_input)
         return encode_output(self.prepare(fn)(value))
 
+    def run_batch(
+        self,
+        fn: LoadedFunction,
+        raw_inputs: list[Any],
+        propagate: tuple[type[BaseException], ...] = (),
+    ) -> list[str | Exception]:
+        """One outcome per input, in order: its output as JSON, or why it failed.
+
+        An input that fails validation fails alone. If ``predict_batch`` raises, each item
+        is retried on its own so that only the items that raise fail; exceptions listed in
+        ``propagate`` (a time limit) end the whole batch instead. ``predict_batch`` may
+        also return an exception instance in place of one item's output.
+        """
+        outcomes: list[str | Exception] = [Exception("not run")] * len(raw_inputs)
+        valid: list[tuple[int, Any]] = []
+        for i, raw in enumerate(raw_inputs):
+            try:
+                valid.append((i, validate_input(fn, raw)))
+            except InputValidationError as exc:
+                outcomes[i] = exc
+        if valid:
+            predict_batch = self.instance(fn).predict_batch
+            values = [value for _, value in valid]
+            for (i, _), outcome in zip(valid, _call(predict_batch, values, propagate), strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
     def forget(self, name: str) -> None:
         self._instances.pop(name, None)
+
+
+def _call(
+    predict_batch: Callable[[list[Any]], Any],
+    values: list[Any],
+    propagate: tuple[type[BaseException], ...],
+) -> list[str | Exception]:
+    try:
+        outputs = list(predict_batch(values))
+    except propagate:
+        raise
+    except Exception as exc:
+        if len(values) == 1:
+            return [exc]
+        return [outcome for v in values for outcome in _call(predict_batch, [v], propagate)]
+    if len(outputs) != len(values):
+        wrong = BatchSizeError(
+            f"predict_batch returned {len(outputs)} outputs for {len(values)} inputs"
+        )
+        return [wrong] * len(values)
+    return [_encode(output) for output in outputs]
+
+
+def _encode(output: Any) -> str | Exception:
+    if isinstance(output, Exception):
+        return output
+    try:
+        return encode_output(output)
+    except OutputNotSerializableError as exc:
+        return exc

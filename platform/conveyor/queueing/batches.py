@@ -1,0 +1,297 @@
+"""Dynamic batching, built on a Redis stream per function (celery-batches requires
+celery<5.7, and buffering messages in the worker's parent would need prefetching, which
+would let a backlog hide urgent work).
+
+How it works:
+
+1. The API stores an invocation of a batching function as usual (its job record), but
+   appends the item to the stream ``conveyor:batch:<fn>`` instead of queueing a task. In
+   the same transaction, :data:`ARM` queues one ``conveyor.batch`` trigger task unless one
+   is already waiting (the ``batch-armed`` flag).
+2. A worker process running the trigger clears the flag (so later items arm a new
+   trigger), then reads up to ``max_batch_size`` items with a consumer group, waiting until
+   ``max_wait_ms`` after the oldest item arrived for more; items already queued are taken
+   at once. It runs ``predict_batch`` once, stores every item's result in its own record,
+   and only then acknowledges the items (XACK). Items left over re-arm a trigger.
+3. An item that fails fails alone; a retryable one waits in ``batch-delayed`` for its
+   backoff, with a trigger scheduled for then.
+4. The supervising parent knows what a batch holds (``batch-run:<task id>``): when a child
+   dies it puts the items back on the stream; at the hard limit it fails them. Items of a
+   worker that vanished entirely stay pending in the group, and the next trigger (Redis
+   redelivers the dead worker's) claims them once idle longer than the hard limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from conveyor.errors import ConveyorError
+from conveyor.functions.loader import LoadedFunction
+from conveyor.functions.manifest import Manifest
+from conveyor.log import get_logger
+from conveyor.queueing import keys
+from conveyor.queueing.executor import (
+    Executor,
+    alive,
+    bind,
+    hard_limit_error,
+    soft_limit_error,
+)
+from conveyor.queueing.jobs import JobStatus
+from conveyor.queueing.messages import Invocation, encode_batch_trigger
+
+log = get_logger(__name__)
+
+ARMED_TTL = 30  # seconds; a safety net only: a trigger clears the flag when it runs
+CLAIM_MARGIN = 30.0  # seconds past the hard limit before another worker takes items
+
+# KEYS[1] armed flag, KEYS[2] the queue list; ARGV[1] flag TTL, ARGV[2] trigger message.
+ARM = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('LPUSH', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] delayed set, KEYS[2] stream; ARGV[1] now. Moves items whose backoff is over.
+MOVE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+for _, member in ipairs(due) do
+  local item = cjson.decode(member)
+  redis.call('XADD', KEYS[2], '*', 'id', item.id, 'version', item.version, 'input', item.input)
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One waiting invocation, as its stream entry holds it."""
+
+    entry_id: str
+    invocation_id: str
+    version: str
+    input: str  # JSON
+
+    @classmethod
+    def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Item:
+        return cls(entry_id, fields["id"], fields["version"], fields["input"])
+
+    def fields(self) -> dict[str, str]:
+        return {"id": self.invocation_id, "version": self.version, "input": self.input}
+
+
+def trigger_for(name: str, version: str, m: Manifest, priority: int | None = None) -> Invocation:
+    """The invocation-shaped description a ``conveyor.batch`` trigger is built from."""
+    return Invocation(
+        id="",
+        function=name,
+        version=version,
+        input=None,
+        queue=m.queue.name,
+        priority=m.queue.priority if priority is None else priority,
+        timeout=m.limits.timeout,
+        soft_timeout=m.limits.soft_timeout,
+    )
+
+
+class Batches:
+    """The ``conveyor.batch`` task's body, and its supervising parent's hooks."""
+
+    def __init__(self, executor: Executor, app: Celery) -> None:
+        self.executor = executor
+        self.app = app
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self.executor.redis
+
+    # -- in a pool child ---------------------------------------------------------------
+
+    def drain(self, task: Task[Any, Any], function: str, version: str) -> None:
+        bind(function, None, task)
+        started = time.monotonic()
+        self.redis.delete(keys.batch_armed(function))
+        try:
+            fn = self.executor.load(function, version)
+        except ConveyorError as exc:
+            log.error("batch_function_unavailable", error=str(exc))
+            return
+        stream = keys.batch_stream(function)
+        self._ensure_group(stream)
+        self.redis.eval(MOVE_DUE, 2, keys.batch_delayed(function), stream, time.time())
+        items = self._collect(fn, stream)
+        if items:
+            run_key = keys.batch_run(str(task.request.id))
+            trigger = encode_batch_trigger(self.app, trigger_for(fn.name, fn.version, fn.manifest))
+            record = {
+                "function": function,
+                "pid": os.getpid(),
+                "trigger": trigger,  # for the parent to re-arm with: it never loads code
+                "items": [item.__dict__ for item in items],
+            }
+            self.redis.set(run_key, json.dumps(record), ex=int(fn.manifest.limits.timeout) + 60)
+            self._run(fn, items, started)
+            self._acknowledge(stream, [item.entry_id for item in items])
+            self.redis.delete(run_key)
+            log.info("batch_finished", size=len(items), duration_ms=_ms(started))
+        if self._undelivered(stream):
+            self.arm(fn)
+
+    def _collect(self, fn: LoadedFunction, stream: str) -> list[Item]:
+        """Up to max_batch_size items: abandoned ones first, then waiting ones, then any
+        that arrive until max_wait_ms after the oldest of them arrived."""
+        assert fn.manifest.batching is not None
+        size = fn.manifest.batching.max_batch_size
+        wait = fn.manifest.batching.max_wait_ms / 1000
+        consumer = f"{socket.gethostname()}:{os.getpid()}"
+        idle_ms = int((fn.manifest.limits.timeout + CLAIM_MARGIN) * 1000)
+        claimed = self.redis.xautoclaim(stream, keys.BATCH_GROUP, consumer, idle_ms, count=size)
+        entries = [(eid, fields) for eid, fields in claimed[1] if fields]
+        entries += self._read(stream, consumer, size - len(entries), None)
+        if entries:
+            oldest = min(int(eid.split("-")[0]) for eid, _ in entries) / 1000
+            deadline = min(oldest + wait, time.time() + wait)
+            while len(entries) < size and (remaining := deadline - time.time()) > 0:
+                more = self._read(stream, consumer, size - len(entries), remaining)
+                if not more:
+                    break
+                entries += more
+        return [Item.from_entry(eid, fields) for eid, fields in entries]
+
+    def _read(
+        self, stream: str, consumer: str, count: int, block: float | None
+    ) -> list[tuple[str, dict[str, str]]]:
+        if count <= 0:
+            return []
+        answer: Any = self.redis.xreadgroup(
+            keys.BATCH_GROUP,
+            consumer,
+            {stream: ">"},
+            count=count,
+            block=None if block is None else max(1, int(block * 1000)),
+        )
+        return list(answer[0][1]) if answer else []
+
+    def _run(self, fn: LoadedFunction, items: list[Item], started: float) -> None:
+        admitted = []
+        for item in items:
+            attempt = self.executor.admit(fn, item.invocation_id, started)
+            if attempt is not None:
+                admitted.append((item, attempt))
+        if not admitted:
+            return
+        inputs = [json.loads(item.input) for item, _ in admitted]
+        try:
+            outcomes = self.executor.runner.run_batch(fn, inputs, (SoftTimeLimitExceeded,))
+        except SoftTimeLimitExceeded:
+            outcomes = [soft_limit_error(fn)] * len(admitted)
+        for (item, attempt), outcome in zip(admitted, outcomes, strict=True):
+            if isinstance(outcome, str):
+                self.executor.transition(
+                    item.invocation_id, (JobStatus.RUNNING,), JobStatus.SUCCEEDED, output=outcome
+                )
+                continue
+            delay = self.executor.retry_delay(fn, outcome, attempt)
+            if delay is None:
+                self.executor.fail(item.invocation_id, outcome, started)
+            else:
+                self.executor.mark_retrying(item.invocation_id, outcome, started, delay)
+                self._retry_later(fn, item, delay)
+
+    def _retry_later(self, fn: LoadedFunction, item: Item, delay: float) -> None:
+        member = json.dumps(item.fields())
+        self.redis.zadd(keys.batch_delayed(fn.name), {member: time.time() + delay})
+        queue_key, message = encode_batch_trigger(
+            self.app, trigger_for(fn.name, fn.version, fn.manifest), countdown=delay
+        )
+        self.redis.lpush(queue_key, message)
+
+    def arm(self, fn: LoadedFunction) -> None:
+        """Queue a trigger for ``fn`` unless one is already waiting."""
+        trigger = trigger_for(fn.name, fn.version, fn.manifest)
+        queue_key, message = encode_batch_trigger(self.app, trigger)
+        self.redis.eval(ARM, 2, keys.batch_armed(fn.name), queue_key, ARMED_TTL, message)
+
+    def _undelivered(self, stream: str) -> bool:
+        """Whether the stream holds items no batch has taken yet (not merely items that
+        another, live, batch is still running)."""
+        last = self.redis.xinfo_stream(stream)["last-generated-id"]
+        groups = self.redis.xinfo_groups(stream)
+        delivered = next(g["last-delivered-id"] for g in groups if g["name"] == keys.BATCH_GROUP)
+        return bool(self.redis.xlen(stream)) and _id(delivered) < _id(last)
+
+    def _ensure_group(self, stream: str) -> None:
+        with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: it exists
+            self.redis.xgroup_create(stream, keys.BATCH_GROUP, id="0", mkstream=True)
+
+    def _acknowledge(self, stream: str, entry_ids: list[str]) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xack(stream, keys.BATCH_GROUP, *entry_ids)
+        pipe.xdel(stream, *entry_ids)
+        pipe.execute()
+
+    # -- in the supervising parent -----------------------------------------------------
+
+    def _batch(self, task_id: str) -> dict[str, Any] | None:
+        raw = self.redis.getdel(keys.batch_run(task_id))
+        return json.loads(str(raw)) if raw else None
+
+    def timed_out(self, task_id: str, timeout: float | None) -> None:
+        """The batch ran past its hard limit: each of its items failed, unless its process
+        had died (billiard notices a child that dies early only at the hard limit)."""
+        batch = self._batch(task_id)
+        if batch is None:
+            return
+        if not alive(batch["pid"]):
+            self._requeue(batch)
+            return
+        items = [Item(**item) for item in batch["items"]]
+        for item in items:
+            self.executor.transition(
+                item.invocation_id,
+                (JobStatus.RUNNING,),
+                JobStatus.FAILED,
+                error=json.dumps(hard_limit_error(timeout)),
+            )
+        self._acknowledge(keys.batch_stream(batch["function"]), [i.entry_id for i in items])
+        log.warning("batch_finished", task_id=task_id, outcome="timed_out", size=len(items))
+
+    def lost(self, task_id: str) -> None:
+        """The child running the batch died: its items go back on the stream."""
+        batch = self._batch(task_id)
+        if batch is not None:
+            self._requeue(batch)
+
+    def _requeue(self, batch: dict[str, Any]) -> None:
+        stream = keys.batch_stream(batch["function"])
+        for item in (Item(**item) for item in batch["items"]):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.xadd(stream, dict[Any, Any](item.fields()))
+            pipe.xack(stream, keys.BATCH_GROUP, item.entry_id)
+            pipe.xdel(stream, item.entry_id)
+            pipe.execute()
+            self.executor.worker_lost(item.invocation_id)
+        queue_key, message = batch["trigger"]
+        self.redis.eval(ARM, 2, keys.batch_armed(batch["function"]), queue_key, ARMED_TTL, message)
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)
