@@ -93,6 +93,11 @@ class Platform:
         self.redis = RedisServer(self.root / "redis").start()
         self.functions = self.root / "functions"
         shutil.copytree(HERE / "functions", self.functions)
+        # The baseline of batching: the same function with batching off.
+        nobatch = self.functions / "mlp-nobatch"
+        shutil.copytree(self.functions / "mlp", nobatch)
+        manifest = (nobatch / "function.toml").read_text()
+        (nobatch / "function.toml").write_text(manifest.split("[batching]")[0])
         self.config = write_settings(self.root / "deploy.toml", self.redis.url, self.functions)
         port = free_port()
         api, self.base = start_api(self.config, self.root / "api.log", port)
@@ -188,9 +193,16 @@ def raw_round_trip(raw: Any, n: int = ROUND_TRIPS) -> dict[str, float]:
 
 
 async def _http_load(
-    base: str, name: str, make_input: Callable[[int], Any], total: int, clients: int
+    base: str,
+    name: str,
+    make_input: Callable[[int], Any],
+    total: int,
+    clients: int,
+    *,
+    one_call: bool = False,
 ) -> dict[str, float]:
-    """``clients`` concurrent clients, each: submit, then long-poll the result."""
+    """``clients`` concurrent clients, each: submit, then long-poll the result; or, with
+    ``one_call``, invoke with ?wait and take the result from that answer."""
     latencies: list[float] = []
     counter = iter(range(total))
     connector = aiohttp.TCPConnector(limit=clients)
@@ -199,13 +211,13 @@ async def _http_load(
         async def one_client() -> None:
             for i in counter:
                 start = time.perf_counter()
-                async with client.post(
-                    f"/functions/{name}/invoke", json={"input": make_input(i)}
-                ) as r:
-                    accepted = await r.json()
-                    assert r.status == 202, accepted
-                async with client.get(accepted["result_url"] + "?wait=60") as r:
+                url = f"/functions/{name}/invoke" + ("?wait=60" if one_call else "")
+                async with client.post(url, json={"input": make_input(i)}) as r:
                     done = await r.json()
+                    assert r.status == (200 if one_call else 202), done
+                if not one_call:
+                    async with client.get(done["result_url"] + "?wait=60") as r:
+                        done = await r.json()
                 assert done["status"] == "succeeded", done
                 latencies.append((time.perf_counter() - start) * 1000)
 
@@ -231,8 +243,8 @@ def raw_throughput(raw: Any) -> dict[str, float]:
 
 
 def mlp_load(base: str, name: str) -> dict[str, float]:
-    def features(i: int) -> list[float]:
-        return [((i * 7 + j) % 13) / 13 for j in range(16)]
+    def features(i: int) -> dict[str, list[float]]:
+        return {"x": [((i * 7 + j) % 13) / 13 for j in range(16)]}
 
     return asyncio.run(_http_load(base, name, features, BATCH_REQUESTS, BATCH_CLIENTS))
 
@@ -371,8 +383,8 @@ def main() -> int:
         if os.environ.get("BENCH_SKIP_BATCHING"):
             return report(rows) or 0
         mlp_worker = env.worker("--queues", "batch", "--concurrency", "1")
-        asyncio.run(_http_load(env.base, "mlp", lambda i: [0.0] * 16, 100, 8))
-        asyncio.run(_http_load(env.base, "mlp-nobatch", lambda i: [0.0] * 16, 100, 8))
+        for name in ("mlp", "mlp-nobatch"):  # warm up: set-up, first batches
+            asyncio.run(_http_load(env.base, name, lambda i: {"x": [0.0] * 16}, 200, 8))
         on = median_of(RUNS, lambda: mlp_load(env.base, "mlp"))
         off = median_of(RUNS, lambda: mlp_load(env.base, "mlp-nobatch"))
         rows += [

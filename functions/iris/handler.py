@@ -40,20 +40,21 @@ class Iris:
         self.species: list[str] = saved["species"]
 
     def predict(self, measurements: IrisInput) -> IrisOutput:
+        return self.predict_batch([measurements])[0]
+
+    def predict_batch(self, batch: list[IrisInput]) -> list[IrisOutput]:
+        """With [batching], the platform calls this with up to 32 inputs at once."""
         x = self.torch.tensor(
-            [
-                [
-                    measurements.sepal_length,
-                    measurements.sepal_width,
-                    measurements.petal_length,
-                    measurements.petal_width,
-                ]
-            ]
+            [[m.sepal_length, m.sepal_width, m.petal_length, m.petal_width] for m in batch]
         )
         with self.torch.no_grad():
-            probs = self.torch.softmax(self.net((x - self.mean) / self.std), dim=1)[0]
-        best = int(probs.argmax())
-        return IrisOutput(
-            species=self.species[best],
-            probabilities={s: round(float(p), 4) for s, p in zip(self.species, probs, strict=True)},
-        )
+            probs = self.torch.softmax(self.net((x - self.mean) / self.std), dim=1)
+        return [
+            IrisOutput(
+                species=self.species[int(row.argmax())],
+                probabilities={
+                    s: round(float(p), 4) for s, p in zip(self.species, row, strict=True)
+                },
+            )
+            for row in probs
+        ]

@@ -76,6 +76,8 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
         port=args.port or settings.api.port,
         log_config=None,
         access_log=False,
+        server_header=False,  # per-response work nobody reads
+        date_header=False,
         timeout_graceful_shutdown=5,
     )
     return 0

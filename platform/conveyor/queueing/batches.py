@@ -186,9 +186,14 @@ class Batches:
         return list(answer[0][1]) if answer else []
 
     def _run(self, fn: LoadedFunction, items: list[Item], started: float) -> None:
-        admitted = []
+        # One round trip to start every item, and one to store every success.
+        pipe = self.redis.pipeline(transaction=False)
         for item in items:
-            attempt = self.executor.admit(fn, item.invocation_id, started)
+            self.executor.queue_start(pipe, item.invocation_id, fn.version)
+        admitted = []
+        for item, answer in zip(items, pipe.execute(), strict=True):
+            begun = self.executor.started(item.invocation_id, answer)
+            attempt = self.executor.admitted(fn, item.invocation_id, started, begun)
             if attempt is not None:
                 admitted.append((item, attempt))
         if not admitted:
@@ -198,10 +203,15 @@ class Batches:
             outcomes = self.executor.runner.run_batch(fn, inputs, (SoftTimeLimitExceeded,))
         except SoftTimeLimitExceeded:
             outcomes = [soft_limit_error(fn)] * len(admitted)
+        pipe = self.redis.pipeline(transaction=False)
         for (item, attempt), outcome in zip(admitted, outcomes, strict=True):
             if isinstance(outcome, str):
                 self.executor.transition(
-                    item.invocation_id, (JobStatus.RUNNING,), JobStatus.SUCCEEDED, output=outcome
+                    item.invocation_id,
+                    (JobStatus.RUNNING,),
+                    JobStatus.SUCCEEDED,
+                    pipe=pipe,
+                    output=outcome,
                 )
                 continue
             delay = self.executor.retry_delay(fn, outcome, attempt)
@@ -210,6 +220,7 @@ class Batches:
             else:
                 self.executor.mark_retrying(item.invocation_id, outcome, started, delay)
                 self._retry_later(fn, item, delay)
+        pipe.execute()
 
     def _retry_later(self, fn: LoadedFunction, item: Item, delay: float) -> None:
         member = json.dumps(item.fields())

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from conveyor.errors import (
@@ -26,10 +25,11 @@ from conveyor.errors import (
 from conveyor.functions.registry import FunctionSpec
 from conveyor.log import get_logger
 from conveyor.queueing import keys
-from conveyor.queueing.batches import ARM, ARMED_TTL, trigger_for
+from conveyor.queueing.batches import ARMED_TTL, trigger_for
 from conveyor.queueing.celery_app import create_celery
 from conveyor.queueing.jobs import (
     ACTIVE,
+    SUBMIT,
     TRANSITION,
     JobRecord,
     JobStatus,
@@ -40,6 +40,9 @@ from conveyor.queueing.messages import Invocation, encode_batch_trigger, encode_
 from conveyor.settings import Settings
 
 log = get_logger(__name__)
+
+_TEMPLATE_ID = "00000000-0000-4000-8000-00000000face"
+_TEMPLATE_TAG = "00000000-0000-4000-8000-0000000000da"
 
 
 @contextlib.contextmanager
@@ -65,7 +68,8 @@ class QueueClient:
         )
         self.celery = create_celery(settings)
         self._transition = self.redis.register_script(TRANSITION)
-        self._arm = self.redis.register_script(ARM)
+        self._submit = self.redis.register_script(SUBMIT)
+        self._trigger_templates: dict[tuple[str, str, int], tuple[str, str]] = {}
         # Its own connection with no read timeout: it idles until an invocation finishes.
         self._waiters = _Waiters(
             aioredis.Redis.from_url(
@@ -112,12 +116,9 @@ class QueueClient:
         )
         # Watch before the message exists, so even an instant result is not missed.
         with self._waiters.watch(inv.id) as events:
+            submit_keys, submit_args = self._submit_command(spec, inv, fields)
             with broker_errors():
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    pipe.hset(keys.job(inv.id), mapping=cast(dict[Any, Any], fields))
-                    pipe.expire(keys.job(inv.id), self.settings.results.pending_ttl)
-                    await self._enqueue(pipe, spec, inv)
-                    await pipe.execute()
+                await self._submit(keys=submit_keys, args=submit_args)
             log.info(
                 "invocation_queued",
                 function=inv.function,
@@ -129,21 +130,55 @@ class QueueClient:
             record = JobRecord.from_hash(inv.id, fields)
             return await self._until_final(record, events, wait, None)
 
-    async def _enqueue(self, pipe: Pipeline, spec: FunctionSpec, inv: Invocation) -> None:
-        """Queue the task, or, for a batching function, append the item to its stream
-        and arm a drain trigger (see :mod:`conveyor.queueing.batches`)."""
+    def _submit_command(
+        self, spec: FunctionSpec, inv: Invocation, fields: dict[str, str]
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of :data:`SUBMIT`: a task message, or (batching, see
+        :mod:`conveyor.queueing.batches`) a stream item and a drain trigger."""
+        record = [value for pair in fields.items() for value in pair]
+        pending_ttl = self.settings.results.pending_ttl
         if spec.manifest.batching is None:
-            pipe.lpush(*encode_message(self.celery, inv))
-            return
-        item = {"id": inv.id, "version": inv.version, "input": json.dumps(inv.input)}
-        pipe.xadd(keys.batch_stream(inv.function), cast(dict[Any, Any], item))
-        trigger = trigger_for(spec.name, spec.version, spec.manifest, inv.priority)
-        queue_key, message = encode_batch_trigger(self.celery, trigger)
-        await self._arm(
-            keys=[keys.batch_armed(inv.function), queue_key],
-            args=[ARMED_TTL, message],
-            client=pipe,
-        )
+            queue_key, message = encode_message(self.celery, inv)
+            return [keys.job(inv.id), queue_key, "", ""], [
+                pending_ttl,
+                message,
+                0,
+                "",
+                "",
+                "",
+                "",
+                *record,
+            ]
+        trigger_key, trigger = self._trigger(spec, inv.priority)
+        stream, armed = keys.batch_stream(inv.function), keys.batch_armed(inv.function)
+        item_input = json.dumps(inv.input)
+        return [keys.job(inv.id), stream, armed, trigger_key], [
+            pending_ttl,
+            "",
+            ARMED_TTL,
+            trigger,
+            inv.id,
+            inv.version,
+            item_input,
+            *record,
+        ]
+
+    def _trigger(self, spec: FunctionSpec, priority: int) -> tuple[str, str]:
+        """A fresh trigger message for ``spec``: a cached template with new ids, since
+        most submits find a trigger already armed and discard theirs."""
+        cache_key = (spec.name, spec.version, priority)
+        template = self._trigger_templates.get(cache_key)
+        if template is None:
+            trigger = trigger_for(spec.name, spec.version, spec.manifest, priority)
+            queue_key, message = encode_batch_trigger(self.celery, trigger, task_id=_TEMPLATE_ID)
+            template = (
+                queue_key,
+                message.replace(json.loads(message)["properties"]["delivery_tag"], _TEMPLATE_TAG),
+            )
+            self._trigger_templates[cache_key] = template
+        queue_key, message = template
+        fresh = message.replace(_TEMPLATE_ID, str(uuid.uuid4()))
+        return queue_key, fresh.replace(_TEMPLATE_TAG, str(uuid.uuid4()))
 
     async def get(self, invocation_id: str, function: str | None = None) -> JobRecord:
         with broker_errors():
@@ -177,7 +212,8 @@ class QueueClient:
             if remaining <= 0:
                 break
             try:
-                event = await asyncio.wait_for(events.get(), remaining)
+                async with asyncio.timeout(remaining):  # no extra task, unlike wait_for
+                    event = await events.get()
             except TimeoutError:
                 break
             # None: the listener reconnected and may have missed the event; read it.

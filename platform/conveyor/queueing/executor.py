@@ -18,6 +18,7 @@ import redis
 import structlog
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, WorkerLostError
+from redis.client import Pipeline
 from redis.commands.core import Script
 
 from conveyor.errors import ConveyorError
@@ -91,10 +92,20 @@ class Executor:
         return self._scripts[name]
 
     def transition(
-        self, invocation_id: str, allowed: tuple[JobStatus, ...], to: JobStatus, **fields: str
+        self,
+        invocation_id: str,
+        allowed: tuple[JobStatus, ...],
+        to: JobStatus,
+        pipe: Pipeline | None = None,
+        **fields: str,
     ) -> tuple[int, str]:
+        """Change the record's status if it is one of ``allowed``: (changed, previous).
+        With ``pipe`` the change is only queued there, and (0, "") returned."""
         job_keys, args = transition_args(invocation_id, allowed, to, **fields)
-        changed, previous = self.script("transition")(keys=job_keys, args=args)
+        answer = self.script("transition")(keys=job_keys, args=args, client=pipe)
+        if pipe is not None:
+            return 0, ""
+        changed, previous = answer
         return int(changed), str(previous)
 
     def load(self, name: str, version: str) -> LoadedFunction:
@@ -159,9 +170,22 @@ class Executor:
     def start(self, invocation_id: str, version: str) -> tuple[int, bool] | None:
         """Mark an attempt started: (attempt number, whether a lost attempt preceded it),
         or None when the invocation must not run (cancelled, finished, or unknown)."""
-        previous, attempts, lost = self.script("start")(
+        answer = self.script("start")(
             keys=[keys.job(invocation_id)], args=[repr(time.time()), version, os.getpid()]
         )
+        return self.started(invocation_id, answer)
+
+    def queue_start(self, pipe: Pipeline, invocation_id: str, version: str) -> None:
+        """:meth:`start`, queued on ``pipe``; :meth:`started` reads its answer."""
+        self.script("start")(
+            keys=[keys.job(invocation_id)],
+            args=[repr(time.time()), version, os.getpid()],
+            client=pipe,
+        )
+
+    @staticmethod
+    def started(invocation_id: str, answer: list[Any]) -> tuple[int, bool] | None:
+        previous, attempts, lost = answer
         if not previous:
             log.error("invocation_record_missing", invocation_id=invocation_id)
             return None
@@ -171,8 +195,19 @@ class Executor:
         return int(attempts), bool(lost)
 
     def admit(self, fn: LoadedFunction, invocation_id: str, started: float) -> int | None:
-        """Start an attempt of ``fn``, or fail the invocation whose workers keep dying."""
+        """Start an attempt of ``fn``; see :meth:`admitted`."""
         begun = self.start(invocation_id, fn.version)
+        return self.admitted(fn, invocation_id, started, begun)
+
+    def admitted(
+        self,
+        fn: LoadedFunction,
+        invocation_id: str,
+        started: float,
+        begun: tuple[int, bool] | None,
+    ) -> int | None:
+        """The attempt number to run, or None: not to run, or failed because its workers
+        keep dying."""
         if begun is None:
             return None
         attempt, lost = begun

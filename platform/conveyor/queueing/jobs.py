@@ -73,6 +73,26 @@ return {status, attempts, lost}
 """
 
 
+# Accept an invocation: its record and its message, or (batching) its stream item and,
+# unless one is waiting, a drain trigger -- one command, so a 202 always has both.
+# KEYS[1] job, KEYS[2] queue list or stream, KEYS[3] armed flag, KEYS[4] trigger's list.
+# ARGV: pending TTL, message ('' for a batch item), armed TTL, trigger, item id, version,
+# input, then the record's field/value pairs.
+SUBMIT = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('LPUSH', KEYS[2], ARGV[2])
+  return 1
+end
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[5], 'version', ARGV[6], 'input', ARGV[7])
+if redis.call('SET', KEYS[3], '1', 'NX', 'EX', ARGV[3]) then
+  redis.call('LPUSH', KEYS[4], ARGV[4])
+end
+return 1
+"""
+
+
 def now() -> float:
     return time.time()
 

@@ -48,11 +48,12 @@ def encode_message(app: Celery, inv: Invocation) -> tuple[str, str]:
 
 
 def encode_batch_trigger(
-    app: Celery, inv: Invocation, countdown: float | None = None
+    app: Celery, inv: Invocation, countdown: float | None = None, task_id: str | None = None
 ) -> tuple[str, str]:
     """A ``conveyor.batch`` task: drain ``inv.function``'s stream of waiting items."""
     kwargs = {"function": inv.function, "version": inv.version}
-    return encode_task(app, str(uuid.uuid4()), BATCH_TASK_NAME, kwargs, inv, countdown=countdown)
+    task_id = task_id or str(uuid.uuid4())
+    return encode_task(app, task_id, BATCH_TASK_NAME, kwargs, inv, countdown=countdown)
 
 
 def encode_task(
