@@ -1,8 +1,9 @@
-"""A small torch MLP. bench/run.py deploys it twice: as is (batching on) and as
-`mlp-nobatch` with the [batching] table removed."""
+"""A small torch MLP (hidden width BENCH_MLP_HIDDEN, default 512). bench/run.py deploys
+it twice: as is (batching on) and as `mlp-nobatch` with the [batching] table removed."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -19,12 +20,13 @@ class MLP:
         torch.manual_seed(0)
         torch.set_num_threads(1)
         self.torch = torch
+        hidden = int(os.environ.get("BENCH_MLP_HIDDEN", "512"))
         self.net: Any = torch.nn.Sequential(
-            torch.nn.Linear(16, 512),
+            torch.nn.Linear(16, hidden),
             torch.nn.ReLU(),
-            torch.nn.Linear(512, 512),
+            torch.nn.Linear(hidden, hidden),
             torch.nn.ReLU(),
-            torch.nn.Linear(512, 4),
+            torch.nn.Linear(hidden, 4),
         ).eval()
 
     def predict(self, features: Features) -> list[float]:
