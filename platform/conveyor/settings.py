@@ -36,6 +36,9 @@ class RedisSettings(_Section):
     data_dir: Path = Field(Path(".conveyor/redis"), description="where `conveyor redis` persists")
     connect_timeout: Seconds = 2.0
     socket_timeout: Seconds = 10.0
+    max_connections: int = Field(
+        64, ge=1, le=10_000, description="per API process; more requests wait for one"
+    )
 
     @field_validator("url")
     @classmethod

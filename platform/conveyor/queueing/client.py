@@ -59,13 +59,18 @@ class QueueClient:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = aioredis.Redis.from_url(
+        # A blocking pool: past max_connections a request waits for a connection, where
+        # the default pool raises MaxConnectionsError (a ConnectionError: a false 503).
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis.url,
+            max_connections=settings.redis.max_connections,
+            timeout=settings.redis.socket_timeout,
             decode_responses=True,
             socket_connect_timeout=settings.redis.connect_timeout,
             socket_timeout=settings.redis.socket_timeout,
             health_check_interval=30,
         )
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.celery = create_celery(settings)
         self._transition = self.redis.register_script(TRANSITION)
         self._submit = self.redis.register_script(SUBMIT)
