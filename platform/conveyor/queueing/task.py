@@ -48,29 +48,23 @@ def register_task(app: Celery, executor: Executor) -> Task[Any, Any]:
                 else:
                     executor.worker_lost(self.id)
 
-    @app.task(
-        name=TASK_NAME,
-        bind=True,
-        Request=ConveyorRequest,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        ignore_result=True,
-        max_retries=None,
-    )
+    # Both tasks: acknowledged after the outcome is stored, requeued if the child dies.
+    options: dict[str, Any] = {
+        "bind": True,
+        "Request": ConveyorRequest,
+        "acks_late": True,
+        "reject_on_worker_lost": True,
+        "ignore_result": True,
+        "max_retries": None,
+    }
+
+    @app.task(name=TASK_NAME, **options)
     def run(
         self: Task[Any, Any], invocation_id: str, function: str, version: str, input: Any
     ) -> None:
         executor.execute(self, invocation_id, function, version, input)
 
-    @app.task(
-        name=BATCH_TASK_NAME,
-        bind=True,
-        Request=ConveyorRequest,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        ignore_result=True,
-        max_retries=None,
-    )
+    @app.task(name=BATCH_TASK_NAME, **options)
     def batch(self: Task[Any, Any], function: str, version: str) -> None:
         batches.drain(self, function, version)
 
