@@ -19,7 +19,7 @@ from conveyor.queueing.celery_app import BATCH_TASK_NAME, TASK_NAME
 from conveyor.queueing.executor import Executor
 
 
-def register_task(app: Celery, executor: Executor) -> Task[Any, Any]:
+def register_task(app: Celery, executor: Executor) -> None:
     """Register ``conveyor.run`` and ``conveyor.batch`` on ``app``."""
     batches = Batches(executor, app)
 
@@ -67,5 +67,3 @@ def register_task(app: Celery, executor: Executor) -> Task[Any, Any]:
     @app.task(name=BATCH_TASK_NAME, **options)
     def batch(self: Task[Any, Any], function: str, version: str) -> None:
         batches.drain(self, function, version)
-
-    return run
