@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from support import RedisServer
+from support import RedisServer, Stack
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +29,18 @@ def functions_dir(tmp_path: Path) -> Path:
     path = tmp_path / "functions"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="module")
+def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[type[Stack]]:
+    stacks: list[Stack] = []
+
+    def build(extra_settings: str = "") -> Stack:
+        root = tmp_path_factory.mktemp("stack")
+        stack = Stack(root, RedisServer(root / "redis").start(), extra_settings)
+        stacks.append(stack)
+        return stack
+
+    yield build  # type: ignore[misc]
+    for stack in stacks:
+        stack.close()

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 import pytest
 from litestar.testing import TestClient
 
-from conftest import Stack, invoke, result
-from support import write_function
+from support import Stack, invoke, result, write_function
 
 pytestmark = pytest.mark.integration
 

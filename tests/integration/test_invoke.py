@@ -9,8 +9,7 @@ from collections.abc import Iterator
 import pytest
 from litestar.testing import TestClient
 
-from conftest import Stack, invoke, result, until_reloaded
-from support import copy_examples, wait_for, write_function
+from support import Stack, copy_examples, invoke, result, until_reloaded, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 

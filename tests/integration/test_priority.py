@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import invoke, result
-from support import write_function
+from support import invoke, result, write_function
 
 pytestmark = pytest.mark.integration
 

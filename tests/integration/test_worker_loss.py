@@ -7,8 +7,7 @@ import signal
 
 import pytest
 
-from conftest import invoke, result
-from support import wait_for, write_function
+from support import invoke, result, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 

@@ -12,6 +12,10 @@ PRIORITY_SEP = ":"
 PRIORITY_STEPS = list(range(10))
 
 
+# kombu's Redis transport: delivery tag -> time delivered, for messages not yet acked.
+KOMBU_UNACKED_INDEX = "unacked_index"
+
+
 def job(invocation_id: str) -> str:
     return f"{PREFIX}:job:{invocation_id}"
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 from celery import signals
+from celery.worker import state
 
 from conveyor.functions.registry import Registry
 from conveyor.functions.watcher import watch_in_thread
@@ -130,6 +131,7 @@ class WorkerProcess:
         self._consumer = sender
         self._apply_visibility_timeout()
         threading.Thread(target=self._heartbeat, name="conveyor-heartbeat", daemon=True).start()
+        threading.Thread(target=self._renew_leases, name="conveyor-leases", daemon=True).start()
         log.info("worker_ready", worker=self.name, queues=self.queues)
 
     def _on_shutdown(self, **_: Any) -> None:
@@ -141,6 +143,25 @@ class WorkerProcess:
         return redis.Redis.from_url(
             self.settings.redis.url, socket_connect_timeout=self.settings.redis.connect_timeout
         )
+
+    def _renew_leases(self) -> None:
+        """Keep Redis from redelivering what this worker still holds.
+
+        kombu redelivers a message once it has been unacked for the visibility timeout.
+        An attempt may legitimately run longer (the timeout was set short, or a longer
+        function was deployed), so every third of the timeout the parent re-stamps the
+        delivery time of each message it holds. Only a worker that is gone stops doing so.
+        """
+        client = self._redis()
+        while not self._stop.wait(max(0.2, self.visibility_timeout / 3)):
+            tags = _held_delivery_tags()
+            if not tags:
+                continue
+            now = time.time()
+            try:
+                client.zadd(keys.KOMBU_UNACKED_INDEX, dict.fromkeys(tags, now), xx=True)
+            except redis.RedisError as exc:
+                log.warning("lease_renewal_failed", error=str(exc))
 
     def _heartbeat(self) -> None:
         client = self._redis()
@@ -161,3 +182,16 @@ class WorkerProcess:
             except redis.RedisError as exc:
                 log.warning("heartbeat_failed", error=str(exc))
             self._stop.wait(interval)
+
+
+def _held_delivery_tags() -> list[str]:
+    """Delivery tags of the messages this worker has taken and not yet acknowledged."""
+    for _ in range(3):  # the sets change under us while the consumer thread works
+        try:
+            held = [*state.active_requests, *state.reserved_requests]
+            break
+        except RuntimeError:
+            continue
+    else:
+        return []
+    return [str(r.message.delivery_tag) for r in held if not r.acknowledged]
