@@ -48,6 +48,10 @@ class InputValidationError(ConveyorError):
         self.errors = errors
 
 
+class IdempotencyConflictError(ConveyorError):
+    """The Idempotency-Key was already used with a different request body."""
+
+
 class InputTooLargeError(ConveyorError):
     """The input is larger than the function accepts."""
 

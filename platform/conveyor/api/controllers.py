@@ -71,6 +71,15 @@ def _parse_invoke(body: bytes, content_type: str, limit: int) -> InvokeRequest:
         ) from None
 
 
+def _idempotency_key(request: Request[Any, Any, Any]) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise ClientException("Idempotency-Key must be 1 to 255 printable characters")
+    return key
+
+
 class FunctionsController(Controller):
     path = "/functions"
 
@@ -100,7 +109,9 @@ class FunctionsController(Controller):
             entry.spec.manifest.limits.max_input_bytes,
         )
         validate_input(entry.loaded, body.input)
-        record = await platform.queue.submit(entry.spec, body.input, body.priority, wait or 0)
+        record = await platform.queue.submit(
+            entry.spec, body.input, body.priority, wait or 0, _idempotency_key(request)
+        )
         if record.status.final:
             return Response(result_body(record), status_code=200)
         url = _result_url(record)

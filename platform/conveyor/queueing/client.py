@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 
 from conveyor.errors import (
     BrokerUnavailableError,
+    IdempotencyConflictError,
     InvocationFinishedError,
     InvocationNotFoundError,
 )
@@ -99,11 +101,19 @@ class QueueClient:
             return False
 
     async def submit(
-        self, spec: FunctionSpec, raw_input: Any, priority: int | None, wait: float = 0
+        self,
+        spec: FunctionSpec,
+        raw_input: Any,
+        priority: int | None,
+        wait: float = 0,
+        idempotency_key: str | None = None,
     ) -> JobRecord:
-        """Store the record and enqueue the message in one transaction; then it is a promise.
+        """Store the record and enqueue the message in one step; then it is a promise.
 
-        With ``wait``, return the record once final or after ``wait`` seconds.
+        With ``wait``, return the record once final or after ``wait`` seconds. With an
+        ``idempotency_key`` used before for this function (within the result's TTL), the
+        first invocation is returned instead, and nothing runs again; if that first use
+        had another input or priority, :class:`IdempotencyConflictError` is raised.
         """
         manifest = spec.manifest
         inv = Invocation(
@@ -119,11 +129,17 @@ class QueueClient:
         fields = new_job_fields(
             inv.function, inv.version, inv.queue, inv.priority, manifest.results.ttl
         )
+        idempotency = keys.idempotency(spec.name, idempotency_key) if idempotency_key else ""
+        if idempotency:
+            fields["idempotency_key"] = idempotency
+        digest = _digest(raw_input, priority)
         # Watch before the message exists, so even an instant result is not missed.
         with self._waiters.watch(inv.id) as events:
-            submit_keys, submit_args = self._submit_command(spec, inv, fields)
+            submit_keys, submit_args = self._submit_command(spec, inv, fields, idempotency, digest)
             with broker_errors():
-                await self._submit(keys=submit_keys, args=submit_args)
+                first = await self._submit(keys=submit_keys, args=submit_args)
+            if isinstance(first, str):
+                return await self._replay(spec.name, idempotency_key or "", first, digest, wait)
             log.info(
                 "invocation_queued",
                 function=inv.function,
@@ -135,36 +151,57 @@ class QueueClient:
             record = JobRecord.from_hash(inv.id, fields)
             return await self._until_final(record, events, wait, None)
 
+    async def _replay(
+        self, function: str, key: str, first: str, digest: str, wait: float
+    ) -> JobRecord:
+        invocation_id, _, first_digest = first.partition(" ")
+        if first_digest != digest:
+            raise IdempotencyConflictError(
+                f"Idempotency-Key {key!r} was used for invocation {invocation_id} with another"
+                " input or priority; use a new key for a different request"
+            )
+        log.info("invocation_replayed", function=function, invocation_id=invocation_id)
+        return await self.wait(invocation_id, wait, function)
+
     def _submit_command(
-        self, spec: FunctionSpec, inv: Invocation, fields: dict[str, str]
+        self,
+        spec: FunctionSpec,
+        inv: Invocation,
+        fields: dict[str, str],
+        idempotency: str,
+        digest: str,
     ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of :data:`SUBMIT`: a task message, or (batching, see
         :mod:`conveyor.queueing.batches`) a stream item and a drain trigger."""
         record = [value for pair in fields.items() for value in pair]
-        pending_ttl = self.settings.results.pending_ttl
+        ttl = self.settings.results.pending_ttl
         if spec.manifest.batching is None:
             queue_key, message = encode_message(self.celery, inv)
-            return [keys.job(inv.id), queue_key, "", ""], [
-                pending_ttl,
+            return [keys.job(inv.id), queue_key, "", "", idempotency], [
+                ttl,
                 message,
                 0,
                 "",
                 "",
                 "",
                 "",
+                inv.id,
+                digest,
                 *record,
             ]
         trigger_key, trigger = self._trigger(spec, inv.priority)
         stream, armed = keys.batch_stream(inv.function), keys.batch_armed(inv.function)
-        item_input = json.dumps(inv.input)
-        return [keys.job(inv.id), stream, armed, trigger_key], [
-            pending_ttl,
+        item = json.dumps(inv.input)
+        return [keys.job(inv.id), stream, armed, trigger_key, idempotency], [
+            ttl,
             "",
             ARMED_TTL,
             trigger,
             inv.id,
             inv.version,
-            item_input,
+            item,
+            inv.id,
+            digest,
             *record,
         ]
 
@@ -267,6 +304,11 @@ class QueueClient:
             names = [k async for k in self.redis.scan_iter(match=keys.worker("*"), count=100)]
             values = await self.redis.mget(names) if names else []
         return [json.loads(v) for v in values if v]
+
+
+def _digest(raw_input: Any, priority: int | None) -> str:
+    body = json.dumps({"input": raw_input, "priority": priority}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
 class _Waiters:

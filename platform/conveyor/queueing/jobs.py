@@ -45,7 +45,11 @@ end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 6))
 local ttl = ARGV[3]
 if ttl == 'record' then ttl = redis.call('HGET', KEYS[1], 'ttl') or '3600' end
-if ttl ~= '0' then redis.call('EXPIRE', KEYS[1], ttl) end
+if ttl ~= '0' then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  local idempotency = redis.call('HGET', KEYS[1], 'idempotency_key')
+  if idempotency then redis.call('EXPIRE', idempotency, ttl) end
+end
 if ARGV[4] == '1' then
   local flat = redis.call('HGETALL', KEYS[1])
   local record = {}
@@ -75,11 +79,19 @@ return {status, attempts, lost}
 
 # Accept an invocation: its record and its message, or (batching) its stream item and,
 # unless one is waiting, a drain trigger -- one command, so a 202 always has both.
-# KEYS[1] job, KEYS[2] queue list or stream, KEYS[3] armed flag, KEYS[4] trigger's list.
-# ARGV: pending TTL, message ('' for a batch item), armed TTL, trigger, item id, version,
-# input, then the record's field/value pairs.
+# With an idempotency key (KEYS[5]) already used, nothing is written and the answer is
+# "<invocation id> <body digest>" of the first use.
+# KEYS[1] job, KEYS[2] queue list or stream, KEYS[3] armed flag, KEYS[4] trigger's list,
+# KEYS[5] idempotency key or ''. ARGV: pending TTL, message ('' for a batch item), armed
+# TTL, trigger, item id, version, input, invocation id, body digest, then the record's
+# field/value pairs.
 SUBMIT = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+if KEYS[5] ~= '' then
+  local first = redis.call('GET', KEYS[5])
+  if first then return first end
+  redis.call('SET', KEYS[5], ARGV[8] .. ' ' .. ARGV[9], 'EX', ARGV[1])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' then
   redis.call('LPUSH', KEYS[2], ARGV[2])

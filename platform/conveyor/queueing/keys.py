@@ -20,6 +20,10 @@ def job(invocation_id: str) -> str:
     return f"{PREFIX}:job:{invocation_id}"
 
 
+def idempotency(function: str, key: str) -> str:
+    return f"{PREFIX}:idempotency:{function}:{key}"
+
+
 def worker(name: str) -> str:
     return f"{WORKER_PREFIX}{name}"
 
