@@ -35,9 +35,9 @@ def functions_dir(tmp_path: Path) -> Path:
 def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[type[Stack]]:
     stacks: list[Stack] = []
 
-    def build(extra_settings: str = "") -> Stack:
+    def build(extra_settings: str = "", redis_args: tuple[str, ...] = ()) -> Stack:
         root = tmp_path_factory.mktemp("stack")
-        stack = Stack(root, RedisServer(root / "redis").start(), extra_settings)
+        stack = Stack(root, RedisServer(root / "redis").start(*redis_args), extra_settings)
         stacks.append(stack)
         return stack
 

@@ -79,7 +79,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, *extra: str) -> RedisServer:
+        """Start (or restart, on the same port and directory) with ``extra`` arguments."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.extra = extra or getattr(self, "extra", ())
+        extra = self.extra
         self.proc = subprocess.Popen(
             [
                 shutil.which("redis-server") or "redis-server",
@@ -263,6 +266,12 @@ class Stack:
 
     def settings(self) -> Settings:
         return load_settings(self.config)
+
+    def set_worker(self, **values: object) -> None:
+        """Add keys to deploy.toml's [worker] table (before starting processes)."""
+        lines = "".join(f"{k} = {v}\n" for k, v in values.items())
+        text = self.config.read_text().replace("restore_interval = 1.0\n", "")
+        self.config.write_text(text.replace("[worker]\n", "[worker]\n" + lines))
 
     def worker(self, *args: str) -> Process:
         log = self.root / f"worker-{len(self.workers)}.log"

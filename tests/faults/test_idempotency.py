@@ -15,19 +15,30 @@ pytestmark = pytest.mark.faults
 def test_idempotency_key(make_stack) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack()
     runs = stack.root / "runs"
-    write_function(stack.functions, "count", f"""
+    write_function(
+        stack.functions,
+        "count",
+        f"""
         def run(x: int) -> int:
             with open({str(runs)!r}, "a") as f:
                 f.write(f"{{x}}\\n")
             return x
-    """, '[function]\nhandler = "handler:run"\n')
-    write_function(stack.functions, "other", "def run(x: int) -> int:\n    return -x\n",
-                   '[function]\nhandler = "handler:run"\n')
+    """,
+        '[function]\nhandler = "handler:run"\n',
+    )
+    write_function(
+        stack.functions,
+        "other",
+        "def run(x: int) -> int:\n    return -x\n",
+        '[function]\nhandler = "handler:run"\n',
+    )
     stack.worker("--queues", "default")
     with stack.api() as api:
+
         def post(key: str, body: dict, name: str = "count"):  # type: ignore[no-untyped-def, type-arg]
-            return api.post(f"/functions/{name}/invoke", json=body,
-                            headers={"Idempotency-Key": key})
+            return api.post(
+                f"/functions/{name}/invoke", json=body, headers={"Idempotency-Key": key}
+            )
 
         with ThreadPoolExecutor(8) as pool:  # the same request, eight times at once
             first = list(pool.map(lambda _: post("k-1", {"input": 1}), range(8)))
@@ -50,8 +61,12 @@ def test_idempotency_key(make_stack) -> None:  # type: ignore[no-untyped-def]
         new = post("k-2", {"input": 1})
         assert new.status_code == 202 and new.json()["id"] != invocation_id
         result(api, "count", new.json()["id"])
-        assert api.post("/functions/count/invoke", json={"input": 1},
-                        headers={"Idempotency-Key": ""}).status_code == 400
+        assert (
+            api.post(
+                "/functions/count/invoke", json={"input": 1}, headers={"Idempotency-Key": ""}
+            ).status_code
+            == 400
+        )
     executions = runs.read_text().split()
     print(f"accepted 10 requests, invocations 2, executions {len(executions)}")
     assert executions == ["1", "1"]

@@ -15,25 +15,32 @@ def test_long_invocation_runs_once(make_stack) -> None:  # type: ignore[no-untyp
     # Deliberately shorter than the function's run time: without the renewals Redis
     # hands the message to the second worker after 2 s.
     stack.config.write_text(
-        stack.config.read_text().replace(
-            "[worker]\n", "[worker]\nvisibility_timeout = 2\n"
-        ).replace("restore_interval = 1.0", "restore_interval = 0.5")
+        stack.config.read_text()
+        .replace("[worker]\n", "[worker]\nvisibility_timeout = 2\n")
+        .replace("restore_interval = 1.0", "restore_interval = 0.5")
     )
     runs = stack.root / "runs"
-    write_function(stack.functions, "long", f"""
+    write_function(
+        stack.functions,
+        "long",
+        f"""
         import os, time
         def run(seconds: float) -> int:
             with open({str(runs)!r}, "a") as f:
                 f.write(f"{{os.getpid()}}\\n")
             time.sleep(seconds)
             return os.getpid()
-    """, '[function]\nhandler = "handler:run"\n[limits]\ntimeout = 20\n')
+    """,
+        '[function]\nhandler = "handler:run"\n[limits]\ntimeout = 20\n',
+    )
     stack.worker("--queues", "default")
     stack.worker("--queues", "default")
     with stack.api() as api:
         _, accepted = invoke(api, "long", 6)
         done = result(api, "long", accepted["id"], wait=60)
     executions = runs.read_text().split()
-    print(f"accepted 1, completed {int(done['status'] == 'succeeded')}, executions {len(executions)}")
+    print(
+        f"accepted 1, completed {int(done['status'] == 'succeeded')}, executions {len(executions)}"
+    )
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
     assert len(executions) == 1, f"started {len(executions)} times"

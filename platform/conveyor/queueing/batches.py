@@ -35,6 +35,8 @@ import redis
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from conveyor import context
+from conveyor.context import InvocationContext
 from conveyor.errors import ConveyorError
 from conveyor.functions.loader import LoadedFunction
 from conveyor.functions.manifest import Manifest
@@ -193,18 +195,23 @@ class Batches:
         admitted = []
         for item, answer in zip(items, pipe.execute(), strict=True):
             begun = self.executor.started(item.invocation_id, answer)
-            attempt = self.executor.admitted(fn, item.invocation_id, started, begun)
-            if attempt is not None:
-                admitted.append((item, attempt))
+            run = self.executor.admitted(fn, item.invocation_id, started, begun)
+            if run is not None:
+                admitted.append((item, *run))
         if not admitted:
             return
-        inputs = [json.loads(item.input) for item, _ in admitted]
+        inputs = [json.loads(item.input) for item, _, _ in admitted]
+        contexts = tuple(
+            InvocationContext(item.invocation_id, fn.name, fn.version, attempt, redelivered)
+            for item, attempt, redelivered in admitted
+        )
         try:
-            outcomes = self.executor.runner.run_batch(fn, inputs, (SoftTimeLimitExceeded,))
+            with context.running_batch(contexts):
+                outcomes = self.executor.runner.run_batch(fn, inputs, (SoftTimeLimitExceeded,))
         except SoftTimeLimitExceeded:
             outcomes = [soft_limit_error(fn)] * len(admitted)
         pipe = self.redis.pipeline(transaction=False)
-        for (item, attempt), outcome in zip(admitted, outcomes, strict=True):
+        for (item, attempt, _), outcome in zip(admitted, outcomes, strict=True):
             if isinstance(outcome, str):
                 self.executor.transition(
                     item.invocation_id,

@@ -21,6 +21,8 @@ from celery.exceptions import SoftTimeLimitExceeded, WorkerLostError
 from redis.client import Pipeline
 from redis.commands.core import Script
 
+from conveyor import context
+from conveyor.context import InvocationContext
 from conveyor.errors import ConveyorError
 from conveyor.functions.loader import LoadedFunction
 from conveyor.functions.registry import Registry
@@ -139,12 +141,15 @@ class Executor:
             if self.start(invocation_id, version) is not None:
                 self.fail(invocation_id, exc, started, traceback=False)
             return
-        attempt = self.admit(fn, invocation_id, started)
-        if attempt is None:
+        admitted = self.admit(fn, invocation_id, started)
+        if admitted is None:
             return
+        attempt, redelivered = admitted
+        ctx = InvocationContext(invocation_id, fn.name, fn.version, attempt, redelivered)
         error: BaseException
         try:
-            output = self.runner.run(fn, raw_input)
+            with context.running(ctx):
+                output = self.runner.run(fn, raw_input)
         except SoftTimeLimitExceeded:
             error = soft_limit_error(fn)
         except SystemExit as exc:
@@ -194,7 +199,9 @@ class Executor:
             return None
         return int(attempts), bool(lost)
 
-    def admit(self, fn: LoadedFunction, invocation_id: str, started: float) -> int | None:
+    def admit(
+        self, fn: LoadedFunction, invocation_id: str, started: float
+    ) -> tuple[int, bool] | None:
         """Start an attempt of ``fn``; see :meth:`admitted`."""
         begun = self.start(invocation_id, fn.version)
         return self.admitted(fn, invocation_id, started, begun)
@@ -205,9 +212,9 @@ class Executor:
         invocation_id: str,
         started: float,
         begun: tuple[int, bool] | None,
-    ) -> int | None:
-        """The attempt number to run, or None: not to run, or failed because its workers
-        keep dying."""
+    ) -> tuple[int, bool] | None:
+        """(attempt number, redelivered) to run, or None: not to run, or failed because
+        its workers keep dying."""
         if begun is None:
             return None
         attempt, lost = begun
@@ -218,7 +225,7 @@ class Executor:
             )
             self.fail(invocation_id, dead, started, traceback=False)
             return None
-        return attempt
+        return attempt, lost
 
     @staticmethod
     def retry_delay(fn: LoadedFunction, exc: BaseException, attempt: int) -> float | None:

@@ -7,16 +7,21 @@ message carries the function name and version; ``shadow`` shows the function in 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
 from celery import Celery, Task
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
+from redis.exceptions import RedisError
 
+from conveyor.log import get_logger
 from conveyor.queueing.batches import Batches
 from conveyor.queueing.celery_app import BATCH_TASK_NAME, TASK_NAME
 from conveyor.queueing.executor import Executor
+
+log = get_logger(__name__)
 
 
 def register_task(app: Celery, executor: Executor) -> None:
@@ -26,27 +31,32 @@ def register_task(app: Celery, executor: Executor) -> None:
     class ConveyorRequest(Request):
         """Runs in the supervising parent, which alone sees hard limits and dead children."""
 
+        def on_timeout(self, soft: bool, timeout: float) -> None:
+            if getattr(self, "_already_cancelled", False):
+                return  # see on_failure
+            super().on_timeout(soft, timeout)
+
         def on_failure(
             self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
         ) -> None:
+            batch = self.task.name == BATCH_TASK_NAME  # self.name is the shadow name
+            if getattr(self, "_already_cancelled", False):
+                # Celery cancelled the attempt (it lost the broker) and leaves the message
+                # unacked for redelivery. billiard's timer may still report the job timed
+                # out: acking or failing it then would lose the invocation.
+                _record(batches.lost if batch else executor.worker_lost, self.id)
+                return
             # Celery acks the message of a timed-out attempt and requeues that of a lost
             # child; the record must follow, or a 'running' invocation would never finish.
             super().on_failure(exc_info, send_failed_event, return_ok)
             exc = exc_info.exception
             if isinstance(exc, ExceptionWithTraceback):
                 exc = exc.exc
-            batch = self.task.name == BATCH_TASK_NAME  # self.name is the shadow name
             if isinstance(exc, TimeLimitExceeded):
                 timeout = exc.args[0] if exc.args else None
-                if batch:
-                    batches.timed_out(self.id, timeout)
-                else:
-                    executor.timed_out(self.id, timeout)
+                _record(batches.timed_out if batch else executor.timed_out, self.id, timeout)
             elif isinstance(exc, WorkerLostError):
-                if batch:
-                    batches.lost(self.id)
-                else:
-                    executor.worker_lost(self.id)
+                _record(batches.lost if batch else executor.worker_lost, self.id)
 
     # Both tasks: acknowledged after the outcome is stored, requeued if the child dies.
     options: dict[str, Any] = {
@@ -67,3 +77,12 @@ def register_task(app: Celery, executor: Executor) -> None:
     @app.task(name=BATCH_TASK_NAME, **options)
     def batch(self: Task[Any, Any], function: str, version: str) -> None:
         batches.drain(self, function, version)
+
+
+def _record(hook: Callable[..., None], *args: Any) -> None:
+    """Run a parent-side hook; Redis may be what failed, and Celery must not see that.
+    A record left 'running' is redelivered and restarted anyway."""
+    try:
+        hook(*args)
+    except RedisError as exc:
+        log.warning("record_update_failed", hook=hook.__name__, error=str(exc))
