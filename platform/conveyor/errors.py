@@ -32,6 +32,10 @@ class FunctionUnavailableError(ConveyorError):
     """The function exists but has no good version to serve."""
 
 
+class SetupError(ConveyorError):
+    """A class handler's setup() raised; the invocation that needed it fails."""
+
+
 class InvocationNotFoundError(ConveyorError):
     """No invocation of that id exists (never did, or its result expired)."""
 

@@ -9,6 +9,7 @@ from conveyor.errors import (
     BatchSizeError,
     InputValidationError,
     OutputNotSerializableError,
+    SetupError,
 )
 from conveyor.functions.loader import LoadedFunction
 from conveyor.log import get_logger
@@ -30,12 +31,18 @@ class Runner:
         if cached is not None and cached[0] == fn.version:
             return cached[1]
         self._instances.pop(fn.name, None)  # drop the old version's model before loading
-        instance = fn.handler()
-        setup = getattr(instance, "setup", None)
-        if callable(setup):
-            log.info("function_setup_started", function=fn.name, version=fn.version)
-            setup()
-            log.info("function_setup_finished", function=fn.name, version=fn.version)
+        try:
+            instance = fn.handler()
+            setup = getattr(instance, "setup", None)
+            if callable(setup):
+                log.info("function_setup_started", function=fn.name, version=fn.version)
+                setup()
+                log.info("function_setup_finished", function=fn.name, version=fn.version)
+        except Exception as exc:
+            raise SetupError(
+                f"{fn.name} {fn.version}: setting up {fn.handler.__name__} failed:"
+                f" {type(exc).__name__}: {exc}"
+            ) from exc
         self._instances[fn.name] = (fn.version, instance)
         return instance
 
