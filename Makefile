@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint install redis-server clean bench
+.PHONY: run test lint install redis-server clean bench soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,3 +38,7 @@ clean:
 # Benchmarks against raw Celery (not part of `make test`); see bench/README.md.
 bench: install
 	$(BIN)/python bench/run.py
+
+# Ten minutes of mixed load with workers killed and Redis restarted (not part of `make test`).
+soak: install
+	$(BIN)/python tests/soak.py
