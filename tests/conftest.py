@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,3 +44,18 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[type[Stack]
     yield build  # type: ignore[misc]
     for stack in stacks:
         stack.close()
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Write a figure to the terminal, past pytest's capture, so every run shows it."""
+    plugins = request.config.pluginmanager
+    reporter = plugins.get_plugin("terminalreporter")
+    capture = plugins.get_plugin("capturemanager")
+
+    def write(line: str) -> None:
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(f"[{request.node.name}] {line}")
+
+    return write

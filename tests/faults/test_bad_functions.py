@@ -11,7 +11,7 @@ from support import invoke, write_function
 pytestmark = pytest.mark.faults
 
 
-def test_bad_setup_and_worker_only_import_failure(make_stack) -> None:  # type: ignore[no-untyped-def]
+def test_bad_setup_and_worker_only_import_failure(make_stack, report) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack()
     write_function(
         stack.functions,
@@ -56,4 +56,4 @@ def test_bad_setup_and_worker_only_import_failure(make_stack) -> None:  # type: 
         assert "libcuda.so.1" in imported["error"]["message"]
         _, fine = invoke(api, "fine", 1, wait=30)
         assert fine["status"] == "succeeded" and fine["output"] == 2
-        print("\nbad functions: accepted 3, completed 1, failed visibly 2, lost 0")
+        report("bad functions: accepted 3, completed 1, failed visibly 2, lost 0")

@@ -10,6 +10,7 @@ import signal
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ def deploy_work(stack: Stack, seconds: float = 0.05, timeout: float = 5) -> Path
     return runs
 
 
-def figures(name: str, accepted: list[str], outcomes: list[dict[str, Any]], runs: Path) -> dict:  # type: ignore[type-arg]
+def figures(
+    report, name: str, accepted: list[str], outcomes: list[dict[str, Any]], runs: Path
+) -> dict:  # type: ignore[no-untyped-def, type-arg]
     executions = Counter(runs.read_text().split()) if runs.exists() else Counter()
     statuses = Counter(o.get("status") for o in outcomes)
     numbers = {
@@ -62,11 +65,11 @@ def figures(name: str, accepted: list[str], outcomes: list[dict[str, Any]], runs
         "lost": len(accepted) - statuses["succeeded"] - statuses["failed"],
         "executed twice": sum(1 for i in accepted if executions[i] > 1),
     }
-    print(f"\n{name}: " + ", ".join(f"{k} {v}" for k, v in numbers.items()))
+    report(f"{name}: " + ", ".join(f"{k} {v}" for k, v in numbers.items()))
     return numbers
 
 
-def test_worker_killed_mid_run(make_stack) -> None:  # type: ignore[no-untyped-def]
+def test_worker_killed_mid_run(make_stack, report) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack()
     stack.set_worker(visibility_timeout=3, restore_interval=0.5)
     runs = deploy_work(stack, timeout=2)
@@ -78,14 +81,12 @@ def test_worker_killed_mid_run(make_stack) -> None:  # type: ignore[no-untyped-d
         doomed.kill(signal.SIGKILL)
         killed_at = time.time()
         outcomes = [result(api, "work", i, wait=60) for i in accepted]
-    numbers = figures("worker SIGKILL", accepted, outcomes, runs)
+    numbers = figures(report, "worker SIGKILL", accepted, outcomes, runs)
     redelivered = [o for o in outcomes if o["output"]["redelivered"]]
     recovery = max((o["finished_at"] for o in redelivered), default=None)
     if recovery is not None:
-        from datetime import datetime
-
         seconds = datetime.fromisoformat(recovery).timestamp() - killed_at
-        print(
+        report(
             f"redelivered {len(redelivered)}, last of them done {seconds:.1f} s after the"
             " kill (visibility timeout 3 s)"
         )
@@ -95,7 +96,7 @@ def test_worker_killed_mid_run(make_stack) -> None:  # type: ignore[no-untyped-d
     assert numbers["executed twice"] == len(redelivered)  # only what the dead worker ran
 
 
-def test_warm_shutdown_under_load(make_stack) -> None:  # type: ignore[no-untyped-def]
+def test_warm_shutdown_under_load(make_stack, report) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack()
     runs = deploy_work(stack, seconds=0.1)
     leaving = stack.worker("--queues", "default", "--concurrency", "2")
@@ -106,12 +107,12 @@ def test_warm_shutdown_under_load(make_stack) -> None:  # type: ignore[no-untype
         leaving.proc.send_signal(signal.SIGTERM)  # to the parent, as `kill <pid>` does
         leaving.proc.wait(30)  # warm shutdown: it finishes what it runs, then exits
         outcomes = [result(api, "work", i, wait=60) for i in accepted]
-    numbers = figures("worker SIGTERM", accepted, outcomes, runs)
+    numbers = figures(report, "worker SIGTERM", accepted, outcomes, runs)
     assert numbers["lost"] == 0 and numbers["failed"] == 0
     assert numbers["executed twice"] == 0
 
 
-def test_redis_restart(make_stack) -> None:  # type: ignore[no-untyped-def]
+def test_redis_restart(make_stack, report) -> None:  # type: ignore[no-untyped-def]
     # The Procfile's persistence: append-only file, fsync every second.
     stack = make_stack(redis_args=("--appendonly", "yes", "--appendfsync", "everysec"))
     stack.set_worker(visibility_timeout=6, restore_interval=0.5)
@@ -127,11 +128,11 @@ def test_redis_restart(make_stack) -> None:  # type: ignore[no-untyped-def]
         stack.server.start()
         wait_for(lambda: api.get("/readyz").status_code == 200, 30, "the API to recover")
         outcomes = [result(api, "work", i, wait=60) for i in accepted]
-    numbers = figures("Redis restart", accepted, outcomes, runs)
+    numbers = figures(report, "Redis restart", accepted, outcomes, runs)
     assert numbers["lost"] == 0 and numbers["failed"] == 0
 
 
-def test_api_killed_between_accepting_and_answering(make_stack) -> None:  # type: ignore[no-untyped-def]
+def test_api_killed_between_accepting_and_answering(make_stack, report) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack()
     runs = deploy_work(stack, seconds=0.01)
     stack.worker("--queues", "default", "--concurrency", "2")
@@ -165,8 +166,8 @@ def test_api_killed_between_accepting_and_answering(make_stack) -> None:  # type
         ]
     finally:
         api.stop()
-    numbers = figures("API SIGKILL", returned, outcomes, runs)
+    numbers = figures(report, "API SIGKILL", returned, outcomes, runs)
     stuck = [u for u in unanswered if u.get("status") not in ("succeeded", "failed")]
-    print(f"stored but not answered: {len(unanswered)}, of which not finished: {len(stuck)}")
+    report(f"stored but not answered: {len(unanswered)}, of which not finished: {len(stuck)}")
     assert returned and numbers["lost"] == 0 and numbers["failed"] == 0
     assert not stuck  # either absent or completes

@@ -12,7 +12,7 @@ from support import result, write_function
 pytestmark = pytest.mark.faults
 
 
-def test_idempotency_key(make_stack) -> None:  # type: ignore[no-untyped-def]
+def test_idempotency_key(make_stack, report) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack()
     runs = stack.root / "runs"
     write_function(
@@ -68,5 +68,5 @@ def test_idempotency_key(make_stack) -> None:  # type: ignore[no-untyped-def]
             == 400
         )
     executions = runs.read_text().split()
-    print(f"accepted 10 requests, invocations 2, executions {len(executions)}")
+    report(f"accepted 10 requests, invocations 2, executions {len(executions)}")
     assert executions == ["1", "1"]

@@ -10,7 +10,7 @@ from support import invoke, result, write_function
 pytestmark = pytest.mark.faults
 
 
-def test_long_invocation_runs_once(make_stack) -> None:  # type: ignore[no-untyped-def]
+def test_long_invocation_runs_once(make_stack, report) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack()
     # Deliberately shorter than the function's run time: without the renewals Redis
     # hands the message to the second worker after 2 s.
@@ -39,7 +39,7 @@ def test_long_invocation_runs_once(make_stack) -> None:  # type: ignore[no-untyp
         _, accepted = invoke(api, "long", 6)
         done = result(api, "long", accepted["id"], wait=60)
     executions = runs.read_text().split()
-    print(
+    report(
         f"accepted 1, completed {int(done['status'] == 'succeeded')}, executions {len(executions)}"
     )
     assert done["status"] == "succeeded" and done["attempts"] == 1, done
