@@ -85,20 +85,13 @@ class FunctionsController(Controller):
 
     @get("/", summary="List functions")
     async def list_functions(self, platform: NamedDependency[Platform]) -> dict[str, Any]:
-        return {
-            "functions": [
-                function_body(e, detail=False, workers=platform.queue.workers_for)
-                for e in platform.registry.entries()
-            ]
-        }
+        return {"functions": [function_body(e, detail=False) for e in platform.registry.entries()]}
 
     @get("/{name:str}", summary="Describe a function, with its input schema")
     async def describe(
         self, platform: NamedDependency[Platform], name: FromPath[str]
     ) -> dict[str, Any]:
-        return function_body(
-            platform.registry.entry(name), detail=True, workers=platform.queue.workers_for
-        )
+        return function_body(platform.registry.entry(name), detail=True)
 
     @post("/{name:str}/invoke", summary="Invoke a function", status_code=202)
     async def invoke(
@@ -122,11 +115,7 @@ class FunctionsController(Controller):
         if record.status.final:
             return Response(result_body(record), status_code=200)
         url = _result_url(record)
-        return Response(
-            accepted_body(record, url, platform.queue.workers_for(record.queue)),
-            status_code=202,
-            headers={"Location": url},
-        )
+        return Response(accepted_body(record, url), status_code=202, headers={"Location": url})
 
     @get("/{name:str}/results/{invocation_id:str}", summary="An invocation's result")
     async def result(
@@ -140,7 +129,7 @@ class FunctionsController(Controller):
             record = await platform.queue.wait(invocation_id, wait, function=name)
         else:
             record = await platform.queue.get(invocation_id, function=name)
-        return result_body(record, platform.queue.workers_for(record.queue))
+        return result_body(record)
 
     @delete(
         "/{name:str}/results/{invocation_id:str}", summary="Cancel an invocation", status_code=200

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,27 +33,17 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def no_worker_warning(queue: str) -> str:
-    return (
-        f"no live worker consumes queue {queue!r}: the invocation waits until one starts"
-        f" (conveyor worker --queues {queue})"
-    )
-
-
-def accepted_body(record: JobRecord, result_url: str, workers: int | None) -> dict[str, Any]:
-    body = {
+def accepted_body(record: JobRecord, result_url: str) -> dict[str, Any]:
+    return {
         "id": record.id,
         "function": record.function,
         "version": record.version,
         "status": record.status.value,
         "result_url": result_url,
     }
-    if workers == 0:
-        body["warning"] = no_worker_warning(record.queue)
-    return body
 
 
-def result_body(record: JobRecord, workers: int | None = None) -> dict[str, Any]:
+def result_body(record: JobRecord) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": record.id,
         "function": record.function,
@@ -71,17 +60,13 @@ def result_body(record: JobRecord, workers: int | None = None) -> dict[str, Any]
         body["error"] = record.error
     if record.started_at is not None:
         body["started_at"] = iso(record.started_at)
-    if workers == 0 and not record.status.final:
-        body["warning"] = no_worker_warning(record.queue)
     if record.finished_at is not None:
         body["finished_at"] = iso(record.finished_at)
         body["duration_ms"] = round((record.finished_at - record.created_at) * 1000, 3)
     return body
 
 
-def function_body(
-    entry: FunctionEntry, *, detail: bool, workers: Callable[[str], int | None]
-) -> dict[str, Any]:
+def function_body(entry: FunctionEntry, *, detail: bool) -> dict[str, Any]:
     spec = entry.spec
     body: dict[str, Any] = {
         "name": entry.name,
@@ -102,10 +87,7 @@ def function_body(
             timeout=manifest.limits.timeout,
             invoke_url=f"/functions/{entry.name}/invoke",
             input_schema_url=f"/functions/{entry.name}",
-            workers=workers(manifest.queue.name),
         )
-        if body["workers"] == 0:
-            body["warning"] = no_worker_warning(manifest.queue.name)
     if detail and entry.loaded is not None:
         body["input_schema"] = entry.loaded.input_schema()
     return body

@@ -76,8 +76,6 @@ class QueueClient:
         self.celery = create_celery(settings)
         self._transition = self.redis.register_script(TRANSITION)
         self._submit = self.redis.register_script(SUBMIT)
-        self._queue_workers: dict[str, int] | None = None
-        self._census: asyncio.Task[None]
         self._trigger_templates: dict[tuple[str, str, int], tuple[str, str]] = {}
         # Its own connection with no read timeout: it idles until an invocation finishes.
         self._waiters = _Waiters(
@@ -91,35 +89,10 @@ class QueueClient:
 
     async def start(self) -> None:
         self._waiters.start()
-        self._census = asyncio.create_task(self._count_workers(), name="conveyor-workers")
 
     async def close(self) -> None:
-        self._census.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._census
         await self._waiters.stop()
         await self.redis.aclose()
-
-    def workers_for(self, queue: str) -> int | None:
-        """Live workers consuming ``queue``, as of the last heartbeat sweep (None: not
-        known yet, or Redis unreachable)."""
-        if self._queue_workers is None:
-            return None
-        return self._queue_workers.get(queue, 0)
-
-    async def _count_workers(self) -> None:
-        """Every heartbeat interval, count live workers per queue, so requests read a
-        figure instead of scanning Redis."""
-        while True:
-            try:
-                counts: dict[str, int] = {}
-                for worker in await self.workers():
-                    for queue in worker.get("queues", []):
-                        counts[queue] = counts.get(queue, 0) + 1
-                self._queue_workers = counts
-            except BrokerUnavailableError:
-                self._queue_workers = None
-            await asyncio.sleep(self.settings.worker.heartbeat)
 
     async def ping(self) -> bool:
         try:
