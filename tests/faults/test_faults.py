@@ -69,6 +69,17 @@ def figures(
     return numbers
 
 
+def running_on(stack: Stack, worker_pid: int) -> bool:
+    """Whether a pool process of ``worker_pid`` is running an invocation right now."""
+    children = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()
+    client = stack.redis
+    for key in client.scan_iter("conveyor:job:*", count=1000):
+        status, pid = client.hmget(key, "status", "pid")
+        if status == "running" and pid in children:
+            return True
+    return False
+
+
 def test_worker_killed_mid_run(make_stack, report) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack()
     stack.set_worker(visibility_timeout=3, restore_interval=0.5)
@@ -77,7 +88,7 @@ def test_worker_killed_mid_run(make_stack, report) -> None:  # type: ignore[no-u
     stack.worker("--queues", "default", "--concurrency", "2")
     with stack.api() as api:
         accepted = [invoke(api, "work", i)[1]["id"] for i in range(300)]
-        wait_for(lambda: len(runs.read_text().split()) > 40, 30, "the load to be under way")
+        wait_for(lambda: running_on(stack, doomed.pid), 30, "the doomed worker to be running one")
         doomed.kill(signal.SIGKILL)
         killed_at = time.time()
         outcomes = [result(api, "work", i, wait=60) for i in accepted]
