@@ -132,7 +132,7 @@ class QueueClient:
         idempotency = keys.idempotency(spec.name, idempotency_key) if idempotency_key else ""
         if idempotency:
             fields["idempotency_key"] = idempotency
-        digest = _digest(raw_input, priority)
+        digest = _digest(raw_input, priority) if idempotency else ""
         # Watch before the message exists, so even an instant result is not missed.
         with self._waiters.watch(inv.id) as events:
             submit_keys, submit_args = self._submit_command(spec, inv, fields, idempotency, digest)

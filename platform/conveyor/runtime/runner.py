@@ -84,9 +84,6 @@ class Runner:
                 outcomes[i] = outcome
         return outcomes
 
-    def forget(self, name: str) -> None:
-        self._instances.pop(name, None)
-
 
 def _call(
     predict_batch: Callable[[list[Any]], Any],
