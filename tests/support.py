@@ -279,6 +279,28 @@ class Stack:
         self.workers.append(proc)
         return proc
 
+    def supervisor(self, *args: str, expect: int, env: dict[str, str] | None = None) -> Process:
+        """Start ``conveyor worker --gpus/--autoscale`` and wait for ``expect`` of its
+        worker processes to send a heartbeat."""
+        log = self.root / f"worker-{len(self.workers)}.log"
+        proc = Process(conveyor("worker", *args), self.config, log, env=env)
+        self.workers.append(proc)
+        wait_for(
+            lambda: len(self.heartbeats(proc)) >= expect or proc.proc.poll() is not None,
+            60,
+            f"{expect} supervised workers",
+        )
+        assert proc.proc.poll() is None, log.read_text()[-3000:]
+        return proc
+
+    def heartbeats(self, supervisor: Process) -> list[dict[str, Any]]:
+        """Live heartbeats of the worker processes ``supervisor`` started."""
+        client = self.redis
+        names = client.smembers("conveyor:workers")
+        mine = [n for n in names if f"-{supervisor.pid}." in n]
+        beats = [client.get(f"conveyor:worker:{n}") for n in mine]
+        return [json.loads(b) for b in beats if b]
+
     def api(self) -> TestClient:  # type: ignore[type-arg]
         return TestClient(create_app(self.settings()), timeout=90)
 

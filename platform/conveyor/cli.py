@@ -12,9 +12,10 @@ from urllib.parse import urlparse
 
 import httpx
 
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConveyorError, WorkerOptionsError
 from conveyor.log import configure_logging
-from conveyor.settings import Settings, get_settings
+from conveyor.runtime.gpus import parse_gpus
+from conveyor.settings import GPU_QUEUE_SUFFIX, Settings, all_queues, get_settings, gpu_queue
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +43,23 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run a worker for some or all queues")
     worker.add_argument("--queues", help="comma-separated; default: every queue in deploy.toml")
-    worker.add_argument("--concurrency", type=int, help="processes (default: [worker])")
+    worker.add_argument(
+        "--concurrency", type=int, help="pool processes per worker (default: [worker]; 1 on a GPU)"
+    )
+    worker.add_argument(
+        "--gpus",
+        help="all, a count (2) or device ids (0,2): one supervised worker per device, with"
+        " CUDA_VISIBLE_DEVICES set to it, consuming the GPU variant of --queues",
+    )
+    worker.add_argument(
+        "--cpu-queues", action="store_true", help="with --gpus: consume the CPU queues too"
+    )
+    worker.add_argument(
+        "--autoscale",
+        metavar="MIN,MAX",
+        help="start and stop worker processes as the queues back up and drain",
+    )
+    worker.add_argument("--name", help="the worker's name in heartbeats and logs")
     worker.set_defaults(run=_worker)
 
     redis = sub.add_parser("redis", help="run redis-server on deploy.toml's port, persistent")
@@ -84,19 +101,41 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    devices = parse_gpus(args.gpus) if args.gpus else None
+    queues = _worker_queues(settings, args.queues, devices is not None, args.cpu_queues)
+    concurrency = args.concurrency or (1 if devices else settings.worker.concurrency)
+    if concurrency < 1:
+        raise WorkerOptionsError("--concurrency must be at least 1")
+    if devices is not None or args.autoscale:
+        if args.name:
+            raise WorkerOptionsError("--name names one worker; not with --gpus or --autoscale")
+        from conveyor.supervisor import Supervisor, parse_autoscale
+
+        scale = parse_autoscale(args.autoscale, devices) if args.autoscale else None
+        return Supervisor(settings, queues, concurrency, devices, scale).run()
+
     from conveyor.queueing.worker import WorkerProcess
 
-    queues = args.queues.split(",") if args.queues else list(settings.queues)
-    try:
-        worker = WorkerProcess(
-            settings,
-            [q.strip() for q in queues if q.strip()],
-            args.concurrency or settings.worker.concurrency,
-        )
-    except ValueError as exc:
-        raise ConveyorError(str(exc)) from None
-    worker.run()
+    WorkerProcess(settings, queues, concurrency, args.name).run()
     return 0
+
+
+def _worker_queues(settings: Settings, spec: str | None, gpu: bool, cpu_too: bool) -> list[str]:
+    """The queues a worker consumes: ``--queues`` (default all), as GPU variants with
+    ``--gpus``, plus the queues themselves with ``--cpu-queues``."""
+    if cpu_too and not gpu:
+        raise WorkerOptionsError("--cpu-queues goes with --gpus")
+    names = [q.strip() for q in (spec or ",".join(settings.queues)).split(",") if q.strip()]
+    unknown = [q for q in names if q not in all_queues(settings)]
+    if unknown or not names:
+        raise WorkerOptionsError(
+            f"--queues: unknown {unknown or spec!r}; deploy.toml has: {', '.join(settings.queues)}"
+            f" (and their GPU variants, {gpu_queue('<name>')})"
+        )
+    if not gpu:
+        return names
+    cpu = [q.removesuffix(GPU_QUEUE_SUFFIX) for q in names]
+    return [gpu_queue(q) for q in cpu] + (cpu if cpu_too else [])
 
 
 def _redis(settings: Settings, args: argparse.Namespace) -> int:
@@ -174,6 +213,7 @@ def _ls(settings: Settings, args: argparse.Namespace) -> int:
     for fn in response.json()["functions"]:
         line = f"{fn['name']:<24} {fn['status']:<6} {fn.get('version') or '-':<13}"
         line += f" queue={fn.get('queue', '-')} priority={fn.get('priority', '-')}"
+        line += f" workers={fn.get('workers', '-')}"
         print(line + (f"\n    {fn['error']}" if fn.get("error") else ""))
     return 0
 

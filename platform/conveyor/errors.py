@@ -20,6 +20,10 @@ class ManifestError(ConveyorError):
     """A function folder's function.toml is invalid."""
 
 
+class WorkerOptionsError(ConveyorError):
+    """The options of ``conveyor worker`` are invalid or do not fit together."""
+
+
 class FunctionLoadError(ConveyorError):
     """A function's code could not be imported or does not fit the handler contract."""
 

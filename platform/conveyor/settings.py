@@ -23,6 +23,7 @@ from conveyor.log import LogFormat
 CONFIG_ENV = "CONVEYOR_CONFIG"
 DEFAULT_CONFIG = "deploy.toml"
 QUEUE_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+GPU_QUEUE_SUFFIX = ".gpu"  # a queue name cannot contain a dot, so this never collides
 
 Seconds = Annotated[float, Field(gt=0)]
 
@@ -73,6 +74,10 @@ class WorkerSettings(_Section):
     restore_interval: Seconds = 5.0
     start_timeout: Seconds = Field(300.0, description="time a process may take in setup()")
     heartbeat: Seconds = 5.0
+    scale_interval: Seconds = Field(1.0, description="--autoscale: seconds between looks")
+    scale_down_after: Seconds = Field(
+        30.0, description="--autoscale: seconds a queue stays empty before a process stops"
+    )
 
 
 class ResultsSettings(_Section):
@@ -176,3 +181,13 @@ def _describe(path: Path, exc: ValidationError) -> str:
 def get_settings() -> Settings:
     """The settings of this process, read once on first use."""
     return load_settings()
+
+
+def gpu_queue(queue: str) -> str:
+    """The GPU variant of a queue: invocations of ``[resources] gpu = 1`` functions."""
+    return f"{queue}{GPU_QUEUE_SUFFIX}"
+
+
+def all_queues(settings: Settings) -> list[str]:
+    """Every queue of the deployment and its GPU variant, as workers consume them."""
+    return [q for name in settings.queues for q in (name, gpu_queue(name))]

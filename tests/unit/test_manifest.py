@@ -53,6 +53,15 @@ ttl = 60
     assert manifest.queue.priority == 9
     assert manifest.limits.soft_timeout == 25.5
     assert manifest.retries.on == ["RuntimeError", "TimeoutError"]
+    assert manifest.target_queue == "realtime"
+
+
+def test_gpu_function_goes_to_the_gpu_variant_of_its_queue(tmp_path: Path) -> None:
+    manifest = parse(
+        tmp_path, '[function]\nhandler = "h:f"\n[queue]\nname = "realtime"\n[resources]\ngpu = 1\n'
+    )
+    assert manifest.resources.gpu == 1
+    assert manifest.target_queue == "realtime.gpu"
 
 
 @pytest.mark.parametrize(
@@ -86,7 +95,10 @@ ttl = 60
             '[function]\nhandler = "h:f"\n[queue]\nname = "realtime"\n[limits]\ntimeout = 120\n',
             r"120.0s exceeds the max_timeout \(60.0s\) of queue 'realtime'",
         ),
-        ('[function]\nhandler = "h:f"\n[resources]\ngpu = 1\n', r"\[resources\] gpu"),
+        (
+            '[function]\nhandler = "h:f"\n[resources]\ngpu = 2\n',
+            r"\[resources\] gpu: Input should be 0 or 1",
+        ),
         (
             '[function]\nhandler = "h:f"\n[batching]\nmax_batch_size = 0\n',
             r"\[batching\] max_batch_size: .*greater than or equal to 1",

@@ -85,13 +85,19 @@ class FunctionsController(Controller):
 
     @get("/", summary="List functions")
     async def list_functions(self, platform: NamedDependency[Platform]) -> dict[str, Any]:
-        return {"functions": [function_body(e, detail=False) for e in platform.registry.entries()]}
+        census = await platform.queue.census()
+        return {
+            "functions": [
+                function_body(e, detail=False, census=census) for e in platform.registry.entries()
+            ]
+        }
 
     @get("/{name:str}", summary="Describe a function, with its input schema")
     async def describe(
         self, platform: NamedDependency[Platform], name: FromPath[str]
     ) -> dict[str, Any]:
-        return function_body(platform.registry.entry(name), detail=True)
+        entry = platform.registry.entry(name)
+        return function_body(entry, detail=True, census=await platform.queue.census())
 
     @post("/{name:str}/invoke", summary="Invoke a function", status_code=202)
     async def invoke(
@@ -115,7 +121,11 @@ class FunctionsController(Controller):
         if record.status.final:
             return Response(result_body(record), status_code=200)
         url = _result_url(record)
-        return Response(accepted_body(record, url), status_code=202, headers={"Location": url})
+        return Response(
+            accepted_body(record, url, await platform.queue.census()),
+            status_code=202,
+            headers={"Location": url},
+        )
 
     @get("/{name:str}/results/{invocation_id:str}", summary="An invocation's result")
     async def result(
@@ -129,7 +139,9 @@ class FunctionsController(Controller):
             record = await platform.queue.wait(invocation_id, wait, function=name)
         else:
             record = await platform.queue.get(invocation_id, function=name)
-        return result_body(record)
+        if record.status.final:
+            return result_body(record)
+        return result_body(record, await platform.queue.census())
 
     @delete(
         "/{name:str}/results/{invocation_id:str}", summary="Cancel an invocation", status_code=200

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from conveyor.functions.registry import FunctionEntry
+from conveyor.queueing.census import no_worker_warning
 from conveyor.queueing.jobs import JobRecord
 
 
@@ -33,17 +35,27 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def accepted_body(record: JobRecord, result_url: str) -> dict[str, Any]:
-    return {
+Census = Mapping[str, int] | None  # live workers per queue; None: not known now
+
+
+def _unserved(census: Census, queue: str) -> bool:
+    return census is not None and census.get(queue, 0) == 0
+
+
+def accepted_body(record: JobRecord, result_url: str, census: Census) -> dict[str, Any]:
+    body = {
         "id": record.id,
         "function": record.function,
         "version": record.version,
         "status": record.status.value,
         "result_url": result_url,
     }
+    if _unserved(census, record.queue):
+        body["warning"] = no_worker_warning(record.queue)
+    return body
 
 
-def result_body(record: JobRecord) -> dict[str, Any]:
+def result_body(record: JobRecord, census: Census = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": record.id,
         "function": record.function,
@@ -60,13 +72,15 @@ def result_body(record: JobRecord) -> dict[str, Any]:
         body["error"] = record.error
     if record.started_at is not None:
         body["started_at"] = iso(record.started_at)
+    if not record.status.final and _unserved(census, record.queue):
+        body["warning"] = no_worker_warning(record.queue)
     if record.finished_at is not None:
         body["finished_at"] = iso(record.finished_at)
         body["duration_ms"] = round((record.finished_at - record.created_at) * 1000, 3)
     return body
 
 
-def function_body(entry: FunctionEntry, *, detail: bool) -> dict[str, Any]:
+def function_body(entry: FunctionEntry, *, detail: bool, census: Census) -> dict[str, Any]:
     spec = entry.spec
     body: dict[str, Any] = {
         "name": entry.name,
@@ -87,7 +101,11 @@ def function_body(entry: FunctionEntry, *, detail: bool) -> dict[str, Any]:
             timeout=manifest.limits.timeout,
             invoke_url=f"/functions/{entry.name}/invoke",
             input_schema_url=f"/functions/{entry.name}",
+            target_queue=manifest.target_queue,
+            workers=None if census is None else census.get(manifest.target_queue, 0),
         )
+        if _unserved(census, manifest.target_queue):
+            body["warning"] = no_worker_warning(manifest.target_queue)
     if detail and entry.loaded is not None:
         body["input_schema"] = entry.loaded.input_schema()
     return body

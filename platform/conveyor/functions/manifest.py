@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from conveyor.errors import ManifestError
-from conveyor.settings import QueueSettings
+from conveyor.settings import QueueSettings, gpu_queue
 
 MANIFEST_FILE = "function.toml"
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
@@ -38,8 +38,7 @@ class QueueSection(_Section):
 
 
 class ResourcesSection(_Section):
-    # GPU placement is not built yet: accepting gpu = 1 would silently run on a CPU.
-    gpu: Literal[0] = 0
+    gpu: Literal[0, 1] = 0  # whole GPUs one worker process needs
 
 
 class LimitsSection(_Section):
@@ -79,6 +78,12 @@ class Manifest(_Section):
     retries: RetriesSection = RetriesSection()
     batching: BatchingSection | None = None
     results: ResultsSection = ResultsSection()
+
+    @property
+    def target_queue(self) -> str:
+        """The queue its invocations go to: the GPU variant of ``[queue] name`` when the
+        function needs a GPU, consumed only by ``conveyor worker --gpus``."""
+        return gpu_queue(self.queue.name) if self.resources.gpu else self.queue.name
 
     @property
     def module(self) -> str:

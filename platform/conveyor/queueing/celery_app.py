@@ -8,7 +8,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from conveyor.queueing import keys
-from conveyor.settings import Settings
+from conveyor.settings import Settings, all_queues
 
 TASK_NAME = "conveyor.run"
 BATCH_TASK_NAME = "conveyor.batch"
@@ -53,7 +53,7 @@ def create_celery(settings: Settings, *, visibility_timeout: float | None = None
         task_acks_late=True,
         task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=True,
-        task_queues=[Queue(name, Exchange(name), routing_key=name) for name in settings.queues],
+        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in all_queues(settings)],
         task_default_queue=next(iter(settings.queues)),
         task_create_missing_queues=False,
         worker_prefetch_multiplier=1,

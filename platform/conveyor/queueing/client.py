@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
@@ -29,6 +31,7 @@ from conveyor.log import get_logger
 from conveyor.queueing import keys
 from conveyor.queueing.batches import ARMED_TTL, trigger_for
 from conveyor.queueing.celery_app import create_celery
+from conveyor.queueing.census import LIVE_WORKERS, parse_workers, workers_per_queue
 from conveyor.queueing.jobs import (
     ACTIVE,
     SUBMIT,
@@ -77,6 +80,9 @@ class QueueClient:
         self._transition = self.redis.register_script(TRANSITION)
         self._submit = self.redis.register_script(SUBMIT)
         self._trigger_templates: dict[tuple[str, str, int], tuple[str, str]] = {}
+        self._live_workers = self.redis.register_script(LIVE_WORKERS)
+        self._census: dict[str, int] | None = None
+        self._census_at = -math.inf
         # Its own connection with no read timeout: it idles until an invocation finishes.
         self._waiters = _Waiters(
             aioredis.Redis.from_url(
@@ -121,7 +127,7 @@ class QueueClient:
             function=spec.name,
             version=spec.version,
             input=raw_input,
-            queue=manifest.queue.name,
+            queue=manifest.target_queue,
             priority=manifest.queue.priority if priority is None else priority,
             timeout=manifest.limits.timeout,
             soft_timeout=manifest.limits.soft_timeout,
@@ -301,9 +307,24 @@ class QueueClient:
     async def workers(self) -> list[dict[str, Any]]:
         """Live workers, from their heartbeats."""
         with broker_errors():
-            names = [k async for k in self.redis.scan_iter(match=keys.worker("*"), count=100)]
-            values = await self.redis.mget(names) if names else []
-        return [json.loads(v) for v in values if v]
+            beats = await self._live_workers(keys=[keys.WORKERS], args=[keys.WORKER_PREFIX])
+        return parse_workers(beats)
+
+    async def census(self) -> dict[str, int] | None:
+        """Live workers per queue (None: Redis cannot tell us now).
+
+        Counted at most once per heartbeat interval and shared by all requests, so a
+        request pays for the census only when it is stale; the first to see it stale
+        refreshes it while the others read the previous figure.
+        """
+        now = time.monotonic()
+        if now - self._census_at >= self.settings.worker.heartbeat:
+            self._census_at = now
+            try:
+                self._census = workers_per_queue(await self.workers())
+            except BrokerUnavailableError:
+                self._census = None
+        return self._census
 
 
 def _digest(raw_input: Any, priority: int | None) -> str:

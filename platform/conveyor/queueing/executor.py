@@ -63,7 +63,7 @@ class Executor:
         )
         self._registry.refresh()
         for entry in self._registry.entries():
-            if entry.loaded is None or entry.loaded.manifest.queue.name not in self.queues:
+            if entry.loaded is None or entry.loaded.manifest.target_queue not in self.queues:
                 continue
             try:
                 if entry.loaded.is_class:

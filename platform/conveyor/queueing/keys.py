@@ -4,7 +4,8 @@ from __future__ import annotations
 
 PREFIX = "conveyor"
 EVENTS_CHANNEL = f"{PREFIX}:events"  # payload: "<id> <record as JSON>" when one finishes
-WORKER_PREFIX = f"{PREFIX}:worker:"
+WORKER_PREFIX = f"{PREFIX}:worker:"  # + name: a live worker's heartbeat, with a TTL
+WORKERS = f"{PREFIX}:workers"  # set of names that may have a heartbeat (no SCAN needed)
 
 # kombu's Redis transport keeps one list per queue and priority step; we configure the
 # separator so the lists read as ``realtime``, ``realtime:1`` ... ``realtime:9``.

@@ -28,7 +28,7 @@ from conveyor.queueing import keys
 from conveyor.queueing.celery_app import create_celery
 from conveyor.queueing.executor import Executor
 from conveyor.queueing.task import register_task
-from conveyor.settings import Settings
+from conveyor.settings import Settings, all_queues
 
 log = get_logger(__name__)
 
@@ -49,16 +49,18 @@ def derived_visibility_timeout(registry: Registry) -> float:
 class WorkerProcess:
     """The supervising parent of one ``conveyor worker``."""
 
-    def __init__(self, settings: Settings, queues: list[str], concurrency: int) -> None:
-        unknown = sorted(set(queues) - set(settings.queues))
+    def __init__(
+        self, settings: Settings, queues: list[str], concurrency: int, name: str | None = None
+    ) -> None:
+        known = all_queues(settings)
+        unknown = sorted(set(queues) - set(known))
         if unknown:
-            raise ValueError(
-                f"unknown queue(s) {unknown}; deploy.toml has: {', '.join(settings.queues)}"
-            )
+            raise ValueError(f"unknown queue(s) {unknown}; deploy.toml has: {', '.join(known)}")
         self.settings = settings
         self.queues = queues
         self.concurrency = concurrency
-        self.name = f"conveyor-{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
+        self.device = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.name = name or f"conveyor-{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
         self.registry = Registry(settings.functions.dir, settings.queues, import_code=False)
         self.registry.refresh()
         self.visibility_timeout = self._visibility_timeout()
@@ -136,8 +138,10 @@ class WorkerProcess:
 
     def _on_shutdown(self, **_: Any) -> None:
         self._stop.set()
-        with contextlib.suppress(redis.RedisError):
-            self._redis().delete(keys.worker(self.name))
+        with contextlib.suppress(redis.RedisError), self._redis().pipeline() as pipe:
+            pipe.srem(keys.WORKERS, self.name)
+            pipe.delete(keys.worker(self.name))
+            pipe.execute()
 
     def _redis(self) -> redis.Redis:
         return redis.Redis.from_url(
@@ -164,24 +168,37 @@ class WorkerProcess:
                 log.warning("lease_renewal_failed", error=str(exc))
 
     def _heartbeat(self) -> None:
+        """Say every ``[worker] heartbeat`` seconds what this worker serves and how busy
+        it is; the key expires after three missed beats, so a dead worker drops out."""
         client = self._redis()
         interval = self.settings.worker.heartbeat
         started = time.time()
         while not self._stop.is_set():
             payload = {
                 "name": self.name,
+                "host": socket.gethostname(),
                 "queues": self.queues,
                 "concurrency": self.concurrency,
+                "device": self.device,
                 "pid": os.getpid(),
                 "started_at": started,
                 "seen_at": time.time(),
+                "active": _active_count(),
                 "functions": {e.name: e.spec.version for e in self.registry.entries() if e.spec},
             }
             try:
-                client.set(keys.worker(self.name), json.dumps(payload), ex=int(interval * 3) + 1)
+                with client.pipeline() as pipe:
+                    pipe.set(keys.worker(self.name), json.dumps(payload), ex=int(interval * 3) + 1)
+                    pipe.sadd(keys.WORKERS, self.name)
+                    pipe.execute()
             except redis.RedisError as exc:
                 log.warning("heartbeat_failed", error=str(exc))
             self._stop.wait(interval)
+
+
+def _active_count() -> int:
+    """Invocations (or batches) this worker's pool is running now."""
+    return len(state.active_requests)
 
 
 def _held_delivery_tags() -> list[str]:

@@ -1,0 +1,69 @@
+"""Who is serving and how much is waiting: live workers (from their heartbeats) and queue
+depths, read the same way by the API (async) and by the worker supervisor (sync).
+
+A worker writes ``conveyor:worker:<name>`` (JSON, expiring after three missed beats) and adds
+its name to the ``conveyor:workers`` set; :data:`LIVE_WORKERS` reads the live ones and drops
+the names whose heartbeat expired, atomically, so no reader ever scans the keyspace.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import redis
+
+from conveyor.queueing import keys
+from conveyor.settings import GPU_QUEUE_SUFFIX
+
+# KEYS: the names set. ARGV: the heartbeat key prefix. Returns the live heartbeats.
+LIVE_WORKERS = """
+local live = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local beat = redis.call('GET', ARGV[1] .. name)
+  if beat then table.insert(live, beat) else redis.call('SREM', KEYS[1], name) end
+end
+return live
+"""
+
+
+def parse_workers(beats: list[Any]) -> list[dict[str, Any]]:
+    return [json.loads(b) for b in beats]
+
+
+def workers_per_queue(workers: list[dict[str, Any]]) -> dict[str, int]:
+    return dict(Counter(q for w in workers for q in w.get("queues", [])))
+
+
+def worker_hint(queue: str) -> str:
+    """The command that would start a worker for ``queue``."""
+    if queue.endswith(GPU_QUEUE_SUFFIX):
+        return f"conveyor worker --gpus all --queues {queue.removesuffix(GPU_QUEUE_SUFFIX)}"
+    return f"conveyor worker --queues {queue}"
+
+
+def no_worker_warning(queue: str) -> str:
+    return (
+        f"no live worker consumes queue {queue!r}: the invocation waits until one starts"
+        f" ({worker_hint(queue)})"
+    )
+
+
+class Census:
+    """The synchronous reader, for processes without an event loop (the supervisor)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._live = client.register_script(LIVE_WORKERS)
+
+    def workers(self) -> list[dict[str, Any]]:
+        return parse_workers(self._live(keys=[keys.WORKERS], args=[keys.WORKER_PREFIX]))
+
+    def depth(self, queues: list[str]) -> int:
+        """Messages waiting in ``queues``, over all priority levels (not those running)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                for key in keys.queue_lists(queue):
+                    pipe.llen(key)
+            return sum(pipe.execute())
