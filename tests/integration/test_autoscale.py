@@ -1,0 +1,87 @@
+"""``conveyor worker --autoscale MIN,MAX``: a backlog raises the number of worker processes,
+an idle queue lowers it again by warm shutdown, and nothing is lost or run twice."""
+
+from __future__ import annotations
+
+import pytest
+
+from support import Process, Stack, invoke, result, wait_for, write_function
+
+pytestmark = pytest.mark.integration
+
+# Each run appends its invocation id to a file: executions are counted, not inferred.
+SLOW = """
+import os, time
+
+def run(x: dict) -> str:
+    time.sleep(x["sleep"])
+    with open(x["log"], "a") as f:
+        f.write(f"{x['n']} {os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES')}\\n")
+    return "ok"
+"""
+
+
+@pytest.fixture(scope="module")
+def scaling_stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
+    stack: Stack = make_stack()
+    stack.set_worker(scale_interval=0.3, scale_down_after=2.0)
+    write_function(stack.functions, "slow", SLOW, '[function]\nhandler = "handler:run"\n')
+    write_function(
+        stack.functions,
+        "slowgpu",
+        SLOW,
+        '[function]\nhandler = "handler:run"\n[resources]\ngpu = 1\n',
+    )
+    return stack
+
+
+def _watch_counts(stack: Stack, sup: Process, until: int, seen: list[int]) -> bool:
+    count = len(stack.heartbeats(sup))
+    seen.append(count)
+    return count == until
+
+
+def _run_backlog(stack: Stack, sup: Process, function: str, high: int, low: int) -> list[str]:
+    log = stack.root / f"{function}.runs"
+    seen: list[int] = []
+    with stack.api() as api:
+        ids = []
+        for n in range(30):
+            status, body = invoke(api, function, {"sleep": 0.3, "log": str(log), "n": n})
+            assert status == 202
+            ids.append(body["id"])
+        wait_for(lambda: _watch_counts(stack, sup, high, seen), 60, f"{high} processes")
+        done = [result(api, function, i, wait=60) for i in ids]
+        assert all(d["status"] == "succeeded" and d["attempts"] == 1 for d in done)
+        wait_for(lambda: _watch_counts(stack, sup, low, seen), 60, f"back to {low}")
+    assert max(seen) == high  # never above MAX
+    runs = log.read_text().splitlines()
+    assert sorted(int(line.split()[0]) for line in runs) == list(range(30))  # each once
+    return runs
+
+
+def test_backlog_scales_up_and_idle_scales_down(scaling_stack: Stack) -> None:
+    sup = scaling_stack.supervisor("--queues", "default", "--autoscale", "1,3", expect=1)
+    runs = _run_backlog(scaling_stack, sup, "slow", high=3, low=1)
+    assert len({line.split()[1] for line in runs}) >= 2  # more than one process served
+    stopped = wait_for(
+        lambda: sum(e.get("event") == "worker_process_stopped" for e in sup.events()) == 2,
+        15,
+        "two processes to exit",
+    )
+    assert stopped
+    events = [e.get("event") for e in sup.events()]
+    assert events.count("autoscale_up") == 2 and events.count("autoscale_down") == 2
+    assert "worker_process_died" not in events
+    sup.stop()
+
+
+def test_gpu_workers_scale_by_whole_devices(scaling_stack: Stack) -> None:
+    sup = scaling_stack.supervisor(
+        "--gpus", "0,1", "--queues", "default", "--autoscale", "1,2", expect=1
+    )
+    assert [b["device"] for b in scaling_stack.heartbeats(sup)] == ["0"]
+    runs = _run_backlog(scaling_stack, sup, "slowgpu", high=2, low=1)
+    assert {line.split()[2] for line in runs} == {"0", "1"}
+    assert [b["device"] for b in scaling_stack.heartbeats(sup)] == ["0"]
+    sup.stop()
