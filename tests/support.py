@@ -69,9 +69,10 @@ def wait_until(
 class RedisServer:
     """A private redis-server on a free port, started and stopped by the test session."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, bind: str = "127.0.0.1") -> None:
         self.port = port or free_port()
         self.workdir = workdir
+        self.bind = bind
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -89,7 +90,7 @@ class RedisServer:
                 "--port",
                 str(self.port),
                 "--bind",
-                "127.0.0.1",
+                *self.bind.split(),
                 "--dir",
                 str(self.workdir),
                 "--save",

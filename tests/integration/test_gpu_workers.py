@@ -178,7 +178,9 @@ def test_dead_worker_process_is_replaced_and_its_invocation_runs(gpu_stack: Stac
         (("--queues", "gpu"), "--queues: unknown ['gpu']"),
     ],
 )
-def test_bad_worker_options_are_refused(gpu_stack: Stack, args: tuple[str, ...], message: str) -> None:
+def test_bad_worker_options_are_refused(
+    gpu_stack: Stack, args: tuple[str, ...], message: str
+) -> None:
     log = gpu_stack.root / "refused.log"
     proc = Process(conveyor("worker", *args), gpu_stack.config, log, env={"PATH": "/usr/bin:/bin"})
     assert proc.proc.wait(120) == 2

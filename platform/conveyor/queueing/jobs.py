@@ -62,6 +62,8 @@ return {1, status}
 # An attempt starts: from queued, retrying, or running (its worker vanished and Redis
 # redelivered the message). Returns {previous status, attempt, 1 if the previous attempt
 # was lost (still running, or marked lost by the parent of a pool child that died)}.
+# 'version' becomes the version that runs; the one the API submitted is kept as
+# 'submitted_version' when a worker's copy of the function differs (another machine).
 START = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'', 0, 0} end
@@ -71,6 +73,8 @@ end
 local lost = 0
 if status == 'running' or redis.call('HDEL', KEYS[1], 'lost') == 1 then lost = 1 end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local submitted = redis.call('HGET', KEYS[1], 'version')
+if submitted ~= ARGV[2] then redis.call('HSETNX', KEYS[1], 'submitted_version', submitted) end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'version', ARGV[2],
            'pid', ARGV[3])
 return {status, attempts, lost}
@@ -126,6 +130,7 @@ class JobRecord:
     output: Any = None
     error: dict[str, Any] | None = None
     has_output: bool = False
+    submitted_version: str | None = None
 
     @classmethod
     def from_hash(cls, invocation_id: str, raw: dict[str, str]) -> JobRecord:
@@ -147,6 +152,7 @@ class JobRecord:
             output=json.loads(raw["output"]) if "output" in raw else None,
             error=json.loads(raw["error"]) if "error" in raw else None,
             has_output="output" in raw,
+            submitted_version=raw.get("submitted_version"),
         )
 
 
