@@ -132,6 +132,7 @@ def test_one_pinned_process_per_device(gpu_stack: Stack) -> None:
         _, crashed = invoke(api, "where", {"crash": True})
         failed = result(api, "where", crashed["id"], wait=30)
         assert failed["status"] == "failed" and failed["error"]["type"] == "WorkerLostError"
+        assert failed["attempts"] > 1  # redelivered first, in case the crash was transient
         status, after = invoke(api, "where", {}, wait=60)
         assert status == 200 and after["output"]["device"] in ("0", "1")
     sup.stop()
