@@ -30,6 +30,7 @@ from typing import Any
 import redis
 
 from conveyor.errors import WorkerOptionsError
+from conveyor.functions.registry import Registry
 from conveyor.log import get_logger
 from conveyor.queueing.census import Census
 from conveyor.runtime.gpus import device_env
@@ -92,6 +93,9 @@ class Supervisor:
         self._empty_since: float | None = None
         self._next_look = 0.0
         self._serial = 0
+        self._registry = Registry(
+            self.settings.functions.dir, self.settings.queues, import_code=False
+        )
         self._census = Census(
             redis.Redis.from_url(
                 self.settings.redis.url,
@@ -189,7 +193,7 @@ class Supervisor:
             return
         self._next_look = now + self.settings.worker.scale_interval
         try:
-            depth = self._census.depth(self.queues)
+            depth = self._census.depth(self.queues, self._batching())
             beats = {w["name"]: w for w in self._census.workers()}
         except redis.RedisError as exc:
             log.warning("autoscale_cannot_read_queue", error=str(exc))
@@ -210,6 +214,18 @@ class Supervisor:
             and now - self._empty_since >= self.settings.worker.scale_down_after
         ):
             self._scale_down(serving, beats)
+
+    def _batching(self) -> dict[str, int]:
+        """Batching functions on our queues -> max_batch_size, from the manifests (a
+        refresh re-reads only files whose size or mtime changed)."""
+        self._registry.refresh()
+        return {
+            e.name: e.spec.manifest.batching.max_batch_size
+            for e in self._registry.entries()
+            if e.spec is not None
+            and e.spec.manifest.batching is not None
+            and e.spec.manifest.target_queue in self.queues
+        }
 
     def _scale_up(self, count: int, depth: int) -> None:
         for _ in range(count):

@@ -20,6 +20,23 @@ def run(x: dict) -> str:
     return "ok"
 """
 
+# Batches of two: 30 items make 15 turns of a process, where the queue itself holds one
+# drain trigger at a time.
+SLOW_BATCHES = """
+import os, time
+
+class Slow:
+    def predict(self, x: dict) -> str:
+        return self.predict_batch([x])[0]
+
+    def predict_batch(self, xs: list[dict]) -> list[str]:
+        time.sleep(xs[0]["sleep"] * 2)
+        with open(xs[0]["log"], "a") as f:
+            for x in xs:
+                f.write(f"{x['n']} {os.getpid()} -\\n")
+        return ["ok"] * len(xs)
+"""
+
 
 @pytest.fixture(scope="module")
 def scaling_stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
@@ -31,6 +48,13 @@ def scaling_stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
         "slowgpu",
         SLOW,
         '[function]\nhandler = "handler:run"\n[resources]\ngpu = 1\n',
+    )
+    write_function(
+        stack.functions,
+        "slowbatch",
+        SLOW_BATCHES,
+        '[function]\nhandler = "handler:Slow"\n[queue]\nname = "batch"\n'
+        "[batching]\nmax_batch_size = 2\nmax_wait_ms = 0\n",
     )
     return stack
 
@@ -84,4 +108,10 @@ def test_gpu_workers_scale_by_whole_devices(scaling_stack: Stack) -> None:
     runs = _run_backlog(scaling_stack, sup, "slowgpu", high=2, low=1)
     assert {line.split()[2] for line in runs} == {"0", "1"}
     assert [b["device"] for b in scaling_stack.heartbeats(sup)] == ["0"]
+    sup.stop()
+
+
+def test_batching_backlog_counts_as_batches(scaling_stack: Stack) -> None:
+    sup = scaling_stack.supervisor("--queues", "batch", "--autoscale", "1,3", expect=1)
+    _run_backlog(scaling_stack, sup, "slowbatch", high=3, low=1)
     sup.stop()

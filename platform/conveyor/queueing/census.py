@@ -9,7 +9,9 @@ the names whose heartbeat expired, atomically, so no reader ever scans the keysp
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -60,10 +62,18 @@ class Census:
     def workers(self) -> list[dict[str, Any]]:
         return parse_workers(self._live(keys=[keys.WORKERS], args=[keys.WORKER_PREFIX]))
 
-    def depth(self, queues: list[str]) -> int:
-        """Messages waiting in ``queues``, over all priority levels (not those running)."""
+    def depth(self, queues: list[str], batching: Mapping[str, int] | None = None) -> int:
+        """Work waiting in ``queues``, in units of one process's turn: messages over all
+        priority levels, plus each batching function's stream items (``batching``:
+        function -> max_batch_size) as the batches they make."""
+        batching = batching or {}
         with self.redis.pipeline(transaction=False) as pipe:
             for queue in queues:
                 for key in keys.queue_lists(queue):
                     pipe.llen(key)
-            return sum(pipe.execute())
+            for function in batching:
+                pipe.xlen(keys.batch_stream(function))
+            sizes: list[int] = pipe.execute()
+        lists = len(sizes) - len(batching)
+        batches = zip(sizes[lists:], batching.values(), strict=True)
+        return sum(sizes[:lists]) + sum(math.ceil(items / size) for items, size in batches)
