@@ -32,7 +32,7 @@ import redis
 from conveyor.errors import WorkerOptionsError
 from conveyor.functions.registry import Registry
 from conveyor.log import get_logger
-from conveyor.queueing.census import Census
+from conveyor.queueing.census import AUTOSCALER, Census
 from conveyor.runtime.gpus import device_env
 from conveyor.settings import Settings
 
@@ -51,8 +51,8 @@ def parse_autoscale(spec: str, devices: list[str] | None) -> tuple[int, int]:
         raise WorkerOptionsError(
             f"--autoscale {spec!r}: give MIN,MAX worker processes, e.g. --autoscale 1,4"
         ) from None
-    if not 1 <= low <= high:
-        raise WorkerOptionsError(f"--autoscale {spec!r}: needs 1 <= MIN <= MAX")
+    if not (0 <= low <= high and high >= 1):
+        raise WorkerOptionsError(f"--autoscale {spec!r}: needs 0 <= MIN <= MAX and MAX >= 1")
     if devices is not None and high > len(devices):
         raise WorkerOptionsError(
             f"--autoscale {spec!r}: MAX is above the {len(devices)} device(s) in --gpus"
@@ -92,6 +92,9 @@ class Supervisor:
         self._stopping = False
         self._empty_since: float | None = None
         self._next_look = 0.0
+        self._next_beat = 0.0
+        host = socket.gethostname()
+        self.name = f"conveyor-autoscaler-{'-'.join(self.queues)}-{os.getpid()}@{host}"
         self._serial = 0
         self._registry = Registry(
             self.settings.functions.dir, self.settings.queues, import_code=False
@@ -127,9 +130,31 @@ class Supervisor:
             self._reap()
             self._restart_due()
             if self.scale is not None:
+                self._heartbeat()
                 self._autoscale()
             self._wake.wait(0.2)
         return self._shutdown()
+
+    def _heartbeat(self) -> None:
+        """Tell the API these queues are served even with no process running yet."""
+        now = time.monotonic()
+        if now < self._next_beat:
+            return
+        self._next_beat = now + self.settings.worker.heartbeat
+        beat = {
+            "kind": AUTOSCALER,
+            "name": self.name,
+            "host": socket.gethostname(),
+            "queues": self.queues,
+            "pid": os.getpid(),
+            "autoscale": self.scale,
+            "devices": self.devices,
+            "processes": sum(1 for s in self.slots if s.proc is not None),
+        }
+        try:
+            self._census.beat(self.name, beat, self.settings.worker.heartbeat)
+        except redis.RedisError as exc:
+            log.warning("heartbeat_failed", error=str(exc))
 
     # -- processes ----------------------------------------------------------------------
 
@@ -270,6 +295,9 @@ class Supervisor:
         for slot in self.slots:
             if slot.proc is not None:
                 slot.proc.wait()
+        if self.scale is not None:
+            with contextlib.suppress(redis.RedisError):
+                self._census.forget(self.name)
         log.info("supervisor_stopped")
         return 0
 

@@ -115,3 +115,28 @@ def test_batching_backlog_counts_as_batches(scaling_stack: Stack) -> None:
     sup = scaling_stack.supervisor("--queues", "batch", "--autoscale", "1,3", expect=1)
     _run_backlog(scaling_stack, sup, "slowbatch", high=3, low=1)
     sup.stop()
+
+
+def test_scale_from_zero_and_back(scaling_stack: Stack) -> None:
+    sup = scaling_stack.supervisor("--queues", "realtime", "--autoscale", "0,1", expect=0)
+    write_function(
+        scaling_stack.functions,
+        "rare",
+        "def run(x: int) -> int:\n    return x + 1\n",
+        '[function]\nhandler = "handler:run"\n[queue]\nname = "realtime"\n',
+    )
+    with scaling_stack.api() as api:
+        # No process yet, but the queue is watched: no warning.
+        idle = wait_for(
+            lambda: api.get("/functions/rare").json().get("autoscaled"), 20, "the autoscaler"
+        )
+        assert idle
+        described = api.get("/functions/rare").json()
+        assert described["workers"] == 0 and "warning" not in described
+        assert scaling_stack.heartbeats(sup) == []
+        status, accepted = invoke(api, "rare", 41)
+        assert status == 202 and "warning" not in accepted
+        assert result(api, "rare", accepted["id"], wait=60)["output"] == 42
+        wait_for(lambda: len(scaling_stack.heartbeats(sup)) == 0, 60, "back to zero")
+    sup.stop()
+    assert not scaling_stack.redis.keys("conveyor:worker:conveyor-autoscaler-*")

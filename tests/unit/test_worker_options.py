@@ -6,7 +6,7 @@ import pytest
 
 from conveyor.cli import _worker_queues
 from conveyor.errors import WorkerOptionsError
-from conveyor.queueing.census import no_worker_warning, workers_per_queue
+from conveyor.queueing.census import QueueCensus, no_worker_warning
 from conveyor.runtime.gpus import device_env, parse_gpus
 from conveyor.settings import Settings, all_queues
 from conveyor.supervisor import parse_autoscale
@@ -45,7 +45,8 @@ def test_device_env_pins_one_device_in_bus_order(monkeypatch: pytest.MonkeyPatch
 def test_autoscale_bounds() -> None:
     assert parse_autoscale("1,4", None) == (1, 4)
     assert parse_autoscale("2,2", ["0", "1"]) == (2, 2)
-    for spec in ("4", "a,b", "0,2", "3,1"):
+    assert parse_autoscale("0,2", None) == (0, 2)
+    for spec in ("4", "a,b", "0,0", "3,1", "-1,2"):
         with pytest.raises(WorkerOptionsError, match="--autoscale"):
             parse_autoscale(spec, None)
     with pytest.raises(WorkerOptionsError, match="MAX is above the 2 device"):
@@ -65,8 +66,15 @@ def test_worker_queues() -> None:
         _worker_queues(SETTINGS, "realtime,nope", gpu=False, cpu_too=False)
 
 
-def test_census_helpers() -> None:
-    beats = [{"queues": ["a", "b.gpu"]}, {"queues": ["a"]}]
-    assert workers_per_queue(beats) == {"a": 2, "b.gpu": 1}
+def test_census() -> None:
+    beats = [
+        {"queues": ["a", "b.gpu"]},
+        {"queues": ["a"]},
+        {"kind": "autoscaler", "queues": ["c"]},
+    ]
+    census = QueueCensus.of(beats)
+    assert (census.count("a"), census.count("b.gpu"), census.count("c")) == (2, 1, 0)
+    assert census.warning("a") is None and census.warning("c") is None  # c scales from 0
+    assert census.warning("d") == no_worker_warning("d")
     assert "(conveyor worker --queues a)" in no_worker_warning("a")
     assert "(conveyor worker --gpus all --queues b)" in no_worker_warning("b.gpu")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from conveyor.functions.registry import FunctionEntry
-from conveyor.queueing.census import no_worker_warning
+from conveyor.queueing.census import QueueCensus
 from conveyor.queueing.jobs import JobRecord
 
 
@@ -35,11 +34,11 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-Census = Mapping[str, int] | None  # live workers per queue; None: not known now
+Census = QueueCensus | None  # None: not known now (Redis unreachable)
 
 
-def _unserved(census: Census, queue: str) -> bool:
-    return census is not None and census.get(queue, 0) == 0
+def _warning(census: Census, queue: str) -> str | None:
+    return None if census is None else census.warning(queue)
 
 
 def accepted_body(record: JobRecord, result_url: str, census: Census) -> dict[str, Any]:
@@ -50,8 +49,8 @@ def accepted_body(record: JobRecord, result_url: str, census: Census) -> dict[st
         "status": record.status.value,
         "result_url": result_url,
     }
-    if _unserved(census, record.queue):
-        body["warning"] = no_worker_warning(record.queue)
+    if warning := _warning(census, record.queue):
+        body["warning"] = warning
     return body
 
 
@@ -74,8 +73,8 @@ def result_body(record: JobRecord, census: Census = None) -> dict[str, Any]:
         body["error"] = record.error
     if record.started_at is not None:
         body["started_at"] = iso(record.started_at)
-    if not record.status.final and _unserved(census, record.queue):
-        body["warning"] = no_worker_warning(record.queue)
+    if not record.status.final and (warning := _warning(census, record.queue)):
+        body["warning"] = warning
     if record.finished_at is not None:
         body["finished_at"] = iso(record.finished_at)
         body["duration_ms"] = round((record.finished_at - record.created_at) * 1000, 3)
@@ -104,10 +103,11 @@ def function_body(entry: FunctionEntry, *, detail: bool, census: Census) -> dict
             invoke_url=f"/functions/{entry.name}/invoke",
             input_schema_url=f"/functions/{entry.name}",
             target_queue=manifest.target_queue,
-            workers=None if census is None else census.get(manifest.target_queue, 0),
+            workers=None if census is None else census.count(manifest.target_queue),
+            autoscaled=census is not None and manifest.target_queue in census.autoscaled,
         )
-        if _unserved(census, manifest.target_queue):
-            body["warning"] = no_worker_warning(manifest.target_queue)
+        if warning := _warning(census, manifest.target_queue):
+            body["warning"] = warning
     if detail and entry.loaded is not None:
         body["input_schema"] = entry.loaded.input_schema()
     return body

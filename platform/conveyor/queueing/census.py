@@ -12,12 +12,15 @@ import json
 import math
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from conveyor.queueing import keys
 from conveyor.settings import GPU_QUEUE_SUFFIX
+
+AUTOSCALER = "autoscaler"  # the "kind" of a supervisor's heartbeat; workers have none
 
 # KEYS: the names set. ARGV: the heartbeat key prefix. Returns the live heartbeats.
 LIVE_WORKERS = """
@@ -34,8 +37,28 @@ def parse_workers(beats: list[Any]) -> list[dict[str, Any]]:
     return [json.loads(b) for b in beats]
 
 
-def workers_per_queue(workers: list[dict[str, Any]]) -> dict[str, int]:
-    return dict(Counter(q for w in workers for q in w.get("queues", [])))
+@dataclass(frozen=True)
+class QueueCensus:
+    """Who serves each queue: live worker processes, and the queues an autoscaler watches
+    (it starts a worker process when work arrives, even from none)."""
+
+    workers: Mapping[str, int]
+    autoscaled: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, beats: list[dict[str, Any]]) -> QueueCensus:
+        workers = Counter(q for b in beats if b.get("kind") != AUTOSCALER for q in b["queues"])
+        scaled = frozenset(q for b in beats if b.get("kind") == AUTOSCALER for q in b["queues"])
+        return cls(dict(workers), scaled)
+
+    def count(self, queue: str) -> int:
+        return self.workers.get(queue, 0)
+
+    def warning(self, queue: str) -> str | None:
+        """Why an invocation on ``queue`` would wait for nobody, if it would."""
+        if self.count(queue) or queue in self.autoscaled:
+            return None
+        return no_worker_warning(queue)
 
 
 def worker_hint(queue: str) -> str:
@@ -61,6 +84,19 @@ class Census:
 
     def workers(self) -> list[dict[str, Any]]:
         return parse_workers(self._live(keys=[keys.WORKERS], args=[keys.WORKER_PREFIX]))
+
+    def beat(self, name: str, payload: dict[str, Any], interval: float) -> None:
+        """Announce ``name`` for three ``interval``s."""
+        with self.redis.pipeline() as pipe:
+            pipe.set(keys.worker(name), json.dumps(payload), ex=int(interval * 3) + 1)
+            pipe.sadd(keys.WORKERS, name)
+            pipe.execute()
+
+    def forget(self, name: str) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.srem(keys.WORKERS, name)
+            pipe.delete(keys.worker(name))
+            pipe.execute()
 
     def depth(self, queues: list[str], batching: Mapping[str, int] | None = None) -> int:
         """Work waiting in ``queues``, in units of one process's turn: messages over all

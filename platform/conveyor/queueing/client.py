@@ -31,7 +31,7 @@ from conveyor.log import get_logger
 from conveyor.queueing import keys
 from conveyor.queueing.batches import ARMED_TTL, trigger_for
 from conveyor.queueing.celery_app import create_celery
-from conveyor.queueing.census import LIVE_WORKERS, parse_workers, workers_per_queue
+from conveyor.queueing.census import LIVE_WORKERS, QueueCensus, parse_workers
 from conveyor.queueing.jobs import (
     ACTIVE,
     SUBMIT,
@@ -81,7 +81,7 @@ class QueueClient:
         self._submit = self.redis.register_script(SUBMIT)
         self._trigger_templates: dict[tuple[str, str, int], tuple[str, str]] = {}
         self._live_workers = self.redis.register_script(LIVE_WORKERS)
-        self._census: dict[str, int] | None = None
+        self._census: QueueCensus | None = None
         self._census_at = -math.inf
         # Its own connection with no read timeout: it idles until an invocation finishes.
         self._waiters = _Waiters(
@@ -310,8 +310,8 @@ class QueueClient:
             beats = await self._live_workers(keys=[keys.WORKERS], args=[keys.WORKER_PREFIX])
         return parse_workers(beats)
 
-    async def census(self) -> dict[str, int] | None:
-        """Live workers per queue (None: Redis cannot tell us now).
+    async def census(self) -> QueueCensus | None:
+        """Who serves each queue (None: Redis cannot tell us now).
 
         Counted at most once per heartbeat interval and shared by all requests, so a
         request pays for the census only when it is stale; the first to see it stale
@@ -321,7 +321,7 @@ class QueueClient:
         if now - self._census_at >= self.settings.worker.heartbeat:
             self._census_at = now
             try:
-                self._census = workers_per_queue(await self.workers())
+                self._census = QueueCensus.of(await self.workers())
             except BrokerUnavailableError:
                 self._census = None
         return self._census

@@ -10,7 +10,6 @@ raised to ``[worker] start_timeout`` for model loading), then takes one message 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import threading
@@ -26,6 +25,7 @@ from conveyor.functions.watcher import watch_in_thread
 from conveyor.log import get_logger
 from conveyor.queueing import keys
 from conveyor.queueing.celery_app import create_celery
+from conveyor.queueing.census import Census
 from conveyor.queueing.executor import Executor
 from conveyor.queueing.task import register_task
 from conveyor.settings import Settings, all_queues
@@ -138,10 +138,8 @@ class WorkerProcess:
 
     def _on_shutdown(self, **_: Any) -> None:
         self._stop.set()
-        with contextlib.suppress(redis.RedisError), self._redis().pipeline() as pipe:
-            pipe.srem(keys.WORKERS, self.name)
-            pipe.delete(keys.worker(self.name))
-            pipe.execute()
+        with contextlib.suppress(redis.RedisError):
+            Census(self._redis()).forget(self.name)
 
     def _redis(self) -> redis.Redis:
         return redis.Redis.from_url(
@@ -170,7 +168,7 @@ class WorkerProcess:
     def _heartbeat(self) -> None:
         """Say every ``[worker] heartbeat`` seconds what this worker serves and how busy
         it is; the key expires after three missed beats, so a dead worker drops out."""
-        client = self._redis()
+        census = Census(self._redis())
         interval = self.settings.worker.heartbeat
         started = time.time()
         while not self._stop.is_set():
@@ -187,10 +185,7 @@ class WorkerProcess:
                 "functions": {e.name: e.spec.version for e in self.registry.entries() if e.spec},
             }
             try:
-                with client.pipeline() as pipe:
-                    pipe.set(keys.worker(self.name), json.dumps(payload), ex=int(interval * 3) + 1)
-                    pipe.sadd(keys.WORKERS, self.name)
-                    pipe.execute()
+                census.beat(self.name, payload, interval)
             except redis.RedisError as exc:
                 log.warning("heartbeat_failed", error=str(exc))
             self._stop.wait(interval)
