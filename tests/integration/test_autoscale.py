@@ -3,11 +3,15 @@ an idle queue lowers it again by warm shutdown, and nothing is lost or run twice
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import pytest
 
 from support import Process, Stack, invoke, result, wait_for, write_function
 
 pytestmark = pytest.mark.integration
+Reporter = Callable[[str], None]
 
 # Each run appends its invocation id to a file: executions are counted, not inferred.
 SLOW = """
@@ -65,28 +69,39 @@ def _watch_counts(stack: Stack, sup: Process, until: int, seen: list[int]) -> bo
     return count == until
 
 
-def _run_backlog(stack: Stack, sup: Process, function: str, high: int, low: int) -> list[str]:
+def _run_backlog(
+    stack: Stack, sup: Process, function: str, *, high: int, low: int, report: Reporter
+) -> list[str]:
     log = stack.root / f"{function}.runs"
     seen: list[int] = []
     with stack.api() as api:
         ids = []
+        start = time.monotonic()
         for n in range(30):
             status, body = invoke(api, function, {"sleep": 0.3, "log": str(log), "n": n})
             assert status == 202
             ids.append(body["id"])
         wait_for(lambda: _watch_counts(stack, sup, high, seen), 60, f"{high} processes")
+        scaled_up = time.monotonic() - start
         done = [result(api, function, i, wait=60) for i in ids]
+        drained = time.monotonic() - start
         assert all(d["status"] == "succeeded" and d["attempts"] == 1 for d in done)
         wait_for(lambda: _watch_counts(stack, sup, low, seen), 60, f"back to {low}")
+        scaled_down = time.monotonic() - start
     assert max(seen) == high  # never above MAX
     runs = log.read_text().splitlines()
     assert sorted(int(line.split()[0]) for line in runs) == list(range(30))  # each once
+    report(
+        f"30 x 0.3 s accepted; {high} processes heartbeating after {scaled_up:.1f} s, all done"
+        f" after {drained:.1f} s (one process alone: 9 s), back to {low} after {scaled_down:.1f} s;"
+        f" executed {len(runs)}, lost 0"
+    )
     return runs
 
 
-def test_backlog_scales_up_and_idle_scales_down(scaling_stack: Stack) -> None:
+def test_backlog_scales_up_and_idle_scales_down(scaling_stack: Stack, report: Reporter) -> None:
     sup = scaling_stack.supervisor("--queues", "default", "--autoscale", "1,3", expect=1)
-    runs = _run_backlog(scaling_stack, sup, "slow", high=3, low=1)
+    runs = _run_backlog(scaling_stack, sup, "slow", high=3, low=1, report=report)
     assert len({line.split()[1] for line in runs}) >= 2  # more than one process served
     stopped = wait_for(
         lambda: sum(e.get("event") == "worker_process_stopped" for e in sup.events()) == 2,
@@ -100,20 +115,20 @@ def test_backlog_scales_up_and_idle_scales_down(scaling_stack: Stack) -> None:
     sup.stop()
 
 
-def test_gpu_workers_scale_by_whole_devices(scaling_stack: Stack) -> None:
+def test_gpu_workers_scale_by_whole_devices(scaling_stack: Stack, report: Reporter) -> None:
     sup = scaling_stack.supervisor(
         "--gpus", "0,1", "--queues", "default", "--autoscale", "1,2", expect=1
     )
     assert [b["device"] for b in scaling_stack.heartbeats(sup)] == ["0"]
-    runs = _run_backlog(scaling_stack, sup, "slowgpu", high=2, low=1)
+    runs = _run_backlog(scaling_stack, sup, "slowgpu", high=2, low=1, report=report)
     assert {line.split()[2] for line in runs} == {"0", "1"}
     assert [b["device"] for b in scaling_stack.heartbeats(sup)] == ["0"]
     sup.stop()
 
 
-def test_batching_backlog_counts_as_batches(scaling_stack: Stack) -> None:
+def test_batching_backlog_counts_as_batches(scaling_stack: Stack, report: Reporter) -> None:
     sup = scaling_stack.supervisor("--queues", "batch", "--autoscale", "1,3", expect=1)
-    _run_backlog(scaling_stack, sup, "slowbatch", high=3, low=1)
+    _run_backlog(scaling_stack, sup, "slowbatch", high=3, low=1, report=report)
     sup.stop()
 
 
