@@ -175,7 +175,7 @@ def test_dead_worker_process_is_replaced_and_its_invocation_runs(
         assert [d["status"] for d in done] == ["succeeded", "succeeded"], done
         assert max(d["attempts"] for d in done) == 2  # the killed one ran again
     report(
-        f"device 1's worker SIGKILLed: replaced (setup 4.5 s included) after {back:.1f} s;"
+        f"device 1's worker SIGKILLed: a new process on device 1 heartbeating after {back:.1f} s;"
         f" its invocation done after {finished:.1f} s (visibility timeout 4 s); lost 0"
     )
     died = [e for e in sup.events() if e.get("event") == "worker_process_died"]

@@ -11,8 +11,10 @@ How it works:
 2. A worker process running the trigger clears the flag (so later items arm a new
    trigger), then reads up to ``max_batch_size`` items with a consumer group, waiting until
    ``max_wait_ms`` after the oldest item arrived for more; items already queued are taken
-   at once. It runs ``predict_batch`` once, stores every item's result in its own record,
-   and only then acknowledges the items (XACK). Items left over re-arm a trigger.
+   at once. If more are waiting it arms the next trigger at once, so a backlog is drained
+   by as many processes as are free. It runs ``predict_batch`` once, stores every item's
+   result in its own record, and only then acknowledges the items (XACK). Items left over
+   re-arm a trigger.
 3. An item that fails fails alone; a retryable one waits in ``batch-delayed`` for its
    backoff, with a trigger scheduled for then.
 4. The supervising parent knows what a batch holds (``batch-run:<task id>``): when a child
@@ -135,6 +137,9 @@ class Batches:
         self._ensure_group(stream)
         self.redis.eval(MOVE_DUE, 2, keys.batch_delayed(function), stream, time.time())
         items = self._collect(fn, stream)
+        backlog = self._undelivered(stream)
+        if backlog:
+            self.arm(fn)  # the next batch of a backlog runs beside this one, if a process is free
         if items:
             run_key = keys.batch_run(str(task.request.id))
             trigger = encode_batch_trigger(self.app, trigger_for(fn.name, fn.version, fn.manifest))
@@ -149,7 +154,7 @@ class Batches:
             self._acknowledge(stream, [item.entry_id for item in items])
             self.redis.delete(run_key)
             log.info("batch_finished", size=len(items), duration_ms=_ms(started))
-        if self._undelivered(stream):
+        if not backlog and self._undelivered(stream):
             self.arm(fn)
 
     def _collect(self, fn: LoadedFunction, stream: str) -> list[Item]:
