@@ -30,7 +30,12 @@ def test_gpu_specs(spec: str, devices: list[str]) -> None:
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("0", "at least one"), ("x", "takes all, a count"), ("0,0", "listed twice"), (",", "takes")],
+    [
+        ("0", "for device 0 alone write --gpus 0,"),
+        ("x", "takes all, a count"),
+        ("0,0", "listed twice"),
+        (",", "takes"),
+    ],
 )
 def test_bad_gpu_specs(spec: str, message: str) -> None:
     with pytest.raises(WorkerOptionsError, match=message):

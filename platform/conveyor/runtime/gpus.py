@@ -27,7 +27,9 @@ def parse_gpus(spec: str) -> list[str]:
         return detect_gpus()
     if spec.isdigit():
         if int(spec) < 1:
-            raise WorkerOptionsError(f"--gpus {spec}: give at least one device")
+            raise WorkerOptionsError(
+                f"--gpus {spec}: a count must be at least 1; for device 0 alone write --gpus 0,"
+            )
         return [str(i) for i in range(int(spec))]
     devices = [d.strip() for d in spec.split(",") if d.strip()]
     bad = [d for d in devices if not DEVICE.match(d)]
