@@ -3,8 +3,11 @@ an idle queue lowers it again by warm shutdown, and nothing is lost or run twice
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +158,31 @@ def test_scale_from_zero_and_back(scaling_stack: Stack) -> None:
         wait_for(lambda: len(scaling_stack.heartbeats(sup)) == 0, 60, "back to zero")
     sup.stop()
     assert not scaling_stack.redis.keys("conveyor:worker:conveyor-autoscaler-*")
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_supervisor_stops_warm_and_its_workers_do_not_outlive_it(scaling_stack: Stack) -> None:
+    log = scaling_stack.root / "warm.runs"
+    sup = scaling_stack.supervisor("--queues", "default", "--autoscale", "2,2", expect=2)
+    with scaling_stack.api() as api:
+        ids = [
+            invoke(api, "slow", {"sleep": 1.5, "log": str(log), "n": n})[1]["id"] for n in (0, 1)
+        ]
+        wait_for(
+            lambda: sum(b["active"] for b in scaling_stack.heartbeats(sup)) == 2, 30, "both busy"
+        )
+        os.kill(sup.pid, signal.SIGTERM)  # the supervisor alone, as a process manager would
+        assert sup.proc.wait(60) == 0
+        done = [result(api, "slow", i, wait=0) for i in ids]
+        assert [(d["status"], d["attempts"]) for d in done] == [("succeeded", 1)] * 2
+
+    orphaned = scaling_stack.supervisor("--queues", "default", "--autoscale", "1,1", expect=1)
+    worker_pid = scaling_stack.heartbeats(orphaned)[0]["pid"]
+    os.kill(orphaned.pid, signal.SIGKILL)
+    wait_for(lambda: not _running(worker_pid), 30, "the worker to follow its supervisor")
