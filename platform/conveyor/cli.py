@@ -213,8 +213,10 @@ def _ls(settings: Settings, args: argparse.Namespace) -> int:
     for fn in response.json()["functions"]:
         line = f"{fn['name']:<24} {fn['status']:<6} {fn.get('version') or '-':<13}"
         line += f" queue={fn.get('queue', '-')} priority={fn.get('priority', '-')}"
-        line += f" workers={fn.get('workers', '-')}"
-        print(line + (f"\n    {fn['error']}" if fn.get("error") else ""))
+        line += f" gpu={fn.get('gpu', '-')} workers={fn.get('workers', '-')}"
+        line += " (autoscaled)" if fn.get("autoscaled") else ""
+        notes = [fn[key] for key in ("error", "warning") if fn.get(key)]
+        print("\n    ".join([line, *notes]))
     return 0
 
 

@@ -85,6 +85,7 @@ def test_api_worker_invoke_and_ls(tmp_path: Path) -> None:
         assert out["status"] == "succeeded" and out["output"] == {"a": [1, 2]}
         listed = run("ls", *url, config=config)
         assert listed.returncode == 0 and "echo" in listed.stdout and "ready" in listed.stdout
+        assert "workers=1" in listed.stdout and "no live worker" not in listed.stdout
         bad = run("invoke", "echo", "--input", "{nope", *url, config=config)
         assert bad.returncode == 2 and "--input is not valid JSON" in bad.stderr
         missing = run("invoke", "nope", "--input", "1", *url, config=config)
