@@ -28,7 +28,7 @@ from conveyor.queueing.celery_app import create_celery
 from conveyor.queueing.census import Census
 from conveyor.queueing.executor import Executor
 from conveyor.queueing.task import register_task
-from conveyor.settings import Settings, all_queues
+from conveyor.settings import Settings
 
 log = get_logger(__name__)
 
@@ -47,15 +47,12 @@ def derived_visibility_timeout(registry: Registry) -> float:
 
 
 class WorkerProcess:
-    """The supervising parent of one ``conveyor worker``."""
+    """The supervising parent of one ``conveyor worker``; ``queues`` are names from
+    :func:`~conveyor.settings.all_queues`, checked where the command line is read."""
 
     def __init__(
         self, settings: Settings, queues: list[str], concurrency: int, name: str | None = None
     ) -> None:
-        known = all_queues(settings)
-        unknown = sorted(set(queues) - set(known))
-        if unknown:
-            raise ValueError(f"unknown queue(s) {unknown}; deploy.toml has: {', '.join(known)}")
         self.settings = settings
         self.queues = queues
         self.concurrency = concurrency
