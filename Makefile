@@ -5,19 +5,29 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint install redis-server clean bench soak
+.PHONY: run test lint install redis-server chromium clean bench soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,dev]'
 	touch $(STAMP)
 
-# Debian's redis-server, when it is missing and we may install packages.
-redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
+# A Debian package, when its command is missing and we may install packages:
+# $(call apt,<command>,<package>)
+define apt
+	@command -v $(1) >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; \
-	  else echo "redis-server is missing: install it (apt-get install redis-server)"; exit 1; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	  else echo "$(1) is missing: install it (apt-get install $(2))"; exit 1; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(2) >/dev/null; }
+endef
+
+redis-server:
+	$(call apt,redis-server,redis-server)
+
+# The tests drive /docs in Debian's chromium (Playwright's own browser download does not work
+# without internet).
+chromium:
+	$(call apt,/usr/bin/chromium,chromium)
 
 install: $(STAMP) redis-server
 
@@ -29,7 +39,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check platform
 	$(BIN)/mypy
 
-test: install lint
+test: install chromium lint
 	$(BIN)/pytest
 
 clean:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,9 +270,15 @@ class Stack:
 
     def set_worker(self, **values: object) -> None:
         """Add keys to deploy.toml's [worker] table (before starting processes)."""
-        lines = "".join(f"{k} = {v}\n" for k, v in values.items())
         text = self.config.read_text().replace("restore_interval = 1.0\n", "")
-        self.config.write_text(text.replace("[worker]\n", "[worker]\n" + lines))
+        self.config.write_text(text)
+        self.set_settings("worker", **values)
+
+    def set_settings(self, section: str, **values: object) -> None:
+        """Add keys to one of deploy.toml's tables (before starting processes)."""
+        lines = "".join(f"{k} = {v}\n" for k, v in values.items())
+        text = self.config.read_text()
+        self.config.write_text(text.replace(f"[{section}]\n", f"[{section}]\n" + lines))
 
     def worker(self, *args: str) -> Process:
         log = self.root / f"worker-{len(self.workers)}.log"
@@ -302,8 +308,12 @@ class Stack:
         beats = [client.get(f"conveyor:worker:{n}") for n in mine]
         return [json.loads(b) for b in beats if b]
 
-    def api(self) -> TestClient:  # type: ignore[type-arg]
-        return TestClient(create_app(self.settings()), timeout=90)
+    @contextlib.contextmanager
+    def api(self) -> Iterator[TestClient]:  # type: ignore[type-arg]
+        """The real app in this process, once it has inspected the functions."""
+        with TestClient(create_app(self.settings()), timeout=90) as client:
+            wait_for(lambda: client.get("/readyz").status_code == 200, 60, "api readiness")
+            yield client
 
     def close(self) -> None:
         for proc in self.workers:
@@ -323,6 +333,10 @@ def invoke(
         f"/functions/{name}/invoke", json={"input": payload, **body}, params=params
     )
     return response.status_code, response.json()
+
+
+def cancel(client: TestClient, name: str, invocation_id: str) -> httpx.Response:  # type: ignore[type-arg]
+    return client.post(f"/functions/{name}/results/{invocation_id}/cancel")
 
 
 def result(client: TestClient, name: str, invocation_id: str, wait: float = 30) -> dict:  # type: ignore[type-arg]

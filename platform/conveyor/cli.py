@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -175,10 +176,20 @@ def _redis(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
+    from conveyor.functions.catalog import Catalog
+    from conveyor.functions.inspector import Inspector, Limits
     from conveyor.functions.registry import Registry
 
-    registry = Registry(settings.functions.dir, settings.queues, import_code=True)
-    registry.refresh()
+    # The same check the API makes: each folder imported in an inspector subprocess.
+    registry = Registry(settings.functions.dir, settings.queues, import_code=False)
+    limits = Limits(settings.functions.inspect_timeout, settings.functions.inspect_memory)
+    catalog = Catalog(registry, Inspector(limits))
+
+    async def load() -> None:
+        await catalog.refresh()
+        await catalog.settled()
+
+    asyncio.run(load())
     entries = registry.entries()
     print(f"settings ok; functions in {settings.functions.dir}: {len(entries)}")
     for entry in entries:

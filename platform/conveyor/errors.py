@@ -48,8 +48,11 @@ class InvocationFinishedError(ConveyorError):
     """The invocation has already finished and cannot be cancelled."""
 
 
-class InputValidationError(ConveyorError):
-    """The input does not match the function's input schema."""
+class ValidationError(ConveyorError):
+    """The input does not match the function's input schema.
+
+    ``errors`` names each bad field (``input.sepal_length``) with what is wrong with it.
+    """
 
     def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
         super().__init__(message)
@@ -58,6 +61,10 @@ class InputValidationError(ConveyorError):
 
 class IdempotencyConflictError(ConveyorError):
     """The Idempotency-Key was already used with a different request body."""
+
+
+class InvocationUnfinishedError(ConveyorError):
+    """The invocation has not finished; cancel it before deleting it."""
 
 
 class InputTooLargeError(ConveyorError):

@@ -59,6 +59,12 @@ class ApiSettings(_Section):
 class FunctionsSettings(_Section):
     dir: Path = Path("functions")
     watch: bool = True
+    inspect_timeout: Seconds = Field(
+        60.0, le=3600, description="seconds the API's inspector may take to import a handler"
+    )
+    inspect_memory: int = Field(
+        4096, ge=64, description="MiB of memory the inspector may allocate importing a handler"
+    )
 
 
 class QueueSettings(_Section):

@@ -33,6 +33,7 @@ from conveyor.errors import WorkerOptionsError
 from conveyor.functions.registry import Registry
 from conveyor.log import get_logger
 from conveyor.queueing.census import AUTOSCALER, Census
+from conveyor.queueing.connections import sync_client
 from conveyor.runtime.gpus import device_env
 from conveyor.settings import Settings
 
@@ -99,14 +100,7 @@ class Supervisor:
         self._registry = Registry(
             self.settings.functions.dir, self.settings.queues, import_code=False
         )
-        self._census = Census(
-            redis.Redis.from_url(
-                self.settings.redis.url,
-                decode_responses=True,
-                socket_connect_timeout=self.settings.redis.connect_timeout,
-                socket_timeout=self.settings.redis.socket_timeout,
-            )
-        )
+        self._census = Census(sync_client(self.settings))
 
     @property
     def minimum(self) -> int:

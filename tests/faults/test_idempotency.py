@@ -1,5 +1,5 @@
 """Idempotency-Key: the same key and body return the same invocation and never run it
-twice; the same key with another body is a 422."""
+twice; the same key with another body is a 409; deleting the invocation frees its key."""
 
 from __future__ import annotations
 
@@ -51,16 +51,21 @@ def test_idempotency_key(make_stack, report) -> None:  # type: ignore[no-untyped
         assert again.json()["output"] == 1
 
         conflict = post("k-1", {"input": 2})
-        assert conflict.status_code == 422
+        assert conflict.status_code == 409
         assert conflict.json()["type"] == "urn:conveyor:problem:idempotency-key-reused"
         assert invocation_id in conflict.json()["detail"]
-        assert post("k-1", {"input": 1, "priority": 9}).status_code == 422
+        assert post("k-1", {"input": 1, "priority": 9}).status_code == 409
 
         other = post("k-1", {"input": 1}, "other")  # keys are per function
         assert other.status_code == 202 and other.json()["id"] != invocation_id
         new = post("k-2", {"input": 1})
         assert new.status_code == 202 and new.json()["id"] != invocation_id
         result(api, "count", new.json()["id"])
+        # A user purging an invocation purges its key too: the key then starts afresh.
+        assert api.delete(f"/functions/count/results/{new.json()['id']}").status_code == 204
+        fresh = post("k-2", {"input": 3})
+        assert fresh.status_code == 202 and fresh.json()["id"] != new.json()["id"]
+        assert result(api, "count", fresh.json()["id"])["output"] == 3
         assert (
             api.post(
                 "/functions/count/invoke", json={"input": 1}, headers={"Idempotency-Key": ""}
@@ -68,5 +73,5 @@ def test_idempotency_key(make_stack, report) -> None:  # type: ignore[no-untyped
             == 400
         )
     executions = runs.read_text().split()
-    report(f"accepted 10 requests, invocations 2, executions {len(executions)}")
-    assert executions == ["1", "1"]
+    report(f"3 invocations (one key freed by DELETE and reused), executions {len(executions)}")
+    assert executions == ["1", "1", "3"]

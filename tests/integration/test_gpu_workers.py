@@ -19,7 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from support import Process, Stack, conveyor, invoke, result, wait_for, wait_until, write_function
+from support import (
+    Process,
+    Stack,
+    cancel,
+    conveyor,
+    invoke,
+    result,
+    wait_for,
+    wait_until,
+    write_function,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +106,7 @@ def test_gpu_function_without_gpu_workers_says_so(gpu_stack: Stack) -> None:
         assert status == 202
         assert "no live worker consumes queue 'default.gpu'" in accepted["warning"]
         assert "conveyor worker --gpus all --queues default" in accepted["warning"]
-        assert api.delete(f"/functions/where/results/{accepted['id']}").status_code == 200
+        assert cancel(api, "where", accepted['id']).status_code == 200
 
 
 def test_one_pinned_process_per_device(gpu_stack: Stack) -> None:

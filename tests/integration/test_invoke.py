@@ -9,7 +9,16 @@ from collections.abc import Iterator
 import pytest
 from litestar.testing import TestClient
 
-from support import Stack, copy_examples, invoke, result, until_reloaded, wait_for, write_function
+from support import (
+    Stack,
+    cancel,
+    copy_examples,
+    invoke,
+    result,
+    until_reloaded,
+    wait_for,
+    write_function,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +100,21 @@ def stack(make_stack) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
         ttl = 5
     """,
     )
+    write_function(
+        stack.functions,
+        "even",
+        """
+        from typing import Annotated
+        from pydantic import AfterValidator
+        def even(n: int) -> int:
+            if n % 2:
+                raise ValueError(f"{n} is odd")
+            return n
+        def run(x: Annotated[int, AfterValidator(even)]) -> int:
+            return x
+        """,
+        '[function]\nhandler = "handler:run"\n',
+    )
     stack.worker("--concurrency", "2")
     yield stack
 
@@ -135,9 +159,17 @@ def test_listing_and_schema(api: TestClient) -> None:  # type: ignore[type-arg]
         "petal_length",
         "petal_width",
     }
+    assert iris["output_schema"]["properties"]["species"] == {"title": "Species", "type": "string"}
     doc = api.get("/schema").json()
-    assert "/functions/iris/invoke" in doc["paths"]
-    assert doc["components"]["schemas"]["iris.Input"]["title"] == "IrisInput"
+    invoke_iris = doc["paths"]["/functions/iris/invoke"]["post"]
+    assert invoke_iris["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/iris.Result"
+    }
+    schemas = doc["components"]["schemas"]
+    assert schemas["iris.Result"]["properties"]["output"] == {
+        "$ref": "#/components/schemas/iris.IrisOutput"
+    }
+    assert schemas["iris.IrisInput"]["required"] == iris["input_schema"]["required"]
     assert api.get("/healthz").json() == {"status": "ok"}
     assert api.get("/readyz").status_code == 200
 
@@ -165,6 +197,43 @@ def test_errors_are_problem_details(api: TestClient) -> None:  # type: ignore[ty
     assert api.post("/functions/echo/invoke", json={"inputs": 1}).status_code == 422
     assert api.post("/functions/echo/invoke", json={"input": 1, "priority": 12}).status_code == 422
     assert api.post("/functions/echo/invoke?wait=61", json={"input": 1}).status_code == 400
+
+
+def test_worker_checks_what_json_schema_cannot(api: TestClient) -> None:  # type: ignore[type-arg]
+    # The API checks the JSON Schema (an integer); only the worker's pydantic knows "even".
+    status, done = invoke(api, "even", 3, wait=30)
+    assert status == 200 and done["status"] == "failed", done
+    assert done["error"]["type"] == "ValidationError"
+    assert "input: Value error, 3 is odd" in done["error"]["message"]
+    assert "traceback" not in done["error"]
+    assert invoke(api, "even", 4, wait=30)[1]["output"] == 4
+    status, problem = invoke(api, "even", "4")
+    assert status == 422 and problem["errors"][0]["field"] == "input"
+
+
+def test_delete_removes_a_finished_invocation(api: TestClient) -> None:  # type: ignore[type-arg]
+    _, done = invoke(api, "echo", "private", wait=30)
+    url = f"/functions/echo/results/{done['id']}"
+    assert api.delete(f"/functions/iris/results/{done['id']}").status_code == 404
+    assert api.delete(url).status_code == 204
+    assert api.get(url).status_code == 404
+    assert api.delete(url).status_code == 404
+    _, queued = invoke(api, "misc", "sleep")
+    unfinished = api.delete(f"/functions/misc/results/{queued['id']}")
+    assert unfinished.status_code == 409, unfinished.text
+    assert f"POST /functions/misc/results/{queued['id']}/cancel" in unfinished.json()["detail"]
+    assert cancel(api, "misc", queued["id"]).json()["status"] == "cancelled"
+    assert api.delete(f"/functions/misc/results/{queued['id']}").status_code == 204
+
+
+def test_methods_a_path_allows(api: TestClient) -> None:  # type: ignore[type-arg]
+    url = "/functions/echo/results/00000000-0000-4000-8000-000000000000"
+    allowed = api.options(url)
+    assert allowed.status_code == 204 and allowed.headers["allow"] == "DELETE, GET, OPTIONS"
+    assert api.options("/functions/echo/invoke").headers["allow"] == "OPTIONS, POST"
+    refused = api.put(url)
+    assert refused.status_code == 405
+    assert refused.headers["content-type"].startswith("application/problem+json")
 
 
 def test_retries_listed_exceptions_with_backoff(api: TestClient) -> None:  # type: ignore[type-arg]
@@ -244,15 +313,15 @@ def test_cancel_queued_and_running(api: TestClient, stack: Stack) -> None:  # ty
         10,
         "both running",
     )
-    cancelled = api.delete(f"/functions/misc/results/{queued['id']}")
+    cancelled = cancel(api, "misc", queued['id'])
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    stopped = api.delete(f"/functions/misc/results/{running[0]['id']}").json()
+    stopped = cancel(api, "misc", running[0]['id']).json()
     assert stopped["status"] == "cancelled"
     time.sleep(2.5)  # past the hard limit: a cancelled attempt must not come back as failed
     assert result(api, "misc", queued["id"], 0)["status"] == "cancelled"
     assert result(api, "misc", queued["id"], 0)["attempts"] == 0
     assert result(api, "misc", running[0]["id"], 0)["status"] == "cancelled"
-    again = api.delete(f"/functions/misc/results/{running[1]['id']}")
+    again = cancel(api, "misc", running[1]['id'])
     assert again.status_code == 409 and "already failed" in again.json()["detail"]
 
 

@@ -38,9 +38,11 @@ def test_function_and_class_handlers_with_input_schema(functions_dir: Path) -> N
     )
     reg = registry(functions_dir)
     plain, model = reg.serving("plain"), reg.serving("model")
-    assert plain.loaded and plain.loaded.input_schema() == {"type": "integer"}
+    assert plain.schemas and plain.schemas.standalone("input") == {"type": "integer"}
+    assert plain.schemas.standalone("output") == {"type": "integer"}
     assert model.loaded and model.loaded.is_class
-    assert model.loaded.input_schema()["required"] == ["a"]
+    assert model.schemas and model.schemas.standalone("input")["required"] == ["a"]
+    assert model.schemas.standalone("output") == {"type": "number"}
     assert [e.name for e in reg.entries()] == ["model", "plain"]
 
 
@@ -118,6 +120,73 @@ def test_removed_folder_is_gone(functions_dir: Path) -> None:
     assert [(c.name, c.action) for c in reg.refresh()] == [("f", "removed")]
     with pytest.raises(FunctionNotFoundError):
         reg.entry("f")
+
+
+def test_output_schemas_from_return_annotations(functions_dir: Path) -> None:
+    write_function(
+        functions_dir,
+        "shared",
+        """
+        from pydantic import BaseModel, computed_field
+        class Point(BaseModel):
+            x: float = 0.0
+            @computed_field
+            def norm(self) -> float:
+                return abs(self.x)
+        class Model:
+            def predict(self, p: Point) -> list[Point]:
+                return [p]
+        """,
+        '[function]\nhandler = "handler:Model"\n',
+    )
+    write_function(
+        functions_dir,
+        "batched",
+        """
+        class Model:
+            def predict_batch(self, xs: list[int]) -> list[str]:
+                return [str(x) for x in xs]
+        """,
+        '[function]\nhandler = "handler:Model"\n[batching]\n',
+    )
+    write_function(functions_dir, "bare", "def run(x):\n    return x\n", MANIFEST)
+    write_function(
+        functions_dir, "odd", "def run(x: int) -> type:\n    return int\n", MANIFEST
+    )
+    reg = registry(functions_dir)
+    shared = reg.serving("shared").schemas
+    assert shared is not None
+    # One model, two shapes: what it validates and what it dumps (with the computed field).
+    inp, out = shared.standalone("input"), shared.standalone("output")
+    assert "norm" not in inp["properties"] and "norm" in out["$defs"]["Point-Output"]["properties"]
+    assert out["type"] == "array" and out["items"] == {"$ref": "#/$defs/Point-Output"}
+    batched = reg.serving("batched").schemas
+    assert batched and batched.input == {"type": "integer"} and batched.output == {"type": "string"}
+    bare = reg.serving("bare").schemas
+    assert bare and bare.input == {} and bare.output == {}
+    odd = reg.serving("odd").schemas  # a return type JSON Schema cannot describe: any JSON
+    assert odd and "not described" in odd.output["description"]
+
+
+def test_scan_marks_new_versions_loading_until_checked(functions_dir: Path) -> None:
+    folder = write_function(functions_dir, "f", "def run(x: int) -> int:\n    return 1\n", MANIFEST)
+    reg = Registry(functions_dir, QUEUES, import_code=False)
+    (spec,) = reg.scan().candidates
+    assert reg.entry("f").status == "loading"
+    with pytest.raises(FunctionUnavailableError, match="being loaded"):
+        reg.serving("f")
+    assert reg.accept(spec) is not None and reg.entry("f").status == "ready"
+    (folder / "handler.py").write_text("def run(x: int) -> int:\n    return 2\n")
+    (newer,) = reg.scan().candidates
+    assert reg.serving("f").spec == spec  # the good version serves while the next is checked
+    (folder / "handler.py").write_text("def run(x: int) -> int:\n    return 3\n")
+    (newest,) = reg.scan().candidates
+    assert reg.reject(newer, "too late") is None  # superseded: its verdict is ignored
+    assert reg.reject(newest, "broken") is not None
+    assert reg.entry("f").status == "error" and reg.serving("f").spec == spec
+    (folder / "handler.py").write_text("def run(x: int) -> int:\n    return 1\n")
+    assert reg.scan().candidates == []  # back to the version that serves: no error left
+    assert reg.entry("f").status == "ready" and reg.entry("f").error is None
 
 
 def test_without_import_code_is_never_imported(functions_dir: Path) -> None:

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from conveyor.errors import BatchSizeError, InputValidationError, OutputNotSerializableError
+from conveyor.errors import BatchSizeError, OutputNotSerializableError, ValidationError
 from conveyor.functions.registry import Registry
 from conveyor.runtime import Runner, encode_output, error_payload, validate_input
 from conveyor.settings import QueueSettings
@@ -57,7 +57,7 @@ def test_validation_names_the_field(functions_dir: Path) -> None:
             return x.a
         """,
     )
-    with pytest.raises(InputValidationError) as info:
+    with pytest.raises(ValidationError) as info:
         validate_input(fn, {"a": "x", "b": [1, "y"]})
     fields = [e["field"] for e in info.value.errors]
     assert fields == ["input.a", "input.b.1"]
@@ -102,12 +102,12 @@ def test_batch_failures_stay_with_their_item(functions_dir: Path) -> None:
         "handler:Batcher",
         extra="[batching]\nmax_batch_size = 8\n",
     )
-    assert fn.input_schema()["required"] == ["n"]
+    assert fn.schemas().standalone("input")["required"] == ["n"]
     outcomes = Runner().run_batch(
         fn, [{"n": 1}, {"n": "x"}, {"n": 7}, {"n": 13}, {"n": 8}, {"n": 2}]
     )
     assert outcomes[0] == "10" and outcomes[5] == "20"
-    assert isinstance(outcomes[1], InputValidationError)
+    assert isinstance(outcomes[1], ValidationError)
     assert isinstance(outcomes[2], ValueError) and str(outcomes[2]) == "odd"
     assert isinstance(outcomes[3], ValueError) and str(outcomes[3]) == "unlucky"
     assert isinstance(outcomes[4], OutputNotSerializableError)

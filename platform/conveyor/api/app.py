@@ -1,7 +1,9 @@
 """The Litestar app factory: ``create_app(settings)``.
 
-On start-up it loads the functions, starts the hot-reload watcher and the queue client's
-event listener; controllers get a :class:`Platform` by dependency injection.
+On start-up it scans the functions and starts inspecting them (in subprocesses: no user
+code runs here), the hot-reload watcher and the queue client's event listener; controllers
+get a :class:`Platform` by dependency injection. ``/readyz`` answers 200 once the functions
+found at start are inspected.
 """
 
 from __future__ import annotations
@@ -11,61 +13,76 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Litestar, Request, get
+from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
-from litestar.openapi import OpenAPIConfig
 
-import conveyor
 from conveyor.api.controllers import FunctionsController, HealthController, Platform
-from conveyor.api.openapi import function_paths
+from conveyor.api.docs import assets, docs_page
+from conveyor.api.openapi import document
 from conveyor.api.problems import EXCEPTION_HANDLERS
+from conveyor.functions.catalog import Catalog
+from conveyor.functions.inspector import Inspector, Limits
 from conveyor.functions.registry import Registry
 from conveyor.functions.watcher import watch_async
 from conveyor.log import get_logger
 from conveyor.queueing.client import QueueClient
+from conveyor.queueing.schema_cache import RedisSchemaCache
 from conveyor.settings import Settings
 
 log = get_logger(__name__)
 
 
-@get("/schema", include_in_schema=False, sync_to_thread=False)
-def openapi_document(
-    request: Request[Any, Any, Any], platform: NamedDependency[Platform]
-) -> dict[str, Any]:
-    return function_paths(platform.registry, request.app.openapi_schema.to_schema())
+@get("/schema", sync_to_thread=False, include_in_schema=False)
+def openapi_document(platform: NamedDependency[Platform]) -> dict[str, Any]:
+    return document(platform.registry.entries(), platform.settings.api.max_wait)
 
 
 def create_app(settings: Settings) -> Litestar:
+    queue = QueueClient(settings)
     platform = Platform(
         settings=settings,
-        registry=Registry(settings.functions.dir, settings.queues, import_code=True),
-        queue=QueueClient(settings),
+        registry=Registry(settings.functions.dir, settings.queues, import_code=False),
+        queue=queue,
     )
+    limits = Limits(settings.functions.inspect_timeout, settings.functions.inspect_memory)
+    catalog = Catalog(platform.registry, Inspector(limits), RedisSchemaCache(queue.redis))
+
+    async def first_load() -> None:
+        await catalog.settled()
+        platform.loaded = True
+        log.info("api_functions_loaded", functions=len(platform.registry.entries()))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        await asyncio.to_thread(platform.registry.refresh)
-        platform.loaded = True
-        await platform.queue.start()
-        watcher = None
+        await queue.start()
+        await catalog.refresh()
+        background = [asyncio.create_task(first_load(), name="conveyor-first-load")]
         if settings.functions.watch:
-            watcher = asyncio.create_task(watch_async(platform.registry), name="conveyor-watch")
+            watch = watch_async(settings.functions.dir, catalog.refresh)
+            background.append(asyncio.create_task(watch, name="conveyor-watch"))
         log.info("api_started", functions=len(platform.registry.entries()))
         try:
             yield
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            for task in background:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            await platform.queue.close()
+                    await task
+            await catalog.close()
+            await queue.close()
 
     return Litestar(
-        route_handlers=[FunctionsController, HealthController, openapi_document],
+        route_handlers=[
+            FunctionsController,
+            HealthController,
+            openapi_document,
+            docs_page,
+            assets(),
+        ],
         dependencies={"platform": Provide(lambda: platform, use_cache=True, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
-        openapi_config=OpenAPIConfig(title="Conveyor", version=conveyor.__version__, path="/docs"),
+        openapi_config=None,  # /schema is ours: see conveyor.api.openapi
         request_max_body_size=settings.api.max_body_bytes,
         debug=False,
     )

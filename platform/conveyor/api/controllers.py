@@ -1,35 +1,30 @@
 """HTTP controllers. They receive the registry and the queue client by injection and never
-touch Celery or Redis themselves."""
+touch Celery or Redis themselves, nor any function's code: a request is validated against
+the JSON Schema the inspector found for the serving version."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Annotated, Any
+import re
+from dataclasses import dataclass, field
+from typing import Any
 
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, HttpMethod, Request, Response, delete, get, post, route
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, HTTPException
-from litestar.params import FromPath, QueryParameter
-from pydantic import ValidationError
+from litestar.params import FromPath
 
-from conveyor.api.schemas import (
-    InvokeRequest,
-    accepted_body,
-    function_body,
-    result_body,
-)
-from conveyor.errors import InputTooLargeError, InputValidationError
+from conveyor.api.openapi import IDEMPOTENCY_KEY_PATTERN
+from conveyor.api.schemas import accepted_body, function_body, result_body, result_url
+from conveyor.api.validation import RequestValidators
+from conveyor.errors import InputTooLargeError
 from conveyor.functions.registry import Registry
 from conveyor.queueing.client import QueueClient
-from conveyor.queueing.jobs import JobRecord
-from conveyor.runtime.validation import validate_input
 from conveyor.settings import Settings
 
-Wait = Annotated[
-    float | None,
-    QueryParameter(ge=0, le=60, description="seconds to wait for the result (≤ 60)"),
-]
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+_NUMBER = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$")  # as JSON writes one
+RESULT = "/{name:str}/results/{invocation_id:str}"
 
 
 @dataclass
@@ -39,14 +34,11 @@ class Platform:
     settings: Settings
     registry: Registry
     queue: QueueClient
-    loaded: bool = False
+    validators: RequestValidators = field(default_factory=RequestValidators)
+    loaded: bool = False  # the functions found at start have been inspected
 
 
-def _result_url(record: JobRecord) -> str:
-    return f"/functions/{record.function}/results/{record.id}"
-
-
-def _parse_invoke(body: bytes, content_type: str, limit: int) -> InvokeRequest:
+def _parse_json(body: bytes, content_type: str, limit: int) -> Any:
     media = content_type.split(";", maxsplit=1)[0].strip().lower()
     if media and not (media == "application/json" or media.endswith("+json")):
         raise HTTPException(
@@ -55,29 +47,35 @@ def _parse_invoke(body: bytes, content_type: str, limit: int) -> InvokeRequest:
     if len(body) > limit:
         raise InputTooLargeError(f"the body is {len(body)} bytes; this function accepts {limit}")
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return json.loads(body, parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError) as exc:
         raise ClientException(f"the body is not valid JSON: {exc}") from None
-    try:
-        return InvokeRequest.model_validate(data)
-    except ValidationError as exc:
-        errors = [
-            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
-            for e in exc.errors(include_url=False)
-        ]
-        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        raise InputValidationError(
-            f'invalid request body: {summary}; expected {{"input": ...}}', errors
-        ) from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def _idempotency_key(request: Request[Any, Any, Any]) -> str | None:
     key = request.headers.get("idempotency-key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 255 or not key.isprintable():
-        raise ClientException("Idempotency-Key must be 1 to 255 printable characters")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise ClientException(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters (inner spaces allowed)"
+        )
     return key
+
+
+def _wait(platform: Platform, request: Request[Any, Any, Any]) -> float:
+    """``?wait=S``: a JSON number of seconds, at most ``[api] max_wait``, given once."""
+    given = request.query_params.getall("wait", [])
+    if not given:
+        return 0.0
+    limit = platform.settings.api.max_wait
+    if len(given) > 1 or not _NUMBER.match(given[0]) or not 0 <= float(given[0]) <= limit:
+        raise ClientException(
+            f"wait must be a number of seconds from 0 to {limit:g}, given once; got {given}"
+        )
+    return float(given[0])
 
 
 class FunctionsController(Controller):
@@ -92,7 +90,7 @@ class FunctionsController(Controller):
             ]
         }
 
-    @get("/{name:str}", summary="Describe a function, with its input schema")
+    @get("/{name:str}", summary="Describe a function, with its input and output schemas")
     async def describe(
         self, platform: NamedDependency[Platform], name: FromPath[str]
     ) -> dict[str, Any]:
@@ -105,51 +103,65 @@ class FunctionsController(Controller):
         platform: NamedDependency[Platform],
         request: Request[Any, Any, Any],
         name: FromPath[str],
-        wait: Wait = None,
     ) -> Response[dict[str, Any]]:
         entry = platform.registry.serving(name)
-        assert entry.spec is not None and entry.loaded is not None
-        body = _parse_invoke(
+        assert entry.spec is not None and entry.schemas is not None
+        seconds = _wait(platform, request)
+        key = _idempotency_key(request)
+        body = _parse_json(
             await request.body(),
             request.headers.get("content-type", ""),
             entry.spec.manifest.limits.max_input_bytes,
         )
-        validate_input(entry.loaded, body.input)
+        platform.validators.validate(entry.spec, entry.schemas, body)
+        priority = body.get("priority")
         record = await platform.queue.submit(
-            entry.spec, body.input, body.priority, wait or 0, _idempotency_key(request)
+            entry.spec, body["input"], None if priority is None else int(priority), seconds, key
         )
         if record.status.final:
             return Response(result_body(record), status_code=200)
-        url = _result_url(record)
         return Response(
-            accepted_body(record, url, await platform.queue.census()),
+            accepted_body(record, await platform.queue.census()),
             status_code=202,
-            headers={"Location": url},
+            headers={"Location": result_url(record)},
         )
 
-    @get("/{name:str}/results/{invocation_id:str}", summary="An invocation's result")
+    # Litestar 2 answers OPTIONS on a path served by several handlers with the methods of
+    # only one of them (litestar#4169, fixed in 3.0). A controller registers its handlers
+    # in the order of their names, so this one comes first on the path and takes the place
+    # of the handler Litestar would make (tests/integration/test_invoke.py checks Allow).
+    @route(RESULT, http_method=[HttpMethod.OPTIONS], status_code=204, include_in_schema=False)
+    async def allow_result_methods(self) -> Response[None]:
+        return Response(None, status_code=204, headers={"Allow": "DELETE, GET, OPTIONS"})
+
+    @get(RESULT, summary="An invocation's result")
     async def result(
         self,
         platform: NamedDependency[Platform],
+        request: Request[Any, Any, Any],
         name: FromPath[str],
         invocation_id: FromPath[str],
-        wait: Wait = None,
     ) -> dict[str, Any]:
-        if wait:
-            record = await platform.queue.wait(invocation_id, wait, function=name)
+        seconds = _wait(platform, request)
+        if seconds:
+            record = await platform.queue.wait(invocation_id, seconds, function=name)
         else:
             record = await platform.queue.get(invocation_id, function=name)
         if record.status.final:
             return result_body(record)
         return result_body(record, await platform.queue.census())
 
-    @delete(
-        "/{name:str}/results/{invocation_id:str}", summary="Cancel an invocation", status_code=200
-    )
+    @post(RESULT + "/cancel", summary="Cancel an invocation", status_code=200)
     async def cancel(
         self, platform: NamedDependency[Platform], name: FromPath[str], invocation_id: FromPath[str]
     ) -> dict[str, Any]:
         return result_body(await platform.queue.cancel(invocation_id, function=name))
+
+    @delete(RESULT, summary="Delete a finished invocation", status_code=204)
+    async def delete_result(
+        self, platform: NamedDependency[Platform], name: FromPath[str], invocation_id: FromPath[str]
+    ) -> None:
+        await platform.queue.delete(invocation_id, function=name)
 
 
 class HealthController(Controller):

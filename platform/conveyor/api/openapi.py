@@ -1,64 +1,318 @@
-"""The OpenAPI document at ``/schema``: Litestar's, plus one invoke path per function with
-that function's input schema, rebuilt on each request so deploys show up at once."""
+"""The OpenAPI 3.1 document at ``/schema``: every route, every status code it can answer
+with its media type, parameters with their real bounds, typed bodies; plus, per function,
+an invoke path and a result path typed with that function's own input and output schemas.
+
+It is written here rather than derived from the route handlers so that it says exactly
+what the API does (problem details, 202 with Location, 503 with Retry-After); the test
+suite holds the two together (schemathesis ``--checks all`` against a running API, and a
+unit test comparing this document's operations with the app's routes).
+"""
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+import re
+from functools import lru_cache
+from typing import Any, Literal
 
-from conveyor.functions.registry import Registry
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
-REF_PREFIX = "#/components/schemas/"
+import conveyor
+from conveyor.api.schemas import DOCUMENTED
+from conveyor.api.validation import request_schema
+from conveyor.functions.loader import DEFS_REF, FunctionSchemas
+from conveyor.functions.manifest import NAME_PATTERN
+from conveyor.functions.registry import FunctionEntry
+
+REF = "#/components/schemas/"
+PROBLEM_JSON = "application/problem+json"
+# Visible ASCII, inner spaces allowed: HTTP strips a value's outer whitespace.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?$"
+
+_PROBLEMS = {
+    400: "Malformed request: the body is not JSON, or a parameter is out of range",
+    404: "No such function, or no such invocation of it (never submitted, deleted, or expired)",
+    409: "Conflicts with the invocation's state, or the Idempotency-Key was used for another body",
+    413: "The body is larger than the function's [limits] max_input_bytes",
+    415: "The body is not application/json",
+    422: "The body does not match the schema; `errors` names each bad field",
+    503: "Redis is unreachable, or the function has no version ready yet; retry after Retry-After",
+}
 
 
-def function_paths(registry: Registry, base: dict[str, Any]) -> dict[str, Any]:
-    doc = copy.deepcopy(base)
-    paths = doc.setdefault("paths", {})
-    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-    for entry in registry.entries():
-        if entry.loaded is None:
-            continue
-        prefix = f"{entry.name}."
-        schema = entry.loaded.input_adapter.json_schema(
-            ref_template=REF_PREFIX + prefix + "{model}"
-        )
-        for def_name, definition in schema.pop("$defs", {}).items():
-            schemas[prefix + def_name] = definition
-        schemas[f"{entry.name}.Input"] = schema
-        request_schema = {
-            "type": "object",
-            "required": ["input"],
-            "additionalProperties": False,
-            "properties": {
-                "input": {"$ref": f"{REF_PREFIX}{entry.name}.Input"},
-                "priority": {"type": "integer", "minimum": 0, "maximum": 9},
-            },
-        }
-        paths[f"/functions/{entry.name}/invoke"] = {
-            "post": {
-                "summary": f"Invoke {entry.name}",
-                "description": entry.loaded.manifest.function.description,
-                "operationId": f"invoke_{entry.name.replace('-', '_')}",
-                "tags": ["functions"],
-                "parameters": [
-                    {
-                        "name": "wait",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "number", "minimum": 0, "maximum": 60},
-                    }
-                ],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": request_schema}},
-                },
+def document(entries: list[FunctionEntry], max_wait: float) -> dict[str, Any]:
+    """The whole document: the generic routes plus one invoke and one result path per
+    function that has a version to serve."""
+    doc = copy.deepcopy(_base(max_wait))
+    for entry in entries:
+        if entry.spec is not None and entry.schemas is not None:
+            description = entry.spec.manifest.function.description
+            _add_function(doc, entry.name, description, entry.schemas, max_wait)
+    return doc
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": REF + name}
+
+
+# -- the fixed part ------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def _base(max_wait: float) -> dict[str, Any]:
+    models: list[tuple[type[BaseModel], Literal["serialization"]]]
+    models = [(m, "serialization") for m in DOCUMENTED]
+    _, defs = models_json_schema(models, ref_template=REF + "{model}")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Conveyor",
+            "version": conveyor.__version__,
+            "description": "Invoke functions, read their results. Each deployed function has"
+            " its own invoke path, typed with its input and output schemas (the document"
+            " follows deploys). Errors are RFC 9457 problem details.",
+        },
+        "paths": _paths(max_wait),
+        "components": {"schemas": _without_null_defaults(defs["$defs"])},
+    }
+
+
+def _paths(max_wait: float) -> dict[str, Any]:
+    name = _param("name", "path", {"type": "string", "pattern": NAME_PATTERN})
+    invocation, wait = _invocation_param(), _wait_param(max_wait)
+    return {
+        "/functions": {"get": _op("list_functions", "List functions", ok=ref("FunctionList"))},
+        "/functions/{name}": {
+            "get": _op(
+                "describe_function",
+                "Describe a function, with its input and output schemas",
+                ok=ref("FunctionDetail"),
+                params=[name],
+                problems=[404],
+            )
+        },
+        "/functions/{name}/results/{invocation_id}": {
+            "get": _result_op(
+                "get_result", "An invocation's result", [name, invocation, wait], "Result"
+            ),
+            "delete": _delete_op("delete_result", [name, invocation]),
+        },
+        "/functions/{name}/results/{invocation_id}/cancel": {
+            "post": _op(
+                "cancel",
+                "Cancel a queued or running invocation (a running attempt is killed)",
+                ok=ref("Result"),
+                params=[name, invocation],
+                problems=[404, 409, 503],
+            )
+        },
+        "/healthz": {"get": _op("healthz", "Liveness", ok=ref("Health"), tags=["health"])},
+        "/readyz": {
+            "get": {
+                **_op(
+                    "readyz",
+                    "Readiness: Redis reachable, functions loaded",
+                    ok=ref("Readiness"),
+                    tags=["health"],
+                ),
                 "responses": {
-                    "200": {"description": "finished within ?wait"},
-                    "202": {"description": "accepted: stored and queued"},
-                    "413": {"description": "input too large"},
-                    "422": {"description": "input does not match the schema"},
-                    "503": {"description": "Redis unreachable; retry after Retry-After"},
+                    "200": _json("ready", ref("Readiness")),
+                    "503": _json("not ready", ref("Readiness")),
                 },
             }
+        },
+    }
+
+
+def _invoke_op(name: str, description: str, max_wait: float) -> dict[str, Any]:
+    wait = _wait_param(
+        max_wait, "answer 200 with the result if it finishes within this many seconds"
+    )
+    key = _param(
+        "Idempotency-Key",
+        "header",
+        {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+        "retrying with the same key and body returns the first invocation; keys are per function",
+    )
+    op = _op(
+        f"invoke_{name}",
+        f"Invoke {name}",
+        ok=ref(f"{name}.Result"),
+        params=[wait, key],
+        problems=[400, 404, 409, 413, 415, 422, 503],
+        tags=[name],
+    )
+    op["description"] = description
+    op["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": ref(f"{name}.InvokeRequest")}},
+    }
+    op["responses"]["200"]["description"] = "finished within ?wait"
+    by_id = {"name": "$response.body#/function", "invocation_id": "$response.body#/id"}
+    op["responses"]["202"] = {
+        **_json(
+            "accepted: stored in Redis and queued; it will run or fail visibly", ref("Accepted")
+        ),
+        "headers": {"Location": {"description": "the result's URL", "schema": {"type": "string"}}},
+        "links": {  # what a client can do next with the invocation
+            "GetResult": {
+                "operationId": f"get_{name}_result",
+                "parameters": {"invocation_id": "$response.body#/id"},
+            },
+            "Cancel": {"operationId": "cancel", "parameters": by_id},
+            "Delete": {"operationId": "delete_result", "parameters": by_id},
+        },
+    }
+    return op
+
+
+def _delete_op(op_id: str, params: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = "Delete a finished invocation's record and output (409 if unfinished: cancel it)"
+    return _op(op_id, summary, params=params, problems=[404, 409, 503], status=204)
+
+
+def _result_op(
+    op_id: str, summary: str, params: list[dict[str, Any]], result: str
+) -> dict[str, Any]:
+    return _op(op_id, summary, ok=ref(result), params=params, problems=[400, 404, 503])
+
+
+def _invocation_param() -> dict[str, Any]:
+    return _param("invocation_id", "path", {"type": "string", "format": "uuid"})
+
+
+def _wait_param(
+    max_wait: float, description: str = "seconds to wait for it to finish"
+) -> dict[str, Any]:
+    return _param(
+        "wait", "query", {"type": "number", "minimum": 0, "maximum": max_wait}, description
+    )
+
+
+def _op(
+    op_id: str,
+    summary: str,
+    *,
+    ok: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+    problems: tuple[int, ...] | list[int] = (),
+    status: int = 200,
+    tags: list[str] | None = None,
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    if status == 204:
+        responses["204"] = {"description": "done"}
+    else:
+        responses[str(status)] = _json("success", ok or {})
+    for code in problems:
+        responses[str(code)] = {
+            "description": _PROBLEMS[code],
+            "content": {PROBLEM_JSON: {"schema": ref("Problem")}},
         }
-    return doc
+        if code == 503:
+            responses["503"]["headers"] = {
+                "Retry-After": {
+                    "description": "seconds",
+                    "schema": {"type": "integer"},
+                    "required": True,
+                }
+            }
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "summary": summary,
+        "tags": tags or ["functions"],
+        "responses": responses,
+    }
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _param(name: str, where: str, schema: dict[str, Any], description: str = "") -> dict[str, Any]:
+    param = {"name": name, "in": where, "required": where == "path", "schema": schema}
+    if description:
+        param["description"] = description
+    return param
+
+
+def _without_null_defaults(node: Any) -> Any:
+    """Drop ``"default": null``: in these bodies an absent field is left out, not null."""
+    if isinstance(node, dict):
+        return {
+            k: _without_null_defaults(v)
+            for k, v in node.items()
+            if not (k == "default" and v is None)
+        }
+    if isinstance(node, list):
+        return [_without_null_defaults(v) for v in node]
+    return node
+
+
+# -- one function --------------------------------------------------------------------------
+
+
+def _add_function(
+    doc: dict[str, Any], name: str, description: str, schemas: FunctionSchemas, max_wait: float
+) -> None:
+    """Components ``<name>.<Model>`` for the function's models, ``<name>.InvokeRequest`` and
+    ``<name>.Result``; its invoke path and its typed result path.
+
+    Each component's title is unique in the document (code generators name classes by
+    it): a model's own name when it already starts with the function's (``IrisInput``),
+    else prefixed with it (``EchoInput``, ``TeamAResult``).
+    """
+    components = doc["components"]["schemas"]
+    titles = {c.get("title") for c in components.values() if isinstance(c, dict)}
+    prefix = "".join(part.capitalize() for part in re.split(r"[-_]", name))
+
+    def add(key: str, schema: dict[str, Any]) -> dict[str, str]:
+        title = key if key.startswith(prefix) else prefix + key
+        while title in titles:
+            title = "_" + title
+        titles.add(title)
+        components[f"{name}.{key}"] = {**schema, "title": title}
+        return ref(f"{name}.{key}")
+
+    names = {d: f"{name}.{d}" for d in schemas.defs}
+    for def_name, definition in schemas.defs.items():
+        add(def_name, _rewrite_refs(definition, names))
+    sides = {}
+    for side, schema in (("Input", schemas.input), ("Output", schemas.output)):
+        target = schema.get("$ref")
+        if len(schema) == 1 and isinstance(target, str) and target.startswith(DEFS_REF):
+            sides[side] = ref(names[target.removeprefix(DEFS_REF)])  # the model itself
+        else:
+            sides[side] = add(side, _rewrite_refs(schema, names))
+    add("InvokeRequest", request_schema(schemas, input_ref=sides["Input"]["$ref"]))
+    typed = copy.deepcopy(components["Result"])
+    typed["properties"]["output"] = sides["Output"]
+    typed.pop("description", None)
+    add("Result", typed)
+    params = [_invocation_param(), _wait_param(max_wait)]
+    result = _result_op(f"get_{name}_result", f"A result of {name}", params, f"{name}.Result")
+    # This path shadows the generic one for this function, so it says DELETE too.
+    remove = _delete_op(f"delete_{name}_result", [_invocation_param()])
+    result["tags"] = remove["tags"] = [name]
+    paths = doc["paths"]
+    paths[f"/functions/{name}/invoke"] = {"post": _invoke_op(name, description, max_wait)}
+    paths[f"/functions/{name}/results/{{invocation_id}}"] = {"get": result, "delete": remove}
+
+
+def _rewrite_refs(node: Any, names: dict[str, str]) -> Any:
+    """``#/$defs/X`` (as pydantic writes it) to ``#/components/schemas/<function>.X``."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith(DEFS_REF):
+                out[key] = REF + names.get(value.removeprefix(DEFS_REF), value)
+            else:
+                out[key] = _rewrite_refs(value, names)
+        return out
+    if isinstance(node, list):
+        return [_rewrite_refs(v, names) for v in node]
+    return node

@@ -14,9 +14,10 @@ from conveyor.errors import (
     FunctionUnavailableError,
     IdempotencyConflictError,
     InputTooLargeError,
-    InputValidationError,
     InvocationFinishedError,
     InvocationNotFoundError,
+    InvocationUnfinishedError,
+    ValidationError,
 )
 from conveyor.log import get_logger
 
@@ -28,10 +29,12 @@ RETRY_AFTER_SECONDS = 5
 _STATUS: dict[type[ConveyorError], tuple[int, str]] = {
     FunctionNotFoundError: (404, "function-not-found"),
     InvocationNotFoundError: (404, "invocation-not-found"),
-    InputValidationError: (422, "invalid-input"),
-    IdempotencyConflictError: (422, "idempotency-key-reused"),
+    ValidationError: (422, "invalid-input"),
+    # 409, not 422: the key is taken by another request; the body itself may be fine.
+    IdempotencyConflictError: (409, "idempotency-key-reused"),
     InputTooLargeError: (413, "input-too-large"),
     InvocationFinishedError: (409, "invocation-finished"),
+    InvocationUnfinishedError: (409, "invocation-unfinished"),
     FunctionUnavailableError: (503, "function-unavailable"),
     BrokerUnavailableError: (503, "broker-unavailable"),
 }
@@ -63,10 +66,11 @@ def conveyor_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
         (v for cls, v in _STATUS.items() if isinstance(exc, cls)), (500, "internal-error")
     )
     headers, extra = None, {}
-    if isinstance(exc, BrokerUnavailableError):
+    if status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    if isinstance(exc, BrokerUnavailableError):
         log.warning("broker_unavailable", error=str(exc), path=request.url.path)
-    if isinstance(exc, InputValidationError):
+    if isinstance(exc, ValidationError):
         extra["errors"] = exc.errors
     return problem(status, slug, str(exc), request, headers, **extra)
 
@@ -74,8 +78,16 @@ def conveyor_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
 def http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     assert isinstance(exc, HTTPException)
     extra: dict[str, Any] = {}
-    if isinstance(exc, ValidationException) and exc.extra:
-        extra["errors"] = exc.extra
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        # Litestar's {"key", "message", "source"} as ours: {"field", "message"}
+        extra["errors"] = [
+            {
+                "field": str(e.get("key") or e.get("source") or "request"),
+                "message": str(e.get("message")),
+            }
+            for e in exc.extra
+            if isinstance(e, dict)
+        ]
     slug = {
         400: "bad-request",
         404: "not-found",

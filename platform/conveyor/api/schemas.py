@@ -1,33 +1,148 @@
-"""Request and response bodies of the HTTP API."""
+"""Response bodies of the HTTP API: how each is built, and the model that documents it.
+
+Bodies are built as plain dicts (cheap on the hot path); the pydantic models below are
+their published shapes (components of ``/schema``), checked against real responses by
+schemathesis in the test suite.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from conveyor.functions.registry import FunctionEntry
 from conveyor.queueing.census import QueueCensus
-from conveyor.queueing.jobs import JobRecord
+from conveyor.queueing.jobs import JobRecord, JobStatus
+
+Absent = SkipJsonSchema[None]  # a field that is left out, never null
 
 
-class InvokeRequest(BaseModel):
-    """Body of ``POST /functions/{name}/invoke``."""
+# -- published shapes ----------------------------------------------------------------------
 
-    model_config = ConfigDict(extra="forbid")
 
-    input: Any = Field(..., description="the function's input; see its input schema")
-    priority: int | None = Field(None, ge=0, le=9, description="0..9, 9 = most urgent")
-    webhook: Any = Field(None, description="not supported yet; must be absent")
+class ErrorInfo(BaseModel):
+    """Why an invocation failed (or was cancelled)."""
 
-    @field_validator("webhook")
-    @classmethod
-    def _no_webhooks(cls, value: Any) -> None:
-        if value is not None:
-            raise ValueError(
-                "webhook delivery is not supported yet; read result_url (with ?wait=S) instead"
-            )
+    type: str = Field(description="ValueError, TimeLimitExceeded, ValidationError, Cancelled, …")
+    message: str
+    traceback: str | Absent = None
+
+
+class Accepted(BaseModel):
+    """An invocation stored in Redis and queued: it will run, or fail visibly."""
+
+    id: UUID = Field(description="the invocation id")
+    function: str
+    version: str = Field(description="the version the input was validated against")
+    status: JobStatus
+    result_url: str
+    warning: str | Absent = Field(None, description="why it may wait (no live worker)")
+
+
+class Result(BaseModel):
+    """An invocation: its status, timings and, once finished, its output or error."""
+
+    id: UUID
+    function: str
+    version: str = Field(description="the version that ran (or will run)")
+    status: JobStatus
+    queue: str
+    priority: int = Field(ge=0, le=9)
+    attempts: int = Field(ge=0)
+    created_at: datetime
+    started_at: datetime | Absent = None
+    finished_at: datetime | Absent = None
+    duration_ms: float | Absent = Field(None, description="created to finished")
+    output: Any = Field(None, description="what the handler returned (status succeeded)")
+    error: ErrorInfo | Absent = None
+    submitted_version: str | Absent = Field(
+        None, description="the version the API accepted, when a worker ran another copy"
+    )
+    warning: str | Absent = None
+
+
+class Batching(BaseModel):
+    max_batch_size: int
+    max_wait_ms: float
+
+
+class FunctionInfo(BaseModel):
+    """A function: its status and, if it has a version that serves, how it is served."""
+
+    name: str
+    version: str | None = Field(description="the version that serves; null if none does")
+    status: Literal["ready", "loading", "error"]
+    loading_version: str | Absent = Field(None, description="a newer version being inspected")
+    error: str | Absent = Field(None, description="why the newest version cannot serve")
+    error_version: str | Absent = None
+    description: str | Absent = None
+    queue: str | Absent = None
+    priority: int | Absent = None
+    gpu: int | Absent = None
+    batching: Batching | Absent | None = None
+    timeout: float | Absent = None
+    invoke_url: str | Absent = None
+    schema_url: str | Absent = None
+    target_queue: str | Absent = None
+    workers: int | Absent | None = Field(None, description="live workers; null if unknown")
+    autoscaled: bool | Absent = None
+    warning: str | Absent = None
+
+
+class FunctionDetail(FunctionInfo):
+    """A function, with the JSON Schemas of its input and output."""
+
+    input_schema: dict[str, Any] | Absent = None
+    output_schema: dict[str, Any] | Absent = None
+
+
+class FunctionList(BaseModel):
+    functions: list[FunctionInfo]
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="where: input.sepal_length, priority, …")
+    message: str
+    type: str | Absent = None
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | Absent = None
+    errors: list[FieldError] | Absent = Field(None, description="each bad field (422)")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    redis: bool
+    functions_loaded: bool
+
+
+DOCUMENTED: list[type[BaseModel]] = [
+    Accepted,
+    Result,
+    FunctionList,
+    FunctionDetail,
+    Problem,
+    Health,
+    Readiness,
+]
+
+
+# -- building bodies -----------------------------------------------------------------------
 
 
 def iso(ts: float | None) -> str | None:
@@ -41,13 +156,17 @@ def _warning(census: Census, queue: str) -> str | None:
     return None if census is None else census.warning(queue)
 
 
-def accepted_body(record: JobRecord, result_url: str, census: Census) -> dict[str, Any]:
+def result_url(record: JobRecord) -> str:
+    return f"/functions/{record.function}/results/{record.id}"
+
+
+def accepted_body(record: JobRecord, census: Census) -> dict[str, Any]:
     body = {
         "id": record.id,
         "function": record.function,
         "version": record.version,
         "status": record.status.value,
-        "result_url": result_url,
+        "result_url": result_url(record),
     }
     if warning := _warning(census, record.queue):
         body["warning"] = warning
@@ -88,6 +207,8 @@ def function_body(entry: FunctionEntry, *, detail: bool, census: Census) -> dict
         "version": spec.version if spec else None,
         "status": entry.status,
     }
+    if entry.pending is not None:
+        body["loading_version"] = entry.pending.version
     if entry.error is not None:
         body["error"] = entry.error
         body["error_version"] = entry.error_version
@@ -101,13 +222,14 @@ def function_body(entry: FunctionEntry, *, detail: bool, census: Census) -> dict
             batching=manifest.batching.model_dump() if manifest.batching else None,
             timeout=manifest.limits.timeout,
             invoke_url=f"/functions/{entry.name}/invoke",
-            input_schema_url=f"/functions/{entry.name}",
+            schema_url=f"/functions/{entry.name}",
             target_queue=manifest.target_queue,
             workers=None if census is None else census.count(manifest.target_queue),
             autoscaled=census is not None and manifest.target_queue in census.autoscaled,
         )
         if warning := _warning(census, manifest.target_queue):
             body["warning"] = warning
-    if detail and entry.loaded is not None:
-        body["input_schema"] = entry.loaded.input_schema()
+    if detail and entry.schemas is not None:
+        body["input_schema"] = entry.schemas.standalone("input")
+        body["output_schema"] = entry.schemas.standalone("output")
     return body

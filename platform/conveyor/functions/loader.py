@@ -3,6 +3,9 @@
 Each (function, version) becomes a private package ``conveyor_fn.<name>.v<version>`` whose
 ``__path__`` is the folder, so two folders may both contain ``handler.py`` and a module in
 the folder reaches its siblings with relative imports (``from .utils import x``).
+
+Only worker pool children and the API's inspector subprocess (:mod:`.inspector`) call
+:func:`load_function`: user code never runs in the API process.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import collections.abc
 import importlib
 import importlib.util
 import inspect
+import json
 import sys
 import traceback
 from collections.abc import Sequence
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from pydantic import TypeAdapter
 
@@ -26,11 +30,61 @@ from conveyor.errors import FunctionLoadError
 from conveyor.functions.manifest import Manifest
 
 PACKAGE_ROOT = "conveyor_fn"
+DEFS_REF = "#/$defs/"
+
+
+@dataclass(frozen=True)
+class FunctionSchemas:
+    """A version's input and output JSON Schemas (2020-12, as pydantic writes them).
+
+    Both may refer to ``defs`` as ``#/$defs/<name>``; a model used by both sides under
+    different shapes gets two names (``X-Input``, ``X-Output``).
+    """
+
+    input: dict[str, Any]
+    output: dict[str, Any]
+    defs: dict[str, Any]
+
+    def standalone(self, side: Literal["input", "output"]) -> dict[str, Any]:
+        """One side's schema on its own, with the definitions it uses under ``$defs``."""
+        schema = self.input if side == "input" else self.output
+        ref = schema.get("$ref")
+        if len(schema) == 1 and isinstance(ref, str) and ref.startswith(DEFS_REF):
+            schema = self.defs[ref.removeprefix(DEFS_REF)]  # a bare model: show it inline
+        used = referenced(schema, self.defs)
+        return {**schema, "$defs": {n: self.defs[n] for n in sorted(used)}} if used else schema
+
+    def to_json(self) -> str:
+        return json.dumps({"input": self.input, "output": self.output, "defs": self.defs})
+
+    @classmethod
+    def from_json(cls, text: str) -> FunctionSchemas:
+        data = json.loads(text)
+        return cls(data["input"], data["output"], data["defs"])
+
+
+def referenced(schema: Any, defs: dict[str, Any]) -> set[str]:
+    """Names of the definitions ``schema`` refers to, directly or through others."""
+    found: set[str] = set()
+    todo = [schema]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith(DEFS_REF):
+                name = ref.removeprefix(DEFS_REF)
+                if name not in found and name in defs:
+                    found.add(name)
+                    todo.append(defs[name])
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return found
 
 
 @dataclass(frozen=True)
 class LoadedFunction:
-    """A function's code, imported: the handler and the input type it declares."""
+    """A function's code, imported: the handler and the types it declares."""
 
     name: str
     version: str
@@ -38,14 +92,36 @@ class LoadedFunction:
     handler: Any
     input_type: Any
     input_adapter: TypeAdapter[Any]
+    output_type: Any
     package: str
 
     @property
     def is_class(self) -> bool:
         return inspect.isclass(self.handler)
 
-    def input_schema(self) -> dict[str, Any]:
-        return self.input_adapter.json_schema()
+    def schemas(self) -> FunctionSchemas:
+        """The input schema (what the handler validates) and the output schema (what its
+        return annotation dumps to); an output type pydantic cannot describe is any JSON."""
+        try:
+            output: TypeAdapter[Any] = TypeAdapter(self.output_type)
+            output.json_schema(mode="serialization")
+            note = None
+        except Exception as exc:
+            output, note = TypeAdapter(Any), f"not described: {exc}".splitlines()[0]
+        mapping, defs = TypeAdapter.json_schemas(
+            [("input", "validation", self.input_adapter), ("output", "serialization", output)]
+        )
+        out = mapping[("output", "serialization")]
+        if note is not None:
+            out = {**out, "description": f"the return annotation is {note}"}
+        return FunctionSchemas(
+            dict(mapping[("input", "validation")]), dict(out), dict(defs.get("$defs", {}))
+        )
+
+
+def module_file(folder: Path, module: str) -> str:
+    """``<folder>/<module>.py`` as users name it in messages: from the functions root."""
+    return f"{folder.name}/{module.replace('.', '/')}.py"
 
 
 def package_name(name: str, version: str) -> str:
@@ -57,12 +133,15 @@ def load_function(name: str, version: str, folder: Path, manifest: Manifest) -> 
     package = package_name(name, version)
     module = _import(package, folder, manifest.module)
     handler = getattr(module, manifest.attribute, None)
-    where = f"{folder / (manifest.module.replace('.', '/') + '.py')}"
+    where = module_file(folder, manifest.module)
     if handler is None:
         unload(package)
         raise FunctionLoadError(f"{where}: has no attribute {manifest.attribute!r}")
     try:
-        input_type = _batch_input_type(handler) if manifest.batching else _input_type(handler)
+        if manifest.batching:
+            input_type, output_type = _batch_types(handler)
+        else:
+            input_type, output_type = _types(handler)
         adapter: TypeAdapter[Any] = TypeAdapter(input_type)
         adapter.json_schema()
     except FunctionLoadError as exc:
@@ -71,7 +150,9 @@ def load_function(name: str, version: str, folder: Path, manifest: Manifest) -> 
     except Exception as exc:  # pydantic cannot build a schema for the annotation
         unload(package)
         raise FunctionLoadError(f"{where}: input annotation is not a usable schema: {exc}") from exc
-    return LoadedFunction(name, version, manifest, handler, input_type, adapter, package)
+    return LoadedFunction(
+        name, version, manifest, handler, input_type, adapter, output_type, package
+    )
 
 
 def unload(package: str) -> None:
@@ -101,7 +182,7 @@ def _import(package: str, folder: Path, module_name: str) -> ModuleType:
         spec = ModuleSpec(package, None, is_package=True)
         spec.submodule_search_locations = [str(folder)]
     if spec is None:
-        raise FunctionLoadError(f"{folder}: cannot be imported")
+        raise FunctionLoadError(f"{folder.name}: cannot be imported")
     pkg = importlib.util.module_from_spec(spec)
     sys.modules[package] = pkg
     try:
@@ -113,14 +194,18 @@ def _import(package: str, folder: Path, module_name: str) -> ModuleType:
         if isinstance(exc, KeyboardInterrupt):
             raise
         tb = traceback.extract_tb(exc.__traceback__)
-        frames = [f for f in tb if f.filename.startswith(str(folder))]
-        at = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        frames = [f for f in tb if Path(f.filename).is_relative_to(folder)]
+        at = ""
+        if frames:
+            at = f" (at {Path(frames[-1].filename).relative_to(folder.parent)}:{frames[-1].lineno})"
         raise FunctionLoadError(
-            f"{folder}: importing {module_name!r} failed: {type(exc).__name__}: {exc}{at}"
+            f"importing {module_file(folder, module_name)} raised {type(exc).__name__}: {exc}{at}"
         ) from exc
 
 
-def _input_type(handler: Any) -> Any:
+def _types(handler: Any) -> tuple[Any, Any]:
+    """(input type, output type) of a function ``f(input) -> output`` or of a class's
+    ``predict(self, input) -> output``; Any where an annotation is missing."""
     if inspect.isclass(handler):
         target = getattr(handler, "predict", None)
         if not callable(target):
@@ -135,15 +220,13 @@ def _input_type(handler: Any) -> Any:
         raise FunctionLoadError(
             f"{getattr(target, '__qualname__', target)} must take exactly one input parameter"
         )
-    try:
-        hints = get_type_hints(target)
-    except Exception as exc:
-        raise FunctionLoadError(f"cannot resolve the input annotation: {exc}") from exc
-    return hints.get(params[0].name, Any)
+    hints = _hints(target)
+    return hints.get(params[0].name, Any), hints.get("return", Any)
 
 
-def _batch_input_type(handler: Any) -> Any:
-    """With [batching]: a class whose ``predict_batch(self, inputs: list[X])`` sets X."""
+def _batch_types(handler: Any) -> tuple[Any, Any]:
+    """With [batching]: a class whose ``predict_batch(self, inputs: list[X]) -> list[Y]``
+    sets the input type X and the output type Y."""
     batch = getattr(handler, "predict_batch", None) if inspect.isclass(handler) else None
     if not callable(batch):
         raise FunctionLoadError(
@@ -152,14 +235,26 @@ def _batch_input_type(handler: Any) -> Any:
     params = list(inspect.signature(batch).parameters.values())[1:]
     if len(params) != 1:
         raise FunctionLoadError("predict_batch must take exactly one parameter: the inputs")
-    try:
-        hint = get_type_hints(batch).get(params[0].name, Any)
-    except Exception as exc:
-        raise FunctionLoadError(f"cannot resolve the input annotation: {exc}") from exc
-    if hint is Any:
-        return Any
-    if get_origin(hint) not in (list, Sequence, collections.abc.Sequence) or not get_args(hint):
+    hints = _hints(batch)
+    hint = hints.get(params[0].name, Any)
+    if hint is not Any and not _is_list(hint):
         raise FunctionLoadError(
             f"predict_batch's inputs must be annotated list[X] (X is one input), not {hint}"
         )
-    return get_args(hint)[0]
+    returned = hints.get("return", Any)
+    return _element(hint), _element(returned) if _is_list(returned) else Any
+
+
+def _hints(target: Any) -> dict[str, Any]:
+    try:
+        return get_type_hints(target, include_extras=True)  # keep Annotated constraints
+    except Exception as exc:
+        raise FunctionLoadError(f"cannot resolve the type annotations: {exc}") from exc
+
+
+def _is_list(hint: Any) -> bool:
+    return get_origin(hint) in (list, Sequence, collections.abc.Sequence) and bool(get_args(hint))
+
+
+def _element(hint: Any) -> Any:
+    return get_args(hint)[0] if _is_list(hint) else Any

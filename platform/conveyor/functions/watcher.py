@@ -1,15 +1,16 @@
-"""Hot reload: watchfiles events on the functions folder trigger ``Registry.refresh``.
+"""Hot reload: watchfiles events on the functions folder trigger a refresh.
 
-The API watches from its event loop (:func:`watch_async`); a worker's supervising parent
-watches from a daemon thread (:func:`watch_in_thread`). Both debounce briefly so that a
-folder copied in file by file is read once it is complete, well within a second.
+The API watches from its event loop (:func:`watch_async`, refreshing its catalog); a
+worker's supervising parent watches from a daemon thread (:func:`watch_in_thread`,
+refreshing its registry). Both debounce briefly so that a folder copied in file by file is
+read once it is complete, well within a second.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import watchfiles
 
@@ -26,17 +27,16 @@ def _relevant(change: watchfiles.Change, path: str) -> bool:
     return "__pycache__" not in path and not path.endswith((".pyc", ".swp", "~"))
 
 
-async def watch_async(
-    registry: Registry, on_change: Callable[[list[Change]], None] | None = None
-) -> None:
-    """Refresh ``registry`` on every change under its root, until cancelled."""
-    registry.root.mkdir(parents=True, exist_ok=True)
+async def watch_async(root: Path, refresh: Callable[[], Awaitable[None]]) -> None:
+    """Await ``refresh()`` after every change under ``root``, until cancelled."""
+    root.mkdir(parents=True, exist_ok=True)
     async for _ in watchfiles.awatch(
-        registry.root, watch_filter=_relevant, debounce=DEBOUNCE_MS, step=STEP_MS
+        root, watch_filter=_relevant, debounce=DEBOUNCE_MS, step=STEP_MS
     ):
-        changes = await asyncio.to_thread(registry.refresh)
-        if changes and on_change is not None:
-            on_change(changes)
+        try:
+            await refresh()
+        except Exception:  # a folder vanishing mid-scan must not end hot reload
+            log.exception("function_refresh_failed")
 
 
 def watch_in_thread(

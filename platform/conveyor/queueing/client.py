@@ -8,16 +8,13 @@ thousand waiting clients cost neither threads nor polling.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from conveyor.errors import (
@@ -25,6 +22,7 @@ from conveyor.errors import (
     IdempotencyConflictError,
     InvocationFinishedError,
     InvocationNotFoundError,
+    InvocationUnfinishedError,
 )
 from conveyor.functions.registry import FunctionSpec
 from conveyor.log import get_logger
@@ -32,8 +30,10 @@ from conveyor.queueing import keys
 from conveyor.queueing.batches import ARMED_TTL, trigger_for
 from conveyor.queueing.celery_app import create_celery
 from conveyor.queueing.census import LIVE_WORKERS, QueueCensus, parse_workers
+from conveyor.queueing.connections import broker_errors, listener_client, pooled_client
 from conveyor.queueing.jobs import (
     ACTIVE,
+    DELETE,
     SUBMIT,
     TRANSITION,
     JobRecord,
@@ -42,6 +42,7 @@ from conveyor.queueing.jobs import (
     transition_args,
 )
 from conveyor.queueing.messages import Invocation, encode_batch_trigger, encode_message
+from conveyor.queueing.waiters import Waiters
 from conveyor.settings import Settings
 
 log = get_logger(__name__)
@@ -50,48 +51,21 @@ _TEMPLATE_ID = "00000000-0000-4000-8000-00000000face"
 _TEMPLATE_TAG = "00000000-0000-4000-8000-0000000000da"
 
 
-@contextlib.contextmanager
-def broker_errors() -> Iterator[None]:
-    """Turn any failure to talk to Redis into :class:`BrokerUnavailableError`."""
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise BrokerUnavailableError(f"Redis is unreachable: {exc}") from exc
-
-
 class QueueClient:
     """Submit invocations and read their records; one per process, shared by requests."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        # A blocking pool: past max_connections a request waits for a connection, where
-        # the default pool raises MaxConnectionsError (a ConnectionError: a false 503).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis.url,
-            max_connections=settings.redis.max_connections,
-            timeout=settings.redis.socket_timeout,
-            decode_responses=True,
-            socket_connect_timeout=settings.redis.connect_timeout,
-            socket_timeout=settings.redis.socket_timeout,
-            health_check_interval=30,
-        )
-        self.redis = aioredis.Redis(connection_pool=pool)
+        self.redis = pooled_client(settings)
         self.celery = create_celery(settings)
         self._transition = self.redis.register_script(TRANSITION)
         self._submit = self.redis.register_script(SUBMIT)
+        self._delete = self.redis.register_script(DELETE)
         self._trigger_templates: dict[tuple[str, str, int], tuple[str, str]] = {}
         self._live_workers = self.redis.register_script(LIVE_WORKERS)
         self._census: QueueCensus | None = None
         self._census_at = -math.inf
-        # Its own connection with no read timeout: it idles until an invocation finishes.
-        self._waiters = _Waiters(
-            aioredis.Redis.from_url(
-                settings.redis.url,
-                decode_responses=True,
-                socket_connect_timeout=settings.redis.connect_timeout,
-                health_check_interval=30,
-            )
-        )
+        self._waiters = Waiters(listener_client(settings))
 
     async def start(self) -> None:
         self._waiters.start()
@@ -234,7 +208,8 @@ class QueueClient:
         if not raw or (function is not None and raw.get("function") != function):
             where = f" of function {function!r}" if function else ""
             raise InvocationNotFoundError(
-                f"no invocation {invocation_id!r}{where} (never submitted, or its result expired)"
+                f"no invocation {invocation_id!r}{where} (never submitted, deleted, or its"
+                " result expired)"
             )
         return JobRecord.from_hash(invocation_id, cast(dict[str, str], raw))
 
@@ -293,6 +268,24 @@ class QueueClient:
         log.info("invocation_cancelled", function=record.function, invocation_id=invocation_id)
         return await self.get(invocation_id, function)
 
+    async def delete(self, invocation_id: str, function: str) -> None:
+        """Remove a finished invocation's record and output; unfinished ones stay."""
+        with broker_errors():
+            outcome = await self._delete(
+                keys=[keys.job(invocation_id)], args=[function, invocation_id]
+            )
+        if not outcome:
+            raise InvocationNotFoundError(
+                f"no invocation {invocation_id!r} of function {function!r} (never submitted,"
+                " deleted, or its result expired)"
+            )
+        if outcome != "deleted":
+            raise InvocationUnfinishedError(
+                f"invocation {invocation_id!r} is {outcome}; cancel it first (POST"
+                f" /functions/{function}/results/{invocation_id}/cancel), then delete it"
+            )
+        log.info("invocation_deleted", function=function, invocation_id=invocation_id)
+
     async def depths(self, queues: list[str]) -> dict[str, int]:
         """Messages waiting in each queue, over all priority levels."""
         with broker_errors():
@@ -330,70 +323,3 @@ class QueueClient:
 def _digest(raw_input: Any, priority: int | None) -> str:
     body = json.dumps({"input": raw_input, "priority": priority}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:32]
-
-
-class _Waiters:
-    """Per-invocation event queues, fed by one subscription to the events channel."""
-
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self.redis = redis
-        self._queues: dict[str, set[asyncio.Queue[JobRecord | None]]] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="conveyor-events")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.redis.aclose()
-
-    @contextlib.contextmanager
-    def watch(self, invocation_id: str) -> Iterator[asyncio.Queue[JobRecord | None]]:
-        queue: asyncio.Queue[JobRecord | None] = asyncio.Queue()
-        self._queues.setdefault(invocation_id, set()).add(queue)
-        try:
-            yield queue
-        finally:
-            waiting = self._queues.get(invocation_id)
-            if waiting is not None:
-                waiting.discard(queue)
-                if not waiting:
-                    del self._queues[invocation_id]
-
-    def _dispatch(self, payload: str) -> None:
-        invocation_id, _, record = payload.partition(" ")
-        waiting = self._queues.get(invocation_id)
-        if waiting:
-            finished = JobRecord.from_hash(invocation_id, json.loads(record))
-            for queue in waiting:
-                queue.put_nowait(finished)
-
-    def _wake_all(self) -> None:
-        for waiting in self._queues.values():
-            for queue in waiting:
-                queue.put_nowait(None)
-
-    async def _listen(self) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                async for payload in self._messages():
-                    backoff = 0.1
-                    self._dispatch(payload)
-            except (RedisError, OSError) as exc:
-                if backoff == 0.1:  # once per outage, not once per reconnection attempt
-                    log.warning("events_disconnected", error=str(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-
-    async def _messages(self) -> AsyncIterator[str]:
-        async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-            await pubsub.subscribe(keys.EVENTS_CHANNEL)
-            self._wake_all()  # anything that finished while we were not subscribed
-            while True:
-                message = await pubsub.get_message(timeout=None)
-                if message is not None and message["type"] == "message":
-                    yield str(message["data"])

@@ -23,12 +23,13 @@ from redis.commands.core import Script
 
 from conveyor import context
 from conveyor.context import InvocationContext
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConveyorError, ValidationError
 from conveyor.functions.loader import LoadedFunction
-from conveyor.functions.registry import Registry
 from conveyor.log import get_logger
 from conveyor.queueing import keys
+from conveyor.queueing.connections import sync_client
 from conveyor.queueing.jobs import START, TRANSITION, JobStatus, transition_args
+from conveyor.queueing.local import LocalFunctions
 from conveyor.runtime import Runner, error_payload
 from conveyor.settings import Settings
 
@@ -48,39 +49,29 @@ class Executor:
         self.queues = queues
         self.runner = Runner()
         self._redis: redis.Redis | None = None
-        self._registry: Registry | None = None
-        self._superseded: dict[str, set[str]] = {}
+        self._functions: LocalFunctions | None = None
         self._script_client: redis.Redis | None = None
         self._scripts: dict[str, Script] = {}
 
     # -- per process -------------------------------------------------------------------
 
     def init_process(self) -> None:
-        """In a fresh pool child: load the functions and set up those on our queues."""
+        """In a fresh pool child: find the functions and set up, before taking work, those
+        on our queues whose import is known to end well (see :mod:`.local`); any other is
+        imported when an invocation needs it, and fails only its own invocations."""
         self._redis = None
-        self._registry = Registry(
-            self.settings.functions.dir, self.settings.queues, import_code=True
-        )
-        self._registry.refresh()
-        for entry in self._registry.entries():
-            if entry.loaded is None or entry.loaded.manifest.target_queue not in self.queues:
-                continue
+        self._functions = LocalFunctions(self.settings, lambda: self.redis)
+        for loaded in self._functions.preload(self.queues):
             try:
-                if entry.loaded.is_class:
-                    self.runner.instance(entry.loaded)
+                if loaded.is_class:
+                    self.runner.instance(loaded)
             except Exception as exc:  # it fails visibly on its first invocation instead
-                log.error("function_setup_failed", function=entry.name, error=repr(exc))
+                log.error("function_setup_failed", function=loaded.name, error=repr(exc))
 
     @property
     def redis(self) -> redis.Redis:
         if self._redis is None:
-            self._redis = redis.Redis.from_url(
-                self.settings.redis.url,
-                decode_responses=True,
-                socket_connect_timeout=self.settings.redis.connect_timeout,
-                socket_timeout=self.settings.redis.socket_timeout,
-                retry_on_timeout=True,
-            )
+            self._redis = sync_client(self.settings, retry_on_timeout=True)
         return self._redis
 
     def script(self, name: str) -> Script:
@@ -111,22 +102,11 @@ class Executor:
         return int(changed), str(previous)
 
     def load(self, name: str, version: str) -> LoadedFunction:
-        """The version to run: re-read the folder when the message names a version we
-        have not seen (a deploy the API saw before us, or a function new to us)."""
-        if self._registry is None:
+        """The version to run (see :meth:`LocalFunctions.load`)."""
+        if self._functions is None:
             self.init_process()
-        assert self._registry is not None
-        try:
-            entry = self._registry.entry(name)
-            known = entry.spec is not None and entry.spec.version == version
-        except ConveyorError:
-            known = False
-        if not known and version not in self._superseded.get(name, set()):
-            self._registry.refresh()
-            self._superseded.setdefault(name, set()).add(version)
-        loaded = self._registry.serving(name).loaded
-        assert loaded is not None
-        return loaded
+        assert self._functions is not None
+        return self._functions.load(name, version)
 
     # -- one invocation -----------------------------------------------------------------
 
@@ -250,7 +230,10 @@ class Executor:
     def fail(
         self, invocation_id: str, exc: BaseException, started: float, traceback: bool = True
     ) -> None:
-        payload = error_payload(exc, with_traceback=traceback)
+        # A bad input is the caller's to fix: the message names the field, no traceback.
+        payload = error_payload(
+            exc, with_traceback=traceback and not isinstance(exc, ValidationError)
+        )
         self.transition(
             invocation_id, (JobStatus.RUNNING,), JobStatus.FAILED, error=json.dumps(payload)
         )

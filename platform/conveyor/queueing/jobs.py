@@ -109,6 +109,27 @@ return 1
 """
 
 
+# Remove a finished invocation (a user purging data): its record, output and idempotency
+# key (if the key still names it). KEYS[1] job; ARGV[1] function, ARGV[2] id. Returns ''
+# when there is no such invocation of that function, its status when unfinished (nothing
+# removed), else 'deleted'.
+DELETE = """
+local found = redis.call('HMGET', KEYS[1], 'status', 'function', 'idempotency_key')
+if not found[1] or found[2] ~= ARGV[1] then return '' end
+if found[1] == 'queued' or found[1] == 'running' or found[1] == 'retrying' then
+  return found[1]
+end
+redis.call('DEL', KEYS[1])
+if found[3] then
+  local first = redis.call('GET', found[3])
+  if first and string.sub(first, 1, #ARGV[2] + 1) == ARGV[2] .. ' ' then
+    redis.call('DEL', found[3])
+  end
+end
+return 'deleted'
+"""
+
+
 def now() -> float:
     return time.time()
 

@@ -21,6 +21,15 @@ def job(invocation_id: str) -> str:
     return f"{PREFIX}:job:{invocation_id}"
 
 
+# Bump when what the inspector reports changes shape, so old entries are not read.
+SCHEMAS_FORMAT = 1
+
+
+def schemas(version: str) -> str:
+    """A version's input and output schemas, as the API's inspector found them."""
+    return f"{PREFIX}:schemas:{SCHEMAS_FORMAT}:{version}"
+
+
 def idempotency(function: str, key: str) -> str:
     return f"{PREFIX}:idempotency:{function}:{key}"
 

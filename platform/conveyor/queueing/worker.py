@@ -26,6 +26,7 @@ from conveyor.log import get_logger
 from conveyor.queueing import keys
 from conveyor.queueing.celery_app import create_celery
 from conveyor.queueing.census import Census
+from conveyor.queueing.connections import sync_client
 from conveyor.queueing.executor import Executor
 from conveyor.queueing.task import register_task
 from conveyor.settings import Settings
@@ -139,9 +140,7 @@ class WorkerProcess:
             Census(self._redis()).forget(self.name)
 
     def _redis(self) -> redis.Redis:
-        return redis.Redis.from_url(
-            self.settings.redis.url, socket_connect_timeout=self.settings.redis.connect_timeout
-        )
+        return sync_client(self.settings)
 
     def _renew_leases(self) -> None:
         """Keep Redis from redelivering what this worker still holds.

@@ -7,9 +7,9 @@ from typing import Any
 
 from conveyor.errors import (
     BatchSizeError,
-    InputValidationError,
     OutputNotSerializableError,
     SetupError,
+    ValidationError,
 )
 from conveyor.functions.loader import LoadedFunction
 from conveyor.log import get_logger
@@ -75,7 +75,7 @@ class Runner:
         for i, raw in enumerate(raw_inputs):
             try:
                 valid.append((i, validate_input(fn, raw)))
-            except InputValidationError as exc:
+            except ValidationError as exc:
                 outcomes[i] = exc
         if valid:
             predict_batch = self.instance(fn).predict_batch

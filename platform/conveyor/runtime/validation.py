@@ -1,12 +1,17 @@
-"""Input validation against a handler's annotation, shared by the API and the workers."""
+"""Input validation in the worker, with the handler's real type.
+
+The API has already checked the input against the version's JSON Schema; this second check
+is what JSON Schema cannot express (a pydantic validator, a custom type), and it converts
+the input into the handler's type. A failure fails the invocation as ``ValidationError``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
+import pydantic
 
-from conveyor.errors import InputValidationError
+from conveyor.errors import ValidationError
 from conveyor.functions.loader import LoadedFunction
 
 
@@ -14,7 +19,7 @@ def validate_input(fn: LoadedFunction, raw: Any) -> Any:
     """Return ``raw`` converted to the handler's input type, or raise naming each field."""
     try:
         return fn.input_adapter.validate_python(raw)
-    except ValidationError as exc:
+    except pydantic.ValidationError as exc:
         errors = [
             {
                 "field": ".".join(["input", *(str(p) for p in err["loc"])]),
@@ -24,4 +29,4 @@ def validate_input(fn: LoadedFunction, raw: Any) -> Any:
             for err in exc.errors(include_url=False)
         ]
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        raise InputValidationError(f"invalid input for {fn.name!r}: {summary}", errors) from None
+        raise ValidationError(f"invalid input for {fn.name!r}: {summary}", errors) from None

@@ -1,0 +1,74 @@
+"""Checking an invoke request against the version's JSON Schema, without its code.
+
+The whole body is checked at once (``{"input": <the function's input schema>,
+"priority"?: 0..9}``, nothing else) by jsonschema-rs, compiled once per version. What JSON
+Schema cannot express (a pydantic validator, a custom type) is checked again by the worker
+with the real type (:mod:`conveyor.runtime.validation`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import jsonschema_rs
+
+from conveyor.errors import ValidationError
+from conveyor.functions.loader import FunctionSchemas
+from conveyor.functions.registry import FunctionSpec
+
+PRIORITY_SCHEMA = {"type": "integer", "minimum": 0, "maximum": 9, "description": "9 = most urgent"}
+MAX_ERRORS = 20
+MAX_MESSAGE = 200
+
+
+def request_schema(schemas: FunctionSchemas, *, input_ref: str | None = None) -> dict[str, Any]:
+    """The invoke body: the input, an optional priority, nothing else."""
+    return {
+        "type": "object",
+        "required": ["input"],
+        "additionalProperties": False,
+        "properties": {
+            "input": {"$ref": input_ref} if input_ref else schemas.input,
+            "priority": PRIORITY_SCHEMA,
+        },
+    }
+
+
+class RequestValidators:
+    """One compiled validator per function version, kept while that version serves."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[str, tuple[str, Any]] = {}
+
+    def validate(self, spec: FunctionSpec, schemas: FunctionSchemas, body: Any) -> None:
+        """Raise :class:`ValidationError` naming every bad field of ``body``."""
+        cached = self._compiled.get(spec.name)
+        if cached is None or cached[0] != spec.version:
+            schema = {**request_schema(schemas), "$defs": schemas.defs}
+            cached = (spec.version, jsonschema_rs.validator_for(schema, validate_formats=True))
+            self._compiled[spec.name] = cached
+        validator = cached[1]
+        if validator.is_valid(body):
+            return
+        errors = [_describe(e) for e in itertools.islice(validator.iter_errors(body), MAX_ERRORS)]
+        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise ValidationError(f"invalid request for {spec.name!r}: {summary}", errors)
+
+
+def _describe(error: Any) -> dict[str, str]:
+    path = [str(part) for part in error.instance_path]
+    kind = error.kind
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.Required):
+        path.append(str(kind.property))
+        message = "required"
+    elif isinstance(kind, jsonschema_rs.ValidationErrorKind.AdditionalProperties):
+        path.append(",".join(str(name) for name in kind.unexpected))
+        message = "not allowed here" + (
+            '; send {"input": ..., "priority"?: 0-9}' if len(path) == 1 else ""
+        )
+    else:
+        message = str(error.message)
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 1] + "…"
+    return {"field": ".".join(path) or "body", "message": message, "type": type(kind).__name__}

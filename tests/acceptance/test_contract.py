@@ -1,0 +1,135 @@
+"""The HTTP contract, checked by real peers against a running API (``conveyor api``) and
+worker with the example functions: schemathesis finds no response that disagrees with
+``/schema``; a client generated from ``/schema`` by openapi-python-client invokes iris and
+reads a typed result; ``/docs`` renders in a real browser with every request kept on the
+API (no CDN: most GPU clusters have no internet)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Route, sync_playwright
+
+from support import BIN, Stack, copy_examples, free_port, start_api
+
+pytestmark = pytest.mark.acceptance
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def base(make_stack) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    stack: Stack = make_stack()
+    copy_examples(stack.functions, "echo", "iris")
+    stack.worker("--queues", "realtime")
+    api, url = start_api(stack.config, stack.root / "api.log", free_port())
+    yield url
+    api.stop()
+
+
+def test_schemathesis_finds_no_failures(
+    base: str, tmp_path: Path, report: Callable[[str], None]
+) -> None:
+    run = subprocess.run(
+        [str(BIN / "schemathesis"), "run", f"{base}/schema", "--checks", "all", "--max-examples", "100"],
+        cwd=tmp_path,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_TELEMETRY": "false"},
+    )
+    summary = run.stdout[run.stdout.rfind("SUMMARY") :]
+    for line in summary.splitlines():
+        if line.strip() and not line.startswith("="):
+            report(f"schemathesis: {line.strip()}")
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    assert "passed" in summary and "failure" not in summary.lower(), summary
+
+
+def test_a_generated_client_invokes_iris(base: str, tmp_path: Path) -> None:
+    (tmp_path / "schema.json").write_bytes(httpx.get(f"{base}/schema").content)
+    generate = subprocess.run(
+        [
+            str(BIN / "openapi-python-client"),
+            "generate",
+            "--path",
+            "schema.json",
+            "--meta",
+            "none",
+            "--output-path",
+            "conveyor_client",
+        ],
+        cwd=tmp_path,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+    )
+    assert generate.returncode == 0, generate.stdout + generate.stderr
+    assert "Warning" not in generate.stdout, generate.stdout  # nothing of the document skipped
+    use = textwrap.dedent(f"""
+        from conveyor_client import Client
+        from conveyor_client.api.iris import get_iris_result, invoke_iris
+        from conveyor_client.models import Accepted, IrisInput, IrisInvokeRequest, IrisResult, JobStatus
+
+        client = Client(base_url={base!r})
+        virginica = IrisInput(sepal_length=6.3, sepal_width=3.3, petal_length=6.0, petal_width=2.5)
+        done = invoke_iris.sync(client=client, body=IrisInvokeRequest(input_=virginica), wait=30)
+        assert isinstance(done, IrisResult), done
+        assert done.status == JobStatus.SUCCEEDED and done.output.species == "virginica"
+
+        setosa = IrisInput(sepal_length=5.1, sepal_width=3.5, petal_length=1.4, petal_width=0.2)
+        accepted = invoke_iris.sync(client=client, body=IrisInvokeRequest(input_=setosa))
+        assert isinstance(accepted, Accepted), accepted
+        result = get_iris_result.sync(client=client, invocation_id=accepted.id, wait=30)
+        assert isinstance(result, IrisResult) and result.output.species == "setosa", result
+        print(result.output.species, result.output.probabilities.additional_properties)
+    """)
+    ran = subprocess.run(
+        [sys.executable, "-c", use], cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.startswith("setosa")
+
+
+def test_docs_render_offline(base: str, report: Callable[[str], None]) -> None:
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
+
+    outside: list[str] = []
+    failed: list[str] = []
+
+    def only_the_api(route: Route) -> None:
+        if route.request.url.startswith(base + "/"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page()
+        page.route("**/*", only_the_api)
+        page.on("requestfailed", lambda request: failed.append(request.url))
+        assets = []
+        page.on("response", lambda response: assets.append((response.url, response.status)))
+        page.goto(f"{base}/docs")
+        page.wait_for_selector("#operations-iris-invoke_iris", timeout=30_000)
+        operations = page.locator(".opblock").count()
+        browser.close()
+    assert outside == [] and failed == [], (outside, failed)
+    assert all(status == 200 for _, status in assets), assets
+    report(f"/docs: {operations} operations rendered from {len(assets)} requests, all to the API")
