@@ -83,6 +83,7 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         openapi_config=None,  # /schema is ours: see conveyor.api.openapi
+        logging_config=None,  # conveyor.log configured the process: one format, JSON lines
         request_max_body_size=settings.api.max_body_bytes,
         debug=False,
     )

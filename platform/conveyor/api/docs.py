@@ -42,4 +42,6 @@ def docs_page() -> str:
 
 
 def assets() -> Router:
-    return create_static_files_router(path=ASSETS, directories=[swagger_ui.static_path])
+    return create_static_files_router(
+        path=ASSETS, directories=[swagger_ui.static_path], include_in_schema=False
+    )

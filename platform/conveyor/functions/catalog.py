@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from typing import Protocol
 
 from conveyor.errors import BrokerUnavailableError, FunctionLoadError
@@ -78,7 +79,10 @@ class Catalog:
 
     async def _check(self, spec: FunctionSpec) -> None:
         schemas = await self._cached(spec.version)
-        if schemas is None:
+        if schemas is not None:
+            log.info("function_schemas_cached", function=spec.name, version=spec.version)
+        else:
+            started = time.monotonic()
             try:
                 schemas = await self.inspector.inspect(spec)
             except FunctionLoadError as exc:
@@ -88,6 +92,12 @@ class Catalog:
                 log.exception("function_inspection_failed", function=spec.name)
                 self.registry.reject(spec, f"{spec.name}: could not be inspected: {exc!r}")
                 return
+            log.info(
+                "function_inspected",
+                function=spec.name,
+                version=spec.version,
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+            )
             if await self._unchanged(spec):  # else the schemas may be a newer copy's
                 await self._store(spec.version, schemas)
         self.registry.accept(spec, schemas)

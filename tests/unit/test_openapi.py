@@ -1,0 +1,89 @@
+"""The hand-written OpenAPI document against the app it describes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from litestar.routes import HTTPRoute
+
+from conveyor.api.app import create_app
+from conveyor.api.openapi import document
+from conveyor.functions.registry import Registry
+from conveyor.settings import QueueSettings, load_settings
+from support import write_function, write_settings
+
+MODELS = """
+from pydantic import BaseModel, computed_field
+class Input(BaseModel):
+    x: float
+class Point(BaseModel):
+    x: float
+    @computed_field
+    def double(self) -> float:
+        return 2 * self.x
+class Model:
+    def predict(self, p: Point) -> Point:
+        return p
+"""
+
+
+def test_every_route_is_documented_with_its_methods(tmp_path: Path) -> None:
+    """Each route the app serves is in the document with the same methods, and nothing else
+    is (a function's own paths count as the generic route they are served by)."""
+    config = write_settings(tmp_path / "deploy.toml", "redis://127.0.0.1:1/0", tmp_path / "fns")
+    app = create_app(load_settings(config))
+    write_function(tmp_path / "fns", "f", "def run(x: int) -> int:\n    return x\n", '[function]\nhandler = "handler:run"\n')
+    registry = Registry(tmp_path / "fns", {"default": QueueSettings()}, import_code=True)
+    registry.refresh()
+    served: dict[str, set[str]] = {}
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        methods = {
+            method.lower()
+            for handler in route.route_handlers
+            if handler.resolve_include_in_schema()
+            for method in handler.http_methods
+        }
+        if methods:
+            served[re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)] = methods
+    documented: dict[str, set[str]] = {}
+    for path, item in document(registry.entries(), 60)["paths"].items():
+        documented.setdefault(path.replace("/functions/f/", "/functions/{name}/"), set()).update(item)
+    assert documented == served
+
+
+def test_function_components_resolve_and_have_unique_titles(tmp_path: Path) -> None:
+    for name in ("shapes", "team-a"):
+        write_function(tmp_path, name, MODELS, '[function]\nhandler = "handler:Model"\n')
+    write_function(tmp_path, "plain", "def run(x: int) -> str:\n    return ''\n", '[function]\nhandler = "handler:run"\n')
+    registry = Registry(tmp_path, {"default": QueueSettings()}, import_code=True)
+    registry.refresh()
+    doc = document(registry.entries(), 30)
+    schemas = doc["components"]["schemas"]
+    for ref in _refs(doc):
+        assert ref.startswith("#/components/schemas/") and ref.split("/")[-1] in schemas, ref
+    titles = [s["title"] for s in schemas.values() if "title" in s]
+    assert len(titles) == len(set(titles)), sorted(titles)
+    # One model, validated one way and dumped another: two components.
+    assert "double" in schemas["shapes.Point-Output"]["properties"]
+    assert "double" not in schemas["shapes.Point-Input"]["properties"]
+    assert schemas["team-a.Result"]["title"] == "TeamAResult"
+    assert schemas["plain.Input"] == {"type": "integer", "title": "PlainInput"}
+    invoke = doc["paths"]["/functions/plain/invoke"]["post"]
+    assert invoke["parameters"][0]["schema"] == {"type": "number", "minimum": 0, "maximum": 30}
+    assert {"200", "202", "400", "404", "409", "413", "415", "422", "503"} == set(invoke["responses"])
+    assert invoke["responses"]["422"]["content"] == {
+        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+    }
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return found + [r for value in node.values() for r in _refs(value)]
+    if isinstance(node, list):
+        return [r for value in node for r in _refs(value)]
+    return []
