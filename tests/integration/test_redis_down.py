@@ -21,7 +21,8 @@ def test_api_with_redis_down_and_back(make_stack) -> None:  # type: ignore[no-un
             lambda: api.post("/functions/echo/invoke", json={"input": 1}),
             lambda: api.post("/functions/echo/invoke?wait=5", json={"input": 1}),
             lambda: api.get(f"/functions/echo/results/{accepted.json()['id']}"),
-            lambda: cancel(api, "echo", accepted.json()['id']),
+            lambda: cancel(api, "echo", accepted.json()["id"]),
+            lambda: api.delete(f"/functions/echo/results/{accepted.json()['id']}"),
         ):
             response = call()
             assert response.status_code == 503, response.text
