@@ -25,8 +25,12 @@ from typing import Any
 import aiohttp
 import httpx
 
+from conveyor.webhooks.signing import new_secret
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+from access import Receiver, keyed_config, make_key, webhook_load  # noqa: E402
+
 from support import (  # noqa: E402
     BIN,
     Process,
@@ -98,7 +102,12 @@ class Platform:
         shutil.copytree(self.functions / "mlp", nobatch)
         manifest = (nobatch / "function.toml").read_text()
         (nobatch / "function.toml").write_text(manifest.split("[batching]")[0])
-        self.config = write_settings(self.root / "deploy.toml", self.redis.url, self.functions)
+        self.config = write_settings(
+            self.root / "deploy.toml",
+            self.redis.url,
+            self.functions,
+            f'[webhooks]\nsecret = "{new_secret()}"\nallow_networks = ["127.0.0.0/8"]\n',
+        )
         port = free_port()
         api, self.base = start_api(self.config, self.root / "api.log", port)
         self.api = api
@@ -200,13 +209,14 @@ async def _http_load(
     clients: int,
     *,
     one_call: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """``clients`` concurrent clients, each: submit, then long-poll the result; or, with
     ``one_call``, invoke with ?wait and take the result from that answer."""
     latencies: list[float] = []
     counter = iter(range(total))
     connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(base, connector=connector) as client:
+    async with aiohttp.ClientSession(base, connector=connector, headers=headers) as client:
 
         async def one_client() -> None:
             for i in counter:
@@ -358,6 +368,8 @@ def main() -> int:
                 Row("memory", "worker peak under load", worker_peak, None, "MiB"),
             ]
 
+            rows += access_rows(env, root)
+
             one = median_of(RUNS, lambda: {"s": _one_sleep(env.base, 0.02)})["s"]
             prio = median_of(RUNS, lambda: priority_time(env.base, 0.02))["seconds"]
             rows.append(
@@ -406,6 +418,32 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
     report(rows)
     return 0 if all(r.ok is not False for r in rows) else 1
+
+
+def access_rows(env: Platform, root: Path) -> list[Row]:
+    """API keys on vs off (throughput, alternated), and webhook delivery latency."""
+    keyed = keyed_config(env.config)
+    keyed_api, keyed_base = start_api(keyed, root / "api-keys.log", free_port())
+    env.procs.append(keyed_api)
+    auth = {"Authorization": f"Bearer {make_key(keyed, BIN / 'conveyor')}"}
+    off, on = [], []
+    for _ in range(RUNS):
+        off.append(asyncio.run(_http_load(env.base, "echo", lambda i: i, BURST, CLIENTS))["rate"])
+        load = _http_load(keyed_base, "echo", lambda i: i, BURST, CLIENTS, headers=auth)
+        on.append(asyncio.run(load)["rate"])
+    env.stop(keyed_api)
+    rate_on, rate_off = statistics.median(on), statistics.median(off)
+
+    deliverer = Process([str(BIN / "conveyor"), "webhooks"], env.config, root / "webhooks.log")
+    env.procs.append(deliverer)
+    receiver = Receiver(free_port()).start()
+    hooks = median_of(RUNS, lambda: webhook_load(env.base, receiver))
+    env.stop(deliverer)
+    return [
+        Row("auth", "throughput keys / none", rate_on, rate_off, "/s", "≥ 0.95×", rate_on >= 0.95 * rate_off),
+        Row("webhooks", "result → receiver p50", hooks["p50"], None, "ms"),
+        Row("webhooks", "result → receiver p99", hooks["p99"], None, "ms"),
+    ]
 
 
 def _one_sleep(base: str, seconds: float) -> float:

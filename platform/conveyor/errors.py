@@ -81,3 +81,23 @@ class BatchSizeError(ConveyorError):
 
 class BrokerUnavailableError(ConveyorError):
     """Redis, the broker and result store, cannot be reached."""
+
+
+class ApiKeyError(ConveyorError):
+    """An API key cannot be created or revoked as asked."""
+
+
+class AuthenticationError(ConveyorError):
+    """The request has no valid API key (Authorization: Bearer <key>)."""
+
+    def __init__(self, message: str | None = None, *, invalid_token: bool = False) -> None:
+        super().__init__(message)
+        self.invalid_token = invalid_token  # a key was given, and it is not (or no longer) one
+
+
+class PermissionDeniedError(ConveyorError):
+    """The API key is valid but its scopes do not allow this."""
+
+    def __init__(self, message: str, scope: str) -> None:
+        super().__init__(message)
+        self.scope = scope  # a scope that would allow it

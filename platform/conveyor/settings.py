@@ -7,12 +7,15 @@ at import time.
 
 from __future__ import annotations
 
+import binascii
 import os
 import re
 import tomllib
+from base64 import b64decode
 from functools import lru_cache
+from ipaddress import ip_address, ip_network
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -24,6 +27,8 @@ CONFIG_ENV = "CONVEYOR_CONFIG"
 DEFAULT_CONFIG = "deploy.toml"
 QUEUE_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 GPU_QUEUE_SUFFIX = ".gpu"  # a queue name cannot contain a dot, so this never collides
+WEBHOOK_SECRET_PREFIX = "whsec_"
+LOOPBACK_NAMES = ("localhost",)
 
 Seconds = Annotated[float, Field(gt=0)]
 
@@ -54,6 +59,57 @@ class ApiSettings(_Section):
     port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
     max_wait: Seconds = Field(60.0, le=600)
+    auth: Literal["keys", "none"] = Field(
+        "none", description='"keys": every request needs an API key; "none": loopback only'
+    )
+
+
+class WebhookSettings(_Section):
+    secret: str = Field(
+        "", description="whsec_... signing secrets, space-separated (all sign, for rotation)"
+    )
+    max_age: Seconds = Field(24 * 3600.0, description="seconds a delivery is retried for")
+    timeout: Seconds = Field(10.0, le=300, description="seconds one delivery attempt may take")
+    allow_networks: list[str] = Field(
+        default_factory=list, description="CIDRs the SSRF guard lets through (e.g. 127.0.0.0/8)"
+    )
+    concurrency: int = Field(64, ge=1, le=4096, description="deliveries at once per process")
+    per_host: int = Field(4, ge=1, le=1024, description="deliveries at once to one host")
+    retry_schedule: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0],
+        min_length=1,
+        description="seconds before each retry; the last repeats until max_age",
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _secrets(cls, value: str) -> str:
+        for secret in value.split():
+            body = secret.removeprefix(WEBHOOK_SECRET_PREFIX)
+            try:
+                ok = secret.startswith(WEBHOOK_SECRET_PREFIX) and len(b64decode(body)) >= 24
+            except (ValueError, binascii.Error):
+                ok = False
+            if not ok:
+                raise ValueError(
+                    "each secret is whsec_ + base64 of at least 24 random bytes;"
+                    " `conveyor webhooks secret` makes one"
+                )
+        return value
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{network!r}: {exc}") from None
+        return value
+
+    @property
+    def secrets(self) -> list[str]:
+        return self.secret.split()
 
 
 class FunctionsSettings(_Section):
@@ -108,6 +164,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     results: ResultsSettings = ResultsSettings()
     log: LogSettings = LogSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     queues: dict[str, QueueSettings] = Field(
         default_factory=lambda: {"default": QueueSettings()}, min_length=1
     )
@@ -187,6 +244,16 @@ def _describe(path: Path, exc: ValidationError) -> str:
 def get_settings() -> Settings:
     """The settings of this process, read once on first use."""
     return load_settings()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listening address is reachable from this machine only."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def gpu_queue(queue: str) -> str:

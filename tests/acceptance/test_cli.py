@@ -104,3 +104,47 @@ def test_api_worker_invoke_and_ls(tmp_path: Path) -> None:
         server.stop()
     down = run("ls", "--url", base, config=config)
     assert down.returncode == 2 and "cannot reach the API" in down.stderr
+
+
+def test_an_api_without_keys_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:
+    config = write_settings(tmp_path / "deploy.toml", "redis://127.0.0.1:1/0", tmp_path / "fns")
+    done = run("api", "--host", "0.0.0.0", config=config)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert '[api] auth = "none" (CONVEYOR_API__AUTH)' in done.stderr
+    assert "0.0.0.0" in done.stderr and 'auth = "keys"' in done.stderr
+
+
+def test_keys_and_the_cli_sending_one(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        config = write_settings(tmp_path / "deploy.toml", server.url, tmp_path / "fns")
+        config.write_text(config.read_text().replace("[api]\n", '[api]\nauth = "keys"\n'))
+        copy_examples(tmp_path / "fns", "echo")
+        made = run("keys", "create", "--name", "me", "--scope", "read:*", config=config)
+        assert made.returncode == 0 and made.stdout.startswith("cvk_"), made.stderr
+        assert "shown this once" in made.stderr
+        again = run("keys", "create", "--name", "me", "--scope", "read:*", config=config)
+        assert again.returncode == 2 and "a key named 'me' exists" in again.stderr
+        bad = run("keys", "create", "--name", "x", "--scope", "write:*", config=config)
+        assert bad.returncode == 2 and "invoke:<glob>, read:<glob> or admin" in bad.stderr
+        api, base = start_api(config, tmp_path / "api.log", free_port())
+        try:
+            anonymous = run("ls", "--url", base, config=config)
+            assert anonymous.returncode == 2 and "401" in anonymous.stderr
+            with_key = subprocess.run(
+                conveyor("ls", "--url", base),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                env={**os.environ, "CONVEYOR_CONFIG": str(config), "CONVEYOR_API_KEY": made.stdout.strip()},
+            )
+            assert with_key.returncode == 0 and with_key.stdout.startswith("echo"), with_key.stderr
+        finally:
+            api.stop()
+        listed = run("keys", "ls", config=config)
+        assert "me" in listed.stdout and "read:*" in listed.stdout and "cvk_" not in listed.stdout
+        assert run("keys", "revoke", "me", config=config).returncode == 0
+        assert "no key named 'me'" in run("keys", "revoke", "me", config=config).stderr
+    finally:
+        server.stop()

@@ -1,8 +1,9 @@
-"""The HTTP contract, checked by real peers against a running API (``conveyor api``) and
-worker with the example functions: schemathesis finds no response that disagrees with
-``/schema``; a client generated from ``/schema`` by openapi-python-client invokes iris and
-reads a typed result; ``/docs`` renders in a real browser with every request kept on the
-API (no CDN: most GPU clusters have no internet)."""
+"""The HTTP contract, checked by real peers against a running API (``conveyor api``, with
+API keys) and worker with the example functions: schemathesis finds no response that
+disagrees with ``/schema`` (and no route that answers without a key); a client generated
+from ``/schema`` by openapi-python-client invokes iris and reads a typed result; ``/docs``
+renders in a real browser with every request kept on the API (no CDN: most GPU clusters
+have no internet)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import httpx
 import pytest
 from playwright.sync_api import Route, sync_playwright
 
-from support import BIN, Stack, copy_examples, free_port, start_api
+from support import BIN, Stack, conveyor, copy_examples, free_port, start_api
 
 pytestmark = pytest.mark.acceptance
 
@@ -26,20 +27,53 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
-def base(make_stack) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     stack: Stack = make_stack()
+    stack.set_settings("api", auth='"keys"')
     copy_examples(stack.functions, "echo", "iris")
     stack.worker("--queues", "realtime")
+    return stack
+
+
+@pytest.fixture(scope="module")
+def key(stack: Stack) -> str:
+    made = subprocess.run(
+        conveyor("keys", "create", "--name", "contract", "--scope", "admin"),
+        env={**os.environ, "CONVEYOR_CONFIG": str(stack.config)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return made.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def base(stack: Stack) -> Iterator[str]:
     api, url = start_api(stack.config, stack.root / "api.log", free_port())
     yield url
     api.stop()
 
 
 def test_schemathesis_finds_no_failures(
-    base: str, tmp_path: Path, report: Callable[[str], None]
+    base: str, key: str, tmp_path: Path, report: Callable[[str], None]
 ) -> None:
+    (tmp_path / "schema.json").write_bytes(
+        httpx.get(f"{base}/schema", headers={"Authorization": f"Bearer {key}"}).content
+    )
     run = subprocess.run(
-        [str(BIN / "schemathesis"), "run", f"{base}/schema", "--checks", "all", "--max-examples", "100"],
+        [
+            str(BIN / "schemathesis"),
+            "run",
+            "schema.json",
+            "--url",
+            base,
+            "--header",
+            f"Authorization: Bearer {key}",
+            "--checks",
+            "all",
+            "--max-examples",
+            "100",
+        ],
         cwd=tmp_path,
         check=False,
         capture_output=True,
@@ -55,8 +89,10 @@ def test_schemathesis_finds_no_failures(
     assert "passed" in summary and "failure" not in summary.lower(), summary
 
 
-def test_a_generated_client_invokes_iris(base: str, tmp_path: Path) -> None:
-    (tmp_path / "schema.json").write_bytes(httpx.get(f"{base}/schema").content)
+def test_a_generated_client_invokes_iris(base: str, key: str, tmp_path: Path) -> None:
+    (tmp_path / "schema.json").write_bytes(
+        httpx.get(f"{base}/schema", headers={"Authorization": f"Bearer {key}"}).content
+    )
     generate = subprocess.run(
         [
             str(BIN / "openapi-python-client"),
@@ -78,11 +114,11 @@ def test_a_generated_client_invokes_iris(base: str, tmp_path: Path) -> None:
     assert generate.returncode == 0, generate.stdout + generate.stderr
     assert "Warning" not in generate.stdout, generate.stdout  # nothing of the document skipped
     use = textwrap.dedent(f"""
-        from conveyor_client import Client
+        from conveyor_client import AuthenticatedClient
         from conveyor_client.api.iris import get_iris_result, invoke_iris
         from conveyor_client.models import Accepted, IrisInput, IrisInvokeRequest, IrisResult, JobStatus
 
-        client = Client(base_url={base!r})
+        client = AuthenticatedClient(base_url={base!r}, token={key!r})
         virginica = IrisInput(sepal_length=6.3, sepal_width=3.3, petal_length=6.0, petal_width=2.5)
         done = invoke_iris.sync(client=client, body=IrisInvokeRequest(input_=virginica), wait=30)
         assert isinstance(done, IrisResult), done
@@ -102,7 +138,7 @@ def test_a_generated_client_invokes_iris(base: str, tmp_path: Path) -> None:
     assert ran.stdout.startswith("setosa")
 
 
-def test_docs_render_offline(base: str, report: Callable[[str], None]) -> None:
+def test_docs_render_offline(base: str, key: str, report: Callable[[str], None]) -> None:
     if not shutil.which(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
 
@@ -127,9 +163,12 @@ def test_docs_render_offline(base: str, report: Callable[[str], None]) -> None:
         assets = []
         page.on("response", lambda response: assets.append((response.url, response.status)))
         page.goto(f"{base}/docs")
+        page.fill("input[name=key]", key)  # /schema needs a key: the page asks for one
+        page.click("#api-key button")
         page.wait_for_selector("#operations-iris-invoke_iris", timeout=30_000)
         operations = page.locator(".opblock").count()
         browser.close()
     assert outside == [] and failed == [], (outside, failed)
-    assert all(status == 200 for _, status in assets), assets
+    # Before the key was typed in, /schema answered 401; every other request succeeded.
+    assert [url for url, status in assets if status != 200] == [f"{base}/schema"], assets
     report(f"/docs: {operations} operations rendered from {len(assets)} requests, all to the API")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from litestar.routes import HTTPRoute
 
 from conveyor.api.app import create_app
-from conveyor.api.openapi import document
+from conveyor.api.openapi import Options, document
 from conveyor.functions.registry import Registry
 from conveyor.settings import QueueSettings, load_settings
 from support import write_function, write_settings
@@ -50,9 +51,43 @@ def test_every_route_is_documented_with_its_methods(tmp_path: Path) -> None:
         if methods:
             served[re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)] = methods
     documented: dict[str, set[str]] = {}
-    for path, item in document(registry.entries(), 60)["paths"].items():
+    for path, item in document(registry.entries(), Options(max_wait=60))["paths"].items():
         documented.setdefault(path.replace("/functions/f/", "/functions/{name}/"), set()).update(item)
     assert documented == served
+
+
+PUBLIC = {"/healthz", "/readyz"}
+
+
+def test_every_route_but_health_knows_its_caller(tmp_path: Path) -> None:
+    """The caller (its key's scopes) is what every documented route checks."""
+    config = write_settings(tmp_path / "deploy.toml", "redis://127.0.0.1:1/0", tmp_path / "fns")
+    app = create_app(load_settings(config))
+    checked = 0
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            if not handler.resolve_include_in_schema() or route.path in PUBLIC:
+                continue
+            assert "caller" in inspect.signature(handler.fn).parameters, route.path
+            checked += 1
+    assert checked >= 6
+
+
+def test_with_keys_every_operation_but_health_declares_401_and_403() -> None:
+    doc = document([], Options(auth=True))
+    assert doc["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key (cvk_...) from `conveyor keys create`",
+    }
+    for path, item in doc["paths"].items():
+        for operation in item.values():
+            if path in PUBLIC:
+                assert operation["security"] == [] and "401" not in operation["responses"]
+            else:
+                assert {"401", "403"} <= set(operation["responses"]), path
+                assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
+    assert "securitySchemes" not in document([], Options())["components"]
 
 
 def test_function_components_resolve_and_have_unique_titles(tmp_path: Path) -> None:
@@ -61,7 +96,7 @@ def test_function_components_resolve_and_have_unique_titles(tmp_path: Path) -> N
     write_function(tmp_path, "plain", "def run(x: int) -> str:\n    return ''\n", '[function]\nhandler = "handler:run"\n')
     registry = Registry(tmp_path, {"default": QueueSettings()}, import_code=True)
     registry.refresh()
-    doc = document(registry.entries(), 30)
+    doc = document(registry.entries(), Options(max_wait=30))
     schemas = doc["components"]["schemas"]
     for ref in _refs(doc):
         assert ref.startswith("#/components/schemas/") and ref.split("/")[-1] in schemas, ref

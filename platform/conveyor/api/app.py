@@ -16,33 +16,47 @@ from typing import Any
 from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
 
+from conveyor.api.auth import authenticate
 from conveyor.api.controllers import FunctionsController, HealthController, Platform
 from conveyor.api.docs import assets, docs_page
-from conveyor.api.openapi import document
+from conveyor.api.openapi import Options, document
 from conveyor.api.problems import EXCEPTION_HANDLERS
+from conveyor.api.validation import RequestValidators
+from conveyor.auth.caller import Caller
 from conveyor.functions.catalog import Catalog
 from conveyor.functions.inspector import Inspector, Limits
 from conveyor.functions.registry import Registry
 from conveyor.functions.watcher import watch_async
 from conveyor.log import get_logger
 from conveyor.queueing.client import QueueClient
+from conveyor.queueing.key_store import KeyStore
 from conveyor.queueing.schema_cache import RedisSchemaCache
 from conveyor.settings import Settings
+from conveyor.webhooks.guard import Guard
+from conveyor.webhooks.intake import WebhookIntake
 
 log = get_logger(__name__)
 
 
 @get("/schema", sync_to_thread=False, include_in_schema=False)
-def openapi_document(platform: NamedDependency[Platform]) -> dict[str, Any]:
-    return document(platform.registry.entries(), platform.settings.api.max_wait)
+def openapi_document(
+    platform: NamedDependency[Platform], caller: NamedDependency[Caller]
+) -> dict[str, Any]:
+    """The document, with the functions the caller may see."""
+    entries = [e for e in platform.registry.entries() if caller.sees(e.name)]
+    return document(entries, Options.of(platform.settings))
 
 
 def create_app(settings: Settings) -> Litestar:
     queue = QueueClient(settings)
+    webhooks = bool(settings.webhooks.secrets)
     platform = Platform(
         settings=settings,
         registry=Registry(settings.functions.dir, settings.queues, import_code=False),
         queue=queue,
+        intake=WebhookIntake(Guard(tuple(settings.webhooks.allow_networks)), enabled=webhooks),
+        validators=RequestValidators(webhooks=webhooks),
+        keys=KeyStore(queue.redis, queue.subscription) if settings.api.auth == "keys" else None,
     )
     limits = Limits(settings.functions.inspect_timeout, settings.functions.inspect_memory)
     catalog = Catalog(platform.registry, Inspector(limits), RedisSchemaCache(queue.redis))
@@ -79,7 +93,11 @@ def create_app(settings: Settings) -> Litestar:
             docs_page,
             assets(),
         ],
-        dependencies={"platform": Provide(lambda: platform, use_cache=True, sync_to_thread=False)},
+        dependencies={
+            "platform": Provide(lambda: platform, use_cache=True, sync_to_thread=False),
+            "keys": Provide(lambda: platform.keys, use_cache=True, sync_to_thread=False),
+            "caller": Provide(authenticate),
+        },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         openapi_config=None,  # /schema is ours: see conveyor.api.openapi

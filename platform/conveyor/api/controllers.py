@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Controller, HttpMethod, Request, Response, delete, get, post, route
@@ -15,12 +15,18 @@ from litestar.exceptions import ClientException, HTTPException
 from litestar.params import FromPath
 
 from conveyor.api.openapi import IDEMPOTENCY_KEY_PATTERN
-from conveyor.api.schemas import accepted_body, function_body, result_body, result_url
+from conveyor.api.schemas import function_body
 from conveyor.api.validation import RequestValidators
+from conveyor.auth.caller import Caller
+from conveyor.auth.keys import Action
 from conveyor.errors import InputTooLargeError
 from conveyor.functions.registry import Registry
 from conveyor.queueing.client import QueueClient
+from conveyor.queueing.jobs import JobRecord
+from conveyor.queueing.key_store import KeyStore
+from conveyor.results import accepted_body, result_body, result_url
 from conveyor.settings import Settings
+from conveyor.webhooks.intake import WebhookIntake
 
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _NUMBER = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$")  # as JSON writes one
@@ -34,7 +40,9 @@ class Platform:
     settings: Settings
     registry: Registry
     queue: QueueClient
-    validators: RequestValidators = field(default_factory=RequestValidators)
+    intake: WebhookIntake
+    validators: RequestValidators
+    keys: KeyStore | None = None  # None: [api] auth = "none"
     loaded: bool = False  # the functions found at start have been inspected
 
 
@@ -82,18 +90,21 @@ class FunctionsController(Controller):
     path = "/functions"
 
     @get("/", summary="List functions")
-    async def list_functions(self, platform: NamedDependency[Platform]) -> dict[str, Any]:
+    async def list_functions(
+        self, platform: NamedDependency[Platform], caller: NamedDependency[Caller]
+    ) -> dict[str, Any]:
         census = await platform.queue.census()
-        return {
-            "functions": [
-                function_body(e, detail=False, census=census) for e in platform.registry.entries()
-            ]
-        }
+        entries = [e for e in platform.registry.entries() if caller.sees(e.name)]
+        return {"functions": [function_body(e, detail=False, census=census) for e in entries]}
 
     @get("/{name:str}", summary="Describe a function, with its input and output schemas")
     async def describe(
-        self, platform: NamedDependency[Platform], name: FromPath[str]
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        name: FromPath[str],
     ) -> dict[str, Any]:
+        caller.require_sees(name)
         entry = platform.registry.entry(name)
         return function_body(entry, detail=True, census=await platform.queue.census())
 
@@ -101,9 +112,11 @@ class FunctionsController(Controller):
     async def invoke(
         self,
         platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
         request: Request[Any, Any, Any],
         name: FromPath[str],
     ) -> Response[dict[str, Any]]:
+        caller.require(Action.INVOKE, name)
         entry = platform.registry.serving(name)
         assert entry.spec is not None and entry.schemas is not None
         seconds = _wait(platform, request)
@@ -113,10 +126,19 @@ class FunctionsController(Controller):
             request.headers.get("content-type", ""),
             entry.spec.manifest.limits.max_input_bytes,
         )
+        if isinstance(body, dict) and "webhook" in body:
+            platform.intake.require_enabled()  # a clearer answer than "not allowed here"
         platform.validators.validate(entry.spec, entry.schemas, body)
+        webhook = await platform.intake.accept(body["webhook"]) if "webhook" in body else None
         priority = body.get("priority")
         record = await platform.queue.submit(
-            entry.spec, body["input"], None if priority is None else int(priority), seconds, key
+            entry.spec,
+            body["input"],
+            priority=None if priority is None else int(priority),
+            wait=seconds,
+            idempotency_key=key,
+            owner=caller.owner,
+            webhook=webhook,
         )
         if record.status.final:
             return Response(result_body(record), status_code=200)
@@ -138,30 +160,53 @@ class FunctionsController(Controller):
     async def result(
         self,
         platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
         request: Request[Any, Any, Any],
         name: FromPath[str],
         invocation_id: FromPath[str],
     ) -> dict[str, Any]:
+        caller.require_sees(name)
         seconds = _wait(platform, request)
         if seconds:
             record = await platform.queue.wait(invocation_id, seconds, function=name)
         else:
             record = await platform.queue.get(invocation_id, function=name)
+        _check_handles(caller, record, Action.READ)
         if record.status.final:
             return result_body(record)
         return result_body(record, await platform.queue.census())
 
     @post(RESULT + "/cancel", summary="Cancel an invocation", status_code=200)
     async def cancel(
-        self, platform: NamedDependency[Platform], name: FromPath[str], invocation_id: FromPath[str]
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        name: FromPath[str],
+        invocation_id: FromPath[str],
     ) -> dict[str, Any]:
+        caller.require(Action.INVOKE, name)
+        _check_handles(caller, await platform.queue.get(invocation_id, name), Action.INVOKE)
         return result_body(await platform.queue.cancel(invocation_id, function=name))
 
     @delete(RESULT, summary="Delete a finished invocation", status_code=204)
     async def delete_result(
-        self, platform: NamedDependency[Platform], name: FromPath[str], invocation_id: FromPath[str]
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        name: FromPath[str],
+        invocation_id: FromPath[str],
     ) -> None:
+        caller.require(Action.INVOKE, name)
+        _check_handles(caller, await platform.queue.get(invocation_id, name), Action.INVOKE)
         await platform.queue.delete(invocation_id, function=name)
+
+
+def _check_handles(caller: Caller, record: JobRecord, action: Action) -> None:
+    """One invocation of a function the caller has a scope on, but maybe not theirs: other
+    keys' invocations are read with ``read:<function>``, cancelled and deleted by admins."""
+    if not caller.may_handle(record.function, record.owner, action):
+        needed = f"read:{record.function}" if action is Action.READ else "admin"
+        raise caller.denied(needed, f"invocation {record.id} was made with another key")
 
 
 class HealthController(Controller):

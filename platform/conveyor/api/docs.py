@@ -1,7 +1,9 @@
 """``/docs``: Swagger UI on ``/schema``, served entirely by the API.
 
 GPU clusters often have no internet, so nothing comes from a CDN: the Swagger UI bundle is
-the one the ``openapi-ui-bundles`` package installs, served under ``/docs/assets``.
+the one the ``openapi-ui-bundles`` package installs, served under ``/docs/assets``. The page
+itself is public; where the API needs keys, the key typed into its field (kept in the
+tab's sessionStorage) is sent with the request for ``/schema`` and with every "Try it out".
 """
 
 from __future__ import annotations
@@ -21,14 +23,30 @@ PAGE = f"""<!doctype html>
   <link rel="icon" type="image/png" href="{ASSETS}/favicon-32x32.png">
 </head>
 <body>
+  <form id="api-key" style="font-family: sans-serif; margin: 1em 2em">
+    <label>API key <input name="key" type="password" size="50" autocomplete="off"></label>
+    <button>Use</button> <span id="key-state"></span>
+  </form>
   <div id="swagger-ui"></div>
   <script src="{ASSETS}/swagger-ui-bundle.js"></script>
   <script>
+    const form = document.getElementById("api-key");
+    const key = () => sessionStorage.getItem("conveyor-api-key");
+    document.getElementById("key-state").textContent = key() ? "(a key is set)" : "";
+    form.addEventListener("submit", (event) => {{
+      event.preventDefault();
+      sessionStorage.setItem("conveyor-api-key", form.key.value.trim());
+      location.reload();
+    }});
     window.ui = SwaggerUIBundle({{
       url: "/schema",
       dom_id: "#swagger-ui",
       deepLinking: true,
       presets: [SwaggerUIBundle.presets.apis],
+      requestInterceptor: (request) => {{
+        if (key()) request.headers["Authorization"] = "Bearer " + key();
+        return request;
+      }},
     }});
   </script>
 </body>

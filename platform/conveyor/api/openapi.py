@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from conveyor.api.validation import request_schema
 from conveyor.functions.loader import DEFS_REF, FunctionSchemas
 from conveyor.functions.manifest import NAME_PATTERN
 from conveyor.functions.registry import FunctionEntry
+from conveyor.settings import Settings
 
 REF = "#/components/schemas/"
 PROBLEM_JSON = "application/problem+json"
@@ -41,14 +43,31 @@ _PROBLEMS = {
 }
 
 
-def document(entries: list[FunctionEntry], max_wait: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Options:
+    """What of the deployment shows in the document."""
+
+    max_wait: float = 60.0
+    auth: bool = False  # [api] auth = "keys": a bearer scheme, 401 and 403 everywhere
+    webhooks: bool = False  # a signing secret is set: requests may ask for webhooks
+
+    @classmethod
+    def of(cls, settings: Settings) -> Options:
+        return cls(
+            settings.api.max_wait, settings.api.auth == "keys", bool(settings.webhooks.secrets)
+        )
+
+
+def document(entries: list[FunctionEntry], options: Options) -> dict[str, Any]:
     """The whole document: the generic routes plus one invoke and one result path per
-    function that has a version to serve."""
-    doc = copy.deepcopy(_base(max_wait))
+    function that has a version to serve (the caller's to filter)."""
+    doc = copy.deepcopy(_base(options))
     for entry in entries:
         if entry.spec is not None and entry.schemas is not None:
             description = entry.spec.manifest.function.description
-            _add_function(doc, entry.name, description, entry.schemas, max_wait)
+            _add_function(doc, entry.name, description, entry.schemas, options)
+    if options.auth:
+        _secure(doc)
     return doc
 
 
@@ -60,7 +79,7 @@ def ref(name: str) -> dict[str, str]:
 
 
 @lru_cache(maxsize=4)
-def _base(max_wait: float) -> dict[str, Any]:
+def _base(options: Options) -> dict[str, Any]:
     models: list[tuple[type[BaseModel], Literal["serialization"]]]
     models = [(m, "serialization") for m in DOCUMENTED]
     _, defs = models_json_schema(models, ref_template=REF + "{model}")
@@ -73,7 +92,7 @@ def _base(max_wait: float) -> dict[str, Any]:
             " its own invoke path, typed with its input and output schemas (the document"
             " follows deploys). Errors are RFC 9457 problem details.",
         },
-        "paths": _paths(max_wait),
+        "paths": _paths(options.max_wait),
         "components": {"schemas": _without_null_defaults(defs["$defs"])},
     }
 
@@ -257,7 +276,7 @@ def _without_null_defaults(node: Any) -> Any:
 
 
 def _add_function(
-    doc: dict[str, Any], name: str, description: str, schemas: FunctionSchemas, max_wait: float
+    doc: dict[str, Any], name: str, description: str, schemas: FunctionSchemas, options: Options
 ) -> None:
     """Components ``<name>.<Model>`` for the function's models, ``<name>.InvokeRequest`` and
     ``<name>.Result``; its invoke path and its typed result path.
@@ -288,7 +307,11 @@ def _add_function(
             sides[side] = ref(names[target.removeprefix(DEFS_REF)])  # the model itself
         else:
             sides[side] = add(side, _rewrite_refs(schema, names))
-    add("InvokeRequest", request_schema(schemas, input_ref=sides["Input"]["$ref"]))
+    invoke_request = request_schema(
+        schemas, webhooks=options.webhooks, input_ref=sides["Input"]["$ref"]
+    )
+    add("InvokeRequest", invoke_request)
+    max_wait = options.max_wait
     typed = copy.deepcopy(components["Result"])
     typed["properties"]["output"] = sides["Output"]
     typed.pop("description", None)
@@ -301,6 +324,38 @@ def _add_function(
     paths = doc["paths"]
     paths[f"/functions/{name}/invoke"] = {"post": _invoke_op(name, description, max_wait)}
     paths[f"/functions/{name}/results/{{invocation_id}}"] = {"get": result, "delete": remove}
+
+
+def _secure(doc: dict[str, Any]) -> None:
+    """Every operation but health's needs a key: say so, and what the refusals look like."""
+    doc["components"]["securitySchemes"] = {
+        "apiKey": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "an API key (cvk_...) from `conveyor keys create`",
+        }
+    }
+    doc["security"] = [{"apiKey": []}]
+    challenge = {
+        "description": 'Bearer realm="conveyor", with error="invalid_token" or'
+        ' error="insufficient_scope"',
+        "schema": {"type": "string"},
+        "required": True,
+    }
+    for item in doc["paths"].values():
+        for operation in item.values():
+            if operation["tags"] == ["health"]:
+                operation["security"] = []
+                continue
+            for code, why in (
+                (401, "No API key, or an unknown or revoked one"),
+                (403, "The key is valid, but its scopes do not allow this"),
+            ):
+                operation["responses"][str(code)] = {
+                    "description": why,
+                    "headers": {"WWW-Authenticate": challenge},
+                    "content": {PROBLEM_JSON: {"schema": ref("Problem")}},
+                }
 
 
 def _rewrite_refs(node: Any, names: dict[str, str]) -> Any:

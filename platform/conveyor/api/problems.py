@@ -8,6 +8,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from conveyor.errors import (
+    AuthenticationError,
     BrokerUnavailableError,
     ConveyorError,
     FunctionNotFoundError,
@@ -17,6 +18,7 @@ from conveyor.errors import (
     InvocationFinishedError,
     InvocationNotFoundError,
     InvocationUnfinishedError,
+    PermissionDeniedError,
     ValidationError,
 )
 from conveyor.log import get_logger
@@ -26,7 +28,11 @@ log = get_logger(__name__)
 PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_SECONDS = 5
 
+REALM = 'Bearer realm="conveyor"'
+
 _STATUS: dict[type[ConveyorError], tuple[int, str]] = {
+    AuthenticationError: (401, "unauthenticated"),
+    PermissionDeniedError: (403, "insufficient-scope"),
     FunctionNotFoundError: (404, "function-not-found"),
     InvocationNotFoundError: (404, "invocation-not-found"),
     ValidationError: (422, "invalid-input"),
@@ -68,6 +74,12 @@ def conveyor_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
     headers, extra = None, {}
     if status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    elif isinstance(exc, AuthenticationError):
+        challenge = REALM + (', error="invalid_token"' if exc.invalid_token else "")
+        headers = {"WWW-Authenticate": challenge}
+    elif isinstance(exc, PermissionDeniedError):
+        challenge = f'{REALM}, error="insufficient_scope", scope="{exc.scope}"'
+        headers = {"WWW-Authenticate": challenge}
     if isinstance(exc, BrokerUnavailableError):
         log.warning("broker_unavailable", error=str(exc), path=request.url.path)
     if isinstance(exc, ValidationError):

@@ -7,7 +7,7 @@ schemathesis in the test suite.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from conveyor.functions.registry import FunctionEntry
-from conveyor.queueing.census import QueueCensus
-from conveyor.queueing.jobs import JobRecord, JobStatus
+from conveyor.queueing.jobs import JobStatus
+from conveyor.results import Census, census_warning
 
 Absent = SkipJsonSchema[None]  # a field that is left out, never null
 
@@ -43,6 +43,16 @@ class Accepted(BaseModel):
     warning: str | Absent = Field(None, description="why it may wait (no live worker)")
 
 
+class WebhookState(BaseModel):
+    """The webhook an invocation asked for, and how its latest delivery went."""
+
+    url: str
+    events: list[Literal["start", "completed"]]
+    status: Literal["pending", "delivered", "failed"] | Absent = None
+    attempts: int | Absent = None
+    last_error: str | Absent = None
+
+
 class Result(BaseModel):
     """An invocation: its status, timings and, once finished, its output or error."""
 
@@ -63,6 +73,7 @@ class Result(BaseModel):
         None, description="the version the API accepted, when a worker ran another copy"
     )
     warning: str | Absent = None
+    webhook: WebhookState | Absent = None
 
 
 class Batching(BaseModel):
@@ -145,61 +156,6 @@ DOCUMENTED: list[type[BaseModel]] = [
 # -- building bodies -----------------------------------------------------------------------
 
 
-def iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
-
-
-Census = QueueCensus | None  # None: not known now (Redis unreachable)
-
-
-def _warning(census: Census, queue: str) -> str | None:
-    return None if census is None else census.warning(queue)
-
-
-def result_url(record: JobRecord) -> str:
-    return f"/functions/{record.function}/results/{record.id}"
-
-
-def accepted_body(record: JobRecord, census: Census) -> dict[str, Any]:
-    body = {
-        "id": record.id,
-        "function": record.function,
-        "version": record.version,
-        "status": record.status.value,
-        "result_url": result_url(record),
-    }
-    if warning := _warning(census, record.queue):
-        body["warning"] = warning
-    return body
-
-
-def result_body(record: JobRecord, census: Census = None) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": record.id,
-        "function": record.function,
-        "version": record.version,
-        "status": record.status.value,
-        "queue": record.queue,
-        "priority": record.priority,
-        "attempts": record.attempts,
-        "created_at": iso(record.created_at),
-    }
-    if record.submitted_version is not None:
-        body["submitted_version"] = record.submitted_version  # the worker ran another copy
-    if record.has_output:
-        body["output"] = record.output
-    if record.error is not None:
-        body["error"] = record.error
-    if record.started_at is not None:
-        body["started_at"] = iso(record.started_at)
-    if not record.status.final and (warning := _warning(census, record.queue)):
-        body["warning"] = warning
-    if record.finished_at is not None:
-        body["finished_at"] = iso(record.finished_at)
-        body["duration_ms"] = round((record.finished_at - record.created_at) * 1000, 3)
-    return body
-
-
 def function_body(entry: FunctionEntry, *, detail: bool, census: Census) -> dict[str, Any]:
     spec = entry.spec
     body: dict[str, Any] = {
@@ -227,7 +183,7 @@ def function_body(entry: FunctionEntry, *, detail: bool, census: Census) -> dict
             workers=None if census is None else census.count(manifest.target_queue),
             autoscaled=census is not None and manifest.target_queue in census.autoscaled,
         )
-        if warning := _warning(census, manifest.target_queue):
+        if warning := census_warning(census, manifest.target_queue):
             body["warning"] = warning
     if detail and entry.schemas is not None:
         body["input_schema"] = entry.schemas.standalone("input")

@@ -16,36 +16,44 @@ import jsonschema_rs
 from conveyor.errors import ValidationError
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.registry import FunctionSpec
+from conveyor.webhooks.intake import REQUEST_SCHEMA as WEBHOOK_SCHEMA
 
 PRIORITY_SCHEMA = {"type": "integer", "minimum": 0, "maximum": 9, "description": "9 = most urgent"}
 MAX_ERRORS = 20
 MAX_MESSAGE = 200
 
 
-def request_schema(schemas: FunctionSchemas, *, input_ref: str | None = None) -> dict[str, Any]:
-    """The invoke body: the input, an optional priority, nothing else."""
+def request_schema(
+    schemas: FunctionSchemas, *, webhooks: bool, input_ref: str | None = None
+) -> dict[str, Any]:
+    """The invoke body: the input, an optional priority (and webhook, where webhooks are
+    enabled), nothing else."""
+    properties = {
+        "input": {"$ref": input_ref} if input_ref else schemas.input,
+        "priority": PRIORITY_SCHEMA,
+    }
+    if webhooks:
+        properties["webhook"] = WEBHOOK_SCHEMA
     return {
         "type": "object",
         "required": ["input"],
         "additionalProperties": False,
-        "properties": {
-            "input": {"$ref": input_ref} if input_ref else schemas.input,
-            "priority": PRIORITY_SCHEMA,
-        },
+        "properties": properties,
     }
 
 
 class RequestValidators:
     """One compiled validator per function version, kept while that version serves."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, webhooks: bool) -> None:
+        self.webhooks = webhooks
         self._compiled: dict[str, tuple[str, Any]] = {}
 
     def validate(self, spec: FunctionSpec, schemas: FunctionSchemas, body: Any) -> None:
         """Raise :class:`ValidationError` naming every bad field of ``body``."""
         cached = self._compiled.get(spec.name)
         if cached is None or cached[0] != spec.version:
-            schema = {**request_schema(schemas), "$defs": schemas.defs}
+            schema = {**request_schema(schemas, webhooks=self.webhooks), "$defs": schemas.defs}
             cached = (spec.version, jsonschema_rs.validator_for(schema, validate_formats=True))
             self._compiled[spec.name] = cached
         validator = cached[1]

@@ -42,7 +42,7 @@ from conveyor.queueing.jobs import (
     transition_args,
 )
 from conveyor.queueing.messages import Invocation, encode_batch_trigger, encode_message
-from conveyor.queueing.waiters import Waiters
+from conveyor.queueing.waiters import Subscription, Waiters
 from conveyor.settings import Settings
 
 log = get_logger(__name__)
@@ -65,13 +65,15 @@ class QueueClient:
         self._live_workers = self.redis.register_script(LIVE_WORKERS)
         self._census: QueueCensus | None = None
         self._census_at = -math.inf
-        self._waiters = Waiters(listener_client(settings))
+        # One pub/sub connection for every channel this process listens to.
+        self.subscription = Subscription(listener_client(settings))
+        self._waiters = Waiters(self.subscription)
 
     async def start(self) -> None:
-        self._waiters.start()
+        self.subscription.start()
 
     async def close(self) -> None:
-        await self._waiters.stop()
+        await self.subscription.stop()
         await self.redis.aclose()
 
     async def ping(self) -> bool:
@@ -84,16 +86,22 @@ class QueueClient:
         self,
         spec: FunctionSpec,
         raw_input: Any,
-        priority: int | None,
+        *,
+        priority: int | None = None,
         wait: float = 0,
         idempotency_key: str | None = None,
+        owner: str | None = None,
+        webhook: str | None = None,
     ) -> JobRecord:
         """Store the record and enqueue the message in one step; then it is a promise.
 
         With ``wait``, return the record once final or after ``wait`` seconds. With an
-        ``idempotency_key`` used before for this function (within the result's TTL), the
-        first invocation is returned instead, and nothing runs again; if that first use
-        had another input or priority, :class:`IdempotencyConflictError` is raised.
+        ``idempotency_key`` used before for this function by the same ``owner`` (the API
+        key's id; within the result's TTL), the first invocation is returned instead, and
+        nothing runs again; if that first use had another input, priority or webhook,
+        :class:`IdempotencyConflictError` is raised. ``webhook`` (JSON ``{"url",
+        "events"}``) is stored with the record: the scripts that start and finish the
+        invocation queue its deliveries.
         """
         manifest = spec.manifest
         inv = Invocation(
@@ -107,12 +115,19 @@ class QueueClient:
             soft_timeout=manifest.limits.soft_timeout,
         )
         fields = new_job_fields(
-            inv.function, inv.version, inv.queue, inv.priority, manifest.results.ttl
+            inv.function,
+            inv.version,
+            inv.queue,
+            inv.priority,
+            manifest.results.ttl,
+            owner=owner,
+            webhook=webhook,
         )
-        idempotency = keys.idempotency(spec.name, idempotency_key) if idempotency_key else ""
-        if idempotency:
+        idempotency = ""
+        if idempotency_key:
+            idempotency = keys.idempotency(spec.name, owner or "", idempotency_key)
             fields["idempotency_key"] = idempotency
-        digest = _digest(raw_input, priority) if idempotency else ""
+        digest = _digest(raw_input, priority, webhook) if idempotency else ""
         # Watch before the message exists, so even an instant result is not missed.
         with self._waiters.watch(inv.id) as events:
             submit_keys, submit_args = self._submit_command(spec, inv, fields, idempotency, digest)
@@ -138,7 +153,7 @@ class QueueClient:
         if first_digest != digest:
             raise IdempotencyConflictError(
                 f"Idempotency-Key {key!r} was used for invocation {invocation_id} with another"
-                " input or priority; use a new key for a different request"
+                " input, priority or webhook; use a new key for a different request"
             )
         log.info("invocation_replayed", function=function, invocation_id=invocation_id)
         return await self.wait(invocation_id, wait, function)
@@ -320,6 +335,8 @@ class QueueClient:
         return self._census
 
 
-def _digest(raw_input: Any, priority: int | None) -> str:
-    body = json.dumps({"input": raw_input, "priority": priority}, sort_keys=True)
+def _digest(raw_input: Any, priority: int | None, webhook: str | None) -> str:
+    body = json.dumps(
+        {"input": raw_input, "priority": priority, "webhook": webhook}, sort_keys=True
+    )
     return hashlib.sha256(body.encode()).hexdigest()[:32]

@@ -28,7 +28,7 @@ from conveyor.functions.loader import LoadedFunction
 from conveyor.log import get_logger
 from conveyor.queueing import keys
 from conveyor.queueing.connections import sync_client
-from conveyor.queueing.jobs import START, TRANSITION, JobStatus, transition_args
+from conveyor.queueing.jobs import START, TRANSITION, JobStatus, start_args, transition_args
 from conveyor.queueing.local import LocalFunctions
 from conveyor.runtime import Runner, error_payload
 from conveyor.settings import Settings
@@ -155,18 +155,14 @@ class Executor:
     def start(self, invocation_id: str, version: str) -> tuple[int, bool] | None:
         """Mark an attempt started: (attempt number, whether a lost attempt preceded it),
         or None when the invocation must not run (cancelled, finished, or unknown)."""
-        answer = self.script("start")(
-            keys=[keys.job(invocation_id)], args=[repr(time.time()), version, os.getpid()]
-        )
+        start_keys, args = start_args(invocation_id, version, os.getpid())
+        answer = self.script("start")(keys=start_keys, args=args)
         return self.started(invocation_id, answer)
 
     def queue_start(self, pipe: Pipeline, invocation_id: str, version: str) -> None:
         """:meth:`start`, queued on ``pipe``; :meth:`started` reads its answer."""
-        self.script("start")(
-            keys=[keys.job(invocation_id)],
-            args=[repr(time.time()), version, os.getpid()],
-            client=pipe,
-        )
+        start_keys, args = start_args(invocation_id, version, os.getpid())
+        self.script("start")(keys=start_keys, args=args, client=pipe)
 
     @staticmethod
     def started(invocation_id: str, answer: list[Any]) -> tuple[int, bool] | None:

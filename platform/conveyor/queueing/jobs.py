@@ -33,10 +33,38 @@ class JobStatus(StrEnum):
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING)
 
-# KEYS[1] job, KEYS[2] events channel. ARGV: allowed-from (space separated), to, ttl (0 =
-# keep, 'record' = the ttl the record was created with), publish (1/0), id, then
-# field/value pairs. Returns {changed, previous status}.
-TRANSITION = """
+# A webhook delivery, stored in the same script that makes its event happen (so a result
+# is never stored without the delivery it owes): if the record asked for ``event``, a
+# delivery hash holding the record as it is, due now, and a wake-up for the deliverer.
+_WEBHOOK = """
+local function webhook(event, record, id, job, delivery, due, wake)
+  if not record.webhook then return end
+  local hook = cjson.decode(record.webhook)
+  for _, wanted in ipairs(hook.events) do
+    if wanted == event then
+      local now = redis.call('TIME')
+      local ts = now[1] + now[2] / 1000000
+      redis.call('HSET', delivery, 'id', 'msg_' .. id .. '_' .. event, 'invocation', id,
+                 'event', event, 'url', hook.url, 'record', cjson.encode(record),
+                 'created_at', tostring(ts), 'attempts', 0)
+      redis.call('ZADD', due, ts, delivery)
+      redis.call('HSET', job, 'webhook_status', 'pending', 'webhook_attempts', 0)
+      redis.call('HDEL', job, 'webhook_error')
+      redis.call('LPUSH', wake, 1)
+      redis.call('LTRIM', wake, 0, 0)
+      return
+    end
+  end
+end
+"""
+
+# KEYS[1] job, KEYS[2] events channel, KEYS[3..5] the 'completed' webhook delivery, the
+# due set, the deliverer's wake-up list. ARGV: allowed-from (space separated), to, ttl (0 =
+# keep, 'record' = the ttl the record was created with), final (1/0: publish, webhook), id,
+# then field/value pairs. Returns {changed, previous status}.
+TRANSITION = (
+    _WEBHOOK
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {0, ''} end
 if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then
@@ -55,16 +83,22 @@ if ARGV[4] == '1' then
   local record = {}
   for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
   redis.call('PUBLISH', KEYS[2], ARGV[5] .. ' ' .. cjson.encode(record))
+  webhook('completed', record, ARGV[5], KEYS[1], KEYS[3], KEYS[4], KEYS[5])
 end
 return {1, status}
 """
+)
 
 # An attempt starts: from queued, retrying, or running (its worker vanished and Redis
 # redelivered the message). Returns {previous status, attempt, 1 if the previous attempt
 # was lost (still running, or marked lost by the parent of a pool child that died)}.
 # 'version' becomes the version that runs; the one the API submitted is kept as
 # 'submitted_version' when a worker's copy of the function differs (another machine).
-START = """
+# The first attempt owes the 'start' webhook, if asked for. KEYS[1] job, KEYS[2..4] the
+# 'start' delivery, the due set, the wake-up list; ARGV: now, version, pid, id.
+START = (
+    _WEBHOOK
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'', 0, 0} end
 if status ~= 'queued' and status ~= 'retrying' and status ~= 'running' then
@@ -77,8 +111,15 @@ local submitted = redis.call('HGET', KEYS[1], 'version')
 if submitted ~= ARGV[2] then redis.call('HSETNX', KEYS[1], 'submitted_version', submitted) end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'version', ARGV[2],
            'pid', ARGV[3])
+if attempts == 1 and redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then
+  local flat = redis.call('HGETALL', KEYS[1])
+  local record = {}
+  for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+  webhook('start', record, ARGV[4], KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+end
 return {status, attempts, lost}
 """
+)
 
 
 # Accept an invocation: its record and its message, or (batching) its stream item and,
@@ -152,6 +193,8 @@ class JobRecord:
     error: dict[str, Any] | None = None
     has_output: bool = False
     submitted_version: str | None = None
+    owner: str | None = None  # the id of the API key that made it
+    webhook: dict[str, Any] | None = None  # {"url", "events", "status"?, "attempts"?, ...}
 
     @classmethod
     def from_hash(cls, invocation_id: str, raw: dict[str, str]) -> JobRecord:
@@ -174,13 +217,36 @@ class JobRecord:
             error=json.loads(raw["error"]) if "error" in raw else None,
             has_output="output" in raw,
             submitted_version=raw.get("submitted_version"),
+            owner=raw.get("owner"),
+            webhook=_webhook(raw),
         )
 
 
+def _webhook(raw: dict[str, str]) -> dict[str, Any] | None:
+    if "webhook" not in raw:
+        return None
+    hook: dict[str, Any] = json.loads(raw["webhook"])
+    if "webhook_status" in raw:
+        hook["status"] = raw["webhook_status"]
+        hook["attempts"] = int(raw.get("webhook_attempts", 0))
+    if raw.get("webhook_error"):
+        hook["last_error"] = raw["webhook_error"]
+    return hook
+
+
 def new_job_fields(
-    function: str, version: str, queue: str, priority: int, ttl: int
+    function: str,
+    version: str,
+    queue: str,
+    priority: int,
+    ttl: int,
+    *,
+    owner: str | None = None,
+    webhook: str | None = None,
 ) -> dict[str, str]:
-    return {
+    """A new record. ``owner``: the id of the API key that made it; ``webhook``: JSON
+    ``{"url", "events"}`` of the deliveries it asked for."""
+    fields = {
         "function": function,
         "version": version,
         "status": JobStatus.QUEUED,
@@ -190,6 +256,11 @@ def new_job_fields(
         "created_at": repr(now()),
         "ttl": str(ttl),
     }
+    if owner is not None:
+        fields["owner"] = owner
+    if webhook is not None:
+        fields["webhook"] = webhook
+    return fields
 
 
 def transition_args(
@@ -209,4 +280,20 @@ def transition_args(
     args = [" ".join(allowed), to.value, ttl, "1" if to.final else "0", invocation_id]
     for name, value in fields.items():
         args += [name, value]
-    return [keys.job(invocation_id), keys.EVENTS_CHANNEL], args
+    return [
+        keys.job(invocation_id),
+        keys.EVENTS_CHANNEL,
+        keys.webhook_delivery(invocation_id, "completed"),
+        keys.WEBHOOKS_DUE,
+        keys.WEBHOOKS_WAKE,
+    ], args
+
+
+def start_args(invocation_id: str, version: str, pid: int) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of :data:`START`."""
+    return [
+        keys.job(invocation_id),
+        keys.webhook_delivery(invocation_id, "start"),
+        keys.WEBHOOKS_DUE,
+        keys.WEBHOOKS_WAKE,
+    ], [repr(time.time()), version, str(pid), invocation_id]

@@ -21,6 +21,23 @@ def job(invocation_id: str) -> str:
     return f"{PREFIX}:job:{invocation_id}"
 
 
+# API keys: digest -> the key's record (JSON); name -> digest; digest -> last used; and a
+# channel on which every change is published, so each API process drops what it cached.
+API_KEYS = f"{PREFIX}:api-keys"
+API_KEY_NAMES = f"{PREFIX}:api-key-names"
+API_KEYS_USED = f"{PREFIX}:api-keys-used"
+API_KEYS_CHANNEL = f"{PREFIX}:api-keys-changed"
+
+# Webhook deliveries: one hash each (the record as it was, the URL, attempts), and a sorted
+# set of them by when they are due; the deliverer blocks on the wake-up list.
+WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"
+WEBHOOKS_WAKE = f"{PREFIX}:webhooks:wake"
+
+
+def webhook_delivery(invocation_id: str, event: str) -> str:
+    return f"{PREFIX}:webhook:{invocation_id}:{event}"
+
+
 # Bump when what the inspector reports changes shape, so old entries are not read.
 SCHEMAS_FORMAT = 1
 
@@ -30,8 +47,9 @@ def schemas(version: str) -> str:
     return f"{PREFIX}:schemas:{SCHEMAS_FORMAT}:{version}"
 
 
-def idempotency(function: str, key: str) -> str:
-    return f"{PREFIX}:idempotency:{function}:{key}"
+def idempotency(function: str, owner: str, key: str) -> str:
+    """An Idempotency-Key, per function and per API key (``owner``): callers never share."""
+    return f"{PREFIX}:idempotency:{function}:{owner}:{key}"
 
 
 def worker(name: str) -> str:

@@ -1,9 +1,11 @@
-"""Waiting for invocations to finish: one pub/sub subscription per process.
+"""One pub/sub subscription per API process, and what rides on it.
 
-Every transition that ends an invocation publishes ``<id> <record as JSON>`` on
-:data:`keys.EVENTS_CHANNEL` (see :mod:`conveyor.queueing.jobs`); :class:`Waiters` hands
-each to the requests waiting for that id, so a thousand waiting clients cost neither
-threads nor polling.
+:class:`Subscription` holds one connection subscribed to every channel a handler was
+registered for, reconnects by itself, and tells its users when it (re)connects: whatever
+was published meanwhile was missed. :class:`Waiters` uses it for invocations finishing:
+every transition that ends one publishes ``<id> <record as JSON>`` on
+:data:`keys.EVENTS_CHANNEL` (see :mod:`conveyor.queueing.jobs`), handed to the requests
+waiting for that id, so a thousand waiting clients cost neither threads nor polling.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -23,16 +25,26 @@ from conveyor.queueing.jobs import JobRecord
 log = get_logger(__name__)
 
 
-class Waiters:
-    """Per-invocation event queues, fed by one subscription to the events channel."""
+class Subscription:
+    """Channels of one Redis connection, each with its handler."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self._queues: dict[str, set[asyncio.Queue[JobRecord | None]]] = {}
+        self.connected = False  # subscribed now: nothing published is being missed
+        self._handlers: dict[str, Callable[[str], None]] = {}
+        self._on_connect: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
 
+    def on(
+        self, channel: str, handler: Callable[[str], None], on_connect: Callable[[], None]
+    ) -> None:
+        """Call ``handler(payload)`` per message on ``channel``; ``on_connect()`` each time
+        the subscription is made (messages before it may have been missed)."""
+        self._handlers[channel] = handler
+        self._on_connect.append(on_connect)
+
     def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="conveyor-events")
+        self._task = asyncio.create_task(self._listen(), name="conveyor-subscription")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -40,6 +52,39 @@ class Waiters:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.redis.aclose()
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                async for channel, payload in self._messages():
+                    backoff = 0.1
+                    self._handlers[channel](payload)
+            except (RedisError, OSError) as exc:
+                self.connected = False
+                if backoff == 0.1:  # once per outage, not once per reconnection attempt
+                    log.warning("events_disconnected", error=str(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _messages(self) -> AsyncIterator[tuple[str, str]]:
+        async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+            await pubsub.subscribe(*self._handlers)
+            self.connected = True
+            for callback in self._on_connect:
+                callback()
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is not None and message["type"] == "message":
+                    yield str(message["channel"]), str(message["data"])
+
+
+class Waiters:
+    """Per-invocation event queues, fed by the subscription to the events channel."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        self._queues: dict[str, set[asyncio.Queue[JobRecord | None]]] = {}
+        subscription.on(keys.EVENTS_CHANNEL, self._dispatch, self._wake_all)
 
     @contextlib.contextmanager
     def watch(self, invocation_id: str) -> Iterator[asyncio.Queue[JobRecord | None]]:
@@ -63,28 +108,7 @@ class Waiters:
                 queue.put_nowait(finished)
 
     def _wake_all(self) -> None:
+        """Anything that finished while we were not subscribed: waiters read it again."""
         for waiting in self._queues.values():
             for queue in waiting:
                 queue.put_nowait(None)
-
-    async def _listen(self) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                async for payload in self._messages():
-                    backoff = 0.1
-                    self._dispatch(payload)
-            except (RedisError, OSError) as exc:
-                if backoff == 0.1:  # once per outage, not once per reconnection attempt
-                    log.warning("events_disconnected", error=str(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-
-    async def _messages(self) -> AsyncIterator[str]:
-        async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-            await pubsub.subscribe(keys.EVENTS_CHANNEL)
-            self._wake_all()  # anything that finished while we were not subscribed
-            while True:
-                message = await pubsub.get_message(timeout=None)
-                if message is not None and message["type"] == "message":
-                    yield str(message["data"])

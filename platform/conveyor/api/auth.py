@@ -1,0 +1,44 @@
+"""Who is calling: the ``Authorization: Bearer <key>`` of a request, as a :class:`Caller`.
+
+Every route except ``/healthz``, ``/readyz`` and the ``/docs`` page takes a ``caller``
+(tests/unit/test_openapi.py checks that each documented route does); with ``[api] auth =
+"none"`` (loopback only) the caller may do everything. A key is looked up by its SHA-256:
+an unknown and a revoked key get the same answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+from litestar.di import NamedDependency
+
+from conveyor.auth.caller import Caller
+from conveyor.auth.keys import digest, same_digest
+from conveyor.errors import AuthenticationError
+from conveyor.queueing.key_store import KeyStore
+
+ANYBODY = Caller()
+
+
+async def authenticate(
+    request: Request[Any, Any, Any], keys: NamedDependency[KeyStore | None]
+) -> Caller:
+    """The request's caller, or AuthenticationError (401)."""
+    if keys is None:
+        return ANYBODY
+    header = request.headers.get("authorization")
+    if header is None:
+        raise AuthenticationError("this API needs a key: send Authorization: Bearer <key>")
+    scheme, _, key = header.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise AuthenticationError("send the key as Authorization: Bearer <key>", invalid_token=True)
+    presented = digest(key)
+    record = await keys.find(presented)
+    if record is None or not same_digest(record.digest, presented):
+        raise AuthenticationError(
+            "the API key is not valid (unknown or revoked)", invalid_token=True
+        )
+    await keys.touch(record)
+    return Caller(record)

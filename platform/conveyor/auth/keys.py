@@ -1,0 +1,93 @@
+"""API keys: how they look, how they are stored (a SHA-256, never the key), what they allow.
+
+A key is ``cvk_`` and 43 URL-safe characters (32 random bytes). Its scopes:
+
+- ``invoke:<glob>``: invoke the functions whose names match, and read, cancel and delete
+  the invocations this key made;
+- ``read:<glob>``: list and describe the matching functions, read any of their results;
+- ``admin``: everything.
+
+Globs match function names as shell patterns (``invoke:*``, ``read:iris``,
+``invoke:team-a-*``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+
+from conveyor.errors import ApiKeyError
+
+PREFIX = "cvk_"
+RANDOM_BYTES = 32
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+_SCOPE = re.compile(r"^(?:admin|(?P<action>invoke|read):(?P<glob>[a-z0-9_*?\[\]!-]{1,64}))$")
+
+
+class Action(StrEnum):
+    INVOKE = "invoke"
+    READ = "read"
+
+
+def new_key() -> str:
+    """A fresh key, shown once to whoever creates it."""
+    return PREFIX + secrets.token_urlsafe(RANDOM_BYTES)
+
+
+def digest(key: str) -> str:
+    """What is stored of a key, and what a presented key is looked up by."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def same_digest(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def parse_scopes(scopes: list[str]) -> tuple[str, ...]:
+    """Check each scope's form; raise naming the bad one and the forms that exist."""
+    if not scopes:
+        raise ApiKeyError("give a key at least one --scope (invoke:<glob>, read:<glob> or admin)")
+    for scope in scopes:
+        if not _SCOPE.match(scope):
+            raise ApiKeyError(
+                f"scope {scope!r} is not one of invoke:<glob>, read:<glob> or admin"
+                " (a glob matches function names: *, iris, team-a-*)"
+            )
+    return tuple(dict.fromkeys(scopes))
+
+
+def check_name(name: str) -> str:
+    if not re.match(NAME_PATTERN, name):
+        raise ApiKeyError(f"key name {name!r} must match {NAME_PATTERN}")
+    return name
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """A key as stored: never the key itself."""
+
+    id: str  # random, stable for the key's life: what its invocations record as owner
+    name: str
+    scopes: tuple[str, ...]
+    created_at: float
+    digest: str
+
+    @property
+    def admin(self) -> bool:
+        return "admin" in self.scopes
+
+    def allows(self, action: Action, function: str) -> bool:
+        """Whether the key may ``action`` the function (``read`` of an invocation it made
+        is granted by ``invoke`` too; see :meth:`Caller.may_read`)."""
+        if self.admin:
+            return True
+        for scope in self.scopes:
+            kind, _, glob = scope.partition(":")
+            if kind == action and fnmatch.fnmatchcase(function, glob):
+                return True
+        return False

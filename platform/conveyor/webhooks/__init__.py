@@ -1,0 +1,1 @@
+"""Webhooks: what a request may ask for, the SSRF guard, signatures, delivery."""

@@ -1,0 +1,264 @@
+"""Webhooks from real processes (a worker, `conveyor webhooks`) to a receiver on loopback
+(127.0.0.2 and .3, the only networks this stack allows), verified with the reference
+standardwebhooks library."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from litestar.testing import TestClient
+from standardwebhooks import Webhook
+
+from support import Process, Stack, conveyor, free_port, invoke, result, wait_for, write_function
+
+pytestmark = pytest.mark.integration
+
+SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA=="
+OLD_SECRET = "whsec_" + "b2xkLW9sZC1vbGQtb2xkLW9sZC1vbGQtb2xkLW9sZC1vbGQ="
+ECHO = "def run(x):\n    return x\n"
+
+
+@dataclass
+class Receiver:
+    """An HTTP receiver on one loopback address, in a thread; what it got, per path."""
+
+    host: str
+    port: int = field(default_factory=free_port)
+    got: dict[str, list[tuple[dict[str, str], bytes, float]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    failures: dict[str, int] = field(default_factory=dict)  # path -> 503s still to answer
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}/{path}"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path.strip("/")
+        self.got[path].append((dict(request.headers), await request.read(), time.time()))
+        if path == "hang":
+            await asyncio.sleep(3600)
+        if self.failures.get(path, 0) > 0:
+            self.failures[path] -= 1
+            return web.Response(status=503, headers={"Retry-After": "0.3"})
+        if path == "redirect":
+            raise web.HTTPFound(f"http://127.0.0.1:{self.port}/ok")
+        if path == "gone":
+            return web.Response(status=410)
+        return web.Response(status=204)
+
+    def start(self) -> Receiver:
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            app = web.Application()
+            app.router.add_route("POST", "/{path}", self._handle)
+            runner = web.AppRunner(app)
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.TCPSite(runner, self.host, self.port).start())
+            ready.set()
+            loop.run_forever()
+
+        threading.Thread(target=serve, daemon=True).start()
+        ready.wait(10)
+        return self
+
+
+@pytest.fixture(scope="module")
+def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
+    stack: Stack = make_stack(
+        f"""
+        [webhooks]
+        secret = "{SECRET} {OLD_SECRET}"
+        allow_networks = ["127.0.0.2/32", "127.0.0.3/32"]
+        retry_schedule = [0.3, 0.6]
+        timeout = 2
+        per_host = 2
+        max_age = 60
+        """
+    )
+    write_function(stack.functions, "echo", ECHO, '[function]\nhandler = "handler:run"\n')
+    stack.worker("--queues", "default")
+    return stack
+
+
+@pytest.fixture(scope="module")
+def receivers() -> tuple[Receiver, Receiver]:
+    return Receiver("127.0.0.2").start(), Receiver("127.0.0.3").start()
+
+
+@dataclass
+class Deliverers:
+    """`conveyor webhooks`, started and stopped as a test needs."""
+
+    stack: Stack
+    proc: Process | None = None
+
+    def start(self, **env: str) -> Process:
+        self.stop()
+        log = self.stack.root / f"webhooks-{time.monotonic_ns()}.log"
+        proc = Process(conveyor("webhooks"), self.stack.config, log, env=env)
+        wait_for(lambda: any(e.get("event") == "webhooks_started" for e in proc.events()), 20)
+        self.proc = proc
+        return proc
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.proc is not None:
+            if kill:
+                self.proc.kill()
+            self.proc.stop()
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def deliverers(stack: Stack) -> Iterator[Deliverers]:
+    running = Deliverers(stack)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def delivery(deliverers: Deliverers) -> Deliverers:
+    """A deliverer with the stack's settings is running."""
+    if deliverers.proc is None:
+        deliverers.start()
+    return deliverers
+
+
+@pytest.fixture(scope="module")
+def api(stack: Stack) -> Iterator[TestClient]:  # type: ignore[type-arg]
+    with stack.api() as client:
+        yield client
+
+
+def hooked(api: TestClient, url: str, *events: str, wait: float = 30) -> dict[str, Any]:  # type: ignore[type-arg]
+    webhook: dict[str, Any] = {"url": url}
+    if events:
+        webhook["events"] = list(events)
+    status, body = invoke(api, "echo", {"n": 1}, wait=wait, webhook=webhook)
+    assert status in (200, 202), body
+    return body
+
+
+def test_signed_start_and_completed_events(api, delivery, receivers) -> None:  # type: ignore[no-untyped-def]
+    receiver = receivers[0]
+    done = hooked(api, receiver.url("events"), "start", "completed")
+    wait_for(lambda: len(receiver.got["events"]) == 2, 10, "two deliveries")
+    events = {}
+    for headers, body, _ in receiver.got["events"]:
+        for secret in (SECRET, OLD_SECRET):  # both secrets of a rotation sign
+            events[Webhook(secret).verify(body, headers)["event"]] = (headers, json.loads(body))
+    assert set(events) == {"start", "completed"}
+    headers, completed = events["completed"]
+    assert headers["webhook-id"] == f"msg_{done['id']}_completed"
+    final = result(api, "echo", done["id"])
+    assert completed["status"] == "succeeded" and completed["output"] == {"n": 1}
+    assert {k: completed[k] for k in ("id", "output", "finished_at")} == {
+        k: final[k] for k in ("id", "output", "finished_at")
+    }
+    assert events["start"][1]["status"] == "running"
+    wait_for(lambda: result(api, "echo", done["id"], 0)["webhook"]["status"] == "delivered", 10)
+
+
+def test_a_receiver_that_fails_twice_gets_it_on_the_third_attempt(api, delivery, receivers) -> None:  # type: ignore[no-untyped-def]
+    receiver = receivers[0]
+    receiver.failures["flaky"] = 2
+    done = hooked(api, receiver.url("flaky"))
+    wait_for(lambda: len(receiver.got["flaky"]) == 3, 15, "three attempts")
+    ids = {headers["webhook-id"] for headers, _, _ in receiver.got["flaky"]}
+    assert ids == {f"msg_{done['id']}_completed"}
+    state = wait_for(
+        lambda: (r := result(api, "echo", done["id"], 0)["webhook"])["status"] == "delivered" and r,
+        10,
+    )
+    assert state["attempts"] == 3 and "last_error" not in state
+
+
+def test_failures_that_are_not_retried(api, delivery, receivers) -> None:  # type: ignore[no-untyped-def]
+    receiver = receivers[0]
+    for path, why in (("gone", "410: it is gone"), ("redirect", "answered 302")):
+        done = hooked(api, receiver.url(path))
+        state = wait_for(
+            lambda i=done["id"]: (h := result(api, "echo", i, 0)["webhook"])["status"] == "failed" and h,
+            10,
+        )
+        assert why in state["last_error"] and state["attempts"] == 1
+    assert receiver.got["ok"] == []  # the redirect to 127.0.0.1 was never followed
+
+
+def test_refused_addresses_are_422(api) -> None:  # type: ignore[no-untyped-def]
+    for url, why in (
+        ("http://127.0.0.1:9/x", "loopback"),
+        ("http://localhost:9/x", "localhost resolves to 127.0.0.1"),
+        ("http://10.0.0.1/x", "private"),
+        ("http://169.254.169.254/latest/meta-data", "link-local"),
+        ("http://[::1]/x", "loopback"),
+        ("http://0.0.0.0/x", "unspecified"),
+        ("http://224.0.0.1/x", "multicast"),
+        ("ftp://example.com/x", "does not match"),
+        ("http://user:secret@127.0.0.2/x", "credentials"),
+    ):
+        status, problem = invoke(api, "echo", 1, webhook={"url": url})
+        assert status == 422, (url, problem)
+        assert problem["errors"][0]["field"].startswith("webhook"), problem
+        assert why in problem["detail"], (url, problem["detail"])
+    status, problem = invoke(api, "echo", 1, webhook={"url": "http://127.0.0.2/" + "x" * 2050})
+    assert status == 422 and problem["errors"][0]["field"] == "webhook.url"
+
+
+def test_a_deliverer_killed_before_delivering_delivers_once_when_back(
+    api, delivery: Deliverers, receivers  # type: ignore[no-untyped-def]
+) -> None:
+    receiver = receivers[0]
+    delivery.stop(kill=True)
+    done = hooked(api, receiver.url("later"))
+    assert done["status"] == "succeeded"  # the result is stored, its delivery owed
+    time.sleep(1)
+    assert receiver.got["later"] == []
+    delivery.start()
+    wait_for(lambda: len(receiver.got["later"]) == 1, 10, "the delivery")
+    time.sleep(2)
+    assert len(receiver.got["later"]) == 1
+
+
+def test_a_receiver_that_never_answers_slows_no_one_else(
+    api, delivery, receivers, report: Callable[[str], None]  # type: ignore[no-untyped-def]
+) -> None:
+    stuck, fine = receivers
+    for _ in range(4):
+        hooked(api, stuck.url("hang"), wait=0)
+    wait_for(lambda: len(stuck.got["hang"]) == 2, 10, "the per-host limit filled")
+    started = time.time()
+    for _ in range(5):
+        hooked(api, fine.url("quick"), wait=0)
+    wait_for(lambda: len(fine.got["quick"]) == 5, 10, "the other host's deliveries")
+    slowest = max(t for _, _, t in fine.got["quick"]) - started
+    assert len(stuck.got["hang"]) <= 2  # never more than per_host at once
+    report(f"with 2 deliveries hanging on one host, 5 to another arrived within {slowest:.2f} s")
+
+
+def test_an_address_refused_at_delivery_fails_the_delivery(
+    api, delivery: Deliverers, receivers  # type: ignore[no-untyped-def]
+) -> None:
+    """As if DNS changed after the request was accepted: the deliverer checks again."""
+    delivery.stop()
+    done = hooked(api, receivers[0].url("moved"))
+    delivery.start(CONVEYOR_WEBHOOKS__ALLOW_NETWORKS='["127.0.0.3/32"]')
+    try:
+        state = wait_for(
+            lambda: (h := result(api, "echo", done["id"], 0)["webhook"])["status"] == "failed" and h,
+            10,
+        )
+    finally:
+        delivery.stop()  # the next test starts one with the stack's settings
+    assert "refused" in state["last_error"] and "loopback" in state["last_error"]
+    assert receivers[0].got["moved"] == []
