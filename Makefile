@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint install redis-server chromium clean bench soak
+.PHONY: run test lint install redis-server chromium promtool clean bench soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ redis-server:
 chromium:
 	$(call apt,/usr/bin/chromium,chromium)
 
+# The tests check /metrics with promtool: taken out of Debian's prometheus package into the
+# venv, so no Prometheus server is installed (or started) on this machine.
+promtool: $(STAMP)
+	@command -v promtool >/dev/null 2>&1 || { \
+	  tmp=$$(mktemp -d) && cd $$tmp && \
+	  { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus >/dev/null; }; } && \
+	  dpkg-deb -x prometheus_*.deb x && cp x/usr/bin/promtool $(abspath $(BIN))/ && rm -rf $$tmp; }
+
 install: $(STAMP) redis-server
 
 run: install
@@ -39,7 +47,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check platform
 	$(BIN)/mypy
 
-test: install chromium lint
+test: install chromium promtool lint
 	$(BIN)/pytest
 
 clean:

@@ -90,6 +90,7 @@ class Platform:
     """Redis, a Conveyor API and worker, and a raw Celery worker, in one temp directory."""
 
     root: Path
+    settings: str = ""  # more deploy.toml tables
     redis: RedisServer = field(init=False)
     procs: list[Process] = field(default_factory=list)
 
@@ -106,7 +107,8 @@ class Platform:
             self.root / "deploy.toml",
             self.redis.url,
             self.functions,
-            f'[webhooks]\nsecret = "{new_secret()}"\nallow_networks = ["127.0.0.0/8"]\n',
+            f'[webhooks]\nsecret = "{new_secret()}"\nallow_networks = ["127.0.0.0/8"]\n'
+            + self.settings,
         )
         port = free_port()
         api, self.base = start_api(self.config, self.root / "api.log", port)
@@ -369,6 +371,7 @@ def main() -> int:
             ]
 
             rows += access_rows(env, root)
+            rows.append(metrics_row(env, root))
 
             one = median_of(RUNS, lambda: {"s": _one_sleep(env.base, 0.02)})["s"]
             prio = median_of(RUNS, lambda: priority_time(env.base, 0.02))["seconds"]
@@ -444,6 +447,22 @@ def access_rows(env: Platform, root: Path) -> list[Row]:
         Row("webhooks", "result → receiver p50", hooks["p50"], None, "ms"),
         Row("webhooks", "result → receiver p99", hooks["p99"], None, "ms"),
     ]
+
+
+def metrics_row(env: Platform, root: Path) -> Row:
+    """The throughput load on this platform, and on a second one with [metrics] enabled =
+    false (its own Redis, API and worker), alternated."""
+    off = Platform(root / "no-metrics", "[metrics]\nenabled = false\n")
+    try:
+        off.worker("--queues", "realtime,default", "--concurrency", "1")
+        on_rates, off_rates = [], []
+        for _ in range(RUNS):
+            on_rates.append(conveyor_throughput(env.base)["rate"])
+            off_rates.append(conveyor_throughput(off.base)["rate"])
+    finally:
+        off.close()
+    on, without = statistics.median(on_rates), statistics.median(off_rates)
+    return Row("metrics", "throughput on / off", on, without, "/s", "≥ 0.97×", on >= 0.97 * without)
 
 
 def _one_sleep(base: str, seconds: float) -> float:

@@ -233,6 +233,19 @@ def start_worker(config: Path, log: Path, *args: str, redis_client: redis.Redis)
     return proc
 
 
+def make_key(stack: Stack, name: str, *scopes: str) -> str:
+    """``conveyor keys create``, as an operator runs it: the new key."""
+    args = [a for scope in scopes for a in ("--scope", scope)]
+    done = subprocess.run(
+        conveyor("keys", "create", "--name", name, *args),
+        env={**os.environ, "CONVEYOR_CONFIG": str(stack.config)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
 def start_api(config: Path, log: Path, port: int) -> tuple[Process, str]:
     proc = Process(conveyor("api", "--port", str(port)), config, log)
     base = f"http://127.0.0.1:{port}"

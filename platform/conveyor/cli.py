@@ -1,4 +1,5 @@
-"""``conveyor``: api, worker, redis, check, ls, invoke."""
+"""``conveyor``: api, worker, redis, check, ls, invoke, logs; and (admin_cli.py) keys,
+webhooks, flower."""
 
 from __future__ import annotations
 
@@ -7,15 +8,13 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 
+from conveyor.admin_cli import add_admin_commands
 from conveyor.errors import ConveyorError, SettingsError, WorkerOptionsError
 from conveyor.log import configure_logging
 from conveyor.runtime.gpus import parse_gpus
@@ -29,7 +28,6 @@ from conveyor.settings import (
 )
 
 API_KEY_ENV = "CONVEYOR_API_KEY"  # sent by ls and invoke as Authorization: Bearer <key>
-T = TypeVar("T")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,33 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     redis = sub.add_parser("redis", help="run redis-server on deploy.toml's port, persistent")
     redis.set_defaults(run=_redis)
 
-    keys = sub.add_parser("keys", help="API keys: create, ls, revoke (they live in Redis)")
-    keys_sub = keys.add_subparsers(required=True, metavar="action")
-    create = keys_sub.add_parser("create", help="make a key and print it, once")
-    create.add_argument("--name", required=True, help="a name to list and revoke it by")
-    create.add_argument(
-        "--scope",
-        action="append",
-        required=True,
-        help="invoke:<glob>, read:<glob> or admin; repeat for several",
-    )
-    create.set_defaults(run=_keys_create)
-    keys_sub.add_parser("ls", help="list keys (never the keys themselves)").set_defaults(
-        run=_keys_ls
-    )
-    revoke = keys_sub.add_parser("revoke", help="revoke a key: it stops working at once")
-    revoke.add_argument("name")
-    revoke.set_defaults(run=_keys_revoke)
+    logs = sub.add_parser("logs", help="what an invocation printed or logged")
+    logs.add_argument("function")
+    logs.add_argument("id")
+    logs.add_argument("--url", help="API base URL (default: from deploy.toml)")
+    logs.set_defaults(run=_logs)
 
-    webhooks = sub.add_parser("webhooks", help="deliver webhooks (or: make a signing secret)")
-    webhooks.add_argument(
-        "action",
-        nargs="?",
-        choices=["deliver", "secret"],
-        default="deliver",
-        help="deliver (the default): run the delivery process; secret: print a new whsec_...",
-    )
-    webhooks.set_defaults(run=_webhooks)
+    add_admin_commands(sub)
 
     check = sub.add_parser("check", help="validate deploy.toml and every function folder")
     check.set_defaults(run=_check)
@@ -271,79 +249,13 @@ def _request(method: str, url: str, **kwargs: Any) -> httpx.Response:
         ) from None
 
 
-def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
-    key, record = _with_keys(settings, lambda store: store.create(args.name, args.scope))
-    print(key)
-    print(
-        f"# key {record.name!r} with scopes {' '.join(record.scopes)}: shown this once, only"
-        " its SHA-256 is kept. Send it as Authorization: Bearer <key> (or CONVEYOR_API_KEY).",
-        file=sys.stderr,
-    )
+def _logs(settings: Settings, args: argparse.Namespace) -> int:
+    url = f"{_base_url(settings, args)}/functions/{args.function}/results/{args.id}/logs"
+    response = _request("GET", url, timeout=10)
+    if response.status_code >= 400:
+        raise ConveyorError(f"the API answered {response.status_code}: {response.text}")
+    print(response.json()["logs"], end="")
     return 0
-
-
-def _keys_ls(settings: Settings, args: argparse.Namespace) -> int:
-    for record, used in _with_keys(settings, lambda store: store.list()):
-        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(record.created_at))
-        last = time.strftime("%Y-%m-%d %H:%M", time.gmtime(used)) if used else "never"
-        print(f"{record.name:<24} {' '.join(record.scopes):<40} created {created} used {last}")
-    return 0
-
-
-def _keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    _with_keys(settings, lambda store: store.revoke(args.name))
-    print(f"revoked {args.name!r}: it no longer works on any API process")
-    return 0
-
-
-def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
-    from conveyor.webhooks.signing import new_secret
-
-    if args.action == "secret":
-        print(new_secret())
-        return 0
-    from conveyor.queueing.connections import pooled_client
-    from conveyor.queueing.webhook_queue import WebhookQueue
-    from conveyor.webhooks.deliverer import Deliverer
-
-    async def run() -> None:
-        client = pooled_client(settings)
-        deliverer = Deliverer(settings.webhooks, WebhookQueue(client))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, deliverer.stop)
-        try:
-            await deliverer.run()
-        finally:
-            await client.aclose()
-
-    if not settings.webhooks.secrets:
-        print(
-            "conveyor: no [webhooks] secret (CONVEYOR_WEBHOOKS__SECRET): the API accepts no"
-            " webhooks, so there is nothing to deliver; waiting to be stopped",
-            file=sys.stderr,
-        )
-        stop = {signal.SIGTERM, signal.SIGINT}
-        signal.pthread_sigmask(signal.SIG_BLOCK, stop)
-        signal.sigwait(stop)
-        return 0
-    asyncio.run(run())
-    return 0
-
-
-def _with_keys(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
-    """Run ``action`` on the key store of the deployment's Redis."""
-    from conveyor.queueing.connections import pooled_client
-    from conveyor.queueing.key_store import KeyStore
-
-    async def run() -> T:
-        client = pooled_client(settings)
-        try:
-            return await action(KeyStore(client))
-        finally:
-            await client.aclose()
-
-    return asyncio.run(run())
 
 
 def _ls(settings: Settings, args: argparse.Namespace) -> int:

@@ -64,4 +64,6 @@ def result_body(record: JobRecord, census: Census = None) -> dict[str, Any]:
         body["duration_ms"] = round((record.finished_at - record.created_at) * 1000, 3)
     if record.webhook is not None:
         body["webhook"] = record.webhook
+    if record.progress is not None:
+        body["progress"] = {**record.progress, "updated_at": iso(record.progress["updated_at"])}
     return body

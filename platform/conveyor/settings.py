@@ -146,6 +146,12 @@ class ResultsSettings(_Section):
     pending_ttl: int = Field(7 * 24 * 3600, gt=0, description="seconds a record may wait")
 
 
+class MetricsSettings(_Section):
+    enabled: bool = Field(
+        True, description="count invocations for /metrics and the dashboard (workers and API)"
+    )
+
+
 class LogSettings(_Section):
     level: str = "info"
     format: LogFormat = "auto"
@@ -164,6 +170,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     results: ResultsSettings = ResultsSettings()
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
     webhooks: WebhookSettings = WebhookSettings()
     queues: dict[str, QueueSettings] = Field(
         default_factory=lambda: {"default": QueueSettings()}, min_length=1

@@ -124,6 +124,12 @@ def test_worker_in_another_namespace_serves_and_reports_its_version(
                 ran = result(api, "greet", accepted["id"], wait=30)
                 assert ran["status"] == "succeeded" and ran["output"] == "bonjour world"
                 assert ran["version"] != ours and ran["submitted_version"] == ours
+
+                # What the other machine ran is counted where the records live.
+                metrics = api.get("/metrics").text
+                assert 'conveyor_invocations_total{function="hello",status="succeeded"} 1.0' in metrics
+                assert 'conveyor_invocations_total{function="greet",status="succeeded"} 1.0' in metrics
+                assert 'conveyor_workers{queue="default"} 1.0' in metrics
         finally:
             worker.stop()
     finally:

@@ -11,24 +11,21 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from support import Process, Stack, conveyor, free_port, start_api, wait_for, write_function
+from support import (
+    Process,
+    Stack,
+    conveyor,
+    free_port,
+    make_key,
+    start_api,
+    wait_for,
+    write_function,
+)
 
 pytestmark = pytest.mark.integration
 
 ECHO = "def run(x):\n    return x\n"
 SLOW = "import time\ndef run(x):\n    time.sleep(30)\n"
-
-
-def make_key(stack: Stack, name: str, *scopes: str) -> str:
-    args = [a for scope in scopes for a in ("--scope", scope)]
-    done = subprocess.run(
-        conveyor("keys", "create", "--name", name, *args),
-        env={**os.environ, "CONVEYOR_CONFIG": str(stack.config)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from litestar.di import NamedDependency, Provide
 from conveyor.api.auth import authenticate
 from conveyor.api.controllers import FunctionsController, HealthController, Platform
 from conveyor.api.docs import assets, docs_page
+from conveyor.api.observability import ObservabilityController
+from conveyor.api.observability import assets as dashboard_assets
 from conveyor.api.openapi import Options, document
 from conveyor.api.problems import EXCEPTION_HANDLERS
 from conveyor.api.validation import RequestValidators
@@ -28,6 +30,7 @@ from conveyor.functions.inspector import Inspector, Limits
 from conveyor.functions.registry import Registry
 from conveyor.functions.watcher import watch_async
 from conveyor.log import get_logger
+from conveyor.metrics import HttpMetrics
 from conveyor.queueing.client import QueueClient
 from conveyor.queueing.key_store import KeyStore
 from conveyor.queueing.schema_cache import RedisSchemaCache
@@ -85,18 +88,23 @@ def create_app(settings: Settings) -> Litestar:
             await catalog.close()
             await queue.close()
 
+    http_metrics = HttpMetrics()
     return Litestar(
         route_handlers=[
             FunctionsController,
             HealthController,
+            ObservabilityController,
             openapi_document,
             docs_page,
             assets(),
+            dashboard_assets(),
         ],
+        middleware=[http_metrics.middleware] if settings.metrics.enabled else [],  # type: ignore[list-item]
         dependencies={
             "platform": Provide(lambda: platform, use_cache=True, sync_to_thread=False),
             "keys": Provide(lambda: platform.keys, use_cache=True, sync_to_thread=False),
             "caller": Provide(authenticate),
+            "http_metrics": Provide(lambda: http_metrics, use_cache=True, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],

@@ -176,6 +176,24 @@ class FunctionsController(Controller):
             return result_body(record)
         return result_body(record, await platform.queue.census())
 
+    @get(RESULT + "/logs", summary="What an invocation printed or logged")
+    async def logs(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        name: FromPath[str],
+        invocation_id: FromPath[str],
+    ) -> dict[str, Any]:
+        caller.require_sees(name)
+        record = await platform.queue.get(invocation_id, function=name)
+        _check_handles(caller, record, Action.READ)
+        return {
+            "id": record.id,
+            "function": record.function,
+            "status": record.status.value,
+            "logs": record.logs or "",
+        }
+
     @post(RESULT + "/cancel", summary="Cancel an invocation", status_code=200)
     async def cancel(
         self,

@@ -126,6 +126,46 @@ def _paths(max_wait: float) -> dict[str, Any]:
                 problems=[404, 409, 503],
             )
         },
+        "/functions/{name}/results/{invocation_id}/logs": {
+            "get": _op(
+                "get_logs",
+                "What an invocation's last attempt printed or logged",
+                ok=ref("InvocationLogs"),
+                params=[name, invocation],
+                problems=[404, 503],
+            )
+        },
+        "/metrics": {
+            "get": {
+                **_op(
+                    "metrics", "Prometheus metrics (admin)", problems=[503], tags=["observability"]
+                ),
+                "responses": {
+                    "200": {
+                        "description": "the text exposition format, version 0.0.4",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "503": _problem(503),
+                },
+            }
+        },
+        "/dashboard/data": {
+            "get": _op(
+                "dashboard_data",
+                "What the dashboard at /dashboard shows",
+                ok=ref("DashboardData"),
+                params=[
+                    _param(
+                        "minutes",
+                        "query",
+                        {"type": "number", "minimum": 1, "maximum": 30},
+                        "how far back the charts go",
+                    )
+                ],
+                problems=[400, 503],
+                tags=["observability"],
+            )
+        },
         "/healthz": {"get": _op("healthz", "Liveness", ok=ref("Health"), tags=["health"])},
         "/readyz": {
             "get": {
@@ -225,18 +265,7 @@ def _op(
     else:
         responses[str(status)] = _json("success", ok or {})
     for code in problems:
-        responses[str(code)] = {
-            "description": _PROBLEMS[code],
-            "content": {PROBLEM_JSON: {"schema": ref("Problem")}},
-        }
-        if code == 503:
-            responses["503"]["headers"] = {
-                "Retry-After": {
-                    "description": "seconds",
-                    "schema": {"type": "integer"},
-                    "required": True,
-                }
-            }
+        responses[str(code)] = _problem(code)
     op: dict[str, Any] = {
         "operationId": op_id,
         "summary": summary,
@@ -246,6 +275,22 @@ def _op(
     if params:
         op["parameters"] = params
     return op
+
+
+def _problem(code: int) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": _PROBLEMS[code],
+        "content": {PROBLEM_JSON: {"schema": ref("Problem")}},
+    }
+    if code == 503:
+        response["headers"] = {
+            "Retry-After": {
+                "description": "seconds",
+                "schema": {"type": "integer"},
+                "required": True,
+            }
+        }
+    return response
 
 
 def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:

@@ -74,6 +74,7 @@ class Result(BaseModel):
     )
     warning: str | Absent = None
     webhook: WebhookState | Absent = None
+    progress: Progress | Absent = Field(None, description="what the handler last reported")
 
 
 class Batching(BaseModel):
@@ -132,6 +133,53 @@ class Problem(BaseModel):
     errors: list[FieldError] | Absent = Field(None, description="each bad field (422)")
 
 
+class InvocationLogs(BaseModel):
+    """What the invocation's last attempt printed or logged (first 64 KiB, cut marked)."""
+
+    id: UUID
+    function: str
+    status: JobStatus
+    logs: str
+
+
+class Progress(BaseModel):
+    fraction: float = Field(ge=0, le=1)
+    message: str
+    updated_at: datetime
+
+
+class DashboardWindow(BaseModel):
+    """10-second buckets, oldest first."""
+
+    times: list[float]
+    rate: list[float] = Field(description="invocations finished per second")
+    errors: list[float] = Field(description="invocations failed per second")
+    p50: list[float | None] = Field(description="run time, seconds")
+    p95: list[float | None]
+
+
+class DashboardFunction(FunctionDetail):
+    depth: int | None = Field(description="invocations waiting on its queue")
+    window: DashboardWindow | None
+
+
+class RecentInvocation(BaseModel):
+    id: str
+    function: str
+    status: JobStatus
+    error_type: str | None
+    finished_at: float | None
+    duration_ms: float | None
+    result_url: str
+    logs_url: str
+
+
+class DashboardData(BaseModel):
+    functions: list[DashboardFunction]
+    recent: list[RecentInvocation]
+    minutes: float
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 
@@ -150,6 +198,8 @@ DOCUMENTED: list[type[BaseModel]] = [
     Problem,
     Health,
     Readiness,
+    InvocationLogs,
+    DashboardData,
 ]
 
 

@@ -42,6 +42,10 @@ class Caller:
         if not self.can(action, function):
             raise self.denied(f"{action}:{function}")
 
+    def require_admin(self) -> None:
+        if self.key is not None and not self.key.admin:
+            raise self.denied("admin")
+
     def require_sees(self, function: str) -> None:
         if not self.sees(function):
             raise self.denied(f"read:{function}")

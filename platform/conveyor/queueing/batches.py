@@ -43,7 +43,7 @@ from conveyor.errors import ConveyorError
 from conveyor.functions.loader import LoadedFunction
 from conveyor.functions.manifest import Manifest
 from conveyor.log import get_logger
-from conveyor.queueing import keys
+from conveyor.queueing import keys, stats
 from conveyor.queueing.executor import (
     Executor,
     alive,
@@ -53,6 +53,7 @@ from conveyor.queueing.executor import (
 )
 from conveyor.queueing.jobs import JobStatus
 from conveyor.queueing.messages import Invocation, encode_batch_trigger
+from conveyor.runtime.capture import Captured, capture_output
 
 log = get_logger(__name__)
 
@@ -207,14 +208,25 @@ class Batches:
             return
         inputs = [json.loads(item.input) for item, _, _ in admitted]
         contexts = tuple(
-            InvocationContext(item.invocation_id, fn.name, fn.version, attempt, redelivered)
+            InvocationContext(
+                item.invocation_id,
+                fn.name,
+                fn.version,
+                attempt,
+                redelivered,
+                self.executor.reporter(item.invocation_id),
+            )
             for item, attempt, redelivered in admitted
         )
+        captured = Captured()
         try:
-            with context.running_batch(contexts):
+            with context.running_batch(contexts), capture_output() as captured:
                 outcomes = self.executor.runner.run_batch(fn, inputs, (SoftTimeLimitExceeded,))
         except SoftTimeLimitExceeded:
             outcomes = [soft_limit_error(fn)] * len(admitted)
+        # One predict_batch call's output cannot be told apart by item: each item keeps it.
+        logs = captured.text and f"[printed by predict_batch for a batch of {len(admitted)}]\n"
+        logs += captured.text
         pipe = self.redis.pipeline(transaction=False)
         for (item, attempt, _), outcome in zip(admitted, outcomes, strict=True):
             if isinstance(outcome, str):
@@ -223,15 +235,18 @@ class Batches:
                     (JobStatus.RUNNING,),
                     JobStatus.SUCCEEDED,
                     pipe=pipe,
+                    logs=logs,
                     output=outcome,
                 )
                 continue
             delay = self.executor.retry_delay(fn, outcome, attempt)
             if delay is None:
-                self.executor.fail(item.invocation_id, outcome, started)
+                self.executor.fail(item.invocation_id, outcome, started, logs=logs)
             else:
-                self.executor.mark_retrying(item.invocation_id, outcome, started, delay)
+                self.executor.mark_retrying(item.invocation_id, outcome, started, delay, logs)
                 self._retry_later(fn, item, delay)
+        if self.executor.settings.metrics.enabled:
+            stats.observe_batch(pipe, fn.name, len(admitted))
         pipe.execute()
 
     def _retry_later(self, fn: LoadedFunction, item: Item, delay: float) -> None:

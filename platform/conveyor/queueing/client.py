@@ -13,6 +13,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, cast
 
 from redis.exceptions import RedisError
@@ -265,6 +266,7 @@ class QueueClient:
             invocation_id,
             ACTIVE,
             JobStatus.CANCELLED,
+            metrics=self.settings.metrics.enabled,
             error=json.dumps({"type": "Cancelled", "message": "cancelled by request"}),
         )
         with broker_errors():
@@ -301,16 +303,26 @@ class QueueClient:
             )
         log.info("invocation_deleted", function=function, invocation_id=invocation_id)
 
-    async def depths(self, queues: list[str]) -> dict[str, int]:
-        """Messages waiting in each queue, over all priority levels."""
+    async def depths(
+        self, queues: list[str], streams: Mapping[str, str] | None = None
+    ) -> dict[str, int]:
+        """Invocations waiting in each queue: messages over all priority levels, plus the
+        items waiting in the stream of each batching function (``streams``: function ->
+        its queue)."""
+        streams = streams or {}
         with broker_errors():
             async with self.redis.pipeline(transaction=False) as pipe:
                 for queue in queues:
                     for key in keys.queue_lists(queue):
                         pipe.llen(key)
+                for function in streams:
+                    pipe.xlen(keys.batch_stream(function))
                 sizes = await pipe.execute()
         steps = len(keys.PRIORITY_STEPS)
-        return {q: sum(sizes[i * steps : (i + 1) * steps]) for i, q in enumerate(queues)}
+        depth = {q: sum(sizes[i * steps : (i + 1) * steps]) for i, q in enumerate(queues)}
+        for queue, items in zip(streams.values(), sizes[len(queues) * steps :], strict=True):
+            depth[queue] = depth.get(queue, 0) + items
+        return depth
 
     async def workers(self) -> list[dict[str, Any]]:
         """Live workers, from their heartbeats."""

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import redis
@@ -28,9 +29,17 @@ from conveyor.functions.loader import LoadedFunction
 from conveyor.log import get_logger
 from conveyor.queueing import keys
 from conveyor.queueing.connections import sync_client
-from conveyor.queueing.jobs import START, TRANSITION, JobStatus, start_args, transition_args
+from conveyor.queueing.jobs import (
+    PROGRESS,
+    START,
+    TRANSITION,
+    JobStatus,
+    start_args,
+    transition_args,
+)
 from conveyor.queueing.local import LocalFunctions
 from conveyor.runtime import Runner, error_payload
+from conveyor.runtime.capture import Captured, capture_output
 from conveyor.settings import Settings
 
 log = get_logger(__name__)
@@ -81,6 +90,7 @@ class Executor:
             self._scripts = {
                 "start": self.redis.register_script(START),
                 "transition": self.redis.register_script(TRANSITION),
+                "progress": self.redis.register_script(PROGRESS),
             }
         return self._scripts[name]
 
@@ -89,12 +99,19 @@ class Executor:
         invocation_id: str,
         allowed: tuple[JobStatus, ...],
         to: JobStatus,
+        *,
         pipe: Pipeline | None = None,
+        logs: str = "",
         **fields: str,
     ) -> tuple[int, str]:
         """Change the record's status if it is one of ``allowed``: (changed, previous).
-        With ``pipe`` the change is only queued there, and (0, "") returned."""
-        job_keys, args = transition_args(invocation_id, allowed, to, **fields)
+        With ``pipe`` the change is only queued there, and (0, "") returned. ``logs``:
+        what the attempt printed, kept with the record."""
+        if logs:
+            fields["logs"] = logs
+        job_keys, args = transition_args(
+            invocation_id, allowed, to, metrics=self.settings.metrics.enabled, **fields
+        )
         answer = self.script("transition")(keys=job_keys, args=args, client=pipe)
         if pipe is not None:
             return 0, ""
@@ -125,10 +142,12 @@ class Executor:
         if admitted is None:
             return
         attempt, redelivered = admitted
-        ctx = InvocationContext(invocation_id, fn.name, fn.version, attempt, redelivered)
+        report = self.reporter(invocation_id)
+        ctx = InvocationContext(invocation_id, fn.name, fn.version, attempt, redelivered, report)
         error: BaseException
+        logs = Captured()
         try:
-            with context.running(ctx):
+            with context.running(ctx), capture_output() as logs:
                 output = self.runner.run(fn, raw_input)
         except SoftTimeLimitExceeded:
             error = soft_limit_error(fn)
@@ -140,28 +159,36 @@ class Executor:
             error = exc
         else:
             changed, previous = self.transition(
-                invocation_id, (JobStatus.RUNNING,), JobStatus.SUCCEEDED, output=output
+                invocation_id,
+                (JobStatus.RUNNING,),
+                JobStatus.SUCCEEDED,
+                output=output,
+                logs=logs.text,
             )
             self.finished("succeeded" if changed else f"discarded_{previous}", started)
             return
         delay = self.retry_delay(fn, error, attempt)
         if delay is None:
-            self.fail(invocation_id, error, started)
+            self.fail(invocation_id, error, started, logs=logs.text)
             return
-        self.mark_retrying(invocation_id, error, started, delay)
+        self.mark_retrying(invocation_id, error, started, delay, logs=logs.text)
         # Celery republishes with the same id, queue and (broker) priority.
         raise task.retry(countdown=delay, max_retries=None) from None
 
     def start(self, invocation_id: str, version: str) -> tuple[int, bool] | None:
         """Mark an attempt started: (attempt number, whether a lost attempt preceded it),
         or None when the invocation must not run (cancelled, finished, or unknown)."""
-        start_keys, args = start_args(invocation_id, version, os.getpid())
+        start_keys, args = start_args(
+            invocation_id, version, os.getpid(), metrics=self.settings.metrics.enabled
+        )
         answer = self.script("start")(keys=start_keys, args=args)
         return self.started(invocation_id, answer)
 
     def queue_start(self, pipe: Pipeline, invocation_id: str, version: str) -> None:
         """:meth:`start`, queued on ``pipe``; :meth:`started` reads its answer."""
-        start_keys, args = start_args(invocation_id, version, os.getpid())
+        start_keys, args = start_args(
+            invocation_id, version, os.getpid(), metrics=self.settings.metrics.enabled
+        )
         self.script("start")(keys=start_keys, args=args, client=pipe)
 
     @staticmethod
@@ -213,27 +240,59 @@ class Executor:
         return float(retries.backoff * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
 
     def mark_retrying(
-        self, invocation_id: str, exc: BaseException, started: float, delay: float
+        self,
+        invocation_id: str,
+        exc: BaseException,
+        started: float,
+        delay: float,
+        logs: str = "",
     ) -> None:
         self.transition(
             invocation_id,
             (JobStatus.RUNNING,),
             JobStatus.RETRYING,
             error=json.dumps(error_payload(exc)),
+            logs=logs,
         )
         self.finished("retrying", started, error=repr(exc), retry_in=round(delay, 3))
 
     def fail(
-        self, invocation_id: str, exc: BaseException, started: float, traceback: bool = True
+        self,
+        invocation_id: str,
+        exc: BaseException,
+        started: float,
+        traceback: bool = True,
+        logs: str = "",
     ) -> None:
         # A bad input is the caller's to fix: the message names the field, no traceback.
         payload = error_payload(
             exc, with_traceback=traceback and not isinstance(exc, ValidationError)
         )
         self.transition(
-            invocation_id, (JobStatus.RUNNING,), JobStatus.FAILED, error=json.dumps(payload)
+            invocation_id,
+            (JobStatus.RUNNING,),
+            JobStatus.FAILED,
+            error=json.dumps(payload),
+            logs=logs,
         )
         self.finished("failed", started, error=f"{payload['type']}: {payload['message']}")
+
+    def reporter(self, invocation_id: str) -> Callable[[float, str], None]:
+        """What ``context.current().progress(...)`` calls: the record shows it while the
+        invocation runs (a write that fails is only logged: progress is advisory)."""
+
+        def report(fraction: float, message: str) -> None:
+            progress = {
+                "fraction": round(fraction, 4),
+                "message": message,
+                "updated_at": time.time(),
+            }
+            try:
+                self.script("progress")(keys=[keys.job(invocation_id)], args=[json.dumps(progress)])
+            except redis.RedisError as exc:
+                log.warning("progress_not_saved", invocation_id=invocation_id, error=str(exc))
+
+        return report
 
     @staticmethod
     def finished(outcome: str, started: float, **extra: Any) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from conveyor.queueing import keys
+from conveyor.queueing import keys, stats
 
 
 class JobStatus(StrEnum):
@@ -59,11 +59,14 @@ end
 """
 
 # KEYS[1] job, KEYS[2] events channel, KEYS[3..5] the 'completed' webhook delivery, the
-# due set, the deliverer's wake-up list. ARGV: allowed-from (space separated), to, ttl (0 =
-# keep, 'record' = the ttl the record was created with), final (1/0: publish, webhook), id,
-# then field/value pairs. Returns {changed, previous status}.
+# due set, the deliverer's wake-up list, KEYS[6..11] the counters of stats.py
+# (invocations, failures, run times, retries, this moment's dashboard bucket, recent).
+# ARGV: allowed-from (space separated), to, ttl (0 = keep, 'record' = the ttl the record
+# was created with), final (1/0: publish, webhook, count), id, then field/value pairs.
+# Returns {changed, previous status}.
 TRANSITION = (
     _WEBHOOK
+    + stats.LUA
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {0, ''} end
@@ -78,12 +81,19 @@ if ttl ~= '0' then
   local idempotency = redis.call('HGET', KEYS[1], 'idempotency_key')
   if idempotency then redis.call('EXPIRE', idempotency, ttl) end
 end
+if ARGV[2] == 'retrying' and KEYS[9] ~= '' then
+  redis.call('HINCRBY', KEYS[9], redis.call('HGET', KEYS[1], 'function'), 1)
+end
 if ARGV[4] == '1' then
   local flat = redis.call('HGETALL', KEYS[1])
   local record = {}
   for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+  record.logs = nil  -- read on their own (GET .../logs), not carried to every waiter
   redis.call('PUBLISH', KEYS[2], ARGV[5] .. ' ' .. cjson.encode(record))
   webhook('completed', record, ARGV[5], KEYS[1], KEYS[3], KEYS[4], KEYS[5])
+  if KEYS[6] ~= '' then
+    count_finished(ARGV[5], record, KEYS[6], KEYS[7], KEYS[8], KEYS[10], KEYS[11])
+  end
 end
 return {1, status}
 """
@@ -94,10 +104,13 @@ return {1, status}
 # was lost (still running, or marked lost by the parent of a pool child that died)}.
 # 'version' becomes the version that runs; the one the API submitted is kept as
 # 'submitted_version' when a worker's copy of the function differs (another machine).
-# The first attempt owes the 'start' webhook, if asked for. KEYS[1] job, KEYS[2..4] the
-# 'start' delivery, the due set, the wake-up list; ARGV: now, version, pid, id.
+# The first attempt owes the 'start' webhook, if asked for, and counts its queue wait; a
+# redelivered one counts as such. KEYS[1] job, KEYS[2..4] the 'start' delivery, the due
+# set, the wake-up list, KEYS[5] queue-wait histogram, KEYS[6] redeliveries; ARGV: now,
+# version, pid, id.
 START = (
     _WEBHOOK
+    + stats.LUA
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'', 0, 0} end
@@ -111,12 +124,20 @@ local submitted = redis.call('HGET', KEYS[1], 'version')
 if submitted ~= ARGV[2] then redis.call('HSETNX', KEYS[1], 'submitted_version', submitted) end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'version', ARGV[2],
            'pid', ARGV[3])
-if attempts == 1 and redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then
-  local flat = redis.call('HGETALL', KEYS[1])
-  local record = {}
-  for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
-  webhook('start', record, ARGV[4], KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+local fn = redis.call('HGET', KEYS[1], 'function')
+if attempts == 1 then
+  local created = redis.call('HGET', KEYS[1], 'created_at')
+  if created and KEYS[5] ~= '' then
+    observe(KEYS[5], fn, tonumber(ARGV[1]) - tonumber(created), SECONDS)
+  end
+  if redis.call('HEXISTS', KEYS[1], 'webhook') == 1 then
+    local flat = redis.call('HGETALL', KEYS[1])
+    local record = {}
+    for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+    webhook('start', record, ARGV[4], KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+  end
 end
+if lost == 1 and KEYS[6] ~= '' then redis.call('HINCRBY', KEYS[6], fn, 1) end
 return {status, attempts, lost}
 """
 )
@@ -171,6 +192,14 @@ return 'deleted'
 """
 
 
+# A running invocation's progress (JSON): only while it runs. KEYS[1] job; ARGV[1] progress.
+PROGRESS = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+return 1
+"""
+
+
 def now() -> float:
     return time.time()
 
@@ -195,6 +224,8 @@ class JobRecord:
     submitted_version: str | None = None
     owner: str | None = None  # the id of the API key that made it
     webhook: dict[str, Any] | None = None  # {"url", "events", "status"?, "attempts"?, ...}
+    progress: dict[str, Any] | None = None  # {"fraction", "message", "updated_at"}
+    logs: str | None = None  # what the last attempt printed or logged
 
     @classmethod
     def from_hash(cls, invocation_id: str, raw: dict[str, str]) -> JobRecord:
@@ -219,6 +250,8 @@ class JobRecord:
             submitted_version=raw.get("submitted_version"),
             owner=raw.get("owner"),
             webhook=_webhook(raw),
+            progress=json.loads(raw["progress"]) if "progress" in raw else None,
+            logs=raw.get("logs"),
         )
 
 
@@ -267,11 +300,14 @@ def transition_args(
     invocation_id: str,
     allowed: tuple[JobStatus, ...],
     to: JobStatus,
+    *,
+    metrics: bool = True,
     **fields: str,
 ) -> tuple[list[str], list[str]]:
     """KEYS and ARGV of :data:`TRANSITION`.
 
-    A final status publishes the id, stamps finished_at and starts the result's TTL.
+    A final status publishes the id, stamps finished_at and starts the result's TTL; with
+    ``metrics`` (``[metrics] enabled``) it is counted too.
     """
     ttl = "0"
     if to.final:
@@ -286,14 +322,34 @@ def transition_args(
         keys.webhook_delivery(invocation_id, "completed"),
         keys.WEBHOOKS_DUE,
         keys.WEBHOOKS_WAKE,
+        *(_counted_keys() if metrics else _UNCOUNTED),
     ], args
 
 
-def start_args(invocation_id: str, version: str, pid: int) -> tuple[list[str], list[str]]:
+def _counted_keys() -> list[str]:
+    """The KEYS of TRANSITION's counting (this moment's dashboard bucket among them)."""
+    return [
+        keys.METRICS_INVOCATIONS,
+        keys.METRICS_FAILURES,
+        keys.METRICS_DURATION,
+        keys.METRICS_RETRIES,
+        stats.stats_bucket(),
+        keys.RECENT,
+    ]
+
+
+_UNCOUNTED = [""] * 6  # with [metrics] enabled = false: the scripts count nothing
+
+
+def start_args(
+    invocation_id: str, version: str, pid: int, *, metrics: bool = True
+) -> tuple[list[str], list[str]]:
     """KEYS and ARGV of :data:`START`."""
+    counted = [keys.METRICS_QUEUE_WAIT, keys.METRICS_REDELIVERIES] if metrics else ["", ""]
     return [
         keys.job(invocation_id),
         keys.webhook_delivery(invocation_id, "start"),
         keys.WEBHOOKS_DUE,
         keys.WEBHOOKS_WAKE,
+        *counted,
     ], [repr(time.time()), version, str(pid), invocation_id]

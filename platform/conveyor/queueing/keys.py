@@ -38,6 +38,25 @@ def webhook_delivery(invocation_id: str, event: str) -> str:
     return f"{PREFIX}:webhook:{invocation_id}:{event}"
 
 
+# What the platform has done (see queueing/stats.py): counters and histograms per
+# function, 10-second buckets for the dashboard, the last finished invocations. Histograms
+# store bucket numbers: bump METRICS_FORMAT when stats.py's bucket bounds change.
+METRICS_FORMAT = 1
+_METRICS = f"{PREFIX}:metrics:{METRICS_FORMAT}"
+METRICS_INVOCATIONS = f"{_METRICS}:invocations"
+METRICS_FAILURES = f"{_METRICS}:failures"
+METRICS_RETRIES = f"{_METRICS}:retries"
+METRICS_REDELIVERIES = f"{_METRICS}:redeliveries"
+METRICS_DURATION = f"{_METRICS}:duration"
+METRICS_QUEUE_WAIT = f"{_METRICS}:queue-wait"
+METRICS_BATCH_SIZE = f"{_METRICS}:batch-size"
+RECENT = f"{PREFIX}:recent"
+
+
+def stats_bucket(start: int) -> str:
+    return f"{_METRICS}:dashboard:{start}"
+
+
 # Bump when what the inspector reports changes shape, so old entries are not read.
 SCHEMAS_FORMAT = 1
 

@@ -1,0 +1,128 @@
+"""What an operator looks at: ``/metrics`` (Prometheus), the dashboard and its data."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from litestar import Controller, MediaType, Response, Router, get
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
+from litestar.static_files import create_static_files_router
+
+from conveyor.api.controllers import Platform
+from conveyor.api.schemas import function_body
+from conveyor.auth.caller import Caller
+from conveyor.functions.registry import FunctionEntry
+from conveyor.metrics import CONTENT_TYPE, HttpMetrics, Snapshot
+from conveyor.queueing import stats
+from conveyor.settings import all_queues
+
+STATIC = Path(__file__).parent / "static"  # the dashboard's page, script and style
+Minutes = Annotated[float, QueryParameter(ge=1, le=30, description="how far back, in minutes")]
+
+
+def _streams(entries: list[FunctionEntry]) -> dict[str, str]:
+    """Batching functions -> their queue: their waiting items count in its depth."""
+    return {
+        e.name: e.spec.manifest.target_queue
+        for e in entries
+        if e.spec is not None and e.spec.manifest.batching is not None
+    }
+
+
+async def _depths(platform: Platform) -> dict[str, int]:
+    entries = platform.registry.entries()
+    return await platform.queue.depths(all_queues(platform.settings), _streams(entries))
+
+
+class ObservabilityController(Controller):
+    @get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE)
+    async def metrics(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        http_metrics: NamedDependency[HttpMetrics],
+    ) -> Response[bytes]:
+        caller.require_admin()
+        entries = platform.registry.entries()
+        census = await platform.queue.census()
+        snap = Snapshot(
+            totals=await stats.totals(platform.queue.redis),
+            depths=await _depths(platform),
+            workers=None if census is None else dict(census.workers),
+            functions=dict(Counter(e.status for e in entries)),
+        )
+        return Response(http_metrics.exposition(snap), media_type=CONTENT_TYPE)
+
+    @get("/dashboard/data", summary="What the dashboard shows")
+    async def dashboard_data(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        minutes: Minutes = 15,
+    ) -> dict[str, Any]:
+        entries = [e for e in platform.registry.entries() if caller.sees(e.name)]
+        census = await platform.queue.census()
+        depths = await _depths(platform)
+        windows = await stats.windows(platform.queue.redis, minutes)
+        seen = {e.name for e in entries}
+        recent = [r for r in await stats.recent(platform.queue.redis) if r["function"] in seen]
+        return {
+            "functions": [
+                _card(e, function_body(e, detail=True, census=census), depths, windows)
+                for e in entries
+            ],
+            "recent": [_recent(r) for r in recent],
+            "minutes": minutes,
+        }
+
+    @get("/dashboard", media_type=MediaType.HTML, include_in_schema=False)
+    async def dashboard(self) -> Response[bytes]:
+        return Response((STATIC / "dashboard.html").read_bytes(), media_type=MediaType.HTML)
+
+
+def _card(
+    entry: FunctionEntry,
+    body: dict[str, Any],
+    depths: Mapping[str, int],
+    windows: Mapping[str, stats.Window],
+) -> dict[str, Any]:
+    window = windows.get(entry.name)
+    queue = entry.spec.manifest.target_queue if entry.spec else None
+    return {
+        **body,
+        "depth": depths.get(queue, 0) if queue else None,
+        "window": None
+        if window is None
+        else {
+            "times": window.times,
+            "rate": window.rate,
+            "errors": window.errors,
+            "p50": window.p50,
+            "p95": window.p95,
+        },
+    }
+
+
+def _recent(item: dict[str, Any]) -> dict[str, Any]:
+    url = f"/functions/{item['function']}/results/{item['id']}"
+    duration = item.get("duration")
+    return {
+        "id": item["id"],
+        "function": item["function"],
+        "status": item["status"],
+        "error_type": item.get("error_type") or None,
+        "finished_at": float(item["finished_at"]) if item.get("finished_at") else None,
+        "duration_ms": round(duration * 1000, 3) if isinstance(duration, int | float) else None,
+        "result_url": url,
+        "logs_url": url + "/logs",
+    }
+
+
+def assets() -> Router:
+    return create_static_files_router(
+        path="/dashboard/assets", directories=[STATIC], include_in_schema=False
+    )

@@ -1,0 +1,204 @@
+// The Conveyor dashboard: polls /dashboard/data and draws it; no library, no CDN.
+"use strict";
+
+const REFRESH_MS = 2000;
+const RECENT_ROWS = 30;
+const KEY = "conveyor-api-key";
+const $ = (selector, root = document) => root.querySelector(selector);
+const forms = new Map(); // function name -> its invoke form, kept across refreshes
+let minutes = 15;
+
+function apiKey() {
+  return sessionStorage.getItem(KEY);
+}
+
+async function api(path, options = {}) {
+  const headers = { ...(options.headers || {}) };
+  if (apiKey()) headers.Authorization = `Bearer ${apiKey()}`;
+  const response = await fetch(path, { ...options, headers });
+  const body = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
+  return { status: response.status, body };
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name === "text") node.textContent = value;
+    else node.setAttribute(name, value);
+  }
+  node.append(...children.filter((c) => c !== null && c !== undefined));
+  return node;
+}
+
+function fmt(value, unit = "", digits = 1) {
+  if (value === null || value === undefined || Number.isNaN(value)) return "–";
+  return `${Number(value).toFixed(digits)}${unit}`;
+}
+
+function ms(seconds) {
+  return seconds === null || seconds === undefined ? null : seconds * 1000;
+}
+
+function last(values) {
+  for (let i = values.length - 1; i >= 0; i--) if (values[i] !== null) return values[i];
+  return null;
+}
+
+// One line chart, as SVG: series are arrays of numbers (or null for no data).
+function chart(title, series, colors, unit) {
+  const width = 400, height = 70, pad = 4;
+  const all = series.flat().filter((v) => v !== null);
+  const top = Math.max(...all, 0) || 1;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  series.forEach((values, s) => {
+    const step = (width - 2 * pad) / Math.max(values.length - 1, 1);
+    let d = "";
+    values.forEach((v, i) => {
+      if (v === null) return;
+      const x = pad + i * step, y = height - pad - (v / top) * (height - 2 * pad);
+      const joined = i > 0 && values[i - 1] !== null;
+      d += `${joined ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`;
+      if (!joined && (i === values.length - 1 || values[i + 1] === null)) d += "h0.01"; // a lone point
+    });
+    const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+    path.setAttribute("d", d);
+    path.setAttribute("fill", "none");
+    path.setAttribute("stroke", colors[s]);
+    path.setAttribute("stroke-width", "2");
+    path.setAttribute("stroke-linecap", "round");
+    svg.append(path);
+  });
+  return el("figure", { class: "chart" }, svg,
+    el("figcaption", { text: `${title}, last ${minutes} min (max ${fmt(top, unit, 2)})` }));
+}
+
+// Inputs for an object schema of simple fields; a JSON text area for anything else.
+function inputFields(schema) {
+  const props = schema.type === "object" && schema.properties ? schema.properties : null;
+  if (!props || Object.values(props).some((p) => !["number", "integer", "string", "boolean"].includes(p.type))) {
+    return { fields: [el("label", { text: "input (JSON)" }, el("textarea", { name: "json", rows: "3" }))], read: (form) => JSON.parse(form.json.value || "null") };
+  }
+  const fields = Object.entries(props).map(([name, prop]) =>
+    el("label", { text: `${name}${prop.description ? ` (${prop.description})` : ""}` },
+      el("input", { type: "text", name, placeholder: prop.type })));
+  const read = (form) => Object.fromEntries(Object.entries(props).map(([name, prop]) => {
+    const raw = form[name].value;
+    if (prop.type === "number" || prop.type === "integer") return [name, Number(raw)];
+    if (prop.type === "boolean") return [name, raw === "true"];
+    return [name, raw];
+  }));
+  return { fields, read };
+}
+
+function invokeForm(fn) {
+  if (forms.has(fn.name)) return forms.get(fn.name);
+  const { fields, read } = inputFields(fn.input_schema || {});
+  const output = el("pre", { class: "output", "aria-label": "result" });
+  const bar = el("progress", { max: "1", value: "0", hidden: "" });
+  const form = el("form", { class: "invoke", "data-function": fn.name }, ...fields,
+    el("button", { type: "submit", text: `Invoke ${fn.name}` }), bar, output);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    output.textContent = "…";
+    let input;
+    try { input = read(form); } catch (error) { output.textContent = `not JSON: ${error}`; return; }
+    const sent = await api(`/functions/${fn.name}/invoke`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ input }) });
+    if (sent.status >= 400) { output.textContent = JSON.stringify(sent.body, null, 2); return; }
+    let result = sent.body;
+    while (!["succeeded", "failed", "cancelled"].includes(result.status)) {
+      if (result.progress) { bar.hidden = false; bar.value = result.progress.fraction; }
+      output.textContent = `${result.status}${result.progress ? `: ${result.progress.message}` : ""}`;
+      result = (await api(`${result.result_url || `/functions/${fn.name}/results/${result.id}`}?wait=1`)).body;
+    }
+    bar.hidden = true;
+    output.textContent = JSON.stringify(result.status === "succeeded" ? result.output : result.error, null, 2);
+    output.dataset.status = result.status;
+  });
+  const wrapper = el("details", {}, el("summary", { text: "Invoke" }), form);
+  forms.set(fn.name, wrapper);
+  return wrapper;
+}
+
+function card(fn) {
+  const w = fn.window || { rate: [], errors: [], p50: [], p95: [] };
+  const rate = last(w.rate), errors = last(w.errors);
+  const errorRate = rate ? (errors / rate) * 100 : null;
+  const node = el("article", { class: "card", "data-function": fn.name },
+    el("h3", {}, fn.name, el("span", { class: `badge ${fn.status}`, text: fn.status }),
+      el("span", { class: "muted", text: fn.version || "" })),
+    el("div", { class: "muted", text: fn.description || "" }),
+    el("div", { class: "facts" },
+      el("div", {}, el("b", { text: fn.queue || "–" }), el("span", { text: "queue" })),
+      el("div", {}, el("b", { text: fn.workers ?? "–" }), el("span", { text: "workers" })),
+      el("div", {}, el("b", { text: fn.depth ?? "–" }), el("span", { text: "waiting" })),
+      el("div", {}, el("b", { text: fmt(rate, "/s") }), el("span", { text: "invocations" })),
+      el("div", {}, el("b", { text: fmt(ms(last(w.p50)), " ms") }), el("span", { text: "p50 run time" })),
+      el("div", {}, el("b", { text: fmt(ms(last(w.p95)), " ms") }), el("span", { text: "p95 run time" })),
+      el("div", {}, el("b", { text: fmt(errorRate, " %") }), el("span", { text: "errors" }))),
+    el("div", { class: "charts" },
+      chart("invocations/s, errors/s", [w.rate, w.errors], ["#3158c9", "#c0392b"], "/s"),
+      chart("run time p50, p95", [w.p50.map(ms), w.p95.map(ms)], ["#1f8a4c", "#b7791f"], " ms")),
+    fn.error ? el("div", { class: "error-text", text: fn.error }) : null,
+    fn.warning ? el("div", { class: "muted", text: fn.warning }) : null,
+    fn.status !== "error" || fn.version ? invokeForm(fn) : null);
+  return node;
+}
+
+function row(item) {
+  const finished = item.finished_at ? new Date(item.finished_at * 1000).toLocaleTimeString() : "";
+  return el("tr", { "data-id": item.id },
+    el("td", { text: finished }),
+    el("td", { text: item.function }),
+    el("td", {}, el("span", { class: `badge ${item.status}`, text: item.status })),
+    el("td", { text: fmt(item.duration_ms, " ms") }),
+    el("td", { text: item.error_type || "" }),
+    el("td", {}, link(item.result_url, "result"), " ", link(item.logs_url, "logs")));
+}
+
+// Results and logs need the key too: shown below the table rather than opened bare.
+function link(url, text) {
+  const a = el("a", { href: url, text });
+  a.addEventListener("click", async (event) => {
+    event.preventDefault();
+    const { body } = await api(url);
+    const detail = $("#detail");
+    detail.hidden = false;
+    detail.textContent = text === "logs" ? (body.logs || "(nothing was printed)") : JSON.stringify(body, null, 2);
+  });
+  return a;
+}
+
+async function refresh() {
+  const problem = $("#problem");
+  try {
+    const { status, body } = await api("/dashboard/data");
+    if (status !== 200) {
+      problem.hidden = false;
+      problem.textContent = status === 401 || status === 403
+        ? "This API needs a key with read scopes: type it above."
+        : `The API answered ${status}: ${body?.detail || ""}`;
+      return;
+    }
+    problem.hidden = true;
+    minutes = body.minutes;
+    const open = new Set([...document.querySelectorAll("details[open]")].map((d) => d.closest(".card")?.dataset.function));
+    $("#functions").replaceChildren(...body.functions.map(card));
+    for (const name of open) forms.get(name)?.setAttribute("open", "");
+    $("#recent tbody").replaceChildren(...body.recent.slice(0, RECENT_ROWS).map(row));
+    $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (error) {
+    problem.hidden = false;
+    problem.textContent = `Cannot reach the API: ${error}`;
+  }
+}
+
+$("#api-key").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(KEY, event.target.key.value.trim());
+  refresh();
+});
+refresh();
+setInterval(refresh, REFRESH_MS);
