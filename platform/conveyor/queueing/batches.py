@@ -53,7 +53,7 @@ from conveyor.queueing.executor import (
 )
 from conveyor.queueing.jobs import JobStatus
 from conveyor.queueing.messages import Invocation, encode_batch_trigger
-from conveyor.runtime.capture import Captured, capture_output
+from conveyor.runtime.capture import Captured
 
 log = get_logger(__name__)
 
@@ -220,7 +220,7 @@ class Batches:
         )
         captured = Captured()
         try:
-            with context.running_batch(contexts), capture_output() as captured:
+            with context.running_batch(contexts), self.executor.capture() as captured:
                 outcomes = self.executor.runner.run_batch(fn, inputs, (SoftTimeLimitExceeded,))
         except SoftTimeLimitExceeded:
             outcomes = [soft_limit_error(fn)] * len(admitted)

@@ -39,7 +39,7 @@ from conveyor.queueing.jobs import (
 )
 from conveyor.queueing.local import LocalFunctions
 from conveyor.runtime import Runner, error_payload
-from conveyor.runtime.capture import Captured, capture_output
+from conveyor.runtime.capture import Captured, OutputCapture
 from conveyor.settings import Settings
 
 log = get_logger(__name__)
@@ -57,6 +57,7 @@ class Executor:
         self.settings = settings
         self.queues = queues
         self.runner = Runner()
+        self.capture = OutputCapture()
         self._redis: redis.Redis | None = None
         self._functions: LocalFunctions | None = None
         self._script_client: redis.Redis | None = None
@@ -147,7 +148,7 @@ class Executor:
         error: BaseException
         logs = Captured()
         try:
-            with context.running(ctx), capture_output() as logs:
+            with context.running(ctx), self.capture() as logs:
                 output = self.runner.run(fn, raw_input)
         except SoftTimeLimitExceeded:
             error = soft_limit_error(fn)
