@@ -17,6 +17,7 @@ import httpx
 from conveyor.admin_cli import add_admin_commands
 from conveyor.errors import ConveyorError, SettingsError, WorkerOptionsError
 from conveyor.log import configure_logging
+from conveyor.map_cli import add_map_command
 from conveyor.runtime.gpus import parse_gpus
 from conveyor.settings import (
     GPU_QUEUE_SUFFIX,
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     logs.set_defaults(run=_logs)
 
     add_admin_commands(sub)
+    add_map_command(sub, _base_url, _api_headers)
 
     check = sub.add_parser("check", help="validate deploy.toml and every function folder")
     check.set_defaults(run=_check)
@@ -237,10 +239,13 @@ def _base_url(settings: Settings, args: argparse.Namespace) -> str:
     return f"http://{host}:{settings.api.port}"
 
 
-def _request(method: str, url: str, **kwargs: Any) -> httpx.Response:
+def _api_headers() -> dict[str, str]:
     key = os.environ.get(API_KEY_ENV)
-    if key:
-        kwargs["headers"] = {**kwargs.get("headers", {}), "Authorization": f"Bearer {key}"}
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _request(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    kwargs["headers"] = {**kwargs.get("headers", {}), **_api_headers()}
     try:
         return httpx.request(method, url, **kwargs)
     except httpx.HTTPError as exc:

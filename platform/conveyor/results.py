@@ -1,12 +1,15 @@
-"""An invocation as clients see it: the API's answers and a webhook's body are the same."""
+"""Invocations and map jobs as clients see them: the API's answers and a webhook's body
+are the same."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 from conveyor.queueing.census import QueueCensus
 from conveyor.queueing.jobs import JobRecord
+from conveyor.queueing.maps import MapJob, eta
 
 
 def iso(ts: float | None) -> str | None:
@@ -66,4 +69,37 @@ def result_body(record: JobRecord, census: Census = None) -> dict[str, Any]:
         body["webhook"] = record.webhook
     if record.progress is not None:
         body["progress"] = {**record.progress, "updated_at": iso(record.progress["updated_at"])}
+    return body
+
+
+def map_job_body(job: MapJob, now: float | None = None) -> dict[str, Any]:
+    """A map job as clients see it: the API's answers and its webhook's body."""
+    now = time.time() if now is None else now
+    base = f"/functions/{job.function}/jobs/{job.id}"
+    end = job.finished_at or now
+    elapsed = (end - job.started_at) if job.started_at else 0.0
+    body: dict[str, Any] = {
+        "id": job.id,
+        "function": job.function,
+        "version": job.version,
+        "status": job.status,
+        "total": job.total,
+        "counts": {
+            "succeeded": job.succeeded,
+            "failed": job.failed,
+            "cancelled": job.cancelled,
+            "pending": max(job.total - job.done, 0),
+        },
+        "progress": round(job.done / job.total, 4) if job.total else 1.0,
+        "items_per_second": round(job.done / elapsed, 2) if elapsed > 0 else None,
+        "eta_seconds": eta(job, now),
+        "priority": job.priority,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "status_url": base,
+        "results_url": f"{base}/results",
+    }
+    if job.webhook is not None:
+        body["webhook"] = job.webhook
     return body

@@ -146,6 +146,25 @@ class ResultsSettings(_Section):
     pending_ttl: int = Field(7 * 24 * 3600, gt=0, description="seconds a record may wait")
 
 
+class MapSettings(_Section):
+    max_items: int = Field(1_000_000, ge=1, description="items one map job may have")
+    max_body_bytes: int = Field(
+        4 * 1024**3,
+        gt=0,
+        description="a map request's body, streamed (items are checked one by one)",
+    )
+    chunk_seconds: Seconds = Field(
+        0.05,
+        le=60,
+        description="the work one chunk of items aims at: a single invocation"
+        " waits behind at most one running chunk per busy process",
+    )
+    max_chunk: int = Field(1024, ge=1, le=5000, description="items in one chunk at most")
+    window: int = Field(
+        2, ge=1, le=64, description="chunks of one job queued or running per worker process"
+    )
+
+
 class MetricsSettings(_Section):
     enabled: bool = Field(
         True, description="count invocations for /metrics and the dashboard (workers and API)"
@@ -171,6 +190,7 @@ class Settings(BaseSettings):
     results: ResultsSettings = ResultsSettings()
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
+    map: MapSettings = MapSettings()
     webhooks: WebhookSettings = WebhookSettings()
     queues: dict[str, QueueSettings] = Field(
         default_factory=lambda: {"default": QueueSettings()}, min_length=1

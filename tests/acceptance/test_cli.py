@@ -137,7 +137,11 @@ def test_keys_and_the_cli_sending_one(tmp_path: Path) -> None:
                 text=True,
                 timeout=60,
                 check=False,
-                env={**os.environ, "CONVEYOR_CONFIG": str(config), "CONVEYOR_API_KEY": made.stdout.strip()},
+                env={
+                    **os.environ,
+                    "CONVEYOR_CONFIG": str(config),
+                    "CONVEYOR_API_KEY": made.stdout.strip(),
+                },
             )
             assert with_key.returncode == 0 and with_key.stdout.startswith("echo"), with_key.stderr
         finally:

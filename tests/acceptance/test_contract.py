@@ -132,7 +132,12 @@ def test_a_generated_client_invokes_iris(base: str, key: str, tmp_path: Path) ->
         print(result.output.species, result.output.probabilities.additional_properties)
     """)
     ran = subprocess.run(
-        [sys.executable, "-c", use], cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", use],
+        cwd=tmp_path,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert ran.stdout.startswith("setosa")

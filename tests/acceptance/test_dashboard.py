@@ -23,14 +23,21 @@ BOOM = "def run(x: int) -> int:\n    raise ValueError(f'no good: {x}')\n"
 def base(make_stack) -> Iterator[str]:  # type: ignore[no-untyped-def]
     stack: Stack = make_stack()
     copy_examples(stack.functions, "echo", "iris")
-    write_function(stack.functions, "boom", BOOM, '[function]\nhandler = "handler:run"\n[queue]\nname = "realtime"\n')
+    write_function(
+        stack.functions,
+        "boom",
+        BOOM,
+        '[function]\nhandler = "handler:run"\n[queue]\nname = "realtime"\n',
+    )
     stack.worker("--queues", "realtime")
     api, url = start_api(stack.config, stack.root / "api.log", free_port())
     yield url
     api.stop()
 
 
-def test_the_dashboard_lists_invokes_and_shows_failures(base: str, report: Callable[[str], None]) -> None:
+def test_the_dashboard_lists_invokes_and_shows_failures(
+    base: str, report: Callable[[str], None]
+) -> None:
     for n in range(20):  # something to draw
         httpx.post(f"{base}/functions/echo/invoke?wait=10", json={"input": n})
     errors: list[str] = []
@@ -41,7 +48,8 @@ def test_the_dashboard_lists_invokes_and_shows_failures(base: str, report: Calla
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
         page = browser.new_page(viewport={"width": 1300, "height": 1000})
         page.on("console", console)
@@ -53,7 +61,12 @@ def test_the_dashboard_lists_invokes_and_shows_failures(base: str, report: Calla
 
         card = "article[data-function=iris]"
         page.click(f"{card} summary")
-        for field, number in (("sepal_length", "6.3"), ("sepal_width", "3.3"), ("petal_length", "6.0"), ("petal_width", "2.5")):
+        for field, number in (
+            ("sepal_length", "6.3"),
+            ("sepal_width", "3.3"),
+            ("petal_length", "6.0"),
+            ("petal_width", "2.5"),
+        ):
             page.fill(f"{card} input[name={field}]", number)
         page.click(f"{card} form button")
         page.wait_for_selector(f"{card} pre[data-status=succeeded]", timeout=30_000)
@@ -68,4 +81,6 @@ def test_the_dashboard_lists_invokes_and_shows_failures(base: str, report: Calla
             page.screenshot(path=path, full_page=False)
         browser.close()
     assert errors == [], errors
-    report("/dashboard: 3 functions listed, iris invoked from its form (virginica), a failure in the recent list, no console errors")
+    report(
+        "/dashboard: 3 functions listed, iris invoked from its form (virginica), a failure in the recent list, no console errors"
+    )

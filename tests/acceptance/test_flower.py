@@ -16,7 +16,9 @@ from support import Process, Stack, conveyor, free_port, invoke, wait_until, wri
 
 pytestmark = pytest.mark.acceptance
 
-SLEEP = "import time\ndef run(seconds: float) -> float:\n    time.sleep(seconds)\n    return seconds\n"
+SLEEP = (
+    "import time\ndef run(seconds: float) -> float:\n    time.sleep(seconds)\n    return seconds\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +59,13 @@ def workers(base: str) -> dict[str, Any]:
     return httpx.get(f"{base}/api/workers", params={"refresh": 1}, timeout=30).json()  # type: ignore[no-any-return]
 
 
-def test_flower_sees_every_worker_and_inspects_it(flower: str, report: Callable[[str], None]) -> None:
+def test_flower_sees_every_worker_and_inspects_it(
+    flower: str, report: Callable[[str], None]
+) -> None:
     found = wait_until(lambda: workers(flower), lambda w: len(w) == 2, 30, "both workers")
-    queues = {name: sorted(q["name"] for q in info["active_queues"]) for name, info in found.items()}
+    queues = {
+        name: sorted(q["name"] for q in info["active_queues"]) for name, info in found.items()
+    }
     assert sorted(queues.values()) == [["default.gpu"], ["realtime"]], queues
     for info in found.values():  # each inspect call answered
         assert info["stats"]["pool"]["implementation"].endswith("TaskPool")

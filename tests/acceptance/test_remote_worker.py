@@ -127,8 +127,12 @@ def test_worker_in_another_namespace_serves_and_reports_its_version(
 
                 # What the other machine ran is counted where the records live.
                 metrics = api.get("/metrics").text
-                assert 'conveyor_invocations_total{function="hello",status="succeeded"} 1.0' in metrics
-                assert 'conveyor_invocations_total{function="greet",status="succeeded"} 1.0' in metrics
+                assert (
+                    'conveyor_invocations_total{function="hello",status="succeeded"} 1.0' in metrics
+                )
+                assert (
+                    'conveyor_invocations_total{function="greet",status="succeeded"} 1.0' in metrics
+                )
                 assert 'conveyor_workers{queue="default"} 1.0' in metrics
         finally:
             worker.stop()

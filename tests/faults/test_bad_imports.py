@@ -23,13 +23,34 @@ TIMEOUT = 3  # [functions] inspect_timeout in this stack
 MEMORY = 256  # [functions] inspect_memory, MiB
 
 CASES = {
-    "hangs": ("import time\ntime.sleep(600)\n", f"importing bad-hangs/handler.py did not finish within {TIMEOUT} s"),
-    "sys-exit": ("import sys\nsys.exit(1)\n", "bad-sys-exit/handler.py exited with status 1 while being imported"),
-    "os-exit": ("import os\nos._exit(1)\n", "bad-os-exit/handler.py exited with status 1 while being imported"),
-    "segfault": ("import ctypes\nctypes.string_at(0)\n", "bad-segfault/handler.py crashed (SIGSEGV) while being imported (at bad-segfault/handler.py:2)"),
-    "raises": ("raise ValueError('weights.pt is missing')\n", "importing bad-raises/handler.py raised ValueError: weights.pt is missing (at bad-raises/handler.py:1)"),
-    "recursion": ("def down(n):\n    return down(n + 1)\ndown(0)\n", "importing bad-recursion/handler.py raised RecursionError: maximum recursion depth exceeded (at bad-recursion/handler.py:2)"),
-    "memory": ("blob = bytearray(1024 * 1024 * 1024)\n", f"importing bad-memory/handler.py allocated more than {MEMORY} MiB"),
+    "hangs": (
+        "import time\ntime.sleep(600)\n",
+        f"importing bad-hangs/handler.py did not finish within {TIMEOUT} s",
+    ),
+    "sys-exit": (
+        "import sys\nsys.exit(1)\n",
+        "bad-sys-exit/handler.py exited with status 1 while being imported",
+    ),
+    "os-exit": (
+        "import os\nos._exit(1)\n",
+        "bad-os-exit/handler.py exited with status 1 while being imported",
+    ),
+    "segfault": (
+        "import ctypes\nctypes.string_at(0)\n",
+        "bad-segfault/handler.py crashed (SIGSEGV) while being imported (at bad-segfault/handler.py:2)",
+    ),
+    "raises": (
+        "raise ValueError('weights.pt is missing')\n",
+        "importing bad-raises/handler.py raised ValueError: weights.pt is missing (at bad-raises/handler.py:1)",
+    ),
+    "recursion": (
+        "def down(n):\n    return down(n + 1)\ndown(0)\n",
+        "importing bad-recursion/handler.py raised RecursionError: maximum recursion depth exceeded (at bad-recursion/handler.py:2)",
+    ),
+    "memory": (
+        "blob = bytearray(1024 * 1024 * 1024)\n",
+        f"importing bad-memory/handler.py allocated more than {MEMORY} MiB",
+    ),
 }
 
 
@@ -53,7 +74,9 @@ def get(base: str, name: str) -> dict:  # type: ignore[type-arg]
 
 
 def invoked(base: str, name: str, value: int) -> bool:
-    response = httpx.post(f"{base}/functions/{name}/invoke?wait=10", json={"input": value}, timeout=20)
+    response = httpx.post(
+        f"{base}/functions/{name}/invoke?wait=10", json={"input": value}, timeout=20
+    )
     return response.status_code == 200 and response.json()["output"] == value + 1
 
 
@@ -73,7 +96,9 @@ def test_a_bad_import_is_a_listed_error(
     bad, good = f"bad-{case}", f"ok-{case}"
     started = time.monotonic()
     write_function(stack.functions, bad, code + RUN, MANIFEST)
-    write_function(stack.functions, good, f"# {case}: a folder of its own, inspected afresh\n" + RUN, MANIFEST)
+    write_function(
+        stack.functions, good, f"# {case}: a folder of its own, inspected afresh\n" + RUN, MANIFEST
+    )
     wait_until(lambda: get(base, good), lambda f: f["status"] == "ready", 10, f"{good} listed")
     listed = time.monotonic() - started
     wait_until(lambda: invoked(base, good, 1), bool, 20, f"{good} invoked")
@@ -121,4 +146,6 @@ def test_a_handler_importing_torch_leaves_the_api_without_torch(
     after = rss_mib(proc.pid)
     maps = Path(f"/proc/{proc.pid}/maps").read_text()
     assert "libtorch" not in maps and after - before < 30, (before, after)
-    report(f"API RSS with a torch-importing handler deployed: before {before:.0f} MiB, after {after:.0f} MiB; no libtorch mapped")
+    report(
+        f"API RSS with a torch-importing handler deployed: before {before:.0f} MiB, after {after:.0f} MiB; no libtorch mapped"
+    )

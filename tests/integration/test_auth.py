@@ -53,7 +53,12 @@ def apis(stack: Stack) -> Iterator[list[str]]:
 
 
 def call(
-    base: str, method: str, path: str, key: str | None = None, headers: dict[str, str] | None = None, **kw: object
+    base: str,
+    method: str,
+    path: str,
+    key: str | None = None,
+    headers: dict[str, str] | None = None,
+    **kw: object,
 ) -> httpx.Response:
     sent = {**(headers or {}), **({"Authorization": f"Bearer {key}"} if key else {})}
     return httpx.request(method, base + path, headers=sent, timeout=30, **kw)  # type: ignore[arg-type]
@@ -80,7 +85,12 @@ def test_scopes_and_globs(stack: Stack, apis: list[str]) -> None:
     team = make_key(stack, "team-a", "invoke:team-a-*", "read:echo*")
     listed = call(base, "GET", "/functions", team).json()["functions"]
     assert sorted(f["name"] for f in listed) == ["echo", "echoes", "team-a-embed"]
-    assert call(base, "POST", "/functions/team-a-embed/invoke?wait=30", team, json={"input": 1}).json()["output"] == 1
+    assert (
+        call(
+            base, "POST", "/functions/team-a-embed/invoke?wait=30", team, json={"input": 1}
+        ).json()["output"]
+        == 1
+    )
     denied = call(base, "POST", "/functions/team-b-embed/invoke", team, json={"input": 1})
     assert denied.status_code == 403
     assert denied.headers["www-authenticate"] == (
@@ -115,8 +125,22 @@ def test_invocations_belong_to_the_key_that_made_them(stack: Stack, apis: list[s
     assert call(two, "POST", slow + "/cancel", alice).json()["status"] == "cancelled"
     assert call(one, "DELETE", url, admin).status_code == 204
     # Idempotency-Keys are per key: bob's "k" is not alice's.
-    first = call(one, "POST", "/functions/echo/invoke", alice, json={"input": 1}, headers={"Idempotency-Key": "k"})
-    second = call(one, "POST", "/functions/echo/invoke", bob, json={"input": 2}, headers={"Idempotency-Key": "k"})
+    first = call(
+        one,
+        "POST",
+        "/functions/echo/invoke",
+        alice,
+        json={"input": 1},
+        headers={"Idempotency-Key": "k"},
+    )
+    second = call(
+        one,
+        "POST",
+        "/functions/echo/invoke",
+        bob,
+        json={"input": 2},
+        headers={"Idempotency-Key": "k"},
+    )
     assert first.status_code == second.status_code == 202
     assert first.json()["id"] != second.json()["id"]
 

@@ -131,7 +131,7 @@ def test_a_batch_past_its_hard_limit_fails_its_items(api: TestClient) -> None:  
 def test_cancelled_item_is_skipped(api: TestClient, stack: Stack) -> None:  # type: ignore[type-arg]
     busy = invoke(api, "batcher", {"n": 1, "mode": "hang"})[1]
     queued = invoke(api, "batcher", {"n": 2})[1]
-    assert cancel(api, "batcher", queued['id']).json()["status"] == "cancelled"
+    assert cancel(api, "batcher", queued["id"]).json()["status"] == "cancelled"
     assert result(api, "batcher", busy["id"], wait=60)["status"] == "failed"
     assert result(api, "batcher", queued["id"], wait=0)["status"] == "cancelled"
     assert submit_all(api, [{"n": 3}])[0]["status"] == "succeeded"

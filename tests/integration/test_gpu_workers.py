@@ -106,7 +106,7 @@ def test_gpu_function_without_gpu_workers_says_so(gpu_stack: Stack) -> None:
         assert status == 202
         assert "no live worker consumes queue 'default.gpu'" in accepted["warning"]
         assert "conveyor worker --gpus all --queues default" in accepted["warning"]
-        assert cancel(api, "where", accepted['id']).status_code == 200
+        assert cancel(api, "where", accepted["id"]).status_code == 200
 
 
 def test_one_pinned_process_per_device(gpu_stack: Stack) -> None:

@@ -313,15 +313,15 @@ def test_cancel_queued_and_running(api: TestClient, stack: Stack) -> None:  # ty
         10,
         "both running",
     )
-    cancelled = cancel(api, "misc", queued['id'])
+    cancelled = cancel(api, "misc", queued["id"])
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    stopped = cancel(api, "misc", running[0]['id']).json()
+    stopped = cancel(api, "misc", running[0]["id"]).json()
     assert stopped["status"] == "cancelled"
     time.sleep(2.5)  # past the hard limit: a cancelled attempt must not come back as failed
     assert result(api, "misc", queued["id"], 0)["status"] == "cancelled"
     assert result(api, "misc", queued["id"], 0)["attempts"] == 0
     assert result(api, "misc", running[0]["id"], 0)["status"] == "cancelled"
-    again = cancel(api, "misc", running[1]['id'])
+    again = cancel(api, "misc", running[1]["id"])
     assert again.status_code == 409 and "already failed" in again.json()["detail"]
 
 

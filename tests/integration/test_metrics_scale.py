@@ -26,7 +26,12 @@ def test_scrape_time_with_many_functions_and_records(  # type: ignore[no-untyped
     stack: Stack = make_stack()
     names = [f"fn{i:02d}" for i in range(FUNCTIONS)]
     for name in names:
-        write_function(stack.functions, name, f"# {name}\ndef run(x):\n    return x\n", '[function]\nhandler = "handler:run"\n')
+        write_function(
+            stack.functions,
+            name,
+            f"# {name}\ndef run(x):\n    return x\n",
+            '[function]\nhandler = "handler:run"\n',
+        )
     client = stack.server.client()
     finish = client.register_script(TRANSITION)
     started = time.perf_counter()
@@ -35,10 +40,16 @@ def test_scrape_time_with_many_functions_and_records(  # type: ignore[no-untyped
             for i in range(chunk, chunk + 2000):
                 invocation = str(uuid.uuid4())
                 fields = new_job_fields(names[i % FUNCTIONS], "v1", "default", 5, 3600)
-                fields.update(status=JobStatus.RUNNING, started_at=repr(time.time() - (i % 7) / 100))
+                fields.update(
+                    status=JobStatus.RUNNING, started_at=repr(time.time() - (i % 7) / 100)
+                )
                 pipe.hset(keys.job(invocation), mapping=fields)
                 to = JobStatus.FAILED if i % 10 == 0 else JobStatus.SUCCEEDED
-                extra = {"error": '{"type": "ValueError", "message": "x"}'} if to is JobStatus.FAILED else {"output": "1"}
+                extra = (
+                    {"error": '{"type": "ValueError", "message": "x"}'}
+                    if to is JobStatus.FAILED
+                    else {"output": "1"}
+                )
                 job_keys, args = transition_args(invocation, (JobStatus.RUNNING,), to, **extra)
                 finish(keys=job_keys, args=args, client=pipe)
             pipe.execute()

@@ -73,8 +73,18 @@ def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     stack: Stack = make_stack()
     write_function(stack.functions, "noisy", NOISY, MANIFEST)
     write_function(stack.functions, "slow", SLOW, MANIFEST)
-    write_function(stack.functions, "flaky", FLAKY, MANIFEST + '[retries]\nmax = 2\nbackoff = 0.1\non = ["RuntimeError"]\n')
-    write_function(stack.functions, "batched", BATCHED, '[function]\nhandler = "handler:Model"\n[batching]\nmax_batch_size = 8\nmax_wait_ms = 200\n')
+    write_function(
+        stack.functions,
+        "flaky",
+        FLAKY,
+        MANIFEST + '[retries]\nmax = 2\nbackoff = 0.1\non = ["RuntimeError"]\n',
+    )
+    write_function(
+        stack.functions,
+        "batched",
+        BATCHED,
+        '[function]\nhandler = "handler:Model"\n[batching]\nmax_batch_size = 8\nmax_wait_ms = 200\n',
+    )
     stack.worker("--queues", "default", "--concurrency", "2")
     return stack
 
@@ -98,7 +108,9 @@ def value(samples: dict, name: str, **labels: str) -> float:  # type: ignore[typ
 
 
 def test_metrics_are_exact_and_the_same_on_every_api_process(
-    stack: Stack, api: TestClient, report: Callable[[str], None]  # type: ignore[type-arg]
+    stack: Stack,
+    api: TestClient,
+    report: Callable[[str], None],  # type: ignore[type-arg]
 ) -> None:
     for n in range(5):
         assert invoke(api, "noisy", {"n": n}, wait=30)[1]["status"] == "succeeded"
@@ -120,15 +132,29 @@ def test_metrics_are_exact_and_the_same_on_every_api_process(
         }
     assert value(mine, "conveyor_invocations_total", function="noisy", status="succeeded") == 5
     assert value(mine, "conveyor_invocations_total", function="noisy", status="failed") == 3
-    assert value(mine, "conveyor_invocation_failures_total", function="noisy", error_type="ValueError") == 3
+    assert (
+        value(mine, "conveyor_invocation_failures_total", function="noisy", error_type="ValueError")
+        == 3
+    )
     assert value(mine, "conveyor_retries_total", function="flaky") == 1
     assert value(mine, "conveyor_invocation_duration_seconds_count", function="noisy") == 8
-    assert value(mine, "conveyor_invocation_duration_seconds_bucket", function="noisy", le="+Inf") == 8
+    assert (
+        value(mine, "conveyor_invocation_duration_seconds_bucket", function="noisy", le="+Inf") == 8
+    )
     assert value(mine, "conveyor_queue_wait_seconds_count", function="noisy") == 8
     assert value(mine, "conveyor_batch_size_sum", function="batched") == 6
     assert value(mine, "conveyor_workers", queue="default") == 1
     assert ("conveyor_queue_depth", (("queue", "default"),)) in mine
-    assert value(mine, "conveyor_http_requests_total", route="/functions/{name}/invoke", method="POST", status="200") >= 9
+    assert (
+        value(
+            mine,
+            "conveyor_http_requests_total",
+            route="/functions/{name}/invoke",
+            method="POST",
+            status="200",
+        )
+        >= 9
+    )
     report(
         "metrics: 2 API processes agree on every counter; noisy 5 succeeded / 3 failed"
         " (ValueError), 1 retry, a batching function's 6 items in"
@@ -141,7 +167,11 @@ def test_promtool_accepts_the_metrics(api: TestClient) -> None:  # type: ignore[
     assert promtool, "promtool is missing: `make test` takes it from Debian's prometheus package"
     invoke(api, "noisy", {"n": 1}, wait=30)
     checked = subprocess.run(
-        [promtool, "check", "metrics"], input=api.get("/metrics").text, capture_output=True, text=True, check=False
+        [promtool, "check", "metrics"],
+        input=api.get("/metrics").text,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout + checked.stderr
 
@@ -160,7 +190,10 @@ def test_each_invocation_keeps_what_it_printed(stack: Stack, api: TestClient) ->
         result(api, "batched", item["id"])
         shared = api.get(f"/functions/batched/results/{item['id']}/logs").json()["logs"]
         assert "[printed by predict_batch for a batch of" in shared and "a batch of" in shared
-    assert api.get("/functions/noisy/results/00000000-0000-4000-8000-000000000000/logs").status_code == 404
+    assert (
+        api.get("/functions/noisy/results/00000000-0000-4000-8000-000000000000/logs").status_code
+        == 404
+    )
 
 
 def test_the_cli_prints_an_invocations_logs(stack: Stack) -> None:

@@ -188,7 +188,9 @@ def test_failures_that_are_not_retried(api, delivery, receivers) -> None:  # typ
     for path, why in (("gone", "410: it is gone"), ("redirect", "answered 302")):
         done = hooked(api, receiver.url(path))
         state = wait_for(
-            lambda i=done["id"]: (h := result(api, "echo", i, 0)["webhook"])["status"] == "failed" and h,
+            lambda i=done["id"]: (
+                (h := result(api, "echo", i, 0)["webhook"])["status"] == "failed" and h
+            ),
             10,
         )
         assert why in state["last_error"] and state["attempts"] == 1
@@ -216,7 +218,9 @@ def test_refused_addresses_are_422(api) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_a_deliverer_killed_before_delivering_delivers_once_when_back(
-    api, delivery: Deliverers, receivers  # type: ignore[no-untyped-def]
+    api,
+    delivery: Deliverers,
+    receivers,  # type: ignore[no-untyped-def]
 ) -> None:
     receiver = receivers[0]
     delivery.stop(kill=True)
@@ -231,7 +235,10 @@ def test_a_deliverer_killed_before_delivering_delivers_once_when_back(
 
 
 def test_a_receiver_that_never_answers_slows_no_one_else(
-    api, delivery, receivers, report: Callable[[str], None]  # type: ignore[no-untyped-def]
+    api,
+    delivery,
+    receivers,
+    report: Callable[[str], None],  # type: ignore[no-untyped-def]
 ) -> None:
     stuck, fine = receivers
     for _ in range(4):
@@ -247,7 +254,9 @@ def test_a_receiver_that_never_answers_slows_no_one_else(
 
 
 def test_an_address_refused_at_delivery_fails_the_delivery(
-    api, delivery: Deliverers, receivers  # type: ignore[no-untyped-def]
+    api,
+    delivery: Deliverers,
+    receivers,  # type: ignore[no-untyped-def]
 ) -> None:
     """As if DNS changed after the request was accepted: the deliverer checks again."""
     delivery.stop()
@@ -255,10 +264,36 @@ def test_an_address_refused_at_delivery_fails_the_delivery(
     delivery.start(CONVEYOR_WEBHOOKS__ALLOW_NETWORKS='["127.0.0.3/32"]')
     try:
         state = wait_for(
-            lambda: (h := result(api, "echo", done["id"], 0)["webhook"])["status"] == "failed" and h,
+            lambda: (
+                (h := result(api, "echo", done["id"], 0)["webhook"])["status"] == "failed" and h
+            ),
             10,
         )
     finally:
         delivery.stop()  # the next test starts one with the stack's settings
     assert "refused" in state["last_error"] and "loopback" in state["last_error"]
     assert receivers[0].got["moved"] == []
+
+
+def test_a_map_job_completion_is_signed_and_delivered(api, delivery, receivers) -> None:  # type: ignore[no-untyped-def]
+    receiver = receivers[1]
+    answer = api.post(
+        "/functions/echo/map",
+        json={"inputs": list(range(300)), "webhook": {"url": receiver.url("map")}},
+    )
+    assert answer.status_code == 202, answer.text
+    job = answer.json()
+    assert job["webhook"]["url"] == receiver.url("map")
+    wait_for(lambda: receiver.got["map"], 30, "the job's completed event")
+    headers, body, _ = receiver.got["map"][0]
+    event = Webhook(SECRET).verify(body, headers)
+    assert headers["webhook-id"] == f"msg_{job['id']}_completed"
+    assert event["event"] == "completed" and event["id"] == job["id"]
+    assert event["status"] == "succeeded" and event["counts"]["succeeded"] == 300
+    assert event["results_url"] == job["results_url"]
+    wait_for(
+        lambda: api.get(job["status_url"]).json()["webhook"].get("status") == "delivered",
+        10,
+        "the job to show its webhook delivered",
+    )
+    assert len(receiver.got["map"]) == 1

@@ -35,7 +35,12 @@ def test_every_route_is_documented_with_its_methods(tmp_path: Path) -> None:
     is (a function's own paths count as the generic route they are served by)."""
     config = write_settings(tmp_path / "deploy.toml", "redis://127.0.0.1:1/0", tmp_path / "fns")
     app = create_app(load_settings(config))
-    write_function(tmp_path / "fns", "f", "def run(x: int) -> int:\n    return x\n", '[function]\nhandler = "handler:run"\n')
+    write_function(
+        tmp_path / "fns",
+        "f",
+        "def run(x: int) -> int:\n    return x\n",
+        '[function]\nhandler = "handler:run"\n',
+    )
     registry = Registry(tmp_path / "fns", {"default": QueueSettings()}, import_code=True)
     registry.refresh()
     served: dict[str, set[str]] = {}
@@ -52,7 +57,9 @@ def test_every_route_is_documented_with_its_methods(tmp_path: Path) -> None:
             served[re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)] = methods
     documented: dict[str, set[str]] = {}
     for path, item in document(registry.entries(), Options(max_wait=60))["paths"].items():
-        documented.setdefault(path.replace("/functions/f/", "/functions/{name}/"), set()).update(item)
+        documented.setdefault(path.replace("/functions/f/", "/functions/{name}/"), set()).update(
+            item
+        )
     assert documented == served
 
 
@@ -93,7 +100,12 @@ def test_with_keys_every_operation_but_health_declares_401_and_403() -> None:
 def test_function_components_resolve_and_have_unique_titles(tmp_path: Path) -> None:
     for name in ("shapes", "team-a"):
         write_function(tmp_path, name, MODELS, '[function]\nhandler = "handler:Model"\n')
-    write_function(tmp_path, "plain", "def run(x: int) -> str:\n    return ''\n", '[function]\nhandler = "handler:run"\n')
+    write_function(
+        tmp_path,
+        "plain",
+        "def run(x: int) -> str:\n    return ''\n",
+        '[function]\nhandler = "handler:run"\n',
+    )
     registry = Registry(tmp_path, {"default": QueueSettings()}, import_code=True)
     registry.refresh()
     doc = document(registry.entries(), Options(max_wait=30))
@@ -109,7 +121,9 @@ def test_function_components_resolve_and_have_unique_titles(tmp_path: Path) -> N
     assert schemas["plain.Input"] == {"type": "integer", "title": "PlainInput"}
     invoke = doc["paths"]["/functions/plain/invoke"]["post"]
     assert invoke["parameters"][0]["schema"] == {"type": "number", "minimum": 0, "maximum": 30}
-    assert {"200", "202", "400", "404", "409", "413", "415", "422", "503"} == set(invoke["responses"])
+    assert {"200", "202", "400", "404", "409", "413", "415", "422", "503"} == set(
+        invoke["responses"]
+    )
     assert invoke["responses"]["422"]["content"] == {
         "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
     }

@@ -150,9 +150,7 @@ def test_output_schemas_from_return_annotations(functions_dir: Path) -> None:
         '[function]\nhandler = "handler:Model"\n[batching]\n',
     )
     write_function(functions_dir, "bare", "def run(x):\n    return x\n", MANIFEST)
-    write_function(
-        functions_dir, "odd", "def run(x: int) -> type:\n    return int\n", MANIFEST
-    )
+    write_function(functions_dir, "odd", "def run(x: int) -> type:\n    return int\n", MANIFEST)
     reg = registry(functions_dir)
     shared = reg.serving("shared").schemas
     assert shared is not None

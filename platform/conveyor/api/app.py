@@ -19,6 +19,7 @@ from litestar.di import NamedDependency, Provide
 from conveyor.api.auth import authenticate
 from conveyor.api.controllers import FunctionsController, HealthController, Platform
 from conveyor.api.docs import assets, docs_page
+from conveyor.api.jobs import JobsController
 from conveyor.api.observability import ObservabilityController
 from conveyor.api.observability import assets as dashboard_assets
 from conveyor.api.openapi import Options, document
@@ -31,9 +32,12 @@ from conveyor.functions.registry import Registry
 from conveyor.functions.watcher import watch_async
 from conveyor.log import get_logger
 from conveyor.metrics import HttpMetrics
+from conveyor.queueing import keys
 from conveyor.queueing.client import QueueClient
 from conveyor.queueing.key_store import KeyStore
+from conveyor.queueing.maps import MapStore
 from conveyor.queueing.schema_cache import RedisSchemaCache
+from conveyor.queueing.waiters import Wakeups
 from conveyor.settings import Settings
 from conveyor.webhooks.guard import Guard
 from conveyor.webhooks.intake import WebhookIntake
@@ -59,6 +63,8 @@ def create_app(settings: Settings) -> Litestar:
         queue=queue,
         intake=WebhookIntake(Guard(tuple(settings.webhooks.allow_networks)), enabled=webhooks),
         validators=RequestValidators(webhooks=webhooks),
+        maps=MapStore(queue.redis, queue.celery),
+        map_events=Wakeups(queue.subscription, keys.MAP_EVENTS_CHANNEL),
         keys=KeyStore(queue.redis, queue.subscription) if settings.api.auth == "keys" else None,
     )
     limits = Limits(settings.functions.inspect_timeout, settings.functions.inspect_memory)
@@ -94,6 +100,7 @@ def create_app(settings: Settings) -> Litestar:
             FunctionsController,
             HealthController,
             ObservabilityController,
+            JobsController,
             openapi_document,
             docs_page,
             assets(),

@@ -24,6 +24,8 @@ from conveyor.functions.registry import Registry
 from conveyor.queueing.client import QueueClient
 from conveyor.queueing.jobs import JobRecord
 from conveyor.queueing.key_store import KeyStore
+from conveyor.queueing.maps import MapStore
+from conveyor.queueing.waiters import Wakeups
 from conveyor.results import accepted_body, result_body, result_url
 from conveyor.settings import Settings
 from conveyor.webhooks.intake import WebhookIntake
@@ -42,6 +44,8 @@ class Platform:
     queue: QueueClient
     intake: WebhookIntake
     validators: RequestValidators
+    maps: MapStore
+    map_events: Wakeups  # a map job changed
     keys: KeyStore | None = None  # None: [api] auth = "none"
     loaded: bool = False  # the functions found at start have been inspected
 

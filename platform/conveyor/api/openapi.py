@@ -25,7 +25,9 @@ from conveyor.api.validation import request_schema
 from conveyor.functions.loader import DEFS_REF, FunctionSchemas
 from conveyor.functions.manifest import NAME_PATTERN
 from conveyor.functions.registry import FunctionEntry
+from conveyor.queueing.maps import RECENT_JOBS
 from conveyor.settings import Settings
+from conveyor.webhooks.intake import REQUEST_SCHEMA as WEBHOOK_SCHEMA
 
 REF = "#/components/schemas/"
 PROBLEM_JSON = "application/problem+json"
@@ -83,6 +85,9 @@ def _base(options: Options) -> dict[str, Any]:
     models: list[tuple[type[BaseModel], Literal["serialization"]]]
     models = [(m, "serialization") for m in DOCUMENTED]
     _, defs = models_json_schema(models, ref_template=REF + "{model}")
+    components = _without_null_defaults(defs["$defs"])
+    components["MapRequest"] = _map_request(options)
+    components["JsonValue"] = _JSON_VALUE
     return {
         "openapi": "3.1.0",
         "info": {
@@ -93,13 +98,14 @@ def _base(options: Options) -> dict[str, Any]:
             " follows deploys). Errors are RFC 9457 problem details.",
         },
         "paths": _paths(options.max_wait),
-        "components": {"schemas": _without_null_defaults(defs["$defs"])},
+        "components": {"schemas": components},
     }
 
 
 def _paths(max_wait: float) -> dict[str, Any]:
     name = _param("name", "path", {"type": "string", "pattern": NAME_PATTERN})
     invocation, wait = _invocation_param(), _wait_param(max_wait)
+    job = _param("job_id", "path", {"type": "string", "format": "uuid"})
     return {
         "/functions": {"get": _op("list_functions", "List functions", ok=ref("FunctionList"))},
         "/functions/{name}": {
@@ -133,6 +139,76 @@ def _paths(max_wait: float) -> dict[str, Any]:
                 ok=ref("InvocationLogs"),
                 params=[name, invocation],
                 problems=[404, 503],
+            )
+        },
+        "/functions/{name}/map": {"post": _map_op(name)},
+        "/functions/{name}/jobs": {
+            "get": _op(
+                "list_jobs",
+                "A function's recent map jobs",
+                ok=ref("MapJobList"),
+                params=[
+                    name,
+                    _param(
+                        "limit",
+                        "query",
+                        {"type": "integer", "minimum": 1, "maximum": RECENT_JOBS, "default": 20},
+                        "how many, newest first",
+                    ),
+                ],
+                problems=[400, 404, 503],
+                tags=["jobs"],
+            )
+        },
+        "/functions/{name}/jobs/{job_id}": {
+            "get": _op(
+                "get_job",
+                "A map job: status, counts, progress (?wait: until it changes)",
+                ok=ref("MapJobInfo"),
+                params=[name, job, wait],
+                problems=[400, 404, 503],
+                tags=["jobs"],
+            )
+        },
+        "/functions/{name}/jobs/{job_id}/results": {
+            "get": {
+                **_op(
+                    "get_job_results",
+                    "A map job's results as NDJSON, as they come",
+                    params=[
+                        name,
+                        job,
+                        _param(
+                            "order", "query", {"type": "string", "enum": ["index", "completion"]}
+                        ),
+                        _param(
+                            "from",
+                            "query",
+                            {"type": "integer", "minimum": 0},
+                            "resume after N lines",
+                        ),
+                    ],
+                    problems=[400, 404, 503],
+                    tags=["jobs"],
+                ),
+                "responses": {
+                    "200": {
+                        "description": 'one line per item: {"index", "status", "output"|"error",'
+                        ' "attempts", "duration_ms"?}',
+                        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+                    },
+                    **{str(c): _problem(c) for c in (400, 404, 503)},
+                },
+            }
+        },
+        "/functions/{name}/jobs/{job_id}/cancel": {
+            "post": _op(
+                "cancel_job",
+                "Cancel a map job: no item starts after the answer",
+                ok=ref("MapJobInfo"),
+                params=[name, job],
+                problems=[404, 409, 503],
+                tags=["jobs"],
             )
         },
         "/metrics": {
@@ -222,6 +298,75 @@ def _invoke_op(name: str, description: str, max_wait: float) -> dict[str, Any]:
             "Cancel": {"operationId": "cancel", "parameters": by_id},
             "Delete": {"operationId": "delete_result", "parameters": by_id},
         },
+    }
+    return op
+
+
+# Any JSON value whose integers fit 64 bits less the most negative one (what the streaming
+# parser of a JSON map body, yajl, can carry).
+_JSON_VALUE = {
+    "anyOf": [
+        {"type": "integer", "minimum": -(2**63 - 1), "maximum": 2**63 - 1},
+        {"type": "number", "not": {"type": "integer"}},
+        {"type": ["string", "boolean", "null"]},
+        {"type": "array", "items": {"$ref": REF + "JsonValue"}},
+        {"type": "object", "additionalProperties": {"$ref": REF + "JsonValue"}},
+    ]
+}
+
+
+def _map_request(options: Options) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "items": {"$ref": REF + "JsonValue"},
+            "description": "the function's inputs; each is checked on its own and an invalid"
+            " one fails alone. Integers must fit 64 bits (NDJSON has no such limit)",
+        },
+        "priority": {"type": "integer", "minimum": 0, "maximum": 9},
+    }
+    if options.webhooks:
+        url = {"url": WEBHOOK_SCHEMA["properties"]["url"]}
+        properties["webhook"] = {
+            "type": "object",
+            "required": ["url"],
+            "additionalProperties": False,
+            "properties": url,
+            "description": "where the job's completion is delivered",
+        }
+    return {
+        "type": "object",
+        "required": ["inputs"],
+        "additionalProperties": False,
+        "properties": properties,
+        "description": "a map job (or application/x-ndjson: one input per line, ?priority=N)",
+    }
+
+
+def _map_op(name: dict[str, Any]) -> dict[str, Any]:
+    key = _param(
+        "Idempotency-Key",
+        "header",
+        {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+        "retrying an upload with the same key and body returns the first job",
+    )
+    priority = _param("priority", "query", {"type": "integer", "minimum": 0, "maximum": 9})
+    op = _op(
+        "map",
+        "Map a function over many inputs (streamed; each item checked on its own)",
+        params=[name, priority, key],
+        problems=[400, 404, 409, 413, 415, 422, 503],
+        status=202,
+        tags=["jobs"],
+    )
+    op["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": ref("MapRequest")}},
+    }
+    op["responses"]["202"] = {
+        **_json("accepted: every item is stored; the job runs", ref("MapJobInfo")),
+        "headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}},
     }
     return op
 

@@ -180,6 +180,38 @@ class DashboardData(BaseModel):
     minutes: float
 
 
+class MapCounts(BaseModel):
+    succeeded: int
+    failed: int
+    cancelled: int
+    pending: int = Field(description="not finished yet")
+
+
+class MapJobInfo(BaseModel):
+    """A map job: one function over many inputs."""
+
+    id: UUID
+    function: str
+    version: str
+    status: Literal["running", "succeeded", "failed", "cancelled"]
+    total: int
+    counts: MapCounts
+    progress: float = Field(ge=0, le=1)
+    items_per_second: float | None
+    eta_seconds: float | None
+    priority: int = Field(ge=0, le=9)
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    status_url: str
+    results_url: str
+    webhook: WebhookState | Absent = None
+
+
+class MapJobList(BaseModel):
+    jobs: list[MapJobInfo]
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 
@@ -200,6 +232,8 @@ DOCUMENTED: list[type[BaseModel]] = [
     Readiness,
     InvocationLogs,
     DashboardData,
+    MapJobInfo,
+    MapJobList,
 ]
 
 

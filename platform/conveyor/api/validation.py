@@ -48,6 +48,21 @@ class RequestValidators:
     def __init__(self, *, webhooks: bool) -> None:
         self.webhooks = webhooks
         self._compiled: dict[str, tuple[str, Any]] = {}
+        self._items: dict[str, tuple[str, Any]] = {}
+
+    def item_errors(
+        self, spec: FunctionSpec, schemas: FunctionSchemas, value: Any
+    ) -> list[dict[str, str]]:
+        """What is wrong with one input (a map job's item): [] when nothing is."""
+        cached = self._items.get(spec.name)
+        if cached is None or cached[0] != spec.version:
+            schema = {**schemas.input, "$defs": schemas.defs}
+            cached = (spec.version, jsonschema_rs.validator_for(schema, validate_formats=True))
+            self._items[spec.name] = cached
+        validator = cached[1]
+        if validator.is_valid(value):
+            return []
+        return [_describe(e) for e in itertools.islice(validator.iter_errors(value), MAX_ERRORS)]
 
     def validate(self, spec: FunctionSpec, schemas: FunctionSchemas, body: Any) -> None:
         """Raise :class:`ValidationError` naming every bad field of ``body``."""

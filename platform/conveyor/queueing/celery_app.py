@@ -12,6 +12,7 @@ from conveyor.settings import Settings, all_queues
 
 TASK_NAME = "conveyor.run"
 BATCH_TASK_NAME = "conveyor.batch"
+MAP_TASK_NAME = "conveyor.map"
 HIGHEST_PRIORITY = 9
 
 

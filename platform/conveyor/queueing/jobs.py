@@ -36,7 +36,7 @@ ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING)
 # A webhook delivery, stored in the same script that makes its event happen (so a result
 # is never stored without the delivery it owes): if the record asked for ``event``, a
 # delivery hash holding the record as it is, due now, and a wake-up for the deliverer.
-_WEBHOOK = """
+WEBHOOK_LUA = """
 local function webhook(event, record, id, job, delivery, due, wake)
   if not record.webhook then return end
   local hook = cjson.decode(record.webhook)
@@ -65,7 +65,7 @@ end
 # was created with), final (1/0: publish, webhook, count), id, then field/value pairs.
 # Returns {changed, previous status}.
 TRANSITION = (
-    _WEBHOOK
+    WEBHOOK_LUA
     + stats.LUA
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -109,7 +109,7 @@ return {1, status}
 # set, the wake-up list, KEYS[5] queue-wait histogram, KEYS[6] redeliveries; ARGV: now,
 # version, pid, id.
 START = (
-    _WEBHOOK
+    WEBHOOK_LUA
     + stats.LUA
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -249,13 +249,14 @@ class JobRecord:
             has_output="output" in raw,
             submitted_version=raw.get("submitted_version"),
             owner=raw.get("owner"),
-            webhook=_webhook(raw),
+            webhook=webhook_view(raw),
             progress=json.loads(raw["progress"]) if "progress" in raw else None,
             logs=raw.get("logs"),
         )
 
 
-def _webhook(raw: dict[str, str]) -> dict[str, Any] | None:
+def webhook_view(raw: dict[str, str]) -> dict[str, Any] | None:
+    """A record's webhook as clients see it: where, which events, how delivery went."""
     if "webhook" not in raw:
         return None
     hook: dict[str, Any] = json.loads(raw["webhook"])

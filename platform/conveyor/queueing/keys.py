@@ -57,6 +57,49 @@ def stats_bucket(start: int) -> str:
     return f"{_METRICS}:dashboard:{start}"
 
 
+# Map jobs (see queueing/maps.py): the job's hash; its items waiting to be fed (a list of
+# "[index,attempt,input]" entries); each fed chunk's items; results by index; indices in
+# the order they finished; retries waiting for their backoff; the chunks running now.
+MAP_EVENTS_CHANNEL = f"{PREFIX}:map-events"  # payload: the job id, whenever it changes
+
+
+def map_job(job_id: str) -> str:
+    return f"{PREFIX}:map:{job_id}"
+
+
+def map_inputs(job_id: str) -> str:
+    return f"{PREFIX}:map:{job_id}:inputs"
+
+
+def map_chunk(job_id: str, chunk: int) -> str:
+    return f"{PREFIX}:map:{job_id}:chunk:{chunk}"
+
+
+def map_results(job_id: str) -> str:
+    return f"{PREFIX}:map:{job_id}:results"
+
+
+def map_done(job_id: str) -> str:
+    return f"{PREFIX}:map:{job_id}:done"
+
+
+def map_retries(job_id: str) -> str:
+    return f"{PREFIX}:map:{job_id}:retries"
+
+
+def map_active(job_id: str) -> str:
+    return f"{PREFIX}:map:{job_id}:active"
+
+
+def map_jobs(function: str) -> str:
+    """A function's recent jobs, by creation time."""
+    return f"{PREFIX}:maps:{function}"
+
+
+def map_idempotency(function: str, owner: str, key: str) -> str:
+    return f"{PREFIX}:idempotency-map:{function}:{owner}:{key}"
+
+
 # Bump when what the inspector reports changes shape, so old entries are not read.
 SCHEMAS_FORMAT = 1
 

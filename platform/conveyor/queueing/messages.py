@@ -19,7 +19,12 @@ from typing import Any
 from celery import Celery
 
 from conveyor.queueing import keys
-from conveyor.queueing.celery_app import BATCH_TASK_NAME, TASK_NAME, broker_priority
+from conveyor.queueing.celery_app import (
+    BATCH_TASK_NAME,
+    HIGHEST_PRIORITY,
+    TASK_NAME,
+    broker_priority,
+)
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,10 @@ def encode_task(
     inv: Invocation,
     *,
     countdown: float | None = None,
+    below: bool = False,
 ) -> tuple[str, str]:
+    """The list to push to and the envelope of one task message; ``below``: one priority
+    step under ``inv.priority`` (a map job's chunks yield to single invocations)."""
     task = app.amqp.as_task_v2(
         task_id,
         name,
@@ -80,7 +88,7 @@ def encode_task(
         kwargsrepr=f"{{'function': {inv.function!r}, 'id': {task_id!r}}}",
     )
     body = json.dumps(task.body, separators=(",", ":"))
-    priority = broker_priority(inv.priority)
+    priority = min(broker_priority(inv.priority) + (1 if below else 0), HIGHEST_PRIORITY)
     envelope = {
         "body": base64.b64encode(body.encode()).decode("ascii"),
         "content-encoding": "utf-8",

@@ -12,21 +12,23 @@ from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
 from celery import Celery, Task
-from celery.exceptions import TimeLimitExceeded, WorkerLostError
+from celery.exceptions import Terminated, TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
 from redis.exceptions import RedisError
 
 from conveyor.log import get_logger
 from conveyor.queueing.batches import Batches
-from conveyor.queueing.celery_app import BATCH_TASK_NAME, TASK_NAME
+from conveyor.queueing.celery_app import BATCH_TASK_NAME, MAP_TASK_NAME, TASK_NAME
+from conveyor.queueing.chunks import Chunks
 from conveyor.queueing.executor import Executor
 
 log = get_logger(__name__)
 
 
 def register_task(app: Celery, executor: Executor) -> None:
-    """Register ``conveyor.run`` and ``conveyor.batch`` on ``app``."""
+    """Register ``conveyor.run``, ``conveyor.batch`` and ``conveyor.map`` on ``app``."""
     batches = Batches(executor, app)
+    chunks = Chunks(executor, app)
 
     class ConveyorRequest(Request):
         """Runs in the supervising parent, which alone sees hard limits and dead children."""
@@ -40,6 +42,9 @@ def register_task(app: Celery, executor: Executor) -> None:
             self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
         ) -> None:
             batch = self.task.name == BATCH_TASK_NAME  # self.name is the shadow name
+            if self.task.name == MAP_TASK_NAME:
+                self._chunk_failed(exc_info, send_failed_event, return_ok)
+                return
             if getattr(self, "_already_cancelled", False):
                 # Celery cancelled the attempt (it lost the broker) and leaves the message
                 # unacked for redelivery. billiard's timer may still report the job timed
@@ -58,7 +63,20 @@ def register_task(app: Celery, executor: Executor) -> None:
             elif isinstance(exc, WorkerLostError):
                 _record(batches.lost if batch else executor.worker_lost, self.id)
 
-    # Both tasks: acknowledged after the outcome is stored, requeued if the child dies.
+        def _chunk_failed(self, exc_info: Any, send_failed_event: bool, return_ok: bool) -> None:
+            if getattr(self, "_already_cancelled", False):
+                return  # lost the broker: the chunk is redelivered as it is
+            super().on_failure(exc_info, send_failed_event, return_ok)
+            exc = exc_info.exception
+            if isinstance(exc, ExceptionWithTraceback):
+                exc = exc.exc
+            if isinstance(exc, TimeLimitExceeded):
+                timeout = exc.args[0] if exc.args else None
+                _record(chunks.timed_out, self.id, self.kwargs, timeout)
+            elif isinstance(exc, WorkerLostError | Terminated):  # died, or killed by a cancel
+                _record(chunks.lost, self.id, self.kwargs)
+
+    # Every task: acknowledged after the outcome is stored, requeued if the child dies.
     options: dict[str, Any] = {
         "bind": True,
         "Request": ConveyorRequest,
@@ -77,6 +95,10 @@ def register_task(app: Celery, executor: Executor) -> None:
     @app.task(name=BATCH_TASK_NAME, **options)
     def batch(self: Task[Any, Any], function: str, version: str) -> None:
         batches.drain(self, function, version)
+
+    @app.task(name=MAP_TASK_NAME, **options)
+    def map_chunk(self: Task[Any, Any], job: str, function: str, version: str, chunk: int) -> None:
+        chunks.run(self, job, function, version, chunk)
 
 
 def _record(hook: Callable[..., None], *args: Any) -> None:

@@ -112,3 +112,34 @@ class Waiters:
         for waiting in self._queues.values():
             for queue in waiting:
                 queue.put_nowait(None)
+
+
+class Wakeups:
+    """Requests waiting for something named by an id to change (a map job): the channel's
+    payload is the id; a reconnection wakes everybody (they read again)."""
+
+    def __init__(self, subscription: Subscription, channel: str) -> None:
+        self._events: dict[str, set[asyncio.Event]] = {}
+        subscription.on(channel, self._dispatch, self._wake_all)
+
+    @contextlib.contextmanager
+    def watch(self, key: str) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        self._events.setdefault(key, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiting = self._events.get(key)
+            if waiting is not None:
+                waiting.discard(event)
+                if not waiting:
+                    del self._events[key]
+
+    def _dispatch(self, payload: str) -> None:
+        for event in self._events.get(payload, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for waiting in self._events.values():
+            for event in waiting:
+                event.set()

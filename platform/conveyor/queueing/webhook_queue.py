@@ -54,7 +54,7 @@ return 1
 
 @dataclass(frozen=True)
 class Delivery:
-    """One event of one invocation, owed to one URL."""
+    """One event of one invocation (or map job), owed to one URL."""
 
     key: str  # its hash, and its member in the due set
     id: str  # webhook-id: the same on every attempt
@@ -77,6 +77,15 @@ class Delivery:
             created_at=float(raw["created_at"]),
             attempts=int(raw.get("attempts", 0)),
         )
+
+    @property
+    def of_map_job(self) -> bool:
+        return self.record.get("kind") == "map"
+
+    @property
+    def owner_key(self) -> str:
+        """The hash whose webhook status this delivery's attempts update."""
+        return keys.map_job(self.invocation) if self.of_map_job else keys.job(self.invocation)
 
 
 class WebhookQueue:
@@ -126,7 +135,7 @@ class WebhookQueue:
         """Record an attempt: ``retry_at`` keeps the delivery for then; else it is done."""
         with broker_errors():
             await self._settle(
-                keys=[delivery.key, keys.WEBHOOKS_DUE, keys.job(delivery.invocation)],
+                keys=[delivery.key, keys.WEBHOOKS_DUE, delivery.owner_key],
                 args=[
                     status,
                     attempts,

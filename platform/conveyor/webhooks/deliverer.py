@@ -36,8 +36,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from conveyor.log import get_logger
 from conveyor.queueing.jobs import JobRecord
+from conveyor.queueing.maps import MapJob
 from conveyor.queueing.webhook_queue import Delivery, WebhookQueue
-from conveyor.results import result_body
+from conveyor.results import map_job_body, result_body
 from conveyor.settings import WebhookSettings
 from conveyor.webhooks import signing
 from conveyor.webhooks.guard import Guard, RefusedAddressError
@@ -144,13 +145,11 @@ class Deliverer:
 
     async def _attempt(self, session: aiohttp.ClientSession, delivery: Delivery) -> None:
         attempts = delivery.attempts + 1
-        body = json.dumps(
-            {
-                **result_body(JobRecord.from_hash(delivery.invocation, delivery.record)),
-                "event": delivery.event,
-            },
-            separators=(",", ":"),
-        ).encode()
+        if delivery.of_map_job:
+            view = map_job_body(MapJob.from_hash(delivery.invocation, delivery.record))
+        else:
+            view = result_body(JobRecord.from_hash(delivery.invocation, delivery.record))
+        body = json.dumps({**view, "event": delivery.event}, separators=(",", ":")).encode()
         started = time.monotonic()
         retry_after: float | None = None
         try:

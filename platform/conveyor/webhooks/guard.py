@@ -74,6 +74,8 @@ class Guard:
                     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except (OSError, TimeoutError) as exc:
                 raise RefusedAddressError(f"{host} does not resolve: {exc}") from None
+            except UnicodeError:
+                raise RefusedAddressError(f"{host!r} is not a valid host name") from None
             found = list(dict.fromkeys(ip_address(info[4][0]) for info in infos))
         for ip in found:
             if (why := self.refusal(ip)) is not None:

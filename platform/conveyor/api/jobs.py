@@ -1,0 +1,341 @@
+"""Map jobs over HTTP: submit (streamed), watch, read results in order, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.exceptions import ClientException, HTTPException
+from litestar.params import FromPath, QueryParameter
+from litestar.response import Stream
+
+from conveyor.api.controllers import Platform, _idempotency_key, _wait
+from conveyor.api.uploads import BodyStream, Line, items
+from conveyor.auth.caller import Caller
+from conveyor.auth.keys import Action
+from conveyor.errors import InputTooLargeError, ValidationError
+from conveyor.functions.registry import FunctionEntry
+from conveyor.queueing import keys, maps
+from conveyor.results import map_job_body
+
+NDJSON = "application/x-ndjson"
+BLOCK = 1000  # items stored per Redis round trip while uploading; results read per round trip
+CANCEL_GRACE = 1.0  # seconds running chunks get to notice a cancel before they are killed
+CANCEL_LIMIT = 10.0
+JOB = "/{name:str}/jobs/{job_id:str}"
+
+
+def _media(request: Request[Any, Any, Any]) -> str:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media in ("", "application/json", NDJSON):
+        return media or "application/json"
+    raise HTTPException(status_code=415, detail=f"send application/json or {NDJSON}, not {media}")
+
+
+def _fields(entry: FunctionEntry, priority: int | None, owner: str | None) -> dict[str, str]:
+    assert entry.spec is not None
+    manifest = entry.spec.manifest
+    fields = {
+        "function": entry.name,
+        "version": entry.spec.version,
+        "queue": manifest.target_queue,
+        "priority": str(manifest.queue.priority if priority is None else priority),
+        "timeout": repr(manifest.limits.timeout),
+        "ttl": str(manifest.results.ttl),
+        "batch": str(manifest.batching.max_batch_size if manifest.batching else 0),
+        "created_at": repr(time.time()),
+        "chunks": "0",
+        "outstanding": "0",
+        "kind": "map",
+    }
+    if owner is not None:
+        fields["owner"] = owner
+    return fields
+
+
+class JobsController(Controller):
+    path = "/functions"
+
+    @post(
+        "/{name:str}/map",
+        summary="Map a function over many inputs",
+        status_code=202,
+        request_max_body_size=None,
+    )
+    async def submit(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+    ) -> Response[dict[str, Any]]:
+        caller.require(Action.INVOKE, name)
+        entry = platform.registry.serving(name)
+        assert entry.spec is not None and entry.schemas is not None
+        media = _media(request)
+        key = _idempotency_key(request)
+        job_id = str(uuid.uuid4())
+        fields = _fields(entry, _priority(request), caller.owner)
+        store = platform.maps
+        await store.stage(job_id, fields)
+        body = BodyStream(request.stream(), platform.settings.map.max_body_bytes)
+        try:
+            total = await self._upload(platform, entry, job_id, fields, items(body, media))
+        except BaseException:
+            await platform.maps.discard(job_id)
+            raise
+        census = await platform.queue.census()
+        workers = census.count(fields["queue"]) if census is not None else 0
+        settings = platform.settings.map
+        chunks = maps.window(workers, settings.window)
+        first = await store.finish_upload(
+            job_id,
+            fields,
+            total=total,
+            chunks=chunks,
+            target=settings.chunk_seconds,
+            most=settings.max_chunk,
+            idempotency=keys.map_idempotency(name, caller.owner or "", key) if key else "",
+            digest=body.digest.hexdigest()[:32],
+            pending_ttl=platform.settings.results.pending_ttl,
+        )
+        answer = map_job_body(await store.get(first, name))
+        return Response(answer, status_code=202, headers={"Location": answer["status_url"]})
+
+    async def _upload(
+        self,
+        platform: Platform,
+        entry: FunctionEntry,
+        job_id: str,
+        fields: dict[str, str],
+        pairs: AsyncIterator[tuple[str, Any]],
+    ) -> int:
+        """Store the items as they arrive; an invalid one fails by itself. The total."""
+        assert entry.spec is not None and entry.schemas is not None
+        limit = platform.settings.map.max_items
+        valid: list[str] = []
+        invalid: list[tuple[int, str]] = []
+        index = 0
+        async for field, got in pairs:
+            value, text = (got.value, got.text) if isinstance(got, Line) else (got, None)
+            if field != "input":
+                await self._envelope(platform, job_id, fields, field, value)
+                continue
+            if index >= limit:
+                raise InputTooLargeError(
+                    f"more than {limit} items ([map] max_items); split the job"
+                )
+            errors = platform.validators.item_errors(entry.spec, entry.schemas, value)
+            if errors:
+                summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+                error = {"type": "ValidationError", "message": f"item {index}: {summary}"}
+                invalid.append((index, json.dumps({"s": "failed", "a": 0, "e": error})))
+            else:
+                text = text or json.dumps(value, separators=(",", ":"))
+                valid.append(maps.entry(index, 1, text))
+            index += 1
+            if len(valid) + len(invalid) >= BLOCK:
+                await platform.maps.append(job_id, valid, invalid)
+                valid, invalid = [], []
+        await platform.maps.append(job_id, valid, invalid)
+        if index == 0:
+            raise ValidationError(
+                "invalid map request: no inputs", [{"field": "inputs", "message": "empty"}]
+            )
+        return index
+
+    async def _envelope(
+        self, platform: Platform, job_id: str, fields: dict[str, str], field: str, value: Any
+    ) -> None:
+        if field == "priority":
+            if not isinstance(value, int | float) or int(value) != value or not 0 <= value <= 9:
+                raise ValidationError(
+                    "invalid map request: priority must be an integer from 0 to 9",
+                    [{"field": "priority", "message": "an integer from 0 to 9"}],
+                )
+            fields["priority"] = str(int(value))
+        elif field == "webhook":
+            platform.intake.require_enabled()
+            if (
+                not isinstance(value, dict)
+                or set(value) != {"url"}
+                or not isinstance(value["url"], str)
+            ):
+                raise ValidationError(
+                    'invalid map request: webhook must be {"url": "https://..."}: the job\'s'
+                    " completion is delivered there",
+                    [{"field": "webhook", "message": "an object with a url, and nothing else"}],
+                )
+            fields["webhook"] = await platform.intake.accept({**value, "events": ["completed"]})
+        await platform.maps.update(job_id, {field: fields[field]})
+
+    @get("/{name:str}/jobs", summary="A function's recent map jobs")
+    async def list_jobs(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        name: FromPath[str],
+        limit: Annotated[
+            int, QueryParameter(ge=1, le=maps.RECENT_JOBS, description="how many, newest first")
+        ] = 20,
+    ) -> dict[str, Any]:
+        caller.require_sees(name)
+        platform.registry.entry(name)  # 404 for a name never deployed
+        jobs = await platform.maps.recent(name, limit)
+        now = time.time()
+        return {
+            "jobs": [
+                map_job_body(j, now) for j in jobs if caller.may_handle(name, j.owner, Action.READ)
+            ]
+        }
+
+    @get(JOB, summary="A map job: status, counts, progress")
+    async def job(
+        self,
+        *,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        job_id: FromPath[str],
+    ) -> dict[str, Any]:
+        caller.require_sees(name)
+        job = await platform.maps.get(job_id, name)
+        _check(caller, job, Action.READ)
+        seconds = _wait(platform, request)
+        if seconds and not job.final:
+            with platform.map_events.watch(job_id) as changed:
+                job = await platform.maps.get(job_id, name)
+                if not job.final:
+                    try:
+                        async with asyncio.timeout(seconds):
+                            await changed.wait()
+                    except TimeoutError:
+                        pass
+                    job = await platform.maps.get(job_id, name)
+        return map_job_body(job)
+
+    @get(JOB + "/results", summary="A map job's results, NDJSON, as they come", media_type=NDJSON)
+    async def results(
+        self,
+        *,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        name: FromPath[str],
+        job_id: FromPath[str],
+        order: Annotated[
+            Literal["index", "completion"], QueryParameter(description="line order")
+        ] = "index",
+        from_: Annotated[
+            int, QueryParameter(name="from", ge=0, description="skip this many lines (resume)")
+        ] = 0,
+    ) -> Stream:
+        caller.require_sees(name)
+        job = await platform.maps.get(job_id, name)
+        _check(caller, job, Action.READ)
+        lines = _in_order if order == "index" else _in_completion
+        return Stream(lines(platform, job, from_), media_type=NDJSON)
+
+    @post(JOB + "/cancel", summary="Cancel a map job", status_code=200)
+    async def cancel(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        name: FromPath[str],
+        job_id: FromPath[str],
+    ) -> dict[str, Any]:
+        caller.require(Action.INVOKE, name)
+        job = await platform.maps.get(job_id, name)
+        _check(caller, job, Action.INVOKE)
+        if await platform.maps.cancel(job_id):
+            await _stop_running(platform, job_id)
+        return map_job_body(await platform.maps.get(job_id, name))
+
+
+async def _stop_running(platform: Platform, job_id: str) -> None:
+    """Answer a cancel only once no chunk of the job runs: a chunk looks every few
+    milliseconds and stops; one busy in a long item is killed, as a single invocation's
+    attempt is."""
+    deadline = time.monotonic() + CANCEL_GRACE
+    while (running := await platform.maps.running(job_id)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    if not running:
+        return
+    for task_id in running:
+        await asyncio.to_thread(
+            platform.queue.celery.control.revoke, task_id, terminate=True, signal="SIGKILL"
+        )
+    deadline = time.monotonic() + CANCEL_LIMIT
+    while await platform.maps.running(job_id) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def _check(caller: Caller, job: maps.MapJob, action: Action) -> None:
+    if not caller.may_handle(job.function, job.owner, action):
+        needed = f"read:{job.function}" if action is Action.READ else "admin"
+        raise caller.denied(needed, f"job {job.id} was made with another key")
+
+
+def _priority(request: Request[Any, Any, Any]) -> int | None:
+    given = request.query_params.get("priority")
+    if given is None:
+        return None
+    if not given.isdigit() or not 0 <= int(given) <= 9:
+        raise ClientException(f"priority must be an integer from 0 to 9, not {given!r}")
+    return int(given)
+
+
+async def _in_order(platform: Platform, job: maps.MapJob, start: int) -> AsyncIterator[bytes]:
+    """Lines in input order: a slow item holds back the lines after it (not their work)."""
+    index = start
+    while index < job.total:
+        with platform.map_events.watch(job.id) as changed:
+            block = await platform.maps.results(job.id, index, min(BLOCK, job.total - index))
+            status = job.status if job.final else "running"
+            out = []
+            for compact in block:
+                line = maps.result_line(index, compact, status)
+                if line is None:
+                    break
+                out.append(json.dumps(line, separators=(",", ":")))
+                index += 1
+            if out:
+                yield ("\n".join(out) + "\n").encode()
+                continue
+            await _next_change(changed)
+            job = await platform.maps.get(job.id, job.function)
+
+
+async def _in_completion(platform: Platform, job: maps.MapJob, start: int) -> AsyncIterator[bytes]:
+    """Lines in the order the items finished (items a cancel kept from running: none)."""
+    offset = start
+    while True:
+        with platform.map_events.watch(job.id) as changed:
+            indices = await platform.maps.finished_order(job.id, offset, BLOCK)
+            if indices:
+                found = await platform.maps.pick(job.id, indices)
+                lines = [
+                    json.dumps(maps.result_line(i, c, "cancelled"), separators=(",", ":"))
+                    for i, c in zip(indices, found, strict=True)
+                ]
+                offset += len(indices)
+                yield ("\n".join(lines) + "\n").encode()
+                continue
+            if job.final:
+                return
+            await _next_change(changed)
+            job = await platform.maps.get(job.id, job.function)
+
+
+async def _next_change(changed: asyncio.Event) -> None:
+    try:
+        async with asyncio.timeout(1.0):  # and look again anyway: a missed event is no hang
+            await changed.wait()
+    except TimeoutError:
+        pass
