@@ -44,7 +44,7 @@ run: install
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform tests bench functions
-	$(BIN)/ruff format --check platform
+	$(BIN)/ruff format --check platform tests bench
 	$(BIN)/mypy
 
 test: install chromium promtool lint

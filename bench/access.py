@@ -29,7 +29,15 @@ WEBHOOK_SECONDS = 10
 
 def make_key(config: Path, conveyor_bin: Path) -> str:
     made = subprocess.run(
-        [str(conveyor_bin), "keys", "create", "--name", f"bench-{time.time_ns()}", "--scope", "admin"],
+        [
+            str(conveyor_bin),
+            "keys",
+            "create",
+            "--name",
+            f"bench-{time.time_ns()}",
+            "--scope",
+            "admin",
+        ],
         env={**os.environ, "CONVEYOR_CONFIG": str(config)},
         capture_output=True,
         text=True,

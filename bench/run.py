@@ -30,6 +30,15 @@ from conveyor.webhooks.signing import new_secret
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from access import Receiver, keyed_config, make_key, webhook_load  # noqa: E402
+from maps import (  # noqa: E402
+    big_upload,
+    features,
+    job_rate,
+    mlp_in_process,
+    ndjson_lines,
+    singles_during_job,
+)
+from measure import pct, rss_mib  # noqa: E402
 
 from support import (  # noqa: E402
     BIN,
@@ -50,19 +59,9 @@ BATCH_CLIENTS = 64
 BATCH_REQUESTS = 1500
 BACKLOG = 500
 DEPLOYS = 10
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def rss_mib(pid: int) -> tuple[float, float]:
-    """(current, peak) resident memory of ``pid``, MiB."""
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+MAP_ITEMS = 100_000
+MLP_MAP_ITEMS = 20_000
+UPLOAD_ITEMS = 1_000_000
 
 
 def children(pid: int) -> list[int]:
@@ -300,6 +299,15 @@ def priority_time(base: str, task_seconds: float) -> dict[str, float]:
     return {"seconds": elapsed}
 
 
+def forget_jobs(redis_url: str) -> None:
+    """Drop finished map jobs' results, so later scenarios meet the Redis they used to."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter("conveyor:map*", count=1000):
+        client.delete(key)
+
+
 def drain(redis_url: str, queue: str) -> None:
     import redis
 
@@ -370,6 +378,7 @@ def main() -> int:
                 Row("memory", "worker peak under load", worker_peak, None, "MiB"),
             ]
 
+            rows += map_rows(env, tp["rate"])
             rows += access_rows(env, root)
             rows.append(metrics_row(env, root))
 
@@ -394,6 +403,7 @@ def main() -> int:
             )
         env.stop(raw_worker)
         env.stop(worker)
+        rows += upload_rows(env, root)
 
         if os.environ.get("BENCH_SKIP_BATCHING"):
             return report(rows) or 0
@@ -415,6 +425,7 @@ def main() -> int:
             Row("batching", "p50", on["p50"], off["p50"], "ms"),
             Row("batching", "p99", on["p99"], off["p99"], "ms", "≤ 1×", on["p99"] <= off["p99"]),
         ]
+        rows.append(mlp_map_row(env))
         env.stop(mlp_worker)
     finally:
         env.close()
@@ -443,9 +454,66 @@ def access_rows(env: Platform, root: Path) -> list[Row]:
     hooks = median_of(RUNS, lambda: webhook_load(env.base, receiver))
     env.stop(deliverer)
     return [
-        Row("auth", "throughput keys / none", rate_on, rate_off, "/s", "≥ 0.95×", rate_on >= 0.95 * rate_off),
+        Row(
+            "auth",
+            "throughput keys / none",
+            rate_on,
+            rate_off,
+            "/s",
+            "≥ 0.95×",
+            rate_on >= 0.95 * rate_off,
+        ),
         Row("webhooks", "result → receiver p50", hooks["p50"], None, "ms"),
         Row("webhooks", "result → receiver p99", hooks["p99"], None, "ms"),
+    ]
+
+
+def map_rows(env: Platform, single_rate: float) -> list[Row]:
+    """A 100,000-item job over echo (items/s from the upload's first byte to the job's end)
+    against single invocations over HTTP; echo round trips while such a job runs."""
+    body = b"".join(ndjson_lines(MAP_ITEMS, lambda i: {"i": i, "text": f"row {i}"}))
+    rate = median_of(RUNS, lambda: job_rate(env.base, "echo", body, MAP_ITEMS))["rate"]
+    during = median_of(RUNS, lambda: singles_during_job(env.base, body))
+    forget_jobs(env.redis.url)
+    return [
+        Row("map", "100k echo items/s", rate, single_rate, "/s", "≥ 5×", rate >= 5 * single_rate),
+        Row("map", "single p50 during job", during["p50"], during["idle_p50"], "ms"),
+        Row("map", "single p99 during job", during["p99"], during["idle_p99"], "ms"),
+    ]
+
+
+def mlp_map_row(env: Platform) -> Row:
+    """A job over the batching mlp against the model's own loop in a plain process."""
+    body = b"".join(ndjson_lines(MLP_MAP_ITEMS, features))
+    job_rate(env.base, "mlp", body, MLP_MAP_ITEMS)  # warm
+    rate = median_of(RUNS, lambda: job_rate(env.base, "mlp", body, MLP_MAP_ITEMS))["rate"]
+    alone = median_of(RUNS, lambda: {"rate": mlp_in_process(MLP_MAP_ITEMS, 64)})["rate"]
+    return Row("map", "mlp job / in-process", rate, alone, "/s", "≥ 0.9×", rate >= 0.9 * alone)
+
+
+def upload_rows(env: Platform, root: Path) -> list[Row]:
+    """A fresh API takes a 1,000,000-item NDJSON upload (nobody consumes the queue)."""
+    api, base = start_api(env.config, root / "api-upload.log", free_port())
+    env.procs.append(api)
+    try:
+        got = big_upload(base, api.pid, env.redis.url, UPLOAD_ITEMS)
+    finally:
+        env.stop(api)
+    drain(env.redis.url, "realtime")
+    return [
+        Row("map upload", "1M items: API RSS before", got["rss_before"], None, "MiB"),
+        Row(
+            "map upload",
+            "1M items: API peak RSS",
+            got["rss_peak"],
+            None,
+            "MiB",
+            "≤ before + 50",
+            got["rss_peak"] <= got["rss_before"] + 50,
+        ),
+        Row("map upload", "1M items: seconds", got["seconds"], None, "s"),
+        Row("map upload", "Redis bytes / waiting item", got["redis_per_item"], None, "B"),
+        Row("map upload", "its input's JSON", got["input_bytes"], None, "B"),
     ]
 
 
