@@ -334,6 +334,7 @@ def test_a_finished_job_expires_whole(api: TestClient, stack: Stack) -> None:  #
         (b'{"inputs": 3}', {}, 422, "inputs must be a list"),
         (b'{"inputs": [1], "extra": 1}', {}, 422, "extra: not allowed here"),
         (b'{"inputs": [1], "priority": 12}', {}, 422, "priority must be an integer from 0 to 9"),
+        (b'{"inputs": [1], "priority": false}', {}, 422, "priority must be an integer from 0 to 9"),
         (b'{"inputs": [1, ', {}, 400, "not valid JSON"),
         (b"[1, 2]", {}, 422, "send a JSON object"),
         (b"1\n2\n{oops\n", NDJSON, 400, "line 3 of the body is not JSON"),

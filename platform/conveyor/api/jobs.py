@@ -154,7 +154,8 @@ class JobsController(Controller):
         self, platform: Platform, job_id: str, fields: dict[str, str], field: str, value: Any
     ) -> None:
         if field == "priority":
-            if not isinstance(value, int | float) or int(value) != value or not 0 <= value <= 9:
+            number = isinstance(value, int | float) and not isinstance(value, bool)  # JSON false
+            if not number or int(value) != value or not 0 <= value <= 9:
                 raise ValidationError(
                     "invalid map request: priority must be an integer from 0 to 9",
                     [{"field": "priority", "message": "an integer from 0 to 9"}],
