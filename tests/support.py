@@ -23,10 +23,48 @@ import redis
 from litestar.testing import TestClient
 
 from conveyor.api.app import create_app
-from conveyor.settings import Settings, load_settings
+from conveyor.errors import FunctionLoadError
+from conveyor.functions.digest import folder_digest
+from conveyor.functions.loader import LoadedFunction, load_function
+from conveyor.functions.manifest import MANIFEST_FILE, parse_manifest
+from conveyor.functions.registry import Change, FunctionEntry, Registry
+from conveyor.settings import QueueSettings, Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+
+
+QUEUES = {"realtime": QueueSettings(), "batch": QueueSettings(), "default": QueueSettings()}
+
+
+def load(folder: Path) -> LoadedFunction:
+    """A function folder's version, imported as a worker pool child imports it."""
+    manifest = parse_manifest(folder / MANIFEST_FILE, QUEUES)
+    return load_function(folder.name, folder_digest(folder), folder, manifest)
+
+
+def importing_refresh(registry: Registry) -> list[Change]:
+    """Rescan and check each new version by importing it here (what the API's inspector
+    subprocess does), accepting it with its schemas or rejecting it with the error."""
+    scan = registry.scan()
+    changes = list(scan.changes)
+    for spec in scan.candidates:
+        try:
+            schemas = load_function(spec.name, spec.version, spec.folder, spec.manifest).schemas()
+        except FunctionLoadError as exc:
+            change = registry.reject(spec, str(exc))
+        else:
+            change = registry.accept(spec, schemas)
+        if change is not None:
+            changes.append(change)
+    return changes
+
+
+def loaded_entries(root: Path) -> list[FunctionEntry]:
+    """Every folder under ``root``, checked by importing it, as the API lists them."""
+    registry = Registry(root, QUEUES)
+    importing_refresh(registry)
+    return registry.entries()
 
 
 def free_port() -> int:
@@ -130,6 +168,7 @@ def write_settings(path: Path, redis_url: str, functions: Path, extra: str = "")
         heartbeat = 1.0
         [log]
         format = "json"
+        [store]
         [queues.realtime]
         max_timeout = 60
         [queues.batch]
@@ -339,9 +378,12 @@ def invoke(
     name: str,
     payload: object,
     wait: float | None = None,  # type: ignore[type-arg]
+    version: str | None = None,
     **body: object,
 ) -> tuple[int, dict]:  # type: ignore[type-arg]
-    params = {"wait": wait} if wait else {}
+    params: dict[str, object] = {"wait": wait} if wait else {}
+    if version is not None:
+        params["version"] = version
     response = client.post(
         f"/functions/{name}/invoke", json={"input": payload, **body}, params=params
     )

@@ -1,5 +1,5 @@
 """``conveyor``: api, worker, redis, check, ls, invoke, logs; and (admin_cli.py) keys,
-webhooks, flower."""
+webhooks, flower; (map_cli.py) map; (store_cli.py) deploy, versions, rollback, unpin, rm."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -27,6 +28,7 @@ from conveyor.settings import (
     gpu_queue,
     is_loopback,
 )
+from conveyor.store_cli import add_store_commands
 
 API_KEY_ENV = "CONVEYOR_API_KEY"  # sent by ls and invoke as Authorization: Bearer <key>
 
@@ -86,8 +88,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add_admin_commands(sub)
     add_map_command(sub, _base_url, _api_headers)
+    add_store_commands(sub, _base_url, _request)
 
-    check = sub.add_parser("check", help="validate deploy.toml and every function folder")
+    check = sub.add_parser(
+        "check", help="validate deploy.toml and every function folder (or the folders named)"
+    )
+    check.add_argument("paths", nargs="*", metavar="PATH", help="function folders to check")
     check.set_defaults(run=_check)
 
     ls = sub.add_parser("ls", help="list the functions the API serves")
@@ -208,9 +214,16 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     from conveyor.functions.catalog import Catalog
     from conveyor.functions.inspector import Inspector, Limits
     from conveyor.functions.registry import Registry
+    from conveyor.store.bundle import check_size, folder_sizes
 
-    # The same check the API makes: each folder imported in an inspector subprocess.
-    registry = Registry(settings.functions.dir, settings.queues, import_code=False)
+    # The same checks the API makes: each folder imported in an inspector subprocess, and
+    # its files within what the function store takes.
+    paths = [Path(p) for p in args.paths]
+    folders = {path.resolve().name: path for path in paths} if paths else None
+    missing = [str(path) for path in paths if not path.is_dir()]
+    if missing:
+        raise ConveyorError(f"not a folder: {', '.join(missing)}")
+    registry = Registry(settings.functions.dir, settings.queues, folders)
     limits = Limits(settings.functions.inspect_timeout, settings.functions.inspect_memory)
     catalog = Catalog(registry, Inspector(limits))
 
@@ -220,16 +233,25 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
 
     asyncio.run(load())
     entries = registry.entries()
-    print(f"settings ok; functions in {settings.functions.dir}: {len(entries)}")
+    where = "folders given" if paths else f"functions in {settings.functions.dir}"
+    print(f"settings ok; {where}: {len(entries)}")
+    failed = False
     for entry in entries:
-        if entry.error:
-            print(f"  ERROR {entry.name}: {entry.error}")
+        error = entry.error
+        if error is None and entry.path is not None:
+            try:
+                check_size(entry.name, folder_sizes(entry.path), settings.store.max_bundle_bytes)
+            except ConveyorError as exc:
+                error = str(exc)
+        if error is not None:
+            failed = True
+            print(f"  ERROR {entry.name}: {error}")
         else:
             assert entry.spec is not None
             print(
                 f"  ok    {entry.name} {entry.spec.version} queue={entry.spec.manifest.queue.name}"
             )
-    return 1 if any(e.error for e in entries) else 0
+    return 1 if failed else 0
 
 
 def _base_url(settings: Settings, args: argparse.Namespace) -> str:

@@ -36,6 +36,18 @@ class FunctionUnavailableError(ConveyorError):
     """The function exists but has no good version to serve."""
 
 
+class VersionNotFoundError(ConveyorError):
+    """The function store does not retain that version of the function."""
+
+
+class BundleError(ConveyorError):
+    """A function bundle is not a zip archive of a function folder."""
+
+
+class BundleTooLargeError(BundleError):
+    """A function folder is larger than the function store takes ([store] max_bundle_bytes)."""
+
+
 class SetupError(ConveyorError):
     """A class handler's setup() raised; the invocation that needed it fails."""
 

@@ -52,8 +52,6 @@ def result_body(record: JobRecord, census: Census = None) -> dict[str, Any]:
         "attempts": record.attempts,
         "created_at": iso(record.created_at),
     }
-    if record.submitted_version is not None:
-        body["submitted_version"] = record.submitted_version  # the worker ran another copy
     if record.has_output:
         body["output"] = record.output
     if record.error is not None:

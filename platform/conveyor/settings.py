@@ -123,6 +123,24 @@ class FunctionsSettings(_Section):
     )
 
 
+class StoreSettings(_Section):
+    max_bundle_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        le=512 * 1024 * 1024,
+        description="a function folder's files, together, at most (its bundle lives in Redis)",
+    )
+    keep_versions: int = Field(
+        10, ge=1, le=1000, description="versions of each function kept (in use: always)"
+    )
+    collect_interval: Seconds = Field(
+        60.0, le=24 * 3600, description="seconds between looks for versions past keep_versions"
+    )
+    cache_dir: Path = Field(
+        Path(".conveyor/cache"), description="where a worker unpacks the versions it runs"
+    )
+
+
 class QueueSettings(_Section):
     description: str = ""
     max_timeout: Seconds = Field(3600.0, description="longest hard limit a function may declare")
@@ -192,6 +210,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     map: MapSettings = MapSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    store: StoreSettings = StoreSettings()
     queues: dict[str, QueueSettings] = Field(
         default_factory=lambda: {"default": QueueSettings()}, min_length=1
     )
@@ -248,6 +267,9 @@ def load_settings(path: Path | None = None) -> Settings:
             ),
             "redis": settings.redis.model_copy(
                 update={"data_dir": _resolve(base, settings.redis.data_dir)}
+            ),
+            "store": settings.store.model_copy(
+                update={"cache_dir": _resolve(base, settings.store.cache_dir)}
             ),
         }
     )

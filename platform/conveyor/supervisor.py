@@ -30,10 +30,10 @@ from typing import Any
 import redis
 
 from conveyor.errors import WorkerOptionsError
-from conveyor.functions.registry import Registry
 from conveyor.log import get_logger
 from conveyor.queueing.census import AUTOSCALER, Census
 from conveyor.queueing.connections import sync_client
+from conveyor.queueing.function_store import StoreReader
 from conveyor.runtime.gpus import device_env
 from conveyor.settings import Settings
 
@@ -97,10 +97,9 @@ class Supervisor:
         host = socket.gethostname()
         self.name = f"conveyor-autoscaler-{'-'.join(self.queues)}-{os.getpid()}@{host}"
         self._serial = 0
-        self._registry = Registry(
-            self.settings.functions.dir, self.settings.queues, import_code=False
-        )
-        self._census = Census(sync_client(self.settings))
+        client = sync_client(self.settings)
+        self._census = Census(client)
+        self._store = StoreReader(lambda: client)
 
     @property
     def minimum(self) -> int:
@@ -235,15 +234,12 @@ class Supervisor:
             self._scale_down(serving, beats)
 
     def _batching(self) -> dict[str, int]:
-        """Batching functions on our queues -> max_batch_size, from the manifests (a
-        refresh re-reads only files whose size or mtime changed)."""
-        self._registry.refresh()
+        """Batching functions on our queues -> max_batch_size, from the serving versions'
+        manifests in the function store (read once per version)."""
         return {
-            e.name: e.spec.manifest.batching.max_batch_size
-            for e in self._registry.entries()
-            if e.spec is not None
-            and e.spec.manifest.batching is not None
-            and e.spec.manifest.target_queue in self.queues
+            name: manifest.batching.max_batch_size
+            for name, (_, manifest) in self._store.serving().items()
+            if manifest.batching is not None and manifest.target_queue in self.queues
         }
 
     def _scale_up(self, count: int, depth: int) -> None:

@@ -23,6 +23,9 @@ from support import (
 
 pytestmark = pytest.mark.acceptance
 
+HELLO = 'def run(x: str) -> str:\n    return "{word} " + x\n'
+TOML = '[function]\nhandler = "handler:run"\n'
+
 
 def run(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -151,4 +154,57 @@ def test_keys_and_the_cli_sending_one(tmp_path: Path) -> None:
         assert run("keys", "revoke", "me", config=config).returncode == 0
         assert "no key named 'me'" in run("keys", "revoke", "me", config=config).stderr
     finally:
+        server.stop()
+
+
+def test_deploy_from_a_folder_the_api_cannot_see(tmp_path: Path) -> None:
+    """`conveyor check PATH`, then `conveyor deploy PATH --api URL`: the API (whose functions
+    folder is empty) serves it; versions, rollback, unpin and rm from the CLI."""
+    server = RedisServer(tmp_path / "redis").start()
+    config = write_settings(tmp_path / "deploy.toml", server.url, tmp_path / "api-functions")
+    laptop = tmp_path / "laptop"
+    folder = write_function(laptop, "hello", HELLO.format(word="one"), TOML)
+    api, base = start_api(config, tmp_path / "api.log", free_port())
+    worker = start_worker(config, tmp_path / "worker.log", redis_client=server.client())
+    try:
+        url = ["--api", base]
+        checked = run("check", str(folder), config=config)
+        assert checked.returncode == 0 and "ok    hello" in checked.stdout, checked.stdout
+        first = run("deploy", str(folder), *url, config=config)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert first.stdout.startswith("deployed hello ")
+        v1 = first.stdout.split()[2].rstrip(":")
+        done = run("invoke", "hello", "--input", '"x"', "--url", base, config=config)
+        assert json.loads(done.stdout)["output"] == "one x"
+        assert "unchanged hello" in run("deploy", str(folder), *url, config=config).stdout
+
+        (folder / "handler.py").write_text(HELLO.format(word="two"))
+        v2 = run("deploy", str(folder), *url, config=config).stdout.split()[2].rstrip(":")
+        listed = run("versions", "hello", *url, config=config)
+        assert listed.returncode == 0 and f"serving {v2}" in listed.stdout
+        assert f"{v1}  retained push" in listed.stdout, listed.stdout
+        back = run("rollback", "hello", v1, *url, config=config)
+        assert back.returncode == 0 and f"serving {v1} (pinned)" in back.stdout
+        done = run("invoke", "hello", "--input", '"x"', "--url", base, config=config)
+        assert json.loads(done.stdout)["output"] == "one x"
+        assert f"serving {v2}\n" in run("unpin", "hello", *url, config=config).stdout
+
+        # Refused before anything is sent, or by the API, with what to fix.
+        (folder / "function.toml").write_text(TOML + "[queue]\npriority = 11\n")
+        checked = run("check", str(folder), config=config)
+        assert checked.returncode == 1 and "ERROR hello" in checked.stdout
+        refused = run("deploy", str(folder), *url, config=config)
+        assert refused.returncode == 1 and "422" in refused.stdout
+        assert "hello/function.toml: [queue] priority" in refused.stdout
+        (folder / "function.toml").write_text(TOML)
+        (folder / "weights.bin").write_bytes(b"\0" * (65 * 1024 * 1024))
+        big = run("deploy", str(folder), *url, config=config)
+        assert big.returncode == 2 and "the largest: weights.bin (65.0 MiB)" in big.stderr
+
+        assert run("rm", "hello", *url, config=config).stdout == "removed hello\n"
+        gone = run("invoke", "hello", "--input", '"x"', "--url", base, config=config)
+        assert gone.returncode == 1 and "function-not-found" in gone.stdout
+    finally:
+        worker.stop()
+        api.stop()
         server.stop()

@@ -1,8 +1,9 @@
 """A worker on another machine: its own network namespace joined to ours by a veth pair,
-reaching Redis at an address we create, with its own copy of the functions folder.
+reaching Redis at an address we create, with no functions folder at all.
 
-It serves invocations the API accepts; when its copy of a function differs from the
-API's, the result says which version ran (``version``) and which was submitted.
+It serves every function the API deploys, running the very version the API accepted
+(fetched from the function store); after a folder breaks, a worker started afresh (an
+empty version cache) still runs the last good version.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,6 @@ from support import (
     RedisServer,
     conveyor,
     invoke,
-    result,
     until_reloaded,
     wait_for,
     write_function,
@@ -74,8 +75,8 @@ def other_machine() -> Iterator[tuple[str, str, str]]:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
-def test_worker_in_another_namespace_serves_and_reports_its_version(
-    other_machine: tuple[str, str, str], tmp_path: Path
+def test_a_worker_with_no_functions_folder_serves_the_apis_versions(
+    other_machine: tuple[str, str, str], tmp_path: Path, report: Callable[[str], None]
 ) -> None:
     ns, our_address, _ = other_machine
     server = RedisServer(tmp_path / "redis", bind=f"127.0.0.1 {our_address}").start(
@@ -88,11 +89,9 @@ def test_worker_in_another_namespace_serves_and_reports_its_version(
         write_function(here / "functions", "greet", HELLO.format(answer="hi"), HELLO_TOML)
         config = write_settings(here / "deploy.toml", server.url, here / "functions")
 
-        # The other machine: the same folder (a copy), Redis at our veth address.
+        # The other machine: nothing but the Redis URL (at our veth address).
         there = tmp_path / "there"
-        shutil.copytree(here / "functions", there / "functions")
-        # ... but not quite: its greet is another version than ours.
-        (there / "functions" / "greet" / "handler.py").write_text(HELLO.format(answer="bonjour"))
+        there.mkdir()
         remote_url = f"redis://{our_address}:{server.port}/0"
         remote_config = write_settings(there / "deploy.toml", remote_url, there / "functions")
         # Its loopback is its own: only the veth reaches our Redis.
@@ -103,27 +102,41 @@ def test_worker_in_another_namespace_serves_and_reports_its_version(
         )  # fmt: skip
         assert probe.returncode != 0 and "refused" in probe.stderr.lower()
 
-        worker = Process(
-            ["ip", "netns", "exec", ns, *conveyor("worker", "--name", "remote@other")],
-            remote_config,
-            there / "worker.log",
-        )
-        try:
-            client = server.client()
-            wait_for(lambda: client.exists("conveyor:worker:remote@other"), 60, "remote worker")
-            with TestClient(create_app(load_settings(config)), timeout=90) as api:
-                listed = until_reloaded(api, "hello", lambda f: f.get("workers") == 1)
-                same = listed["version"]
-                status, done = invoke(api, "hello", "world", wait=30)
-                assert status == 200 and done["output"] == "hello world"
-                assert done["version"] == same and "submitted_version" not in done
+        def remote_worker(log: str) -> Process:
+            return Process(
+                ["ip", "netns", "exec", ns, *conveyor("worker", "--name", "remote@other")],
+                remote_config,
+                there / log,
+            )
 
-                ours = api.get("/functions/greet").json()["version"]
-                _, accepted = invoke(api, "greet", "world")
-                assert accepted["version"] == ours
-                ran = result(api, "greet", accepted["id"], wait=30)
-                assert ran["status"] == "succeeded" and ran["output"] == "bonjour world"
-                assert ran["version"] != ours and ran["submitted_version"] == ours
+        client = server.client()
+        worker = remote_worker("worker.log")
+        try:
+            with TestClient(create_app(load_settings(config)), timeout=90) as api:
+                wait_for(lambda: client.exists("conveyor:worker:remote@other"), 60, "worker")
+                for name, answer in (("hello", "hello"), ("greet", "hi")):
+                    listed = until_reloaded(api, name, lambda f: f.get("workers") == 1)
+                    status, done = invoke(api, name, "world", wait=30)
+                    assert status == 200 and done["output"] == f"{answer} world"
+                    assert done["version"] == listed["version"] and "submitted_version" not in done
+                assert not (there / "functions").exists()
+                good = api.get("/functions/greet").json()["version"]
+
+                # greet breaks on this machine; the other one is restarted with nothing cached.
+                (here / "functions" / "greet" / "handler.py").write_text("def run(x: str) ->\n")
+                broken = until_reloaded(api, "greet", lambda f: f["status"] == "error")
+                assert broken["version"] == good and "SyntaxError" in broken["error"]
+                worker.stop()
+                shutil.rmtree(there / ".conveyor" / "cache")
+                worker = remote_worker("worker-restarted.log")
+                started = time.monotonic()
+                status, done = invoke(api, "greet", "again", wait=60)
+                assert status == 200, done
+                assert done["output"] == "hi again" and done["version"] == good
+                report(
+                    "a restarted worker with an empty cache ran the last good greet"
+                    f" {time.monotonic() - started:.2f} s after it was started"
+                )
 
                 # What the other machine ran is counted where the records live.
                 metrics = api.get("/metrics").text
@@ -131,7 +144,7 @@ def test_worker_in_another_namespace_serves_and_reports_its_version(
                     'conveyor_invocations_total{function="hello",status="succeeded"} 1.0' in metrics
                 )
                 assert (
-                    'conveyor_invocations_total{function="greet",status="succeeded"} 1.0' in metrics
+                    'conveyor_invocations_total{function="greet",status="succeeded"} 2.0' in metrics
                 )
                 assert 'conveyor_workers{queue="default"} 1.0' in metrics
         finally:

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.functions.registry import Registry
 from conveyor.runtime import Runner
-from conveyor.settings import QueueSettings
+from support import load
 
 pytest.importorskip("torch")
 
@@ -19,14 +18,7 @@ def test_iris_accuracy_on_its_data_set() -> None:
     import csv
     import json
 
-    reg = Registry(
-        REPO / "functions",
-        {"realtime": QueueSettings(), "batch": QueueSettings(), "default": QueueSettings()},
-        import_code=True,
-    )
-    reg.refresh()
-    fn = reg.serving("iris").loaded
-    assert fn is not None
+    fn = load(REPO / "functions" / "iris")
     runner = Runner()
     rows = list(csv.DictReader((REPO / "functions/iris/iris.csv").open()))
     assert len(rows) == 150

@@ -11,9 +11,8 @@ from litestar.routes import HTTPRoute
 
 from conveyor.api.app import create_app
 from conveyor.api.openapi import Options, document
-from conveyor.functions.registry import Registry
-from conveyor.settings import QueueSettings, load_settings
-from support import write_function, write_settings
+from conveyor.settings import load_settings
+from support import loaded_entries, write_function, write_settings
 
 MODELS = """
 from pydantic import BaseModel, computed_field
@@ -41,8 +40,7 @@ def test_every_route_is_documented_with_its_methods(tmp_path: Path) -> None:
         "def run(x: int) -> int:\n    return x\n",
         '[function]\nhandler = "handler:run"\n',
     )
-    registry = Registry(tmp_path / "fns", {"default": QueueSettings()}, import_code=True)
-    registry.refresh()
+    entries = loaded_entries(tmp_path / "fns")
     served: dict[str, set[str]] = {}
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
@@ -56,7 +54,7 @@ def test_every_route_is_documented_with_its_methods(tmp_path: Path) -> None:
         if methods:
             served[re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)] = methods
     documented: dict[str, set[str]] = {}
-    for path, item in document(registry.entries(), Options(max_wait=60))["paths"].items():
+    for path, item in document(entries, Options(max_wait=60))["paths"].items():
         documented.setdefault(path.replace("/functions/f/", "/functions/{name}/"), set()).update(
             item
         )
@@ -106,9 +104,7 @@ def test_function_components_resolve_and_have_unique_titles(tmp_path: Path) -> N
         "def run(x: int) -> str:\n    return ''\n",
         '[function]\nhandler = "handler:run"\n',
     )
-    registry = Registry(tmp_path, {"default": QueueSettings()}, import_code=True)
-    registry.refresh()
-    doc = document(registry.entries(), Options(max_wait=30))
+    doc = document(loaded_entries(tmp_path), Options(max_wait=30))
     schemas = doc["components"]["schemas"]
     for ref in _refs(doc):
         assert ref.startswith("#/components/schemas/") and ref.split("/")[-1] in schemas, ref

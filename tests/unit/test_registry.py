@@ -7,16 +7,18 @@ import pytest
 
 from conveyor.errors import FunctionNotFoundError, FunctionUnavailableError
 from conveyor.functions.registry import Registry
-from conveyor.settings import QueueSettings
-from support import write_function
+from support import QUEUES, importing_refresh, load, write_function
 
-QUEUES = {"default": QueueSettings(), "realtime": QueueSettings()}
 MANIFEST = '[function]\nhandler = "handler:run"\n'
 
 
 def registry(root: Path, import_code: bool = True) -> Registry:
-    reg = Registry(root, QUEUES, import_code=import_code)
-    reg.refresh()
+    """Folders checked by importing them (as the inspector does), or on manifests alone."""
+    reg = Registry(root, QUEUES)
+    if import_code:
+        importing_refresh(reg)
+    else:
+        reg.refresh()
     return reg
 
 
@@ -40,7 +42,7 @@ def test_function_and_class_handlers_with_input_schema(functions_dir: Path) -> N
     plain, model = reg.serving("plain"), reg.serving("model")
     assert plain.schemas and plain.schemas.standalone("input") == {"type": "integer"}
     assert plain.schemas.standalone("output") == {"type": "integer"}
-    assert model.loaded and model.loaded.is_class
+    assert load(functions_dir / "model").is_class
     assert model.schemas and model.schemas.standalone("input")["required"] == ["a"]
     assert model.schemas.standalone("output") == {"type": "number"}
     assert [e.name for e in reg.entries()] == ["model", "plain"]
@@ -53,9 +55,8 @@ def test_two_folders_with_handler_py_never_shadow(functions_dir: Path) -> None:
     (functions_dir / "two" / "handler.py").write_text(
         "from .util import WHO\ndef run(x: int) -> str:\n    return WHO\n"
     )
-    reg = registry(functions_dir)
-    one, two = reg.serving("one").loaded, reg.serving("two").loaded
-    assert one and two and one.handler(1) == "one" and two.handler(1) == "two-util"
+    one, two = load(functions_dir / "one"), load(functions_dir / "two")
+    assert one.handler(1) == "one" and two.handler(1) == "two-util"
     assert "handler" not in sys.modules
 
 
@@ -78,7 +79,7 @@ def test_broken_version_keeps_last_good_serving(functions_dir: Path) -> None:
     reg = registry(functions_dir)
     good = reg.serving("f").spec
     (folder / "function.toml").write_text('[function]\nhandler = "handler:run"\nbogus = 1\n')
-    changes = reg.refresh()
+    changes = importing_refresh(reg)
     assert [(c.name, c.action) for c in changes] == [("f", "failed")]
     entry = reg.serving("f")  # still serves
     assert entry.status == "error" and "bogus: unknown key" in (entry.error or "")
@@ -86,9 +87,9 @@ def test_broken_version_keeps_last_good_serving(functions_dir: Path) -> None:
     assert reg.serving("other").status == "ready"
     (folder / "function.toml").write_text(MANIFEST)
     (folder / "handler.py").write_text("def run(x: int) -> int:\n    return 3\n")
-    reg.refresh()
+    importing_refresh(reg)
     fixed = reg.serving("f")
-    assert fixed.status == "ready" and fixed.loaded and fixed.loaded.handler(0) == 3
+    assert fixed.status == "ready" and load(folder).handler(0) == 3
 
 
 def test_broken_new_function_is_listed_not_served(functions_dir: Path) -> None:
@@ -168,7 +169,7 @@ def test_output_schemas_from_return_annotations(functions_dir: Path) -> None:
 
 def test_scan_marks_new_versions_loading_until_checked(functions_dir: Path) -> None:
     folder = write_function(functions_dir, "f", "def run(x: int) -> int:\n    return 1\n", MANIFEST)
-    reg = Registry(functions_dir, QUEUES, import_code=False)
+    reg = Registry(functions_dir, QUEUES)
     (spec,) = reg.scan().candidates
     assert reg.entry("f").status == "loading"
     with pytest.raises(FunctionUnavailableError, match="being loaded"):
@@ -187,7 +188,7 @@ def test_scan_marks_new_versions_loading_until_checked(functions_dir: Path) -> N
     assert reg.entry("f").status == "ready" and reg.entry("f").error is None
 
 
-def test_without_import_code_is_never_imported(functions_dir: Path) -> None:
+def test_the_registry_never_imports(functions_dir: Path) -> None:
     write_function(functions_dir, "f", "raise SystemExit('imported!')\n", MANIFEST)
     reg = registry(functions_dir, import_code=False)
-    assert reg.entry("f").status == "ready" and reg.entry("f").loaded is None
+    assert reg.entry("f").status == "ready" and reg.entry("f").schemas is None

@@ -8,15 +8,14 @@ import pytest
 from conveyor.errors import BatchSizeError, OutputNotSerializableError, ValidationError
 from conveyor.functions.registry import Registry
 from conveyor.runtime import Runner, encode_output, error_payload, validate_input
-from conveyor.settings import QueueSettings
-from support import write_function
+from support import QUEUES, importing_refresh, write_function
+from support import load as load_folder
 
 
 def load(root: Path, name: str, code: str, handler: str = "handler:run", extra: str = "") -> Any:
-    write_function(root, name, code, f'[function]\nhandler = "{handler}"\n' + extra)
-    reg = Registry(root, {"default": QueueSettings()}, import_code=True)
-    reg.refresh()
-    return reg.serving(name).loaded
+    return load_folder(
+        write_function(root, name, code, f'[function]\nhandler = "{handler}"\n' + extra)
+    )
 
 
 def test_class_setup_runs_once_per_version(functions_dir: Path) -> None:
@@ -147,7 +146,7 @@ def test_batching_needs_predict_batch(functions_dir: Path) -> None:
     """,
         '[function]\nhandler = "handler:B"\n[batching]\n',
     )
-    reg = Registry(functions_dir, {"default": QueueSettings()}, import_code=True)
-    reg.refresh()
+    reg = Registry(functions_dir, QUEUES)
+    importing_refresh(reg)
     assert "must be a class with predict_batch" in (reg.entry("plain").error or "")
     assert "annotated list[X]" in (reg.entry("badlist").error or "")

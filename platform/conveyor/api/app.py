@@ -1,31 +1,36 @@
 """The Litestar app factory: ``create_app(settings)``.
 
-On start-up it scans the functions and starts inspecting them (in subprocesses: no user
-code runs here), the hot-reload watcher and the queue client's event listener; controllers
-get a :class:`Platform` by dependency injection. ``/readyz`` answers 200 once the functions
-found at start are inspected.
+On start-up it scans the functions folder and starts inspecting it (in subprocesses: no
+user code runs here), the hot-reload watcher, the queue client's event listener (which also
+follows the function store: what serves is the store's, whichever API process deployed it)
+and the collection of old versions; controllers get a :class:`Platform` by dependency
+injection. ``/readyz`` answers 200 once the functions found at start are inspected and
+deployed, and this process has read what serves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from litestar import Litestar, get
 from litestar.di import NamedDependency, Provide
 
 from conveyor.api.auth import authenticate
-from conveyor.api.controllers import FunctionsController, HealthController, Platform
+from conveyor.api.controllers import FunctionsController, HealthController
 from conveyor.api.docs import assets, docs_page
 from conveyor.api.jobs import JobsController
 from conveyor.api.observability import ObservabilityController
 from conveyor.api.observability import assets as dashboard_assets
 from conveyor.api.openapi import Options, document
 from conveyor.api.problems import EXCEPTION_HANDLERS
+from conveyor.api.services import Platform
 from conveyor.api.validation import RequestValidators
+from conveyor.api.versions import VersionsController
 from conveyor.auth.caller import Caller
+from conveyor.errors import BrokerUnavailableError
 from conveyor.functions.catalog import Catalog
 from conveyor.functions.inspector import Inspector, Limits
 from conveyor.functions.registry import Registry
@@ -34,11 +39,13 @@ from conveyor.log import get_logger
 from conveyor.metrics import HttpMetrics
 from conveyor.queueing import keys
 from conveyor.queueing.client import QueueClient
+from conveyor.queueing.function_store import FunctionStore
 from conveyor.queueing.key_store import KeyStore
 from conveyor.queueing.maps import MapStore
-from conveyor.queueing.schema_cache import RedisSchemaCache
-from conveyor.queueing.waiters import Wakeups
+from conveyor.queueing.waiters import Subscription, Wakeups
 from conveyor.settings import Settings
+from conveyor.store.deployer import Deployer
+from conveyor.store.served import Served
 from conveyor.webhooks.guard import Guard
 from conveyor.webhooks.intake import WebhookIntake
 
@@ -50,16 +57,24 @@ def openapi_document(
     platform: NamedDependency[Platform], caller: NamedDependency[Caller]
 ) -> dict[str, Any]:
     """The document, with the functions the caller may see."""
-    entries = [e for e in platform.registry.entries() if caller.sees(e.name)]
+    entries = [e for e in platform.functions.entries() if caller.sees(e.name)]
     return document(entries, Options.of(platform.settings))
 
 
 def create_app(settings: Settings) -> Litestar:
     queue = QueueClient(settings)
     webhooks = bool(settings.webhooks.secrets)
+    folder = Registry(settings.functions.dir, settings.queues)
+    store = FunctionStore(queue.redis)
+    served = Served(store, folder)
+    inspector = Inspector(
+        Limits(settings.functions.inspect_timeout, settings.functions.inspect_memory)
+    )
+    deployer = Deployer(settings, store, served, folder, inspector)
     platform = Platform(
         settings=settings,
-        registry=Registry(settings.functions.dir, settings.queues, import_code=False),
+        functions=served,
+        deployer=deployer,
         queue=queue,
         intake=WebhookIntake(Guard(tuple(settings.webhooks.allow_networks)), enabled=webhooks),
         validators=RequestValidators(webhooks=webhooks),
@@ -67,23 +82,26 @@ def create_app(settings: Settings) -> Litestar:
         map_events=Wakeups(queue.subscription, keys.MAP_EVENTS_CHANNEL),
         keys=KeyStore(queue.redis, queue.subscription) if settings.api.auth == "keys" else None,
     )
-    limits = Limits(settings.functions.inspect_timeout, settings.functions.inspect_memory)
-    catalog = Catalog(platform.registry, Inspector(limits), RedisSchemaCache(queue.redis))
+    catalog = Catalog(folder, inspector, store, deployer.on_change)
+    tasks = _follow_store(queue.subscription, served, deployer)
 
     async def first_load() -> None:
         await catalog.settled()
         platform.loaded = True
-        log.info("api_functions_loaded", functions=len(platform.registry.entries()))
+        log.info("api_functions_loaded", functions=len(served.entries()))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        await queue.start()
-        await catalog.refresh()
-        background = [asyncio.create_task(first_load(), name="conveyor-first-load")]
+        await catalog.refresh()  # before the first resync: it removes functions whose
+        await queue.start()  # folder this disk no longer has
+        background = [
+            asyncio.create_task(first_load(), name="conveyor-first-load"),
+            asyncio.create_task(deployer.collect_forever(), name="conveyor-collect"),
+        ]
         if settings.functions.watch:
             watch = watch_async(settings.functions.dir, catalog.refresh)
             background.append(asyncio.create_task(watch, name="conveyor-watch"))
-        log.info("api_started", functions=len(platform.registry.entries()))
+        log.info("api_started", functions=len(served.entries()))
         try:
             yield
         finally:
@@ -91,6 +109,8 @@ def create_app(settings: Settings) -> Litestar:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            for task in list(tasks):
+                task.cancel()
             await catalog.close()
             await queue.close()
 
@@ -101,6 +121,7 @@ def create_app(settings: Settings) -> Litestar:
             HealthController,
             ObservabilityController,
             JobsController,
+            VersionsController,
             openapi_document,
             docs_page,
             assets(),
@@ -120,3 +141,33 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=settings.api.max_body_bytes,
         debug=False,
     )
+
+
+def _follow_store(
+    subscription: Subscription, served: Served, deployer: Deployer
+) -> set[asyncio.Task[None]]:
+    """Reload a function when the store says it changed; resync on every (re)connection
+    (whatever was published meanwhile was missed). The running tasks, to cancel at exit."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def changed(name: str) -> None:
+        spawn(_quietly(served.reload(name)), f"conveyor-reload-{name}")
+
+    def connected() -> None:
+        deployer.in_sync = False  # until the resync below has run
+        spawn(deployer.resync(), "conveyor-resync")
+
+    subscription.on(keys.FUNCTIONS_CHANNEL, changed, connected)
+    return tasks
+
+
+async def _quietly(work: Coroutine[Any, Any, None]) -> None:
+    try:
+        await work
+    except BrokerUnavailableError as exc:  # the next (re)connection reloads everything
+        log.warning("function_store_unavailable", error=str(exc))

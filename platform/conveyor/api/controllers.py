@@ -1,53 +1,33 @@
-"""HTTP controllers. They receive the registry and the queue client by injection and never
-touch Celery or Redis themselves, nor any function's code: a request is validated against
-the JSON Schema the inspector found for the serving version."""
+"""HTTP controllers. They receive what serves (the function store's view) and the queue
+client by injection and never touch Celery or Redis themselves, nor any function's code: a
+request is validated against the JSON Schema the inspector found for the version it runs."""
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
-from litestar import Controller, HttpMethod, Request, Response, delete, get, post, route
+from litestar import Controller, HttpMethod, Request, Response, delete, get, post, put, route
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, HTTPException
 from litestar.params import FromPath
 
-from conveyor.api.openapi import IDEMPOTENCY_KEY_PATTERN
+from conveyor.api.openapi import IDEMPOTENCY_KEY_PATTERN, VERSION_PATTERN
 from conveyor.api.schemas import function_body
-from conveyor.api.validation import RequestValidators
+from conveyor.api.services import Platform
+from conveyor.api.versions import deploy_body
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
 from conveyor.errors import InputTooLargeError
-from conveyor.functions.registry import Registry
-from conveyor.queueing.client import QueueClient
 from conveyor.queueing.jobs import JobRecord
-from conveyor.queueing.key_store import KeyStore
-from conveyor.queueing.maps import MapStore
-from conveyor.queueing.waiters import Wakeups
 from conveyor.results import accepted_body, result_body, result_url
-from conveyor.settings import Settings
-from conveyor.webhooks.intake import WebhookIntake
 
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _NUMBER = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$")  # as JSON writes one
+_VERSION = re.compile(VERSION_PATTERN)
 RESULT = "/{name:str}/results/{invocation_id:str}"
-
-
-@dataclass
-class Platform:
-    """What the controllers are given: settings, the registry, the queueing seam."""
-
-    settings: Settings
-    registry: Registry
-    queue: QueueClient
-    intake: WebhookIntake
-    validators: RequestValidators
-    maps: MapStore
-    map_events: Wakeups  # a map job changed
-    keys: KeyStore | None = None  # None: [api] auth = "none"
-    loaded: bool = False  # the functions found at start have been inspected
+FUNCTION = "/{name:str}"
 
 
 def _parse_json(body: bytes, content_type: str, limit: int) -> Any:
@@ -90,6 +70,19 @@ def _wait(platform: Platform, request: Request[Any, Any, Any]) -> float:
     return float(given[0])
 
 
+def _version(request: Request[Any, Any, Any]) -> str | None:
+    """``?version=<digest>``: a retained version to run instead of the serving one."""
+    given = request.query_params.getall("version", [])
+    if not given:
+        return None
+    if len(given) > 1 or not _VERSION.match(given[0]):
+        raise ClientException(
+            f"version must be one version digest (12 hex digits, GET /functions/<name>/versions"
+            f" lists them); got {given}"
+        )
+    return str(given[0])
+
+
 class FunctionsController(Controller):
     path = "/functions"
 
@@ -98,10 +91,14 @@ class FunctionsController(Controller):
         self, platform: NamedDependency[Platform], caller: NamedDependency[Caller]
     ) -> dict[str, Any]:
         census = await platform.queue.census()
-        entries = [e for e in platform.registry.entries() if caller.sees(e.name)]
+        entries = [e for e in platform.functions.entries() if caller.sees(e.name)]
         return {"functions": [function_body(e, detail=False, census=census) for e in entries]}
 
-    @get("/{name:str}", summary="Describe a function, with its input and output schemas")
+    @route(FUNCTION, http_method=[HttpMethod.OPTIONS], status_code=204, include_in_schema=False)
+    async def allow_function_methods(self) -> Response[None]:  # see allow_result_methods
+        return Response(None, status_code=204, headers={"Allow": "DELETE, GET, OPTIONS, PUT"})
+
+    @get(FUNCTION, summary="Describe a function, with its input and output schemas")
     async def describe(
         self,
         platform: NamedDependency[Platform],
@@ -109,8 +106,30 @@ class FunctionsController(Controller):
         name: FromPath[str],
     ) -> dict[str, Any]:
         caller.require_sees(name)
-        entry = platform.registry.entry(name)
+        entry = platform.functions.entry(name)
         return function_body(entry, detail=True, census=await platform.queue.census())
+
+    @put(FUNCTION, summary="Deploy a function folder (admin)", request_max_body_size=None)
+    async def deploy(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+    ) -> Response[dict[str, Any]]:
+        caller.require_admin()
+        body, status = await deploy_body(platform, request, name)
+        return Response(body, status_code=status, headers={"Location": body["function_url"]})
+
+    @delete(FUNCTION, summary="Remove a function (admin)", status_code=204)
+    async def remove(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        name: FromPath[str],
+    ) -> None:
+        caller.require_admin()
+        await platform.deployer.remove(name)
 
     @post("/{name:str}/invoke", summary="Invoke a function", status_code=202)
     async def invoke(
@@ -121,22 +140,27 @@ class FunctionsController(Controller):
         name: FromPath[str],
     ) -> Response[dict[str, Any]]:
         caller.require(Action.INVOKE, name)
-        entry = platform.registry.serving(name)
-        assert entry.spec is not None and entry.schemas is not None
+        version = _version(request)
+        if version is None:
+            entry = platform.functions.serving(name)
+            assert entry.spec is not None and entry.schemas is not None
+            spec, schemas = entry.spec, entry.schemas
+        else:
+            spec, schemas = await platform.functions.version(name, version)
         seconds = _wait(platform, request)
         key = _idempotency_key(request)
         body = _parse_json(
             await request.body(),
             request.headers.get("content-type", ""),
-            entry.spec.manifest.limits.max_input_bytes,
+            spec.manifest.limits.max_input_bytes,
         )
         if isinstance(body, dict) and "webhook" in body:
             platform.intake.require_enabled()  # a clearer answer than "not allowed here"
-        platform.validators.validate(entry.spec, entry.schemas, body)
+        platform.validators.validate(spec, schemas, body)
         webhook = await platform.intake.accept(body["webhook"]) if "webhook" in body else None
         priority = body.get("priority")
         record = await platform.queue.submit(
-            entry.spec,
+            spec,
             body["input"],
             priority=None if priority is None else int(priority),
             wait=seconds,
@@ -241,10 +265,13 @@ class HealthController(Controller):
     @get("/readyz", summary="Readiness: Redis reachable and functions loaded")
     async def readyz(self, platform: NamedDependency[Platform]) -> Response[dict[str, Any]]:
         redis_ok = await platform.queue.ping()
-        ready = redis_ok and platform.loaded
+        # in sync: the function store read since the subscription last (re)connected
+        synced = platform.deployer.in_sync and platform.queue.subscription.connected
+        loaded = platform.loaded and synced
+        ready = redis_ok and loaded
         body = {
             "status": "ready" if ready else "unavailable",
             "redis": redis_ok,
-            "functions_loaded": platform.loaded,
+            "functions_loaded": loaded,
         }
         return Response(body, status_code=200 if ready else 503)

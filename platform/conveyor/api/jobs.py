@@ -15,7 +15,8 @@ from litestar.exceptions import ClientException, HTTPException
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
-from conveyor.api.controllers import Platform, _idempotency_key, _wait
+from conveyor.api.controllers import _idempotency_key, _wait
+from conveyor.api.services import Platform
 from conveyor.api.uploads import BodyStream, Line, items
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
@@ -76,7 +77,7 @@ class JobsController(Controller):
         name: FromPath[str],
     ) -> Response[dict[str, Any]]:
         caller.require(Action.INVOKE, name)
-        entry = platform.registry.serving(name)
+        entry = platform.functions.serving(name)
         assert entry.spec is not None and entry.schemas is not None
         media = _media(request)
         key = _idempotency_key(request)
@@ -187,7 +188,7 @@ class JobsController(Controller):
         ] = 20,
     ) -> dict[str, Any]:
         caller.require_sees(name)
-        platform.registry.entry(name)  # 404 for a name never deployed
+        platform.functions.entry(name)  # 404 for a name never deployed
         jobs = await platform.maps.recent(name, limit)
         now = time.time()
         return {

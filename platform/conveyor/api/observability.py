@@ -12,8 +12,8 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from litestar.static_files import create_static_files_router
 
-from conveyor.api.controllers import Platform
 from conveyor.api.schemas import function_body
+from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.functions.registry import FunctionEntry
 from conveyor.metrics import CONTENT_TYPE, HttpMetrics, Snapshot
@@ -34,7 +34,7 @@ def _streams(entries: list[FunctionEntry]) -> dict[str, str]:
 
 
 async def _depths(platform: Platform) -> dict[str, int]:
-    entries = platform.registry.entries()
+    entries = platform.functions.entries()
     return await platform.queue.depths(all_queues(platform.settings), _streams(entries))
 
 
@@ -47,7 +47,7 @@ class ObservabilityController(Controller):
         http_metrics: NamedDependency[HttpMetrics],
     ) -> Response[bytes]:
         caller.require_admin()
-        entries = platform.registry.entries()
+        entries = platform.functions.entries()
         census = await platform.queue.census()
         snap = Snapshot(
             totals=await stats.totals(platform.queue.redis),
@@ -64,7 +64,7 @@ class ObservabilityController(Controller):
         caller: NamedDependency[Caller],
         minutes: Minutes = 15,
     ) -> dict[str, Any]:
-        entries = [e for e in platform.registry.entries() if caller.sees(e.name)]
+        entries = [e for e in platform.functions.entries() if caller.sees(e.name)]
         census = await platform.queue.census()
         depths = await _depths(platform)
         windows = await stats.windows(platform.queue.redis, minutes)

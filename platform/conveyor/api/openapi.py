@@ -33,14 +33,18 @@ REF = "#/components/schemas/"
 PROBLEM_JSON = "application/problem+json"
 # Visible ASCII, inner spaces allowed: HTTP strips a value's outer whitespace.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?$"
+VERSION_PATTERN = r"^[0-9a-f]{12}$"  # a version digest (functions/digest.py)
 
 _PROBLEMS = {
-    400: "Malformed request: the body is not JSON, or a parameter is out of range",
-    404: "No such function, or no such invocation of it (never submitted, deleted, or expired)",
+    400: "Malformed request: the body is not JSON (or, deploying, not a zip of a function"
+    " folder), or a parameter is out of range",
+    404: "No such function, or no such invocation or retained version of it",
     409: "Conflicts with the invocation's state, or the Idempotency-Key was used for another body",
-    413: "The body is larger than the function's [limits] max_input_bytes",
-    415: "The body is not application/json",
-    422: "The body does not match the schema; `errors` names each bad field",
+    413: "The body is larger than the function's [limits] max_input_bytes (deploying: than"
+    " [store] max_bundle_bytes)",
+    415: "The body is not application/json (deploying: application/zip)",
+    422: "The body does not match the schema (`errors` names each bad field), or a deployed"
+    " folder's manifest or code is invalid",
     503: "Redis is unreachable, or the function has no version ready yet; retry after Retry-After",
 }
 
@@ -115,6 +119,36 @@ def _paths(max_wait: float) -> dict[str, Any]:
                 ok=ref("FunctionDetail"),
                 params=[name],
                 problems=[404],
+            ),
+            "put": _deploy_op(name),
+            "delete": _op(
+                "remove_function",
+                "Remove a function (admin); its queued work still runs",
+                params=[name],
+                problems=[404, 503],
+                status=204,
+                tags=["versions"],
+            ),
+        },
+        "/functions/{name}/versions": {
+            "get": _op(
+                "list_versions",
+                "A function's retained versions, most recently deployed first",
+                ok=ref("VersionList"),
+                params=[name],
+                problems=[404, 503],
+                tags=["versions"],
+            )
+        },
+        "/functions/{name}/rollback": {"post": _rollback_op(name)},
+        "/functions/{name}/unpin": {
+            "post": _op(
+                "unpin",
+                "Serve the latest deploy again (admin)",
+                ok=ref("VersionList"),
+                params=[name],
+                problems=[404, 503],
+                tags=["versions"],
             )
         },
         "/functions/{name}/results/{invocation_id}": {
@@ -260,9 +294,58 @@ def _paths(max_wait: float) -> dict[str, Any]:
     }
 
 
+def _deploy_op(name: dict[str, Any]) -> dict[str, Any]:
+    op = _op(
+        "deploy_function",
+        "Deploy a function folder (admin): validated as a dropped folder, stored, serving",
+        ok=ref("Deployment"),
+        params=[name],
+        problems=[400, 413, 415, 422, 503],
+        tags=["versions"],
+    )
+    op["description"] = (
+        "The body is a zip archive of the folder's files (function.toml at its top), as"
+        " `conveyor deploy PATH` sends it. 201 for a new function, 200 for a new version."
+    )
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    op["requestBody"] = {
+        "required": True,
+        "content": {"application/zip": binary, "application/octet-stream": binary},
+    }
+    op["responses"]["200"]["description"] = "a new version of the function serves"
+    op["responses"]["201"] = {
+        **_json("the function is new, and serves", ref("Deployment")),
+        "headers": {"Location": {"description": "the function", "schema": {"type": "string"}}},
+    }
+    return op
+
+
+def _rollback_op(name: dict[str, Any]) -> dict[str, Any]:
+    op = _op(
+        "rollback",
+        "Serve a retained version until unpinned or redeployed (admin)",
+        ok=ref("VersionList"),
+        params=[name],
+        problems=[400, 404, 415, 422, 503],
+        tags=["versions"],
+    )
+    op["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": ref("RollbackRequest")}},
+    }
+    return op
+
+
 def _invoke_op(name: str, description: str, max_wait: float) -> dict[str, Any]:
     wait = _wait_param(
         max_wait, "answer 200 with the result if it finishes within this many seconds"
+    )
+    version = _param(
+        "version",
+        "query",
+        {"type": "string", "pattern": VERSION_PATTERN},
+        "run this retained version instead of the one that serves (GET"
+        f" /functions/{name}/versions lists them); the body is checked against its schema",
     )
     key = _param(
         "Idempotency-Key",
@@ -274,7 +357,7 @@ def _invoke_op(name: str, description: str, max_wait: float) -> dict[str, Any]:
         f"invoke_{name}",
         f"Invoke {name}",
         ok=ref(f"{name}.Result"),
-        params=[wait, key],
+        params=[wait, version, key],
         problems=[400, 404, 409, 413, 415, 422, 503],
         tags=[name],
     )

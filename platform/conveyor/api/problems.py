@@ -10,7 +10,10 @@ from litestar.exceptions import HTTPException, ValidationException
 from conveyor.errors import (
     AuthenticationError,
     BrokerUnavailableError,
+    BundleError,
+    BundleTooLargeError,
     ConveyorError,
+    FunctionLoadError,
     FunctionNotFoundError,
     FunctionUnavailableError,
     IdempotencyConflictError,
@@ -18,8 +21,10 @@ from conveyor.errors import (
     InvocationFinishedError,
     InvocationNotFoundError,
     InvocationUnfinishedError,
+    ManifestError,
     PermissionDeniedError,
     ValidationError,
+    VersionNotFoundError,
 )
 from conveyor.log import get_logger
 
@@ -35,10 +40,16 @@ _STATUS: dict[type[ConveyorError], tuple[int, str]] = {
     PermissionDeniedError: (403, "insufficient-scope"),
     FunctionNotFoundError: (404, "function-not-found"),
     InvocationNotFoundError: (404, "invocation-not-found"),
+    VersionNotFoundError: (404, "version-not-found"),
     ValidationError: (422, "invalid-input"),
     # 409, not 422: the key is taken by another request; the body itself may be fine.
     IdempotencyConflictError: (409, "idempotency-key-reused"),
     InputTooLargeError: (413, "input-too-large"),
+    BundleTooLargeError: (413, "bundle-too-large"),  # before BundleError: a subclass
+    BundleError: (400, "invalid-bundle"),
+    # A pushed folder: its manifest or its code, as a dropped folder's error says.
+    ManifestError: (422, "invalid-function"),
+    FunctionLoadError: (422, "invalid-function"),
     InvocationFinishedError: (409, "invocation-finished"),
     InvocationUnfinishedError: (409, "invocation-unfinished"),
     FunctionUnavailableError: (503, "function-unavailable"),

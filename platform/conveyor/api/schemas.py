@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from conveyor.functions.registry import FunctionEntry
@@ -58,7 +58,7 @@ class Result(BaseModel):
 
     id: UUID
     function: str
-    version: str = Field(description="the version that ran (or will run)")
+    version: str = Field(description="the version it runs: the one its input was validated against")
     status: JobStatus
     queue: str
     priority: int = Field(ge=0, le=9)
@@ -69,9 +69,6 @@ class Result(BaseModel):
     duration_ms: float | Absent = Field(None, description="created to finished")
     output: Any = Field(None, description="what the handler returned (status succeeded)")
     error: ErrorInfo | Absent = None
-    submitted_version: str | Absent = Field(
-        None, description="the version the API accepted, when a worker ran another copy"
-    )
     warning: str | Absent = None
     webhook: WebhookState | Absent = None
     progress: Progress | Absent = Field(None, description="what the handler last reported")
@@ -88,6 +85,9 @@ class FunctionInfo(BaseModel):
     name: str
     version: str | None = Field(description="the version that serves; null if none does")
     status: Literal["ready", "loading", "error"]
+    pinned: bool | Absent = Field(
+        None, description="rolled back: this version serves until unpinned or redeployed"
+    )
     loading_version: str | Absent = Field(None, description="a newer version being inspected")
     error: str | Absent = Field(None, description="why the newest version cannot serve")
     error_version: str | Absent = None
@@ -212,6 +212,52 @@ class MapJobList(BaseModel):
     jobs: list[MapJobInfo]
 
 
+class VersionInfo(BaseModel):
+    """A retained version: it can be invoked (``?version=``) and rolled back to."""
+
+    version: str
+    status: Literal["serving", "retained"]
+    source: Literal["folder", "push"] = Field(description="how it was last deployed")
+    created_at: datetime = Field(description="first stored")
+    deployed_at: datetime = Field(description="last deployed")
+    bundle_bytes: int = Field(description="what the function store holds for it")
+    files: int
+    files_bytes: int = Field(description="its files, unpacked")
+    active: int = Field(
+        description="its invocations and map jobs queued or running: kept while any are"
+    )
+
+
+class VersionList(BaseModel):
+    """A function's retained versions, most recently deployed first."""
+
+    function: str
+    serving: str | None
+    pinned: str | None = Field(description="the version rolled back to, if one is")
+    latest: str | None = Field(description="the latest deploy (serves unless pinned)")
+    versions: list[VersionInfo]
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(pattern=r"^[0-9a-f]{12}$", description="a retained version")
+
+
+class Deployment(BaseModel):
+    """A pushed function folder, validated, stored and serving."""
+
+    function: str
+    version: str
+    outcome: Literal["deployed", "unchanged"]
+    source: Literal["folder", "push"]
+    bundle_bytes: int
+    files: int
+    files_bytes: int
+    function_url: str
+    versions_url: str
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 
@@ -234,6 +280,9 @@ DOCUMENTED: list[type[BaseModel]] = [
     DashboardData,
     MapJobInfo,
     MapJobList,
+    VersionList,
+    RollbackRequest,
+    Deployment,
 ]
 
 
@@ -252,6 +301,8 @@ def function_body(entry: FunctionEntry, *, detail: bool, census: Census) -> dict
     if entry.error is not None:
         body["error"] = entry.error
         body["error_version"] = entry.error_version
+    if entry.pinned:
+        body["pinned"] = True
     if spec is not None:
         manifest = spec.manifest
         body.update(

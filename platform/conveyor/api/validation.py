@@ -21,6 +21,7 @@ from conveyor.webhooks.intake import REQUEST_SCHEMA as WEBHOOK_SCHEMA
 PRIORITY_SCHEMA = {"type": "integer", "minimum": 0, "maximum": 9, "description": "9 = most urgent"}
 MAX_ERRORS = 20
 MAX_MESSAGE = 200
+KEPT = 256
 
 
 def request_schema(
@@ -43,40 +44,48 @@ def request_schema(
 
 
 class RequestValidators:
-    """One compiled validator per function version, kept while that version serves."""
+    """Compiled validators by function version (an old one invoked with ``?version=``
+    included), at most :data:`KEPT` of each kind."""
 
     def __init__(self, *, webhooks: bool) -> None:
         self.webhooks = webhooks
-        self._compiled: dict[str, tuple[str, Any]] = {}
-        self._items: dict[str, tuple[str, Any]] = {}
+        self._compiled: dict[tuple[str, str], Any] = {}
+        self._items: dict[tuple[str, str], Any] = {}
 
     def item_errors(
         self, spec: FunctionSpec, schemas: FunctionSchemas, value: Any
     ) -> list[dict[str, str]]:
         """What is wrong with one input (a map job's item): [] when nothing is."""
-        cached = self._items.get(spec.name)
-        if cached is None or cached[0] != spec.version:
+        validator = self._items.get((spec.name, spec.version))
+        if validator is None:
             schema = {**schemas.input, "$defs": schemas.defs}
-            cached = (spec.version, jsonschema_rs.validator_for(schema, validate_formats=True))
-            self._items[spec.name] = cached
-        validator = cached[1]
+            validator = _keep(
+                self._items, spec, jsonschema_rs.validator_for(schema, validate_formats=True)
+            )
         if validator.is_valid(value):
             return []
         return [_describe(e) for e in itertools.islice(validator.iter_errors(value), MAX_ERRORS)]
 
     def validate(self, spec: FunctionSpec, schemas: FunctionSchemas, body: Any) -> None:
         """Raise :class:`ValidationError` naming every bad field of ``body``."""
-        cached = self._compiled.get(spec.name)
-        if cached is None or cached[0] != spec.version:
+        validator = self._compiled.get((spec.name, spec.version))
+        if validator is None:
             schema = {**request_schema(schemas, webhooks=self.webhooks), "$defs": schemas.defs}
-            cached = (spec.version, jsonschema_rs.validator_for(schema, validate_formats=True))
-            self._compiled[spec.name] = cached
-        validator = cached[1]
+            validator = _keep(
+                self._compiled, spec, jsonschema_rs.validator_for(schema, validate_formats=True)
+            )
         if validator.is_valid(body):
             return
         errors = [_describe(e) for e in itertools.islice(validator.iter_errors(body), MAX_ERRORS)]
         summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
         raise ValidationError(f"invalid request for {spec.name!r}: {summary}", errors)
+
+
+def _keep(cache: dict[tuple[str, str], Any], spec: FunctionSpec, validator: Any) -> Any:
+    if len(cache) >= KEPT:
+        cache.clear()  # versions come and go rarely: starting over is cheap
+    cache[(spec.name, spec.version)] = validator
+    return validator
 
 
 def _describe(error: Any) -> dict[str, str]:

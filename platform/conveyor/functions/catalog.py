@@ -1,10 +1,12 @@
-"""The API's functions: the registry, with each new version checked by the inspector.
+"""The API's functions folder: the registry, with each new version checked by the inspector.
 
 :meth:`Catalog.refresh` scans the folders (no user code) and starts one check per new
 version, each on its own: a folder whose import hangs is ``loading`` until its time limit
-while every other folder is checked, served and hot-reloaded as usual. A version checked
-once is known by its digest to every API process through the :class:`SchemaCache`
-(Redis), so restarts and further processes do not inspect it again.
+while every other folder is checked, served and hot-reloaded as usual. Each change (a
+version accepted or rejected, a folder removed) is handed to a listener: the API's
+deployer, which puts good versions in the function store. A version the store already
+holds is not inspected again (:class:`SchemaCache`), so restarts and further processes
+read its schemas instead.
 """
 
 from __future__ import annotations
@@ -13,34 +15,41 @@ import asyncio
 import contextlib
 import functools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from conveyor.errors import BrokerUnavailableError, FunctionLoadError
 from conveyor.functions.inspector import Inspector
 from conveyor.functions.loader import FunctionSchemas
-from conveyor.functions.registry import FunctionSpec, Registry
+from conveyor.functions.registry import Change, FunctionSpec, Registry
 from conveyor.log import get_logger
 
 log = get_logger(__name__)
 
 
 class SchemaCache(Protocol):
-    """Schemas of versions that inspected well, by version digest."""
+    """Schemas of versions that inspected well (the function store's)."""
 
-    async def get(self, version: str) -> FunctionSchemas | None: ...
+    async def schemas(self, name: str, version: str) -> FunctionSchemas | None: ...
 
-    async def put(self, version: str, schemas: FunctionSchemas) -> None: ...
+
+Listener = Callable[[Change], Awaitable[None]]
 
 
 class Catalog:
     """Keeps ``registry`` current without importing user code in this process."""
 
     def __init__(
-        self, registry: Registry, inspector: Inspector, cache: SchemaCache | None = None
+        self,
+        registry: Registry,
+        inspector: Inspector,
+        cache: SchemaCache | None = None,
+        listener: Listener | None = None,
     ) -> None:
         self.registry = registry
         self.inspector = inspector
         self.cache = cache
+        self.listener = listener
         self._checks: dict[str, asyncio.Task[None]] = {}
 
     async def refresh(self) -> None:
@@ -49,6 +58,7 @@ class Catalog:
         for change in scan.changes:
             if change.action == "removed":
                 self._cancel(change.name)
+            await self._tell(change)
         for spec in scan.candidates:
             self._cancel(spec.name)  # a newer version replaces the one being checked
             task = asyncio.create_task(self._check(spec), name=f"conveyor-inspect-{spec.name}")
@@ -78,7 +88,7 @@ class Catalog:
             del self._checks[name]
 
     async def _check(self, spec: FunctionSpec) -> None:
-        schemas = await self._cached(spec.version)
+        schemas = await self._cached(spec)
         if schemas is not None:
             log.info("function_schemas_cached", function=spec.name, version=spec.version)
         else:
@@ -86,11 +96,12 @@ class Catalog:
             try:
                 schemas = await self.inspector.inspect(spec)
             except FunctionLoadError as exc:
-                self.registry.reject(spec, str(exc))
+                await self._tell(self.registry.reject(spec, str(exc)))
                 return
             except Exception as exc:  # the inspector itself failed (fork, pipes)
                 log.exception("function_inspection_failed", function=spec.name)
-                self.registry.reject(spec, f"{spec.name}: could not be inspected: {exc!r}")
+                error = f"{spec.name}: could not be inspected: {exc!r}"
+                await self._tell(self.registry.reject(spec, error))
                 return
             log.info(
                 "function_inspected",
@@ -98,30 +109,17 @@ class Catalog:
                 version=spec.version,
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
             )
-            if await self._unchanged(spec):  # else the schemas may be a newer copy's
-                await self._store(spec.version, schemas)
-        self.registry.accept(spec, schemas)
+        await self._tell(self.registry.accept(spec, schemas))
 
-    async def _unchanged(self, spec: FunctionSpec) -> bool:
-        try:
-            now = await asyncio.to_thread(self.registry.version_on_disk, spec.path)
-        except OSError:
-            return False
-        return now == spec.version
+    async def _tell(self, change: Change | None) -> None:
+        if change is not None and self.listener is not None:
+            await self.listener(change)
 
-    async def _cached(self, version: str) -> FunctionSchemas | None:
+    async def _cached(self, spec: FunctionSpec) -> FunctionSchemas | None:
         if self.cache is None:
             return None
         try:
-            return await self.cache.get(version)
+            return await self.cache.schemas(spec.name, spec.version)
         except BrokerUnavailableError as exc:  # Redis away: inspect instead
-            log.warning("schema_cache_unavailable", error=str(exc))
+            log.warning("function_store_unavailable", error=str(exc))
             return None
-
-    async def _store(self, version: str, schemas: FunctionSchemas) -> None:
-        if self.cache is None:
-            return
-        try:
-            await self.cache.put(version, schemas)
-        except BrokerUnavailableError as exc:
-            log.warning("schema_cache_unavailable", error=str(exc))

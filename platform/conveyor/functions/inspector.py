@@ -61,7 +61,7 @@ class Inspector:
         request = {
             "name": spec.name,
             "version": spec.version,
-            "folder": str(spec.path),
+            "folder": str(spec.folder),
             "manifest": spec.manifest.model_dump(mode="json"),
             "memory_mb": self.limits.memory_mb,
         }
@@ -112,7 +112,7 @@ def explain(
     stderr: str,
 ) -> FunctionSchemas:
     """An inspection's schemas, or the error a user can act on."""
-    module = module_file(spec.path, spec.manifest.module)
+    module = module_file(spec.folder, spec.manifest.module)
     if returncode is None:
         raise FunctionLoadError(
             f"importing {module} did not finish within {limits.timeout:g} s ([functions]"
@@ -126,16 +126,16 @@ def explain(
             " inspect_memory); load large data in setup(), not at module level"
         )
     if outcome is not None and "exited" in outcome:
-        raise FunctionLoadError(_exited(module, outcome["exited"], stderr, spec.path))
+        raise FunctionLoadError(_exited(module, outcome["exited"], stderr, spec.folder))
     if outcome is not None and "error" in outcome:
         raise FunctionLoadError(str(outcome["error"]))
     if returncode < 0:
         name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ""
         raise FunctionLoadError(
             f"{module} crashed ({name or f'signal {-returncode}'}) while being imported"
-            f"{_where(stderr, spec.path)}"
+            f"{_where(stderr, spec.folder)}"
         )
-    raise FunctionLoadError(_exited(module, returncode, stderr, spec.path))
+    raise FunctionLoadError(_exited(module, returncode, stderr, spec.folder))
 
 
 def _exited(module: str, code: Any, stderr: str, folder: Path) -> str:

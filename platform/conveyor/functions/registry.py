@@ -1,12 +1,13 @@
-"""The registry: which functions exist, which version of each serves, and why one is broken.
+"""The functions folder: which function folders exist, their versions, and why one is broken.
 
 A version is a digest of everything in the folder (manifest, code, assets). Finding a new
 version is two steps: :meth:`Registry.scan` reads the folders and manifests (no user code)
 and marks each new version ``loading``; then its code is checked and the version is
-:meth:`~Registry.accept`-ed or :meth:`~Registry.reject`-ed. Who checks is the caller's
-choice: the API asks an inspector subprocess (:mod:`conveyor.functions.catalog`), a worker
-pool child imports the code itself (:meth:`Registry.load`), a worker's supervising parent
-takes the manifest alone (:meth:`Registry.refresh` without ``import_code``).
+:meth:`~Registry.accept`-ed or :meth:`~Registry.reject`-ed. The API checks it in an
+inspector subprocess (:mod:`conveyor.functions.catalog`) and deploys the good ones to the
+function store; :meth:`Registry.refresh` accepts on the manifest alone (``conveyor check``
+without inspection, tests). No process imports user code from here: workers run versions
+from the store (:mod:`conveyor.queueing.local`).
 
 A folder whose newest version is broken is listed with its error, and its last good version
 keeps serving until a good one replaces it. Readers see whole snapshots.
@@ -14,7 +15,6 @@ keeps serving until a good one replaces it. Readers see whole snapshots.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 from collections.abc import Mapping
@@ -24,48 +24,70 @@ from typing import Literal
 
 from conveyor.errors import (
     ConveyorError,
-    FunctionLoadError,
     FunctionNotFoundError,
     FunctionUnavailableError,
 )
-from conveyor.functions.loader import FunctionSchemas, LoadedFunction, load_function, unload
+from conveyor.functions.digest import DigestCache
+from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.manifest import MANIFEST_FILE, NAME_PATTERN, Manifest, parse_manifest
 from conveyor.log import get_logger
 from conveyor.settings import QueueSettings
 
 log = get_logger(__name__)
 
-VERSION_LENGTH = 12
-
 
 @dataclass(frozen=True)
 class FunctionSpec:
-    """One version of a function folder whose manifest is valid."""
+    """One version of a function whose manifest is valid: on this disk (``path``, a folder
+    or an unpacked push), or known from the function store only (``path`` None)."""
 
     name: str
     version: str
-    path: Path
+    path: Path | None
     manifest: Manifest
+
+    @property
+    def folder(self) -> Path:
+        """Its folder on this disk (inspecting a version needs one)."""
+        if self.path is None:
+            raise ConveyorError(f"{self.name} {self.version}: no folder on this disk")
+        return self.path
 
 
 @dataclass(frozen=True)
 class FunctionEntry:
-    """What the registry knows of one folder."""
+    """What is known of one function: in the folder registry, or as the API serves it."""
 
     name: str
-    path: Path
+    path: Path | None  # its folder, where it has one on this disk
     spec: FunctionSpec | None = None  # the version that serves (the last good one)
     schemas: FunctionSchemas | None = None  # its input and output schemas, once checked
-    loaded: LoadedFunction | None = None  # its imported code, where the registry imports
     pending: FunctionSpec | None = None  # a newer version whose code is being checked
     error: str | None = None  # why the newest version on disk cannot serve
     error_version: str | None = None
+    pinned: bool = False  # rolled back to ``spec``: it serves until unpinned or redeployed
 
     @property
     def status(self) -> Literal["ready", "loading", "error"]:
         if self.pending is not None:
             return "loading"
         return "ready" if self.error is None else "error"
+
+
+def require_serving(entry: FunctionEntry) -> FunctionEntry:
+    """``entry`` if it has a version to serve; else why not."""
+    if entry.spec is not None:
+        return entry
+    if entry.pending is not None:
+        raise FunctionUnavailableError(
+            f"function {entry.name!r} is being loaded (version {entry.pending.version});"
+            " retry in a moment"
+        )
+    raise FunctionUnavailableError(f"function {entry.name!r} has no good version: {entry.error}")
+
+
+def not_found(name: str) -> FunctionNotFoundError:
+    return FunctionNotFoundError(f"no function named {name!r} is deployed")
 
 
 @dataclass(frozen=True)
@@ -85,42 +107,37 @@ class Scan:
 
 
 class Registry:
-    """Function folders under ``root``, validated against the deployment's queues."""
+    """Function folders under ``root`` (or, with ``folders``, those named: ``conveyor check
+    PATH``), validated against the deployment's queues."""
 
     def __init__(
-        self, root: Path, queues: Mapping[str, QueueSettings], *, import_code: bool
+        self,
+        root: Path,
+        queues: Mapping[str, QueueSettings],
+        folders: Mapping[str, Path] | None = None,
     ) -> None:
         self.root = root
         self.queues = queues
-        self.import_code = import_code
+        self.folders = folders
         self._entries: dict[str, FunctionEntry] = {}
-        self._digests = _DigestCache()
+        self._digests = DigestCache()
         self._lock = threading.Lock()
 
     def entries(self) -> list[FunctionEntry]:
         return sorted(self._entries.values(), key=lambda e: e.name)
 
+    def find(self, name: str) -> FunctionEntry | None:
+        return self._entries.get(name)
+
     def entry(self, name: str) -> FunctionEntry:
         try:
             return self._entries[name]
         except KeyError:
-            raise FunctionNotFoundError(f"no function named {name!r} is deployed") from None
+            raise not_found(name) from None
 
     def serving(self, name: str) -> FunctionEntry:
         """The entry of ``name`` if it has a version to serve."""
-        entry = self.entry(name)
-        if entry.spec is not None:
-            return entry
-        if entry.pending is not None:
-            raise FunctionUnavailableError(
-                f"function {name!r} is being loaded (version {entry.pending.version});"
-                " retry in a moment"
-            )
-        raise FunctionUnavailableError(f"function {name!r} has no good version: {entry.error}")
-
-    def version_on_disk(self, path: Path) -> str:
-        """The digest of a folder as it is now."""
-        return self._digests.folder(path)
+        return require_serving(self.entry(name))
 
     # -- finding versions ----------------------------------------------------------------
 
@@ -134,8 +151,6 @@ class Registry:
             entries = dict(self._entries)
             for name in set(entries) - set(folders):
                 old = entries.pop(name)
-                if old.loaded is not None:
-                    unload(old.loaded.package)
                 version = old.spec.version if old.spec else None
                 scan.changes.append(Change(name, "removed", version))
             for name, path in folders.items():
@@ -145,22 +160,15 @@ class Registry:
             _log(change)
         return scan
 
-    def accept(
-        self,
-        spec: FunctionSpec,
-        schemas: FunctionSchemas | None = None,
-        loaded: LoadedFunction | None = None,
-    ) -> Change | None:
+    def accept(self, spec: FunctionSpec, schemas: FunctionSchemas | None = None) -> Change | None:
         """``spec``'s code checked out: it serves now. None if a newer scan superseded it."""
         with self._lock:
             old = self._entries.get(spec.name)
             if old is None or old.pending != spec:
                 return None
-            if old.loaded is not None:
-                unload(old.loaded.package)
             self._entries = {
                 **self._entries,
-                spec.name: FunctionEntry(spec.name, spec.path, spec, schemas, loaded),
+                spec.name: FunctionEntry(spec.name, spec.path, spec, schemas),
             }
         change = Change(spec.name, "updated" if old.spec else "added", spec.version)
         _log(change)
@@ -178,39 +186,15 @@ class Registry:
         _log(change)
         return change
 
-    def load(self, name: str) -> FunctionEntry:
-        """Import ``name``'s pending version in this process (a worker pool child), so that
-        only the function an invocation needs is ever imported; then its entry."""
-        entry = self.entry(name)
-        if entry.pending is not None:
-            self._import(entry.pending)
-        return self.entry(name)
-
     def refresh(self) -> list[Change]:
-        """Rescan and settle every new version here: imported with ``import_code``, else
-        on its manifest alone (processes that must never import user code)."""
+        """Rescan and accept every new version on its manifest alone (no code is checked)."""
         scan = self.scan()
-        changes = list(scan.changes)
-        for spec in scan.candidates:
-            change = self._import(spec) if self.import_code else self.accept(spec)
-            if change is not None:
-                changes.append(change)
-        return changes
-
-    def _import(self, spec: FunctionSpec) -> Change | None:
-        try:
-            loaded = load_function(spec.name, spec.version, spec.path, spec.manifest)
-            schemas = loaded.schemas()
-        except FunctionLoadError as exc:
-            return self.reject(spec, str(exc))
-        except Exception as exc:  # pydantic could not write the schemas down
-            return self.reject(spec, f"{spec.path}: its types have no JSON Schema: {exc}")
-        change = self.accept(spec, schemas, loaded)
-        if change is None:
-            unload(loaded.package)
-        return change
+        accepted = [self.accept(spec) for spec in scan.candidates]
+        return scan.changes + [change for change in accepted if change is not None]
 
     def _folders(self) -> dict[str, Path]:
+        if self.folders is not None:
+            return {name: path for name, path in self.folders.items() if path.is_dir()}
         if not self.root.is_dir():
             return {}
         return {
@@ -230,6 +214,7 @@ class Registry:
         if old.spec is not None and version == old.spec.version:
             if old.pending is not None or old.error is not None:  # reverted to what serves
                 entries[name] = replace(old, pending=None, error=None, error_version=None)
+                scan.changes.append(Change(name, "updated", version))  # it is the newest again
             return
         if version in (old.error_version, old.pending and old.pending.version):
             return
@@ -253,40 +238,3 @@ def _log(change: Change) -> None:
         log.warning(
             "function_failed", function=change.name, version=change.version, error=change.error
         )
-
-
-class _DigestCache:
-    """Folder digests, rehashing only files whose size or mtime changed."""
-
-    def __init__(self) -> None:
-        self._files: dict[Path, tuple[int, int, bytes]] = {}
-        self._lock = threading.Lock()
-
-    def folder(self, path: Path) -> str:
-        digest = hashlib.sha256()
-        for file in sorted(_files(path)):
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-            digest.update(self._file(file))
-        return digest.hexdigest()[:VERSION_LENGTH]
-
-    def _file(self, file: Path) -> bytes:
-        stat = file.stat()
-        with self._lock:
-            cached = self._files.get(file)
-        if cached and cached[:2] == (stat.st_size, stat.st_mtime_ns):
-            return cached[2]
-        digest = hashlib.sha256(file.read_bytes()).digest()
-        with self._lock:
-            self._files[file] = (stat.st_size, stat.st_mtime_ns, digest)
-        return digest
-
-
-def _files(path: Path) -> list[Path]:
-    found = []
-    for item in path.rglob("*"):
-        rel = item.relative_to(path).parts
-        if any(part.startswith(".") or part == "__pycache__" for part in rel):
-            continue
-        if item.is_file() and item.suffix not in (".pyc", ".pyo"):
-            found.append(item)
-    return found

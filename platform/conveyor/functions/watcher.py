@@ -1,20 +1,18 @@
 """Hot reload: watchfiles events on the functions folder trigger a refresh.
 
-The API watches from its event loop (:func:`watch_async`, refreshing its catalog); a
-worker's supervising parent watches from a daemon thread (:func:`watch_in_thread`,
-refreshing its registry). Both debounce briefly so that a folder copied in file by file is
-read once it is complete, well within a second.
+The API watches from its event loop (:func:`watch_async`, refreshing its catalog, which
+deploys what changed to the function store; workers follow the store, not a folder). It
+debounces briefly so that a folder copied in file by file is read once it is complete,
+well within a second.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import watchfiles
 
-from conveyor.functions.registry import Change, Registry
 from conveyor.log import get_logger
 
 log = get_logger(__name__)
@@ -37,30 +35,3 @@ async def watch_async(root: Path, refresh: Callable[[], Awaitable[None]]) -> Non
             await refresh()
         except Exception:  # a folder vanishing mid-scan must not end hot reload
             log.exception("function_refresh_failed")
-
-
-def watch_in_thread(
-    registry: Registry, on_change: Callable[[list[Change]], None] | None = None
-) -> threading.Event:
-    """Start a daemon thread that refreshes ``registry``; set the returned event to stop."""
-    stop = threading.Event()
-    registry.root.mkdir(parents=True, exist_ok=True)
-
-    def run() -> None:
-        for _ in watchfiles.watch(
-            registry.root,
-            watch_filter=_relevant,
-            debounce=DEBOUNCE_MS,
-            step=STEP_MS,
-            stop_event=stop,
-        ):
-            try:
-                changes = registry.refresh()
-            except Exception:
-                log.exception("function_refresh_failed")
-                continue
-            if changes and on_change is not None:
-                on_change(changes)
-
-    threading.Thread(target=run, name="conveyor-watch", daemon=True).start()
-    return stop

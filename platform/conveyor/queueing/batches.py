@@ -129,43 +129,45 @@ class Batches:
         bind(function, None, task)
         started = time.monotonic()
         self.redis.delete(keys.batch_armed(function))
-        try:
-            fn = self.executor.load(function, version)
-        except ConveyorError as exc:
-            log.error("batch_function_unavailable", error=str(exc))
+        manifest = self.executor.manifest(function, version)
+        if manifest is None or manifest.batching is None:
+            log.error("batch_function_unavailable", version=version)
             return
         stream = keys.batch_stream(function)
         self._ensure_group(stream)
         self.redis.eval(MOVE_DUE, 2, keys.batch_delayed(function), stream, time.time())
-        items = self._collect(fn, stream)
+        items = self._collect(manifest, stream)
         backlog = self._undelivered(stream)
+        trigger = trigger_for(function, version, manifest)
         if backlog:
-            self.arm(fn)  # the next batch of a backlog runs beside this one, if a process is free
+            self.arm(
+                trigger
+            )  # the next batch of a backlog runs beside this one, if a process is free
         if items:
             run_key = keys.batch_run(str(task.request.id))
-            trigger = encode_batch_trigger(self.app, trigger_for(fn.name, fn.version, fn.manifest))
             record = {
                 "function": function,
                 "pid": os.getpid(),
-                "trigger": trigger,  # for the parent to re-arm with: it never loads code
+                "trigger": encode_batch_trigger(self.app, trigger),  # the parent never loads code
                 "items": [item.__dict__ for item in items],
             }
-            self.redis.set(run_key, json.dumps(record), ex=int(fn.manifest.limits.timeout) + 60)
-            self._run(fn, items, started)
+            self.redis.set(run_key, json.dumps(record), ex=int(manifest.limits.timeout) + 60)
+            for item_version, group in _by_version(items).items():
+                self._run_version(function, item_version, group, started)
             self._acknowledge(stream, [item.entry_id for item in items])
             self.redis.delete(run_key)
             log.info("batch_finished", size=len(items), duration_ms=_ms(started))
         if not backlog and self._undelivered(stream):
-            self.arm(fn)
+            self.arm(trigger)
 
-    def _collect(self, fn: LoadedFunction, stream: str) -> list[Item]:
+    def _collect(self, manifest: Manifest, stream: str) -> list[Item]:
         """Up to max_batch_size items: abandoned ones first, then waiting ones, then any
         that arrive until max_wait_ms after the oldest of them arrived."""
-        assert fn.manifest.batching is not None
-        size = fn.manifest.batching.max_batch_size
-        wait = fn.manifest.batching.max_wait_ms / 1000
+        assert manifest.batching is not None
+        size = manifest.batching.max_batch_size
+        wait = manifest.batching.max_wait_ms / 1000
         consumer = f"{socket.gethostname()}:{os.getpid()}"
-        idle_ms = int((fn.manifest.limits.timeout + CLAIM_MARGIN) * 1000)
+        idle_ms = int((manifest.limits.timeout + CLAIM_MARGIN) * 1000)
         claimed = self.redis.xautoclaim(stream, keys.BATCH_GROUP, consumer, idle_ms, count=size)
         entries = [(eid, fields) for eid, fields in claimed[1] if fields]
         entries += self._read(stream, consumer, size - len(entries), None)
@@ -178,6 +180,18 @@ class Batches:
                     break
                 entries += more
         return [Item.from_entry(eid, fields) for eid, fields in entries]
+
+    def _run_version(self, function: str, version: str, items: list[Item], started: float) -> None:
+        """Run the items of one version (a deploy or ``?version=`` mixes versions in a
+        stream): each runs the version it was accepted for, or fails saying why not."""
+        try:
+            fn = self.executor.load(function, version)
+        except ConveyorError as exc:
+            for item in items:
+                if self.executor.start(item.invocation_id) is not None:
+                    self.executor.fail(item.invocation_id, exc, started, traceback=False)
+            return
+        self._run(fn, items, started)
 
     def _read(
         self, stream: str, consumer: str, count: int, block: float | None
@@ -197,7 +211,7 @@ class Batches:
         # One round trip to start every item, and one to store every success.
         pipe = self.redis.pipeline(transaction=False)
         for item in items:
-            self.executor.queue_start(pipe, item.invocation_id, fn.version)
+            self.executor.queue_start(pipe, item.invocation_id)
         admitted = []
         for item, answer in zip(items, pipe.execute(), strict=True):
             begun = self.executor.started(item.invocation_id, answer)
@@ -257,11 +271,10 @@ class Batches:
         )
         self.redis.lpush(queue_key, message)
 
-    def arm(self, fn: LoadedFunction) -> None:
-        """Queue a trigger for ``fn`` unless one is already waiting."""
-        trigger = trigger_for(fn.name, fn.version, fn.manifest)
+    def arm(self, trigger: Invocation) -> None:
+        """Queue ``trigger`` unless one is already waiting for its function."""
         queue_key, message = encode_batch_trigger(self.app, trigger)
-        self.redis.eval(ARM, 2, keys.batch_armed(fn.name), queue_key, ARMED_TTL, message)
+        self.redis.eval(ARM, 2, keys.batch_armed(trigger.function), queue_key, ARMED_TTL, message)
 
     def _undelivered(self, stream: str) -> bool:
         """Whether the stream holds items no batch has taken yet (not merely items that
@@ -324,6 +337,13 @@ class Batches:
             self.executor.worker_lost(item.invocation_id)
         queue_key, message = batch["trigger"]
         self.redis.eval(ARM, 2, keys.batch_armed(batch["function"]), queue_key, ARMED_TTL, message)
+
+
+def _by_version(items: list[Item]) -> dict[str, list[Item]]:
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.version, []).append(item)
+    return groups
 
 
 def _id(entry_id: str) -> tuple[int, int]:

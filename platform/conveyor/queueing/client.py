@@ -24,6 +24,7 @@ from conveyor.errors import (
     InvocationFinishedError,
     InvocationNotFoundError,
     InvocationUnfinishedError,
+    VersionNotFoundError,
 )
 from conveyor.functions.registry import FunctionSpec
 from conveyor.log import get_logger
@@ -136,6 +137,12 @@ class QueueClient:
                 first = await self._submit(keys=submit_keys, args=submit_args)
             if isinstance(first, str):
                 return await self._replay(spec.name, idempotency_key or "", first, digest, wait)
+            if not first:
+                raise VersionNotFoundError(
+                    f"version {spec.version} of {spec.name!r} is not in the function store"
+                    f" (collected, or Redis lost it); GET /functions/{spec.name}/versions lists"
+                    " the retained ones"
+                )
             log.info(
                 "invocation_queued",
                 function=inv.function,
@@ -171,9 +178,11 @@ class QueueClient:
         :mod:`conveyor.queueing.batches`) a stream item and a drain trigger."""
         record = [value for pair in fields.items() for value in pair]
         ttl = self.settings.results.pending_ttl
+        store = [keys.function_version(inv.function, inv.version), keys.VERSIONS_IN_USE]
+        in_use = keys.in_use(inv.function, inv.version)
         if spec.manifest.batching is None:
             queue_key, message = encode_message(self.celery, inv)
-            return [keys.job(inv.id), queue_key, "", "", idempotency], [
+            return [keys.job(inv.id), queue_key, "", "", idempotency, *store], [
                 ttl,
                 message,
                 0,
@@ -183,12 +192,13 @@ class QueueClient:
                 "",
                 inv.id,
                 digest,
+                in_use,
                 *record,
             ]
         trigger_key, trigger = self._trigger(spec, inv.priority)
         stream, armed = keys.batch_stream(inv.function), keys.batch_armed(inv.function)
         item = json.dumps(inv.input)
-        return [keys.job(inv.id), stream, armed, trigger_key, idempotency], [
+        return [keys.job(inv.id), stream, armed, trigger_key, idempotency, *store], [
             ttl,
             "",
             ARMED_TTL,
@@ -198,6 +208,7 @@ class QueueClient:
             item,
             inv.id,
             digest,
+            in_use,
             *record,
         ]
 

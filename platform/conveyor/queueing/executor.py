@@ -26,6 +26,7 @@ from conveyor import context
 from conveyor.context import InvocationContext
 from conveyor.errors import ConveyorError, ValidationError
 from conveyor.functions.loader import LoadedFunction
+from conveyor.functions.manifest import Manifest
 from conveyor.log import get_logger
 from conveyor.queueing import keys
 from conveyor.queueing.connections import sync_client
@@ -66,8 +67,8 @@ class Executor:
     # -- per process -------------------------------------------------------------------
 
     def init_process(self) -> None:
-        """In a fresh pool child: find the functions and set up, before taking work, those
-        on our queues whose import is known to end well (see :mod:`.local`); any other is
+        """In a fresh pool child: import the serving version of each function on our
+        queues and set it up, before taking work (see :mod:`.local`); any other version is
         imported when an invocation needs it, and fails only its own invocations."""
         self._redis = None
         self._functions = LocalFunctions(self.settings, lambda: self.redis)
@@ -119,12 +120,24 @@ class Executor:
         changed, previous = answer
         return int(changed), str(previous)
 
-    def load(self, name: str, version: str) -> LoadedFunction:
-        """The version to run (see :meth:`LocalFunctions.load`)."""
+    @property
+    def functions(self) -> LocalFunctions:
         if self._functions is None:
             self.init_process()
         assert self._functions is not None
-        return self._functions.load(name, version)
+        return self._functions
+
+    def load(self, name: str, version: str) -> LoadedFunction:
+        """The version to run (see :meth:`LocalFunctions.load`)."""
+        return self.functions.load(name, version)
+
+    def manifest(self, name: str, version: str) -> Manifest | None:
+        """``version``'s manifest, without importing it; else the serving version's."""
+        reader = self.functions.reader
+        found = reader.manifest(name, version)
+        if found is None:
+            found = reader.serving().get(name, (None, None))[1]
+        return found
 
     # -- one invocation -----------------------------------------------------------------
 
@@ -136,7 +149,7 @@ class Executor:
         try:
             fn = self.load(function, version)
         except ConveyorError as exc:
-            if self.start(invocation_id, version) is not None:
+            if self.start(invocation_id) is not None:
                 self.fail(invocation_id, exc, started, traceback=False)
             return
         admitted = self.admit(fn, invocation_id, started)
@@ -176,19 +189,19 @@ class Executor:
         # Celery republishes with the same id, queue and (broker) priority.
         raise task.retry(countdown=delay, max_retries=None) from None
 
-    def start(self, invocation_id: str, version: str) -> tuple[int, bool] | None:
+    def start(self, invocation_id: str) -> tuple[int, bool] | None:
         """Mark an attempt started: (attempt number, whether a lost attempt preceded it),
         or None when the invocation must not run (cancelled, finished, or unknown)."""
         start_keys, args = start_args(
-            invocation_id, version, os.getpid(), metrics=self.settings.metrics.enabled
+            invocation_id, os.getpid(), metrics=self.settings.metrics.enabled
         )
         answer = self.script("start")(keys=start_keys, args=args)
         return self.started(invocation_id, answer)
 
-    def queue_start(self, pipe: Pipeline, invocation_id: str, version: str) -> None:
+    def queue_start(self, pipe: Pipeline, invocation_id: str) -> None:
         """:meth:`start`, queued on ``pipe``; :meth:`started` reads its answer."""
         start_keys, args = start_args(
-            invocation_id, version, os.getpid(), metrics=self.settings.metrics.enabled
+            invocation_id, os.getpid(), metrics=self.settings.metrics.enabled
         )
         self.script("start")(keys=start_keys, args=args, client=pipe)
 
@@ -207,7 +220,7 @@ class Executor:
         self, fn: LoadedFunction, invocation_id: str, started: float
     ) -> tuple[int, bool] | None:
         """Start an attempt of ``fn``; see :meth:`admitted`."""
-        begun = self.start(invocation_id, fn.version)
+        begun = self.start(invocation_id)
         return self.admitted(fn, invocation_id, started, begun)
 
     def admitted(

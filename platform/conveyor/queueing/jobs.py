@@ -60,7 +60,8 @@ end
 
 # KEYS[1] job, KEYS[2] events channel, KEYS[3..5] the 'completed' webhook delivery, the
 # due set, the deliverer's wake-up list, KEYS[6..11] the counters of stats.py
-# (invocations, failures, run times, retries, this moment's dashboard bucket, recent).
+# (invocations, failures, run times, retries, this moment's dashboard bucket, recent),
+# KEYS[12] the versions in use (a final status counts the record's version down).
 # ARGV: allowed-from (space separated), to, ttl (0 = keep, 'record' = the ttl the record
 # was created with), final (1/0: publish, webhook, count), id, then field/value pairs.
 # Returns {changed, previous status}.
@@ -90,6 +91,8 @@ if ARGV[4] == '1' then
   for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
   record.logs = nil  -- read on their own (GET .../logs), not carried to every waiter
   redis.call('PUBLISH', KEYS[2], ARGV[5] .. ' ' .. cjson.encode(record))
+  local in_use = record['function'] .. '@' .. record.version
+  if redis.call('HINCRBY', KEYS[12], in_use, -1) <= 0 then redis.call('HDEL', KEYS[12], in_use) end
   webhook('completed', record, ARGV[5], KEYS[1], KEYS[3], KEYS[4], KEYS[5])
   if KEYS[6] ~= '' then
     count_finished(ARGV[5], record, KEYS[6], KEYS[7], KEYS[8], KEYS[10], KEYS[11])
@@ -102,12 +105,10 @@ return {1, status}
 # An attempt starts: from queued, retrying, or running (its worker vanished and Redis
 # redelivered the message). Returns {previous status, attempt, 1 if the previous attempt
 # was lost (still running, or marked lost by the parent of a pool child that died)}.
-# 'version' becomes the version that runs; the one the API submitted is kept as
-# 'submitted_version' when a worker's copy of the function differs (another machine).
 # The first attempt owes the 'start' webhook, if asked for, and counts its queue wait; a
 # redelivered one counts as such. KEYS[1] job, KEYS[2..4] the 'start' delivery, the due
 # set, the wake-up list, KEYS[5] queue-wait histogram, KEYS[6] redeliveries; ARGV: now,
-# version, pid, id.
+# pid, id.
 START = (
     WEBHOOK_LUA
     + stats.LUA
@@ -120,10 +121,7 @@ end
 local lost = 0
 if status == 'running' or redis.call('HDEL', KEYS[1], 'lost') == 1 then lost = 1 end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-local submitted = redis.call('HGET', KEYS[1], 'version')
-if submitted ~= ARGV[2] then redis.call('HSETNX', KEYS[1], 'submitted_version', submitted) end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'version', ARGV[2],
-           'pid', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'pid', ARGV[2])
 local fn = redis.call('HGET', KEYS[1], 'function')
 if attempts == 1 then
   local created = redis.call('HGET', KEYS[1], 'created_at')
@@ -134,7 +132,7 @@ if attempts == 1 then
     local flat = redis.call('HGETALL', KEYS[1])
     local record = {}
     for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
-    webhook('start', record, ARGV[4], KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+    webhook('start', record, ARGV[3], KEYS[1], KEYS[2], KEYS[3], KEYS[4])
   end
 end
 if lost == 1 and KEYS[6] ~= '' then redis.call('HINCRBY', KEYS[6], fn, 1) end
@@ -144,21 +142,25 @@ return {status, attempts, lost}
 
 
 # Accept an invocation: its record and its message, or (batching) its stream item and,
-# unless one is waiting, a drain trigger -- one command, so a 202 always has both.
+# unless one is waiting, a drain trigger -- one command, so a 202 always has both. The
+# version must be in the function store (it is counted in use until the invocation
+# ends); else nothing is written and the answer is 0.
 # With an idempotency key (KEYS[5]) already used, nothing is written and the answer is
 # "<invocation id> <body digest>" of the first use.
 # KEYS[1] job, KEYS[2] queue list or stream, KEYS[3] armed flag, KEYS[4] trigger's list,
-# KEYS[5] idempotency key or ''. ARGV: pending TTL, message ('' for a batch item), armed
-# TTL, trigger, item id, version, input, invocation id, body digest, then the record's
-# field/value pairs.
+# KEYS[5] idempotency key or '', KEYS[6] the version's record, KEYS[7] versions in use.
+# ARGV: pending TTL, message ('' for a batch item), armed TTL, trigger, item id, version,
+# input, invocation id, body digest, in-use field, then the record's field/value pairs.
 SUBMIT = """
 if KEYS[5] ~= '' then
   local first = redis.call('GET', KEYS[5])
   if first then return first end
-  redis.call('SET', KEYS[5], ARGV[8] .. ' ' .. ARGV[9], 'EX', ARGV[1])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+if redis.call('EXISTS', KEYS[6]) == 0 then return 0 end
+if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[8] .. ' ' .. ARGV[9], 'EX', ARGV[1]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[7], ARGV[10], 1)
 if ARGV[2] ~= '' then
   redis.call('LPUSH', KEYS[2], ARGV[2])
   return 1
@@ -221,7 +223,6 @@ class JobRecord:
     output: Any = None
     error: dict[str, Any] | None = None
     has_output: bool = False
-    submitted_version: str | None = None
     owner: str | None = None  # the id of the API key that made it
     webhook: dict[str, Any] | None = None  # {"url", "events", "status"?, "attempts"?, ...}
     progress: dict[str, Any] | None = None  # {"fraction", "message", "updated_at"}
@@ -247,7 +248,6 @@ class JobRecord:
             output=json.loads(raw["output"]) if "output" in raw else None,
             error=json.loads(raw["error"]) if "error" in raw else None,
             has_output="output" in raw,
-            submitted_version=raw.get("submitted_version"),
             owner=raw.get("owner"),
             webhook=webhook_view(raw),
             progress=json.loads(raw["progress"]) if "progress" in raw else None,
@@ -324,6 +324,7 @@ def transition_args(
         keys.WEBHOOKS_DUE,
         keys.WEBHOOKS_WAKE,
         *(_counted_keys() if metrics else _UNCOUNTED),
+        keys.VERSIONS_IN_USE,
     ], args
 
 
@@ -343,7 +344,7 @@ _UNCOUNTED = [""] * 6  # with [metrics] enabled = false: the scripts count nothi
 
 
 def start_args(
-    invocation_id: str, version: str, pid: int, *, metrics: bool = True
+    invocation_id: str, pid: int, *, metrics: bool = True
 ) -> tuple[list[str], list[str]]:
     """KEYS and ARGV of :data:`START`."""
     counted = [keys.METRICS_QUEUE_WAIT, keys.METRICS_REDELIVERIES] if metrics else ["", ""]
@@ -353,4 +354,4 @@ def start_args(
         keys.WEBHOOKS_DUE,
         keys.WEBHOOKS_WAKE,
         *counted,
-    ], [repr(time.time()), version, str(pid), invocation_id]
+    ], [repr(time.time()), str(pid), invocation_id]

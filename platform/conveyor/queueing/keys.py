@@ -100,13 +100,38 @@ def map_idempotency(function: str, owner: str, key: str) -> str:
     return f"{PREFIX}:idempotency-map:{function}:{owner}:{key}"
 
 
-# Bump when what the inspector reports changes shape, so old entries are not read.
-SCHEMAS_FORMAT = 1
+# The function store (see queueing/function_store.py): which version of each function
+# serves (name -> version, '' while it has none); a function's state (serving, pinned,
+# latest, where it came from, its folder's error); its retained versions by when they were
+# deployed; a version's record (manifest, schemas, origin) and its bundle (the folder, as a
+# zip archive); the functions that have retained versions; how many invocations and map
+# jobs of each version are queued or running ("<name>@<version>" -> count): a version in
+# use is never collected. Every change of what serves is published by name.
+SERVING = f"{PREFIX}:serving"
+STORED_FUNCTIONS = f"{PREFIX}:stored-functions"
+VERSIONS_IN_USE = f"{PREFIX}:versions-in-use"
+FUNCTIONS_CHANNEL = f"{PREFIX}:functions-changed"
 
 
-def schemas(version: str) -> str:
-    """A version's input and output schemas, as the API's inspector found them."""
-    return f"{PREFIX}:schemas:{SCHEMAS_FORMAT}:{version}"
+def function_state(name: str) -> str:
+    return f"{PREFIX}:function:{name}"
+
+
+def function_versions(name: str) -> str:
+    return f"{PREFIX}:function:{name}:versions"
+
+
+def function_version(name: str, version: str) -> str:
+    return f"{PREFIX}:function:{name}:version:{version}"
+
+
+def bundle(name: str, version: str) -> str:
+    return f"{PREFIX}:bundle:{name}:{version}"
+
+
+def in_use(name: str, version: str) -> str:
+    """The field of :data:`VERSIONS_IN_USE` counting one version's queued work."""
+    return f"{name}@{version}"
 
 
 def idempotency(function: str, owner: str, key: str) -> str:

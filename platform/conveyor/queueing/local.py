@@ -1,113 +1,76 @@
-"""The functions a worker pool child runs: found on its disk, imported one at a time, and
-only once their import is known to end well.
+"""The function code a worker pool child runs: exactly the version each invocation names.
 
-A module that hangs, exits or crashes at import must cost its own invocations only. So a
-child imports a version in its own process only after it has been *vetted*: the API's
-inspector found its schemas (Redis holds them by version digest; a version the API
-accepted is always there), or, for a version only this machine has, this child runs the
-same inspector subprocess first, with the same limits, and records what it found. A
-version that fails is rejected in the registry: its invocations fail with that error,
-and the last good version (if this process has it) keeps serving.
+Versions come from the function store (:mod:`conveyor.queueing.function_store`), never
+from this machine's functions folder: the first time the machine meets a version, it is
+fetched and unpacked into the version cache (:mod:`conveyor.store.cache`), once for all
+its worker processes, and the child imports it from there. The API that stored a version
+had it inspected, so its import is known to end. A child keeps one version of each
+function imported; an invocation of another version (``?version=``, or work queued before
+a deploy) imports that one in its place, and a class handler's ``setup()`` runs again.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import redis
 
-from conveyor.errors import ConveyorError, FunctionLoadError
-from conveyor.functions.inspector import Inspector, Limits
-from conveyor.functions.loader import FunctionSchemas, LoadedFunction
-from conveyor.functions.registry import FunctionSpec, Registry
+from conveyor.errors import ConveyorError, FunctionUnavailableError
+from conveyor.functions.loader import LoadedFunction, load_function, unload
 from conveyor.log import get_logger
-from conveyor.queueing import keys
-from conveyor.queueing.schema_cache import TTL
+from conveyor.queueing.function_store import StoreReader
 from conveyor.settings import Settings
+from conveyor.store.cache import VersionCache
 
 log = get_logger(__name__)
 
-Outcome = FunctionSchemas | FunctionLoadError
-
 
 class LocalFunctions:
-    """One pool child's registry of function code."""
+    """One pool child's imported function code, by function name."""
 
     def __init__(self, settings: Settings, client: Callable[[], redis.Redis]) -> None:
-        self.settings = settings
-        self._client = client  # the executor's connection (re-made in each child)
-        self.registry = Registry(settings.functions.dir, settings.queues, import_code=True)
-        self._superseded: dict[str, set[str]] = {}
-        self._limits = Limits(settings.functions.inspect_timeout, settings.functions.inspect_memory)
+        self.reader = StoreReader(client)  # the executor's connection (re-made in each child)
+        self.cache = VersionCache(settings.store.cache_dir)
+        self._loaded: dict[str, LoadedFunction] = {}
 
     def preload(self, queues: list[str]) -> list[LoadedFunction]:
-        """Import every vetted function on ``queues``; the others wait for an invocation."""
-        ours = [s for s in self.registry.scan().candidates if s.manifest.target_queue in queues]
-        good = self._vet(ours)
-        return [
-            loaded for spec in good if (loaded := self.registry.load(spec.name).loaded) is not None
-        ]
-
-    def load(self, name: str, version: str) -> LoadedFunction:
-        """The version to run: rescan the folders when a message names a version we have
-        not seen (a deploy the API saw before us, or a function new to us), and import
-        that one function if its folder changed."""
-        try:
-            entry = self.registry.entry(name)
-            known = entry.spec is not None and entry.spec.version == version
-        except ConveyorError:
-            known = False
-        if not known and version not in self._superseded.get(name, set()):
-            self.registry.scan()
-            self._superseded.setdefault(name, set()).add(version)
-        pending = self.registry.entry(name).pending
-        if pending is not None and self._vet([pending]):
-            self.registry.load(name)
-        loaded = self.registry.serving(name).loaded
-        assert loaded is not None
+        """Import the serving version of every function on ``queues``; one that fails
+        is logged here and fails its own invocations when they come."""
+        loaded = []
+        for name, (version, manifest) in self.reader.serving().items():
+            if manifest.target_queue not in queues:
+                continue
+            try:
+                loaded.append(self.load(name, version))
+            except ConveyorError as exc:
+                log.error("function_preload_failed", function=name, version=version, error=str(exc))
         return loaded
 
-    def _vet(self, specs: list[FunctionSpec]) -> list[FunctionSpec]:
-        """The specs whose import is known to end well; the others are rejected."""
-        known = self._inspected(specs)
-        unknown = [s for s in specs if s.version not in known]
-        if unknown:
-            outcomes = asyncio.run(self._inspect(unknown))
-            for spec, outcome in zip(unknown, outcomes, strict=True):
-                if isinstance(outcome, FunctionLoadError):
-                    self.registry.reject(spec, str(outcome))
-                else:
-                    known.add(spec.version)
-                    self._record(spec.version, outcome)
-        return [s for s in specs if s.version in known]
-
-    async def _inspect(
-        self, specs: list[FunctionSpec]
-    ) -> list[FunctionSchemas | FunctionLoadError]:
-        inspector = Inspector(self._limits)
-
-        async def one(spec: FunctionSpec) -> FunctionSchemas | FunctionLoadError:
-            try:
-                return await inspector.inspect(spec)
-            except FunctionLoadError as exc:
-                return exc
-
-        return list(await asyncio.gather(*(one(s) for s in specs)))
-
-    def _inspected(self, specs: list[FunctionSpec]) -> set[str]:
+    def load(self, name: str, version: str) -> LoadedFunction:
+        """``version`` of ``name``, imported (fetched from the store first if need be)."""
+        current = self._loaded.get(name)
+        if current is not None and current.version == version:
+            return current
+        manifest = self.reader.manifest(name, version)
         try:
-            with self._client().pipeline(transaction=False) as pipe:
-                for spec in specs:
-                    pipe.exists(keys.schemas(spec.version))
-                found = pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("schema_cache_unavailable", error=str(exc))
-            return set()
-        return {spec.version for spec, exists in zip(specs, found, strict=True) if exists}
-
-    def _record(self, version: str, schemas: FunctionSchemas) -> None:
-        try:
-            self._client().set(keys.schemas(version), schemas.to_json(), ex=TTL)
-        except redis.RedisError as exc:
-            log.warning("schema_cache_unavailable", error=str(exc))
+            folder = None
+            if manifest is not None:
+                folder = self.cache.install(
+                    name, version, lambda: self.reader.bundle(name, version)
+                )
+        except OSError as exc:
+            raise FunctionUnavailableError(
+                f"{name} {version}: cannot unpack it into {self.cache.root} ([store]"
+                f" cache_dir): {exc}"
+            ) from exc
+        if manifest is None or folder is None:
+            raise FunctionUnavailableError(
+                f"version {version} of {name!r} is not in the function store (collected, or"
+                " Redis lost it): this invocation cannot run it"
+            )
+        loaded = load_function(name, version, folder, manifest)
+        if current is not None:
+            unload(current.package)
+        self._loaded[name] = loaded
+        log.info("function_loaded", function=name, version=version, folder=str(folder))
+        return loaded

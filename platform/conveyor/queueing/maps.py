@@ -36,6 +36,7 @@ from conveyor.errors import (
     IdempotencyConflictError,
     InvocationFinishedError,
     InvocationNotFoundError,
+    VersionNotFoundError,
 )
 from conveyor.queueing import keys, stats
 from conveyor.queueing.celery_app import MAP_TASK_NAME
@@ -75,7 +76,9 @@ local function feed(job, inputs, retries, chunk, queue, k, n, message, now)
   return 1
 end
 
-local function finish(job, id, now, delivery, due, wake, related)
+local function finish(job, id, now, delivery, due, wake, related, in_use)
+  local version = redis.call('HGET', job, 'function') .. '@' .. redis.call('HGET', job, 'version')
+  if redis.call('HINCRBY', in_use, version, -1) <= 0 then redis.call('HDEL', in_use, version) end
   local status = redis.call('HGET', job, 'status')
   if status == 'running' then
     if tonumber(redis.call('HGET', job, 'failed') or '0') > 0 then status = 'failed'
@@ -103,10 +106,12 @@ end
 )
 
 # An upload is complete: the job runs, its first chunks are queued, in one step (a 202
-# is a promise). KEYS: job, inputs, retries, results, done, jobs-by-function, idempotency
-# or '', channel, queue list, delivery, due, wake, then one chunk key per initial chunk.
-# ARGV: id, now, pending ttl, digest, number of chunks, then (k, n, message) per chunk.
-# Returns {1, ''} accepted; {2, "<id> <digest>"} the key's first job; {0, status}.
+# is a promise); its version counts as in use until the job ends. KEYS: job, inputs,
+# retries, results, done, jobs-by-function, idempotency or '', channel, queue list,
+# delivery, due, wake, the version's record, versions in use, then one chunk key per
+# initial chunk. ARGV: id, now, pending ttl, digest, number of chunks, then (k, n, message)
+# per chunk. Returns {1, ''} accepted; {2, "<id> <digest>"} the key's first job; {0,
+# status}; {3, ''} the function store no longer holds the version.
 FINISH_UPLOAD = (
     _LUA
     + """
@@ -116,9 +121,14 @@ if status ~= 'uploading' then return {0, status or ''} end
 if KEYS[7] ~= '' then
   local first = redis.call('GET', KEYS[7])
   if first then return {2, first} end
+end
+if redis.call('EXISTS', KEYS[13]) == 0 then return {3, ''} end
+if KEYS[7] ~= '' then
   redis.call('SET', KEYS[7], ARGV[1] .. ' ' .. ARGV[4], 'EX', ARGV[3])
   redis.call('HSET', job, 'idempotency_key', KEYS[7])
 end
+redis.call('HINCRBY', KEYS[14],
+           redis.call('HGET', job, 'function') .. '@' .. redis.call('HGET', job, 'version'), 1)
 redis.call('HSET', job, 'status', 'running', 'started_at', ARGV[2])
 for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
 redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
@@ -126,11 +136,11 @@ redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -1 - RECENT_JOBS)
 local chunks = tonumber(ARGV[5])
 for c = 1, chunks do
   local base = 5 + (c - 1) * 3
-  feed(job, KEYS[2], KEYS[3], KEYS[12 + c], KEYS[9], ARGV[base + 1], ARGV[base + 2],
+  feed(job, KEYS[2], KEYS[3], KEYS[14 + c], KEYS[9], ARGV[base + 1], ARGV[base + 2],
        ARGV[base + 3], ARGV[2])
 end
 if ended(job, KEYS[2], KEYS[3]) then
-  finish(job, ARGV[1], ARGV[2], KEYS[10], KEYS[11], KEYS[12], {KEYS[4], KEYS[5]})
+  finish(job, ARGV[1], ARGV[2], KEYS[10], KEYS[11], KEYS[12], {KEYS[4], KEYS[5]}, KEYS[14])
 end
 redis.call('PUBLISH', KEYS[8], ARGV[1])
 return {1, ''}
@@ -148,12 +158,12 @@ return {1, redis.call('HINCRBY', KEYS[1], 'starts:' .. ARGV[2], 1), found[2], fo
 
 # A chunk's outcome, and the next chunk (if the job still runs). KEYS: job, chunk, results,
 # done, retries, active, inputs, next chunk, queue, channel, counters (invocations,
-# failures, durations), delivery, due, wake. ARGV: id, now, task id, chunk, seconds per
-# item seen (or ''), next k, next n, next message ('' for none), function, number of
-# results, then (index, status, error type, seconds, result) per item, number of
-# retries, then (entry, due) per retry, number of items given back (the chunk yielded to
-# more urgent work), then their entries: they go back to the front of the waiting items,
-# or, if the job was cancelled meanwhile, count as cancelled.
+# failures, durations), delivery, due, wake, versions in use. ARGV: id, now, task id,
+# chunk, seconds per item seen (or ''), next k, next n, next message ('' for none),
+# function, number of results, then (index, status, error type, seconds, result) per item,
+# number of retries, then (entry, due) per retry, number of items given back (the chunk
+# yielded to more urgent work), then their entries: they go back to the front of the
+# waiting items, or, if the job was cancelled meanwhile, count as cancelled.
 # Returns {fed, ended, earliest retry or ''}.
 SETTLE = (
     _LUA
@@ -208,7 +218,7 @@ if ARGV[8] ~= '' then
 end
 local over = 0
 if ended(job, KEYS[7], KEYS[5]) and not redis.call('HGET', job, 'finished_at') then
-  finish(job, id, now, KEYS[14], KEYS[15], KEYS[16], {KEYS[3], KEYS[4]})
+  finish(job, id, now, KEYS[14], KEYS[15], KEYS[16], {KEYS[3], KEYS[4]}, KEYS[17])
   over = 1
 end
 redis.call('PUBLISH', KEYS[10], id)
@@ -227,7 +237,8 @@ return feed(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[
 )
 
 # Cancel: nothing is fed after this. KEYS: job, inputs, retries, channel, results, done,
-# delivery, due, wake. ARGV: id, now. Returns {1, chunks still running} or {0, status}.
+# delivery, due, wake, active, versions in use. ARGV: id, now. Returns {1, chunks still
+# running} or {0, status}.
 CANCEL = (
     _LUA
     + """
@@ -240,7 +251,7 @@ redis.call('HINCRBY', job, 'cancelled', never)
 redis.call('HINCRBY', job, 'never_fed', never)
 redis.call('DEL', KEYS[2], KEYS[3])
 if tonumber(redis.call('HGET', job, 'outstanding')) == 0 then
-  finish(job, ARGV[1], ARGV[2], KEYS[7], KEYS[8], KEYS[9], {KEYS[5], KEYS[6]})
+  finish(job, ARGV[1], ARGV[2], KEYS[7], KEYS[8], KEYS[9], {KEYS[5], KEYS[6]}, KEYS[11])
 end
 redis.call('PUBLISH', KEYS[4], ARGV[1])
 return {1, redis.call('SCARD', KEYS[10])}
@@ -383,6 +394,7 @@ def settle_keys(
         keys.webhook_delivery(job_id, "completed"),
         keys.WEBHOOKS_DUE,
         keys.WEBHOOKS_WAKE,
+        keys.VERSIONS_IN_USE,
     ]
 
 
@@ -514,6 +526,8 @@ class MapStore:
             keys.webhook_delivery(job_id, "completed") if fields.get("webhook") else "",
             keys.WEBHOOKS_DUE,
             keys.WEBHOOKS_WAKE,
+            keys.function_version(fields["function"], fields["version"]),
+            keys.VERSIONS_IN_USE,
             *(keys.map_chunk(job_id, k) for k in range(chunks)),
         ]
         args: list[Any] = [job_id, repr(time.time()), pending_ttl, digest, chunks]
@@ -530,6 +544,12 @@ class MapStore:
                     f"Idempotency-Key was used for job {first} with another body; use a new key"
                 )
             return first
+        if outcome == 3:
+            await self.discard(job_id)
+            raise VersionNotFoundError(
+                f"version {fields['version']} of {fields['function']!r} left the function store"
+                " during the upload; send the job again"
+            )
         if outcome != 1:
             raise InvocationNotFoundError(f"job {job_id!r} is no longer being uploaded ({detail})")
         return job_id
@@ -585,6 +605,7 @@ class MapStore:
             keys.WEBHOOKS_DUE,
             keys.WEBHOOKS_WAKE,
             keys.map_active(job_id),
+            keys.VERSIONS_IN_USE,
         ]
         with broker_errors():
             changed, detail = await self._cancel(keys=keys_, args=[job_id, repr(time.time())])

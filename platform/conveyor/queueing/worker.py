@@ -1,10 +1,13 @@
 """``conveyor worker``: a supervising Celery parent and a prefork pool of children.
 
-The parent reads manifests only (never user code, so never torch or CUDA): it derives the
-visibility timeout from the longest hard limit, keeps it current as functions change, and
-writes a heartbeat so the API can say which queues have live workers. Each child imports
-the functions and runs ``setup()`` once when it starts (``worker_proc_alive_timeout`` is
-raised to ``[worker] start_timeout`` for model loading), then takes one message at a time.
+The parent reads manifests only, from the function store (never user code, so never
+torch or CUDA): it derives the visibility timeout from the longest hard limit, keeps it
+current as functions change, writes a heartbeat so the API can say which queues have live
+workers, and drops unpacked versions the store has collected from the machine's version
+cache. Each child imports the serving versions of its queues' functions and runs
+``setup()`` once when it starts (``worker_proc_alive_timeout`` is raised to ``[worker]
+start_timeout`` for model loading), then takes one message at a time, running the version
+each names. No functions folder is read: a worker needs only the Redis URL.
 """
 
 from __future__ import annotations
@@ -20,30 +23,32 @@ import redis
 from celery import signals
 from celery.worker import state
 
-from conveyor.functions.registry import Registry
-from conveyor.functions.watcher import watch_in_thread
+from conveyor.functions.manifest import Manifest
 from conveyor.log import get_logger
 from conveyor.queueing import keys
 from conveyor.queueing.celery_app import create_celery
 from conveyor.queueing.census import Census
 from conveyor.queueing.connections import sync_client
 from conveyor.queueing.executor import Executor
+from conveyor.queueing.function_store import StoreReader
 from conveyor.queueing.task import register_task
 from conveyor.settings import Settings
+from conveyor.store.cache import VersionCache
 
 log = get_logger(__name__)
 
 VISIBILITY_MARGIN = 30.0
 MIN_LIMIT = 30.0
+PRUNE_EVERY = 60.0  # seconds between looks for cached versions the store has collected
 
 
-def derived_visibility_timeout(registry: Registry) -> float:
+def derived_visibility_timeout(manifests: list[Manifest]) -> float:
     """Longest hard limit of any function plus a margin.
 
     kombu's Redis transport keeps one unacked set for all queues and every worker sweeps
     all of it, so the figure must cover every function, not only this worker's queues.
     """
-    limits = [e.spec.manifest.limits.timeout for e in registry.entries() if e.spec]
+    limits = [manifest.limits.timeout for manifest in manifests]
     return max([MIN_LIMIT, *limits]) + VISIBILITY_MARGIN
 
 
@@ -59,8 +64,10 @@ class WorkerProcess:
         self.concurrency = concurrency
         self.device = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.name = name or f"conveyor-{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
-        self.registry = Registry(settings.functions.dir, settings.queues, import_code=False)
-        self.registry.refresh()
+        self._client = sync_client(settings)
+        self.store = StoreReader(lambda: self._client)
+        self.cache = VersionCache(settings.store.cache_dir)
+        self.serving = self._read_serving()
         self.visibility_timeout = self._visibility_timeout()
         self.app = create_celery(settings, visibility_timeout=self.visibility_timeout)
         self.executor = Executor(settings, queues)
@@ -68,8 +75,19 @@ class WorkerProcess:
         self._consumer: Any = None
         self._stop = threading.Event()
 
+    def _read_serving(self) -> dict[str, tuple[str, Manifest]]:
+        """What serves (name -> version, manifest); the last known if Redis is away."""
+        try:
+            return self.store.serving()
+        except redis.RedisError as exc:
+            log.warning("function_store_unavailable", error=str(exc))
+            return getattr(self, "serving", {})
+
+    def _manifests(self) -> list[Manifest]:
+        return [manifest for _, manifest in self.serving.values()]
+
     def _visibility_timeout(self) -> float:
-        derived = derived_visibility_timeout(self.registry)
+        derived = derived_visibility_timeout(self._manifests())
         configured = self.settings.worker.visibility_timeout
         if configured is None:
             return derived
@@ -88,8 +106,7 @@ class WorkerProcess:
         signals.worker_process_init.connect(lambda **_: self.executor.init_process(), weak=False)
         signals.worker_ready.connect(self._on_ready, weak=False)
         signals.worker_shutdown.connect(self._on_shutdown, weak=False)
-        if self.settings.functions.watch:
-            watch_in_thread(self.registry, lambda _: self._on_functions_changed())
+        self._prune_cache()
         log.info(
             "worker_starting",
             worker=self.name,
@@ -113,7 +130,7 @@ class WorkerProcess:
     def _on_functions_changed(self) -> None:
         if self.settings.worker.visibility_timeout is not None:
             return
-        new = derived_visibility_timeout(self.registry)
+        new = derived_visibility_timeout(self._manifests())
         if new > self.visibility_timeout:
             self.visibility_timeout = new
             self._apply_visibility_timeout()
@@ -142,6 +159,18 @@ class WorkerProcess:
     def _redis(self) -> redis.Redis:
         return sync_client(self.settings)
 
+    def _prune_cache(self) -> None:
+        """Forget unpacked versions the store no longer holds: nothing can run them."""
+        held = self.cache.versions()
+        try:
+            gone = set(held) - self.store.retained(held)
+        except redis.RedisError as exc:
+            log.warning("function_store_unavailable", error=str(exc))
+            return
+        for name, version in gone:
+            self.cache.remove(name, version)
+            log.info("cached_version_removed", function=name, version=version)
+
     def _renew_leases(self) -> None:
         """Keep Redis from redelivering what this worker still holds.
 
@@ -166,8 +195,15 @@ class WorkerProcess:
         it is; the key expires after three missed beats, so a dead worker drops out."""
         census = Census(self._redis())
         interval = self.settings.worker.heartbeat
-        started = time.time()
+        started = last_prune = time.time()
         while not self._stop.is_set():
+            serving = self._read_serving()
+            if serving != self.serving:
+                self.serving = serving
+                self._on_functions_changed()
+            if time.time() - last_prune >= PRUNE_EVERY:
+                last_prune = time.time()
+                self._prune_cache()
             payload = {
                 "name": self.name,
                 "host": socket.gethostname(),
@@ -178,7 +214,7 @@ class WorkerProcess:
                 "started_at": started,
                 "seen_at": time.time(),
                 "active": _active_count(),
-                "functions": {e.name: e.spec.version for e in self.registry.entries() if e.spec},
+                "functions": {name: version for name, (version, _) in self.serving.items()},
             }
             try:
                 census.beat(self.name, payload, interval)

@@ -1,0 +1,108 @@
+"""``conveyor deploy`` (a folder to an API that need not see it), ``versions``, ``rollback``,
+``unpin`` and ``rm``: the function store's commands, over the API."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from conveyor.errors import ConveyorError
+from conveyor.settings import Settings
+from conveyor.store.bundle import mib, pack
+
+BaseUrl = Callable[[Settings, argparse.Namespace], str]
+Request = Callable[..., httpx.Response]
+
+
+def add_store_commands(sub: Any, base_url: BaseUrl, request: Request) -> None:
+    def command(name: str, help: str, run: Callable[..., int]) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name, help=help)
+        parser.add_argument(
+            "--api", "--url", dest="url", help="API base URL (default: deploy.toml)"
+        )
+        parser.set_defaults(run=lambda s, a: run(s, a, base_url(s, a), request))
+        return parser
+
+    deploy = command("deploy", "pack a function folder and deploy it through the API", _deploy)
+    deploy.add_argument("path", type=Path, help="the function folder")
+    deploy.add_argument("--name", help="the function's name (default: the folder's)")
+    command("versions", "a function's retained versions", _versions).add_argument("name")
+    rollback = command("rollback", "serve a retained version (until unpin or a deploy)", _rollback)
+    rollback.add_argument("name")
+    rollback.add_argument("version")
+    command("unpin", "serve a function's latest deploy again", _unpin).add_argument("name")
+    command("rm", "remove a function (its queued work still runs)", _remove).add_argument("name")
+
+
+def _deploy(settings: Settings, args: argparse.Namespace, base: str, request: Request) -> int:
+    folder: Path = args.path
+    if not folder.is_dir():
+        raise ConveyorError(f"{folder}: not a folder")
+    name = args.name or folder.resolve().name
+    bundle = pack(folder, settings.store.max_bundle_bytes)  # the API checks again, with its own
+    response = request(
+        "PUT",
+        f"{base}/functions/{name}",
+        content=bundle.data,
+        headers={"content-type": "application/zip"},
+        timeout=settings.functions.inspect_timeout + 60,
+    )
+    if (body := _answer(response)) is None:
+        return 1
+    print(
+        f"{body['outcome']} {name} {body['version']}: {body['files']} files,"
+        f" {mib(body['files_bytes'])} ({mib(body['bundle_bytes'])} stored)"
+    )
+    return 0
+
+
+def _versions(settings: Settings, args: argparse.Namespace, base: str, request: Request) -> int:
+    return _show_versions(request("GET", f"{base}/functions/{args.name}/versions", timeout=10))
+
+
+def _rollback(settings: Settings, args: argparse.Namespace, base: str, request: Request) -> int:
+    url = f"{base}/functions/{args.name}/rollback"
+    return _show_versions(request("POST", url, json={"version": args.version}, timeout=10))
+
+
+def _unpin(settings: Settings, args: argparse.Namespace, base: str, request: Request) -> int:
+    return _show_versions(request("POST", f"{base}/functions/{args.name}/unpin", timeout=10))
+
+
+def _remove(settings: Settings, args: argparse.Namespace, base: str, request: Request) -> int:
+    response = request("DELETE", f"{base}/functions/{args.name}", timeout=10)
+    if response.status_code >= 400:
+        _answer(response)
+        return 1
+    print(f"removed {args.name}")
+    return 0
+
+
+def _answer(response: httpx.Response) -> dict[str, Any] | None:
+    """The JSON body of a success; None (and the problem printed) otherwise."""
+    try:
+        body: dict[str, Any] = response.json()
+    except ValueError:
+        body = {"detail": response.text}
+    if response.status_code < 400:
+        return body
+    print(f"conveyor: the API answered {response.status_code}: {body.get('detail', body)}")
+    return None
+
+
+def _show_versions(response: httpx.Response) -> int:
+    body = _answer(response)
+    if body is None:
+        return 1
+    print(f"{body['function']}: serving {body['serving'] or '-'}", end="")
+    print(" (pinned)" if body["pinned"] else "")
+    for v in body["versions"]:
+        print(
+            f"  {v['version']}  {v['status']:<8} {v['source']:<6} {v['deployed_at'][:19]}"
+            f"  {v['files']:>4} files {mib(v['files_bytes']):>10}  active={v['active']}"
+        )
+    return 0
