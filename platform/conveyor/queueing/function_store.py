@@ -2,10 +2,14 @@
 
 A version is stored as a record (manifest, schemas, where it came from, sizes) and a bundle
 (the folder as a zip archive, :mod:`conveyor.store.bundle`), both kept while the version is
-retained. A function's state says which version serves, whether it is pinned (rolled
-back), the latest deploy and where it came from, and why its folder's newest version is
-broken. Every change of what serves is one Lua script that also publishes the function's
-name on :data:`keys.FUNCTIONS_CHANNEL`, so every API process follows at once.
+retained. The bundle is a list of chunks just under 1 MiB: Redis's allocator rounds a
+value up to its size class, so one 20 MiB string took 24 MiB, where the chunks take what
+they hold (and no command carries more than a few MiB).
+
+A function's state says which version serves, whether it is pinned (rolled back), the
+latest deploy and where it came from, and why its folder's newest version is broken.
+Every change of what serves is one Lua script that also publishes the function's name on
+:data:`keys.FUNCTIONS_CHANNEL`, so every API process follows at once.
 
 Which source wins: the newest deploy. A folder's version is deployed when it differs from
 the last version of that folder the store saw (so an API that restarts over an unchanged
@@ -21,6 +25,7 @@ counts a version's invocations and map jobs up, the scripts that end them count 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -35,6 +40,21 @@ from conveyor.queueing import keys
 from conveyor.queueing.connections import broker_errors
 
 FOLDER, PUSH = "folder", "push"
+CHUNK = 1024 * 1024 - 64  # bytes: with Redis's headers, exactly a 1 MiB allocation
+CHUNKS_PER_COMMAND = 4
+UPLOAD_TTL = 600  # seconds a half-written bundle (its writer died) lingers
+
+# A bundle written whole under a temporary name becomes the version's, unless another
+# process stored it first. KEYS: the upload, the bundle. Returns 1 if this one is kept.
+KEEP_BUNDLE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('PERSIST', KEYS[2])
+return 1
+"""
 
 # KEYS: state, versions, version record, serving, channel, bundle, stored functions.
 # ARGV: name, version, now, source, source dir, manifest, schemas, size, files, files' bytes.
@@ -240,6 +260,7 @@ class FunctionStore:
         self._pin = client.register_script(PIN)
         self._unpin = client.register_script(UNPIN)
         self._collect = client.register_script(COLLECT)
+        self._keep_bundle = client.register_script(KEEP_BUNDLE)
 
     async def has_bundle(self, name: str, version: str) -> bool:
         with broker_errors():
@@ -247,8 +268,16 @@ class FunctionStore:
 
     async def put_bundle(self, name: str, version: str, data: bytes) -> bool:
         """Store a bundle unless it is there: whether this call stored it."""
+        upload = keys.bundle_upload(str(uuid.uuid4()))
+        chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
         with broker_errors():
-            return bool(await self.redis.set(keys.bundle(name, version), data, nx=True))
+            for i in range(0, len(chunks), CHUNKS_PER_COMMAND):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.rpush(upload, *chunks[i : i + CHUNKS_PER_COMMAND])
+                    pipe.expire(upload, UPLOAD_TTL)
+                    await pipe.execute()
+            kept = await self._keep_bundle(keys=[upload, keys.bundle(name, version)])
+        return bool(kept)
 
     async def deploy(self, args: tuple[list[str], list[Any]]) -> str:
         """Run :data:`DEPLOY` (see :func:`deploy_args`): deployed, unchanged or no-bundle."""
@@ -417,9 +446,8 @@ class StoreReader:
 
     def bundle(self, name: str, version: str) -> bytes | None:
         command: Any = self._client().execute_command  # untyped in redis-py
-        return cast(
-            bytes | None, command("GET", keys.bundle(name, version), **{NEVER_DECODE: True})
-        )
+        chunks = command("LRANGE", keys.bundle(name, version), 0, -1, **{NEVER_DECODE: True})
+        return b"".join(chunks) if chunks else None
 
     def retained(self, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of these (name, version) the store still holds."""

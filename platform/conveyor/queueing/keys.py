@@ -104,7 +104,8 @@ def map_idempotency(function: str, owner: str, key: str) -> str:
 # serves (name -> version, '' while it has none); a function's state (serving, pinned,
 # latest, where it came from, its folder's error); its retained versions by when they were
 # deployed; a version's record (manifest, schemas, origin) and its bundle (the folder, as a
-# zip archive); the functions that have retained versions; how many invocations and map
+# zip archive, in a list of chunks) and a bundle being written; the functions that have
+# retained versions; how many invocations and map
 # jobs of each version are queued or running ("<name>@<version>" -> count): a version in
 # use is never collected. Every change of what serves is published by name.
 SERVING = f"{PREFIX}:serving"
@@ -127,6 +128,10 @@ def function_version(name: str, version: str) -> str:
 
 def bundle(name: str, version: str) -> str:
     return f"{PREFIX}:bundle:{name}:{version}"
+
+
+def bundle_upload(upload: str) -> str:
+    return f"{PREFIX}:bundle-upload:{upload}"
 
 
 def in_use(name: str, version: str) -> str:
