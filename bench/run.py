@@ -3,6 +3,7 @@ measured in the same run, on the same Redis, with the same worker pool (prefork,
 process). Starts its own Redis, API and workers; prints one table and JSON lines.
 
 BENCH_RUNS (default 3) sets how many times each scenario runs; medians are reported.
+BENCH_ONLY=store runs the function store's rows alone.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from maps import (  # noqa: E402
     singles_during_job,
 )
 from measure import pct, rss_mib  # noqa: E402
+from store import fetch_latency, memory_per_version, push_deploy_times  # noqa: E402
 
 from support import (  # noqa: E402
     BIN,
@@ -327,6 +329,8 @@ def main() -> int:
     env = Platform(root)
     try:
         worker = env.worker("--queues", "realtime,default", "--concurrency", "1")
+        if os.environ.get("BENCH_ONLY") == "store":
+            return report(store_rows(env, root)) or 0
         raw_worker = env.raw_worker()
         with raw_celery(env.redis.url) as raw:
             wait_for(lambda: raw.echo.delay(0).get(timeout=10) == 0, 30, "raw celery worker")
@@ -389,18 +393,11 @@ def main() -> int:
             )
             drain(env.redis.url, "default")
 
-            dep = median_of(1, lambda: deploy_times(env.base, env.functions))
-            rows.append(
-                Row(
-                    "deploy",
-                    "folder → first invoke p50",
-                    dep["p50"],
-                    None,
-                    "s",
-                    "≤ 1 s",
-                    dep["p50"] <= 1.0,
-                )
-            )
+            dep = median_of(1, lambda: deploy_times(env.base, env.functions))["p50"]
+            rows += [
+                Row("deploy", "folder → first invoke p50", dep, None, "s", "≤ 1 s", dep <= 1.0),
+                *store_rows(env, root, dep),
+            ]
         env.stop(raw_worker)
         env.stop(worker)
         rows += upload_rows(env, root)
@@ -432,6 +429,23 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
     report(rows)
     return 0 if all(r.ok is not False for r in rows) else 1
+
+
+def store_rows(env: Platform, root: Path, dropped: float | None = None) -> list[Row]:
+    """Deploy-to-invokable pushed vs dropped; the first invocation on a worker that fetches
+    a 20 MiB bundle vs a tiny one; Redis memory per stored version (bench/store.py)."""
+    if dropped is None:
+        dropped = median_of(1, lambda: deploy_times(env.base, env.functions))["p50"]
+    pushed = median_of(1, lambda: push_deploy_times(env.base, root))["p50"]
+    fetch = median_of(RUNS, lambda: fetch_latency(env.base, env.config, root, env.redis.url))
+    memory = memory_per_version(env.base, root, env.redis.url)
+    return [
+        Row("store", "push → first invoke p50", pushed, dropped, "s", "≤ 1 s", pushed <= 1.0),
+        Row("store", "1st invoke, 20 MiB fetch", fetch["heavy_first"], fetch["small_first"], "s"),
+        Row("store", "2nd invoke, same", fetch["heavy_second"], fetch["small_second"], "s"),
+        Row("store", "Redis per version: code", memory["code"] / 1024, None, "KiB"),
+        Row("store", "Redis per version: +20 MiB", memory["weights"] / 2**20, None, "MiB"),
+    ]
 
 
 def access_rows(env: Platform, root: Path) -> list[Row]:
