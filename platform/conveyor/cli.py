@@ -294,6 +294,7 @@ def _ls(settings: Settings, args: argparse.Namespace) -> int:
         line += f" queue={fn.get('queue', '-')} priority={fn.get('priority', '-')}"
         line += f" gpu={fn.get('gpu', '-')} workers={fn.get('workers', '-')}"
         line += " (autoscaled)" if fn.get("autoscaled") else ""
+        line += " (pinned)" if fn.get("pinned") else ""
         notes = [fn[key] for key in ("error", "warning") if fn.get(key)]
         print("\n    ".join([line, *notes]))
     return 0

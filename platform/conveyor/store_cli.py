@@ -12,7 +12,7 @@ import httpx
 
 from conveyor.errors import ConveyorError
 from conveyor.settings import Settings
-from conveyor.store.bundle import mib, pack
+from conveyor.store.bundle import pack, size_text
 
 BaseUrl = Callable[[Settings, argparse.Namespace], str]
 Request = Callable[..., httpx.Response]
@@ -55,7 +55,7 @@ def _deploy(settings: Settings, args: argparse.Namespace, base: str, request: Re
         return 1
     print(
         f"{body['outcome']} {name} {body['version']}: {body['files']} files,"
-        f" {mib(body['files_bytes'])} ({mib(body['bundle_bytes'])} stored)"
+        f" {size_text(body['files_bytes'])} ({size_text(body['bundle_bytes'])} stored)"
     )
     return 0
 
@@ -103,6 +103,6 @@ def _show_versions(response: httpx.Response) -> int:
     for v in body["versions"]:
         print(
             f"  {v['version']}  {v['status']:<8} {v['source']:<6} {v['deployed_at'][:19]}"
-            f"  {v['files']:>4} files {mib(v['files_bytes']):>10}  active={v['active']}"
+            f"  {v['files']:>4} files {size_text(v['files_bytes']):>10}  active={v['active']}"
         )
     return 0

@@ -57,7 +57,7 @@ def test_too_large_names_the_limit_and_the_largest_files(tmp_path: Path) -> None
     message = str(caught.value)
     assert "hello: its files add up to 3.2 MiB, over the 2.0 MiB" in message
     assert "[store] max_bundle_bytes" in message
-    assert "the largest: model.pt (3.0 MiB), weights.bin (0.2 MiB)" in message
+    assert "the largest: model.pt (3.0 MiB), weights.bin (195.3 KiB)" in message
     assert "setup() load them from a path or URL" in message
     # unpacking checks the sizes the archive declares before writing anything
     bundle = pack(folder, 10 * 1024 * 1024)

@@ -22,7 +22,7 @@ from conveyor.auth.caller import Caller
 from conveyor.errors import BundleTooLargeError, ValidationError
 from conveyor.queueing.function_store import StoredVersion
 from conveyor.results import iso
-from conveyor.store.bundle import mib
+from conveyor.store.bundle import size_text
 
 ZIP = "application/zip"
 BUNDLE_MEDIA = (ZIP, "application/octet-stream")  # what curl --data-binary users may send
@@ -48,8 +48,8 @@ async def _read_bundle(request: Request[Any, Any, Any], limit: int) -> bytes:
         size += len(chunk)
         if size > allowance:
             raise BundleTooLargeError(
-                f"the bundle is over {mib(allowance)}; a version's files may add up to"
-                f" {mib(limit)} ([store] max_bundle_bytes). Keep large weights out of the"
+                f"the bundle is over {size_text(allowance)}; a version's files may add up to"
+                f" {size_text(limit)} ([store] max_bundle_bytes). Keep large weights out of the"
                 " folder: have setup() load them from a path or URL every worker reaches"
             )
         chunks.append(chunk)

@@ -77,10 +77,10 @@ def check_size(name: str, sizes: dict[str, int], limit: int) -> None:
     if total <= limit:
         return
     largest = sorted(sizes.items(), key=lambda item: -item[1])[:NAMED_FILES]
-    named = ", ".join(f"{path} ({mib(size)})" for path, size in largest)
+    named = ", ".join(f"{path} ({size_text(size)})" for path, size in largest)
     raise BundleTooLargeError(
-        f"{name}: its files add up to {mib(total)}, over the {mib(limit)} a version may have"
-        f" ([store] max_bundle_bytes); the largest: {named}. Keep large weights out of the"
+        f"{name}: its files add up to {size_text(total)}, over the {size_text(limit)} a version"
+        f" may have ([store] max_bundle_bytes); the largest: {named}. Keep large weights out of the"
         " folder: have setup() load them from a path or URL every worker reaches"
     )
 
@@ -152,5 +152,10 @@ def _compresses(data: bytes) -> bool:
     return len(sample) < 1024 or len(zlib.compress(sample, 1)) < _WORTH_IT * len(sample)
 
 
-def mib(size: int) -> str:
+def size_text(size: int) -> str:
+    """``512 B``, ``7.7 KiB``, ``20.0 MiB``."""
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KiB"
     return f"{size / 1024 / 1024:.1f} MiB"
