@@ -15,7 +15,7 @@ from litestar.exceptions import ClientException, HTTPException
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
-from conveyor.api.controllers import _idempotency_key, _wait
+from conveyor.api.params import idempotency_key, wait_seconds
 from conveyor.api.services import Platform
 from conveyor.api.uploads import BodyStream, Line, items
 from conveyor.auth.caller import Caller
@@ -80,7 +80,7 @@ class JobsController(Controller):
         entry = platform.functions.serving(name)
         assert entry.spec is not None and entry.schemas is not None
         media = _media(request)
-        key = _idempotency_key(request)
+        key = idempotency_key(request)
         job_id = str(uuid.uuid4())
         fields = _fields(entry, _priority(request), caller.owner)
         store = platform.maps
@@ -210,7 +210,7 @@ class JobsController(Controller):
         caller.require_sees(name)
         job = await platform.maps.get(job_id, name)
         _check(caller, job, Action.READ)
-        seconds = _wait(platform, request)
+        seconds = wait_seconds(platform, request)
         if seconds and not job.final:
             with platform.map_events.watch(job_id) as changed:
                 job = await platform.maps.get(job_id, name)

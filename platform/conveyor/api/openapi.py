@@ -326,7 +326,7 @@ def _rollback_op(name: dict[str, Any]) -> dict[str, Any]:
         "Serve a retained version until unpinned or redeployed (admin)",
         ok=ref("VersionList"),
         params=[name],
-        problems=[400, 404, 415, 422, 503],
+        problems=[400, 404, 413, 415, 422, 503],
         tags=["versions"],
     )
     op["requestBody"] = {

@@ -7,16 +7,16 @@ changes what serves needs ``admin``.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import ClientException, HTTPException
+from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
 from conveyor.api.openapi import VERSION_PATTERN
+from conveyor.api.params import parse_json
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.errors import BundleTooLargeError, ValidationError
@@ -24,6 +24,7 @@ from conveyor.queueing.function_store import StoredVersion
 from conveyor.results import iso
 from conveyor.store.bundle import size_text
 
+ROLLBACK_BODY_BYTES = 4096
 ZIP = "application/zip"
 BUNDLE_MEDIA = (ZIP, "application/octet-stream")  # what curl --data-binary users may send
 _VERSION = re.compile(VERSION_PATTERN)
@@ -141,13 +142,8 @@ class VersionsController(Controller):
         name: FromPath[str],
     ) -> dict[str, Any]:
         caller.require_admin()
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media and media != "application/json":
-            raise HTTPException(status_code=415, detail=f"send application/json, not {media}")
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ClientException(f"the body is not valid JSON: {exc}") from None
+        content_type = request.headers.get("content-type", "")
+        body = parse_json(await request.body(), content_type, ROLLBACK_BODY_BYTES)
         platform.functions.entry(name)
         await platform.deployer.rollback(name, _rollback_version(body))
         return await versions_body(platform, name)

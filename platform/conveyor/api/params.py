@@ -1,0 +1,72 @@
+"""Reading a request: its JSON body, ``?wait=``, ``?version=``, ``Idempotency-Key``; each
+bad one a 4xx that says what to send instead."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from litestar import Request
+from litestar.exceptions import ClientException, HTTPException
+
+from conveyor.api.openapi import IDEMPOTENCY_KEY_PATTERN, VERSION_PATTERN
+from conveyor.api.services import Platform
+from conveyor.errors import InputTooLargeError
+
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+_NUMBER = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$")  # as JSON writes one
+_VERSION = re.compile(VERSION_PATTERN)
+
+
+def parse_json(body: bytes, content_type: str, limit: int) -> Any:
+    media = content_type.split(";", maxsplit=1)[0].strip().lower()
+    if media and not (media == "application/json" or media.endswith("+json")):
+        raise HTTPException(
+            status_code=415, detail=f"send the body as application/json, not {media}"
+        )
+    if len(body) > limit:
+        raise InputTooLargeError(f"the body is {len(body)} bytes; this function accepts {limit}")
+    try:
+        return json.loads(body, parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ClientException(f"the body is not valid JSON: {exc}") from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def idempotency_key(request: Request[Any, Any, Any]) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise ClientException(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters (inner spaces allowed)"
+        )
+    return key
+
+
+def wait_seconds(platform: Platform, request: Request[Any, Any, Any]) -> float:
+    """``?wait=S``: a JSON number of seconds, at most ``[api] max_wait``, given once."""
+    given = request.query_params.getall("wait", [])
+    if not given:
+        return 0.0
+    limit = platform.settings.api.max_wait
+    if len(given) > 1 or not _NUMBER.match(given[0]) or not 0 <= float(given[0]) <= limit:
+        raise ClientException(
+            f"wait must be a number of seconds from 0 to {limit:g}, given once; got {given}"
+        )
+    return float(given[0])
+
+
+def version_param(request: Request[Any, Any, Any]) -> str | None:
+    """``?version=<digest>``: a retained version to run instead of the serving one."""
+    given = request.query_params.getall("version", [])
+    if not given:
+        return None
+    if len(given) > 1 or not _VERSION.match(given[0]):
+        raise ClientException(
+            f"version must be one version digest (12 hex digits, GET /functions/<name>/versions"
+            f" lists them); got {given}"
+        )
+    return str(given[0])
