@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from conveyor.store.bundle import pack
 from support import (
     Process,
     Stack,
@@ -177,4 +178,45 @@ def test_a_revoked_key_stops_working_on_every_process(
     report(
         f"after `conveyor keys revoke` returned, the first requests got {first}; both API"
         f" processes refused the key within {took * 1000:.0f} ms"
+    )
+
+
+def test_deploys_need_admin_and_every_api_process_follows(apis: list[str], stack: Stack) -> None:
+    admin = make_key(stack, "deployer", "admin")
+    invoker = make_key(stack, "invoker", "invoke:*")
+    reader = make_key(stack, "versions-reader", "read:echo")
+    folder = write_function(
+        stack.root / "laptop", "pushed", ECHO, '[function]\nhandler = "handler:run"\n'
+    )
+    bundle = pack(folder, 1024 * 1024).data
+    zipped = {"content-type": "application/zip"}
+    for method, path, body in (
+        ("PUT", "/functions/pushed", {"content": bundle, "headers": zipped}),
+        ("POST", "/functions/echo/rollback", {"json": {"version": "0123456789ab"}}),
+        ("POST", "/functions/echo/unpin", {}),
+        ("DELETE", "/functions/echo", {}),
+    ):
+        refused = call(apis[0], method, path, key=invoker, **body)  # type: ignore[arg-type]
+        assert refused.status_code == 403, (method, path, refused.text)
+        assert 'scope="admin"' in refused.headers["www-authenticate"]
+    assert call(apis[0], "GET", "/functions/echo/versions", key=reader).status_code == 200
+    assert call(apis[0], "GET", "/functions/echoes/versions", key=reader).status_code == 403
+
+    deployed = call(apis[0], "PUT", "/functions/pushed", key=admin, content=bundle, headers=zipped)
+    assert deployed.status_code == 201, deployed.text
+    version = deployed.json()["version"]
+    # The other API process serves it too, without a folder: it follows the store.
+    other = wait_for(
+        lambda: call(apis[1], "GET", "/functions/pushed", key=admin).json().get("version"),
+        10,
+        "the second API process",
+    )
+    assert other == version
+    done = call(apis[1], "POST", "/functions/pushed/invoke?wait=30", key=invoker, json={"input": 7})
+    assert done.status_code == 200 and done.json()["output"] == 7
+    assert call(apis[1], "DELETE", "/functions/pushed", key=admin).status_code == 204
+    wait_for(
+        lambda: call(apis[0], "GET", "/functions/pushed", key=admin).status_code == 404,
+        10,
+        "the removal on the first",
     )

@@ -153,13 +153,28 @@ def test_retention_keeps_versions_with_queued_work(make_stack, report) -> None: 
 def test_a_removed_folder_is_gone_but_its_queued_work_runs(make_stack) -> None:  # type: ignore[no-untyped-def]
     stack: Stack = make_stack()
     folder = _write(stack.functions, "bye")
+    _write(stack.functions, "lost", "lost")
     with stack.api() as api:
         queued = [invoke(api, "greet", str(i))[1]["id"] for i in range(2)]
         shutil.rmtree(folder)
         wait_for(lambda: api.get("/functions/greet").status_code == 404, 10, "removal")
         assert invoke(api, "greet", "x")[0] == 404
+
+        # A version the store lost (Redis lost it, or it was deleted by hand): its queued
+        # invocation fails saying so, and nothing else is disturbed.
+        lost = api.get("/functions/lost").json()["version"]
+        orphan = invoke(api, "lost", "x")[1]["id"]
+        stack.redis.delete(f"conveyor:bundle:lost:{lost}", f"conveyor:function:lost:version:{lost}")
+
         stack.worker()
         assert [result(api, "greet", i, wait=30)["output"] for i in queued] == ["bye 0", "bye 1"]
+        failed = result(api, "lost", orphan, wait=30)
+        assert (
+            failed["status"] == "failed" and failed["error"]["type"] == "FunctionUnavailableError"
+        )
+        assert (
+            f"version {lost} of 'lost' is not in the function store" in failed["error"]["message"]
+        )
 
 
 def test_a_pushed_folder_serves_and_is_validated_as_a_dropped_one(
