@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from support import cancel, copy_examples, wait_for
+from support import cancel, copy_examples, invoke, until_reloaded, wait_for, write_function
+
+TOML = '[function]\nhandler = "handler:run"\n'
 
 pytestmark = pytest.mark.integration
 
@@ -34,3 +36,24 @@ def test_api_with_redis_down_and_back(make_stack) -> None:  # type: ignore[no-un
         stack.server.start()
         wait_for(lambda: api.get("/readyz").status_code == 200, 20, "readiness after restart")
         assert api.post("/functions/echo/invoke", json={"input": 2}).status_code == 202
+
+
+def test_a_redis_that_lost_everything_gets_the_folders_back(make_stack) -> None:  # type: ignore[no-untyped-def]
+    """This Redis keeps nothing on disk: after its restart the API puts its folders back in
+    the function store as they are now. A broken folder's last good version lived only in
+    the store: its function is listed with its error and no version, and says so."""
+    stack = make_stack()
+    copy_examples(stack.functions, "echo")
+    write_function(stack.functions, "f", "def run(x: str) -> str:\n    return 'good ' + x\n", TOML)
+    with stack.api() as api:
+        (stack.functions / "f" / "handler.py").write_text("def run(x: str) ->\n")
+        until_reloaded(api, "f", lambda f: f["status"] == "error")
+        stack.server.stop()
+        stack.server.start()
+        wait_for(lambda: api.get("/readyz").status_code == 200, 20, "readiness after restart")
+        listed = api.get("/functions/f").json()
+        assert listed["version"] is None and "SyntaxError" in listed["error"], listed
+        refused = api.post("/functions/f/invoke", json={"input": "x"})
+        assert refused.status_code == 503 and "has no good version" in refused.json()["detail"]
+        stack.worker()
+        assert invoke(api, "echo", 1, wait=30)[1]["output"] == 1

@@ -40,7 +40,13 @@ from conveyor.errors import (
 from conveyor.functions.inspector import Inspector
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.manifest import MANIFEST_FILE, NAME_PATTERN, parse_manifest
-from conveyor.functions.registry import Change, FunctionSpec, Registry, not_found
+from conveyor.functions.registry import (
+    Change,
+    FunctionEntry,
+    FunctionSpec,
+    Registry,
+    not_found,
+)
 from conveyor.log import get_logger
 from conveyor.queueing.function_store import (
     FOLDER,
@@ -102,10 +108,7 @@ class Deployer:
                 present = set()
                 for entry in self.folder.entries():
                     present.add(entry.name)
-                    if entry.error is not None and entry.error_version is not None:
-                        await self._failed(entry.name, entry.error_version, entry.error)
-                    elif entry.spec is not None:
-                        await self._publish(entry.name)
+                    await self._resync_one(entry)
                 for name in set(await self.store.states()) - present:
                     await self._remove_folder(name)
                 await self.served.reload()
@@ -114,6 +117,14 @@ class Deployer:
                 return
             self.in_sync = True
             log.info("function_store_synced", functions=len(self.served.entries()))
+
+    async def _resync_one(self, entry: FunctionEntry) -> None:
+        """The folder as it is now. (A broken folder's last good version exists only in the
+        store: a Redis that lost its data lost it too.)"""
+        if entry.error is not None and entry.error_version is not None:
+            await self._failed(entry.name, entry.error_version, entry.error)
+        elif entry.spec is not None:
+            await self._publish(entry.name)
 
     async def _publish(self, name: str) -> None:
         async with self._locks[name]:
