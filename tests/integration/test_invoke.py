@@ -197,6 +197,12 @@ def test_errors_are_problem_details(api: TestClient) -> None:  # type: ignore[ty
     assert api.post("/functions/echo/invoke", json={"inputs": 1}).status_code == 422
     assert api.post("/functions/echo/invoke", json={"input": 1, "priority": 12}).status_code == 422
     assert api.post("/functions/echo/invoke?wait=61", json={"input": 1}).status_code == 400
+    misspelt = api.post("/functions/echo/invoke?wiat=5", json={"input": 1})
+    assert misspelt.status_code == 400
+    assert misspelt.json()["detail"] == (
+        "unknown query parameter 'wiat'; this route takes version, wait"
+    )
+    assert api.get("/functions?limit=3").status_code == 400
 
 
 def test_worker_checks_what_json_schema_cannot(api: TestClient) -> None:  # type: ignore[type-arg]

@@ -11,6 +11,7 @@ from litestar.routes import HTTPRoute
 
 from conveyor.api.app import create_app
 from conveyor.api.openapi import Options, document
+from conveyor.api.params import QUERY
 from conveyor.settings import load_settings
 from support import loaded_entries, write_function, write_settings
 
@@ -42,23 +43,28 @@ def test_every_route_is_documented_with_its_methods(tmp_path: Path) -> None:
     )
     entries = loaded_entries(tmp_path / "fns")
     served: dict[str, set[str]] = {}
+    queries: dict[tuple[str, str], set[str]] = {}  # what each route lets through
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
             continue
-        methods = {
-            method.lower()
-            for handler in route.route_handlers
-            if handler.resolve_include_in_schema()
-            for method in handler.http_methods
-        }
-        if methods:
-            served[re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)] = methods
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+        for handler in route.route_handlers:
+            if handler.resolve_include_in_schema():
+                for method in handler.http_methods:
+                    served.setdefault(path, set()).add(method.lower())
+                    queries[(path, method.lower())] = set(handler.opt[QUERY])
     documented: dict[str, set[str]] = {}
+    documented_queries: dict[tuple[str, str], set[str]] = {}
     for path, item in document(entries, Options(max_wait=60))["paths"].items():
-        documented.setdefault(path.replace("/functions/f/", "/functions/{name}/"), set()).update(
-            item
-        )
+        generic = path.replace("/functions/f/", "/functions/{name}/")
+        documented.setdefault(generic, set()).update(item)
+        for method, operation in item.items():
+            params = operation.get("parameters", [])
+            documented_queries[(generic, method)] = {
+                p["name"] for p in params if p["in"] == "query"
+            }
     assert documented == served
+    assert documented_queries == queries  # any other query parameter is a 400
 
 
 PUBLIC = {"/healthz", "/readyz"}

@@ -25,6 +25,7 @@ from conveyor.api.jobs import JobsController
 from conveyor.api.observability import ObservabilityController
 from conveyor.api.observability import assets as dashboard_assets
 from conveyor.api.openapi import Options, document
+from conveyor.api.params import reject_unknown_query
 from conveyor.api.problems import EXCEPTION_HANDLERS
 from conveyor.api.services import Platform
 from conveyor.api.validation import RequestValidators
@@ -135,6 +136,7 @@ def create_app(settings: Settings) -> Litestar:
             "http_metrics": Provide(lambda: http_metrics, use_cache=True, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        before_request=reject_unknown_query,
         lifespan=[lifespan],
         openapi_config=None,  # /schema is ours: see conveyor.api.openapi
         logging_config=None,  # conveyor.log configured the process: one format, JSON lines

@@ -10,7 +10,13 @@ from litestar import Controller, HttpMethod, Request, Response, delete, get, pos
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from conveyor.api.params import idempotency_key, parse_json, version_param, wait_seconds
+from conveyor.api.params import (
+    idempotency_key,
+    parse_json,
+    takes,
+    version_param,
+    wait_seconds,
+)
 from conveyor.api.schemas import function_body
 from conveyor.api.services import Platform
 from conveyor.api.versions import deploy_body
@@ -25,6 +31,7 @@ FUNCTION = "/{name:str}"
 
 class FunctionsController(Controller):
     path = "/functions"
+    opt = takes()
 
     @get("/", summary="List functions")
     async def list_functions(
@@ -71,7 +78,12 @@ class FunctionsController(Controller):
         caller.require_admin()
         await platform.deployer.remove(name)
 
-    @post("/{name:str}/invoke", summary="Invoke a function", status_code=202)
+    @post(
+        "/{name:str}/invoke",
+        summary="Invoke a function",
+        status_code=202,
+        opt=takes("wait", "version"),
+    )
     async def invoke(
         self,
         platform: NamedDependency[Platform],
@@ -124,7 +136,7 @@ class FunctionsController(Controller):
     async def allow_result_methods(self) -> Response[None]:
         return Response(None, status_code=204, headers={"Allow": "DELETE, GET, OPTIONS"})
 
-    @get(RESULT, summary="An invocation's result")
+    @get(RESULT, summary="An invocation's result", opt=takes("wait"))
     async def result(
         self,
         platform: NamedDependency[Platform],
@@ -197,6 +209,7 @@ def _check_handles(caller: Caller, record: JobRecord, action: Action) -> None:
 
 class HealthController(Controller):
     path = "/"
+    opt = takes()
 
     @get("/healthz", summary="Liveness")
     async def healthz(self) -> dict[str, str]:

@@ -15,7 +15,7 @@ from litestar.exceptions import ClientException, HTTPException
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
-from conveyor.api.params import idempotency_key, wait_seconds
+from conveyor.api.params import idempotency_key, takes, wait_seconds
 from conveyor.api.services import Platform
 from conveyor.api.uploads import BodyStream, Line, items
 from conveyor.auth.caller import Caller
@@ -62,12 +62,14 @@ def _fields(entry: FunctionEntry, priority: int | None, owner: str | None) -> di
 
 class JobsController(Controller):
     path = "/functions"
+    opt = takes()
 
     @post(
         "/{name:str}/map",
         summary="Map a function over many inputs",
         status_code=202,
         request_max_body_size=None,
+        opt=takes("priority"),
     )
     async def submit(
         self,
@@ -177,7 +179,7 @@ class JobsController(Controller):
             fields["webhook"] = await platform.intake.accept({**value, "events": ["completed"]})
         await platform.maps.update(job_id, {field: fields[field]})
 
-    @get("/{name:str}/jobs", summary="A function's recent map jobs")
+    @get("/{name:str}/jobs", summary="A function's recent map jobs", opt=takes("limit"))
     async def list_jobs(
         self,
         platform: NamedDependency[Platform],
@@ -197,7 +199,7 @@ class JobsController(Controller):
             ]
         }
 
-    @get(JOB, summary="A map job: status, counts, progress")
+    @get(JOB, summary="A map job: status, counts, progress", opt=takes("wait"))
     async def job(
         self,
         *,
@@ -223,7 +225,12 @@ class JobsController(Controller):
                     job = await platform.maps.get(job_id, name)
         return map_job_body(job)
 
-    @get(JOB + "/results", summary="A map job's results, NDJSON, as they come", media_type=NDJSON)
+    @get(
+        JOB + "/results",
+        summary="A map job's results, NDJSON, as they come",
+        media_type=NDJSON,
+        opt=takes("order", "from"),
+    )
     async def results(
         self,
         *,

@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from litestar.static_files import create_static_files_router
 
+from conveyor.api.params import QUERY, takes
 from conveyor.api.schemas import function_body
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
@@ -39,6 +40,8 @@ async def _depths(platform: Platform) -> dict[str, int]:
 
 
 class ObservabilityController(Controller):
+    opt = takes()
+
     @get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE)
     async def metrics(
         self,
@@ -57,7 +60,7 @@ class ObservabilityController(Controller):
         )
         return Response(http_metrics.exposition(snap), media_type=CONTENT_TYPE)
 
-    @get("/dashboard/data", summary="What the dashboard shows")
+    @get("/dashboard/data", summary="What the dashboard shows", opt=takes("minutes"))
     async def dashboard_data(
         self,
         platform: NamedDependency[Platform],
@@ -79,7 +82,7 @@ class ObservabilityController(Controller):
             "minutes": minutes,
         }
 
-    @get("/dashboard", media_type=MediaType.HTML, include_in_schema=False)
+    @get("/dashboard", media_type=MediaType.HTML, include_in_schema=False, opt={QUERY: None})
     async def dashboard(self) -> Response[bytes]:
         return Response((STATIC / "dashboard.html").read_bytes(), media_type=MediaType.HTML)
 

@@ -1,5 +1,5 @@
-"""Reading a request: its JSON body, ``?wait=``, ``?version=``, ``Idempotency-Key``; each
-bad one a 4xx that says what to send instead."""
+"""Reading a request: its JSON body, ``?wait=``, ``?version=``, ``Idempotency-Key``, and
+no query parameter a route does not take; each bad one a 4xx that says what to send."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from conveyor.api.openapi import IDEMPOTENCY_KEY_PATTERN, VERSION_PATTERN
 from conveyor.api.services import Platform
 from conveyor.errors import InputTooLargeError
 
+QUERY = "query"  # a route handler's ``opt``: the query parameters it takes (see takes())
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _NUMBER = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$")  # as JSON writes one
 _VERSION = re.compile(VERSION_PATTERN)
@@ -70,3 +71,22 @@ def version_param(request: Request[Any, Any, Any]) -> str | None:
             f" lists them); got {given}"
         )
     return str(given[0])
+
+
+def takes(*names: str) -> dict[str, Any]:
+    """A route handler's ``opt``: the query parameters it takes (controllers say none)."""
+    return {QUERY: frozenset(names)}
+
+
+def reject_unknown_query(request: Request[Any, Any, Any]) -> None:
+    """Litestar's ``before_request``: a query parameter the route does not take is a 400
+    naming it (a misspelt ``?wiat=`` must not be ignored), as ``/schema`` says."""
+    allowed = request.route_handler.opt.get(QUERY)
+    if allowed is None:
+        return  # a page or an asset, outside the document
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        raise ClientException(
+            f"unknown query parameter {', '.join(map(repr, unknown))}; this route takes"
+            f" {', '.join(sorted(allowed)) or 'none'}"
+        )

@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 
 from conveyor.api.openapi import VERSION_PATTERN
-from conveyor.api.params import parse_json
+from conveyor.api.params import parse_json, takes
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.errors import BundleTooLargeError, ValidationError
@@ -122,6 +122,7 @@ async def versions_body(platform: Platform, name: str) -> dict[str, Any]:
 
 class VersionsController(Controller):
     path = "/functions"
+    opt = takes()
 
     @get("/{name:str}/versions", summary="A function's retained versions, newest first")
     async def versions(
