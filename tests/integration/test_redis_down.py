@@ -57,3 +57,25 @@ def test_a_redis_that_lost_everything_gets_the_folders_back(make_stack) -> None:
         assert refused.status_code == 503 and "has no good version" in refused.json()["detail"]
         stack.worker()
         assert invoke(api, "echo", 1, wait=30)[1]["output"] == 1
+
+
+def test_a_deploy_redis_refused_is_tried_again_until_it_gets_through(make_stack) -> None:  # type: ignore[no-untyped-def]
+    """Redis refuses writes for a while (here: min-replicas-to-write with no replica): a
+    folder change cannot be deployed, the API says it is not ready, and the deploy goes
+    through by itself once Redis takes writes again."""
+    stack = make_stack()
+    write_function(stack.functions, "f", "def run(x: str) -> str:\n    return 'one ' + x\n", TOML)
+    client = stack.redis
+    with stack.api() as api:
+        first = api.get("/functions/f").json()["version"]
+        client.config_set("min-replicas-to-write", 1)
+        try:
+            (stack.functions / "f" / "handler.py").write_text(
+                "def run(x: str) -> str:\n    return 'two ' + x\n"
+            )
+            wait_for(lambda: api.get("/readyz").status_code == 503, 10, "not ready")
+            assert api.get("/functions/f").json()["version"] == first  # the store refused
+        finally:
+            client.config_set("min-replicas-to-write", 0)
+        wait_for(lambda: api.get("/readyz").status_code == 200, 20, "ready again")
+        until_reloaded(api, "f", lambda f: f["version"] != first)

@@ -112,6 +112,7 @@ def create_app(settings: Settings) -> Litestar:
                     await task
             for task in list(tasks):
                 task.cancel()
+            await deployer.close()
             await catalog.close()
             await queue.close()
 
@@ -157,19 +158,18 @@ def _follow_store(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    async def reload(name: str) -> None:
+        try:
+            await served.reload(name)
+        except BrokerUnavailableError as exc:  # read again, all of it, once Redis answers
+            log.warning("function_store_unavailable", function=name, error=str(exc))
+            deployer.resync_soon()
+
     def changed(name: str) -> None:
-        spawn(_quietly(served.reload(name)), f"conveyor-reload-{name}")
+        spawn(reload(name), f"conveyor-reload-{name}")
 
     def connected() -> None:
-        deployer.in_sync = False  # until the resync below has run
-        spawn(deployer.resync(), "conveyor-resync")
+        deployer.resync_soon()  # not ready until it has run
 
     subscription.on(keys.FUNCTIONS_CHANNEL, changed, connected)
     return tasks
-
-
-async def _quietly(work: Coroutine[Any, Any, None]) -> None:
-    try:
-        await work
-    except BrokerUnavailableError as exc:  # the next (re)connection reloads everything
-        log.warning("function_store_unavailable", error=str(exc))

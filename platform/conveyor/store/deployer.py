@@ -13,15 +13,18 @@
   deploy and every ``[store] collect_interval``; a version with queued or running work is
   kept until it has none.
 
-When the subscription to Redis (re)connects, :meth:`Deployer.resync` deploys every folder
-version that is not in the store yet (Redis may have lost it, or been away) and reloads
-this process's view of what serves.
+When the subscription to Redis (re)connects, or a deploy could not reach Redis,
+:meth:`Deployer.resync_soon` deploys every folder version that is not in the store yet
+(Redis may have lost it, or been away) and reloads this process's view of what serves,
+retrying until it gets through (the first commands on a pool's connections after a Redis
+restart fail).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import re
 import shutil
 import socket
@@ -61,6 +64,9 @@ from conveyor.store.served import Served
 
 log = get_logger(__name__)
 
+RESYNC_FIRST_DELAY = 0.1  # seconds before a failed resync is tried again, doubling
+RESYNC_MAX_DELAY = 2.0
+
 
 class Deployer:
     """Changes what serves, in the function store; keeps ``served`` current."""
@@ -82,7 +88,8 @@ class Deployer:
         self.source_dir = f"{socket.gethostname()}:{folder.root}"
         self.in_sync = False  # every folder version is in the store and the view is read
         self._locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
-        self._resync_lock = asyncio.Lock()
+        self._resync: asyncio.Task[None] | None = None
+        self._again = False  # asked for while one ran: run once more
 
     # -- the folder ----------------------------------------------------------------------
 
@@ -95,28 +102,51 @@ class Deployer:
                 await self._failed(change.name, change.version, change.error or "")
             elif change.action == "removed":
                 await self._remove_folder(change.name)
-        except BrokerUnavailableError as exc:  # deployed when Redis is back (resync)
-            self.in_sync = False
+        except BrokerUnavailableError as exc:  # deployed when Redis answers again
             log.warning("function_store_unavailable", function=change.name, error=str(exc))
+            self.resync_soon()
 
-    async def resync(self) -> None:
-        """Put every folder version the store lacks in it, drop functions whose folder
-        left this disk, and read what serves. On every (re)connection to Redis."""
+    def resync_soon(self) -> None:
+        """Resync in the background, retrying until it gets through; not ready till then."""
         self.in_sync = False
-        async with self._resync_lock:
-            try:
-                present = set()
-                for entry in self.folder.entries():
-                    present.add(entry.name)
-                    await self._resync_one(entry)
-                for name in set(await self.store.states()) - present:
-                    await self._remove_folder(name)
-                await self.served.reload()
-            except BrokerUnavailableError as exc:
-                log.warning("function_store_unavailable", error=str(exc))
+        if self._resync is None or self._resync.done():
+            self._resync = asyncio.create_task(self._resync_until_done(), name="conveyor-resync")
+        else:
+            self._again = True
+
+    async def close(self) -> None:
+        if self._resync is not None:
+            self._resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync
+
+    async def _resync_until_done(self) -> None:
+        delay = RESYNC_FIRST_DELAY
+        while True:
+            self._again = False
+            if await self.resync() and not self._again:
+                self.in_sync = True
+                log.info("function_store_synced", functions=len(self.served.entries()))
                 return
-            self.in_sync = True
-            log.info("function_store_synced", functions=len(self.served.entries()))
+            if not self._again:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESYNC_MAX_DELAY)
+
+    async def resync(self) -> bool:
+        """Put every folder version the store lacks in it, drop functions whose folder
+        left this disk, and read what serves: whether Redis let it all through."""
+        try:
+            present = set()
+            for entry in self.folder.entries():
+                present.add(entry.name)
+                await self._resync_one(entry)
+            for name in set(await self.store.states()) - present:
+                await self._remove_folder(name)
+            await self.served.reload()
+        except BrokerUnavailableError as exc:
+            log.warning("function_store_unavailable", error=str(exc))
+            return False
+        return True
 
     async def _resync_one(self, entry: FunctionEntry) -> None:
         """The folder as it is now. (A broken folder's last good version exists only in the
