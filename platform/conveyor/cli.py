@@ -123,16 +123,20 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
             ' invoke anything: set [api] auth = "keys" and create a key (conveyor keys create'
             " --name admin --scope admin), or listen on 127.0.0.1 ([api] host)"
         )
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=args.port or settings.api.port,
-        log_config=None,
-        access_log=False,
-        server_header=False,  # per-response work nobody reads
-        date_header=False,
-        timeout_graceful_shutdown=5,
-    )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": args.port or settings.api.port,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,  # per-response work nobody reads
+        "date_header": False,
+        "timeout_graceful_shutdown": 5,
+    }
+    if settings.api.workers == 1:
+        uvicorn.run(create_app(settings), **options)
+    else:  # each process builds its own app; what serves and every wait go through Redis
+        app = "conveyor.api.app:app_from_environment"
+        uvicorn.run(app, factory=True, workers=settings.api.workers, **options)
     return 0
 
 

@@ -57,6 +57,12 @@ class RedisSettings(_Section):
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API processes sharing the port (uvicorn restarts any that dies)",
+    )
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
     max_wait: Seconds = Field(60.0, le=600)
     auth: Literal["keys", "none"] = Field(

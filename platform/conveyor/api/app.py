@@ -36,7 +36,7 @@ from conveyor.functions.catalog import Catalog
 from conveyor.functions.inspector import Inspector, Limits
 from conveyor.functions.registry import Registry
 from conveyor.functions.watcher import watch_async
-from conveyor.log import get_logger
+from conveyor.log import configure_logging, get_logger
 from conveyor.metrics import HttpMetrics
 from conveyor.queueing import keys
 from conveyor.queueing.client import QueueClient
@@ -44,7 +44,7 @@ from conveyor.queueing.function_store import FunctionStore
 from conveyor.queueing.key_store import KeyStore
 from conveyor.queueing.maps import MapStore
 from conveyor.queueing.waiters import Subscription, Wakeups
-from conveyor.settings import Settings
+from conveyor.settings import Settings, get_settings
 from conveyor.store.deployer import Deployer
 from conveyor.store.served import Served
 from conveyor.webhooks.guard import Guard
@@ -60,6 +60,14 @@ def openapi_document(
     """The document, with the functions the caller may see."""
     entries = [e for e in platform.functions.entries() if caller.sees(e.name)]
     return document(entries, Options.of(platform.settings))
+
+
+def app_from_environment() -> Litestar:
+    """The app of one of ``[api] workers`` processes: uvicorn starts each afresh and calls
+    this (``CONVEYOR_CONFIG`` and the environment say what the parent read)."""
+    settings = get_settings()
+    configure_logging(settings.log.level, settings.log.format)
+    return create_app(settings)
 
 
 def create_app(settings: Settings) -> Litestar:

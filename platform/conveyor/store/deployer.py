@@ -186,7 +186,7 @@ class Deployer:
     async def _remove_folder(self, name: str) -> None:
         async with self._locks[name]:
             if await self.store.remove(name, folder=self.source_dir):
-                log.info("function_removed", function=name, because="folder removed")
+                log.info("function_undeployed", function=name, because="its folder was removed")
                 await self.served.reload(name)
 
     # -- deploying -----------------------------------------------------------------------
@@ -284,7 +284,7 @@ class Deployer:
         async with self._locks[name]:
             if not await self.store.remove(name):
                 raise not_found(name)
-            log.info("function_removed", function=name, because="request")
+            log.info("function_undeployed", function=name, because="DELETE /functions/{name}")
             await self.served.reload(name)
         await self._collect(name)
 
