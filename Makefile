@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: run test lint install redis-server chromium promtool clean bench soak
@@ -53,8 +54,12 @@ test: install chromium promtool lint
 clean:
 	rm -rf $(VENV) .conveyor .pytest_cache .mypy_cache .ruff_cache
 
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,dev,bench]'
+	touch $(BENCH_STAMP)
+
 # Benchmarks against raw Celery (not part of `make test`); see bench/README.md.
-bench: install
+bench: install $(BENCH_STAMP)
 	$(BIN)/python bench/run.py
 
 # Ten minutes of mixed load with workers killed and Redis restarted (not part of `make test`).

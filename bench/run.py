@@ -3,7 +3,7 @@ measured in the same run, on the same Redis, with the same worker pool (prefork,
 process). Starts its own Redis, API and workers; prints one table and JSON lines.
 
 BENCH_RUNS (default 3) sets how many times each scenario runs; medians are reported.
-BENCH_ONLY=store runs the function store's rows alone.
+BENCH_ONLY=store (or embed: the real model) runs those rows alone.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from conveyor.webhooks.signing import new_secret
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from access import Receiver, keyed_config, make_key, webhook_load  # noqa: E402
+from embed import CLIENTS as EMBED_CLIENTS  # noqa: E402
+from embed import OFFLINE, REQUESTS, SeedService, inprocess, seed_load, sentence  # noqa: E402
 from maps import (  # noqa: E402
     big_upload,
     features,
@@ -99,11 +101,12 @@ class Platform:
         self.redis = RedisServer(self.root / "redis").start()
         self.functions = self.root / "functions"
         shutil.copytree(HERE / "functions", self.functions)
-        # The baseline of batching: the same function with batching off.
-        nobatch = self.functions / "mlp-nobatch"
-        shutil.copytree(self.functions / "mlp", nobatch)
-        manifest = (nobatch / "function.toml").read_text()
-        (nobatch / "function.toml").write_text(manifest.split("[batching]")[0])
+        # The baselines of batching: the same functions with batching off.
+        for name in ("mlp", "embed"):
+            nobatch = self.functions / f"{name}-nobatch"
+            shutil.copytree(self.functions / name, nobatch)
+            manifest = (nobatch / "function.toml").read_text()
+            (nobatch / "function.toml").write_text(manifest.split("[batching]")[0])
         self.config = write_settings(
             self.root / "deploy.toml",
             self.redis.url,
@@ -324,6 +327,7 @@ def drain(redis_url: str, queue: str) -> None:
 def main() -> int:
     # Per-invocation info logs are a deployment choice; both sides run at warning.
     os.environ["CONVEYOR_LOG__LEVEL"] = "warning"
+    os.environ.update(OFFLINE)  # the real model loads from its package, never a hub
     rows: list[Row] = []
     root = Path(tempfile.mkdtemp(prefix="conveyor-bench-"))
     env = Platform(root)
@@ -331,6 +335,9 @@ def main() -> int:
         worker = env.worker("--queues", "realtime,default", "--concurrency", "1")
         if os.environ.get("BENCH_ONLY") == "store":
             return report(store_rows(env, root)) or 0
+        if os.environ.get("BENCH_ONLY") == "embed":
+            env.stop(worker)
+            return report(embed_rows(env, root)) or 0
         raw_worker = env.raw_worker()
         with raw_celery(env.redis.url) as raw:
             wait_for(lambda: raw.echo.delay(0).get(timeout=10) == 0, 30, "raw celery worker")
@@ -404,31 +411,103 @@ def main() -> int:
 
         if os.environ.get("BENCH_SKIP_BATCHING"):
             return report(rows) or 0
-        mlp_worker = env.worker("--queues", "batch", "--concurrency", "1")
-        for name in ("mlp", "mlp-nobatch"):  # warm up: set-up, first batches
-            asyncio.run(_http_load(env.base, name, lambda i: {"x": [0.0] * 16}, 200, 8))
-        on = median_of(RUNS, lambda: mlp_load(env.base, "mlp"))
-        off = median_of(RUNS, lambda: mlp_load(env.base, "mlp-nobatch"))
-        rows += [
-            Row(
-                "batching",
-                "completed/s",
-                on["rate"],
-                off["rate"],
-                "/s",
-                "≥ 4×",
-                on["rate"] >= 4 * off["rate"],
-            ),
-            Row("batching", "p50", on["p50"], off["p50"], "ms"),
-            Row("batching", "p99", on["p99"], off["p99"], "ms", "≤ 1×", on["p99"] <= off["p99"]),
-        ]
-        rows.append(mlp_map_row(env))
-        env.stop(mlp_worker)
+        rows += batching_rows(env)
+        rows += embed_rows(env, root)
     finally:
         env.close()
         shutil.rmtree(root, ignore_errors=True)
     report(rows)
     return 0 if all(r.ok is not False for r in rows) else 1
+
+
+def batching_rows(env: Platform) -> list[Row]:
+    """The mlp with batching on against off, and a map job over it."""
+    mlp_worker = env.worker("--queues", "batch", "--concurrency", "1")
+    for name in ("mlp", "mlp-nobatch"):  # warm up: set-up, first batches
+        asyncio.run(_http_load(env.base, name, lambda i: {"x": [0.0] * 16}, 200, 8))
+    on = median_of(RUNS, lambda: mlp_load(env.base, "mlp"))
+    off = median_of(RUNS, lambda: mlp_load(env.base, "mlp-nobatch"))
+    rows = [
+        Row(
+            "batching",
+            "completed/s",
+            on["rate"],
+            off["rate"],
+            "/s",
+            "≥ 4×",
+            on["rate"] >= 4 * off["rate"],
+        ),
+        Row("batching", "p50", on["p50"], off["p50"], "ms"),
+        Row("batching", "p99", on["p99"], off["p99"], "ms", "≤ 1×", on["p99"] <= off["p99"]),
+    ]
+    rows.append(mlp_map_row(env))
+    env.stop(mlp_worker)
+    return rows
+
+
+def embed_rows(env: Platform, root: Path) -> list[Row]:
+    """A real transformer (bench/embed.py): Conveyor batching on and off against the
+    model's own limits and a hand-written FastAPI + Celery service."""
+    batch = 32
+    limit_1 = median_of(RUNS, lambda: {"rate": inprocess(300, 1)})["rate"]
+    limit_b = median_of(RUNS, lambda: {"rate": inprocess(1024, batch)})["rate"]
+    worker = env.worker("--queues", "batch", "--concurrency", "1")
+    for name in ("embed", "embed-nobatch"):  # set-up (the model's import), first batches
+        asyncio.run(_http_load(env.base, name, sentence, 100, 8))
+    on = median_of(RUNS, lambda: _embed_load(env.base, "embed"))
+    off = median_of(RUNS, lambda: _embed_load(env.base, "embed-nobatch"))
+    env.stop(worker)
+    seed = SeedService(root, env.config, env.redis.url)
+    try:
+        seed.warm()
+        hand = median_of(RUNS, lambda: seed_load(seed.base))
+    finally:
+        seed.stop()
+    return [
+        Row(
+            "real model",
+            "batching on",
+            on["rate"],
+            limit_b,
+            "/s",
+            "≥ 0.9×",
+            on["rate"] >= 0.9 * limit_b,
+        ),
+        Row(
+            "real model",
+            "batching off",
+            off["rate"],
+            limit_1,
+            "/s",
+            "≥ 0.9×",
+            off["rate"] >= 0.9 * limit_1,
+        ),
+        Row(
+            "real model",
+            "on: p99 vs p50",
+            on["p99"],
+            on["p50"],
+            "ms",
+            "≤ 2×",
+            on["p99"] <= 2 * on["p50"],
+        ),
+        Row(
+            "real model",
+            "off: p99 vs p50",
+            off["p99"],
+            off["p50"],
+            "ms",
+            "≤ 2×",
+            off["p99"] <= 2 * off["p50"],
+        ),
+        Row("real model", "on vs FastAPI+Celery", on["rate"], hand["rate"], "/s"),
+        Row("real model", "off vs FastAPI+Celery", off["rate"], hand["rate"], "/s"),
+        Row("real model", "FastAPI+Celery p50", hand["p50"], None, "ms"),
+    ]
+
+
+def _embed_load(base: str, name: str) -> dict[str, float]:
+    return asyncio.run(_http_load(base, name, sentence, REQUESTS, EMBED_CLIENTS))
 
 
 def store_rows(env: Platform, root: Path, dropped: float | None = None) -> list[Row]:
