@@ -3,7 +3,7 @@ measured in the same run, on the same Redis, with the same worker pool (prefork,
 process). Starts its own Redis, API and workers; prints one table and JSON lines.
 
 BENCH_RUNS (default 3) sets how many times each scenario runs; medians are reported.
-BENCH_ONLY=store (or embed: the real model) runs those rows alone.
+BENCH_ONLY=store (or embed: the real model; coldstart) runs those rows alone.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from conveyor.webhooks.signing import new_secret
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from access import Receiver, keyed_config, make_key, webhook_load  # noqa: E402
+from coldstart import autoscaled_first_result, first_result, model_load  # noqa: E402
 from embed import CLIENTS as EMBED_CLIENTS  # noqa: E402
 from embed import OFFLINE, REQUESTS, SeedService, inprocess, seed_load, sentence  # noqa: E402
 from maps import (  # noqa: E402
@@ -335,9 +336,12 @@ def main() -> int:
         worker = env.worker("--queues", "realtime,default", "--concurrency", "1")
         if os.environ.get("BENCH_ONLY") == "store":
             return report(store_rows(env, root)) or 0
-        if os.environ.get("BENCH_ONLY") == "embed":
+        only = {"embed": embed_rows, "coldstart": coldstart_rows}.get(
+            os.environ.get("BENCH_ONLY", "")
+        )
+        if only is not None:
             env.stop(worker)
-            return report(embed_rows(env, root)) or 0
+            return report(only(env, root)) or 0
         raw_worker = env.raw_worker()
         with raw_celery(env.redis.url) as raw:
             wait_for(lambda: raw.echo.delay(0).get(timeout=10) == 0, 30, "raw celery worker")
@@ -412,7 +416,7 @@ def main() -> int:
         if os.environ.get("BENCH_SKIP_BATCHING"):
             return report(rows) or 0
         rows += batching_rows(env)
-        rows += embed_rows(env, root)
+        rows += embed_rows(env, root) + coldstart_rows(env, root)
     finally:
         env.close()
         shutil.rmtree(root, ignore_errors=True)
@@ -504,6 +508,45 @@ def embed_rows(env: Platform, root: Path) -> list[Row]:
         Row("real model", "off vs FastAPI+Celery", off["rate"], hand["rate"], "/s"),
         Row("real model", "FastAPI+Celery p50", hand["p50"], None, "ms"),
     ]
+
+
+def coldstart_rows(env: Platform, root: Path) -> list[Row]:
+    """`conveyor worker` start to the first result, and scaling from zero, against the
+    model's own load (bench/coldstart.py). No other worker may be running."""
+    shutil.copytree(HERE.parent / "functions" / "iris", env.functions / "iris")
+    wait_for(lambda: httpx.get(f"{env.base}/functions/iris").json()["status"] == "ready", 30)
+    flower = {"sepal_length": 6.3, "sepal_width": 3.3, "petal_length": 6.0, "petal_width": 2.5}
+    rows = [
+        _cold_row(env, root, ("iris", "handler:Iris", flower, "realtime")),
+        _cold_row(env, root, ("embed", "handler:Embed", "hi", "batch")),
+    ]
+    log = root / "cold-autoscale.log"
+    auto = median_of(
+        RUNS,
+        lambda: {"s": autoscaled_first_result(env.base, env.config, log, queue="batch")},
+    )["s"]
+    rows.append(Row("cold start", "embed: autoscale 0,1 → 1st", auto, rows[-1].baseline, "s"))
+    return rows
+
+
+def _cold_row(env: Platform, root: Path, case: tuple[str, str, Any, str]) -> Row:
+    name, handler, payload, queue = case
+    model_load(env.functions / name, handler)  # both sides then read the files from memory
+    load = median_of(RUNS, lambda: {"s": model_load(env.functions / name, handler)})["s"]
+    log = root / f"cold-{name}.log"
+    args = ("--queues", queue, "--concurrency", "1")
+    cold = median_of(
+        RUNS, lambda: {"s": first_result(env.base, env.config, log, (name, payload), *args)}
+    )["s"]
+    return Row(
+        "cold start",
+        f"{name}: start → 1st result",
+        cold,
+        load,
+        "s",
+        "≤ load + 1 s",
+        cold <= load + 1,
+    )
 
 
 def _embed_load(base: str, name: str) -> dict[str, float]:
