@@ -140,7 +140,6 @@ def create_app(settings: Settings) -> Litestar:
         middleware=[http_metrics.middleware] if settings.metrics.enabled else [],  # type: ignore[list-item]
         dependencies={
             "platform": Provide(lambda: platform, use_cache=True, sync_to_thread=False),
-            "keys": Provide(lambda: platform.keys, use_cache=True, sync_to_thread=False),
             "caller": Provide(authenticate),
             "http_metrics": Provide(lambda: http_metrics, use_cache=True, sync_to_thread=False),
         },

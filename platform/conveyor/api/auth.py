@@ -13,18 +13,21 @@ from typing import Any
 from litestar import Request
 from litestar.di import NamedDependency
 
+from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import digest, same_digest
 from conveyor.errors import AuthenticationError
-from conveyor.queueing.key_store import KeyStore
 
 ANYBODY = Caller()
 
 
 async def authenticate(
-    request: Request[Any, Any, Any], keys: NamedDependency[KeyStore | None]
+    request: Request[Any, Any, Any], platform: NamedDependency[Platform]
 ) -> Caller:
-    """The request's caller, or AuthenticationError (401)."""
+    """The request's caller, or AuthenticationError (401). (It takes the ``platform``
+    dependency the handlers take too, so Litestar resolves the two in a row rather than
+    in a task group per request.)"""
+    keys = platform.keys
     if keys is None:
         return ANYBODY
     header = request.headers.get("authorization")

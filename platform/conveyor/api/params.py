@@ -78,9 +78,10 @@ def takes(*names: str) -> dict[str, Any]:
     return {QUERY: frozenset(names)}
 
 
-def reject_unknown_query(request: Request[Any, Any, Any]) -> None:
+async def reject_unknown_query(request: Request[Any, Any, Any]) -> None:
     """Litestar's ``before_request``: a query parameter the route does not take is a 400
-    naming it (a misspelt ``?wiat=`` must not be ignored), as ``/schema`` says."""
+    naming it (a misspelt ``?wiat=`` must not be ignored), as ``/schema`` says. (Async so
+    that Litestar calls it on the event loop: a sync hook would go through a thread.)"""
     allowed = request.route_handler.opt.get(QUERY)
     if allowed is None:
         return  # a page or an asset, outside the document
