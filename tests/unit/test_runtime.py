@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,12 @@ def test_outputs_are_json_only() -> None:
     assert encode_output({"a": [1, 2.5, None, "x"]}) == '{"a":[1,2.5,null,"x"]}'
     with pytest.raises(OutputNotSerializableError, match="not JSON-serialisable"):
         encode_output(object())
-    with pytest.raises(OutputNotSerializableError):
-        encode_output(float("nan"))
+    for bad in (float("nan"), [1.0, float("inf")], {"x": -float("inf")}):
+        with pytest.raises(OutputNotSerializableError):
+            encode_output(bad)
+    # the words alone are text, not numbers
+    assert json.loads(encode_output({"NaN": "Infinity"})) == {"NaN": "Infinity"}
+    assert json.loads(encode_output(["é", 1e16, 0.1])) == ["é", 1e16, 0.1]
 
 
 def test_error_payload() -> None:
