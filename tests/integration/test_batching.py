@@ -3,12 +3,13 @@ alone, and survive a dead pool child."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 from litestar.testing import TestClient
 
-from support import Stack, cancel, invoke, result, write_function
+from support import Stack, cancel, invoke, result, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +43,8 @@ BATCHER = """
                     time.sleep(30)
                 if item.mode == "bad":
                     raise ValueError(f"bad item {item.n}")
+                if item.mode == "slow":
+                    time.sleep(1)
             time.sleep(0.05)
             return [{"n": i.n, "batch": len(items), "pid": self.pid} for i in items]
 """
@@ -69,6 +72,12 @@ def stack(make_stack) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
         max_batch_size = 8
         max_wait_ms = 300
     """,
+    )
+    write_function(
+        stack.functions,
+        "other",
+        "def run(x: int) -> int:\n    return x\n",
+        '[function]\nhandler = "handler:run"\n[queue]\nname = "batch"\n',
     )
     stack.worker("--queues", "batch", "--concurrency", "1")
     yield stack
@@ -135,3 +144,37 @@ def test_cancelled_item_is_skipped(api: TestClient, stack: Stack) -> None:  # ty
     assert result(api, "batcher", busy["id"], wait=60)["status"] == "failed"
     assert result(api, "batcher", queued["id"], wait=0)["status"] == "cancelled"
     assert submit_all(api, [{"n": 3}])[0]["status"] == "succeeded"
+
+
+def _behind_a_slow_batch(api: TestClient, inputs: list[dict]) -> list[str]:  # type: ignore[type-arg]
+    """Invoke a slow item alone (1 s), then ``inputs`` while it runs: a backlog."""
+    slow = invoke(api, "batcher", {"n": 0, "mode": "slow"})[1]["id"]
+    wait_for(lambda: result(api, "batcher", slow, wait=0)["status"] == "running", 5)
+    return [invoke(api, "batcher", item)[1]["id"] for item in inputs] + [slow]
+
+
+def test_a_backlog_runs_batch_after_batch_in_one_task(  # type: ignore[no-untyped-def]
+    api: TestClient,  # type: ignore[type-arg]
+    stack: Stack,
+) -> None:
+    ids = _behind_a_slow_batch(api, [{"n": 100 + n} for n in range(24)])
+    done = [result(api, "batcher", i, wait=60) for i in ids]
+    assert [d["status"] for d in done] == ["succeeded"] * 25
+    assert [d["output"]["batch"] for d in done[:24]] == [8] * 24
+    # The slow batch's task stopped at its time budget; one more task ran the three
+    # batches of the backlog, without a trip through the worker's parent between them.
+    events = [e for e in stack.workers[0].events() if e.get("event") == "batch_finished"]
+    per_task = Counter(e["task_id"] for e in events[-4:])
+    assert sorted(per_task.values()) == [1, 3], events[-4:]
+
+
+def test_a_backlog_lets_other_work_on_its_queue_go_first(api: TestClient) -> None:  # type: ignore[type-arg]
+    ids = _behind_a_slow_batch(api, [{"n": 200 + n} for n in range(16)])
+    other = invoke(api, "other", 7)[1]["id"]
+    done = [result(api, "batcher", i, wait=60) for i in ids[:16]]
+    ran = result(api, "other", other, wait=60)
+    assert ran["output"] == 7 and [d["output"]["batch"] for d in done] == [8] * 16
+    # The first batch of the backlog ran, saw `other` waiting and ended its task:
+    # `other` ran before the second batch began.
+    assert max(d["finished_at"] for d in done[:8]) <= ran["started_at"]
+    assert ran["finished_at"] <= min(d["started_at"] for d in done[8:])

@@ -13,8 +13,10 @@ How it works:
    ``max_wait_ms`` after the oldest item arrived for more; items already queued are taken
    at once. If more are waiting it arms the next trigger at once, so a backlog is drained
    by as many processes as are free. It runs ``predict_batch`` once, stores every item's
-   result in its own record, and only then acknowledges the items (XACK). Items left over
-   re-arm a trigger.
+   result in its own record, and only then acknowledges the items (XACK). While items are
+   still waiting and nothing else waits on the queue, it runs the next batch itself (for
+   up to a second), so a backlog does not pay a trigger's trip through the worker's parent
+   per batch. Items left over re-arm a trigger.
 3. An item that fails fails alone; a retryable one waits in ``batch-delayed`` for its
    backoff, with a trigger scheduled for then.
 4. The supervising parent knows what a batch holds (``batch-run:<task id>``): when a child
@@ -59,6 +61,7 @@ log = get_logger(__name__)
 
 ARMED_TTL = 30  # seconds; a safety net only: a trigger clears the flag when it runs
 CLAIM_MARGIN = 30.0  # seconds past the hard limit before another worker takes items
+DRAIN_FOR = 1.0  # seconds one trigger task goes on running batches of a backlog
 
 # KEYS[1] armed flag, KEYS[2] the queue list; ARGV[1] flag TTL, ARGV[2] trigger message.
 ARM = """
@@ -126,6 +129,10 @@ class Batches:
     # -- in a pool child ---------------------------------------------------------------
 
     def drain(self, task: Task[Any, Any], function: str, version: str) -> None:
+        """Run batches of ``function``'s waiting items. While more are waiting and nothing
+        else waits on its queue, the next batch runs in this same task, up to
+        :data:`DRAIN_FOR` seconds (a quarter of the hard limit at most): a backlog pays the
+        trigger's trip through Redis and the worker's parent once, not once per batch."""
         bind(function, None, task)
         started = time.monotonic()
         self.redis.delete(keys.batch_armed(function))
@@ -135,30 +142,54 @@ class Batches:
             return
         stream = keys.batch_stream(function)
         self._ensure_group(stream)
-        self.redis.eval(MOVE_DUE, 2, keys.batch_delayed(function), stream, time.time())
-        items = self._collect(manifest, stream)
-        backlog = self._undelivered(stream)
         trigger = trigger_for(function, version, manifest)
-        if backlog:
+        until = started + min(DRAIN_FOR, manifest.limits.timeout / 4)
+        while True:
+            began = time.monotonic()
+            ran = self._one_batch(str(task.request.id), manifest, stream, trigger)
+            now = time.monotonic()
+            if not ran or now + 2 * (now - began) > until or not self._continue(trigger):
+                break
+        if self._undelivered(stream):
+            self.arm(trigger)
+
+    def _one_batch(
+        self, task_id: str, manifest: Manifest, stream: str, trigger: Invocation
+    ) -> bool:
+        """Collect and run one batch; whether there was one."""
+        started = time.monotonic()
+        self.redis.eval(MOVE_DUE, 2, keys.batch_delayed(trigger.function), stream, time.time())
+        items = self._collect(manifest, stream)
+        if not items:
+            return False
+        if self._undelivered(stream):
             self.arm(
                 trigger
             )  # the next batch of a backlog runs beside this one, if a process is free
-        if items:
-            run_key = keys.batch_run(str(task.request.id))
-            record = {
-                "function": function,
-                "pid": os.getpid(),
-                "trigger": encode_batch_trigger(self.app, trigger),  # the parent never loads code
-                "items": [item.__dict__ for item in items],
-            }
-            self.redis.set(run_key, json.dumps(record), ex=int(manifest.limits.timeout) + 60)
-            for item_version, group in _by_version(items).items():
-                self._run_version(function, item_version, group, started)
-            self._acknowledge(stream, [item.entry_id for item in items])
-            self.redis.delete(run_key)
-            log.info("batch_finished", size=len(items), duration_ms=_ms(started))
-        if not backlog and self._undelivered(stream):
-            self.arm(trigger)
+        run_key = keys.batch_run(task_id)
+        record = {
+            "function": trigger.function,
+            "pid": os.getpid(),
+            "trigger": encode_batch_trigger(self.app, trigger),  # the parent never loads code
+            "items": [item.__dict__ for item in items],
+        }
+        self.redis.set(run_key, json.dumps(record), ex=int(manifest.limits.timeout) + 60)
+        for item_version, group in _by_version(items).items():
+            self._run_version(trigger.function, item_version, group, started)
+        self._acknowledge(stream, [item.entry_id for item in items], run_key)
+        log.info("batch_finished", size=len(items), duration_ms=_ms(started), task_id=task_id)
+        return True
+
+    def _continue(self, trigger: Invocation) -> bool:
+        """Whether to run another batch in this task: items are waiting that no batch took,
+        and the queue holds no message but this function's own armed trigger (another
+        function's invocation, or a more urgent one, gets the process instead)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys.queue_lists(trigger.queue):
+            pipe.llen(key)
+        pipe.exists(keys.batch_armed(trigger.function))
+        *lengths, armed = pipe.execute()
+        return sum(lengths) <= armed and self._undelivered(keys.batch_stream(trigger.function))
 
     def _collect(self, manifest: Manifest, stream: str) -> list[Item]:
         """Up to max_batch_size items: abandoned ones first, then waiting ones, then any
@@ -279,19 +310,24 @@ class Batches:
     def _undelivered(self, stream: str) -> bool:
         """Whether the stream holds items no batch has taken yet (not merely items that
         another, live, batch is still running)."""
-        last = self.redis.xinfo_stream(stream)["last-generated-id"]
-        groups = self.redis.xinfo_groups(stream)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xinfo_stream(stream)
+        pipe.xinfo_groups(stream)
+        pipe.xlen(stream)
+        info, groups, length = pipe.execute()
         delivered = next(g["last-delivered-id"] for g in groups if g["name"] == keys.BATCH_GROUP)
-        return bool(self.redis.xlen(stream)) and _id(delivered) < _id(last)
+        return bool(length) and _id(delivered) < _id(info["last-generated-id"])
 
     def _ensure_group(self, stream: str) -> None:
         with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: it exists
             self.redis.xgroup_create(stream, keys.BATCH_GROUP, id="0", mkstream=True)
 
-    def _acknowledge(self, stream: str, entry_ids: list[str]) -> None:
+    def _acknowledge(self, stream: str, entry_ids: list[str], run_key: str | None = None) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.xack(stream, keys.BATCH_GROUP, *entry_ids)
         pipe.xdel(stream, *entry_ids)
+        if run_key is not None:
+            pipe.delete(run_key)  # the batch is over: nothing for the parent to put back
         pipe.execute()
 
     # -- in the supervising parent -----------------------------------------------------
