@@ -257,10 +257,16 @@ def conveyor(*args: str) -> list[str]:
     return [sys.executable, "-m", "conveyor", *args]
 
 
-def start_worker(config: Path, log: Path, *args: str, redis_client: redis.Redis) -> Process:
+def start_worker(
+    config: Path,
+    log: Path,
+    *args: str,
+    redis_client: redis.Redis,
+    env: dict[str, str] | None = None,
+) -> Process:
     """Start ``conveyor worker`` and wait for its heartbeat (it is consuming)."""
     before = set(redis_client.keys("conveyor:worker:*"))
-    proc = Process(conveyor("worker", *args), config, log)
+    proc = Process(conveyor("worker", *args), config, log, env)
     wait_for(
         lambda: (
             set(redis_client.keys("conveyor:worker:*")) - before or proc.proc.poll() is not None
@@ -285,8 +291,10 @@ def make_key(stack: Stack, name: str, *scopes: str) -> str:
     return done.stdout.strip()
 
 
-def start_api(config: Path, log: Path, port: int) -> tuple[Process, str]:
-    proc = Process(conveyor("api", "--port", str(port)), config, log)
+def start_api(
+    config: Path, log: Path, port: int, env: dict[str, str] | None = None
+) -> tuple[Process, str]:
+    proc = Process(conveyor("api", "--port", str(port)), config, log, env)
     base = f"http://127.0.0.1:{port}"
     wait_for(
         lambda: httpx.get(f"{base}/readyz").status_code == 200 or proc.proc.poll() is not None,

@@ -1,5 +1,7 @@
 """``conveyor``: api, worker, redis, check, ls, invoke, logs; and (admin_cli.py) keys,
-webhooks, flower; (map_cli.py) map; (store_cli.py) deploy, versions, rollback, unpin, rm."""
+webhooks, flower; (map_cli.py, map_client.py) map; (store_cli.py) deploy, versions,
+rollback, unpin, rm. Client-only libraries (httpx, tqdm) are imported when a client
+command runs, never by ``conveyor worker`` or ``conveyor api``."""
 
 from __future__ import annotations
 
@@ -10,10 +12,8 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
-
-import httpx
 
 from conveyor.admin_cli import add_admin_commands
 from conveyor.errors import ConveyorError, SettingsError, WorkerOptionsError
@@ -29,6 +29,9 @@ from conveyor.settings import (
     is_loopback,
 )
 from conveyor.store_cli import add_store_commands
+
+if TYPE_CHECKING:
+    import httpx
 
 API_KEY_ENV = "CONVEYOR_API_KEY"  # sent by ls and invoke as Authorization: Bearer <key>
 
@@ -271,6 +274,8 @@ def _api_headers() -> dict[str, str]:
 
 
 def _request(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    import httpx  # only the client commands need it: not imported by worker or api
+
     kwargs["headers"] = {**kwargs.get("headers", {}), **_api_headers()}
     try:
         return httpx.request(method, url, **kwargs)

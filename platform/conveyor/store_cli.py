@@ -6,16 +6,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import ConveyorError
 from conveyor.settings import Settings
 from conveyor.store.bundle import pack, size_text
 
 BaseUrl = Callable[[Settings, argparse.Namespace], str]
-Request = Callable[..., httpx.Response]
+if TYPE_CHECKING:
+    import httpx
+
+Request = Callable[..., "httpx.Response"]
 
 
 def add_store_commands(sub: Any, base_url: BaseUrl, request: Request) -> None:
