@@ -3,7 +3,8 @@ measured in the same run, on the same Redis, with the same worker pool (prefork,
 process). Starts its own Redis, API and workers; prints one table and JSON lines.
 
 BENCH_RUNS (default 3) sets how many times each scenario runs; medians are reported.
-BENCH_ONLY=store (or embed: the real model; coldstart) runs those rows alone.
+BENCH_ONLY=store (or embed: the real model; coldstart; request: the API's cost per
+invocation and [api] workers = 2) runs those rows alone.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ from conveyor.webhooks.signing import new_secret
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from access import Receiver, keyed_config, make_key, webhook_load  # noqa: E402
+from apicost import (  # noqa: E402
+    BASELINE_REF,
+    api_children,
+    baseline_platform,
+    cpu_per_call,
+    env_with_path,
+    with_api_workers,
+)
 from coldstart import autoscaled_first_result, first_result, model_load  # noqa: E402
 from embed import CLIENTS as EMBED_CLIENTS  # noqa: E402
 from embed import OFFLINE, REQUESTS, SeedService, inprocess, seed_load, sentence  # noqa: E402
@@ -334,14 +343,9 @@ def main() -> int:
     env = Platform(root)
     try:
         worker = env.worker("--queues", "realtime,default", "--concurrency", "1")
-        if os.environ.get("BENCH_ONLY") == "store":
-            return report(store_rows(env, root)) or 0
-        only = {"embed": embed_rows, "coldstart": coldstart_rows}.get(
-            os.environ.get("BENCH_ONLY", "")
-        )
-        if only is not None:
-            env.stop(worker)
-            return report(only(env, root)) or 0
+        chosen = only_rows(env, root, worker)
+        if chosen is not None:
+            return report(chosen) or 0
         raw_worker = env.raw_worker()
         with raw_celery(env.redis.url) as raw:
             wait_for(lambda: raw.echo.delay(0).get(timeout=10) == 0, 30, "raw celery worker")
@@ -368,8 +372,8 @@ def main() -> int:
                     tp["rate"],
                     tp_raw["rate"],
                     "/s",
-                    "≥ 0.7×",
-                    tp["rate"] >= 0.7 * tp_raw["rate"],
+                    "≥ 1.0×",
+                    tp["rate"] >= tp_raw["rate"],
                 ),
                 Row("throughput", "p50", tp["p50"], tp_raw["p50"], "ms"),
                 Row(
@@ -393,6 +397,7 @@ def main() -> int:
                 Row("memory", "worker peak under load", worker_peak, None, "MiB"),
             ]
 
+            rows += request_path_rows(env, root)
             rows += map_rows(env, tp["rate"])
             rows += access_rows(env, root)
             rows.append(metrics_row(env, root))
@@ -422,6 +427,21 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
     report(rows)
     return 0 if all(r.ok is not False for r in rows) else 1
+
+
+def only_rows(env: Platform, root: Path, worker: Process) -> list[Row] | None:
+    """The rows BENCH_ONLY names, or None for the whole bench."""
+    only = os.environ.get("BENCH_ONLY", "")
+    if only == "store":
+        return store_rows(env, root)
+    if only == "request":
+        asyncio.run(_http_load(env.base, "echo", lambda i: i, 300, 8))  # warm
+        return request_path_rows(env, root)
+    alone = {"embed": embed_rows, "coldstart": coldstart_rows}.get(only)
+    if alone is None:
+        return None
+    env.stop(worker)  # these start their own workers
+    return alone(env, root)
 
 
 def batching_rows(env: Platform) -> list[Row]:
@@ -602,6 +622,60 @@ def access_rows(env: Platform, root: Path) -> list[Row]:
         Row("webhooks", "result → receiver p50", hooks["p50"], None, "ms"),
         Row("webhooks", "result → receiver p99", hooks["p99"], None, "ms"),
     ]
+
+
+def request_path_rows(env: Platform, root: Path) -> list[Row]:
+    """API CPU per echo invocation (submit + result) against the API before issue 14, and
+    throughput with ``[api] workers = 2`` against 1; alternated, medians (bench/apicost.py).
+    """
+
+    def load(base: str) -> Callable[[], Any]:
+        return lambda: _http_load(base, "echo", lambda i: i, BURST, CLIENTS)
+
+    two_api, two_base = start_api(with_api_workers(env.config, 2), root / "api-2.log", free_port())
+    env.procs.append(two_api)
+    old = baseline_platform(root / "baseline")
+    if old is not None:
+        old_api, old_base = start_api(
+            env.config, root / "api-baseline.log", free_port(), env_with_path(old)
+        )
+        env.procs.append(old_api)
+    now: list[dict[str, float]] = []
+    before: list[dict[str, float]] = []
+    two: list[dict[str, float]] = []
+    for _ in range(RUNS):
+        now.append(cpu_per_call([env.api.pid], load(env.base), BURST))
+        if old is not None:
+            before.append(cpu_per_call([old_api.pid], load(old_base), BURST))
+        two.append(cpu_per_call(api_children(two_api.pid), load(two_base), BURST))
+    env.stop(two_api)
+    if old is not None:
+        env.stop(old_api)
+
+    def median(samples: list[dict[str, float]], key: str) -> float:
+        return statistics.median(s[key] for s in samples)
+
+    cpu, rate = median(now, "cpu_ms"), median(now, "rate")
+    rows = []
+    if before:
+        cpu_before = median(before, "cpu_ms")
+        rows += [
+            Row(
+                "request path",
+                f"API CPU/invocation vs {BASELINE_REF}",
+                cpu,
+                cpu_before,
+                "ms",
+                "≤ 0.5×",
+                cpu <= 0.5 * cpu_before,
+            ),
+            Row(
+                "request path", f"throughput vs {BASELINE_REF}", rate, median(before, "rate"), "/s"
+            ),
+        ]
+    rows.append(Row("request path", "[api] workers 2 vs 1", median(two, "rate"), rate, "/s"))
+    rows.append(Row("request path", "CPU/invocation, 2 vs 1", median(two, "cpu_ms"), cpu, "ms"))
+    return rows
 
 
 def map_rows(env: Platform, single_rate: float) -> list[Row]:

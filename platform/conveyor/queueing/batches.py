@@ -158,14 +158,9 @@ class Batches:
     ) -> bool:
         """Collect and run one batch; whether there was one."""
         started = time.monotonic()
-        self.redis.eval(MOVE_DUE, 2, keys.batch_delayed(trigger.function), stream, time.time())
-        items = self._collect(manifest, stream)
+        items = self._collect(manifest, stream, trigger.function)
         if not items:
             return False
-        if self._undelivered(stream):
-            self.arm(
-                trigger
-            )  # the next batch of a backlog runs beside this one, if a process is free
         run_key = keys.batch_run(task_id)
         record = {
             "function": trigger.function,
@@ -173,7 +168,11 @@ class Batches:
             "trigger": encode_batch_trigger(self.app, trigger),  # the parent never loads code
             "items": [item.__dict__ for item in items],
         }
-        self.redis.set(run_key, json.dumps(record), ex=int(manifest.limits.timeout) + 60)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(run_key, json.dumps(record), ex=int(manifest.limits.timeout) + 60)
+        _queue_undelivered(pipe, stream)
+        if _undelivered(pipe.execute()[1:]):  # the next batch of a backlog runs beside
+            self.arm(trigger)  # this one, if a process is free
         for item_version, group in _by_version(items).items():
             self._run_version(trigger.function, item_version, group, started)
         self._acknowledge(stream, [item.entry_id for item in items], run_key)
@@ -185,21 +184,28 @@ class Batches:
         and the queue holds no message but this function's own armed trigger (another
         function's invocation, or a more urgent one, gets the process instead)."""
         pipe = self.redis.pipeline(transaction=False)
-        for key in keys.queue_lists(trigger.queue):
+        lists = keys.queue_lists(trigger.queue)
+        for key in lists:
             pipe.llen(key)
         pipe.exists(keys.batch_armed(trigger.function))
-        *lengths, armed = pipe.execute()
-        return sum(lengths) <= armed and self._undelivered(keys.batch_stream(trigger.function))
+        _queue_undelivered(pipe, keys.batch_stream(trigger.function))
+        answers = pipe.execute()
+        waiting, armed = sum(answers[: len(lists)]), answers[len(lists)]
+        return waiting <= armed and _undelivered(answers[len(lists) + 1 :])
 
-    def _collect(self, manifest: Manifest, stream: str) -> list[Item]:
+    def _collect(self, manifest: Manifest, stream: str, function: str) -> list[Item]:
         """Up to max_batch_size items: abandoned ones first, then waiting ones, then any
-        that arrive until max_wait_ms after the oldest of them arrived."""
+        that arrive until max_wait_ms after the oldest of them arrived. (Retries whose
+        backoff is over join the stream first.)"""
         assert manifest.batching is not None
         size = manifest.batching.max_batch_size
         wait = manifest.batching.max_wait_ms / 1000
         consumer = f"{socket.gethostname()}:{os.getpid()}"
         idle_ms = int((manifest.limits.timeout + CLAIM_MARGIN) * 1000)
-        claimed = self.redis.xautoclaim(stream, keys.BATCH_GROUP, consumer, idle_ms, count=size)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.eval(MOVE_DUE, 2, keys.batch_delayed(function), stream, time.time())
+        pipe.xautoclaim(stream, keys.BATCH_GROUP, consumer, idle_ms, count=size)
+        claimed = pipe.execute()[1]
         entries = [(eid, fields) for eid, fields in claimed[1] if fields]
         entries += self._read(stream, consumer, size - len(entries), None)
         if entries:
@@ -308,15 +314,9 @@ class Batches:
         self.redis.eval(ARM, 2, keys.batch_armed(trigger.function), queue_key, ARMED_TTL, message)
 
     def _undelivered(self, stream: str) -> bool:
-        """Whether the stream holds items no batch has taken yet (not merely items that
-        another, live, batch is still running)."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xinfo_stream(stream)
-        pipe.xinfo_groups(stream)
-        pipe.xlen(stream)
-        info, groups, length = pipe.execute()
-        delivered = next(g["last-delivered-id"] for g in groups if g["name"] == keys.BATCH_GROUP)
-        return bool(length) and _id(delivered) < _id(info["last-generated-id"])
+        _queue_undelivered(pipe, stream)
+        return _undelivered(pipe.execute())
 
     def _ensure_group(self, stream: str) -> None:
         with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: it exists
@@ -373,6 +373,21 @@ class Batches:
             self.executor.worker_lost(item.invocation_id)
         queue_key, message = batch["trigger"]
         self.redis.eval(ARM, 2, keys.batch_armed(batch["function"]), queue_key, ARMED_TTL, message)
+
+
+def _queue_undelivered(pipe: Any, stream: str) -> None:
+    """Queue on ``pipe`` what :func:`_undelivered` reads (three answers)."""
+    pipe.xinfo_stream(stream)
+    pipe.xinfo_groups(stream)
+    pipe.xlen(stream)
+
+
+def _undelivered(answers: list[Any]) -> bool:
+    """Whether the stream holds items no batch has taken yet (not merely items that
+    another, live, batch is still running), from :func:`_queue_undelivered`'s answers."""
+    info, groups, length = answers
+    delivered = next(g["last-delivered-id"] for g in groups if g["name"] == keys.BATCH_GROUP)
+    return bool(length) and _id(delivered) < _id(info["last-generated-id"])
 
 
 def _by_version(items: list[Item]) -> dict[str, list[Item]]:
