@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint install redis-server chromium promtool clean bench soak
+.PHONY: run test lint install redis-server chromium promtool clean bench profile soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ $(BENCH_STAMP): $(STAMP)
 # Benchmarks against raw Celery (not part of `make test`); see bench/README.md.
 bench: install $(BENCH_STAMP)
 	$(BIN)/python bench/run.py
+
+# Where the time goes under load: CPU per process and py-spy profiles (bench/spy.py).
+profile: install $(BENCH_STAMP)
+	for load in echo embed embed-nobatch; do $(BIN)/python bench/spy.py $$load || exit 1; done
 
 # Ten minutes of mixed load with workers killed and Redis restarted (not part of `make test`).
 soak: install
