@@ -62,15 +62,23 @@ def submit(base: str, n: int, **headers: str) -> dict[str, Any]:
     return answer.json()  # type: ignore[no-any-return]
 
 
-def outcome(base: str, job: dict[str, Any], timeout: float = 120) -> list[dict[str, Any]]:
-    """Every result line, once the job has finished."""
+def outcome(
+    base: str, job: dict[str, Any], timeout: float = 120, stack: Stack | None = None
+) -> list[dict[str, Any]]:
+    """Every result line, once the job has finished (if not, the workers' last log lines
+    say what they were doing)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = httpx.get(f"{base}{job['status_url']}", params={"wait": 5}, timeout=30).json()
         if status["finished_at"] is not None:
             break
     else:
-        raise AssertionError(f"job {job['id']} did not finish: {status}")
+        logs = "".join(
+            f"\n--- {w.log.name}:\n"
+            + "\n".join(w.log.read_text(errors="replace").splitlines()[-40:])
+            for w in (stack.workers if stack else [])
+        )
+        raise AssertionError(f"job {job['id']} did not finish: {status}{logs}")
     text = httpx.get(f"{base}{job['results_url']}", timeout=60).text
     return [json.loads(line) for line in text.splitlines()]
 
@@ -136,7 +144,7 @@ def test_redis_restarted_mid_job(make_stack, apis, report) -> None:  # type: ign
     assert down.status_code == 503 and down.headers["retry-after"]
     time.sleep(2)  # the workers see it gone and start reconnecting
     stack.server.start()
-    got = outcome(base, job)
+    got = outcome(base, job, stack=stack)
     numbers = figures(report, "Redis restart mid-job", 3000, got, runs)
     assert numbers["lost"] == 0 and numbers["failed"] == 0
     assert [line["index"] for line in got] == list(range(3000))
