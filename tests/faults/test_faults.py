@@ -104,7 +104,12 @@ def test_worker_killed_mid_run(make_stack, report) -> None:  # type: ignore[no-u
     assert numbers["lost"] == 0 and numbers["failed"] == 0
     assert redelivered, "the killed worker was running nothing"
     assert all(o["attempts"] == 2 and o["output"]["attempt"] == 2 for o in redelivered)
-    assert numbers["executed twice"] == len(redelivered)  # only what the dead worker ran
+    # Only what the dead worker was running runs twice. (An invocation it had started but
+    # not yet handed to the function -- killed in the instant between the two -- is
+    # redelivered without having run: a CI run caught one.)
+    executions = Counter(runs.read_text().split())
+    twice = {i for i in accepted if executions[i] > 1}
+    assert twice <= {o["id"] for o in redelivered}, twice
 
 
 def test_warm_shutdown_under_load(make_stack, report) -> None:  # type: ignore[no-untyped-def]
