@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint install redis-server chromium promtool clean bench profile soak
+.PHONY: run run-ha test lint install redis-server chromium promtool clean bench profile soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ install: $(STAMP) redis-server
 
 run: install
 	$(BIN)/honcho start
+
+# The same platform on a primary, a replica and three sentinels (loopback ports 6391, 6392,
+# 26391-26393): kill the primary and watch it keep working (README "Redis Sentinel").
+run-ha: install
+	$(BIN)/honcho -e deploy/local-ha/ha.env -f Procfile.ha start
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform tests bench functions

@@ -153,6 +153,96 @@ class RedisServer:
         return redis.Redis(port=self.port, decode_responses=True)
 
 
+class Sentinels:
+    """A Redis primary, one replica and three sentinels watching them as ``conveyor``, on
+    free loopback ports (redis-server in sentinel mode: Debian's redis-sentinel is the same
+    program). A primary is declared down after ``down_after_ms`` without an answer."""
+
+    MASTER = "conveyor"
+
+    def __init__(self, workdir: Path, down_after_ms: int = 1000) -> None:
+        self.workdir = workdir
+        self.down_after_ms = down_after_ms
+        persistence = (
+            "--appendonly", "yes", "--appendfsync", "everysec",
+            "--repl-diskless-sync-delay", "0",  # (5 s by default: to wait for more replicas)
+        )  # fmt: skip
+        self.primary = RedisServer(workdir / "primary").start(*persistence)
+        self.replica = RedisServer(workdir / "replica").start(
+            *persistence, "--replicaof", "127.0.0.1", str(self.primary.port)
+        )
+        self.ports = [free_port() for _ in range(3)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        for port in self.ports:
+            self.procs.append(self._sentinel(port))
+        wait_for(self._ready, 20, "three sentinels that see the replica and each other")
+
+    def _sentinel(self, port: int) -> subprocess.Popen[bytes]:
+        folder = self.workdir / f"sentinel-{port}"
+        folder.mkdir(parents=True, exist_ok=True)
+        conf = folder / "sentinel.conf"  # sentinel rewrites its file: one each
+        conf.write_text(
+            textwrap.dedent(f"""\
+            port {port}
+            bind 127.0.0.1
+            dir {folder}
+            sentinel monitor {self.MASTER} 127.0.0.1 {self.primary.port} 2
+            sentinel down-after-milliseconds {self.MASTER} {self.down_after_ms}
+            sentinel failover-timeout {self.MASTER} 5000
+            sentinel parallel-syncs {self.MASTER} 1
+            """)
+        )
+        return subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def _ready(self) -> bool:
+        replication = self.replica.client().info("replication")
+        if replication.get("master_link_status") != "up":
+            return False  # a replica still loading its first copy would be promoted empty
+        for port in self.ports:
+            info = redis.Redis(port=port, decode_responses=True).sentinel_master(self.MASTER)
+            if int(info["num-slaves"]) < 1 or int(info["num-other-sentinels"]) < 2:
+                return False
+        return True
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.ports]
+
+    def settings(self) -> str:
+        """The deploy.toml lines that point the platform at these sentinels."""
+        listed = ", ".join(f'"{a}"' for a in self.addresses)
+        return f'sentinels = [{listed}]\nmaster_name = "{self.MASTER}"\n'
+
+    def current_primary_port(self) -> int:
+        host_port = redis.Redis(port=self.ports[0]).sentinel_get_master_addr_by_name(self.MASTER)
+        return int(host_port[1])
+
+    def kill_primary(self) -> RedisServer:
+        """SIGKILL whichever server is the primary now; returns it."""
+        port = self.current_primary_port()
+        server = self.primary if self.primary.port == port else self.replica
+        assert server.proc is not None
+        server.proc.kill()
+        server.proc.wait(10)
+        server.proc = None
+        return server
+
+    def client(self) -> redis.Redis:
+        """A client of the current primary."""
+        return redis.Redis(port=self.current_primary_port(), decode_responses=True)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+            proc.wait(10)
+        self.primary.stop()
+        self.replica.stop()
+
+
 def write_settings(path: Path, redis_url: str, functions: Path, extra: str = "") -> Path:
     path.write_text(
         textwrap.dedent(f"""\

@@ -182,6 +182,12 @@ def _worker_queues(settings: Settings, spec: str | None, gpu: bool, cpu_too: boo
 
 
 def _redis(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.redis.sentinels:
+        raise ConveyorError(
+            "[redis] sentinels is set: the platform uses the primary they name, and"
+            " `conveyor redis` runs one local Redis; start primary, replica and sentinels"
+            " yourself (`make run-ha` does so on this machine)"
+        )
     url = urlparse(settings.redis.url)
     if url.hostname not in ("127.0.0.1", "localhost", "::1"):
         raise ConveyorError(

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from conveyor.errors import SettingsError
 from conveyor.log import LogFormat
@@ -39,6 +40,15 @@ class _Section(BaseModel):
 
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6390/0"
+    # Redis Sentinel: with sentinels, every process asks them for the current primary of
+    # master_name (and asks again after a failover); url is then not used.
+    sentinels: list[str] = Field(
+        default_factory=list, description='"host:port" of each sentinel; replaces url'
+    )
+    master_name: str = Field("conveyor", min_length=1, description="the sentinels' name for it")
+    password: str = Field("", description="the primary's and replicas' password, with sentinels")
+    sentinel_password: str = Field("", description="the sentinels' own password, if they have one")
+    db: int = Field(0, ge=0, le=15, description="the database number, with sentinels")
     data_dir: Path = Field(Path(".conveyor/redis"), description="where `conveyor redis` persists")
     connect_timeout: Seconds = 2.0
     socket_timeout: Seconds = 10.0
@@ -52,6 +62,18 @@ class RedisSettings(_Section):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("sentinels")
+    @classmethod
+    def _host_ports(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f'{entry!r}: each sentinel is "host:port", e.g. "10.0.0.5:26379"')
+        return value
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return [(h.strip("[]"), int(p)) for h, _, p in (e.rpartition(":") for e in self.sentinels)]
 
 
 class ApiSettings(_Section):
@@ -265,6 +287,11 @@ def load_settings(path: Path | None = None) -> Settings:
         settings = Settings(**data)
     except ValidationError as exc:
         raise SettingsError(_describe(path, exc)) from exc
+    except PydanticSettingsError as exc:  # an environment value that is not JSON
+        raise SettingsError(
+            f"{exc}: a list or table set by an environment variable is JSON, e.g."
+            ' CONVEYOR_REDIS__SENTINELS=\'["10.0.0.5:26379", "10.0.0.6:26379"]\''
+        ) from None
     base = path.resolve().parent
     return settings.model_copy(
         update={

@@ -86,3 +86,38 @@ def test_repo_deploy_toml_is_valid() -> None:
     settings = load_settings(repo / "deploy.toml")
     assert {"realtime", "batch", "default"} <= set(settings.queues)
     assert settings.redis.url.endswith(":6390/0")
+
+
+def test_sentinels_from_the_environment_make_the_broker_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.queueing.celery_app import transport_options
+    from conveyor.queueing.connections import broker_url
+
+    monkeypatch.setenv("CONVEYOR_REDIS__SENTINELS", '["10.0.0.5:26379", "[::1]:26380"]')
+    monkeypatch.setenv("CONVEYOR_REDIS__PASSWORD", "p@ss/word")
+    monkeypatch.setenv("CONVEYOR_REDIS__SENTINEL_PASSWORD", "s3")
+    settings = load_settings(tmp_path / "deploy.toml")
+    assert settings.redis.sentinel_addresses() == [("10.0.0.5", 26379), ("::1", 26380)]
+    assert broker_url(settings) == (
+        "sentinel://:p%40ss%2Fword@10.0.0.5:26379/0;sentinel://:p%40ss%2Fword@[::1]:26380/0"
+    )
+    options = transport_options(settings, None)
+    assert options["master_name"] == "conveyor"
+    assert options["sentinel_kwargs"]["password"] == "s3"
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.5", "host:", ":26379", "host:99999", "host:port"])
+def test_a_sentinel_is_host_and_port(tmp_path: Path, entry: str) -> None:
+    config = tmp_path / "deploy.toml"
+    config.write_text(f'[redis]\nsentinels = ["{entry}"]\n')
+    with pytest.raises(SettingsError, match="each sentinel is"):
+        load_settings(config)
+
+
+def test_a_list_that_is_not_json_in_the_environment_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_REDIS__SENTINELS", "[10.0.0.5:26379]")
+    with pytest.raises(SettingsError, match=r"is JSON, e\.g\. CONVEYOR_REDIS__SENTINELS="):
+        load_settings(tmp_path / "deploy.toml")

@@ -8,6 +8,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from conveyor.queueing import keys
+from conveyor.queueing.connections import broker_transport_options, broker_url
 from conveyor.settings import Settings, all_queues
 
 TASK_NAME = "conveyor.run"
@@ -33,12 +34,12 @@ def transport_options(settings: Settings, visibility_timeout: float | None) -> d
     }
     if visibility_timeout is not None:
         options["visibility_timeout"] = visibility_timeout
-    return options
+    return {**options, **broker_transport_options(settings)}
 
 
 def create_celery(settings: Settings, *, visibility_timeout: float | None = None) -> Celery:
     """A Celery app for ``settings``: JSON only, late acks, one message per free process."""
-    app = Celery("conveyor", broker=settings.redis.url, set_as_current=False)
+    app = Celery("conveyor", broker=broker_url(settings), set_as_current=False)
     app.conf.update(
         broker_transport_options=transport_options(settings, visibility_timeout),
         broker_connection_retry_on_startup=True,
