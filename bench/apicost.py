@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import tarfile
 from collections.abc import Awaitable, Callable
 from io import BytesIO
@@ -25,13 +26,14 @@ from typing import Any
 
 BASELINE_REF = "fbb763b"  # main before issue 14's changes to the request path
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from support import child_pids, cpu_ticks  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and its children's threads so far (not of processes
-    it started: pass each process)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of ``pid`` (all its threads; not of processes it started: pass
+    each process) so far."""
+    return cpu_ticks(pid) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_per_call(
@@ -63,9 +65,7 @@ def baseline_platform(into: Path) -> Path | None:
 def api_children(pid: int) -> list[int]:
     """The API processes of ``conveyor api`` with ``[api] workers = N``: uvicorn's
     supervisor and its N children."""
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    kids = [int(p) for p in path.read_text().split()] if path.exists() else []
-    return [pid, *kids]
+    return [pid, *child_pids(pid)]
 
 
 def with_api_workers(config: Path, n: int) -> Path:

@@ -58,6 +58,7 @@ from support import (  # noqa: E402
     BIN,
     Process,
     RedisServer,
+    child_pids,
     free_port,
     start_api,
     start_worker,
@@ -76,11 +77,6 @@ DEPLOYS = 10
 MAP_ITEMS = 100_000
 MLP_MAP_ITEMS = 20_000
 UPLOAD_ITEMS = 1_000_000
-
-
-def children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
 @dataclass
@@ -361,7 +357,7 @@ def main() -> int:
             rows[-2].ok = rows[-2].ratio is not None and rows[-2].ratio <= 1.5
 
             api_idle = rss_mib(env.api.pid)[0]
-            child = children(worker.pid)[0]
+            child = child_pids(worker.pid)[0]
             worker_idle = rss_mib(child)[0]
             tp = median_of(RUNS, lambda: conveyor_throughput(env.base))
             tp_raw = median_of(RUNS, lambda: raw_throughput(raw))
@@ -387,7 +383,7 @@ def main() -> int:
                 ),
             ]
             api_peak = rss_mib(env.api.pid)[1]
-            worker_peak = max(rss_mib(worker.pid)[1], rss_mib(children(worker.pid)[0])[1])
+            worker_peak = max(rss_mib(worker.pid)[1], rss_mib(child_pids(worker.pid)[0])[1])
             rows += [
                 Row("memory", "API idle", api_idle, None, "MiB"),
                 Row(

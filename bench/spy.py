@@ -30,7 +30,9 @@ os.environ["CONVEYOR_LOG__LEVEL"] = "warning"
 
 from apicost import cpu_seconds  # noqa: E402
 from embed import OFFLINE, sentence  # noqa: E402
-from run import BIN, Platform, _http_load, children  # noqa: E402
+from run import BIN, Platform, _http_load  # noqa: E402
+
+from support import child_pids  # noqa: E402
 
 OWNERS = ("redis/", "conveyor/", "litestar/", "uvicorn/", "celery/", "kombu/", "billiard/",
           "torch/", "transformers/", "sentence_transformers/", "prometheus_client/", "msgspec/",
@@ -86,7 +88,7 @@ def main() -> None:
         pids = {
             "api": env.api.pid,
             "worker parent": worker.pid,
-            "worker child": children(worker.pid)[0],
+            "worker child": child_pids(worker.pid)[0],
             "redis": env.redis.proc.pid,
             "load generator": os.getpid(),
         }

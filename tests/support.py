@@ -67,6 +67,18 @@ def loaded_entries(root: Path) -> list[FunctionEntry]:
     return registry.entries()
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started, as /proc lists them (none once it has exited)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU of ``pid`` (all its threads) so far, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,7 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import Stack, free_port, start_api, wait_for, write_function
+from support import (
+    Stack,
+    child_pids,
+    cpu_ticks,
+    free_port,
+    start_api,
+    wait_for,
+    write_function,
+)
 
 pytestmark = pytest.mark.acceptance
 
@@ -21,13 +29,7 @@ TOML = '[function]\nhandler = "handler:run"\n'
 
 def _api_processes(pid: int) -> list[int]:
     """The uvicorn worker processes under the parent (not multiprocessing's helpers)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-
-
-def _cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime
+    return [c for c in child_pids(pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
 def _fresh() -> httpx.Client:
@@ -55,7 +57,7 @@ def test_two_api_processes_share_the_port(make_stack, report: Callable[[str], No
         processes = wait_for(
             lambda: len(_api_processes(api.pid)) == 2 and _api_processes(api.pid), 30
         )
-        before = {pid: _cpu_ticks(pid) for pid in processes}
+        before = {pid: cpu_ticks(pid) for pid in processes}
 
         # Submitted on one connection, waited for on another: each process's waiters are
         # woken by its own subscription, whoever stored the result.
@@ -67,7 +69,7 @@ def test_two_api_processes_share_the_port(make_stack, report: Callable[[str], No
                 assert done.json()["status"] == "succeeded" and done.json()["output"] == 2 * i
             for _ in range(200):
                 assert client.get(base + "/functions").status_code == 200
-        busy = [pid for pid in processes if _cpu_ticks(pid) > before[pid]]
+        busy = [pid for pid in processes if cpu_ticks(pid) > before[pid]]
         assert len(busy) == 2, "one API process answered everything"
 
         # Hot reload, seen by both: a new function, a new version of it, its removal.
@@ -94,7 +96,7 @@ def test_two_api_processes_share_the_port(make_stack, report: Callable[[str], No
         ]
         report(
             f"2 API processes both answered (CPU ticks {before} before, then"
-            f" {[_cpu_ticks(p) for p in processes]}); 20 submit/wait pairs across them; 2"
+            f" {[cpu_ticks(p) for p in processes]}); 20 submit/wait pairs across them; 2"
             f" versions of hello deployed {len(deployed)} times (the other process found"
             " each in the store)"
         )
