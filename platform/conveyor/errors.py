@@ -95,6 +95,15 @@ class BrokerUnavailableError(ConveyorError):
     """Redis, the broker and result store, cannot be reached."""
 
 
+class NotReplicatedError(BrokerUnavailableError):
+    """Redis did not confirm the submit on [redis] min_replicas replicas in time."""
+
+    def __init__(self, message: str, *, invocation_id: str, accepted: bool) -> None:
+        super().__init__(message)
+        self.invocation_id = invocation_id
+        self.accepted = accepted  # False: withdrawn, it will not run; True: a worker has it
+
+
 class ApiKeyError(ConveyorError):
     """An API key cannot be created or revoked as asked."""
 

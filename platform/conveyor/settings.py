@@ -17,7 +17,14 @@ from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
@@ -55,6 +62,14 @@ class RedisSettings(_Section):
     max_connections: int = Field(
         64, ge=1, le=10_000, description="per API process; more requests wait for one"
     )
+    # Acknowledged means replicated: a 202 (and a worker's acknowledgement of its message)
+    # waits for this many replicas to confirm the write (Redis's WAIT).
+    min_replicas: int = Field(
+        0, ge=0, le=16, description="replicas that must hold a submit before its 202"
+    )
+    replica_timeout: Seconds = Field(
+        1.0, le=60, description="seconds to wait for them; then 503 and the submit withdrawn"
+    )
 
     @field_validator("url")
     @classmethod
@@ -71,6 +86,15 @@ class RedisSettings(_Section):
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f'{entry!r}: each sentinel is "host:port", e.g. "10.0.0.5:26379"')
         return value
+
+    @model_validator(mode="after")
+    def _wait_within_socket_timeout(self) -> RedisSettings:
+        if self.min_replicas and self.replica_timeout >= self.socket_timeout:
+            raise ValueError(
+                f"replica_timeout ({self.replica_timeout:g}) must be shorter than"
+                f" socket_timeout ({self.socket_timeout:g}): WAIT blocks the connection"
+            )
+        return self
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:
         return [(h.strip("[]"), int(p)) for h, _, p in (e.rpartition(":") for e in self.sentinels)]

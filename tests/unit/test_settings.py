@@ -64,6 +64,10 @@ def test_conveyor_config_names_the_file(tmp_path: Path, monkeypatch: pytest.Monk
         ("[api]\nbogus = 1\n", r"api\.bogus .*Extra inputs"),
         ('[redis]\nurl = "http://x"\n', r"redis\.url .*redis://"),
         ("[queues.Bad]\n", r"queue names must match"),
+        (
+            "[redis]\nmin_replicas = 1\nreplica_timeout = 10\n",
+            r"replica_timeout \(10\) must be shorter than socket_timeout \(10\)",
+        ),
         ("[api\n", r"cannot read"),
     ],
 )

@@ -45,7 +45,8 @@ _PROBLEMS = {
     415: "The body is not application/json (deploying: application/zip)",
     422: "The body does not match the schema (`errors` names each bad field), or a deployed"
     " folder's manifest or code is invalid",
-    503: "Redis is unreachable, or the function has no version ready yet; retry after Retry-After",
+    503: "Redis is unreachable, its replicas did not confirm the submit in time ([redis]"
+    " min_replicas), or the function has no version ready yet; retry after Retry-After",
 }
 
 

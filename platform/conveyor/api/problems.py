@@ -22,6 +22,7 @@ from conveyor.errors import (
     InvocationNotFoundError,
     InvocationUnfinishedError,
     ManifestError,
+    NotReplicatedError,
     PermissionDeniedError,
     ValidationError,
     VersionNotFoundError,
@@ -53,6 +54,7 @@ _STATUS: dict[type[ConveyorError], tuple[int, str]] = {
     InvocationFinishedError: (409, "invocation-finished"),
     InvocationUnfinishedError: (409, "invocation-unfinished"),
     FunctionUnavailableError: (503, "function-unavailable"),
+    NotReplicatedError: (503, "not-replicated"),  # before BrokerUnavailableError: a subclass
     BrokerUnavailableError: (503, "broker-unavailable"),
 }
 
@@ -82,7 +84,7 @@ def conveyor_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
     status, slug = next(
         (v for cls, v in _STATUS.items() if isinstance(exc, cls)), (500, "internal-error")
     )
-    headers, extra = None, {}
+    headers, extra = None, dict[str, Any]()
     if status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     elif isinstance(exc, AuthenticationError):
@@ -95,6 +97,8 @@ def conveyor_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
         log.warning("broker_unavailable", error=str(exc), path=request.url.path)
     if isinstance(exc, ValidationError):
         extra["errors"] = exc.errors
+    if isinstance(exc, NotReplicatedError):
+        extra.update(invocation_id=exc.invocation_id, accepted=exc.accepted)
     return problem(status, slug, str(exc), request, headers, **extra)
 
 

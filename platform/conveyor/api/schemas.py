@@ -131,6 +131,14 @@ class Problem(BaseModel):
     detail: str
     instance: str | Absent = None
     errors: list[FieldError] | Absent = Field(None, description="each bad field (422)")
+    invocation_id: UUID | Absent = Field(
+        None, description="the invocation Redis did not replicate in time (503 not-replicated)"
+    )
+    accepted: bool | Absent = Field(
+        None,
+        description="with invocation_id: false, withdrawn and will not run; true, a worker"
+        " started it before the replicas confirmed it",
+    )
 
 
 class InvocationLogs(BaseModel):

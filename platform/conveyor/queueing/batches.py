@@ -45,7 +45,7 @@ from conveyor.errors import ConveyorError
 from conveyor.functions.loader import LoadedFunction
 from conveyor.functions.manifest import Manifest
 from conveyor.log import get_logger
-from conveyor.queueing import keys, stats
+from conveyor.queueing import keys, replication, stats
 from conveyor.queueing.executor import (
     Executor,
     alive,
@@ -298,7 +298,7 @@ class Batches:
                 self._retry_later(fn, item, delay)
         if self.executor.settings.metrics.enabled:
             stats.observe_batch(pipe, fn.name, len(admitted))
-        pipe.execute()
+        replication.execute(pipe, self.executor.settings, f"a batch of {fn.name}")
 
     def _retry_later(self, fn: LoadedFunction, item: Item, delay: float) -> None:
         member = json.dumps(item.fields())

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, cast
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from conveyor.errors import (
     BrokerUnavailableError,
@@ -24,11 +24,12 @@ from conveyor.errors import (
     InvocationFinishedError,
     InvocationNotFoundError,
     InvocationUnfinishedError,
+    NotReplicatedError,
     VersionNotFoundError,
 )
 from conveyor.functions.registry import FunctionSpec
 from conveyor.log import get_logger
-from conveyor.queueing import keys
+from conveyor.queueing import keys, replication
 from conveyor.queueing.batches import ARMED_TTL, trigger_for
 from conveyor.queueing.celery_app import create_celery
 from conveyor.queueing.census import LIVE_WORKERS, QueueCensus, parse_workers
@@ -38,6 +39,7 @@ from conveyor.queueing.jobs import (
     DELETE,
     SUBMIT,
     TRANSITION,
+    WITHDRAW,
     JobRecord,
     JobStatus,
     new_job_fields,
@@ -63,6 +65,7 @@ class QueueClient:
         self._transition = self.redis.register_script(TRANSITION)
         self._submit = self.redis.register_script(SUBMIT)
         self._delete = self.redis.register_script(DELETE)
+        self._withdraw = self.redis.register_script(WITHDRAW)
         self._trigger_templates: dict[tuple[str, str, int], tuple[str, str]] = {}
         self._live_workers = self.redis.register_script(LIVE_WORKERS)
         self._census: QueueCensus | None = None
@@ -133,8 +136,7 @@ class QueueClient:
         # Watch before the message exists, so even an instant result is not missed.
         with self._waiters.watch(inv.id) as events:
             submit_keys, submit_args = self._submit_command(spec, inv, fields, idempotency, digest)
-            with broker_errors():
-                first = await self._submit(keys=submit_keys, args=submit_args)
+            first = await self._store(inv.id, submit_keys, submit_args)
             if isinstance(first, str):
                 return await self._replay(spec.name, idempotency_key or "", first, digest, wait)
             if not first:
@@ -153,6 +155,65 @@ class QueueClient:
             )
             record = JobRecord.from_hash(inv.id, fields)
             return await self._until_final(record, events, wait, None)
+
+    async def _store(self, invocation_id: str, submit_keys: list[str], args: list[Any]) -> Any:
+        """Run :data:`SUBMIT`; with ``[redis] min_replicas``, in a pipeline with WAIT, and
+        a submit the replicas did not confirm in time is withdrawn (see :meth:`_withdraw`)."""
+        if not replication.wanted(self.settings):
+            with broker_errors():
+                return await self._submit(keys=submit_keys, args=args)
+        with broker_errors():
+            try:
+                first, confirmed = await self._submit_replicated(submit_keys, args)
+            except NoScriptError:  # a new primary (after a failover) has no scripts yet
+                await self.redis.script_load(self._submit.script)
+                first, confirmed = await self._submit_replicated(submit_keys, args)
+        if first == 1 and confirmed is not None and confirmed < self.settings.redis.min_replicas:
+            await self._withdraw_unreplicated(invocation_id, confirmed)
+        return first
+
+    async def _submit_replicated(
+        self, submit_keys: list[str], args: list[Any]
+    ) -> tuple[Any, int | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.evalsha(self._submit.sha, len(submit_keys), *submit_keys, *args)
+            (first,), confirmed = await replication.execute_async(pipe, self.settings)
+        return first, confirmed
+
+    async def _withdraw_unreplicated(self, invocation_id: str, confirmed: int) -> None:
+        """Answer a submit the replicas did not confirm: withdrawn (it will not run) unless
+        a worker started it already; either way :class:`NotReplicatedError` (a 503)."""
+        wanted, waited = self.settings.redis.min_replicas, self.settings.redis.replica_timeout
+        with broker_errors():
+            outcome = await self._withdraw(
+                keys=[keys.job(invocation_id), keys.VERSIONS_IN_USE], args=[invocation_id]
+            )
+        accepted = outcome not in ("withdrawn", "")
+        log.warning(
+            "submit_not_replicated",
+            invocation_id=invocation_id,
+            replicas=confirmed,
+            min_replicas=wanted,
+            outcome="kept" if accepted else "withdrawn",
+        )
+        short = (
+            f"{confirmed} of the {wanted} replicas [redis] min_replicas asks for confirmed"
+            f" invocation {invocation_id} within {waited:g} s"
+        )
+        if not accepted:
+            raise NotReplicatedError(
+                f"not accepted: {short}, so it was withdrawn and will not run; send it again",
+                invocation_id=invocation_id,
+                accepted=False,
+            )
+        raise NotReplicatedError(
+            f"not confirmed: {short}, and a worker had already started it ({outcome}): it"
+            " runs, but would be lost if the primary failed before its replicas catch up;"
+            f" GET its result to follow it (a retry with the same Idempotency-Key returns it"
+            " without running it again)",
+            invocation_id=invocation_id,
+            accepted=True,
+        )
 
     async def _replay(
         self, function: str, key: str, first: str, digest: str, wait: float

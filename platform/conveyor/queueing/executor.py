@@ -28,7 +28,7 @@ from conveyor.errors import ConveyorError, ValidationError
 from conveyor.functions.loader import LoadedFunction
 from conveyor.functions.manifest import Manifest
 from conveyor.log import get_logger
-from conveyor.queueing import keys
+from conveyor.queueing import keys, replication
 from conveyor.queueing.connections import sync_client
 from conveyor.queueing.jobs import (
     PROGRESS,
@@ -114,9 +114,14 @@ class Executor:
         job_keys, args = transition_args(
             invocation_id, allowed, to, metrics=self.settings.metrics.enabled, **fields
         )
-        answer = self.script("transition")(keys=job_keys, args=args, client=pipe)
-        if pipe is not None:
-            return 0, ""
+        if pipe is None and replication.wanted(self.settings):
+            pipe = self.redis.pipeline(transaction=False)
+            self.script("transition")(keys=job_keys, args=args, client=pipe)
+            [answer] = replication.execute(pipe, self.settings, f"{invocation_id} {to}")
+        else:
+            answer = self.script("transition")(keys=job_keys, args=args, client=pipe)
+            if pipe is not None:
+                return 0, ""
         changed, previous = answer
         return int(changed), str(previous)
 

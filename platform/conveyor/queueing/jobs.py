@@ -194,6 +194,27 @@ return 'deleted'
 """
 
 
+# Take back a submit that Redis could not replicate in time ([redis] min_replicas), while
+# no worker has started it: its record, its idempotency key (if the key still names it)
+# and its count in use go; a message or stream item already delivered then finds no record
+# and is skipped. KEYS[1] job, KEYS[2] versions in use. ARGV[1] id. Returns 'withdrawn',
+# or the status that stops it ('' when there is no record).
+WITHDRAW = """
+local found = redis.call('HMGET', KEYS[1], 'status', 'idempotency_key', 'function', 'version')
+if not found[1] then return '' end
+if found[1] ~= 'queued' then return found[1] end
+redis.call('DEL', KEYS[1])
+if found[2] then
+  local first = redis.call('GET', found[2])
+  if first and string.sub(first, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
+    redis.call('DEL', found[2])
+  end
+end
+local in_use = found[3] .. '@' .. found[4]
+if redis.call('HINCRBY', KEYS[2], in_use, -1) <= 0 then redis.call('HDEL', KEYS[2], in_use) end
+return 'withdrawn'
+"""
+
 # A running invocation's progress (JSON): only while it runs. KEYS[1] job; ARGV[1] progress.
 PROGRESS = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
