@@ -4,7 +4,8 @@ process). Starts its own Redis, API and workers; prints one table and JSON lines
 
 BENCH_RUNS (default 3) sets how many times each scenario runs; medians are reported.
 BENCH_ONLY=store (or embed: the real model; coldstart; request: the API's cost per
-invocation and [api] workers = 2) runs those rows alone.
+invocation and [api] workers = 2; failover: [redis] min_replicas and BENCH_FAILOVERS
+(default 10) kills of the primary) runs those rows alone.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from apicost import (  # noqa: E402
 from coldstart import autoscaled_first_result, first_result, model_load  # noqa: E402
 from embed import CLIENTS as EMBED_CLIENTS  # noqa: E402
 from embed import OFFLINE, REQUESTS, SeedService, inprocess, seed_load, sentence  # noqa: E402
+from failover import failover_losses, replicated_rates  # noqa: E402
 from maps import (  # noqa: E402
     big_upload,
     features,
@@ -67,6 +69,7 @@ from support import (  # noqa: E402
 )
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+FAILOVERS = int(os.environ.get("BENCH_FAILOVERS", "10"))
 ROUND_TRIPS = 300
 BURST = 2000
 CLIENTS = 32
@@ -418,6 +421,7 @@ def main() -> int:
             return report(rows) or 0
         rows += batching_rows(env)
         rows += embed_rows(env, root) + coldstart_rows(env, root)
+        rows += replication_rows(root)
     finally:
         env.close()
         shutil.rmtree(root, ignore_errors=True)
@@ -433,11 +437,44 @@ def only_rows(env: Platform, root: Path, worker: Process) -> list[Row] | None:
     if only == "request":
         asyncio.run(_http_load(env.base, "echo", lambda i: i, 300, 8))  # warm
         return request_path_rows(env, root)
+    if only == "failover":
+        env.stop(worker)
+        return replication_rows(root)
     alone = {"embed": embed_rows, "coldstart": coldstart_rows}.get(only)
     if alone is None:
         return None
     env.stop(worker)  # these start their own workers
     return alone(env, root)
+
+
+def replication_rows(root: Path) -> list[Row]:
+    """[redis] min_replicas 1 against 0 (bench/failover.py): echo throughput on a primary
+    with one replica, and what FAILOVERS kills of the primary lose under load."""
+    rates = replicated_rates(root / "replicated", RUNS, conveyor_throughput)
+    on, off = (statistics.median(s["rate"] for s in rates[n]) for n in (1, 0))
+    rows = [Row("replication", "min_replicas 1 vs 0", on, off, "/s")]
+    for wanted in (0, 1):
+        losses = failover_losses(root / f"failover{wanted}", wanted, FAILOVERS)
+        print(f"failover, min_replicas {wanted}, {FAILOVERS} kills: {losses}", flush=True)
+        rows += [
+            Row(
+                "failover",
+                f"min_replicas {wanted}: lost of {losses['accepted']:.0f}",
+                losses["lost"],
+                None,
+                "",
+                "0" if wanted else "",
+                losses["lost"] == 0 if wanted else None,
+            ),
+            Row(
+                "failover",
+                f"min_replicas {wanted}: kill → 202",
+                losses["first 202 after kill (median s)"],
+                None,
+                "s",
+            ),
+        ]
+    return rows
 
 
 def batching_rows(env: Platform) -> list[Row]:

@@ -247,6 +247,16 @@ class Sentinels:
         """A client of the current primary."""
         return redis.Redis(port=self.current_primary_port(), decode_responses=True)
 
+    def healthy(self) -> bool:
+        """Whichever server is primary has an online replica (after a failover: once the
+        killed server is back and the sentinels made it one)."""
+        try:
+            replication = self.client().info("replication")
+        except (redis.RedisError, OSError):
+            return False
+        replica = replication.get("slave0")
+        return isinstance(replica, dict) and replica.get("state") == "online"
+
     def stop(self) -> None:
         for proc in self.procs:
             proc.terminate()
