@@ -60,6 +60,20 @@ class ObservabilityController(Controller):
         )
         return Response(http_metrics.exposition(snap), media_type=CONTENT_TYPE)
 
+    @get("/queues", summary="Each queue's depth and workers (admin)")
+    async def queues(
+        self, platform: NamedDependency[Platform], caller: NamedDependency[Caller]
+    ) -> dict[str, Any]:
+        caller.require_admin()
+        census = await platform.queue.census()
+        depths = await _depths(platform)
+        return {
+            "queues": {
+                queue: {"depth": depth, "workers": None if census is None else census.count(queue)}
+                for queue, depth in depths.items()
+            }
+        }
+
     @get("/dashboard/data", summary="What the dashboard shows", opt=takes("minutes"))
     async def dashboard_data(
         self,

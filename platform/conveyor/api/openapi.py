@@ -260,6 +260,15 @@ def _paths(max_wait: float) -> dict[str, Any]:
                 },
             }
         },
+        "/queues": {
+            "get": _op(
+                "queues",
+                "Each queue's depth and live workers (admin): what an autoscaler scales on",
+                ok=ref("QueueList"),
+                problems=[503],
+                tags=["observability"],
+            )
+        },
         "/dashboard/data": {
             "get": _op(
                 "dashboard_data",

@@ -188,6 +188,21 @@ class DashboardData(BaseModel):
     minutes: float
 
 
+class QueueState(BaseModel):
+    depth: int = Field(
+        description="invocations waiting: messages of every priority level, and the items"
+        " of the queue's batching functions"
+    )
+    workers: int | None = Field(description="live worker processes on it (null: not known now)")
+
+
+class QueueList(BaseModel):
+    """Each queue's backlog: what an autoscaler scales its workers on (KEDA's metrics-api
+    trigger reads ``queues.<name>.depth``)."""
+
+    queues: dict[str, QueueState]
+
+
 class MapCounts(BaseModel):
     succeeded: int
     failed: int
@@ -286,6 +301,7 @@ DOCUMENTED: list[type[BaseModel]] = [
     Readiness,
     InvocationLogs,
     DashboardData,
+    QueueList,
     MapJobInfo,
     MapJobList,
     VersionList,
