@@ -152,7 +152,7 @@ def failover_losses(root: Path, min_replicas: int, rounds: int) -> dict[str, Any
                     at = time.monotonic()
                     after = len(load.accepted)
                     wait_for(lambda: cluster.current_primary_port() != old, 60, "a failover")  # noqa: B023
-                    killed.start()  # (min_replicas 1 accepts again once it is a replica)
+                    cluster.restart(killed)  # (min_replicas 1 accepts again once it is in sync)
                     wait_for(lambda: len(load.accepted) > after, 60, "a 202 after the kill")  # noqa: B023
                     back.append(time.monotonic() - at)
                 wait_for(cluster.healthy, 60, "a primary with an online replica")

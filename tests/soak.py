@@ -1,6 +1,8 @@
 """`make soak`: mixed load on the real processes for SOAK_SECONDS (default 600), a worker
-SIGKILLed and replaced every minute, Redis restarted once (append-only, as the Procfile
-runs it); then every accepted invocation is checked. Exits 1 if any is lost.
+SIGKILLed and replaced every minute; Redis is a primary, a replica and three sentinels
+(append-only, as the Procfile runs it; `[redis] min_replicas = 1`): a third of the way in
+the replica is restarted, two thirds in the primary is SIGKILLed (a failover; it comes back
+5 s later as a replica). Then every accepted invocation is checked. Exits 1 if any is lost.
 
 Figures: accepted, succeeded, failed visibly (by error type), lost, executed twice (a
 handler that ran to completion more than once for one invocation), and how many were
@@ -22,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis.sentinel
 
 sys.path.insert(0, str(Path(__file__).parent))
 from support import (
     Process,
     RedisServer,
+    Sentinels,
     free_port,
     start_api,
     start_worker,
@@ -164,17 +168,18 @@ def settle(client: Any, accepted: list[str], patience: float = 60) -> set[str]:
 
 def main() -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     root = Path(tempfile.mkdtemp(prefix="conveyor-soak-"))
-    redis_server = RedisServer(root / "redis").start(
-        "--appendonly", "yes", "--appendfsync", "everysec"
-    )
+    cluster = Sentinels(root / "redis")  # append-only, fsync every second
     functions, runs = root / "functions", root / "runs"
     deploy(functions, runs)
-    config = write_settings(root / "deploy.toml", redis_server.url, functions)
-    config.write_text(
-        config.read_text().replace("[worker]\n", "[worker]\nvisibility_timeout = 10\n")
-    )
+    config = write_settings(root / "deploy.toml", cluster.primary.url, functions)
+    text = config.read_text().replace("[worker]\n", "[worker]\nvisibility_timeout = 10\n")
+    redis_lines = cluster.settings() + "min_replicas = 1\n"
+    config.write_text(text.replace("[redis]\n", "[redis]\n" + redis_lines))
     os.environ["CONVEYOR_LOG__LEVEL"] = "warning"
-    client = redis_server.client()
+    sentinels = [("127.0.0.1", port) for port in cluster.ports]
+    client = redis.sentinel.Sentinel(sentinels).master_for(  # type: ignore[no-untyped-call]
+        cluster.MASTER, decode_responses=True
+    )
     api, base = start_api(config, root / "api.log", free_port())
     workers: list[Process] = [
         start_worker(config, root / f"worker-{n}.log", "--concurrency", "2", redis_client=client)
@@ -185,8 +190,12 @@ def main() -> int:  # noqa: PLR0915 - one scenario, read top to bottom
     started = time.time()
     events: list[str] = []
 
+    def standby() -> RedisServer:
+        primary = cluster.current_primary_port()
+        return cluster.replica if cluster.primary.port == primary else cluster.primary
+
     async def chaos() -> None:
-        restarted = False
+        restarted = failed_over = False
         kills = 0
         while time.time() < started + SECONDS:
             await asyncio.sleep(min(KILL_EVERY, started + SECONDS - time.time()))
@@ -206,13 +215,24 @@ def main() -> int:  # noqa: PLR0915 - one scenario, read top to bottom
                     redis_client=client,
                 )
             )
-            if not restarted and time.time() > started + SECONDS / 2:
+            if not restarted and time.time() > started + SECONDS / 3:
                 restarted = True
-                redis_server.stop()
-                events.append(f"{time.time() - started:.0f}s: Redis stopped")
+                replica = standby()
+                replica.stop()
+                events.append(f"{time.time() - started:.0f}s: Redis replica stopped")
                 await asyncio.sleep(3)
-                redis_server.start()
-                events.append(f"{time.time() - started:.0f}s: Redis started")
+                await asyncio.to_thread(replica.start)
+                events.append(f"{time.time() - started:.0f}s: Redis replica started")
+            elif not failed_over and time.time() > started + 2 * SECONDS / 3:
+                failed_over = True
+                killed = await asyncio.to_thread(cluster.kill_primary)
+                events.append(f"{time.time() - started:.0f}s: Redis primary SIGKILLed")
+                await asyncio.sleep(5)
+                await asyncio.to_thread(cluster.restart, killed)
+                events.append(
+                    f"{time.time() - started:.0f}s: the killed server back, primary now"
+                    f" {cluster.current_primary_port()}"
+                )
 
     async def run() -> None:
         await asyncio.gather(load(base, started + SECONDS, accepted, refused), chaos())
@@ -252,15 +272,16 @@ def main() -> int:  # noqa: PLR0915 - one scenario, read top to bottom
             "executed twice (handler completed more than once)": twice,
             "attempted more than once (retries and redeliveries)": redelivered,
             "refused (not accepted)": dict(refused),
-            "worker kills": sum("SIGKILL" in e for e in events),
-            "redis restarts": sum("Redis started" in e for e in events),
+            "worker kills": sum("SIGKILL worker" in e for e in events),
+            "redis replica restarts": sum("replica started" in e for e in events),
+            "redis failovers": sum("primary SIGKILLed" in e for e in events),
         }
         print(json.dumps(figures, indent=2))
         return 1 if pending else 0
     finally:
         for proc in [api, *workers]:
             proc.stop()
-        redis_server.stop()
+        cluster.stop()
 
 
 if __name__ == "__main__":

@@ -175,13 +175,13 @@ class Sentinels:
     def __init__(self, workdir: Path, down_after_ms: int = 1000) -> None:
         self.workdir = workdir
         self.down_after_ms = down_after_ms
-        persistence = (
+        self.persistence = (
             "--appendonly", "yes", "--appendfsync", "everysec",
             "--repl-diskless-sync-delay", "0",  # (5 s by default: to wait for more replicas)
         )  # fmt: skip
-        self.primary = RedisServer(workdir / "primary").start(*persistence)
+        self.primary = RedisServer(workdir / "primary").start(*self.persistence)
         self.replica = RedisServer(workdir / "replica").start(
-            *persistence, "--replicaof", "127.0.0.1", str(self.primary.port)
+            *self.persistence, "--replicaof", "127.0.0.1", str(self.primary.port)
         )
         self.ports = [free_port() for _ in range(3)]
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -242,6 +242,14 @@ class Sentinels:
         server.proc.wait(10)
         server.proc = None
         return server
+
+    def restart(self, server: RedisServer) -> None:
+        """Start a killed server again as the current primary's replica, as an operator's
+        restart must (README "Redis Sentinel"): started as the primary it was, it would
+        take writes until the sentinels demote it, and lose them to the resync then."""
+        wait_for(lambda: self.current_primary_port() != server.port, 60, "the failover")
+        primary = self.current_primary_port()
+        server.start(*self.persistence, "--replicaof", "127.0.0.1", str(primary))
 
     def client(self) -> redis.Redis:
         """A client of the current primary."""

@@ -37,10 +37,27 @@ if [ ! -f "$conf" ]; then
 fi
 mode=""
 if [ "$role" = sentinel ]; then mode=--sentinel; fi
+# The primary the sentinels name now (empty when none answers): a server that was primary
+# and comes back must start as its replica. Started as a primary, it would take writes from
+# anyone who asks a sentinel that has not yet heard of the failover, until the sentinels
+# demote it and its resync throws those writes away.
+current_primary() {
+  for sentinel in ${SENTINEL_PORTS:-}; do
+    answer=$(redis-cli -p "$sentinel" --raw sentinel get-master-addr-by-name conveyor 2>/dev/null | tail -n 1) || continue
+    if [ -n "$answer" ]; then echo "$answer"; return; fi
+  done
+}
 # Killed, it comes back 5 s later, as a machine would: honcho stops everything when one of
-# its processes ends, and the sentinels then make a former primary a replica.
+# its processes ends.
 while :; do
-  redis-server "$conf" $mode || true
+  follow=""
+  if [ "$role" != sentinel ]; then
+    primary_now=$(current_primary)
+    if [ -n "$primary_now" ] && [ "$primary_now" != "$port" ]; then
+      follow="--replicaof 127.0.0.1 $primary_now"
+    fi
+  fi
+  redis-server "$conf" $mode $follow || true
   echo "redis.sh: the $role on port $port ended; starting it again in 5 s" >&2
   sleep 5
 done

@@ -2,7 +2,7 @@
 sentinels, `[redis] min_replicas = 1`, a real `conveyor api` and `conveyor worker`.
 
 Clients keep submitting through the kill; the killed server comes back five seconds later
-(as a supervisor would restart it) and the sentinels make it the new primary's replica.
+(as a supervisor would restart it: as the new primary's replica, see README).
 Printed: accepted, completed, lost (must be 0), run twice (only those in flight on the
 worker at the kill), the seconds of 503s, and the slowest answer. Timings are reported,
 never asserted."""
@@ -147,7 +147,7 @@ def test_primary_killed_under_load(
             killed = cluster.kill_primary()
             at = time.monotonic()
             time.sleep(5)
-            killed.start()  # back as the new primary's replica: min_replicas can be met again
+            cluster.restart(killed)  # the new primary's replica: min_replicas can be met again
             wait_for(lambda: load.accepted_since(time.monotonic() - 1) > 0, 90, "202s again")
             back = time.monotonic() - at
             elected = load.first_refusal("not-replicated")
