@@ -55,6 +55,7 @@ while :; do
     primary_now=$(current_primary)
     if [ -n "$primary_now" ] && [ "$primary_now" != "$port" ]; then
       follow="--replicaof 127.0.0.1 $primary_now"
+      echo "redis.sh: the sentinels name port $primary_now as primary: starting as its replica" >&2
     fi
   fi
   redis-server "$conf" $mode $follow || true
