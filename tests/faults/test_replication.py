@@ -38,7 +38,7 @@ def replicated(make_stack) -> Iterator[tuple[Stack, RedisServer]]:  # type: igno
         20,
         "the replica's first copy",
     )
-    stack.set_settings("redis", min_replicas=1, replica_timeout=0.5)
+    stack.set_settings("redis", min_replicas=1, replica_timeout=1.5)
     write_function(
         stack.functions,
         "work",
@@ -112,7 +112,7 @@ def test_unconfirmed_submit_a_worker_started(replicated: tuple[Stack, RedisServe
             refused = api.post("/functions/work/invoke", json={"input": 3})
             assert refused.status_code == 503, refused.text
             problem = refused.json()
-            # The idle worker took it within the half second the API waited for the replica.
+            # The idle worker took it within the 1.5 s the API waited for the replica.
             assert problem["accepted"] is True, problem
             assert "a worker had already started it" in problem["detail"]
             done = result(api, "work", problem["invocation_id"])
