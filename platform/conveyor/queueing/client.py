@@ -186,7 +186,8 @@ class QueueClient:
         wanted, waited = self.settings.redis.min_replicas, self.settings.redis.replica_timeout
         with broker_errors():
             outcome = await self._withdraw(
-                keys=[keys.job(invocation_id), keys.VERSIONS_IN_USE], args=[invocation_id]
+                keys=[keys.job(invocation_id), keys.VERSIONS_IN_USE, keys.SENT, keys.SENT_MESSAGES],
+                args=[invocation_id],
             )
         accepted = outcome not in ("withdrawn", "")
         log.warning(
@@ -240,10 +241,12 @@ class QueueClient:
         record = [value for pair in fields.items() for value in pair]
         ttl = self.settings.results.pending_ttl
         store = [keys.function_version(inv.function, inv.version), keys.VERSIONS_IN_USE]
+        sent = [keys.SENT, keys.SENT_MESSAGES]
         in_use = keys.in_use(inv.function, inv.version)
         if spec.manifest.batching is None:
             queue_key, message = encode_message(self.celery, inv)
-            return [keys.job(inv.id), queue_key, "", "", idempotency, *store], [
+            seq = keys.sent_sequence(queue_key)
+            return [keys.job(inv.id), queue_key, "", "", idempotency, *store, *sent, seq], [
                 ttl,
                 message,
                 0,
@@ -254,12 +257,13 @@ class QueueClient:
                 inv.id,
                 digest,
                 in_use,
+                "",
                 *record,
             ]
         trigger_key, trigger = self._trigger(spec, inv.priority)
         stream, armed = keys.batch_stream(inv.function), keys.batch_armed(inv.function)
         item = json.dumps(inv.input)
-        return [keys.job(inv.id), stream, armed, trigger_key, idempotency, *store], [
+        return [keys.job(inv.id), stream, armed, trigger_key, idempotency, *store, *sent, ""], [
             ttl,
             "",
             ARMED_TTL,
@@ -270,6 +274,7 @@ class QueueClient:
             inv.id,
             digest,
             in_use,
+            "",
             *record,
         ]
 

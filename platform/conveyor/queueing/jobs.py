@@ -107,12 +107,14 @@ return {1, status}
 # was lost (still running, or marked lost by the parent of a pool child that died)}.
 # The first attempt owes the 'start' webhook, if asked for, and counts its queue wait; a
 # redelivered one counts as such. KEYS[1] job, KEYS[2..4] the 'start' delivery, the due
-# set, the wake-up list, KEYS[5] queue-wait histogram, KEYS[6] redeliveries; ARGV: now,
-# pid, id.
+# set, the wake-up list, KEYS[5] queue-wait histogram, KEYS[6] redeliveries, KEYS[7..8]
+# the message's sent copy (delivered now: dropped); ARGV: now, pid, id.
 START = (
     WEBHOOK_LUA
     + stats.LUA
     + """
+redis.call('HDEL', KEYS[7], ARGV[3])
+redis.call('HDEL', KEYS[8], ARGV[3])
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'', 0, 0} end
 if status ~= 'queued' and status ~= 'retrying' and status ~= 'running' then
@@ -148,9 +150,12 @@ return {status, attempts, lost}
 # With an idempotency key (KEYS[5]) already used, nothing is written and the answer is
 # "<invocation id> <body digest>" of the first use.
 # KEYS[1] job, KEYS[2] queue list or stream, KEYS[3] armed flag, KEYS[4] trigger's list,
-# KEYS[5] idempotency key or '', KEYS[6] the version's record, KEYS[7] versions in use.
+# KEYS[5] idempotency key or '', KEYS[6] the version's record, KEYS[7] versions in use,
+# KEYS[8..10] the sent copies, their messages and the list's sequence (a message is kept
+# until a worker starts it: :mod:`conveyor.queueing.stranded`).
 # ARGV: pending TTL, message ('' for a batch item), armed TTL, trigger, item id, version,
-# input, invocation id, body digest, in-use field, then the record's field/value pairs.
+# input, invocation id, body digest, in-use field, (unused), then the record's field/value
+# pairs.
 SUBMIT = """
 if KEYS[5] ~= '' then
   local first = redis.call('GET', KEYS[5])
@@ -158,11 +163,14 @@ if KEYS[5] ~= '' then
 end
 if redis.call('EXISTS', KEYS[6]) == 0 then return 0 end
 if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[8] .. ' ' .. ARGV[9], 'EX', ARGV[1]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+redis.call('HSET', KEYS[1], unpack(ARGV, 12))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('HINCRBY', KEYS[7], ARGV[10], 1)
 if ARGV[2] ~= '' then
   redis.call('LPUSH', KEYS[2], ARGV[2])
+  local seq = redis.call('INCR', KEYS[10])
+  redis.call('HSET', KEYS[8], ARGV[8], KEYS[2] .. ' ' .. seq)
+  redis.call('HSET', KEYS[9], ARGV[8], ARGV[2])
   return 1
 end
 redis.call('XADD', KEYS[2], '*', 'id', ARGV[5], 'version', ARGV[6], 'input', ARGV[7])
@@ -197,13 +205,15 @@ return 'deleted'
 # Take back a submit that Redis could not replicate in time ([redis] min_replicas), while
 # no worker has started it: its record, its idempotency key (if the key still names it)
 # and its count in use go; a message or stream item already delivered then finds no record
-# and is skipped. KEYS[1] job, KEYS[2] versions in use. ARGV[1] id. Returns 'withdrawn',
-# or the status that stops it ('' when there is no record).
+# and is skipped. KEYS[1] job, KEYS[2] versions in use, KEYS[3..4] its sent copy. ARGV[1]
+# id. Returns 'withdrawn', or the status that stops it ('' when there is no record).
 WITHDRAW = """
 local found = redis.call('HMGET', KEYS[1], 'status', 'idempotency_key', 'function', 'version')
 if not found[1] then return '' end
 if found[1] ~= 'queued' then return found[1] end
 redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 if found[2] then
   local first = redis.call('GET', found[2])
   if first and string.sub(first, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
@@ -375,4 +385,6 @@ def start_args(
         keys.WEBHOOKS_DUE,
         keys.WEBHOOKS_WAKE,
         *counted,
+        keys.SENT,
+        keys.SENT_MESSAGES,
     ], [repr(time.time()), str(pid), invocation_id]

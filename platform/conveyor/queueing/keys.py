@@ -15,6 +15,19 @@ PRIORITY_STEPS = list(range(10))
 
 # kombu's Redis transport: delivery tag -> time delivered, for messages not yet acked.
 KOMBU_UNACKED_INDEX = "unacked_index"
+KOMBU_UNACKED = "unacked"  # delivery tag -> the message a consumer took and has not acked
+
+# Each invocation's message, kept from its submit until a worker's START script sees it
+# (:mod:`conveyor.queueing.stranded`): id -> "<list> <sequence> <delivery tag>", and id ->
+# the message; a sequence per list orders its messages.
+SENT = f"{PREFIX}:sent"
+SENT_MESSAGES = f"{PREFIX}:sent-messages"
+STRANDED = f"{PREFIX}:stranded"  # id -> when a sweep first found its message nowhere
+STRANDED_LOCK = f"{PREFIX}:stranded-lock"
+
+
+def sent_sequence(queue_list: str) -> str:
+    return f"{PREFIX}:sent-seq:{queue_list}"
 
 
 def job(invocation_id: str) -> str:

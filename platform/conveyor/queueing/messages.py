@@ -42,14 +42,15 @@ class Invocation:
 
 
 def encode_message(app: Celery, inv: Invocation) -> tuple[str, str]:
-    """The Redis list to push to and the JSON envelope of one invocation's task."""
+    """The Redis list to push to and the JSON envelope of one invocation's task; its
+    delivery tag is the invocation's id (kombu's unacked hash is keyed by it)."""
     kwargs = {
         "invocation_id": inv.id,
         "function": inv.function,
         "version": inv.version,
         "input": inv.input,
     }
-    return encode_task(app, inv.id, TASK_NAME, kwargs, inv)
+    return encode_task(app, inv.id, TASK_NAME, kwargs, inv, delivery_tag=inv.id)
 
 
 def encode_batch_trigger(
@@ -70,6 +71,7 @@ def encode_task(
     *,
     countdown: float | None = None,
     below: bool = False,
+    delivery_tag: str | None = None,
 ) -> tuple[str, str]:
     """The list to push to and the envelope of one task message; ``below``: one priority
     step under ``inv.priority`` (a map job's chunks yield to single invocations)."""
@@ -100,7 +102,7 @@ def encode_task(
             "priority": priority,
             "body_encoding": "base64",
             "delivery_info": {"exchange": inv.queue, "routing_key": inv.queue},
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": delivery_tag or str(uuid.uuid4()),
         },
     }
     return keys.queue_list(inv.queue, priority), json.dumps(envelope, separators=(",", ":"))

@@ -33,6 +33,7 @@ from conveyor.queueing.census import Census
 from conveyor.queueing.connections import sync_client
 from conveyor.queueing.executor import Executor
 from conveyor.queueing.function_store import StoreReader
+from conveyor.queueing.stranded import StrandedSweeper, sweep_quietly
 from conveyor.queueing.task import register_task
 from conveyor.settings import Settings
 from conveyor.store.cache import VersionCache
@@ -199,8 +200,12 @@ class WorkerProcess:
         it is; the key expires after three missed beats, so a dead worker drops out."""
         census = Census(self._redis())
         interval = self.settings.worker.heartbeat
-        started = last_prune = time.time()
+        sweeper = StrandedSweeper(self._redis(), self.settings.worker.restore_interval, self.name)
+        started = last_prune = last_sweep = time.time()
         while not self._stop.is_set():
+            if time.time() - last_sweep >= sweeper.interval:
+                last_sweep = time.time()
+                sweep_quietly(sweeper)
             serving = self._read_serving()
             if serving != self.serving:
                 self.serving = serving
