@@ -12,8 +12,9 @@ sweeps every ``[worker] restore_interval`` (one worker per interval, under a loc
   list is empty) was taken off the list;
 - taken, not in ``unacked`` and not started: stranded -- unless a consumer is between its
   two commands right now, so only a copy found stranded by two sweeps at least an interval
-  apart is pushed again (a script re-checks all of it; a record no longer ``queued``, e.g.
-  cancelled, only drops the copy).
+  apart is pushed again. A script re-checks all of it, and that the message is not on its
+  list after all (kombu puts a dead worker's messages back at the list's old end, out of
+  sequence); a record no longer ``queued``, e.g. cancelled, only drops the copy.
 
 A copy costs its message's size again in Redis while the invocation waits.
 """
@@ -44,6 +45,7 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then
 end
 local message = redis.call('HGET', KEYS[3], ARGV[1])
 if not message then return 'moved' end
+if redis.call('LPOS', KEYS[5], message) then return 'listed' end
 redis.call('LPUSH', KEYS[5], message)
 redis.call('HSET', KEYS[2], ARGV[1], KEYS[5] .. ' ' .. redis.call('INCR', KEYS[6]))
 return 'requeued'
