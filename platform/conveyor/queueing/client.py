@@ -257,7 +257,6 @@ class QueueClient:
                 inv.id,
                 digest,
                 in_use,
-                "",
                 *record,
             ]
         trigger_key, trigger = self._trigger(spec, inv.priority)
@@ -274,7 +273,6 @@ class QueueClient:
             inv.id,
             digest,
             in_use,
-            "",
             *record,
         ]
 

@@ -154,8 +154,7 @@ return {status, attempts, lost}
 # KEYS[8..10] the sent copies, their messages and the list's sequence (a message is kept
 # until a worker starts it: :mod:`conveyor.queueing.stranded`).
 # ARGV: pending TTL, message ('' for a batch item), armed TTL, trigger, item id, version,
-# input, invocation id, body digest, in-use field, (unused), then the record's field/value
-# pairs.
+# input, invocation id, body digest, in-use field, then the record's field/value pairs.
 SUBMIT = """
 if KEYS[5] ~= '' then
   local first = redis.call('GET', KEYS[5])
@@ -163,7 +162,7 @@ if KEYS[5] ~= '' then
 end
 if redis.call('EXISTS', KEYS[6]) == 0 then return 0 end
 if KEYS[5] ~= '' then redis.call('SET', KEYS[5], ARGV[8] .. ' ' .. ARGV[9], 'EX', ARGV[1]) end
-redis.call('HSET', KEYS[1], unpack(ARGV, 12))
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('HINCRBY', KEYS[7], ARGV[10], 1)
 if ARGV[2] ~= '' then

@@ -18,8 +18,8 @@ KOMBU_UNACKED_INDEX = "unacked_index"
 KOMBU_UNACKED = "unacked"  # delivery tag -> the message a consumer took and has not acked
 
 # Each invocation's message, kept from its submit until a worker's START script sees it
-# (:mod:`conveyor.queueing.stranded`): id -> "<list> <sequence> <delivery tag>", and id ->
-# the message; a sequence per list orders its messages.
+# (:mod:`conveyor.queueing.stranded`): id -> "<list> <sequence>", and id -> the message (its
+# delivery tag is the id); a sequence per list orders its messages.
 SENT = f"{PREFIX}:sent"
 SENT_MESSAGES = f"{PREFIX}:sent-messages"
 STRANDED = f"{PREFIX}:stranded"  # id -> when a sweep first found its message nowhere
