@@ -33,6 +33,21 @@ class JobStatus(StrEnum):
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING)
 
+# What ends a record's hold on others, shared by the scripts that end or remove one: its
+# Idempotency-Key goes if it still names this invocation (a newer use keeps it), and its
+# version is counted down in use (the field goes at zero).
+RECORD_LUA = """
+local function forget_idempotency(key, id)
+  if not key then return end
+  local first = redis.call('GET', key)
+  if first and string.sub(first, 1, #id + 1) == id .. ' ' then redis.call('DEL', key) end
+end
+local function count_down(in_use, fn, version)
+  local field = fn .. '@' .. version
+  if redis.call('HINCRBY', in_use, field, -1) <= 0 then redis.call('HDEL', in_use, field) end
+end
+"""
+
 # A webhook delivery, stored in the same script that makes its event happen (so a result
 # is never stored without the delivery it owes): if the record asked for ``event``, a
 # delivery hash holding the record as it is, due now, and a wake-up for the deliverer.
@@ -66,7 +81,8 @@ end
 # was created with), final (1/0: publish, webhook, count), id, then field/value pairs.
 # Returns {changed, previous status}.
 TRANSITION = (
-    WEBHOOK_LUA
+    RECORD_LUA
+    + WEBHOOK_LUA
     + stats.LUA
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -91,8 +107,7 @@ if ARGV[4] == '1' then
   for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
   record.logs = nil  -- read on their own (GET .../logs), not carried to every waiter
   redis.call('PUBLISH', KEYS[2], ARGV[5] .. ' ' .. cjson.encode(record))
-  local in_use = record['function'] .. '@' .. record.version
-  if redis.call('HINCRBY', KEYS[12], in_use, -1) <= 0 then redis.call('HDEL', KEYS[12], in_use) end
+  count_down(KEYS[12], record['function'], record.version)
   webhook('completed', record, ARGV[5], KEYS[1], KEYS[3], KEYS[4], KEYS[5])
   if KEYS[6] ~= '' then
     count_finished(ARGV[5], record, KEYS[6], KEYS[7], KEYS[8], KEYS[10], KEYS[11])
@@ -184,21 +199,19 @@ return 1
 # key (if the key still names it). KEYS[1] job; ARGV[1] function, ARGV[2] id. Returns ''
 # when there is no such invocation of that function, its status when unfinished (nothing
 # removed), else 'deleted'.
-DELETE = """
+DELETE = (
+    RECORD_LUA
+    + """
 local found = redis.call('HMGET', KEYS[1], 'status', 'function', 'idempotency_key')
 if not found[1] or found[2] ~= ARGV[1] then return '' end
 if found[1] == 'queued' or found[1] == 'running' or found[1] == 'retrying' then
   return found[1]
 end
 redis.call('DEL', KEYS[1])
-if found[3] then
-  local first = redis.call('GET', found[3])
-  if first and string.sub(first, 1, #ARGV[2] + 1) == ARGV[2] .. ' ' then
-    redis.call('DEL', found[3])
-  end
-end
+forget_idempotency(found[3], ARGV[2])
 return 'deleted'
 """
+)
 
 
 # Take back a submit that Redis could not replicate in time ([redis] min_replicas), while
@@ -206,23 +219,20 @@ return 'deleted'
 # and its count in use go; a message or stream item already delivered then finds no record
 # and is skipped. KEYS[1] job, KEYS[2] versions in use, KEYS[3..4] its sent copy. ARGV[1]
 # id. Returns 'withdrawn', or the status that stops it ('' when there is no record).
-WITHDRAW = """
+WITHDRAW = (
+    RECORD_LUA
+    + """
 local found = redis.call('HMGET', KEYS[1], 'status', 'idempotency_key', 'function', 'version')
 if not found[1] then return '' end
 if found[1] ~= 'queued' then return found[1] end
 redis.call('DEL', KEYS[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
-if found[2] then
-  local first = redis.call('GET', found[2])
-  if first and string.sub(first, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
-    redis.call('DEL', found[2])
-  end
-end
-local in_use = found[3] .. '@' .. found[4]
-if redis.call('HINCRBY', KEYS[2], in_use, -1) <= 0 then redis.call('HDEL', KEYS[2], in_use) end
+forget_idempotency(found[2], ARGV[1])
+count_down(KEYS[2], found[3], found[4])
 return 'withdrawn'
 """
+)
 
 # A running invocation's progress (JSON): only while it runs. KEYS[1] job; ARGV[1] progress.
 PROGRESS = """
