@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from support import (  # noqa: E402
+    ClientThreads,
     Process,
     RedisServer,
     Sentinels,
@@ -80,13 +80,9 @@ def replicated_rates(
     """``load`` (a throughput measure on an API's base URL) with ``min_replicas`` 0 and 1,
     alternated ``runs`` times on one primary with one replica."""
     primary = RedisServer(root / "primary").start()
-    replica = RedisServer(root / "replica").start("--replicaof", "127.0.0.1", str(primary.port))
+    replica = RedisServer(root / "replica")
     try:
-        wait_for(
-            lambda: replica.client().info("replication").get("master_link_status") == "up",
-            20,
-            "the replica",
-        )
+        replica.replicate(primary)
         samples: dict[int, list[dict[str, float]]] = {0: [], 1: []}
         for run in range(runs):
             for wanted in (0, 1):
@@ -101,29 +97,18 @@ def replicated_rates(
         primary.stop()
 
 
-class Submitter:
+class Submitter(ClientThreads):
     """Clients submitting echo invocations as fast as answers come, noting the accepted."""
 
     def __init__(self, base: str, clients: int) -> None:
+        super().__init__(clients)
         self.base = base
         self.accepted: list[str] = []
         self.refused = 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
 
-    def __enter__(self) -> Submitter:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
-
-    def _run(self) -> None:
+    def run(self, n: int) -> None:
         with httpx.Client(base_url=self.base, timeout=30) as client:
-            while not self._stop.is_set():
+            while not self.stopping.is_set():
                 try:
                     answer = client.post("/functions/echo/invoke", json={"input": 1})
                 except httpx.HTTPError:

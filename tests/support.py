@@ -12,11 +12,12 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import redis
@@ -164,6 +165,16 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, decode_responses=True)
 
+    def in_sync(self) -> bool:
+        """A replica that has loaded its first copy (one promoted before that is empty)."""
+        return self.client().info("replication").get("master_link_status") == "up"
+
+    def replicate(self, primary: RedisServer, *extra: str) -> RedisServer:
+        """Start as ``primary``'s replica, and wait for its first copy."""
+        self.start(*extra, "--replicaof", "127.0.0.1", str(primary.port))
+        wait_for(self.in_sync, 20, "the replica's first copy")
+        return self
+
 
 class Sentinels:
     """A Redis primary, one replica and three sentinels watching them as ``conveyor``, on
@@ -180,9 +191,7 @@ class Sentinels:
             "--repl-diskless-sync-delay", "0",  # (5 s by default: to wait for more replicas)
         )  # fmt: skip
         self.primary = RedisServer(workdir / "primary").start(*self.persistence)
-        self.replica = RedisServer(workdir / "replica").start(
-            *self.persistence, "--replicaof", "127.0.0.1", str(self.primary.port)
-        )
+        self.replica = RedisServer(workdir / "replica").replicate(self.primary, *self.persistence)
         self.ports = [free_port() for _ in range(3)]
         self.procs: list[subprocess.Popen[bytes]] = []
         for port in self.ports:
@@ -211,9 +220,8 @@ class Sentinels:
         )
 
     def _ready(self) -> bool:
-        replication = self.replica.client().info("replication")
-        if replication.get("master_link_status") != "up":
-            return False  # a replica still loading its first copy would be promoted empty
+        if not self.replica.in_sync():
+            return False
         for port in self.ports:
             info = redis.Redis(port=port, decode_responses=True).sentinel_master(self.MASTER)
             if int(info["num-slaves"]) < 1 or int(info["num-other-sentinels"]) < 2:
@@ -305,6 +313,44 @@ def write_function(root: Path, name: str, code: str, manifest: str) -> Path:
     (folder / "handler.py").write_text(textwrap.dedent(code))
     (folder / "function.toml").write_text(textwrap.dedent(manifest))
     return folder
+
+
+RECORDING = """
+    from conveyor import context
+
+    def run(x: int) -> int:
+        with open({runs!r}, "a") as f:
+            f.write(context.current().id + "\\n")
+        return x
+"""
+
+
+def write_recording_function(functions: Path, name: str, runs: Path, manifest: str = "") -> None:
+    """A function that returns its input and appends each invocation's id to ``runs``."""
+    code = RECORDING.format(runs=str(runs))
+    write_function(functions, name, code, '[function]\nhandler = "handler:run"\n' + manifest)
+
+
+class ClientThreads:
+    """``count`` client threads, each running :meth:`run` (given its number) until the
+    ``with`` block ends and :attr:`stopping` is set."""
+
+    def __init__(self, count: int) -> None:
+        self.stopping = threading.Event()
+        self._threads = [threading.Thread(target=self.run, args=(n,)) for n in range(count)]
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def run(self, n: int) -> None:
+        raise NotImplementedError
 
 
 def copy_examples(root: Path, *names: str) -> None:

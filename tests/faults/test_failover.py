@@ -18,7 +18,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import Sentinels, Stack, free_port, start_api, wait_for, write_function
+from support import (
+    ClientThreads,
+    Sentinels,
+    Stack,
+    free_port,
+    start_api,
+    wait_for,
+    write_function,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -42,34 +50,23 @@ def cluster(tmp_path: Path) -> Iterator[Sentinels]:
     sentinels.stop()
 
 
-class Load:
+class Load(ClientThreads):
     """Threads that submit invocations until told to stop, noting every answer."""
 
     def __init__(self, base: str, threads: int) -> None:
+        super().__init__(threads)
         self.base = base
         self.accepted: list[str] = []
         self.answers: list[tuple[float, int]] = []  # (when, status; 0: no answer)
         self.refusals: list[tuple[float, str]] = []  # (when, problem type) of each 503
         self.odd: list[str] = []
         self.slowest = 0.0
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(n,)) for n in range(threads)]
 
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
-
-    def _run(self, n: int) -> None:
+    def run(self, n: int) -> None:
         with httpx.Client(base_url=self.base, timeout=30) as client:
             i = 0
-            while not self._stop.is_set():
+            while not self.stopping.is_set():
                 i += 1
                 begun = time.monotonic()
                 try:

@@ -13,38 +13,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from support import RedisServer, Stack, invoke, result, wait_for, write_function
+from support import RedisServer, Stack, invoke, result, wait_for, write_recording_function
 
 pytestmark = pytest.mark.faults
-
-WORK = """
-    from conveyor import context
-
-    def run(x: int) -> int:
-        with open({runs!r}, "a") as f:
-            f.write(context.current().id + "\\n")
-        return x
-"""
 
 
 @pytest.fixture
 def replicated(make_stack) -> Iterator[tuple[Stack, RedisServer]]:  # type: ignore[no-untyped-def]
     stack = make_stack()
-    replica = RedisServer(stack.root / "replica").start(
-        "--replicaof", "127.0.0.1", str(stack.server.port)
-    )
-    wait_for(
-        lambda: replica.client().info("replication").get("master_link_status") == "up",
-        20,
-        "the replica's first copy",
-    )
+    replica = RedisServer(stack.root / "replica").replicate(stack.server)
     stack.set_settings("redis", min_replicas=1, replica_timeout=1.5)
-    write_function(
-        stack.functions,
-        "work",
-        WORK.format(runs=str(stack.root / "runs")),
-        '[function]\nhandler = "handler:run"\n',
-    )
+    write_recording_function(stack.functions, "work", stack.root / "runs")
     yield stack, replica
     if replica.proc is not None:
         os.kill(replica.proc.pid, signal.SIGCONT)

@@ -12,29 +12,15 @@ from collections import Counter
 
 import pytest
 
-from support import cancel, invoke, result, wait_for, write_function
+from support import cancel, invoke, result, wait_for, write_recording_function
 
 pytestmark = pytest.mark.faults
-
-WORK = """
-    from conveyor import context
-
-    def run(x: int) -> int:
-        with open({runs!r}, "a") as f:
-            f.write(context.current().id + "\\n")
-        return x
-"""
 
 
 def test_lost_message_is_queued_again(make_stack) -> None:  # type: ignore[no-untyped-def]
     stack = make_stack()
     runs = stack.root / "runs"
-    write_function(
-        stack.functions,
-        "work",
-        WORK.format(runs=str(runs)),
-        '[function]\nhandler = "handler:run"\n[queue]\npriority = 1\n',
-    )
+    write_recording_function(stack.functions, "work", runs, "[queue]\npriority = 1\n")
     client = stack.redis
     with stack.api() as api:
         ids = [invoke(api, "work", x)[1]["id"] for x in range(3)]
