@@ -198,9 +198,10 @@ class WorkerProcess:
     def _heartbeat(self) -> None:
         """Say every ``[worker] heartbeat`` seconds what this worker serves and how busy
         it is; the key expires after three missed beats, so a dead worker drops out."""
-        census = Census(self._redis())
+        client = self._redis()
+        census = Census(client)
         interval = self.settings.worker.heartbeat
-        sweeper = StrandedSweeper(self._redis(), self.settings.worker.restore_interval, self.name)
+        sweeper = StrandedSweeper(client, self.settings.worker.restore_interval, self.name)
         started = last_prune = last_sweep = time.time()
         while not self._stop.is_set():
             if time.time() - last_sweep >= sweeper.interval:
