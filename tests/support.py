@@ -32,6 +32,9 @@ from conveyor.functions.registry import Change, FunctionEntry, Registry
 from conveyor.settings import QueueSettings, Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
+LOCAL = (
+    "http://127.0.0.1"  # the in-process app's base URL: a keyless API serves loopback names only
+)
 BIN = Path(sys.executable).parent
 
 
@@ -537,7 +540,7 @@ class Stack:
     @contextlib.contextmanager
     def api(self) -> Iterator[TestClient]:  # type: ignore[type-arg]
         """The real app in this process, once it has inspected the functions."""
-        with TestClient(create_app(self.settings()), timeout=90) as client:
+        with TestClient(create_app(self.settings()), base_url=LOCAL, timeout=90) as client:
             wait_for(lambda: client.get("/readyz").status_code == 200, 60, "api readiness")
             yield client
 

@@ -83,6 +83,10 @@ class InputTooLargeError(ConveyorError):
     """The input is larger than the function accepts."""
 
 
+class TooDeepError(ConveyorError):
+    """The JSON nests deeper than the platform accepts ([api] max_json_depth)."""
+
+
 class OutputNotSerializableError(ConveyorError):
     """The handler returned something that is not JSON-serialisable."""
 

@@ -111,9 +111,32 @@ class ApiSettings(_Section):
     )
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
     max_wait: Seconds = Field(60.0, le=600)
+    max_json_depth: int = Field(
+        64,
+        ge=2,
+        le=256,
+        description="levels of nesting any JSON the API takes may have (bodies, items,"
+        " inputs); deeper is a 400 before anything validates it",
+    )
     auth: Literal["keys", "none"] = Field(
         "none", description='"keys": every request needs an API key; "none": loopback only'
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description='Host names served besides localhost, 127.0.0.1 and [::1] (auth = "none")',
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins (https://app.example.com) whose pages may call the API",
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.match(r"^https?://[^/\s]+$", origin):
+                raise ValueError(f"{origin!r}: an origin is scheme://host[:port], no path")
+        return value
 
 
 class WebhookSettings(_Section):

@@ -141,9 +141,17 @@ def test_docs_render_offline(base: str, key: str, report: Callable[[str], None])
         page = browser.new_page()
         page.route("**/*", only_the_api)
         page.on("requestfailed", lambda request: failed.append(request.url))
+        page.on("console", lambda m: failed.append(m.text) if "Security Policy" in m.text else None)
         assets = []
         page.on("response", lambda response: assets.append((response.url, response.status)))
-        page.goto(f"{base}/docs")
+        answer = page.goto(f"{base}/docs")
+        assert answer is not None
+        headers = answer.headers
+        assert "script-src 'self'" in headers["content-security-policy"]
+        assert (
+            headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
+        )
+        assert headers["referrer-policy"] == "no-referrer"
         page.fill("input[name=key]", key)  # /schema needs a key: the page asks for one
         page.click("#api-key button")
         page.wait_for_selector("#operations-iris-invoke_iris", timeout=30_000)

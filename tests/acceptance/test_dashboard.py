@@ -54,7 +54,11 @@ def test_the_dashboard_lists_invokes_and_shows_failures(
         page = browser.new_page(viewport={"width": 1300, "height": 1000})
         page.on("console", console)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{base}/dashboard")
+        answer = page.goto(f"{base}/dashboard")
+        assert (
+            answer is not None and "script-src 'self'" in answer.headers["content-security-policy"]
+        )
+        assert answer.headers["x-frame-options"] == "DENY"
         for name in ("echo", "iris", "boom"):
             page.wait_for_selector(f"article[data-function={name}] .badge.ready", timeout=15_000)
         page.wait_for_selector("article[data-function=echo] svg path[d^=M]", timeout=15_000)

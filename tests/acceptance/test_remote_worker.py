@@ -23,6 +23,7 @@ from litestar.testing import TestClient
 from conveyor.api.app import create_app
 from conveyor.settings import load_settings
 from support import (
+    LOCAL,
     Process,
     RedisServer,
     conveyor,
@@ -112,7 +113,7 @@ def test_a_worker_with_no_functions_folder_serves_the_apis_versions(
         client = server.client()
         worker = remote_worker("worker.log")
         try:
-            with TestClient(create_app(load_settings(config)), timeout=90) as api:
+            with TestClient(create_app(load_settings(config)), base_url=LOCAL, timeout=90) as api:
                 wait_for(lambda: client.exists("conveyor:worker:remote@other"), 60, "worker")
                 for name, answer in (("hello", "hello"), ("greet", "hi")):
                     listed = until_reloaded(api, name, lambda f: f.get("workers") == 1)

@@ -16,9 +16,12 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from litestar import Litestar, get
+from litestar.config.cors import CORSConfig
 from litestar.di import NamedDependency, Provide
+from litestar.middleware import DefineMiddleware
 
 from conveyor.api.auth import authenticate
+from conveyor.api.browser import BrowserGuard
 from conveyor.api.controllers import FunctionsController, HealthController
 from conveyor.api.docs import assets, docs_page
 from conveyor.api.jobs import JobsController
@@ -51,6 +54,8 @@ from conveyor.webhooks.guard import Guard
 from conveyor.webhooks.intake import WebhookIntake
 
 log = get_logger(__name__)
+
+CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"]
 
 
 @get("/schema", sync_to_thread=False, include_in_schema=False)
@@ -125,6 +130,14 @@ def create_app(settings: Settings) -> Litestar:
             await queue.close()
 
     http_metrics = HttpMetrics()
+    middleware: list[Any] = [DefineMiddleware(BrowserGuard, settings=settings.api)]
+    if settings.metrics.enabled:
+        middleware.append(http_metrics.middleware)
+    cors = (
+        CORSConfig(allow_origins=settings.api.cors_origins, allow_headers=CORS_HEADERS)
+        if settings.api.cors_origins
+        else None
+    )
     return Litestar(
         route_handlers=[
             FunctionsController,
@@ -137,7 +150,8 @@ def create_app(settings: Settings) -> Litestar:
             assets(),
             dashboard_assets(),
         ],
-        middleware=[http_metrics.middleware] if settings.metrics.enabled else [],  # type: ignore[list-item]
+        middleware=middleware,
+        cors_config=cors,
         dependencies={
             "platform": Provide(lambda: platform, use_cache=True, sync_to_thread=False),
             "caller": Provide(authenticate),

@@ -105,6 +105,7 @@ class FunctionsController(Controller):
             await request.body(),
             request.headers.get("content-type", ""),
             spec.manifest.limits.max_input_bytes,
+            platform.settings.api.max_json_depth,
         )
         if isinstance(body, dict) and "webhook" in body:
             platform.intake.require_enabled()  # a clearer answer than "not allowed here"

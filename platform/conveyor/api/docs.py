@@ -4,6 +4,8 @@ GPU clusters often have no internet, so nothing comes from a CDN: the Swagger UI
 the one the ``openapi-ui-bundles`` package installs, served under ``/docs/assets``. The page
 itself is public; where the API needs keys, the key typed into its field (kept in the
 tab's sessionStorage) is sent with the request for ``/schema`` and with every "Try it out".
+The page's own script is a file beside the dashboard's (``static/docs.js``): the page's
+Content-Security-Policy (:mod:`conveyor.api.browser`) allows no inline script.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from litestar.static_files import create_static_files_router
 from openapi_ui_bundles import swagger_ui
 
 ASSETS = "/docs/assets"
+PAGE_SCRIPT = "/dashboard/assets/docs.js"  # the page's own script: no inline script (CSP)
 
 PAGE = f"""<!doctype html>
 <html lang="en">
@@ -29,26 +32,7 @@ PAGE = f"""<!doctype html>
   </form>
   <div id="swagger-ui"></div>
   <script src="{ASSETS}/swagger-ui-bundle.js"></script>
-  <script>
-    const form = document.getElementById("api-key");
-    const key = () => sessionStorage.getItem("conveyor-api-key");
-    document.getElementById("key-state").textContent = key() ? "(a key is set)" : "";
-    form.addEventListener("submit", (event) => {{
-      event.preventDefault();
-      sessionStorage.setItem("conveyor-api-key", form.key.value.trim());
-      location.reload();
-    }});
-    window.ui = SwaggerUIBundle({{
-      url: "/schema",
-      dom_id: "#swagger-ui",
-      deepLinking: true,
-      presets: [SwaggerUIBundle.presets.apis],
-      requestInterceptor: (request) => {{
-        if (key()) request.headers["Authorization"] = "Bearer " + key();
-        return request;
-      }},
-    }});
-  </script>
+  <script src="{PAGE_SCRIPT}"></script>
 </body>
 </html>
 """

@@ -17,7 +17,7 @@ from litestar.response import Stream
 
 from conveyor.api.params import idempotency_key, takes, wait_seconds
 from conveyor.api.services import Platform
-from conveyor.api.uploads import BodyStream, Line, items
+from conveyor.api.uploads import NDJSON, BodyStream, ItemLimits, Line, items
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
 from conveyor.errors import InputTooLargeError, ValidationError
@@ -25,8 +25,10 @@ from conveyor.functions.registry import FunctionEntry
 from conveyor.queueing import keys, maps
 from conveyor.results import map_job_body
 
-NDJSON = "application/x-ndjson"
 BLOCK = 1000  # items stored per Redis round trip while uploading; results read per round trip
+# ... or fewer: the items an upload holds before storing them, in bytes. With one item being
+# read (at most [limits] max_input_bytes), this is all an upload holds in the API's memory.
+BLOCK_BYTES = 4 * 1024 * 1024
 CANCEL_GRACE = 1.0  # seconds running chunks get to notice a cancel before they are killed
 CANCEL_LIMIT = 10.0
 JOB = "/{name:str}/jobs/{job_id:str}"
@@ -34,9 +36,11 @@ JOB = "/{name:str}/jobs/{job_id:str}"
 
 def _media(request: Request[Any, Any, Any]) -> str:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media in ("", "application/json", NDJSON):
-        return media or "application/json"
-    raise HTTPException(status_code=415, detail=f"send application/json or {NDJSON}, not {media}")
+    if media in ("application/json", NDJSON):
+        return media
+    raise HTTPException(
+        status_code=415, detail=f"send application/json or {NDJSON}, not {media or 'nothing'}"
+    )
 
 
 def _fields(entry: FunctionEntry, priority: int | None, owner: str | None) -> dict[str, str]:
@@ -88,8 +92,12 @@ class JobsController(Controller):
         store = platform.maps
         await store.stage(job_id, fields)
         body = BodyStream(request.stream(), platform.settings.map.max_body_bytes)
+        limits = ItemLimits(
+            entry.spec.manifest.limits.max_input_bytes, platform.settings.api.max_json_depth
+        )
         try:
-            total = await self._upload(platform, entry, job_id, fields, items(body, media))
+            pairs = items(body, media, limits)
+            total = await self._upload(platform, entry, job_id, fields, pairs, limits=limits)
         except BaseException:
             await platform.maps.discard(job_id)
             raise
@@ -118,13 +126,15 @@ class JobsController(Controller):
         job_id: str,
         fields: dict[str, str],
         pairs: AsyncIterator[tuple[str, Any]],
+        *,
+        limits: ItemLimits,
     ) -> int:
         """Store the items as they arrive; an invalid one fails by itself. The total."""
         assert entry.spec is not None and entry.schemas is not None
         limit = platform.settings.map.max_items
         valid: list[str] = []
         invalid: list[tuple[int, str]] = []
-        index = 0
+        index = held = 0
         async for field, got in pairs:
             value, text = (got.value, got.text) if isinstance(got, Line) else (got, None)
             if field != "input":
@@ -141,11 +151,14 @@ class JobsController(Controller):
                 invalid.append((index, json.dumps({"s": "failed", "a": 0, "e": error})))
             else:
                 text = text or json.dumps(value, separators=(",", ":"))
+                if len(text) > limits.max_bytes:
+                    raise limits.too_large(index)
                 valid.append(maps.entry(index, 1, text))
+                held += len(text)
             index += 1
-            if len(valid) + len(invalid) >= BLOCK:
+            if len(valid) + len(invalid) >= BLOCK or held >= BLOCK_BYTES:
                 await platform.maps.append(job_id, valid, invalid)
-                valid, invalid = [], []
+                valid, invalid, held = [], [], 0
         await platform.maps.append(job_id, valid, invalid)
         if index == 0:
             raise ValidationError(

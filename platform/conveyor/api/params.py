@@ -13,6 +13,7 @@ from litestar.exceptions import ClientException, HTTPException
 from conveyor.api.openapi import IDEMPOTENCY_KEY_PATTERN, VERSION_PATTERN
 from conveyor.api.services import Platform
 from conveyor.errors import InputTooLargeError
+from conveyor.nesting import check_text
 
 QUERY = "query"  # a route handler's ``opt``: the query parameters it takes (see takes())
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
@@ -20,14 +21,16 @@ _NUMBER = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$")  # as 
 _VERSION = re.compile(VERSION_PATTERN)
 
 
-def parse_json(body: bytes, content_type: str, limit: int) -> Any:
+def parse_json(body: bytes, content_type: str, limit: int, depth: int) -> Any:
+    """A JSON body of at most ``limit`` bytes and ``depth`` levels of nesting."""
     media = content_type.split(";", maxsplit=1)[0].strip().lower()
-    if media and not (media == "application/json" or media.endswith("+json")):
+    if media != "application/json":
         raise HTTPException(
-            status_code=415, detail=f"send the body as application/json, not {media}"
+            status_code=415, detail=f"send the body as application/json, not {media or 'nothing'}"
         )
     if len(body) > limit:
         raise InputTooLargeError(f"the body is {len(body)} bytes; this function accepts {limit}")
+    check_text(body, depth)
     try:
         return json.loads(body, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -24,6 +24,7 @@ from conveyor.errors import (
     ManifestError,
     NotReplicatedError,
     PermissionDeniedError,
+    TooDeepError,
     ValidationError,
     VersionNotFoundError,
 )
@@ -46,6 +47,7 @@ _STATUS: dict[type[ConveyorError], tuple[int, str]] = {
     # 409, not 422: the key is taken by another request; the body itself may be fine.
     IdempotencyConflictError: (409, "idempotency-key-reused"),
     InputTooLargeError: (413, "input-too-large"),
+    TooDeepError: (400, "too-deeply-nested"),
     BundleTooLargeError: (413, "bundle-too-large"),  # before BundleError: a subclass
     BundleError: (400, "invalid-bundle"),
     # A pushed folder: its manifest or its code, as a dropped folder's error says.
@@ -125,6 +127,13 @@ def http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict
     return problem(exc.status_code, slug, exc.detail, request, exc.headers, **extra)
 
 
+def recursion_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """A safety net: every JSON is held to [api] max_json_depth before anything recursive
+    reads it, so this names a path that missed the check; still the caller's 400."""
+    log.warning("api_recursion_error", path=request.url.path)
+    return problem(400, "too-deeply-nested", "the request nests too deeply to be read", request)
+
+
 def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("api_unexpected_error", path=request.url.path, error=repr(exc))
     return problem(500, "internal-error", "internal error; see the API's log", request)
@@ -133,6 +142,7 @@ def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
 EXCEPTION_HANDLERS = {
     ConveyorError: conveyor_error,
     HTTPException: http_error,
+    RecursionError: recursion_error,
     Exception: unexpected_error,
 }
 

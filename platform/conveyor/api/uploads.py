@@ -13,14 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import ijson
 from litestar.exceptions import ClientException
 
 from conveyor.errors import InputTooLargeError, ValidationError
+from conveyor.nesting import check_text, too_deep
 
 ENVELOPE = ("inputs", "priority", "webhook")
+NDJSON = "application/x-ndjson"
+CHUNK = 65536
 
 
 class Line:
@@ -37,14 +41,35 @@ _OPEN = ("start_map", "start_array")
 _CLOSE = ("end_map", "end_array")
 
 
+@dataclass(frozen=True)
+class ItemLimits:
+    """What one input may be: its JSON text's bytes (the function's ``[limits]
+    max_input_bytes``) and its nesting (``[api] max_json_depth``)."""
+
+    max_bytes: int
+    max_depth: int
+
+    def too_large(self, index: int) -> InputTooLargeError:
+        return InputTooLargeError(
+            f"item {index} is over {self.max_bytes} bytes, the function's [limits]"
+            " max_input_bytes; send large data by reference"
+        )
+
+
 class BodyStream:
-    """An async file over a request's byte stream, bounded, hashing what it reads."""
+    """An async file over a request's byte stream, bounded, hashing what it reads.
+
+    A reader marks where the current item (or JSON token) began: once the bytes read since
+    pass the item limit, reading stops with a 413, so no item is ever held whole past it
+    (ijson would otherwise gather a 64 MiB string in memory before handing it over)."""
 
     def __init__(self, chunks: AsyncIterator[bytes], limit: int) -> None:
         self._chunks = chunks
         self._limit = limit
         self.size = 0
         self.digest = hashlib.sha256()
+        self.mark = 0  # where the item being read began
+        self.item: tuple[int, ItemLimits] | None = None  # its index and limits, while read
 
     async def read(self, n: int = -1) -> bytes:
         if n == 0:
@@ -52,6 +77,8 @@ class BodyStream:
         async for chunk in self._chunks:
             if not chunk:
                 continue
+            if self.item is not None and self.size - self.mark > self.item[1].max_bytes:
+                raise self.item[1].too_large(self.item[0])
             self.size += len(chunk)
             if self.size > self._limit:
                 raise InputTooLargeError(
@@ -62,31 +89,46 @@ class BodyStream:
         return b""
 
 
-async def items(body: BodyStream, media: str) -> AsyncIterator[tuple[str, Any]]:
-    if media == "application/x-ndjson":
-        async for pair in _ndjson(body):
+async def items(body: BodyStream, media: str, limits: ItemLimits) -> AsyncIterator[tuple[str, Any]]:
+    if media == NDJSON:
+        async for pair in _ndjson(body, limits):
             yield pair
     else:
-        async for pair in _json(body):
+        async for pair in _json(body, limits):
             yield pair
 
 
-async def _ndjson(body: BodyStream) -> AsyncIterator[tuple[str, Any]]:
-    pending, line_number = b"", 0
-    while chunk := await body.read(65536):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
+async def _ndjson(body: BodyStream, limits: ItemLimits) -> AsyncIterator[tuple[str, Any]]:
+    """One input per line. Each chunk is searched once for newlines (only the new bytes:
+    a long line costs its length, not its length squared), and a line is refused as soon
+    as it is longer than an item may be."""
+    pending, line_number, index = bytearray(), 0, 0
+    while chunk := await body.read(CHUNK):
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            pending += chunk[start:end]
+            start = end + 1
             line_number += 1
-            if line.strip():
-                yield "input", _line(line, line_number)
-    if pending.strip():
-        yield "input", _line(pending, line_number + 1)
+            if line := _line(pending, line_number, index, limits):
+                yield "input", line
+                index += 1
+            pending.clear()
+        pending += chunk[start:]
+        if len(pending) > limits.max_bytes:
+            raise limits.too_large(index)
+    if line := _line(pending, line_number + 1, index, limits):
+        yield "input", line
 
 
-def _line(line: bytes, number: int) -> Line:
+def _line(raw: bytearray, number: int, index: int, limits: ItemLimits) -> Line | None:
+    if not raw.strip():
+        return None
+    if len(raw) > limits.max_bytes:
+        raise limits.too_large(index)
+    data = bytes(raw)
+    check_text(data, limits.max_depth, f"item {index} (line {number})")
     try:
-        text = line.decode().strip().lstrip("\ufeff")  # a BOM, as some exports begin
+        text = data.decode().strip().lstrip("\ufeff")  # a BOM, as some exports begin
         return Line(json.loads(text, parse_constant=_not_json), text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ClientException(f"line {number} of the body is not JSON: {exc}") from None
@@ -96,18 +138,24 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON value")
 
 
-async def _json(body: BodyStream) -> AsyncIterator[tuple[str, Any]]:
+async def _json(body: BodyStream, limits: ItemLimits) -> AsyncIterator[tuple[str, Any]]:
     builder: ijson.ObjectBuilder | None = None
-    depth, field = 0, ""
+    depth, field, index = 0, "", 0
+    envelope = ItemLimits(limits.max_bytes, limits.max_depth)
     try:
         async for prefix, event, value in ijson.parse_async(body, use_float=True):
             if builder is not None:
                 builder.event(event, value)
                 depth += (event in _OPEN) - (event in _CLOSE)
+                if depth > limits.max_depth:
+                    raise too_deep(limits.max_depth, f"item {index}")
                 if depth == 0:
                     yield field, builder.value
+                    index += field == "input"
                     builder = None
+                    body.mark, body.item = body.size, (index, envelope)
                 continue
+            body.mark, body.item = body.size, (index, envelope)  # no token past the limit
             if prefix == "":
                 if event == "map_key" and value not in ENVELOPE:
                     raise _bad(
@@ -126,7 +174,9 @@ async def _json(body: BodyStream) -> AsyncIterator[tuple[str, Any]]:
             depth = int(event in _OPEN)
             if depth == 0:
                 yield field, builder.value
+                index += field == "input"
                 builder = None
+                body.mark, body.item = body.size, (index, envelope)
     except ijson.JSONError as exc:
         if "integer overflow" in str(exc):
             raise ClientException(

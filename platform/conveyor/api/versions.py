@@ -26,7 +26,6 @@ from conveyor.store.bundle import size_text
 
 ROLLBACK_BODY_BYTES = 4096
 ZIP = "application/zip"
-BUNDLE_MEDIA = (ZIP, "application/octet-stream")  # what curl --data-binary users may send
 _VERSION = re.compile(VERSION_PATTERN)
 
 
@@ -37,7 +36,7 @@ def _bundle_allowance(limit: int) -> int:
 
 async def _read_bundle(request: Request[Any, Any, Any], limit: int) -> bytes:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media not in BUNDLE_MEDIA:
+    if media != ZIP:
         raise HTTPException(
             status_code=415,
             detail=f"send the function folder as {ZIP} (conveyor deploy PATH packs one), not"
@@ -144,7 +143,12 @@ class VersionsController(Controller):
     ) -> dict[str, Any]:
         caller.require_admin()
         content_type = request.headers.get("content-type", "")
-        body = parse_json(await request.body(), content_type, ROLLBACK_BODY_BYTES)
+        body = parse_json(
+            await request.body(),
+            content_type,
+            ROLLBACK_BODY_BYTES,
+            platform.settings.api.max_json_depth,
+        )
         platform.functions.entry(name)
         await platform.deployer.rollback(name, _rollback_version(body))
         return await versions_body(platform, name)

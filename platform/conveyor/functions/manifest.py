@@ -102,6 +102,8 @@ def parse_manifest(path: Path, queues: Mapping[str, QueueSettings]) -> Manifest:
         raise ManifestError(f"{path}: missing; every function folder needs one") from exc
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ManifestError(f"{path}: not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib recurses per nested array or inline table
+        raise ManifestError(f"{path}: arrays or tables nest too deeply to be read") from None
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:

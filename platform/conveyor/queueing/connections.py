@@ -62,10 +62,10 @@ def sync_client(settings: Settings, *, retry_on_timeout: bool = False) -> redis.
         "retry_on_timeout": retry_on_timeout,
     }
     if settings.redis.sentinels:
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8
             settings.redis.sentinel_addresses(), sentinel_kwargs=_sentinel_kwargs(settings)
         )
-        client = sentinel.master_for(  # type: ignore[no-untyped-call]
+        client = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8
             settings.redis.master_name, **options, **_primary_kwargs(settings)
         )
         return cast(redis.Redis, client)
@@ -77,7 +77,7 @@ class _BlockingSentinelPool(aiosentinel.SentinelConnectionPool, aioredis.Blockin
 
 
 def _async_sentinel(settings: Settings) -> aiosentinel.Sentinel:
-    return aiosentinel.Sentinel(  # type: ignore[no-untyped-call]
+    return aiosentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # typed from redis 8
         settings.redis.sentinel_addresses(), sentinel_kwargs=_sentinel_kwargs(settings)
     )
 

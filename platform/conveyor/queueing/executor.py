@@ -57,7 +57,7 @@ class Executor:
     def __init__(self, settings: Settings, queues: list[str]) -> None:
         self.settings = settings
         self.queues = queues
-        self.runner = Runner()
+        self.runner = Runner(settings.api.max_json_depth)
         self.capture = OutputCapture()
         self._redis: redis.Redis | None = None
         self._functions: LocalFunctions | None = None

@@ -14,7 +14,7 @@ from conveyor.errors import (
 from conveyor.functions.loader import LoadedFunction
 from conveyor.log import get_logger
 from conveyor.runtime.encoding import encode_output
-from conveyor.runtime.validation import validate_input
+from conveyor.runtime.validation import DEFAULT_DEPTH, validate_input
 
 log = get_logger(__name__)
 
@@ -22,7 +22,8 @@ log = get_logger(__name__)
 class Runner:
     """Runs invocations in this process; keeps one set-up instance per function."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_depth: int = DEFAULT_DEPTH) -> None:
+        self.max_depth = max_depth  # nesting an input may have ([api] max_json_depth)
         self._instances: dict[str, tuple[str, Any]] = {}
 
     def instance(self, fn: LoadedFunction) -> Any:
@@ -54,7 +55,7 @@ class Runner:
 
     def run(self, fn: LoadedFunction, raw_input: Any) -> str:
         """Validate, call and encode: the invocation's output as JSON."""
-        value = validate_input(fn, raw_input)
+        value = validate_input(fn, raw_input, self.max_depth)
         return encode_output(self.prepare(fn)(value))
 
     def run_batch(
@@ -74,7 +75,7 @@ class Runner:
         valid: list[tuple[int, Any]] = []
         for i, raw in enumerate(raw_inputs):
             try:
-                valid.append((i, validate_input(fn, raw)))
+                valid.append((i, validate_input(fn, raw, self.max_depth)))
             except ValidationError as exc:
                 outcomes[i] = exc
         if valid:

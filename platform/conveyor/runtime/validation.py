@@ -11,12 +11,21 @@ from typing import Any
 
 import pydantic
 
-from conveyor.errors import ValidationError
+from conveyor.errors import TooDeepError, ValidationError
 from conveyor.functions.loader import LoadedFunction
+from conveyor.nesting import check_value
+
+DEFAULT_DEPTH = 64  # [api] max_json_depth's default
 
 
-def validate_input(fn: LoadedFunction, raw: Any) -> Any:
-    """Return ``raw`` converted to the handler's input type, or raise naming each field."""
+def validate_input(fn: LoadedFunction, raw: Any, max_depth: int = DEFAULT_DEPTH) -> Any:
+    """Return ``raw`` converted to the handler's input type, or raise naming each field.
+    Its nesting is checked first (``[api] max_json_depth``): pydantic recurses per level."""
+    try:
+        check_value(raw, max_depth)
+    except TooDeepError as exc:
+        error = {"field": "input", "message": str(exc), "type": "too_deep"}
+        raise ValidationError(f"invalid input for {fn.name!r}: {exc}", [error]) from None
     try:
         return fn.input_adapter.validate_python(raw)
     except pydantic.ValidationError as exc:

@@ -1,0 +1,162 @@
+"""Requests made to crash or stall the API, against the real process started as a user
+starts it: nesting that overflowed the native stack (a recursive input model), one NDJSON
+line of 48 MiB, items past the function's input limit. Each prints what the API answered;
+the API must answer every one with a 4xx and keep serving."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from statistics import median
+
+import httpx
+import pytest
+
+from support import Stack, free_port, start_api, write_function
+
+pytestmark = pytest.mark.faults
+
+RECURSIVE = """
+from pydantic import BaseModel
+
+class Node(BaseModel):
+    children: list["Node"] = []
+
+def run(node: Node) -> int:
+    return len(node.children)
+"""
+TOML = '[function]\nhandler = "handler:run"\n'
+SMALL = TOML + "[limits]\nmax_input_bytes = 1000\n"
+NDJSON = {"content-type": "application/x-ndjson"}
+JSON = {"content-type": "application/json"}
+
+
+def nested(levels: int) -> str:
+    """A Node ``levels`` deep, as the review sent it (two JSON levels per Node)."""
+    return '{"children":[' * levels + "{}" + "]}" * levels
+
+
+@pytest.fixture(scope="module")
+def api(make_stack) -> Iterator[tuple[Stack, str]]:  # type: ignore[no-untyped-def]
+    stack: Stack = make_stack()
+    write_function(stack.functions, "tree", RECURSIVE, TOML)
+    write_function(stack.functions, "small", "def run(x):\n    return x\n", SMALL)
+    proc, base = start_api(stack.config, stack.root / "api.log", free_port())
+    yield stack, base
+    proc.stop()
+
+
+def _alive(base: str) -> None:
+    assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+
+
+def test_deep_nesting_is_a_400_everywhere_and_the_api_lives(
+    api: tuple[Stack, str], report: Callable[[str], None]
+) -> None:
+    stack, base = api
+    deep = nested(30_000)  # 450 KB: the SIGSEGV through ijson and jsonschema-rs
+    with httpx.Client(base_url=base, timeout=60) as client:
+        attempts = {
+            "invoke": client.post(
+                "/functions/tree/invoke", content=f'{{"input":{deep}}}', headers=JSON
+            ),
+            "map, JSON": client.post(
+                "/functions/tree/map", content=f'{{"inputs":[{{}},{deep}]}}', headers=JSON
+            ),
+            "map, NDJSON": client.post(
+                "/functions/tree/map", content=f"{{}}\n{deep}\n", headers=NDJSON
+            ),
+            "rollback": client.post(  # its body may have 4 KiB
+                "/functions/tree/rollback",
+                content='{"version":' + "[" * 2000 + "]" * 2000 + "}",
+                headers=JSON,
+            ),
+        }
+        for name, response in attempts.items():
+            report(f"{name}: {response.status_code} {response.json()['detail']}")
+            assert response.status_code == 400, response.text
+            assert "max_json_depth" in response.json()["detail"]
+            _alive(base)
+        # Within the limit (64 levels: 31 Nodes), the same shape is taken and runs.
+        fine = client.post(
+            "/functions/tree/invoke", content=f'{{"input":{nested(31)}}}', headers=JSON
+        )
+        assert fine.status_code == 202, fine.text
+        too_deep = client.post(
+            "/functions/tree/invoke", content=f'{{"input":{nested(32)}}}', headers=JSON
+        )
+        assert too_deep.status_code == 400
+    assert "Traceback" not in (stack.root / "api.log").read_text()
+
+
+def test_a_48_mib_line_is_refused_at_the_input_limit_while_the_api_answers(
+    api: tuple[Stack, str], report: Callable[[str], None]
+) -> None:
+    _, base = api
+    size, chunk = 48 * 1024 * 1024, b"7" * 65536
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            while not done.is_set():
+                started = time.perf_counter()
+                assert client.get("/healthz").status_code == 200
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.005)
+
+    def body() -> Iterator[bytes]:
+        for _ in range(size // len(chunk)):
+            yield chunk
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    started = time.perf_counter()
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            response = client.post("/functions/tree/map", content=body(), headers=NDJSON)
+        elapsed = time.perf_counter() - started
+    finally:
+        time.sleep(0.2)
+        done.set()
+        prober.join()
+    report(
+        f"48 MiB line: {response.status_code} after {elapsed:.3f} s"
+        f" ({response.json()['detail']}); /healthz meanwhile: {len(latencies)} answers,"
+        f" median {median(latencies) * 1000:.1f} ms, slowest {max(latencies) * 1000:.1f} ms"
+    )
+    assert response.status_code == 413
+    assert "item 0 is over 1048576 bytes" in response.json()["detail"]
+    _alive(base)
+
+
+def test_items_over_the_function_limit_are_413_naming_the_item(
+    api: tuple[Stack, str], report: Callable[[str], None]
+) -> None:
+    _, base = api
+    just_over = "x" * 999  # 1,001 bytes as JSON text
+    with httpx.Client(base_url=base, timeout=60) as client:
+        forms = {
+            "JSON item": client.post(
+                "/functions/small/map", content=f'{{"inputs":[1,"{just_over}"]}}', headers=JSON
+            ),
+            "NDJSON line": client.post(
+                "/functions/small/map", content=f'1\n"{just_over}"\n', headers=NDJSON
+            ),
+            # a 64 MiB string: ijson would gather it whole before handing it over
+            "64 MiB JSON item": client.post(
+                "/functions/small/map",
+                content=b'{"inputs":[1,"' + b"x" * (64 * 1024 * 1024) + b'"]}',
+                headers=JSON,
+            ),
+        }
+        for name, response in forms.items():
+            report(f"{name}: {response.status_code} {response.json()['detail']}")
+            assert response.status_code == 413, response.text
+            assert "item 1 is over 1000 bytes" in response.json()["detail"]
+        ok = client.post(
+            "/functions/small/map", content=f'{{"inputs":["{"x" * 900}"]}}', headers=JSON
+        )
+        assert ok.status_code == 202, ok.text
+    _alive(base)
