@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import signal
 import sys
 import time
@@ -15,6 +16,7 @@ from conveyor.errors import SettingsError
 from conveyor.settings import Settings, is_loopback
 
 T = TypeVar("T")
+FLOWER_USER = "conveyor"
 
 
 def add_admin_commands(sub: Any) -> None:
@@ -41,7 +43,9 @@ def add_admin_commands(sub: Any) -> None:
     flower.add_argument("--port", type=int, default=5555)
     flower.add_argument("--address", default="127.0.0.1")
     flower.add_argument(
-        "--basic-auth", metavar="USER:PASSWORD", help="required to listen beyond loopback"
+        "--basic-auth",
+        metavar="USER:PASSWORD",
+        help="required beyond loopback; on loopback a password is made and printed if not given",
     )
     flower.set_defaults(run=_flower)
 
@@ -83,19 +87,36 @@ def _keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 def _flower(settings: Settings, args: argparse.Namespace) -> int:
     """Flower with Conveyor's Celery configuration: the same priority steps and separator
-    (or it reads the wrong Redis lists), the queues and their GPU variants."""
+    (or it reads the wrong Redis lists), the queues and their GPU variants.
+
+    Flower's HTTP API can revoke and kill tasks and shut workers down, and any web page
+    the developer visits can reach a loopback port: it never runs without basic auth.
+    Without ``--basic-auth`` (or Flower's own ``FLOWER_BASIC_AUTH``) a password is made
+    and printed, on loopback; beyond loopback one must be given."""
     from conveyor.queueing.celery_app import create_celery
 
-    argv = ["flower", f"--port={args.port}", f"--address={args.address}"]
-    if args.basic_auth:
-        argv.append(f"--basic-auth={args.basic_auth}")
-    elif is_loopback(args.address):
-        os.environ["FLOWER_UNAUTHENTICATED_API"] = "true"  # its HTTP API, on this machine only
-    else:
-        raise SettingsError(
-            f"conveyor flower --address {args.address} would show (and let anyone control)"
-            " the workers: give --basic-auth USER:PASSWORD, or listen on 127.0.0.1"
+    os.environ.pop("FLOWER_UNAUTHENTICATED_API", None)  # never inherited either
+    credentials = args.basic_auth or os.environ.get("FLOWER_BASIC_AUTH")
+    if not credentials:
+        if not is_loopback(args.address):
+            raise SettingsError(
+                f"conveyor flower --address {args.address} would show (and let anyone control)"
+                " the workers: give --basic-auth USER:PASSWORD, or listen on 127.0.0.1"
+            )
+        credentials = f"{FLOWER_USER}:{secrets.token_urlsafe(18)}"
+        user, _, password = credentials.partition(":")
+        print(
+            f"conveyor flower: http://{args.address}:{args.port} needs basic auth: user"
+            f" {user!r}, password {password!r} (made for this run; --basic-auth USER:PASSWORD"
+            " sets your own)",
+            file=sys.stderr,
+            flush=True,
         )
+    user, _, password = credentials.partition(":")
+    if not user or not password:
+        raise SettingsError("--basic-auth is USER:PASSWORD, both non-empty")
+    argv = ["flower", f"--port={args.port}", f"--address={args.address}"]
+    argv.append(f"--basic-auth={credentials}")
     create_celery(settings).start(argv)
     return 0
 

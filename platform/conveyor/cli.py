@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from conveyor.admin_cli import add_admin_commands
+from conveyor.environment import blank_environ_block, hide_from_user_code
 from conveyor.errors import ConveyorError, SettingsError, WorkerOptionsError
 from conveyor.log import configure_logging
 from conveyor.map_cli import add_map_command
@@ -126,6 +127,7 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
             ' invoke anything: set [api] auth = "keys" and create a key (conveyor keys create'
             " --name admin --scope admin), or listen on 127.0.0.1 ([api] host)"
         )
+    blank_environ_block(settings.worker.hidden_env)  # its inspector's user code reads /proc too
     options: dict[str, Any] = {
         "host": host,
         "port": args.port or settings.api.port,
@@ -155,10 +157,12 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
         from conveyor.supervisor import Supervisor, parse_autoscale
 
         scale = parse_autoscale(args.autoscale, devices) if args.autoscale else None
+        blank_environ_block(settings.worker.hidden_env)  # its workers get them, not /proc
         return Supervisor(settings, queues, concurrency, devices, scale).run()
 
     from conveyor.queueing.worker import WorkerProcess
 
+    hide_from_user_code(settings.worker.hidden_env)  # before the pool forks its children
     WorkerProcess(settings, queues, concurrency, args.name).run()
     return 0
 
@@ -237,7 +241,7 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     if missing:
         raise ConveyorError(f"not a folder: {', '.join(missing)}")
     registry = Registry(settings.functions.dir, settings.queues, folders)
-    limits = Limits(settings.functions.inspect_timeout, settings.functions.inspect_memory)
+    limits = Limits.of(settings)
     catalog = Catalog(registry, Inspector(limits))
 
     async def load() -> None:

@@ -233,6 +233,11 @@ class WorkerSettings(_Section):
     scale_down_after: Seconds = Field(
         30.0, description="--autoscale: seconds a queue stays empty before a process stops"
     )
+    hidden_env: list[str] = Field(
+        default_factory=list,
+        description="environment variables (names or fnmatch patterns) user code must not"
+        " see, besides the platform's own secrets (CONVEYOR_*PASSWORD*, ...)",
+    )
 
 
 class ResultsSettings(_Section):

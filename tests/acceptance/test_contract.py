@@ -24,16 +24,10 @@ from support import BIN, Stack, conveyor, copy_examples, free_port, start_api
 pytestmark = pytest.mark.acceptance
 
 CHROMIUM = "/usr/bin/chromium"
-
-# A deploy's body is "any bytes" to JSON Schema; whether they are a zip of a function folder
-# (and within the size limit) only the API can tell: schema-valid bytes may get 400 or 413.
-SCHEMATHESIS_CONFIG = """
-[[operations]]
-include-path = "/functions/{name}"
-include-method = "PUT"
-checks.positive_data_acceptance.expected-statuses = [
-  "2XX", "400", "401", "403", "404", "409", "413", "422", "429", "5XX",
-]
+CLIENT_CONFIG = """
+content_type_overrides:
+  application/zip: application/octet-stream
+  application/x-ndjson: text/plain
 """
 
 
@@ -69,6 +63,8 @@ def test_a_generated_client_invokes_iris(base: str, key: str, tmp_path: Path) ->
     (tmp_path / "schema.json").write_bytes(
         httpx.get(f"{base}/schema", headers={"Authorization": f"Bearer {key}"}).content
     )
+    # Its documented way with media types it has no reader for: a zip is bytes, NDJSON text.
+    (tmp_path / "client.yaml").write_text(CLIENT_CONFIG)
     generate = subprocess.run(
         [
             str(BIN / "openapi-python-client"),
@@ -79,6 +75,8 @@ def test_a_generated_client_invokes_iris(base: str, key: str, tmp_path: Path) ->
             "none",
             "--output-path",
             "conveyor_client",
+            "--config",
+            "client.yaml",
         ],
         cwd=tmp_path,
         check=False,
@@ -88,7 +86,7 @@ def test_a_generated_client_invokes_iris(base: str, key: str, tmp_path: Path) ->
         env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
     )
     assert generate.returncode == 0, generate.stdout + generate.stderr
-    assert "Warning" not in generate.stdout, generate.stdout  # nothing of the document skipped
+    assert "Warning" not in generate.stdout + generate.stderr, generate.stdout + generate.stderr
     use = textwrap.dedent(f"""
         from conveyor_client import AuthenticatedClient
         from conveyor_client.api.iris import get_iris_result, invoke_iris
@@ -106,6 +104,21 @@ def test_a_generated_client_invokes_iris(base: str, key: str, tmp_path: Path) ->
         result = get_iris_result.sync(client=client, invocation_id=accepted.id, wait=30)
         assert isinstance(result, IrisResult) and result.output.species == "setosa", result
         print(result.output.species, result.output.probabilities.additional_properties)
+
+        # A map job, its status, and its results (NDJSON, one line per item).
+        import json
+        from conveyor_client.api.jobs import get_job, get_job_results, map_
+        from conveyor_client.models import MapJobInfo, MapRequest
+        flowers = [virginica.to_dict(), setosa.to_dict(), {{"sepal_length": "long"}}]
+        job = map_.sync(client=client, name="iris", body=MapRequest(inputs=flowers))
+        assert isinstance(job, MapJobInfo) and job.total == 3, job
+        status = get_job.sync(client=client, name="iris", job_id=job.id, wait=30)
+        assert isinstance(status, MapJobInfo) and status.progress == 1.0, status
+        assert (status.counts.succeeded, status.counts.failed) == (2, 1), status
+        lines = get_job_results.sync(client=client, name="iris", job_id=job.id)
+        items = [json.loads(line) for line in lines.splitlines()]
+        assert [i["status"] for i in items] == ["succeeded", "succeeded", "failed"], items
+        assert items[0]["output"]["species"] == "virginica"
     """)
     ran = subprocess.run(
         [sys.executable, "-c", use],
@@ -170,7 +183,6 @@ def test_schemathesis_finds_no_failures(
     (tmp_path / "schema.json").write_bytes(
         httpx.get(f"{base}/schema", headers={"Authorization": f"Bearer {key}"}).content
     )
-    (tmp_path / "schemathesis.toml").write_text(SCHEMATHESIS_CONFIG)
     run = subprocess.run(
         [
             str(BIN / "schemathesis"),
@@ -184,6 +196,10 @@ def test_schemathesis_finds_no_failures(
             "all",
             "--max-examples",
             "100",
+            # A deploy's body is application/zip, which schemathesis cannot make (and the
+            # random bytes it would send as octet-stream are no function folder).
+            "--exclude-operation-id",
+            "deploy_function",
         ],
         cwd=tmp_path,
         check=False,

@@ -4,6 +4,7 @@ lengths that count every priority list, GPU variants included."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,7 +13,16 @@ import httpx
 import pytest
 from litestar.testing import TestClient
 
-from support import Process, Stack, conveyor, free_port, invoke, wait_until, write_function
+from support import (
+    Process,
+    Stack,
+    conveyor,
+    free_port,
+    invoke,
+    wait_for,
+    wait_until,
+    write_function,
+)
 
 pytestmark = pytest.mark.acceptance
 
@@ -37,16 +47,29 @@ def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     return stack
 
 
+PASSWORD = re.compile(r"user 'conveyor', password '([^']+)'")
+
+
 @pytest.fixture(scope="module")
 def flower(stack: Stack) -> Iterator[str]:
     port = free_port()
-    proc = Process(conveyor("flower", "--port", str(port)), stack.config, stack.root / "flower.log")
+    log = stack.root / "flower.log"
+    proc = Process(conveyor("flower", "--port", str(port)), stack.config, log)
     base = f"http://127.0.0.1:{port}"
-    wait_until(
-        lambda: httpx.get(f"{base}/healthcheck", timeout=5).status_code, lambda s: s == 200, 30
-    )
+    password = wait_for(lambda: PASSWORD.search(log.read_text()), 30, "the printed password")[1]
+    AUTH.append(("conveyor", password))
+    wait_until(lambda: get(f"{base}/healthcheck", timeout=5).status_code, lambda s: s == 200, 30)
+    # No password, no API: Flower's unauthenticated API is never turned on.
+    assert httpx.get(f"{base}/api/workers", timeout=5).status_code == 401
     yield base
     proc.stop()
+
+
+AUTH: list[tuple[str, str]] = []
+
+
+def get(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.get(url, auth=AUTH[-1], **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +79,7 @@ def api(stack: Stack) -> Iterator[TestClient]:  # type: ignore[type-arg]
 
 
 def workers(base: str) -> dict[str, Any]:
-    return httpx.get(f"{base}/api/workers", params={"refresh": 1}, timeout=30).json()  # type: ignore[no-any-return]
+    return get(f"{base}/api/workers", params={"refresh": 1}, timeout=30).json()  # type: ignore[no-any-return]
 
 
 def test_flower_sees_every_worker_and_inspects_it(
@@ -80,7 +103,7 @@ def test_tasks_show_the_function_name(flower: str, api: TestClient) -> None:  # 
     def three_seen() -> list[dict[str, Any]]:
         ids = [invoke(api, "echo", n, wait=30)[1]["id"] for n in range(3)]
         time.sleep(0.5)  # Flower's events arrive a moment after the result
-        tasks = httpx.get(f"{flower}/api/tasks", timeout=10).json()
+        tasks = get(f"{flower}/api/tasks", timeout=10).json()
         return [tasks[i] for i in ids if i in tasks and tasks[i]["state"] == "SUCCESS"]
 
     tasks = wait_until(three_seen, lambda t: len(t) == 3, 60, "tasks in Flower")
@@ -95,7 +118,7 @@ def test_queue_lengths_count_every_priority_and_gpu_queues(flower: str, api: Tes
     lengths = wait_until(
         lambda: {
             q["name"]: q["messages"]
-            for q in httpx.get(f"{flower}/api/queues/length", timeout=10).json()["active_queues"]
+            for q in get(f"{flower}/api/queues/length", timeout=10).json()["active_queues"]
         },
         lambda q: q.get("default.gpu") == 5,
         10,

@@ -81,9 +81,7 @@ def create_app(settings: Settings) -> Litestar:
     folder = Registry(settings.functions.dir, settings.queues)
     store = FunctionStore(queue.redis)
     served = Served(store, folder)
-    inspector = Inspector(
-        Limits(settings.functions.inspect_timeout, settings.functions.inspect_memory)
-    )
+    inspector = Inspector(Limits.of(settings))
     deployer = Deployer(settings, store, served, folder, inspector)
     platform = Platform(
         settings=settings,

@@ -92,7 +92,6 @@ def _base(options: Options) -> dict[str, Any]:
     _, defs = models_json_schema(models, ref_template=REF + "{model}")
     components = _without_null_defaults(defs["$defs"])
     components["MapRequest"] = _map_request(options)
-    components["JsonValue"] = _JSON_VALUE
     return {
         "openapi": "3.1.0",
         "info": {
@@ -317,10 +316,9 @@ def _deploy_op(name: dict[str, Any]) -> dict[str, Any]:
         "The body is a zip archive of the folder's files (function.toml at its top), as"
         " `conveyor deploy PATH` sends it. 201 for a new function, 200 for a new version."
     )
-    binary = {"schema": {"type": "string", "format": "binary"}}
     op["requestBody"] = {
         "required": True,
-        "content": {"application/zip": binary, "application/octet-stream": binary},
+        "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
     }
     op["responses"]["200"]["description"] = "a new version of the function serves"
     op["responses"]["201"] = {
@@ -395,27 +393,14 @@ def _invoke_op(name: str, description: str, max_wait: float) -> dict[str, Any]:
     return op
 
 
-# Any JSON value whose integers fit 64 bits less the most negative one (what the streaming
-# parser of a JSON map body, yajl, can carry).
-_JSON_VALUE = {
-    "anyOf": [
-        {"type": "integer", "minimum": -(2**63 - 1), "maximum": 2**63 - 1},
-        {"type": "number", "not": {"type": "integer"}},
-        {"type": ["string", "boolean", "null"]},
-        {"type": "array", "items": {"$ref": REF + "JsonValue"}},
-        {"type": "object", "additionalProperties": {"$ref": REF + "JsonValue"}},
-    ]
-}
-
-
 def _map_request(options: Options) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "inputs": {
             "type": "array",
             "minItems": 1,
-            "items": {"$ref": REF + "JsonValue"},
-            "description": "the function's inputs; each is checked on its own and an invalid"
-            " one fails alone. Integers must fit 64 bits (NDJSON has no such limit)",
+            "items": {},
+            "description": "the function's inputs (any JSON; GET /functions/{name} gives the"
+            " input schema); each is checked on its own and an invalid one fails alone",
         },
         "priority": {"type": "integer", "minimum": 0, "maximum": 9},
     }

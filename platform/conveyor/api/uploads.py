@@ -2,7 +2,10 @@
 
 Two forms: ``application/json`` ``{"inputs": [...], "priority"?, "webhook"?}`` (parsed
 incrementally by ijson: an input is built, handed on and dropped before the next is read)
-and ``application/x-ndjson`` (one input per line). Either way, :func:`items` yields
+and ``application/x-ndjson`` (one input per line). The JSON form goes through ijson's
+pure-Python parser: it carries integers of any size, as JSON and NDJSON bodies elsewhere do
+(the C one stops at 64 bits), at a CPU cost that matters only for large jobs, which send
+NDJSON (as ``conveyor map`` does). Either way, :func:`items` yields
 ``("input", value)`` per input, in order, and the envelope's other fields as they come.
 An NDJSON input comes as :class:`Line`: its value and the text it was parsed from, which
 is stored as it is (serialising each value again was a quarter of the API's time).
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ijson
+from ijson.backends import python as ijson_python
 from litestar.exceptions import ClientException
 
 from conveyor.errors import InputTooLargeError, ValidationError
@@ -65,6 +69,7 @@ class BodyStream:
 
     def __init__(self, chunks: AsyncIterator[bytes], limit: int) -> None:
         self._chunks = chunks
+        self._rest = b""  # what a read left of the last chunk
         self._limit = limit
         self.size = 0
         self.digest = hashlib.sha256()
@@ -72,21 +77,28 @@ class BodyStream:
         self.item: tuple[int, ItemLimits] | None = None  # its index and limits, while read
 
     async def read(self, n: int = -1) -> bytes:
+        """At most ``n`` bytes (a parser handles one piece between two looks at the event
+        loop, however much the server had buffered)."""
         if n == 0:
             return b""  # ijson asks for nothing to learn the stream's type
-        async for chunk in self._chunks:
-            if not chunk:
-                continue
-            if self.item is not None and self.size - self.mark > self.item[1].max_bytes:
-                raise self.item[1].too_large(self.item[0])
-            self.size += len(chunk)
-            if self.size > self._limit:
-                raise InputTooLargeError(
-                    f"the body is over {self._limit} bytes ([map] max_body_bytes); split the job"
-                )
-            self.digest.update(chunk)
-            return chunk
-        return b""
+        if not self._rest:
+            async for chunk in self._chunks:
+                if chunk:
+                    self._rest = chunk
+                    break
+            else:
+                return b""
+        size = len(self._rest) if n < 0 else min(n, len(self._rest))
+        piece, self._rest = self._rest[:size], self._rest[size:]
+        if self.item is not None and self.size - self.mark > self.item[1].max_bytes:
+            raise self.item[1].too_large(self.item[0])
+        self.size += len(piece)
+        if self.size > self._limit:
+            raise InputTooLargeError(
+                f"the body is over {self._limit} bytes ([map] max_body_bytes); split the job"
+            )
+        self.digest.update(piece)
+        return piece
 
 
 async def items(body: BodyStream, media: str, limits: ItemLimits) -> AsyncIterator[tuple[str, Any]]:
@@ -143,7 +155,7 @@ async def _json(body: BodyStream, limits: ItemLimits) -> AsyncIterator[tuple[str
     depth, field, index = 0, "", 0
     envelope = ItemLimits(limits.max_bytes, limits.max_depth)
     try:
-        async for prefix, event, value in ijson.parse_async(body, use_float=True):
+        async for prefix, event, value in ijson_python.parse_async(body, use_float=True):
             if builder is not None:
                 builder.event(event, value)
                 depth += (event in _OPEN) - (event in _CLOSE)
@@ -177,12 +189,7 @@ async def _json(body: BodyStream, limits: ItemLimits) -> AsyncIterator[tuple[str
                 index += field == "input"
                 builder = None
                 body.mark, body.item = body.size, (index, envelope)
-    except ijson.JSONError as exc:
-        if "integer overflow" in str(exc):
-            raise ClientException(
-                "the body has an integer beyond 64 bits, which a JSON map body cannot carry;"
-                " send the inputs as application/x-ndjson, or the number as a string"
-            ) from None
+    except (ijson.JSONError, ijson_python.UnexpectedSymbol) as exc:
         raise ClientException(f"the body is not valid JSON: {exc}") from None
 
 

@@ -4,7 +4,8 @@ The API must not import user code: a module that calls ``os._exit`` at import wo
 the API down, one that blocks would freeze hot reload, one that imports torch would put
 torch in its memory. :class:`Inspector` runs the same import a worker pool child does
 (:func:`~conveyor.functions.loader.load_function`) in a short-lived subprocess, in its own
-process group, with a time limit and a memory limit (``RLIMIT_DATA``), and turns whatever
+process group, with a time limit and a memory limit (``RLIMIT_DATA``), without the
+platform's secrets in its environment (:mod:`conveyor.environment`), and turns whatever
 happened into either the version's :class:`FunctionSchemas` or a
 :class:`FunctionLoadError` that says what happened and where.
 
@@ -28,10 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conveyor.environment import user_environment
 from conveyor.errors import FunctionLoadError
 from conveyor.functions.loader import FunctionSchemas, load_function, module_file
 from conveyor.functions.manifest import Manifest
 from conveyor.functions.registry import FunctionSpec
+from conveyor.settings import Settings
 
 STDERR_TAIL = 16 * 1024
 CONCURRENT = 8  # inspections at once per process; each is a Python interpreter
@@ -42,6 +45,14 @@ _FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
 class Limits:
     timeout: float  # seconds
     memory_mb: int
+    hidden_env: tuple[str, ...] = ()  # [worker] hidden_env: not for user code either
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        functions = settings.functions
+        return cls(
+            functions.inspect_timeout, functions.inspect_memory, tuple(settings.worker.hidden_env)
+        )
 
 
 class Inspector:
@@ -73,7 +84,11 @@ class Inspector:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # a timeout kills whatever the import started, too
-            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # never take a GPU to read types
+            # never the platform's secrets (user code runs here); never a GPU to read types
+            env={
+                **user_environment(os.environ, self.limits.hidden_env),
+                "CUDA_VISIBLE_DEVICES": "",
+            },
         )
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         proc.stdin.write(json.dumps(request).encode())

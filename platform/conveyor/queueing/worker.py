@@ -62,6 +62,10 @@ class WorkerProcess:
     def __init__(
         self, settings: Settings, queues: list[str], concurrency: int, name: str | None = None
     ) -> None:
+        # A worker signs no webhook: the secret stays out of the memory its children inherit.
+        settings = settings.model_copy(
+            update={"webhooks": settings.webhooks.model_copy(update={"secret": ""})}
+        )
         self.settings = settings
         self.queues = queues
         self.concurrency = concurrency
