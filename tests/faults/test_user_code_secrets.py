@@ -10,9 +10,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 import httpx
+import pytest
 
 from support import Process, Stack, conveyor, free_port, start_api, wait_for, write_function
 
