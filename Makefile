@@ -41,12 +41,12 @@ promtool: $(STAMP)
 install: $(STAMP) redis-server
 
 run: install
-	$(BIN)/honcho start
+	CONVEYOR_LOG__FORMAT=$${CONVEYOR_LOG__FORMAT:-console} $(BIN)/honcho start
 
 # The same platform on a primary, a replica and three sentinels (loopback ports 6391, 6392,
 # 26391-26393): kill the primary and watch it keep working (README "Redis Sentinel").
 run-ha: install
-	$(BIN)/honcho -e deploy/local-ha/ha.env -f Procfile.ha start
+	CONVEYOR_LOG__FORMAT=$${CONVEYOR_LOG__FORMAT:-console} $(BIN)/honcho -e deploy/local-ha/ha.env -f Procfile.ha start
 
 lint: $(STAMP)
 	$(BIN)/ruff check platform tests bench functions

@@ -44,6 +44,11 @@ class BundleError(ConveyorError):
     """A function bundle is not a zip archive of a function folder."""
 
 
+class BundleConflictError(BundleError):
+    """Entries of a function bundle cannot all be files of one folder (a file and a folder
+    of the same name, or a name twice)."""
+
+
 class BundleTooLargeError(BundleError):
     """A function folder is larger than the function store takes ([store] max_bundle_bytes)."""
 

@@ -36,8 +36,9 @@ def accepted_body(record: JobRecord, census: Census) -> dict[str, Any]:
         "status": record.status.value,
         "result_url": result_url(record),
     }
-    if warning := census_warning(census, record.queue):
-        body["warning"] = warning
+    warnings = [w for w in (record.notice, census_warning(census, record.queue)) if w]
+    if warnings:
+        body["warning"] = "; ".join(warnings)
     return body
 
 
@@ -58,8 +59,9 @@ def result_body(record: JobRecord, census: Census = None) -> dict[str, Any]:
         body["error"] = record.error
     if record.started_at is not None:
         body["started_at"] = iso(record.started_at)
-    if not record.status.final and (warning := census_warning(census, record.queue)):
-        body["warning"] = warning
+    census_note = None if record.status.final else census_warning(census, record.queue)
+    if warnings := [w for w in (record.notice, census_note) if w]:
+        body["warning"] = "; ".join(warnings)
     if record.finished_at is not None:
         body["finished_at"] = iso(record.finished_at)
         body["duration_ms"] = round((record.finished_at - record.created_at) * 1000, 3)

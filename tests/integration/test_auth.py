@@ -220,3 +220,26 @@ def test_deploys_need_admin_and_every_api_process_follows(apis: list[str], stack
         10,
         "the removal on the first",
     )
+
+
+def test_the_dashboard_data_shows_a_key_only_what_it_may_read(
+    stack: Stack, apis: list[str]
+) -> None:
+    base = apis[0]
+    mine = make_key(stack, "dash-mine", "invoke:echo")
+    theirs = make_key(stack, "dash-theirs", "invoke:echo")
+    reader = make_key(stack, "dash-reader", "read:echo")
+    ids = {}
+    for name, key in (("mine", mine), ("theirs", theirs)):
+        done = call(base, "POST", "/functions/echo/invoke?wait=30", key=key, json={"input": name})
+        assert done.status_code == 200, done.text
+        ids[name] = done.json()["id"]
+
+    def recent(key: str) -> set[str]:
+        data = call(base, "GET", "/dashboard/data", key=key)
+        assert data.status_code == 200, data.text
+        return {r["id"] for r in data.json()["recent"]}
+
+    assert ids["mine"] in recent(mine) and ids["theirs"] not in recent(mine)
+    assert ids["theirs"] in recent(theirs) and ids["mine"] not in recent(theirs)
+    assert {ids["mine"], ids["theirs"]} <= recent(reader)  # read:echo reads every echo

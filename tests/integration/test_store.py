@@ -215,6 +215,13 @@ def test_a_pushed_folder_serves_and_is_validated_as_a_dropped_one(
         assert api.get("/functions/broken").status_code == 404  # a refused push leaves nothing
 
         assert put(b"not a zip").status_code == 400
+        clash = io.BytesIO()
+        with zipfile.ZipFile(clash, "w") as archive:
+            for name in ("function.toml", "handler.py", "a", "a/b.py"):
+                archive.writestr(name, "")
+        clashing = put(clash.getvalue(), "clash")
+        assert clashing.status_code == 422, clashing.text
+        assert "a is a file and the folder of a/b.py" in clashing.json()["detail"]
         assert put(_zip(elsewhere / "hello"), media="application/json").status_code == 415
         assert put(_zip(elsewhere / "hello"), name="Bad_Name").status_code == 422
 

@@ -91,6 +91,10 @@ def _zip(*entries: tuple[str, bytes], mode: int | None = None) -> bytes:
             "at the top of the archive",
         ),
         (_zip(("function.toml", b""), ("function.toml", b"")), "in the archive twice"),
+        (
+            _zip(("function.toml", b""), ("a", b""), ("a/b.py", b"")),
+            "entries clash: a is a file and the folder of a/b.py",
+        ),
     ],
 )
 def test_unsafe_or_malformed_archives_are_refused(

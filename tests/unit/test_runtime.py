@@ -80,9 +80,29 @@ def test_error_payload() -> None:
     try:
         raise RuntimeError("boom")
     except RuntimeError as exc:
-        payload = error_payload(exc)
+        payload = error_payload(exc, folder=Path(__file__).parent)
     assert payload["type"] == "RuntimeError" and payload["message"] == "boom"
+    assert 'File "unit/test_runtime.py"' in payload["traceback"]
     assert "raise RuntimeError" in payload["traceback"]
+
+
+def test_a_traceback_shows_the_functions_frames_only(tmp_path: Path) -> None:
+    folder = write_function(
+        tmp_path,
+        "parse",
+        "import json\ndef run(text: str) -> object:\n    return json.loads(text)\n",
+        '[function]\nhandler = "handler:run"\n',
+    )
+    fn = load_folder(folder)
+    try:
+        Runner().run(fn, "{not json")
+    except ValueError as exc:
+        shown = error_payload(exc, folder=fn.folder)["traceback"]
+    assert 'File "parse/handler.py", line 3, in run' in shown
+    assert "return json.loads(text)" in shown
+    assert "frames of the platform or libraries]" in shown  # the runner's, json's
+    assert str(tmp_path) not in shown and "site-packages" not in shown and "/lib/" not in shown
+    assert shown.rstrip().endswith("line 1 column 2 (char 1)")
 
 
 BATCHER = """

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from ipaddress import ip_address
 
+import aiohttp
 import pytest
 from standardwebhooks import Webhook
 
 from conveyor.errors import ValidationError
 from conveyor.settings import Settings
-from conveyor.webhooks.deliverer import _retry_after
+from conveyor.webhooks.deliverer import Deliverer, _retry_after
 from conveyor.webhooks.guard import Guard, RefusedAddressError
 from conveyor.webhooks.intake import WebhookIntake
 from conveyor.webhooks.signing import headers, new_secret
@@ -35,7 +37,13 @@ REFUSED = {
     "ff02::1": "multicast",
     "::ffff:10.0.0.1": "private",  # IPv4-mapped
     "::ffff:127.0.0.1": "loopback",
+    "2002:7f00:1::1": "6to4",  # 127.0.0.1 inside
+    "2002:5db8:d822::1": "6to4",
 }
+
+# Spellings of 127.0.0.1 that aiohttp takes for literals (all digits) and skips its resolver
+# for, while Python's ipaddress does not read them at all.
+LOOPBACK_SPELLINGS = ["127.1", "2130706433", "0x7f.1", "017700000001"]
 
 
 def test_every_signing_secret_signs_and_the_reference_library_verifies() -> None:
@@ -100,3 +108,37 @@ def test_webhook_settings_are_checked() -> None:
         Settings(webhooks={"allow_networks": ["10.0.0.0/33"]})  # type: ignore[arg-type]
     two = Settings(webhooks={"secret": f"{new_secret()} {new_secret()}"})  # type: ignore[arg-type]
     assert len(two.webhooks.secrets) == 2
+
+
+@pytest.mark.parametrize("host", LOOPBACK_SPELLINGS)
+def test_every_spelling_of_an_address_is_judged_as_the_socket_reads_it(host: str) -> None:
+    with pytest.raises(RefusedAddressError, match=r"127\.0\.0\.1 is a loopback"):
+        asyncio.run(Guard().resolve(host, 80))
+    with pytest.raises(RefusedAddressError, match="loopback"):
+        Guard().check_connect(host)
+    Guard(("127.0.0.0/8",)).check_connect(host)
+
+
+def test_the_deliverer_never_connects_to_a_refused_literal() -> None:
+    """aiohttp connects to ``http://2130706433:PORT/`` without asking any resolver; the
+    guarded socket factory refuses it before a connection is made."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    deliverer = Deliverer(Settings().webhooks, queue=None)  # type: ignore[arg-type]
+
+    async def post(host: str) -> None:
+        connector = aiohttp.TCPConnector(socket_factory=deliverer._guarded_socket)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await session.post(f"http://{host}:{port}/hook", data=b"{}")
+
+    try:
+        for host in ["127.0.0.1", "[::ffff:127.0.0.1]", *LOOPBACK_SPELLINGS]:
+            # refused by the guard's socket factory (or, for the legacy spellings, by
+            # aiohttp itself since 3.13: either way before any connection)
+            with pytest.raises((RefusedAddressError, aiohttp.InvalidURL)):
+                asyncio.run(post(host))
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nothing ever connected
+    finally:
+        listener.close()

@@ -16,6 +16,7 @@ from conveyor.api.params import QUERY, takes
 from conveyor.api.schemas import function_body
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
+from conveyor.auth.keys import Action
 from conveyor.functions.registry import FunctionEntry
 from conveyor.metrics import CONTENT_TYPE, HttpMetrics, Snapshot
 from conveyor.queueing import stats
@@ -85,8 +86,12 @@ class ObservabilityController(Controller):
         census = await platform.queue.census()
         depths = await _depths(platform)
         windows = await stats.windows(platform.queue.redis, minutes)
-        seen = {e.name for e in entries}
-        recent = [r for r in await stats.recent(platform.queue.redis) if r["function"] in seen]
+        # Only what the caller may read: a key that may invoke sees its own invocations.
+        recent = [
+            r
+            for r in await stats.recent(platform.queue.redis)
+            if caller.may_handle(r["function"], r.get("owner"), Action.READ)
+        ]
         return {
             "functions": [
                 _card(e, function_body(e, detail=True, census=census), depths, windows)

@@ -10,6 +10,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from conveyor.errors import (
     AuthenticationError,
     BrokerUnavailableError,
+    BundleConflictError,
     BundleError,
     BundleTooLargeError,
     ConveyorError,
@@ -49,6 +50,7 @@ _STATUS: dict[type[ConveyorError], tuple[int, str]] = {
     InputTooLargeError: (413, "input-too-large"),
     TooDeepError: (400, "too-deeply-nested"),
     BundleTooLargeError: (413, "bundle-too-large"),  # before BundleError: a subclass
+    BundleConflictError: (422, "conflicting-entries"),  # likewise
     BundleError: (400, "invalid-bundle"),
     # A pushed folder: its manifest or its code, as a dropped folder's error says.
     ManifestError: (422, "invalid-function"),

@@ -94,6 +94,7 @@ class LoadedFunction:
     input_adapter: TypeAdapter[Any]
     output_type: Any
     package: str
+    folder: Path | None = None  # where its files are (tracebacks show paths inside it)
 
     @property
     def is_class(self) -> bool:
@@ -151,7 +152,7 @@ def load_function(name: str, version: str, folder: Path, manifest: Manifest) -> 
         unload(package)
         raise FunctionLoadError(f"{where}: input annotation is not a usable schema: {exc}") from exc
     return LoadedFunction(
-        name, version, manifest, handler, input_type, adapter, output_type, package
+        name, version, manifest, handler, input_type, adapter, output_type, package, folder
     )
 
 

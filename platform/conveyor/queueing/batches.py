@@ -292,9 +292,13 @@ class Batches:
                 continue
             delay = self.executor.retry_delay(fn, outcome, attempt)
             if delay is None:
-                self.executor.fail(item.invocation_id, outcome, started, logs=logs)
+                self.executor.fail(
+                    item.invocation_id, outcome, started, logs=logs, folder=fn.folder
+                )
             else:
-                self.executor.mark_retrying(item.invocation_id, outcome, started, delay, logs)
+                self.executor.mark_retrying(
+                    item.invocation_id, outcome, started, delay, logs=logs, folder=fn.folder
+                )
                 self._retry_later(fn, item, delay)
         if self.executor.settings.metrics.enabled:
             stats.observe_batch(pipe, fn.name, len(admitted))

@@ -14,6 +14,7 @@ import math
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 from redis.exceptions import NoScriptError, RedisError
@@ -136,7 +137,7 @@ class QueueClient:
         # Watch before the message exists, so even an instant result is not missed.
         with self._waiters.watch(inv.id) as events:
             submit_keys, submit_args = self._submit_command(spec, inv, fields, idempotency, digest)
-            first = await self._store(inv.id, submit_keys, submit_args)
+            first, notice = await self._store(inv.id, submit_keys, submit_args)
             if isinstance(first, str):
                 return await self._replay(spec.name, idempotency_key or "", first, digest, wait)
             if not first:
@@ -154,14 +155,18 @@ class QueueClient:
                 priority=inv.priority,
             )
             record = JobRecord.from_hash(inv.id, fields)
-            return await self._until_final(record, events, wait, None)
+            record = await self._until_final(record, events, wait, None)
+            return replace(record, notice=notice) if notice else record
 
-    async def _store(self, invocation_id: str, submit_keys: list[str], args: list[Any]) -> Any:
-        """Run :data:`SUBMIT`; with ``[redis] min_replicas``, in a pipeline with WAIT, and
-        a submit the replicas did not confirm in time is withdrawn (see :meth:`_withdraw`)."""
+    async def _store(
+        self, invocation_id: str, submit_keys: list[str], args: list[Any]
+    ) -> tuple[Any, str | None]:
+        """Run :data:`SUBMIT`: its answer, and a notice for the caller. With ``[redis]
+        min_replicas``, in a pipeline with WAIT, and a submit the replicas did not confirm
+        in time is withdrawn (see :meth:`_withdraw_unreplicated`)."""
         if not replication.wanted(self.settings):
             with broker_errors():
-                return await self._submit(keys=submit_keys, args=args)
+                return await self._submit(keys=submit_keys, args=args), None
         with broker_errors():
             try:
                 first, confirmed = await self._submit_replicated(submit_keys, args)
@@ -169,8 +174,8 @@ class QueueClient:
                 await self.redis.script_load(self._submit.script)
                 first, confirmed = await self._submit_replicated(submit_keys, args)
         if first == 1 and confirmed is not None and confirmed < self.settings.redis.min_replicas:
-            await self._withdraw_unreplicated(invocation_id, confirmed)
-        return first
+            return first, await self._withdraw_unreplicated(invocation_id, confirmed)
+        return first, None
 
     async def _submit_replicated(
         self, submit_keys: list[str], args: list[Any]
@@ -180,9 +185,11 @@ class QueueClient:
             (first,), confirmed = await replication.execute_async(pipe, self.settings)
         return first, confirmed
 
-    async def _withdraw_unreplicated(self, invocation_id: str, confirmed: int) -> None:
-        """Answer a submit the replicas did not confirm: withdrawn (it will not run) unless
-        a worker started it already; either way :class:`NotReplicatedError` (a 503)."""
+    async def _withdraw_unreplicated(self, invocation_id: str, confirmed: int) -> str:
+        """Answer a submit the replicas did not confirm: withdrawn (it will not run), a
+        :class:`NotReplicatedError` (a 503); or, when a worker started it already, a
+        warning for its 202. A client retries a 503 (HTTP libraries do so on Retry-After):
+        one that runs anyway must not be answered 503, or it would run twice."""
         wanted, waited = self.settings.redis.min_replicas, self.settings.redis.replica_timeout
         with broker_errors():
             outcome = await self._withdraw(
@@ -207,13 +214,10 @@ class QueueClient:
                 invocation_id=invocation_id,
                 accepted=False,
             )
-        raise NotReplicatedError(
-            f"not confirmed: {short}, and a worker had already started it ({outcome}): it"
-            " runs, but would be lost if the primary failed before its replicas catch up;"
-            f" GET its result to follow it (a retry with the same Idempotency-Key returns it"
-            " without running it again)",
-            invocation_id=invocation_id,
-            accepted=True,
+        return (
+            f"not yet replicated: {short}, but a worker had already started it ({outcome}):"
+            " it runs; it would be lost only if the primary failed before its replicas"
+            " catch up"
         )
 
     async def _replay(

@@ -13,6 +13,8 @@ import os
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
+from traceback import format_exception
 from typing import Any, cast
 
 import redis
@@ -188,9 +190,9 @@ class Executor:
             return
         delay = self.retry_delay(fn, error, attempt)
         if delay is None:
-            self.fail(invocation_id, error, started, logs=logs.text)
+            self.fail(invocation_id, error, started, logs=logs.text, folder=fn.folder)
             return
-        self.mark_retrying(invocation_id, error, started, delay, logs=logs.text)
+        self.mark_retrying(invocation_id, error, started, delay, logs=logs.text, folder=fn.folder)
         # Celery republishes with the same id, queue and (broker) priority.
         raise task.retry(countdown=delay, max_retries=None) from None
 
@@ -264,29 +266,34 @@ class Executor:
         exc: BaseException,
         started: float,
         delay: float,
+        *,
         logs: str = "",
+        folder: Path | None = None,
     ) -> None:
         self.transition(
             invocation_id,
             (JobStatus.RUNNING,),
             JobStatus.RETRYING,
-            error=json.dumps(error_payload(exc)),
+            error=json.dumps(error_payload(exc, folder=folder)),
             logs=logs,
         )
-        self.finished("retrying", started, error=repr(exc), retry_in=round(delay, 3))
+        self.finished(
+            "retrying", started, error=repr(exc), retry_in=round(delay, 3), traceback=_full(exc)
+        )
 
     def fail(
         self,
         invocation_id: str,
         exc: BaseException,
         started: float,
+        *,
         traceback: bool = True,
         logs: str = "",
+        folder: Path | None = None,
     ) -> None:
         # A bad input is the caller's to fix: the message names the field, no traceback.
-        payload = error_payload(
-            exc, with_traceback=traceback and not isinstance(exc, ValidationError)
-        )
+        shown = traceback and not isinstance(exc, ValidationError)
+        payload = error_payload(exc, with_traceback=shown, folder=folder)
         self.transition(
             invocation_id,
             (JobStatus.RUNNING,),
@@ -294,7 +301,12 @@ class Executor:
             error=json.dumps(payload),
             logs=logs,
         )
-        self.finished("failed", started, error=f"{payload['type']}: {payload['message']}")
+        self.finished(
+            "failed",
+            started,
+            error=f"{payload['type']}: {payload['message']}",
+            **({"traceback": _full(exc)} if shown else {}),
+        )
 
     def reporter(self, invocation_id: str) -> Callable[[float, str], None]:
         """What ``context.current().progress(...)`` calls: the record shows it while the
@@ -342,6 +354,11 @@ class Executor:
         """The child running it died; Celery requeues the message."""
         self.transition(invocation_id, (JobStatus.RUNNING,), JobStatus.QUEUED, lost="1")
         log.warning("invocation_requeued", invocation_id=invocation_id, reason="worker_lost")
+
+
+def _full(exc: BaseException) -> str:
+    """The whole traceback, for the worker's log (a result shows the function's frames)."""
+    return "".join(format_exception(exc))
 
 
 def bind(function: str, invocation_id: str | None, task: Task[Any, Any]) -> None:

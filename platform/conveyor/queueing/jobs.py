@@ -267,6 +267,7 @@ class JobRecord:
     webhook: dict[str, Any] | None = None  # {"url", "events", "status"?, "attempts"?, ...}
     progress: dict[str, Any] | None = None  # {"fraction", "message", "updated_at"}
     logs: str | None = None  # what the last attempt printed or logged
+    notice: str | None = None  # for this answer only, never stored: e.g. not yet replicated
 
     @classmethod
     def from_hash(cls, invocation_id: str, raw: dict[str, str]) -> JobRecord:

@@ -92,7 +92,7 @@ local function count_finished(id, record, counters, failures, durations, bucket,
   redis.call('EXPIRE', bucket, {STATS_TTL})
   redis.call('LPUSH', recent, cjson.encode({{id = id, ['function'] = fn,
     status = record.status, error_type = error_type, finished_at = record.finished_at,
-    duration = duration}}))
+    duration = duration, owner = record.owner}}))
   redis.call('LTRIM', recent, 0, {RECENT - 1})
 end
 """

@@ -19,7 +19,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from conveyor.errors import BundleError, BundleTooLargeError
+from conveyor.errors import BundleConflictError, BundleError, BundleTooLargeError
 from conveyor.functions.digest import VERSION_LENGTH, folder_files
 from conveyor.functions.manifest import MANIFEST_FILE
 
@@ -137,6 +137,7 @@ def _members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
             continue  # not part of a version, as in a folder
         members.append(info)
     names = {info.filename for info in members}
+    _check_clashes([info.filename for info in members])
     if MANIFEST_FILE not in names:
         nested = sorted(n for n in names if PurePosixPath(n).name == MANIFEST_FILE)
         if nested:
@@ -145,6 +146,28 @@ def _members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
                 " the folder's contents, or use `conveyor deploy PATH`"
             )
     return members
+
+
+def _check_clashes(names: list[str]) -> None:
+    """A name twice, or a file that is also a folder of another entry (``a`` and ``a/b.py``),
+    cannot be unpacked into one folder: say which entries clash."""
+    files: set[str] = set()
+    clashes: list[str] = []
+    for name in names:
+        if name in files:
+            clashes.append(f"{name} is in the archive twice")
+        files.add(name)
+    for name in names:
+        parts = PurePosixPath(name).parts
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in files:
+                clashes.append(f"{folder} is a file and the folder of {name}")
+    if clashes:
+        raise BundleConflictError(
+            f"the archive's entries clash: {', '.join(sorted(set(clashes))[:NAMED_FILES])};"
+            " a function folder's files must each have their own path"
+        )
 
 
 def _compresses(data: bytes) -> bool:

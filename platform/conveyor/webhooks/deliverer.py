@@ -28,10 +28,10 @@ import socket
 import time
 from collections import Counter
 from email.utils import parsedate_to_datetime
-from ipaddress import ip_address
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohappyeyeballs import AddrInfoType
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from conveyor.log import get_logger
@@ -100,6 +100,7 @@ class Deliverer:
             resolver=GuardedResolver(self.guard),
             use_dns_cache=False,
             limit=self.settings.concurrency,
+            socket_factory=self._guarded_socket,
         )
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -153,7 +154,6 @@ class Deliverer:
         started = time.monotonic()
         retry_after: float | None = None
         try:
-            self._check_literal(delivery.url)
             stamp = int(time.time())
             headers = signing.headers(self.settings.secrets, delivery.id, stamp, body)
             async with session.post(
@@ -162,6 +162,9 @@ class Deliverer:
                 status = response.status
                 retry_after = _retry_after(response.headers.get("Retry-After"))
         except RefusedAddressError as exc:
+            await self._give_up(delivery, attempts, f"refused: {exc}")
+            return
+        except aiohttp.InvalidURL as exc:  # it will not become valid
             await self._give_up(delivery, attempts, f"refused: {exc}")
             return
         except aiohttp.ClientConnectorError as exc:
@@ -184,15 +187,12 @@ class Deliverer:
         else:
             await self._give_up(delivery, attempts, f"the receiver answered {status}")
 
-    def _check_literal(self, url: str) -> None:
-        """aiohttp does not resolve an IP address, so the guard looks at it here."""
-        host = urlsplit(url).hostname or ""
-        try:
-            ip = ip_address(host)
-        except ValueError:
-            return
-        if (why := self.guard.refusal(ip)) is not None:
-            raise RefusedAddressError(why)
+    def _guarded_socket(self, addr_info: AddrInfoType) -> socket.socket:
+        """Every socket aiohttp opens, made only for an address the guard allows: a host
+        aiohttp takes for an IP literal (``2130706433``) skips the resolver, not this."""
+        family, kind, proto, _, address = addr_info
+        self.guard.check_connect(str(address[0]))
+        return socket.socket(family, kind, proto)
 
     async def _later(
         self, delivery: Delivery, attempts: int, error: str, retry_after: float | None
