@@ -31,6 +31,12 @@ def add_admin_commands(sub: Any) -> None:
         required=True,
         help="invoke:<glob>, read:<glob> or admin; repeat for several",
     )
+    create.add_argument(
+        "--webhook-secret",
+        action="store_true",
+        help="give the key its own webhook signing secret (printed once): its invocations'"
+        " deliveries are signed with it instead of the platform's",
+    )
     create.set_defaults(run=_keys_create)
     keys_sub.add_parser("ls", help="list keys (never the keys themselves)").set_defaults(
         run=_keys_ls
@@ -61,8 +67,18 @@ def add_admin_commands(sub: Any) -> None:
 
 
 def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
-    key, record = _with_keys(settings, lambda store: store.create(args.name, args.scope))
+    from conveyor.webhooks.signing import new_secret
+
+    secret = new_secret() if args.webhook_secret else ""
+    key, record = _with_keys(settings, lambda store: store.create(args.name, args.scope, secret))
     print(key)
+    if secret:
+        print(secret)
+        print(
+            "# the key's webhook signing secret, on the line above: give it to the receivers"
+            " of its invocations' webhooks (shown this once too)",
+            file=sys.stderr,
+        )
     print(
         f"# key {record.name!r} with scopes {' '.join(record.scopes)}: shown this once, only"
         " its SHA-256 is kept. Send it as Authorization: Bearer <key> (or CONVEYOR_API_KEY).",

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -13,12 +15,25 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 from litestar.testing import TestClient
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
-from support import Process, Stack, conveyor, free_port, invoke, result, wait_for, write_function
+from support import (
+    Process,
+    Stack,
+    conveyor,
+    free_port,
+    invoke,
+    make_key,
+    result,
+    start_api,
+    wait_for,
+    write_function,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -166,6 +181,7 @@ def test_signed_start_and_completed_events(api, delivery, receivers) -> None:  #
         k: final[k] for k in ("id", "output", "finished_at")
     }
     assert events["start"][1]["status"] == "running"
+    assert completed["owner"] is None  # no keys here: nobody's in particular
     wait_for(lambda: result(api, "echo", done["id"], 0)["webhook"]["status"] == "delivered", 10)
 
 
@@ -297,3 +313,57 @@ def test_a_map_job_completion_is_signed_and_delivered(api, delivery, receivers) 
         "the job to show its webhook delivered",
     )
     assert len(receiver.got["map"]) == 1
+
+
+def test_a_key_with_its_own_secret_signs_its_deliveries(make_stack, receivers) -> None:  # type: ignore[no-untyped-def]
+    """With keys, each delivery names its key (inside what is signed), and a key made with
+    --webhook-secret has its deliveries signed with its own secret, not the platform's: a
+    receiver of one team cannot be fed another team's deliveries."""
+    stack: Stack = make_stack(
+        f"""
+        [webhooks]
+        secret = "{SECRET}"
+        allow_networks = ["127.0.0.2/32"]
+        """
+    )
+    stack.set_settings("api", auth='"keys"')
+    write_function(stack.functions, "echo", ECHO, '[function]\nhandler = "handler:run"\n')
+    stack.worker("--queues", "default")
+    made = subprocess.run(
+        conveyor("keys", "create", "--name", "team-a", "--scope", "invoke:*", "--webhook-secret"),
+        env={**os.environ, "CONVEYOR_CONFIG": str(stack.config)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key_a, secret_a = made.stdout.split()
+    key_b = make_key(stack, "team-b", "invoke:*")
+    deliverer = Deliverers(stack)
+    deliverer.start()
+    api, base = start_api(stack.config, stack.root / "api.log", free_port())
+    receiver = receivers[0]
+    try:
+        ids = {}
+        for path, key in (("team-a", key_a), ("team-b", key_b)):
+            answer = httpx.post(
+                f"{base}/functions/echo/invoke?wait=30",
+                json={"input": path, "webhook": {"url": receiver.url(path)}},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=40,
+            )
+            assert answer.status_code == 200, answer.text
+            ids[path] = answer.json()["id"]
+        wait_for(lambda: receiver.got["team-a"] and receiver.got["team-b"], 15, "both deliveries")
+    finally:
+        api.stop()
+        deliverer.stop()
+    headers, body, _ = receiver.got["team-a"][-1]
+    got = Webhook(secret_a).verify(body, headers)
+    assert got["id"] == ids["team-a"] and got["owner"] is not None
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(body, headers)  # the platform's secret does not sign it
+    headers, body, _ = receiver.got["team-b"][-1]
+    got_b = Webhook(SECRET).verify(body, headers)
+    assert got_b["owner"] not in (None, got["owner"])  # another key's id
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret_a).verify(body, headers)

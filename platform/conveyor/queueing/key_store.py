@@ -25,19 +25,23 @@ from conveyor.queueing.waiters import Subscription
 TOUCH_EVERY = 60.0  # seconds between last-used writes for one key, per process
 CACHE_LIMIT = 10_000  # digests remembered (known and unknown) before the cache starts over
 
-# KEYS: records, names, used, channel. ARGV: name, digest, record.
+# KEYS: records, names, used, channel, webhook secrets. ARGV: name, digest, record, key id,
+# its webhook secret ('' for none).
 CREATE = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[5], ARGV[4], ARGV[5]) end
 redis.call('PUBLISH', KEYS[4], ARGV[2])
 return 1
 """
 
-# KEYS: records, names, used, channel. ARGV: name.
+# KEYS: records, names, used, channel, webhook secrets. ARGV: name.
 REVOKE = """
 local digest = redis.call('HGET', KEYS[2], ARGV[1])
 if not digest then return 0 end
+local record = redis.call('HGET', KEYS[1], digest)
+if record then redis.call('HDEL', KEYS[5], cjson.decode(record).id) end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], digest)
 redis.call('HDEL', KEYS[3], digest)
@@ -45,7 +49,13 @@ redis.call('PUBLISH', KEYS[4], digest)
 return 1
 """
 
-_KEYS = [keys.API_KEYS, keys.API_KEY_NAMES, keys.API_KEYS_USED, keys.API_KEYS_CHANNEL]
+_KEYS = [
+    keys.API_KEYS,
+    keys.API_KEY_NAMES,
+    keys.API_KEYS_USED,
+    keys.API_KEYS_CHANNEL,
+    keys.API_KEY_WEBHOOK_SECRETS,
+]
 
 
 def _record(raw: str) -> KeyRecord:
@@ -69,8 +79,11 @@ class KeyStore:
         if subscription is not None:
             subscription.on(keys.API_KEYS_CHANNEL, self._changed, self._cache.clear)
 
-    async def create(self, name: str, scopes: list[str]) -> tuple[str, KeyRecord]:
-        """A new key (returned once, never stored) and its record."""
+    async def create(
+        self, name: str, scopes: list[str], webhook_secret: str = ""
+    ) -> tuple[str, KeyRecord]:
+        """A new key (returned once, never stored) and its record; ``webhook_secret``
+        signs the webhooks of its invocations instead of the platform's secrets."""
         key = new_key()
         record = KeyRecord(
             id=secrets.token_hex(8),
@@ -81,7 +94,14 @@ class KeyStore:
         )
         with broker_errors():
             made = await self._create(
-                keys=_KEYS, args=[record.name, record.digest, json.dumps(asdict(record))]
+                keys=_KEYS,
+                args=[
+                    record.name,
+                    record.digest,
+                    json.dumps(asdict(record)),
+                    record.id,
+                    webhook_secret,
+                ],
             )
         if not made:
             raise ApiKeyError(f"a key named {name!r} exists; revoke it or choose another name")

@@ -40,6 +40,9 @@ API_KEYS = f"{PREFIX}:api-keys"
 API_KEY_NAMES = f"{PREFIX}:api-key-names"
 API_KEYS_USED = f"{PREFIX}:api-keys-used"
 API_KEYS_CHANNEL = f"{PREFIX}:api-keys-changed"
+# key id -> the key's own webhook signing secret (conveyor keys create --webhook-secret):
+# its invocations' deliveries are signed with it instead of the platform's.
+API_KEY_WEBHOOK_SECRETS = f"{PREFIX}:api-key-webhook-secrets"
 
 # Webhook deliveries: one hash each (the record as it was, the URL, attempts), and a sorted
 # set of them by when they are due; the deliverer blocks on the wake-up list.

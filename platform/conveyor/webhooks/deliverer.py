@@ -150,12 +150,19 @@ class Deliverer:
             view = map_job_body(MapJob.from_hash(delivery.invocation, delivery.record))
         else:
             view = result_body(JobRecord.from_hash(delivery.invocation, delivery.record))
-        body = json.dumps({**view, "event": delivery.event}, separators=(",", ":")).encode()
+        # Signed with the rest: whose invocation it was (null without keys), so a receiver
+        # can tell one team's delivery from another's replayed to it.
+        owner = delivery.record.get("owner") or None
+        body = json.dumps(
+            {**view, "event": delivery.event, "owner": owner}, separators=(",", ":")
+        ).encode()
+        own = await self.queue.own_secret(owner) if owner else None
         started = time.monotonic()
         retry_after: float | None = None
         try:
             stamp = int(time.time())
-            headers = signing.headers(self.settings.secrets, delivery.id, stamp, body)
+            secrets = [own] if own else self.settings.secrets
+            headers = signing.headers(secrets, delivery.id, stamp, body)
             async with session.post(
                 delivery.url, data=body, headers=headers, allow_redirects=False
             ) as response:
