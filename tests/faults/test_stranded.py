@@ -1,4 +1,5 @@
-"""A message lost between kombu's BRPOP and its unacked record is queued again.
+"""A message lost between kombu's BRPOP and its unacked record is queued again (a
+submit's, and a retry's).
 
 A consumer SIGKILLed between the two commands (or a primary Redis that replicated only
 the first) leaves the invocation queued with its message nowhere. The test makes that
@@ -12,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from support import cancel, invoke, result, wait_for, write_recording_function
+from support import cancel, invoke, result, wait_for, write_function, write_recording_function
 
 pytestmark = pytest.mark.faults
 
@@ -43,3 +44,48 @@ def test_lost_message_is_queued_again(make_stack) -> None:  # type: ignore[no-un
     log = worker.log.read_text()
     assert "message_lost" in log and lost in log
     assert client.hlen("conveyor:stranded") == 0
+
+
+FLAKY = """
+from conveyor import context
+
+def run(x: int) -> int:
+    with open({runs!r}, "a") as f:
+        f.write(f"{{context.current().id}}:{{context.current().attempt}}\\n")
+    if context.current().attempt == 1:
+        raise RuntimeError("first attempts fail")
+    return x
+"""
+
+
+def test_a_retrys_lost_message_is_queued_again(make_stack) -> None:  # type: ignore[no-untyped-def]
+    """A retry's message is written with the record's change to ``retrying`` and copied as
+    a submit's is: a worker killed then, with the message lost between kombu's two
+    commands, leaves nothing ``retrying`` forever."""
+    stack = make_stack()
+    runs = stack.root / "runs"
+    manifest = '[function]\nhandler = "handler:run"\n[retries]\nmax = 1\nbackoff = 1.0\non = ["RuntimeError"]\n'
+    write_function(stack.functions, "flaky", FLAKY.format(runs=str(runs)), manifest)
+    client = stack.redis
+    with stack.api() as api:
+        worker = stack.worker("--queues", "default", "--concurrency", "1")
+        invocation = invoke(api, "flaky", 7)[1]["id"]
+        wait_for(lambda: client.hget(f"conveyor:job:{invocation}", "status") == "retrying", 30)
+        worker.kill()  # it may hold the retry's message (due in a second) by now
+        worker.stop()
+        entry = client.hget("conveyor:sent", invocation)
+        assert entry is not None and entry.endswith(f" {invocation}.2"), entry  # the retry's copy
+        message = client.hget("conveyor:sent-messages", invocation)
+        # As kombu leaves it when its consumer dies between BRPOP and the unacked record:
+        # the message on no list and not among the unacked.
+        for queue_list in client.keys("default*"):
+            client.lrem(queue_list, 0, message)
+        client.hdel("unacked", f"{invocation}.2")
+        client.zrem("unacked_index", f"{invocation}.2")
+        assert client.hget(f"conveyor:job:{invocation}", "status") == "retrying"
+
+        rescuer = stack.worker("--queues", "default", "--concurrency", "1")
+        done = result(api, "flaky", invocation, wait=60)
+        assert done["status"] == "succeeded" and done["output"] == 7 and done["attempts"] == 2
+    assert runs.read_text().split() == [f"{invocation}:1", f"{invocation}:2"]
+    assert "message_lost" in rescuer.log.read_text()

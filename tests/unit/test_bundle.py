@@ -133,3 +133,26 @@ def test_the_cache_unpacks_a_version_once_for_all_processes(tmp_path: Path) -> N
         cache.install("hello", "0" * 12, lambda: bundle.data)  # not what it claims to be
     cache.remove("hello", bundle.version)
     assert cache.versions() == [] and cache.get("hello", bundle.version) is None
+
+
+def test_a_cached_version_that_changed_is_unpacked_again(tmp_path: Path) -> None:
+    """Another process (user code) wrote into a version's folder: the next process to
+    import it finds its files do not match the digest, and gets the store's again."""
+    folder = _folder(tmp_path / "fns")
+    bundle = pack(folder, 10 * 1024 * 1024)
+    cache = VersionCache(tmp_path / "cache")
+    path = cache.verified("hello", bundle.version, lambda: bundle.data)
+    assert path is not None
+    handler = path / "handler.py"
+    original = handler.read_text()
+    assert stat.S_IMODE(handler.stat().st_mode) == 0o444  # read-only once unpacked
+    assert stat.S_IMODE(path.stat().st_mode) == 0o555
+    handler.chmod(0o644)
+    handler.write_text("def run(x):\n    return 'rewritten by another function'\n")
+    (path / "__pycache__").mkdir(mode=0o755)
+    (path / "__pycache__" / "handler.cpython-311.pyc").write_bytes(b"forged")
+    again = cache.verified("hello", bundle.version, lambda: bundle.data)
+    assert again == path and handler.read_text() == original
+    assert not (path / "__pycache__").exists()
+    cache.remove("hello", bundle.version)
+    assert cache.versions() == []

@@ -53,7 +53,7 @@ from conveyor.queueing.executor import (
     hard_limit_error,
     soft_limit_error,
 )
-from conveyor.queueing.jobs import JobStatus
+from conveyor.queueing.jobs import JobStatus, Requeue
 from conveyor.queueing.messages import Invocation, encode_batch_trigger
 from conveyor.runtime.capture import Captured
 
@@ -297,20 +297,31 @@ class Batches:
                 )
             else:
                 self.executor.mark_retrying(
-                    item.invocation_id, outcome, started, delay, logs=logs, folder=fn.folder
+                    item.invocation_id,
+                    outcome,
+                    started,
+                    delay,
+                    logs=logs,
+                    folder=fn.folder,
+                    requeue=self._retry_later(fn, item, delay),
                 )
-                self._retry_later(fn, item, delay)
         if self.executor.settings.metrics.enabled:
             stats.observe_batch(pipe, fn.name, len(admitted))
         replication.execute(pipe, self.executor.settings, f"a batch of {fn.name}")
 
-    def _retry_later(self, fn: LoadedFunction, item: Item, delay: float) -> None:
-        member = json.dumps(item.fields())
-        self.redis.zadd(keys.batch_delayed(fn.name), {member: time.time() + delay})
+    def _retry_later(self, fn: LoadedFunction, item: Item, delay: float) -> Requeue:
+        """An item's retry: its entry in the delayed set and a drain trigger due then,
+        written with its record's change to ``retrying``."""
         queue_key, message = encode_batch_trigger(
             self.app, trigger_for(fn.name, fn.version, fn.manifest), countdown=delay
         )
-        self.redis.lpush(queue_key, message)
+        return Requeue(
+            queue_key,
+            message,
+            delayed=keys.batch_delayed(fn.name),
+            member=json.dumps(item.fields()),
+            due=time.time() + delay,
+        )
 
     def arm(self, trigger: Invocation) -> None:
         """Queue ``trigger`` unless one is already waiting for its function."""

@@ -330,13 +330,19 @@ class Chunks:
         args: list[Any] = [job, repr(time.time()), task_id, chunk, seen, k]
         args += [size, message[1], fields["function"], count, *out.results]
         args += [len(out.retries) // 2, *out.retries, len(out.back), *out.back]
+        timer_key, timer = "", ""
+        if out.retries:  # written with the retries: they never wait without a timer
+            due = min(float(d) for d in out.retries[1::2])
+            timer_key, timer = maps.delay_message(self.app, job, fields, due - time.time())
+        args.append(timer)
         metrics = self.executor.settings.metrics.enabled
         fed, _, earliest = self.script("settle")(
-            keys=maps.settle_keys(job, chunk, k, queue_key, metrics), args=args
+            keys=maps.settle_keys(job, chunk, k, queue_key, metrics=metrics, timer_key=timer_key),
+            args=args,
         )
         if message[1] and not fed:
             self.feed(job)  # another feeder took chunk k: feed with the next number
-        elif earliest and not fed:
+        elif earliest and not fed and not out.retries:
             self._timer(job, fields, float(earliest) - time.time())
 
     def feed(self, job: str) -> None:

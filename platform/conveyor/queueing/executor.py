@@ -37,10 +37,12 @@ from conveyor.queueing.jobs import (
     START,
     TRANSITION,
     JobStatus,
+    Requeue,
     start_args,
     transition_args,
 )
 from conveyor.queueing.local import LocalFunctions
+from conveyor.queueing.messages import Invocation, encode_retry
 from conveyor.runtime import Runner, error_payload
 from conveyor.runtime.capture import Captured, OutputCapture
 from conveyor.settings import Settings
@@ -106,6 +108,7 @@ class Executor:
         *,
         pipe: Pipeline | None = None,
         logs: str = "",
+        requeue: Requeue | None = None,
         **fields: str,
     ) -> tuple[int, str]:
         """Change the record's status if it is one of ``allowed``: (changed, previous).
@@ -114,7 +117,12 @@ class Executor:
         if logs:
             fields["logs"] = logs
         job_keys, args = transition_args(
-            invocation_id, allowed, to, metrics=self.settings.metrics.enabled, **fields
+            invocation_id,
+            allowed,
+            to,
+            metrics=self.settings.metrics.enabled,
+            requeue=requeue,
+            **fields,
         )
         if pipe is None and replication.wanted(self.settings):
             pipe = self.redis.pipeline(transaction=False)
@@ -192,9 +200,18 @@ class Executor:
         if delay is None:
             self.fail(invocation_id, error, started, logs=logs.text, folder=fn.folder)
             return
-        self.mark_retrying(invocation_id, error, started, delay, logs=logs.text, folder=fn.folder)
-        # Celery republishes with the same id, queue and (broker) priority.
-        raise task.retry(countdown=delay, max_retries=None) from None
+        # The next attempt's message is written with the record's change (not published by
+        # task.retry() after it), and this message is acknowledged as the task returns.
+        requeue = retry_message(task, fn, invocation_id, raw_input, delay=delay, attempt=attempt)
+        self.mark_retrying(
+            invocation_id,
+            error,
+            started,
+            delay,
+            logs=logs.text,
+            folder=fn.folder,
+            requeue=requeue,
+        )
 
     def start(self, invocation_id: str) -> tuple[int, bool] | None:
         """Mark an attempt started: (attempt number, whether a lost attempt preceded it),
@@ -269,13 +286,17 @@ class Executor:
         *,
         logs: str = "",
         folder: Path | None = None,
+        requeue: Requeue | None = None,
     ) -> None:
+        """Mark the attempt failed and to be retried, with ``requeue``, its message, in the
+        same step."""
         self.transition(
             invocation_id,
             (JobStatus.RUNNING,),
             JobStatus.RETRYING,
             error=json.dumps(error_payload(exc, folder=folder)),
             logs=logs,
+            requeue=requeue,
         )
         self.finished(
             "retrying", started, error=repr(exc), retry_in=round(delay, 3), traceback=_full(exc)
@@ -354,6 +375,35 @@ class Executor:
         """The child running it died; Celery requeues the message."""
         self.transition(invocation_id, (JobStatus.RUNNING,), JobStatus.QUEUED, lost="1")
         log.warning("invocation_requeued", invocation_id=invocation_id, reason="worker_lost")
+
+
+def retry_message(
+    task: Task[Any, Any],
+    fn: LoadedFunction,
+    invocation_id: str,
+    raw_input: Any,
+    *,
+    delay: float,
+    attempt: int,
+) -> Requeue:
+    """The next attempt's message, as task.retry() would publish it: same id, queue and
+    broker priority, due in ``delay`` seconds; its own delivery tag (kombu keys its unacked
+    messages by tag, and this attempt's message is acknowledged only after it is queued)."""
+    delivery = task.request.delivery_info or {}
+    limits = fn.manifest.limits
+    inv = Invocation(
+        id=invocation_id,
+        function=fn.name,
+        version=fn.version,
+        input=raw_input,
+        queue=str(delivery.get("routing_key") or fn.manifest.target_queue),
+        priority=fn.manifest.queue.priority,
+        timeout=limits.timeout,
+        soft_timeout=limits.soft_timeout,
+    )
+    tag = f"{invocation_id}.{attempt + 1}"
+    queue_list, message = encode_retry(task.app, inv, delay, tag, delivery.get("priority"))
+    return Requeue(queue_list, message, delivery_tag=tag, copied=True)
 
 
 def _full(exc: BaseException) -> str:

@@ -76,10 +76,13 @@ end
 # KEYS[1] job, KEYS[2] events channel, KEYS[3..5] the 'completed' webhook delivery, the
 # due set, the deliverer's wake-up list, KEYS[6..11] the counters of stats.py
 # (invocations, failures, run times, retries, this moment's dashboard bucket, recent),
-# KEYS[12] the versions in use (a final status counts the record's version down).
-# ARGV: allowed-from (space separated), to, ttl (0 = keep, 'record' = the ttl the record
-# was created with), final (1/0: publish, webhook, count), id, then field/value pairs.
-# Returns {changed, previous status}.
+# KEYS[12] the versions in use (a final status counts the record's version down),
+# KEYS[13..17] where a retry goes (see :class:`Requeue`): the list for its message, the
+# sent copies, their messages, the list's sequence (or '' for no copy), the delayed set
+# (or ''). ARGV: allowed-from (space separated), to, ttl (0 = keep, 'record' = the ttl the
+# record was created with), final (1/0: publish, webhook, count), id, the retry's message
+# ('' for none), its delivery tag, its member of the delayed set ('' for none) and when it
+# is due, then field/value pairs. Returns {changed, previous status}.
 TRANSITION = (
     RECORD_LUA
     + WEBHOOK_LUA
@@ -90,7 +93,18 @@ if not status then return {0, ''} end
 if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then
   return {0, status}
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 10))
+-- A retry's message goes with the change to 'retrying': no record is ever left retrying
+-- without one (a worker killed between two steps would leave it so forever).
+if ARGV[6] ~= '' then
+  redis.call('LPUSH', KEYS[13], ARGV[6])
+  if KEYS[14] ~= '' then
+    local seq = redis.call('INCR', KEYS[16])
+    redis.call('HSET', KEYS[14], ARGV[5], KEYS[13] .. ' ' .. seq .. ' ' .. ARGV[7])
+    redis.call('HSET', KEYS[15], ARGV[5], ARGV[6])
+  end
+end
+if ARGV[8] ~= '' then redis.call('ZADD', KEYS[17], ARGV[9], ARGV[8]) end
 local ttl = ARGV[3]
 if ttl == 'record' then ttl = redis.call('HGET', KEYS[1], 'ttl') or '3600' end
 if ttl ~= '0' then
@@ -338,24 +352,53 @@ def new_job_fields(
     return fields
 
 
+@dataclass(frozen=True)
+class Requeue:
+    """Where a retry goes, written with the transition to ``retrying``: a task message
+    pushed onto ``queue_list`` (with a sent copy, keyed by the invocation, for the stranded
+    sweep, when ``copied``), and for a batch item its place in the function's delayed set."""
+
+    queue_list: str
+    message: str
+    delivery_tag: str = ""
+    copied: bool = False
+    delayed: str = ""  # the delayed set: a batch item's entry waits there until due
+    member: str = ""
+    due: float = 0.0
+
+    def keys(self) -> list[str]:
+        sent = [keys.SENT, keys.SENT_MESSAGES, keys.sent_sequence(self.queue_list)]
+        return [self.queue_list, *(sent if self.copied else ["", "", ""]), self.delayed]
+
+    def args(self) -> list[str]:
+        return [self.message, self.delivery_tag, self.member, repr(self.due)]
+
+
+_NO_REQUEUE = ["", "", "", "", ""], ["", "", "", ""]
+
+
 def transition_args(
     invocation_id: str,
     allowed: tuple[JobStatus, ...],
     to: JobStatus,
     *,
     metrics: bool = True,
+    requeue: Requeue | None = None,
     **fields: str,
 ) -> tuple[list[str], list[str]]:
     """KEYS and ARGV of :data:`TRANSITION`.
 
     A final status publishes the id, stamps finished_at and starts the result's TTL; with
-    ``metrics`` (``[metrics] enabled``) it is counted too.
+    ``metrics`` (``[metrics] enabled``) it is counted too. ``requeue``: the retry that goes
+    with a change to ``retrying``.
     """
     ttl = "0"
     if to.final:
         fields.setdefault("finished_at", repr(now()))
         ttl = "record"
+    retry_keys, retry_args = (requeue.keys(), requeue.args()) if requeue else _NO_REQUEUE
     args = [" ".join(allowed), to.value, ttl, "1" if to.final else "0", invocation_id]
+    args += retry_args
     for name, value in fields.items():
         args += [name, value]
     return [
@@ -366,6 +409,7 @@ def transition_args(
         keys.WEBHOOKS_WAKE,
         *(_counted_keys() if metrics else _UNCOUNTED),
         keys.VERSIONS_IN_USE,
+        *retry_keys,
     ], args
 
 

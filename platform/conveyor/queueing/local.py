@@ -54,8 +54,8 @@ class LocalFunctions:
         manifest = self.reader.manifest(name, version)
         try:
             folder = None
-            if manifest is not None:
-                folder = self.cache.install(
+            if manifest is not None:  # checked: another process may have written into it
+                folder = self.cache.verified(
                     name, version, lambda: self.reader.bundle(name, version)
                 )
         except OSError as exc:

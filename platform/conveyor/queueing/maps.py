@@ -163,7 +163,9 @@ return {1, redis.call('HINCRBY', KEYS[1], 'starts:' .. ARGV[2], 1), found[2], fo
 # function, number of results, then (index, status, error type, seconds, result) per item,
 # number of retries, then (entry, due) per retry, number of items given back (the chunk
 # yielded to more urgent work), then their entries: they go back to the front of the
-# waiting items, or, if the job was cancelled meanwhile, count as cancelled.
+# waiting items, or, if the job was cancelled meanwhile, count as cancelled; last, a timer
+# message (KEYS[18] its list) due with the earliest of this chunk's retries, pushed unless a
+# chunk was fed: the retries are never left without something to feed them.
 # Returns {fed, ended, earliest retry or ''}.
 SETTLE = (
     _LUA
@@ -216,6 +218,8 @@ local fed = 0
 if ARGV[8] ~= '' then
   fed = feed(job, KEYS[7], KEYS[5], KEYS[8], KEYS[9], ARGV[6], ARGV[7], ARGV[8], now)
 end
+local timer = ARGV[at + back + 1]
+if retries > 0 and fed == 0 and timer and timer ~= '' then redis.call('LPUSH', KEYS[18], timer) end
 local over = 0
 if ended(job, KEYS[7], KEYS[5]) and not redis.call('HGET', job, 'finished_at') then
   finish(job, id, now, KEYS[14], KEYS[15], KEYS[16], {KEYS[3], KEYS[4]}, KEYS[17])
@@ -376,7 +380,7 @@ def delay_message(
 
 
 def settle_keys(
-    job_id: str, chunk: int, next_chunk: int, queue_key: str, metrics: bool
+    job_id: str, chunk: int, next_chunk: int, queue_key: str, *, metrics: bool, timer_key: str = ""
 ) -> list[str]:
     counted = [keys.METRICS_INVOCATIONS, keys.METRICS_FAILURES, keys.METRICS_DURATION]
     return [
@@ -395,6 +399,7 @@ def settle_keys(
         keys.WEBHOOKS_DUE,
         keys.WEBHOOKS_WAKE,
         keys.VERSIONS_IN_USE,
+        timer_key,
     ]
 
 

@@ -53,6 +53,29 @@ def encode_message(app: Celery, inv: Invocation) -> tuple[str, str]:
     return encode_task(app, inv.id, TASK_NAME, kwargs, inv, delivery_tag=inv.id)
 
 
+def encode_retry(
+    app: Celery, inv: Invocation, countdown: float, delivery_tag: str, priority: int | None
+) -> tuple[str, str]:
+    """An invocation's next attempt, due in ``countdown`` seconds, at the broker priority
+    its first message had (``priority``: None for ``inv.priority``'s)."""
+    kwargs = {
+        "invocation_id": inv.id,
+        "function": inv.function,
+        "version": inv.version,
+        "input": inv.input,
+    }
+    return encode_task(
+        app,
+        inv.id,
+        TASK_NAME,
+        kwargs,
+        inv,
+        countdown=countdown,
+        delivery_tag=delivery_tag,
+        priority=priority,
+    )
+
+
 def encode_batch_trigger(
     app: Celery, inv: Invocation, countdown: float | None = None, task_id: str | None = None
 ) -> tuple[str, str]:
@@ -72,6 +95,7 @@ def encode_task(
     countdown: float | None = None,
     below: bool = False,
     delivery_tag: str | None = None,
+    priority: int | None = None,
 ) -> tuple[str, str]:
     """The list to push to and the envelope of one task message; ``below``: one priority
     step under ``inv.priority`` (a map job's chunks yield to single invocations)."""
@@ -90,7 +114,8 @@ def encode_task(
         kwargsrepr=f"{{'function': {inv.function!r}, 'id': {task_id!r}}}",
     )
     body = json.dumps(task.body, separators=(",", ":"))
-    priority = min(broker_priority(inv.priority) + (1 if below else 0), HIGHEST_PRIORITY)
+    if priority is None:  # else: the broker's priority, as a message delivered had it
+        priority = min(broker_priority(inv.priority) + (1 if below else 0), HIGHEST_PRIORITY)
     envelope = {
         "body": base64.b64encode(body.encode()).decode("ascii"),
         "content-encoding": "utf-8",

@@ -10,11 +10,15 @@ sweeps every ``[worker] restore_interval`` (one worker per interval, under a loc
 
 - a copy whose sequence is below that of the oldest message still on its list (or whose
   list is empty) was taken off the list;
-- taken, not in ``unacked`` and not started: stranded -- unless a consumer is between its
+- taken, not in ``unacked`` (under its delivery tag: the invocation's id, or for a
+  retry's message the one the copy names) and not started: stranded -- unless a consumer
+  is between its
   two commands right now, so only a copy found stranded by two sweeps at least an interval
   apart is pushed again. A script re-checks all of it, and that the message is not on its
   list after all (kombu puts a dead worker's messages back at the list's old end, out of
-  sequence); a record no longer ``queued``, e.g. cancelled, only drops the copy.
+  sequence); a record neither ``queued`` nor ``retrying`` (e.g. cancelled) only drops the
+  copy. A retry's message is copied as a submit's is (it is written with the record's change
+  to ``retrying``: :class:`conveyor.queueing.jobs.Requeue`).
 
 A copy costs its message's size again in Redis while the invocation waits.
 """
@@ -33,12 +37,14 @@ from conveyor.queueing import keys
 log = get_logger(__name__)
 
 # KEYS[1] job, KEYS[2] sent, KEYS[3] sent messages, KEYS[4] kombu's unacked hash, KEYS[5]
-# the list, KEYS[6] its sequence. ARGV[1] id, ARGV[2] the copy's entry as the sweep saw it.
+# the list, KEYS[6] its sequence. ARGV[1] id, ARGV[2] the copy's entry as the sweep saw it,
+# ARGV[3] the message's delivery tag.
 RESCUE = """
 local entry = redis.call('HGET', KEYS[2], ARGV[1])
 if entry ~= ARGV[2] then return 'moved' end
-if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return 'held' end
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then
+if redis.call('HEXISTS', KEYS[4], ARGV[3]) == 1 then return 'held' end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' and status ~= 'retrying' then
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[3], ARGV[1])
   return 'dropped'
@@ -47,9 +53,17 @@ local message = redis.call('HGET', KEYS[3], ARGV[1])
 if not message then return 'moved' end
 if redis.call('LPOS', KEYS[5], message) then return 'listed' end
 redis.call('LPUSH', KEYS[5], message)
-redis.call('HSET', KEYS[2], ARGV[1], KEYS[5] .. ' ' .. redis.call('INCR', KEYS[6]))
+local seq = redis.call('INCR', KEYS[6])
+redis.call('HSET', KEYS[2], ARGV[1], KEYS[5] .. ' ' .. seq .. ' ' .. ARGV[3])
 return 'requeued'
 """
+
+
+def _entry(invocation_id: str, entry: str) -> tuple[str, int, str]:
+    """A copy's list, sequence and delivery tag (a submit's copy names no tag: its tag is
+    the invocation's id)."""
+    queue_list, seq, *tag = entry.split(" ")
+    return queue_list, int(seq), tag[0] if tag else invocation_id
 
 
 class StrandedSweeper:
@@ -84,7 +98,7 @@ class StrandedSweeper:
             if first is None or now - float(first) < self.interval:
                 continue
             entry = entries[invocation_id]
-            queue_list = entry.split(" ", 1)[0]
+            queue_list, _, tag = _entry(invocation_id, entry)
             outcome = self._rescue(
                 keys=[
                     keys.job(invocation_id),
@@ -94,7 +108,7 @@ class StrandedSweeper:
                     queue_list,
                     keys.sent_sequence(queue_list),
                 ],
-                args=[invocation_id, entry],
+                args=[invocation_id, entry, tag],
             )
             self.client.hdel(keys.STRANDED, invocation_id)
             if outcome == "requeued":
@@ -109,15 +123,15 @@ class StrandedSweeper:
 
     def _stranded(self, entries: dict[str, str]) -> set[str]:
         """Copies whose message left its list and is neither held nor started."""
-        parsed = {i: e.split(" ") for i, e in entries.items()}
-        lists = {queue_list for queue_list, _ in parsed.values()}
+        parsed = {i: _entry(i, e) for i, e in entries.items()}
+        lists = {queue_list for queue_list, _, _ in parsed.values()}
         taken_below = {q: self._taken_below(q, entries) for q in lists}
-        taken = [i for i, (q, seq) in parsed.items() if int(seq) < taken_below[q]]
+        taken = [i for i, (q, seq, _) in parsed.items() if seq < taken_below[q]]
         if not taken:
             return set()
         pipe = self.client.pipeline(transaction=False)
         for invocation_id in taken:
-            pipe.hexists(keys.KOMBU_UNACKED, invocation_id)
+            pipe.hexists(keys.KOMBU_UNACKED, parsed[invocation_id][2])
         held = pipe.execute()
         return {i for i, h in zip(taken, held, strict=True) if not h}
 
@@ -133,7 +147,9 @@ class StrandedSweeper:
         except (ValueError, KeyError, TypeError):
             return -1
         entry = entries.get(str(task_id))
-        return int(entry.split(" ")[1]) if entry and entry.startswith(queue_list + " ") else -1
+        if not entry or not entry.startswith(queue_list + " "):
+            return -1
+        return _entry(str(task_id), entry)[1]
 
 
 def sweep_quietly(sweeper: StrandedSweeper) -> None:

@@ -5,6 +5,11 @@ the function's name, so messages and tracebacks read ``iris/handler.py``). A ver
 fetched and unpacked once per machine: worker processes take a file lock per version, the
 first fetches, the others find it there. A folder is complete or absent: it is unpacked
 beside its place and renamed into it, after its digest is checked against the version.
+
+Every worker process runs user code, and any of them could write into another function's
+folder. So a folder is made read-only once unpacked (no ``__pycache__`` is written into it
+either), and a process checks a version's files against its digest before it first imports
+it (:meth:`VersionCache.verified`): a folder that changed is unpacked again from the store.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from pathlib import Path
 
 from conveyor.errors import BundleError
 from conveyor.functions.digest import folder_digest
+from conveyor.log import get_logger
 from conveyor.store.bundle import unpack
+
+log = get_logger(__name__)
 
 # A worker unpacks what an API accepted under its own limit; this bounds it all the same.
 MOST_BYTES = 512 * 1024 * 1024
@@ -58,10 +66,29 @@ class VersionCache:
                     raise BundleError(
                         f"the store's bundle of {name} {version} unpacks to version {actual}"
                     )
+                _read_only(staging)
                 staging.rename(self.folder(name, version).parent)
             finally:
-                shutil.rmtree(staging, ignore_errors=True)
+                _remove(staging)
         return self.folder(name, version)
+
+    def verified(self, name: str, version: str, fetch: Callable[[], bytes | None]) -> Path | None:
+        """:meth:`install`, and the folder's files checked against the version (what this
+        process is about to import): one that differs is logged, removed and unpacked
+        again. None when the store does not hold the version."""
+        folder = self.install(name, version, fetch)
+        if folder is None:
+            return None
+        for pycache in folder.rglob("__pycache__"):  # compiled code the digest cannot see
+            _remove(pycache)
+        if (actual := folder_digest(folder)) == version:
+            return folder
+        log.warning("cached_version_changed", function=name, version=version, found=actual)
+        self.remove(name, version)
+        folder = self.install(name, version, fetch)
+        if folder is not None and folder_digest(folder) != version:
+            raise BundleError(f"{name} {version}: its unpacked files keep changing ({folder})")
+        return folder
 
     def versions(self) -> list[tuple[str, str]]:
         """(name, version) of every version unpacked here."""
@@ -77,7 +104,7 @@ class VersionCache:
     def remove(self, name: str, version: str) -> None:
         """Forget a version (the store collected it: nothing will run it again)."""
         with self._locked(name, version):
-            shutil.rmtree(self.folder(name, version).parent, ignore_errors=True)
+            _remove(self.folder(name, version).parent)
         with contextlib.suppress(FileNotFoundError):
             self._lock_file(name, version).unlink()
 
@@ -93,3 +120,20 @@ class VersionCache:
             yield
         finally:
             os.close(fd)
+
+
+def _read_only(root: Path) -> None:
+    """Files 0444 and folders 0555 below ``root`` (``root`` itself stays writable)."""
+    for path in sorted(root.rglob("*"), key=lambda p: -len(p.parts)):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+
+
+def _remove(path: Path) -> None:
+    """Remove a tree that may be read-only."""
+    if not path.exists():
+        return
+    for folder in [path, *path.rglob("*")]:
+        if folder.is_dir() and not folder.is_symlink():
+            with contextlib.suppress(OSError):
+                folder.chmod(0o755)
+    shutil.rmtree(path, ignore_errors=True)
