@@ -123,15 +123,19 @@ def wait_until(
 class RedisServer:
     """A private redis-server on a free port, started and stopped by the test session."""
 
-    def __init__(self, workdir: Path, port: int | None = None, bind: str = "127.0.0.1") -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, bind: str = "127.0.0.1", password: str = ""
+    ) -> None:
         self.port = port or free_port()
         self.workdir = workdir
         self.bind = bind
+        self.password = password  # the default user's (requirepass), if any
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        secret = f":{self.password}@" if self.password else ""
+        return f"redis://{secret}127.0.0.1:{self.port}/0"
 
     def start(self, *extra: str) -> RedisServer:
         """Start (or restart, on the same port and directory) with ``extra`` arguments."""
@@ -156,7 +160,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for(lambda: redis.Redis(port=self.port).ping(), 10, "redis-server")
+        wait_for(lambda: self.client().ping(), 10, "redis-server")
         return self
 
     def stop(self) -> None:
@@ -166,7 +170,7 @@ class RedisServer:
             self.proc = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True)
+        return redis.Redis(port=self.port, password=self.password or None, decode_responses=True)
 
     def in_sync(self) -> bool:
         """A replica that has loaded its first copy (one promoted before that is empty)."""

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from conveyor.admin_cli import add_admin_commands
 from conveyor.environment import blank_environ_block, hide_from_user_code
@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(run=_worker)
 
     redis = sub.add_parser("redis", help="run redis-server on deploy.toml's port, persistent")
+    redis.add_argument(
+        "--acl",
+        action="store_true",
+        help="print the ACL SETUSER command for [redis] worker_username, and exit",
+    )
     redis.set_defaults(run=_redis)
 
     logs = sub.add_parser("logs", help="what an invocation printed or logged")
@@ -146,6 +151,9 @@ def _api(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from conveyor.queueing.acl import worker_settings
+
+    settings = worker_settings(settings)  # the worker user's rights, where one is set
     devices = parse_gpus(args.gpus) if args.gpus else None
     queues = _worker_queues(settings, args.queues, devices is not None, args.cpu_queues)
     concurrency = args.concurrency or (1 if devices else settings.worker.concurrency)
@@ -186,6 +194,14 @@ def _worker_queues(settings: Settings, spec: str | None, gpu: bool, cpu_too: boo
 
 
 def _redis(settings: Settings, args: argparse.Namespace) -> int:
+    from conveyor.queueing.acl import acl_rules
+
+    worker_user = settings.redis.worker_username
+    if args.acl:
+        if not worker_user:
+            raise ConveyorError("set [redis] worker_username and worker_password first")
+        print(f"ACL SETUSER {worker_user} {' '.join(acl_rules(settings))}")
+        return 0
     if settings.redis.sentinels:
         raise ConveyorError(
             "[redis] sentinels is set: the platform uses the primary they name, and"
@@ -201,6 +217,11 @@ def _redis(settings: Settings, args: argparse.Namespace) -> int:
     if binary is None:
         raise ConveyorError("redis-server is not installed; `make run` installs it")
     settings.redis.data_dir.mkdir(parents=True, exist_ok=True)
+    access = []
+    if url.password:  # the platform's own connections need it: so does everyone else
+        access += ["--requirepass", unquote(url.password)]
+    if worker_user:
+        access += ["--user", " ".join([worker_user, *acl_rules(settings)])]
     # appendonly: every accepted invocation survives a Redis restart (fsync each second);
     # noeviction: Redis refuses writes when full rather than dropping queued work.
     os.execv(
@@ -223,6 +244,7 @@ def _redis(settings: Settings, args: argparse.Namespace) -> int:
             "",
             "--protected-mode",
             "yes",
+            *access,
         ],
     )
 

@@ -54,6 +54,11 @@ class RedisSettings(_Section):
     )
     master_name: str = Field("conveyor", min_length=1, description="the sentinels' name for it")
     password: str = Field("", description="the primary's and replicas' password, with sentinels")
+    username: str = Field("", description="the ACL user to connect as, with sentinels")
+    # Workers run user code: with these, they reach Redis as a user whose ACL allows no API
+    # keys and no writes to the function store (`conveyor redis --acl` prints its rules).
+    worker_username: str = Field("", description="the Redis ACL user workers connect as")
+    worker_password: str = Field("", description="its password")
     sentinel_password: str = Field("", description="the sentinels' own password, if they have one")
     db: int = Field(0, ge=0, le=15, description="the database number, with sentinels")
     data_dir: Path = Field(Path(".conveyor/redis"), description="where `conveyor redis` persists")
@@ -86,6 +91,14 @@ class RedisSettings(_Section):
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f'{entry!r}: each sentinel is "host:port", e.g. "10.0.0.5:26379"')
         return value
+
+    @model_validator(mode="after")
+    def _worker_credentials(self) -> RedisSettings:
+        if bool(self.worker_username) != bool(self.worker_password):
+            raise ValueError("worker_username and worker_password go together")
+        if self.worker_username and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", self.worker_username):
+            raise ValueError("worker_username: letters, digits, _ . - (up to 64)")
+        return self
 
     @model_validator(mode="after")
     def _wait_within_socket_timeout(self) -> RedisSettings:

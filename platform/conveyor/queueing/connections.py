@@ -51,6 +51,8 @@ def _primary_kwargs(settings: Settings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"db": settings.redis.db, "decode_responses": True}
     if settings.redis.password:
         kwargs["password"] = settings.redis.password
+    if settings.redis.username:
+        kwargs["username"] = settings.redis.username
     return kwargs
 
 
@@ -126,7 +128,8 @@ def broker_url(settings: Settings) -> str:
     the primary's password; the master's name is a transport option)."""
     if not settings.redis.sentinels:
         return settings.redis.url
-    secret = f":{quote(settings.redis.password, safe='')}@" if settings.redis.password else ""
+    user = quote(settings.redis.username, safe="")
+    secret = f"{user}:{quote(settings.redis.password, safe='')}@" if settings.redis.password else ""
     return ";".join(
         f"sentinel://{secret}{f'[{host}]' if ':' in host else host}:{port}/{settings.redis.db}"
         for host, port in settings.redis.sentinel_addresses()
