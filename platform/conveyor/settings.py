@@ -260,9 +260,10 @@ class ResultsSettings(_Section):
 class MapSettings(_Section):
     max_items: int = Field(1_000_000, ge=1, description="items one map job may have")
     max_body_bytes: int = Field(
-        4 * 1024**3,
+        1024**3,
         gt=0,
-        description="a map request's body, streamed (items are checked one by one)",
+        description="a map request's body, streamed: the API holds at most 4 MiB of items"
+        " and the one being read; the items themselves wait in Redis",
     )
     chunk_seconds: Seconds = Field(
         0.05,

@@ -34,6 +34,7 @@ from conveyor.api.services import Platform
 from conveyor.api.validation import RequestValidators
 from conveyor.api.versions import VersionsController
 from conveyor.auth.caller import Caller
+from conveyor.environment import blank_environ_block
 from conveyor.errors import BrokerUnavailableError
 from conveyor.functions.catalog import Catalog
 from conveyor.functions.inspector import Inspector, Limits
@@ -72,6 +73,7 @@ def app_from_environment() -> Litestar:
     this (``CONVEYOR_CONFIG`` and the environment say what the parent read)."""
     settings = get_settings()
     configure_logging(settings.log.level, settings.log.format)
+    blank_environ_block(settings.worker.hidden_env)  # its inspectors' user code reads /proc
     return create_app(settings)
 
 
