@@ -54,7 +54,9 @@ def folder(root: Path, name: str, code: str, toml: str, weights: int = 0) -> Pat
 def push(client: httpx.Client, path: Path, name: str) -> dict[str, Any]:
     bundle = pack(path, 64 * 1024 * 1024)
     response = client.put(
-        f"/functions/{name}", content=bundle.data, headers={"content-type": "application/zip"}
+        f"/functions/{name}",
+        content=bundle.data,
+        headers={"content-type": "application/zip", "Prefer": "wait=60"},
     )
     assert response.status_code in (200, 201), response.text
     return response.json()  # type: ignore[no-any-return]

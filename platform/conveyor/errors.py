@@ -57,6 +57,10 @@ class SetupError(ConveyorError):
     """A class handler's setup() raised; the invocation that needed it fails."""
 
 
+class DeploymentNotFoundError(ConveyorError):
+    """No deployment of that id (never made, or its record expired after a day)."""
+
+
 class InvocationNotFoundError(ConveyorError):
     """No invocation of that id exists (never did, or its result expired)."""
 

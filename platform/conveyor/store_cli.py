@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,20 +46,41 @@ def _deploy(settings: Settings, args: argparse.Namespace, base: str, request: Re
         raise ConveyorError(f"{folder}: not a folder")
     name = args.name or folder.resolve().name
     bundle = pack(folder, settings.store.max_bundle_bytes)  # the API checks again, with its own
+    wait = settings.functions.inspect_timeout + 30
     response = request(
         "PUT",
         f"{base}/functions/{name}",
         content=bundle.data,
-        headers={"content-type": "application/zip"},
-        timeout=settings.functions.inspect_timeout + 60,
+        headers={"content-type": "application/zip", "Prefer": f"wait={wait:g}"},
+        timeout=wait + 30,
     )
-    if (body := _answer(response)) is None:
+    body: dict[str, Any] | None
+    if response.status_code == 202:  # still going when the wait was up: follow it
+        body = _followed(request, base + response.json()["status_url"], wait)
+    elif (body := _answer(response)) is None:
         return 1
     print(
         f"{body['outcome']} {name} {body['version']}: {body['files']} files,"
         f" {size_text(body['files_bytes'])} ({size_text(body['bundle_bytes'])} stored)"
     )
     return 0
+
+
+def _followed(request: Request, url: str, seconds: float) -> dict[str, Any]:
+    """A deployment that was still running: its outcome once it has one."""
+    deadline = time.monotonic() + seconds
+    while True:
+        response = request("GET", url, timeout=10)
+        if (body := _answer(response)) is None:
+            raise ConveyorError(f"cannot follow the deployment at {url}")
+        if body["status"] != "running":
+            break
+        if time.monotonic() > deadline:
+            raise ConveyorError(f"the deployment is still running after {seconds:g} s: {url}")
+        time.sleep(0.5)
+    if body["status"] == "failed":
+        raise ConveyorError(f"the deployment failed: {body['error']['detail']}")
+    return dict(body["deployment"])
 
 
 def _versions(settings: Settings, args: argparse.Namespace, base: str, request: Request) -> int:

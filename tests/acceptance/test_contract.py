@@ -196,10 +196,6 @@ def test_schemathesis_finds_no_failures(
             "all",
             "--max-examples",
             "100",
-            # A deploy's body is application/zip, which schemathesis cannot make (and the
-            # random bytes it would send as octet-stream are no function folder).
-            "--exclude-operation-id",
-            "deploy_function",
         ],
         cwd=tmp_path,
         check=False,

@@ -189,7 +189,7 @@ def test_deploys_need_admin_and_every_api_process_follows(apis: list[str], stack
         stack.root / "laptop", "pushed", ECHO, '[function]\nhandler = "handler:run"\n'
     )
     bundle = pack(folder, 1024 * 1024).data
-    zipped = {"content-type": "application/zip"}
+    zipped = {"content-type": "application/zip", "Prefer": "wait=60"}
     for method, path, body in (
         ("PUT", "/functions/pushed", {"content": bundle, "headers": zipped}),
         ("POST", "/functions/echo/rollback", {"json": {"version": "0123456789ab"}}),

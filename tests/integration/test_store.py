@@ -186,7 +186,8 @@ def test_a_pushed_folder_serves_and_is_validated_as_a_dropped_one(
     with stack.api() as api:
 
         def put(data: bytes, name: str = "hello", media: str = "application/zip") -> Any:
-            return api.put(f"/functions/{name}", content=data, headers={"content-type": media})
+            headers = {"content-type": media, "Prefer": "wait=60"}  # the outcome, not a 202
+            return api.put(f"/functions/{name}", content=data, headers=headers)
 
         first = put(_zip(_write(elsewhere, "pushed", "hello")))
         assert first.status_code == 201, first.text
@@ -263,7 +264,7 @@ def test_a_folder_over_the_limit_is_refused_with_its_largest_files(
         refused = api.put(
             "/functions/heavy",
             content=heavy.getvalue(),
-            headers={"content-type": "application/zip"},
+            headers={"content-type": "application/zip", "Prefer": "wait=60"},
         )
         assert refused.status_code == 413, refused.text
         assert "model.pt (3.0 MiB)" in refused.json()["detail"]
@@ -274,3 +275,39 @@ def test_a_folder_over_the_limit_is_refused_with_its_largest_files(
             headers={"content-type": "application/zip"},
         )
         assert huge.status_code == 413 and "the bundle is over" in huge.json()["detail"]
+
+
+def test_a_deployment_is_taken_then_followed(make_stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Without ``Prefer: wait``, a deploy is taken (202) once its bundle is read, whatever
+    it holds, and its status URL says how it went: a good folder serves, bytes that are no
+    function folder fail with the problem a waiting deploy would have got."""
+    stack: Stack = make_stack()
+    stack.worker()
+    with stack.api() as api:
+
+        def follow(answer: Any) -> dict[str, Any]:
+            assert answer.status_code == 202, answer.text
+            assert answer.headers["location"] == answer.json()["status_url"]
+            return wait_until(  # type: ignore[no-any-return]
+                lambda: api.get(answer.json()["status_url"]).json(),
+                lambda body: body["status"] != "running",
+                30,
+                "the deployment's end",
+            )
+
+        zipped = {"content-type": "application/zip"}
+        good = follow(
+            api.put(
+                "/functions/later", content=_zip(_write(tmp_path, "x", "later")), headers=zipped
+            )
+        )
+        assert good["status"] == "deployed" and good["deployment"]["version"], good
+        assert invoke(api, "later", "y", wait=30)[1]["output"] == "x y"
+        png = follow(
+            api.put("/functions/picture", content=b"\x89PNG\r\n\x1a\n" + bytes(40), headers=zipped)
+        )
+        assert png["status"] == "failed" and png["error"]["status"] == 400, png
+        assert "not a zip archive" in png["error"]["detail"]
+        assert api.get("/functions/picture").status_code == 404  # nothing was deployed
+        unknown = api.get("/functions/later/deployments/00000000-0000-0000-0000-000000000000")
+        assert unknown.status_code == 404

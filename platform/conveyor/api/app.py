@@ -23,6 +23,7 @@ from litestar.middleware import DefineMiddleware
 from conveyor.api.auth import authenticate
 from conveyor.api.browser import BrowserGuard
 from conveyor.api.controllers import FunctionsController, HealthController
+from conveyor.api.deploys import STALE_MARGIN, Deploys
 from conveyor.api.docs import assets, docs_page
 from conveyor.api.jobs import JobsController
 from conveyor.api.observability import ObservabilityController
@@ -44,6 +45,7 @@ from conveyor.log import configure_logging, get_logger
 from conveyor.metrics import HttpMetrics
 from conveyor.queueing import keys
 from conveyor.queueing.client import QueueClient
+from conveyor.queueing.deployments import DeploymentLog
 from conveyor.queueing.function_store import FunctionStore
 from conveyor.queueing.key_store import KeyStore
 from conveyor.queueing.maps import MapStore
@@ -89,6 +91,11 @@ def create_app(settings: Settings) -> Litestar:
         settings=settings,
         functions=served,
         deployer=deployer,
+        deploys=Deploys(
+            deployer,
+            DeploymentLog(queue.redis),
+            settings.functions.inspect_timeout + STALE_MARGIN,
+        ),
         queue=queue,
         intake=WebhookIntake(Guard(tuple(settings.webhooks.allow_networks)), enabled=webhooks),
         validators=RequestValidators(webhooks=webhooks),

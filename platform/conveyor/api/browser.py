@@ -31,7 +31,10 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from conveyor.settings import ApiSettings
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
-BODY_MEDIA = frozenset({b"application/json", b"application/x-ndjson", b"application/zip"})
+# No CORS "simple" type among them: a page cannot send one cross-site without a preflight.
+BODY_MEDIA = frozenset(
+    {b"application/json", b"application/x-ndjson", b"application/zip", b"application/octet-stream"}
+)
 WITH_BODY = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';"
@@ -118,7 +121,7 @@ class BrowserGuard:
                     415,
                     "unsupported-media-type",
                     "send the body as application/json (a map job: or application/x-ndjson;"
-                    f" a deploy: application/zip), not {shown}",
+                    f" a deploy: application/zip or application/octet-stream), not {shown}",
                 )
         return None
 

@@ -10,6 +10,7 @@ from litestar import Controller, HttpMethod, Request, Response, delete, get, pos
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from conveyor.api.deploys import deploy
 from conveyor.api.params import (
     idempotency_key,
     parse_json,
@@ -19,7 +20,6 @@ from conveyor.api.params import (
 )
 from conveyor.api.schemas import function_body
 from conveyor.api.services import Platform
-from conveyor.api.versions import deploy_body
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
 from conveyor.queueing.jobs import JobRecord
@@ -65,8 +65,9 @@ class FunctionsController(Controller):
         name: FromPath[str],
     ) -> Response[dict[str, Any]]:
         caller.require_admin()
-        body, status = await deploy_body(platform, request, name)
-        return Response(body, status_code=status, headers={"Location": body["function_url"]})
+        existed = platform.functions.find(name) is not None
+        limit = platform.settings.store.max_bundle_bytes
+        return await deploy(platform.deploys, request, name, existed=existed, limit=limit)
 
     @delete(FUNCTION, summary="Remove a function (admin)", status_code=204)
     async def remove(

@@ -30,6 +30,9 @@ from conveyor.settings import Settings
 from conveyor.webhooks.intake import REQUEST_SCHEMA as WEBHOOK_SCHEMA
 
 REF = "#/components/schemas/"
+# A deploy's body: a zip, sent as such or as plain bytes (curl --data-binary); neither is a
+# media type a web page can send cross-site without the browser asking first.
+BUNDLE_MEDIA = ("application/zip", "application/octet-stream")
 PROBLEM_JSON = "application/problem+json"
 # Visible ASCII, inner spaces allowed: HTTP strips a value's outer whitespace.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?$"
@@ -141,6 +144,19 @@ def _paths(max_wait: float) -> dict[str, Any]:
             )
         },
         "/functions/{name}/rollback": {"post": _rollback_op(name)},
+        "/functions/{name}/deployments/{deployment_id}": {
+            "get": _op(
+                "get_deployment",
+                "How a deployment (PUT /functions/{name}) went (admin)",
+                ok=ref("DeploymentStatus"),
+                params=[
+                    name,
+                    _param("deployment_id", "path", {"type": "string", "format": "uuid"}),
+                ],
+                problems=[404, 503],
+                tags=["versions"],
+            )
+        },
         "/functions/{name}/unpin": {
             "post": _op(
                 "unpin",
@@ -314,13 +330,25 @@ def _deploy_op(name: dict[str, Any]) -> dict[str, Any]:
     )
     op["description"] = (
         "The body is a zip archive of the folder's files (function.toml at its top), as"
-        " `conveyor deploy PATH` sends it. 201 for a new function, 200 for a new version."
+        " `conveyor deploy PATH` sends it. It is taken (202) once read: unpacking,"
+        " inspecting and storing it go on, and its status URL says how that ends. With"
+        " `Prefer: wait=<seconds>` the outcome itself answers when it comes in time: 201 for"
+        " a new function, 200 for a new version, or the folder's problem (422, 400)."
     )
     op["requestBody"] = {
         "required": True,
-        "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        "content": {
+            media: {"schema": {"type": "string", "format": "binary"}} for media in BUNDLE_MEDIA
+        },
     }
     op["responses"]["200"]["description"] = "a new version of the function serves"
+    op["responses"]["202"] = {
+        **_json(
+            "taken: the deployment goes on; its status URL says how it ends",
+            ref("DeploymentAccepted"),
+        ),
+        "headers": {"Location": {"description": "its status", "schema": {"type": "string"}}},
+    }
     op["responses"]["201"] = {
         **_json("the function is new, and serves", ref("Deployment")),
         "headers": {"Location": {"description": "the function", "schema": {"type": "string"}}},

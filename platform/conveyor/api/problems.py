@@ -14,6 +14,7 @@ from conveyor.errors import (
     BundleError,
     BundleTooLargeError,
     ConveyorError,
+    DeploymentNotFoundError,
     FunctionLoadError,
     FunctionNotFoundError,
     FunctionUnavailableError,
@@ -43,6 +44,7 @@ _STATUS: dict[type[ConveyorError], tuple[int, str]] = {
     PermissionDeniedError: (403, "insufficient-scope"),
     FunctionNotFoundError: (404, "function-not-found"),
     InvocationNotFoundError: (404, "invocation-not-found"),
+    DeploymentNotFoundError: (404, "deployment-not-found"),
     VersionNotFoundError: (404, "version-not-found"),
     ValidationError: (422, "invalid-input"),
     # 409, not 422: the key is taken by another request; the body itself may be fine.
@@ -83,11 +85,14 @@ def problem(
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def status_of(exc: ConveyorError) -> tuple[int, str]:
+    """The HTTP status and problem slug of an error."""
+    return next((v for cls, v in _STATUS.items() if isinstance(exc, cls)), (500, "internal-error"))
+
+
 def conveyor_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     assert isinstance(exc, ConveyorError)
-    status, slug = next(
-        (v for cls, v in _STATUS.items() if isinstance(exc, cls)), (500, "internal-error")
-    )
+    status, slug = status_of(exc)
     headers, extra = None, dict[str, Any]()
     if status == 503:
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}

@@ -279,6 +279,38 @@ class Deployment(BaseModel):
     files_bytes: int
     function_url: str
     versions_url: str
+    deployment_url: str | Absent = None
+
+
+class DeploymentAccepted(BaseModel):
+    """A deployment taken (202): its bundle is read; unpacking, inspecting and storing it go
+    on, and its status URL says how that ends."""
+
+    id: UUID
+    function: str
+    status: Literal["running"]
+    status_url: str
+
+
+class DeploymentError(BaseModel):
+    """Why a deployment failed: the problem a synchronous deploy answers."""
+
+    status: int = Field(description="422 the folder's error, 400 not a zip of a folder, ...")
+    type: str
+    detail: str
+
+
+class DeploymentStatus(BaseModel):
+    """How a deployment went."""
+
+    id: UUID
+    function: str
+    status: Literal["running", "deployed", "unchanged", "failed"]
+    started_at: datetime
+    finished_at: datetime | Absent = None
+    status_url: str
+    deployment: Deployment | Absent = None
+    error: DeploymentError | Absent = None
 
 
 class Health(BaseModel):
@@ -307,6 +339,8 @@ DOCUMENTED: list[type[BaseModel]] = [
     VersionList,
     RollbackRequest,
     Deployment,
+    DeploymentAccepted,
+    DeploymentStatus,
 ]
 
 

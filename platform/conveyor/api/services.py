@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from conveyor.api.deploys import Deploys
 from conveyor.api.validation import RequestValidators
 from conveyor.queueing.client import QueueClient
 from conveyor.queueing.key_store import KeyStore
@@ -22,6 +23,7 @@ class Platform:
     settings: Settings
     functions: Served
     deployer: Deployer
+    deploys: Deploys  # PUT /functions/{name}: accepted, then run here, outcome in Redis
     queue: QueueClient
     intake: WebhookIntake
     validators: RequestValidators

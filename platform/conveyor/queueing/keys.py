@@ -150,6 +150,11 @@ def bundle_upload(upload: str) -> str:
     return f"{PREFIX}:bundle-upload:{upload}"
 
 
+def deployment(deployment_id: str) -> str:
+    """One ``PUT /functions/{name}``: its state and outcome (queueing/deployments.py)."""
+    return f"{PREFIX}:deployment:{deployment_id}"
+
+
 def in_use(name: str, version: str) -> str:
     """The field of :data:`VERSIONS_IN_USE` counting one version's queued work."""
     return f"{name}@{version}"
