@@ -119,3 +119,11 @@ def test_errors_name_file_key_and_reason(tmp_path: Path, text: str, expected: st
 def test_missing_manifest(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="missing"):
         parse_manifest(tmp_path / "function.toml", QUEUES)
+
+
+def test_a_manifest_nested_too_deeply_is_an_error(tmp_path: Path) -> None:
+    for levels in (100, 5000):  # within what tomllib can read, and past it
+        path = tmp_path / f"deep{levels}.toml"
+        path.write_text("[function]\ndescription = " + "[" * levels + "]" * levels + "\n")
+        with pytest.raises(ManifestError, match="deep"):
+            parse_manifest(path, QUEUES)

@@ -13,8 +13,11 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from conveyor.errors import ManifestError
+from conveyor.errors import ManifestError, TooDeepError
+from conveyor.nesting import check_value
 from conveyor.settings import QueueSettings, gpu_queue
+
+MAX_DEPTH = 64  # nesting a manifest may have ([api] max_json_depth's default)
 
 MANIFEST_FILE = "function.toml"
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
@@ -104,6 +107,10 @@ def parse_manifest(path: Path, queues: Mapping[str, QueueSettings]) -> Manifest:
         raise ManifestError(f"{path}: not valid TOML: {exc}") from exc
     except RecursionError:  # tomllib recurses per nested array or inline table
         raise ManifestError(f"{path}: arrays or tables nest too deeply to be read") from None
+    try:
+        check_value(data, MAX_DEPTH, "it")
+    except TooDeepError as exc:
+        raise ManifestError(f"{path}: {exc}") from None
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
