@@ -28,7 +28,7 @@ def too_deep(limit: int, where: str = "the body") -> TooDeepError:
     )
 
 
-def check_text(text: bytes, limit: int, where: str = "the body") -> None:
+def check_text(text: bytes | bytearray, limit: int, where: str = "the body") -> None:
     """Raise :class:`TooDeepError` if the JSON ``text`` nests deeper than ``limit``.
 
     Linear in the text: fewer opening brackets than the limit cannot nest past it (the

@@ -5,6 +5,9 @@ the API must answer every one with a 4xx and keep serving."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +31,7 @@ def run(node: Node) -> int:
 """
 TOML = '[function]\nhandler = "handler:run"\n'
 SMALL = TOML + "[limits]\nmax_input_bytes = 1000\n"
+LARGE = TOML + "[limits]\nmax_input_bytes = 67108864\n"  # 64 MiB: a 48 MiB item is taken
 NDJSON = {"content-type": "application/x-ndjson"}
 JSON = {"content-type": "application/json"}
 
@@ -42,6 +46,7 @@ def api(make_stack) -> Iterator[tuple[Stack, str]]:  # type: ignore[no-untyped-d
     stack: Stack = make_stack()
     write_function(stack.functions, "tree", RECURSIVE, TOML)
     write_function(stack.functions, "small", "def run(x):\n    return x\n", SMALL)
+    write_function(stack.functions, "large", "def run(x: str) -> int:\n    return len(x)\n", LARGE)
     proc, base = start_api(stack.config, stack.root / "api.log", free_port())
     yield stack, base
     proc.stop()
@@ -106,28 +111,59 @@ def test_a_48_mib_line_is_refused_at_the_input_limit_while_the_api_answers(
                 latencies.append(time.perf_counter() - started)
                 time.sleep(0.005)
 
-    def body() -> Iterator[bytes]:
-        for _ in range(size // len(chunk)):
-            yield chunk
-
     prober = threading.Thread(target=probe)
     prober.start()
     started = time.perf_counter()
     try:
-        with httpx.Client(base_url=base, timeout=60) as client:
-            response = client.post("/functions/tree/map", content=body(), headers=NDJSON)
+        status, detail = _send_while_reading(base, "/functions/tree/map", size, chunk)
         elapsed = time.perf_counter() - started
     finally:
         time.sleep(0.2)
         done.set()
         prober.join()
     report(
-        f"48 MiB line: {response.status_code} after {elapsed:.3f} s"
-        f" ({response.json()['detail']}); /healthz meanwhile: {len(latencies)} answers,"
-        f" median {median(latencies) * 1000:.1f} ms, slowest {max(latencies) * 1000:.1f} ms"
+        f"48 MiB line: {status} after {elapsed:.3f} s ({detail}); /healthz meanwhile:"
+        f" {len(latencies)} answers, median {median(latencies) * 1000:.1f} ms,"
+        f" slowest {max(latencies) * 1000:.1f} ms"
     )
-    assert response.status_code == 413
-    assert "item 0 is over 1048576 bytes" in response.json()["detail"]
+    assert status == 413
+    assert "item 0 is over 1048576 bytes" in detail
+    _alive(base)
+
+
+def test_a_48_mib_line_within_the_limit_leaves_the_api_answering(
+    api: tuple[Stack, str], report: Callable[[str], None]
+) -> None:
+    """The same line for a function that takes 64 MiB inputs: read, parsed and stored while
+    /healthz goes on being answered."""
+    _, base = api
+    latencies, done = [], threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            while not done.is_set():
+                started = time.perf_counter()
+                assert client.get("/healthz").status_code == 200
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.005)
+
+    line = b'"' + b"x" * (48 * 1024 * 1024 - 3) + b'"\n'
+    prober = threading.Thread(target=probe)
+    prober.start()
+    started = time.perf_counter()
+    try:
+        with httpx.Client(base_url=base, timeout=120) as client:
+            answer = client.post("/functions/large/map", content=line, headers=NDJSON)
+        elapsed = time.perf_counter() - started
+    finally:
+        done.set()
+        prober.join()
+    report(
+        f"48 MiB line within the limit: {answer.status_code} after {elapsed:.2f} s;"
+        f" /healthz meanwhile: {len(latencies)} answers, median"
+        f" {median(latencies) * 1000:.1f} ms, slowest {max(latencies) * 1000:.1f} ms"
+    )
+    assert answer.status_code == 202, answer.text
     _alive(base)
 
 
@@ -160,3 +196,44 @@ def test_items_over_the_function_limit_are_413_naming_the_item(
         )
         assert ok.status_code == 202, ok.text
     _alive(base)
+
+
+def _send_while_reading(base: str, path: str, size: int, chunk: bytes) -> tuple[int, str]:
+    """POST ``size`` bytes of NDJSON with no newline, one thread sending while this one
+    reads: the answer may come (and the connection close) long before the body is sent,
+    which an HTTP client library may report as a write error instead of the answer."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/x-ndjson\r\nContent-Length: {size}\r\n\r\n"
+    )
+
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            sock.sendall(head.encode())
+            for _ in range(size // len(chunk)):
+                sock.sendall(chunk)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    answer = b""
+    with sock:
+        while b"\r\n\r\n" not in answer or len(answer) < _expected(answer):
+            got = sock.recv(65536)
+            if not got:
+                break
+            answer += got
+    head_text, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head_text.split(b" ", 2)[1])
+    return status, json.loads(body)["detail"]
+
+
+def _expected(answer: bytes) -> int:
+    """The length of a whole answer, once its head is in (Content-Length)."""
+    head, _, _ = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value)
+    return len(answer)

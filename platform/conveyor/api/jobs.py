@@ -17,7 +17,7 @@ from litestar.response import Stream
 
 from conveyor.api.params import idempotency_key, takes, wait_seconds
 from conveyor.api.services import Platform
-from conveyor.api.uploads import NDJSON, BodyStream, ItemLimits, Line, items
+from conveyor.api.uploads import NDJSON, PAUSE_EVERY, BodyStream, ItemLimits, Line, items
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
 from conveyor.errors import InputTooLargeError, ValidationError
@@ -153,8 +153,13 @@ class JobsController(Controller):
                 text = text or json.dumps(value, separators=(",", ":"))
                 if len(text) > limits.max_bytes:
                     raise limits.too_large(index)
+                large = len(text) > PAUSE_EVERY  # each step over it takes tens of ms:
+                if large:  # other requests go between them
+                    await asyncio.sleep(0)
                 valid.append(maps.entry(index, 1, text))
                 held += len(text)
+                if large:
+                    await asyncio.sleep(0)
             index += 1
             if len(valid) + len(invalid) >= BLOCK or held >= BLOCK_BYTES:
                 await platform.maps.append(job_id, valid, invalid)
