@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from conveyor.api.problems import PROBLEM_JSON
 from conveyor.settings import ApiSettings
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
@@ -172,7 +173,7 @@ async def _problem(send: Send, path: str, status: int, slug: str, detail: str) -
         "type": "http.response.start",
         "status": status,
         "headers": [
-            (b"content-type", b"application/problem+json"),
+            (b"content-type", PROBLEM_JSON.encode()),
             (b"content-length", str(len(body)).encode()),
             *_ALWAYS,
         ],

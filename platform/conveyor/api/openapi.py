@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 import conveyor
+from conveyor.api.problems import PROBLEM_JSON
 from conveyor.api.schemas import DOCUMENTED
 from conveyor.api.validation import request_schema
 from conveyor.functions.loader import DEFS_REF, FunctionSchemas
@@ -33,7 +34,6 @@ REF = "#/components/schemas/"
 # A deploy's body: a zip, sent as such or as plain bytes (curl --data-binary); neither is a
 # media type a web page can send cross-site without the browser asking first.
 BUNDLE_MEDIA = ("application/zip", "application/octet-stream")
-PROBLEM_JSON = "application/problem+json"
 # Visible ASCII, inner spaces allowed: HTTP strips a value's outer whitespace.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?$"
 VERSION_PATTERN = r"^[0-9a-f]{12}$"  # a version digest (functions/digest.py)

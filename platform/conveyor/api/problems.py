@@ -39,7 +39,7 @@ RETRY_AFTER_SECONDS = 5
 
 REALM = 'Bearer realm="conveyor"'
 
-_STATUS: dict[type[ConveyorError], tuple[int, str]] = {
+_STATUS: dict[type[Exception], tuple[int, str]] = {
     AuthenticationError: (401, "unauthenticated"),
     PermissionDeniedError: (403, "insufficient-scope"),
     FunctionNotFoundError: (404, "function-not-found"),
@@ -51,8 +51,8 @@ _STATUS: dict[type[ConveyorError], tuple[int, str]] = {
     IdempotencyConflictError: (409, "idempotency-key-reused"),
     InputTooLargeError: (413, "input-too-large"),
     TooDeepError: (400, "too-deeply-nested"),
-    BundleTooLargeError: (413, "bundle-too-large"),  # before BundleError: a subclass
-    BundleConflictError: (422, "conflicting-entries"),  # likewise
+    BundleTooLargeError: (413, "bundle-too-large"),
+    BundleConflictError: (422, "conflicting-entries"),
     BundleError: (400, "invalid-bundle"),
     # A pushed folder: its manifest or its code, as a dropped folder's error says.
     ManifestError: (422, "invalid-function"),
@@ -60,7 +60,7 @@ _STATUS: dict[type[ConveyorError], tuple[int, str]] = {
     InvocationFinishedError: (409, "invocation-finished"),
     InvocationUnfinishedError: (409, "invocation-unfinished"),
     FunctionUnavailableError: (503, "function-unavailable"),
-    NotReplicatedError: (503, "not-replicated"),  # before BrokerUnavailableError: a subclass
+    NotReplicatedError: (503, "not-replicated"),
     BrokerUnavailableError: (503, "broker-unavailable"),
 }
 
@@ -86,8 +86,12 @@ def problem(
 
 
 def status_of(exc: ConveyorError) -> tuple[int, str]:
-    """The HTTP status and problem slug of an error."""
-    return next((v for cls, v in _STATUS.items() if isinstance(exc, cls)), (500, "internal-error"))
+    """The HTTP status and problem slug of an error: its own class's, else its nearest
+    base class's (looked up along the MRO, whatever the order of the table)."""
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return 500, "internal-error"
 
 
 def conveyor_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

@@ -38,6 +38,7 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
+from redis.commands.core import Script
 
 from conveyor import context
 from conveyor.context import InvocationContext
@@ -121,10 +122,22 @@ class Batches:
     def __init__(self, executor: Executor, app: Celery) -> None:
         self.executor = executor
         self.app = app
+        self._script_client: redis.Redis | None = None
+        self._scripts: dict[str, Script] = {}
 
     @property
     def redis(self) -> redis.Redis:
         return self.executor.redis
+
+    def script(self, name: str) -> Script:
+        """ARM and MOVE_DUE, sent once per connection and then called by their SHA."""
+        if self._script_client is not self.redis:
+            self._script_client = self.redis
+            self._scripts = {
+                "arm": self.redis.register_script(ARM),
+                "move_due": self.redis.register_script(MOVE_DUE),
+            }
+        return self._scripts[name]
 
     # -- in a pool child ---------------------------------------------------------------
 
@@ -203,7 +216,9 @@ class Batches:
         consumer = f"{socket.gethostname()}:{os.getpid()}"
         idle_ms = int((manifest.limits.timeout + CLAIM_MARGIN) * 1000)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.eval(MOVE_DUE, 2, keys.batch_delayed(function), stream, time.time())
+        self.script("move_due")(
+            keys=[keys.batch_delayed(function), stream], args=[time.time()], client=pipe
+        )
         pipe.xautoclaim(stream, keys.BATCH_GROUP, consumer, idle_ms, count=size)
         claimed = pipe.execute()[1]
         entries = [(eid, fields) for eid, fields in claimed[1] if fields]
@@ -326,7 +341,9 @@ class Batches:
     def arm(self, trigger: Invocation) -> None:
         """Queue ``trigger`` unless one is already waiting for its function."""
         queue_key, message = encode_batch_trigger(self.app, trigger)
-        self.redis.eval(ARM, 2, keys.batch_armed(trigger.function), queue_key, ARMED_TTL, message)
+        self.script("arm")(
+            keys=[keys.batch_armed(trigger.function), queue_key], args=[ARMED_TTL, message]
+        )
 
     def _undelivered(self, stream: str) -> bool:
         pipe = self.redis.pipeline(transaction=False)
@@ -387,7 +404,9 @@ class Batches:
             pipe.execute()
             self.executor.worker_lost(item.invocation_id)
         queue_key, message = batch["trigger"]
-        self.redis.eval(ARM, 2, keys.batch_armed(batch["function"]), queue_key, ARMED_TTL, message)
+        self.script("arm")(
+            keys=[keys.batch_armed(batch["function"]), queue_key], args=[ARMED_TTL, message]
+        )
 
 
 def _queue_undelivered(pipe: Any, stream: str) -> None:
