@@ -119,12 +119,12 @@ def _flower(settings: Settings, args: argparse.Namespace) -> int:
                 f"conveyor flower --address {args.address} would show (and let anyone control)"
                 " the workers: give --basic-auth USER:PASSWORD, or listen on 127.0.0.1"
             )
-        credentials = f"{FLOWER_USER}:{secrets.token_urlsafe(18)}"
-        user, _, password = credentials.partition(":")
+        password = secrets.token_urlsafe(18)
+        credentials = f"{FLOWER_USER}:{password}"
         print(
             f"conveyor flower: http://{args.address}:{args.port} needs basic auth: user"
-            f" {user!r}, password {password!r} (made for this run; --basic-auth USER:PASSWORD"
-            " sets your own)",
+            f" {FLOWER_USER!r}, password {password!r} (made for this run; --basic-auth"
+            " USER:PASSWORD sets your own)",
             file=sys.stderr,
             flush=True,
         )

@@ -15,6 +15,8 @@ from typing import Any
 
 from conveyor.errors import TooDeepError
 
+DEFAULT_DEPTH = 64  # [api] max_json_depth's default; a manifest's limit
+
 # A JSON string, escapes included (possessive: linear whatever the input).
 _STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")

@@ -36,9 +36,7 @@ def accepted_body(record: JobRecord, census: Census) -> dict[str, Any]:
         "status": record.status.value,
         "result_url": result_url(record),
     }
-    warnings = [w for w in (record.notice, census_warning(census, record.queue)) if w]
-    if warnings:
-        body["warning"] = "; ".join(warnings)
+    _warn(body, record.notice, census_warning(census, record.queue))
     return body
 
 
@@ -59,9 +57,9 @@ def result_body(record: JobRecord, census: Census = None) -> dict[str, Any]:
         body["error"] = record.error
     if record.started_at is not None:
         body["started_at"] = iso(record.started_at)
-    census_note = None if record.status.final else census_warning(census, record.queue)
-    if warnings := [w for w in (record.notice, census_note) if w]:
-        body["warning"] = "; ".join(warnings)
+    _warn(
+        body, record.notice, None if record.status.final else census_warning(census, record.queue)
+    )
     if record.finished_at is not None:
         body["finished_at"] = iso(record.finished_at)
         body["duration_ms"] = round((record.finished_at - record.created_at) * 1000, 3)
@@ -103,3 +101,9 @@ def map_job_body(job: MapJob, now: float | None = None) -> dict[str, Any]:
     if job.webhook is not None:
         body["webhook"] = job.webhook
     return body
+
+
+def _warn(body: dict[str, Any], *notes: str | None) -> None:
+    """``warning``: what the caller should know about this answer, if anything."""
+    if warnings := [note for note in notes if note]:
+        body["warning"] = "; ".join(warnings)

@@ -30,6 +30,7 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 
 from conveyor.errors import SettingsError
 from conveyor.log import LogFormat
+from conveyor.nesting import DEFAULT_DEPTH
 
 CONFIG_ENV = "CONVEYOR_CONFIG"
 DEFAULT_CONFIG = "deploy.toml"
@@ -125,7 +126,7 @@ class ApiSettings(_Section):
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
     max_wait: Seconds = Field(60.0, le=600)
     max_json_depth: int = Field(
-        64,
+        DEFAULT_DEPTH,
         ge=2,
         le=256,
         description="levels of nesting any JSON the API takes may have (bodies, items,"

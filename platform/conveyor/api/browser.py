@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from conveyor.api.problems import PROBLEM_JSON
+from conveyor.api.problems import PROBLEM_JSON, problem_body
 from conveyor.settings import ApiSettings
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
@@ -160,15 +160,7 @@ def _has_body(headers: dict[bytes, bytes]) -> bool:
 
 async def _problem(send: Send, path: str, status: int, slug: str, detail: str) -> None:
     message: Any
-    body = json.dumps(
-        {
-            "type": f"urn:conveyor:problem:{slug}",
-            "title": slug.replace("-", " ").capitalize(),
-            "status": status,
-            "detail": detail,
-            "instance": path,
-        }
-    ).encode()
+    body = json.dumps(problem_body(status, slug, detail, path)).encode()
     message = {
         "type": "http.response.start",
         "status": status,

@@ -23,14 +23,9 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
 from conveyor.api.openapi import BUNDLE_MEDIA
-from conveyor.api.problems import status_of
-from conveyor.errors import (
-    BundleTooLargeError,
-    ConveyorError,
-    DeploymentNotFoundError,
-    ManifestError,
-)
-from conveyor.functions.manifest import NAME_PATTERN
+from conveyor.api.problems import problem_type, status_of
+from conveyor.errors import BundleTooLargeError, ConveyorError, DeploymentNotFoundError
+from conveyor.functions.manifest import check_function_name
 from conveyor.log import get_logger
 from conveyor.queueing.deployments import DeploymentLog
 from conveyor.results import iso
@@ -85,12 +80,12 @@ class Deploys:
             outcome, stored = await self.deployer.push(name, data)
         except ConveyorError as exc:
             status, slug = status_of(exc)
-            error = {"status": status, "type": f"urn:conveyor:problem:{slug}", "detail": str(exc)}
+            error = {"status": status, "type": problem_type(slug), "detail": str(exc)}
             await self.log.finish(deployment_id, "failed", error=error)
             raise
         except Exception as exc:
             log.exception("deploy_crashed", function=name, deployment=deployment_id)
-            error = {"status": 500, "type": "urn:conveyor:problem:internal-error"}
+            error = {"status": 500, "type": problem_type("internal-error")}
             await self.log.finish(deployment_id, "failed", error={**error, "detail": repr(exc)})
             raise
         body = {
@@ -120,7 +115,7 @@ class Deploys:
             found["status"] = "failed"
             found["error"] = {
                 "status": 503,
-                "type": "urn:conveyor:problem:deployment-interrupted",
+                "type": problem_type("deployment-interrupted"),
                 "detail": "the API process deploying it stopped before it finished; deploy again",
             }
         body = {
@@ -181,8 +176,7 @@ async def deploy(
     deploys: Deploys, request: Request[Any, Any, Any], name: str, *, existed: bool, limit: int
 ) -> Response[dict[str, Any]]:
     """``PUT /functions/{name}``: the outcome if ``Prefer: wait`` gets it, else ``202``."""
-    if not re.match(NAME_PATTERN, name):
-        raise ManifestError(f"{name!r}: a function name must match {NAME_PATTERN}")
+    check_function_name(name)  # before its name goes into a Location header
     data = await read_bundle(request, limit)
     wait = prefer_wait(request, deploys.longest)
     deployment_id = await deploys.accept(name, data, existed)

@@ -73,16 +73,27 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> Response[dict[str, Any]]:
+    body = problem_body(status, slug, detail, request.url.path if request else None)
+    body.update(extra)
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def problem_type(slug: str) -> str:
+    return f"urn:conveyor:problem:{slug}"
+
+
+def problem_body(status: int, slug: str, detail: str, instance: str | None) -> dict[str, Any]:
+    """An RFC 9457 problem: what :func:`problem` answers, and what the browser guard (a
+    middleware, before any response object exists) sends as bytes."""
     body: dict[str, Any] = {
-        "type": f"urn:conveyor:problem:{slug}",
+        "type": problem_type(slug),
         "title": slug.replace("-", " ").capitalize(),
         "status": status,
         "detail": detail,
     }
-    if request is not None:
-        body["instance"] = request.url.path
-    body.update(extra)
-    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    if instance is not None:
+        body["instance"] = instance
+    return body
 
 
 def status_of(exc: ConveyorError) -> tuple[int, str]:

@@ -184,7 +184,6 @@ def _not_json(constant: str) -> Any:
 async def _json(body: BodyStream, limits: ItemLimits) -> AsyncIterator[tuple[str, Any]]:
     builder: ijson.ObjectBuilder | None = None
     depth, field, index = 0, "", 0
-    envelope = ItemLimits(limits.max_bytes, limits.max_depth)
     events = ijson_python.parse_async(body, use_float=True)
     try:
         async for prefix, event, value in events:
@@ -197,9 +196,9 @@ async def _json(body: BodyStream, limits: ItemLimits) -> AsyncIterator[tuple[str
                     yield field, builder.value
                     index += field == "input"
                     builder = None
-                    body.mark, body.item = body.size, (index, envelope)
+                    body.mark, body.item = body.size, (index, limits)
                 continue
-            body.mark, body.item = body.size, (index, envelope)  # no token past the limit
+            body.mark, body.item = body.size, (index, limits)  # no token past the limit
             if prefix == "":
                 if event == "map_key" and value not in ENVELOPE:
                     raise _bad(
@@ -220,7 +219,7 @@ async def _json(body: BodyStream, limits: ItemLimits) -> AsyncIterator[tuple[str
                 yield field, builder.value
                 index += field == "input"
                 builder = None
-                body.mark, body.item = body.size, (index, envelope)
+                body.mark, body.item = body.size, (index, limits)
     except (ijson.JSONError, ijson_python.UnexpectedSymbol) as exc:
         raise ClientException(f"the body is not valid JSON: {exc}") from None
     finally:

@@ -6,6 +6,7 @@ out-of-range values raise :class:`ManifestError` naming the file, the key and th
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,10 +15,8 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from conveyor.errors import ManifestError, TooDeepError
-from conveyor.nesting import check_value
+from conveyor.nesting import DEFAULT_DEPTH, check_value
 from conveyor.settings import QueueSettings, gpu_queue
-
-MAX_DEPTH = 64  # nesting a manifest may have ([api] max_json_depth's default)
 
 MANIFEST_FILE = "function.toml"
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
@@ -97,6 +96,12 @@ class Manifest(_Section):
         return self.function.handler.partition(":")[2]
 
 
+def check_function_name(name: str) -> None:
+    """A pushed function's name, or ManifestError saying what a name may be."""
+    if not re.match(NAME_PATTERN, name):
+        raise ManifestError(f"{name!r}: a function name must match {NAME_PATTERN}")
+
+
 def parse_manifest(path: Path, queues: Mapping[str, QueueSettings]) -> Manifest:
     """Read and validate one ``function.toml`` against the deployment's queues."""
     try:
@@ -108,7 +113,7 @@ def parse_manifest(path: Path, queues: Mapping[str, QueueSettings]) -> Manifest:
     except RecursionError:  # tomllib recurses per nested array or inline table
         raise ManifestError(f"{path}: arrays or tables nest too deeply to be read") from None
     try:
-        check_value(data, MAX_DEPTH, "it")
+        check_value(data, DEFAULT_DEPTH, "it")
     except TooDeepError as exc:
         raise ManifestError(f"{path}: {exc}") from None
     try:

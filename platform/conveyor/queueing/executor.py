@@ -42,7 +42,7 @@ from conveyor.queueing.jobs import (
     transition_args,
 )
 from conveyor.queueing.local import LocalFunctions
-from conveyor.queueing.messages import Invocation, encode_retry
+from conveyor.queueing.messages import Invocation, encode_message
 from conveyor.runtime import Runner, error_payload
 from conveyor.runtime.capture import Captured, OutputCapture
 from conveyor.settings import Settings
@@ -402,7 +402,9 @@ def retry_message(
         soft_timeout=limits.soft_timeout,
     )
     tag = f"{invocation_id}.{attempt + 1}"
-    queue_list, message = encode_retry(task.app, inv, delay, tag, delivery.get("priority"))
+    queue_list, message = encode_message(
+        task.app, inv, countdown=delay, delivery_tag=tag, priority=delivery.get("priority")
+    )
     return Requeue(queue_list, message, delivery_tag=tag, copied=True)
 
 

@@ -41,23 +41,18 @@ class Invocation:
     soft_timeout: float | None
 
 
-def encode_message(app: Celery, inv: Invocation) -> tuple[str, str]:
-    """The Redis list to push to and the JSON envelope of one invocation's task; its
-    delivery tag is the invocation's id (kombu's unacked hash is keyed by it)."""
-    kwargs = {
-        "invocation_id": inv.id,
-        "function": inv.function,
-        "version": inv.version,
-        "input": inv.input,
-    }
-    return encode_task(app, inv.id, TASK_NAME, kwargs, inv, delivery_tag=inv.id)
-
-
-def encode_retry(
-    app: Celery, inv: Invocation, countdown: float, delivery_tag: str, priority: int | None
+def encode_message(
+    app: Celery,
+    inv: Invocation,
+    *,
+    countdown: float | None = None,
+    delivery_tag: str | None = None,
+    priority: int | None = None,
 ) -> tuple[str, str]:
-    """An invocation's next attempt, due in ``countdown`` seconds, at the broker priority
-    its first message had (``priority``: None for ``inv.priority``'s)."""
+    """The Redis list to push to and the JSON envelope of one invocation's task; its
+    delivery tag is the invocation's id (kombu's unacked hash is keyed by it). A retry's
+    message is due in ``countdown`` seconds, with its own ``delivery_tag`` and the broker
+    ``priority`` the first message had."""
     kwargs = {
         "invocation_id": inv.id,
         "function": inv.function,
@@ -71,7 +66,7 @@ def encode_retry(
         kwargs,
         inv,
         countdown=countdown,
-        delivery_tag=delivery_tag,
+        delivery_tag=delivery_tag or inv.id,
         priority=priority,
     )
 

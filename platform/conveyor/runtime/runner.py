@@ -13,8 +13,9 @@ from conveyor.errors import (
 )
 from conveyor.functions.loader import LoadedFunction
 from conveyor.log import get_logger
+from conveyor.nesting import DEFAULT_DEPTH
 from conveyor.runtime.encoding import encode_output
-from conveyor.runtime.validation import DEFAULT_DEPTH, validate_input
+from conveyor.runtime.validation import validate_input
 
 log = get_logger(__name__)
 

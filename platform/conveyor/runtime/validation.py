@@ -13,9 +13,7 @@ import pydantic
 
 from conveyor.errors import TooDeepError, ValidationError
 from conveyor.functions.loader import LoadedFunction
-from conveyor.nesting import check_value
-
-DEFAULT_DEPTH = 64  # [api] max_json_depth's default
+from conveyor.nesting import DEFAULT_DEPTH, check_value
 
 
 def validate_input(fn: LoadedFunction, raw: Any, max_depth: int = DEFAULT_DEPTH) -> Any:

@@ -76,9 +76,9 @@ class VersionCache:
         """:meth:`install`, and the folder's files checked against the version (what this
         process is about to import): one that differs is logged, removed and unpacked
         again. None when the store does not hold the version."""
-        folder = self.install(name, version, fetch)
-        if folder is None:
-            return None
+        folder = self.get(name, version)
+        if folder is None:  # unpacked now: its digest was checked as it was
+            return self.install(name, version, fetch)
         for pycache in folder.rglob("__pycache__"):  # compiled code the digest cannot see
             _remove(pycache)
         if (actual := folder_digest(folder)) == version:

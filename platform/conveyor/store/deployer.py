@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import re
 import shutil
 import socket
 import tempfile
@@ -42,7 +41,7 @@ from conveyor.errors import (
 )
 from conveyor.functions.inspector import Inspector
 from conveyor.functions.loader import FunctionSchemas
-from conveyor.functions.manifest import MANIFEST_FILE, NAME_PATTERN, parse_manifest
+from conveyor.functions.manifest import MANIFEST_FILE, check_function_name, parse_manifest
 from conveyor.functions.registry import (
     Change,
     FunctionEntry,
@@ -226,8 +225,7 @@ class Deployer:
 
     async def push(self, name: str, data: bytes) -> tuple[str, StoredVersion]:
         """Deploy a pushed bundle: (deployed or unchanged, the version)."""
-        if not re.match(NAME_PATTERN, name):
-            raise ManifestError(f"{name!r}: a function name must match {NAME_PATTERN}")
+        check_function_name(name)
         staging = Path(tempfile.mkdtemp(prefix="conveyor-push-"))
         try:
             folder = await asyncio.to_thread(unpack, data, staging / name, self._limit)
