@@ -7,9 +7,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from conveyor.queueing.census import QueueCensus
-from conveyor.queueing.jobs import JobRecord
-from conveyor.queueing.maps import MapJob, eta
+from conveyor.broker.census import QueueCensus
+from conveyor.invocations.records import JobRecord
+from conveyor.maps.db import MapJob, eta
 
 
 def iso(ts: float | None) -> str | None:

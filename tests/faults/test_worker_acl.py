@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.queueing.acl import acl_rules
+from conveyor.db.acl import acl_rules
 from support import RedisServer, Stack, invoke, result, wait_for, write_function
 
 pytestmark = pytest.mark.faults

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from conveyor.queueing import keys
-from conveyor.queueing.jobs import TRANSITION, JobStatus, new_job_fields, transition_args
+from conveyor.db import keyspace
+from conveyor.invocations.records import TRANSITION, JobStatus, new_job_fields, transition_args
 from support import Stack, write_function
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def test_scrape_time_with_many_functions_and_records(  # type: ignore[no-untyped
                 fields.update(
                     status=JobStatus.RUNNING, started_at=repr(time.time() - (i % 7) / 100)
                 )
-                pipe.hset(keys.job(invocation), mapping=fields)
+                pipe.hset(keyspace.job(invocation), mapping=fields)
                 to = JobStatus.FAILED if i % 10 == 0 else JobStatus.SUCCEEDED
                 extra = (
                     {"error": '{"type": "ValueError", "message": "x"}'}

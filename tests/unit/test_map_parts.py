@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from conveyor.queueing import keys, maps
-from conveyor.queueing.chunks import _more_urgent
+from conveyor.db import keyspace
+from conveyor.maps import db as maps
+from conveyor.worker.chunks import _more_urgent
 
 
 def test_a_chunk_aims_at_its_seconds_and_whole_batches() -> None:
@@ -42,10 +43,10 @@ def test_entries_keep_the_input_text() -> None:
 
 def test_a_chunk_yields_to_its_priority_and_above_never_to_itself() -> None:
     # priority 5 -> kombu step 4; its chunks sit at step 5 and yield to steps 0..4
-    assert _more_urgent("realtime", 5) == [keys.queue_list("realtime", s) for s in range(5)]
+    assert _more_urgent("realtime", 5) == [keyspace.queue_list("realtime", s) for s in range(5)]
     # priority 0 -> step 9, its chunks too (there is no step 10): they yield to 0..8 only
-    assert _more_urgent("q", 0) == [keys.queue_list("q", s) for s in range(9)]
-    assert _more_urgent("q", 9) == [keys.queue_list("q", 0)]
+    assert _more_urgent("q", 0) == [keyspace.queue_list("q", s) for s in range(9)]
+    assert _more_urgent("q", 9) == [keyspace.queue_list("q", 0)]
 
 
 def test_eta_from_the_rate_so_far() -> None:

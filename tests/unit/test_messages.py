@@ -4,18 +4,18 @@ import base64
 import json
 from pathlib import Path
 
-from conveyor.queueing import keys
-from conveyor.queueing.celery_app import TASK_NAME, broker_priority, create_celery
-from conveyor.queueing.messages import Invocation, encode_message
+from conveyor.broker.app import TASK_NAME, broker_priority, create_celery
+from conveyor.broker.messages import Invocation, encode_message
+from conveyor.db import keyspace
 from conveyor.settings import load_settings
 
 
 def test_priority_nine_is_consumed_first_on_redis() -> None:
     assert broker_priority(9) == 0  # kombu's Redis transport pops step 0 first
     assert broker_priority(0) == 9
-    assert keys.queue_list("realtime", broker_priority(9)) == "realtime"
-    assert keys.queue_list("realtime", broker_priority(2)) == "realtime:7"
-    assert len(keys.queue_lists("q")) == 10
+    assert keyspace.queue_list("realtime", broker_priority(9)) == "realtime"
+    assert keyspace.queue_list("realtime", broker_priority(2)) == "realtime:7"
+    assert len(keyspace.queue_lists("q")) == 10
 
 
 def test_message_is_a_celery_v2_task_in_kombu_envelope(tmp_path: Path) -> None:

@@ -95,8 +95,8 @@ def test_repo_deploy_toml_is_valid() -> None:
 def test_sentinels_from_the_environment_make_the_broker_url(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conveyor.queueing.celery_app import transport_options
-    from conveyor.queueing.connections import broker_url
+    from conveyor.broker.app import transport_options
+    from conveyor.db.connections import broker_url
 
     monkeypatch.setenv("CONVEYOR_REDIS__SENTINELS", '["10.0.0.5:26379", "[::1]:26380"]')
     monkeypatch.setenv("CONVEYOR_REDIS__PASSWORD", "p@ss/word")

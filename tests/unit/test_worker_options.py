@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor.cli import _worker_queues
+from conveyor.broker.census import QueueCensus, no_worker_warning
+from conveyor.cli.main import _worker_queues
 from conveyor.errors import WorkerOptionsError
-from conveyor.queueing.census import QueueCensus, no_worker_warning
 from conveyor.runtime.gpus import device_env, parse_gpus
 from conveyor.settings import Settings, all_queues
-from conveyor.supervisor import parse_autoscale
+from conveyor.worker.supervisor import parse_autoscale
 
 SETTINGS = Settings(queues={"realtime": {}, "batch": {}})  # type: ignore[arg-type]
 

@@ -35,23 +35,23 @@ from conveyor.api.services import Platform
 from conveyor.api.validation import RequestValidators
 from conveyor.api.versions import VersionsController
 from conveyor.auth.caller import Caller
+from conveyor.auth.db import KeyStore
+from conveyor.db import keyspace
+from conveyor.db.subscription import Subscription, Waiters
 from conveyor.environment import blank_environ_block
 from conveyor.errors import BrokerUnavailableError
 from conveyor.functions.catalog import Catalog
 from conveyor.functions.inspector import Inspector, Limits
 from conveyor.functions.registry import Registry
 from conveyor.functions.watcher import watch_async
+from conveyor.invocations.client import QueueClient
 from conveyor.log import configure_logging, get_logger
-from conveyor.metrics import HttpMetrics
-from conveyor.queueing import keys
-from conveyor.queueing.client import QueueClient
-from conveyor.queueing.deployments import DeploymentLog
-from conveyor.queueing.function_store import FunctionStore
-from conveyor.queueing.key_store import KeyStore
-from conveyor.queueing.maps import MapStore
-from conveyor.queueing.waiters import Subscription, Wakeups
+from conveyor.maps.db import MapStore
+from conveyor.metrics.prometheus import HttpMetrics
 from conveyor.settings import Settings, get_settings
+from conveyor.store.db import FunctionStore
 from conveyor.store.deployer import Deployer
+from conveyor.store.deployments import DeploymentLog
 from conveyor.store.served import Served
 from conveyor.webhooks.guard import Guard
 from conveyor.webhooks.intake import WebhookIntake
@@ -100,7 +100,7 @@ def create_app(settings: Settings) -> Litestar:
         intake=WebhookIntake(Guard(tuple(settings.webhooks.allow_networks)), enabled=webhooks),
         validators=RequestValidators(webhooks=webhooks),
         maps=MapStore(queue.redis, queue.celery),
-        map_events=Wakeups(queue.subscription, keys.MAP_EVENTS_CHANNEL),
+        map_events=Waiters(queue.subscription, keyspace.MAP_EVENTS_CHANNEL, _job_id),
         keys=KeyStore(queue.redis, queue.subscription) if settings.api.auth == "keys" else None,
     )
     catalog = Catalog(folder, inspector, store, deployer.on_change)
@@ -174,6 +174,11 @@ def create_app(settings: Settings) -> Litestar:
     )
 
 
+def _job_id(payload: str) -> tuple[str, str]:
+    """A message on the map events channel: the id of the job that changed."""
+    return payload, payload
+
+
 def _follow_store(
     subscription: Subscription, served: Served, deployer: Deployer
 ) -> set[asyncio.Task[None]]:
@@ -199,5 +204,5 @@ def _follow_store(
     def connected() -> None:
         deployer.resync_soon()  # not ready until it has run
 
-    subscription.on(keys.FUNCTIONS_CHANNEL, changed, connected)
+    subscription.on(keyspace.FUNCTIONS_CHANNEL, changed, connected)
     return tasks

@@ -22,7 +22,7 @@ from conveyor.api.schemas import function_body
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
-from conveyor.queueing.jobs import JobRecord
+from conveyor.invocations.records import JobRecord
 from conveyor.results import accepted_body, result_body, result_url
 
 RESULT = "/{name:str}/results/{invocation_id:str}"

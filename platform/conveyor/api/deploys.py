@@ -4,7 +4,7 @@
 A deployment is accepted (``202``, with its status URL) once its bundle is read within the
 size limit: whatever the bytes hold, they are taken, and unpacking, inspecting and storing
 them happens next, in this API process; the outcome (``deployed``, ``unchanged``, or
-``failed`` with the problem) is recorded in Redis (:mod:`conveyor.queueing.deployments`).
+``failed`` with the problem) is recorded in Redis (:mod:`conveyor.store.deployments`).
 ``Prefer: wait=<seconds>`` (RFC 7240; ``conveyor deploy`` sends it) answers with the outcome
 itself when it comes in time: ``201``/``200`` and the deployment, or the problem (``422``
 with the folder's error, ``400`` not a zip of a folder).
@@ -27,10 +27,10 @@ from conveyor.api.problems import problem_type, status_of
 from conveyor.errors import BundleTooLargeError, ConveyorError, DeploymentNotFoundError
 from conveyor.functions.manifest import check_function_name
 from conveyor.log import get_logger
-from conveyor.queueing.deployments import DeploymentLog
 from conveyor.results import iso
 from conveyor.store.bundle import size_text
 from conveyor.store.deployer import Deployer
+from conveyor.store.deployments import DeploymentLog
 
 log = get_logger(__name__)
 

@@ -20,9 +20,12 @@ from conveyor.api.services import Platform
 from conveyor.api.uploads import NDJSON, PAUSE_EVERY, BodyStream, ItemLimits, Line, items
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
+from conveyor.broker.app import kill
+from conveyor.db import keyspace
+from conveyor.db.subscription import long_poll
 from conveyor.errors import InputTooLargeError, ValidationError
 from conveyor.functions.registry import FunctionEntry
-from conveyor.queueing import keys, maps
+from conveyor.maps import db as maps
 from conveyor.results import map_job_body
 
 BLOCK = 1000  # items stored per Redis round trip while uploading; results read per round trip
@@ -112,7 +115,7 @@ class JobsController(Controller):
             chunks=chunks,
             target=settings.chunk_seconds,
             most=settings.max_chunk,
-            idempotency=keys.map_idempotency(name, caller.owner or "", key) if key else "",
+            idempotency=keyspace.map_idempotency(name, caller.owner or "", key) if key else "",
             digest=body.digest.hexdigest()[:32],
             pending_ttl=platform.settings.results.pending_ttl,
         )
@@ -232,15 +235,16 @@ class JobsController(Controller):
         _check(caller, job, Action.READ)
         seconds = wait_seconds(platform, request)
         if seconds and not job.final:
-            with platform.map_events.watch(job_id) as changed:
-                job = await platform.maps.get(job_id, name)
-                if not job.final:
-                    try:
-                        async with asyncio.timeout(seconds):
-                            await changed.wait()
-                    except TimeoutError:
-                        pass
-                    job = await platform.maps.get(job_id, name)
+            with platform.map_events.watch(job_id) as changes:
+                first = await platform.maps.get(job_id, name)
+
+                async def read(_: str | None) -> maps.MapJob:
+                    return await platform.maps.get(job_id, name)
+
+                def changed(job: maps.MapJob) -> bool:  # answered at the next change
+                    return job.final or job is not first
+
+                job = await long_poll(first, changed, changes, seconds, read)
         return map_job_body(job)
 
     @get(
@@ -295,9 +299,7 @@ async def _stop_running(platform: Platform, job_id: str) -> None:
     if not running:
         return
     for task_id in running:
-        await asyncio.to_thread(
-            platform.queue.celery.control.revoke, task_id, terminate=True, signal="SIGKILL"
-        )
+        await kill(platform.queue.celery, task_id)
     deadline = time.monotonic() + CANCEL_LIMIT
     while await platform.maps.running(job_id) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -360,9 +362,9 @@ async def _in_completion(platform: Platform, job: maps.MapJob, start: int) -> As
             job = await platform.maps.get(job.id, job.function)
 
 
-async def _next_change(changed: asyncio.Event) -> None:
+async def _next_change(changes: asyncio.Queue[str | None]) -> None:
     try:
         async with asyncio.timeout(1.0):  # and look again anyway: a missed event is no hang
-            await changed.wait()
+            await changes.get()
     except TimeoutError:
         pass

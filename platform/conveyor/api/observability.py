@@ -18,8 +18,8 @@ from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
 from conveyor.functions.registry import FunctionEntry
-from conveyor.metrics import CONTENT_TYPE, HttpMetrics, Snapshot
-from conveyor.queueing import stats
+from conveyor.metrics import db as stats
+from conveyor.metrics.prometheus import CONTENT_TYPE, HttpMetrics, Snapshot
 from conveyor.settings import all_queues
 
 STATIC = Path(__file__).parent / "static"  # the dashboard's page, script and style

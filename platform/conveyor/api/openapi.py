@@ -26,7 +26,7 @@ from conveyor.api.validation import request_schema
 from conveyor.functions.loader import DEFS_REF, FunctionSchemas
 from conveyor.functions.manifest import NAME_PATTERN
 from conveyor.functions.registry import FunctionEntry
-from conveyor.queueing.maps import RECENT_JOBS
+from conveyor.maps.db import RECENT_JOBS
 from conveyor.settings import Settings
 from conveyor.webhooks.intake import REQUEST_SCHEMA as WEBHOOK_SCHEMA
 

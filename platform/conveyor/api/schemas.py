@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from conveyor.functions.registry import FunctionEntry
-from conveyor.queueing.jobs import JobStatus
+from conveyor.invocations.records import JobStatus
 from conveyor.results import Census, census_warning
 
 Absent = SkipJsonSchema[None]  # a field that is left out, never null

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from conveyor.api.deploys import Deploys
 from conveyor.api.validation import RequestValidators
-from conveyor.queueing.client import QueueClient
-from conveyor.queueing.key_store import KeyStore
-from conveyor.queueing.maps import MapStore
-from conveyor.queueing.waiters import Wakeups
+from conveyor.auth.db import KeyStore
+from conveyor.db.subscription import Waiters
+from conveyor.invocations.client import QueueClient
+from conveyor.maps.db import MapStore
 from conveyor.settings import Settings
 from conveyor.store.deployer import Deployer
 from conveyor.store.served import Served
@@ -28,6 +28,6 @@ class Platform:
     intake: WebhookIntake
     validators: RequestValidators
     maps: MapStore
-    map_events: Wakeups  # a map job changed
+    map_events: Waiters[str]  # a map job changed (the payload is its id)
     keys: KeyStore | None = None  # None: [api] auth = "none"
     loaded: bool = False  # the functions found at start have been inspected

@@ -20,8 +20,8 @@ from conveyor.api.params import parse_json, takes
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.errors import ValidationError
-from conveyor.queueing.function_store import StoredVersion
 from conveyor.results import iso
+from conveyor.store.db import StoredVersion
 
 ROLLBACK_BODY_BYTES = 4096
 _VERSION = re.compile(VERSION_PATTERN)

@@ -7,7 +7,7 @@ and marks each new version ``loading``; then its code is checked and the version
 inspector subprocess (:mod:`conveyor.functions.catalog`) and deploys the good ones to the
 function store; :meth:`Registry.refresh` accepts on the manifest alone (``conveyor check``
 without inspection, tests). No process imports user code from here: workers run versions
-from the store (:mod:`conveyor.queueing.local`).
+from the store (:mod:`conveyor.worker.local`).
 
 A folder whose newest version is broken is listed with its error, and its last good version
 keeps serving until a good one replaces it. Readers see whole snapshots.

@@ -50,15 +50,15 @@ from conveyor.functions.registry import (
     not_found,
 )
 from conveyor.log import get_logger
-from conveyor.queueing.function_store import (
+from conveyor.settings import Settings
+from conveyor.store.bundle import Bundle, pack, unpack
+from conveyor.store.db import (
     FOLDER,
     PUSH,
     FunctionStore,
     StoredVersion,
     deploy_args,
 )
-from conveyor.settings import Settings
-from conveyor.store.bundle import Bundle, pack, unpack
 from conveyor.store.served import Served
 
 log = get_logger(__name__)

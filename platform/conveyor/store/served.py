@@ -22,7 +22,7 @@ from conveyor.functions.registry import (
     not_found,
     require_serving,
 )
-from conveyor.queueing.function_store import FunctionStore, StoredFunction, StoredVersion
+from conveyor.store.db import FunctionStore, StoredFunction, StoredVersion
 
 KEEP_OTHER_VERSIONS = 64  # versions other than the serving ones kept in memory (?version=)
 

@@ -1,6 +1,6 @@
 """``conveyor webhooks``: the process that delivers webhooks, and keeps trying.
 
-It claims due deliveries from Redis (:mod:`conveyor.queueing.webhook_queue`), POSTs each as
+It claims due deliveries from Redis (:mod:`conveyor.webhooks.db`), POSTs each as
 the result object plus ``"event"``, signed (:mod:`.signing`), and settles it:
 
 - 2xx: delivered;
@@ -34,13 +34,13 @@ import aiohttp
 from aiohappyeyeballs import AddrInfoType
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from conveyor.invocations.records import JobRecord
 from conveyor.log import get_logger
-from conveyor.queueing.jobs import JobRecord
-from conveyor.queueing.maps import MapJob
-from conveyor.queueing.webhook_queue import Delivery, WebhookQueue
+from conveyor.maps.db import MapJob
 from conveyor.results import map_job_body, result_body
 from conveyor.settings import WebhookSettings
 from conveyor.webhooks import signing
+from conveyor.webhooks.db import Delivery, WebhookQueue
 from conveyor.webhooks.guard import Guard, RefusedAddressError
 
 log = get_logger(__name__)

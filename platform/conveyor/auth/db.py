@@ -1,0 +1,153 @@
+"""API keys in Redis (see :mod:`conveyor.auth.keys` for what a key is).
+
+Only a key's SHA-256 is stored. Every API process reads a key's record once and keeps it
+while its subscription to :data:`keyspace.API_KEYS_CHANNEL` is live; creating or revoking a
+key publishes its digest there, so a revoked key stops working at once everywhere. When
+the subscription is down, nothing is cached: each request asks Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import asdict
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from conveyor.auth.keys import KeyRecord, check_name, digest, new_key, parse_scopes
+from conveyor.db import keyspace
+from conveyor.db.connections import broker_errors
+from conveyor.db.subscription import Subscription
+from conveyor.errors import ApiKeyError
+
+TOUCH_EVERY = 60.0  # seconds between last-used writes for one key, per process
+CACHE_LIMIT = 10_000  # digests remembered (known and unknown) before the cache starts over
+
+# KEYS: records, names, used, channel, webhook secrets. ARGV: name, digest, record, key id,
+# its webhook secret ('' for none).
+CREATE = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[5], ARGV[4], ARGV[5]) end
+redis.call('PUBLISH', KEYS[4], ARGV[2])
+return 1
+"""
+
+# KEYS: records, names, used, channel, webhook secrets. ARGV: name.
+REVOKE = """
+local digest = redis.call('HGET', KEYS[2], ARGV[1])
+if not digest then return 0 end
+local record = redis.call('HGET', KEYS[1], digest)
+if record then redis.call('HDEL', KEYS[5], cjson.decode(record).id) end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], digest)
+redis.call('HDEL', KEYS[3], digest)
+redis.call('PUBLISH', KEYS[4], digest)
+return 1
+"""
+
+_KEYS = [
+    keyspace.API_KEYS,
+    keyspace.API_KEY_NAMES,
+    keyspace.API_KEYS_USED,
+    keyspace.API_KEYS_CHANNEL,
+    keyspace.API_KEY_WEBHOOK_SECRETS,
+]
+
+
+def _record(raw: str) -> KeyRecord:
+    data = json.loads(raw)
+    return KeyRecord(
+        data["id"], data["name"], tuple(data["scopes"]), data["created_at"], data["digest"]
+    )
+
+
+class KeyStore:
+    """Create, list, revoke and find API keys."""
+
+    def __init__(self, redis: aioredis.Redis, subscription: Subscription | None = None) -> None:
+        self.redis = redis
+        self._create = redis.register_script(CREATE)
+        self._revoke = redis.register_script(REVOKE)
+        self._subscription = subscription
+        self._cache: dict[str, KeyRecord | None] = {}
+        self._changes = 0  # bumped per invalidation: a read that raced one is not cached
+        self._touched: dict[str, float] = {}
+        if subscription is not None:
+            subscription.on(keyspace.API_KEYS_CHANNEL, self._changed, self._cache.clear)
+
+    async def create(
+        self, name: str, scopes: list[str], webhook_secret: str = ""
+    ) -> tuple[str, KeyRecord]:
+        """A new key (returned once, never stored) and its record; ``webhook_secret``
+        signs the webhooks of its invocations instead of the platform's secrets."""
+        key = new_key()
+        record = KeyRecord(
+            id=secrets.token_hex(8),
+            name=check_name(name),
+            scopes=parse_scopes(scopes),
+            created_at=time.time(),
+            digest=digest(key),
+        )
+        with broker_errors():
+            made = await self._create(
+                keys=_KEYS,
+                args=[
+                    record.name,
+                    record.digest,
+                    json.dumps(asdict(record)),
+                    record.id,
+                    webhook_secret,
+                ],
+            )
+        if not made:
+            raise ApiKeyError(f"a key named {name!r} exists; revoke it or choose another name")
+        return key, record
+
+    async def list(self) -> list[tuple[KeyRecord, float | None]]:
+        """Every key's record and when it was last used (None: never)."""
+        with broker_errors():
+            records = await self.redis.hgetall(keyspace.API_KEYS)
+            used = await self.redis.hgetall(keyspace.API_KEYS_USED)
+        found = [_record(raw) for raw in cast(dict[str, str], records).values()]
+        return [
+            (r, float(used[r.digest]) if r.digest in used else None)
+            for r in sorted(found, key=lambda r: r.name)
+        ]
+
+    async def revoke(self, name: str) -> None:
+        with broker_errors():
+            revoked = await self._revoke(keys=_KEYS, args=[name])
+        if not revoked:
+            raise ApiKeyError(f"no key named {name!r} (conveyor keys ls lists them)")
+
+    async def find(self, key_digest: str) -> KeyRecord | None:
+        """The record of the key with this digest; None for an unknown or revoked one."""
+        live = self._subscription is not None and self._subscription.connected
+        if live and key_digest in self._cache:
+            return self._cache[key_digest]
+        changes = self._changes
+        with broker_errors():
+            raw = await self.redis.hget(keyspace.API_KEYS, key_digest)
+        record = None if raw is None else _record(str(raw))
+        if live and changes == self._changes:
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key_digest] = record
+        return record
+
+    async def touch(self, record: KeyRecord) -> None:
+        """Note that the key was used (at most once a minute per key and process)."""
+        now = time.time()
+        if now - self._touched.get(record.digest, 0.0) < TOUCH_EVERY:
+            return
+        self._touched[record.digest] = now
+        with broker_errors():
+            await self.redis.hset(keyspace.API_KEYS_USED, record.digest, repr(now))
+
+    def _changed(self, key_digest: str) -> None:
+        self._changes += 1
+        self._cache.pop(key_digest, None)

@@ -1,0 +1,115 @@
+"""Who is serving and how much is waiting: live workers (from their heartbeats) and queue
+depths, read the same way by the API (async) and by the worker supervisor (sync).
+
+A worker writes ``conveyor:worker:<name>`` (JSON, expiring after three missed beats) and adds
+its name to the ``conveyor:workers`` set; :data:`LIVE_WORKERS` reads the live ones and drops
+the names whose heartbeat expired, atomically, so no reader ever scans the keyspace.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from conveyor.db import keyspace
+from conveyor.settings import GPU_QUEUE_SUFFIX
+
+AUTOSCALER = "autoscaler"  # the "kind" of a supervisor's heartbeat; workers have none
+
+# KEYS: the names set. ARGV: the heartbeat key prefix. Returns the live heartbeats.
+LIVE_WORKERS = """
+local live = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local beat = redis.call('GET', ARGV[1] .. name)
+  if beat then table.insert(live, beat) else redis.call('SREM', KEYS[1], name) end
+end
+return live
+"""
+
+
+def parse_workers(beats: list[Any]) -> list[dict[str, Any]]:
+    return [json.loads(b) for b in beats]
+
+
+@dataclass(frozen=True)
+class QueueCensus:
+    """Who serves each queue: live worker processes, and the queues an autoscaler watches
+    (it starts a worker process when work arrives, even from none)."""
+
+    workers: Mapping[str, int]
+    autoscaled: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, beats: list[dict[str, Any]]) -> QueueCensus:
+        workers = Counter(q for b in beats if b.get("kind") != AUTOSCALER for q in b["queues"])
+        scaled = frozenset(q for b in beats if b.get("kind") == AUTOSCALER for q in b["queues"])
+        return cls(dict(workers), scaled)
+
+    def count(self, queue: str) -> int:
+        return self.workers.get(queue, 0)
+
+    def warning(self, queue: str) -> str | None:
+        """Why an invocation on ``queue`` would wait for nobody, if it would."""
+        if self.count(queue) or queue in self.autoscaled:
+            return None
+        return no_worker_warning(queue)
+
+
+def worker_hint(queue: str) -> str:
+    """The command that would start a worker for ``queue``."""
+    if queue.endswith(GPU_QUEUE_SUFFIX):
+        return f"conveyor worker --gpus all --queues {queue.removesuffix(GPU_QUEUE_SUFFIX)}"
+    return f"conveyor worker --queues {queue}"
+
+
+def no_worker_warning(queue: str) -> str:
+    return (
+        f"no live worker consumes queue {queue!r}: the invocation waits until one starts"
+        f" ({worker_hint(queue)})"
+    )
+
+
+class Census:
+    """The synchronous reader, for processes without an event loop (the supervisor)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._live = client.register_script(LIVE_WORKERS)
+
+    def workers(self) -> list[dict[str, Any]]:
+        return parse_workers(self._live(keys=[keyspace.WORKERS], args=[keyspace.WORKER_PREFIX]))
+
+    def beat(self, name: str, payload: dict[str, Any], interval: float) -> None:
+        """Announce ``name`` for three ``interval``s."""
+        with self.redis.pipeline() as pipe:
+            pipe.set(keyspace.worker(name), json.dumps(payload), ex=int(interval * 3) + 1)
+            pipe.sadd(keyspace.WORKERS, name)
+            pipe.execute()
+
+    def forget(self, name: str) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.srem(keyspace.WORKERS, name)
+            pipe.delete(keyspace.worker(name))
+            pipe.execute()
+
+    def depth(self, queues: list[str], batching: Mapping[str, int] | None = None) -> int:
+        """Work waiting in ``queues``, in units of one process's turn: messages over all
+        priority levels, plus each batching function's stream items (``batching``:
+        function -> max_batch_size) as the batches they make."""
+        batching = batching or {}
+        with self.redis.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                for key in keyspace.queue_lists(queue):
+                    pipe.llen(key)
+            for function in batching:
+                pipe.xlen(keyspace.batch_stream(function))
+            sizes: list[int] = pipe.execute()
+        lists = len(sizes) - len(batching)
+        batches = zip(sizes[lists:], batching.values(), strict=True)
+        return sum(sizes[:lists]) + sum(math.ceil(items / size) for items, size in batches)

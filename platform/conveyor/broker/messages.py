@@ -1,0 +1,206 @@
+"""Building the broker message for one invocation, so it can be stored atomically.
+
+The API writes the job record and pushes the message in one Redis transaction (a 202 is a
+promise: there is never a record without its message, or a message without its record).
+That means writing to the list kombu's Redis transport reads, in its envelope format:
+Celery's own ``as_task_v2`` builds the task message; this module wraps it the way
+``kombu.transport.virtual.Channel.basic_publish`` does. The integration tests run real
+workers on these messages, so a kombu change that breaks the format fails them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from conveyor.broker.app import (
+    BATCH_TASK_NAME,
+    HIGHEST_PRIORITY,
+    MAP_TASK_NAME,
+    TASK_NAME,
+    broker_priority,
+)
+from conveyor.db import keyspace
+from conveyor.functions.manifest import Manifest
+
+MAX_CHUNK_TIMEOUT = 24 * 3600.0  # seconds: the longest hard limit of a map chunk
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a function's task messages go and the limits they carry."""
+
+    function: str
+    queue: str
+    priority: int
+    timeout: float
+    soft_timeout: float | None
+
+    @classmethod
+    def of(cls, function: str, m: Manifest, priority: int | None = None) -> Route:
+        """The route a manifest declares (``priority``: this request's, if it names one)."""
+        return cls(
+            function=function,
+            queue=m.target_queue,
+            priority=m.queue.priority if priority is None else priority,
+            timeout=m.limits.timeout,
+            soft_timeout=m.limits.soft_timeout,
+        )
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What a worker needs to run one invocation."""
+
+    id: str
+    function: str
+    version: str
+    input: Any
+    queue: str
+    priority: int
+    timeout: float
+    soft_timeout: float | None
+
+    @property
+    def route(self) -> Route:
+        return Route(self.function, self.queue, self.priority, self.timeout, self.soft_timeout)
+
+
+def encode_message(
+    app: Celery,
+    inv: Invocation,
+    *,
+    countdown: float | None = None,
+    delivery_tag: str | None = None,
+    priority: int | None = None,
+) -> tuple[str, str]:
+    """The Redis list to push to and the JSON envelope of one invocation's task; its
+    delivery tag is the invocation's id (kombu's unacked hash is keyed by it). A retry's
+    message is due in ``countdown`` seconds, with its own ``delivery_tag`` and the broker
+    ``priority`` the first message had."""
+    kwargs = {
+        "invocation_id": inv.id,
+        "function": inv.function,
+        "version": inv.version,
+        "input": inv.input,
+    }
+    return encode_task(
+        app,
+        inv.id,
+        TASK_NAME,
+        kwargs,
+        inv.route,
+        countdown=countdown,
+        delivery_tag=delivery_tag or inv.id,
+        priority=priority,
+    )
+
+
+def encode_batch_trigger(
+    app: Celery,
+    route: Route,
+    version: str,
+    countdown: float | None = None,
+    task_id: str | None = None,
+) -> tuple[str, str]:
+    """A ``conveyor.batch`` task: drain the stream of ``route.function``'s waiting items."""
+    kwargs = {"function": route.function, "version": version}
+    task_id = task_id or str(uuid.uuid4())
+    return encode_task(app, task_id, BATCH_TASK_NAME, kwargs, route, countdown=countdown)
+
+
+def encode_task(
+    app: Celery,
+    task_id: str,
+    name: str,
+    kwargs: dict[str, Any],
+    route: Route,
+    *,
+    countdown: float | None = None,
+    below: bool = False,
+    delivery_tag: str | None = None,
+    priority: int | None = None,
+) -> tuple[str, str]:
+    """The list to push to and the envelope of one task message; ``below``: one priority
+    step under ``route.priority`` (a map job's chunks yield to single invocations)."""
+    task = app.amqp.as_task_v2(
+        task_id,
+        name,
+        args=(),
+        kwargs=kwargs,
+        time_limit=route.timeout,  # type: ignore[arg-type]  # floats work; the stubs say int
+        soft_time_limit=route.soft_timeout,  # type: ignore[arg-type]
+        shadow=route.function,
+        ignore_result=True,
+        countdown=countdown,
+        # Celery would saferepr() the whole input for logs and Flower; name it instead.
+        argsrepr="()",
+        kwargsrepr=f"{{'function': {route.function!r}, 'id': {task_id!r}}}",
+    )
+    body = json.dumps(task.body, separators=(",", ":"))
+    if priority is None:  # else: the broker's priority, as a message delivered had it
+        priority = min(broker_priority(route.priority) + (1 if below else 0), HIGHEST_PRIORITY)
+    envelope = {
+        "body": base64.b64encode(body.encode()).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": task.headers,
+        "properties": {
+            **task.properties,
+            "delivery_mode": 2,
+            "priority": priority,
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": route.queue, "routing_key": route.queue},
+            "delivery_tag": delivery_tag or str(uuid.uuid4()),
+        },
+    }
+    return keyspace.queue_list(route.queue, priority), json.dumps(envelope, separators=(",", ":"))
+
+
+def chunk_message(
+    app: Celery, job_id: str, fields: dict[str, str], chunk: int, n: int
+) -> tuple[str, str]:
+    """The Redis list and the ``conveyor.map`` message of chunk ``chunk`` (``n`` items),
+    one priority step below the job's, with a hard limit of ``n`` items' time limits."""
+    timeout = float(fields["timeout"])
+    route = Route(
+        fields["function"],
+        fields["queue"],
+        int(fields["priority"]),
+        min(timeout * n + 30, MAX_CHUNK_TIMEOUT),
+        None,
+    )
+    kwargs = {
+        "job": job_id,
+        "function": fields["function"],
+        "version": fields["version"],
+        "chunk": chunk,
+    }
+    return encode_task(app, str(uuid.uuid4()), MAP_TASK_NAME, kwargs, route, below=True)
+
+
+def delay_message(
+    app: Celery, job_id: str, fields: dict[str, str], seconds: float
+) -> tuple[str, str]:
+    """A ``conveyor.map`` message with no chunk (``-1``): feed retries once they are due."""
+    route = Route(fields["function"], fields["queue"], int(fields["priority"]), 60.0, None)
+    kwargs = {
+        "job": job_id,
+        "function": fields["function"],
+        "version": fields["version"],
+        "chunk": -1,
+    }
+    return encode_task(
+        app,
+        str(uuid.uuid4()),
+        MAP_TASK_NAME,
+        kwargs,
+        route,
+        countdown=max(seconds, 0.0),
+        below=True,
+    )

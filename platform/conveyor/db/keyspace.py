@@ -1,0 +1,203 @@
+"""Every Redis key and channel Conveyor uses, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "conveyor"
+EVENTS_CHANNEL = f"{PREFIX}:events"  # payload: "<id> <record as JSON>" when one finishes
+WORKER_PREFIX = f"{PREFIX}:worker:"  # + name: a live worker's heartbeat, with a TTL
+WORKERS = f"{PREFIX}:workers"  # set of names that may have a heartbeat (no SCAN needed)
+
+# kombu's Redis transport keeps one list per queue and priority step; we configure the
+# separator so the lists read as ``realtime``, ``realtime:1`` ... ``realtime:9``.
+PRIORITY_SEP = ":"
+PRIORITY_STEPS = list(range(10))
+
+
+# kombu's Redis transport: delivery tag -> time delivered, for messages not yet acked.
+KOMBU_UNACKED_INDEX = "unacked_index"
+KOMBU_UNACKED = "unacked"  # delivery tag -> the message a consumer took and has not acked
+
+# Each invocation's message, kept from its submit until a worker's START script sees it
+# (:mod:`conveyor.invocations.stranded`): id -> "<list> <sequence>", and id -> the message (its
+# delivery tag is the id); a sequence per list orders its messages.
+SENT = f"{PREFIX}:sent"
+SENT_MESSAGES = f"{PREFIX}:sent-messages"
+STRANDED = f"{PREFIX}:stranded"  # id -> when a sweep first found its message nowhere
+STRANDED_LOCK = f"{PREFIX}:stranded-lock"
+
+
+def sent_sequence(queue_list: str) -> str:
+    return f"{PREFIX}:sent-seq:{queue_list}"
+
+
+def job(invocation_id: str) -> str:
+    return f"{PREFIX}:job:{invocation_id}"
+
+
+# API keys: digest -> the key's record (JSON); name -> digest; digest -> last used; and a
+# channel on which every change is published, so each API process drops what it cached.
+API_KEYS = f"{PREFIX}:api-keys"
+API_KEY_NAMES = f"{PREFIX}:api-key-names"
+API_KEYS_USED = f"{PREFIX}:api-keys-used"
+API_KEYS_CHANNEL = f"{PREFIX}:api-keys-changed"
+# key id -> the key's own webhook signing secret (conveyor keys create --webhook-secret):
+# its invocations' deliveries are signed with it instead of the platform's.
+API_KEY_WEBHOOK_SECRETS = f"{PREFIX}:api-key-webhook-secrets"
+
+# Webhook deliveries: one hash each (the record as it was, the URL, attempts), and a sorted
+# set of them by when they are due; the deliverer blocks on the wake-up list.
+WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"
+WEBHOOKS_WAKE = f"{PREFIX}:webhooks:wake"
+
+
+def webhook_delivery(invocation_id: str, event: str) -> str:
+    return f"{PREFIX}:webhook:{invocation_id}:{event}"
+
+
+# What the platform has done (see queueing/stats.py): counters and histograms per
+# function, 10-second buckets for the dashboard, the last finished invocations. Histograms
+# store bucket numbers: bump METRICS_FORMAT when stats.py's bucket bounds change.
+METRICS_FORMAT = 1
+_METRICS = f"{PREFIX}:metrics:{METRICS_FORMAT}"
+METRICS_INVOCATIONS = f"{_METRICS}:invocations"
+METRICS_FAILURES = f"{_METRICS}:failures"
+METRICS_RETRIES = f"{_METRICS}:retries"
+METRICS_REDELIVERIES = f"{_METRICS}:redeliveries"
+METRICS_DURATION = f"{_METRICS}:duration"
+METRICS_QUEUE_WAIT = f"{_METRICS}:queue-wait"
+METRICS_BATCH_SIZE = f"{_METRICS}:batch-size"
+RECENT = f"{PREFIX}:recent"
+
+
+def stats_bucket(start: int) -> str:
+    return f"{_METRICS}:dashboard:{start}"
+
+
+# Map jobs (see queueing/maps.py): the job's hash; its items waiting to be fed (a list of
+# "[index,attempt,input]" entries); each fed chunk's items; results by index; indices in
+# the order they finished; retries waiting for their backoff; the chunks running now.
+MAP_EVENTS_CHANNEL = f"{PREFIX}:map-events"  # payload: the job id, whenever it changes
+
+
+def map_job(job_id: str) -> str:
+    return f"{PREFIX}:map:{job_id}"
+
+
+def map_inputs(job_id: str) -> str:
+    return f"{PREFIX}:map:{job_id}:inputs"
+
+
+def map_chunk(job_id: str, chunk: int) -> str:
+    return f"{PREFIX}:map:{job_id}:chunk:{chunk}"
+
+
+def map_results(job_id: str) -> str:
+    return f"{PREFIX}:map:{job_id}:results"
+
+
+def map_done(job_id: str) -> str:
+    return f"{PREFIX}:map:{job_id}:done"
+
+
+def map_retries(job_id: str) -> str:
+    return f"{PREFIX}:map:{job_id}:retries"
+
+
+def map_active(job_id: str) -> str:
+    return f"{PREFIX}:map:{job_id}:active"
+
+
+def map_jobs(function: str) -> str:
+    """A function's recent jobs, by creation time."""
+    return f"{PREFIX}:maps:{function}"
+
+
+def map_idempotency(function: str, owner: str, key: str) -> str:
+    return f"{PREFIX}:idempotency-map:{function}:{owner}:{key}"
+
+
+# The function store (see queueing/function_store.py): which version of each function
+# serves (name -> version, '' while it has none); a function's state (serving, pinned,
+# latest, where it came from, its folder's error); its retained versions by when they were
+# deployed; a version's record (manifest, schemas, origin) and its bundle (the folder, as a
+# zip archive, in a list of chunks) and a bundle being written; the functions that have
+# retained versions; how many invocations and map
+# jobs of each version are queued or running ("<name>@<version>" -> count): a version in
+# use is never collected. Every change of what serves is published by name.
+SERVING = f"{PREFIX}:serving"
+STORED_FUNCTIONS = f"{PREFIX}:stored-functions"
+VERSIONS_IN_USE = f"{PREFIX}:versions-in-use"
+FUNCTIONS_CHANNEL = f"{PREFIX}:functions-changed"
+
+
+def function_state(name: str) -> str:
+    return f"{PREFIX}:function:{name}"
+
+
+def function_versions(name: str) -> str:
+    return f"{PREFIX}:function:{name}:versions"
+
+
+def function_version(name: str, version: str) -> str:
+    return f"{PREFIX}:function:{name}:version:{version}"
+
+
+def bundle(name: str, version: str) -> str:
+    return f"{PREFIX}:bundle:{name}:{version}"
+
+
+def bundle_upload(upload: str) -> str:
+    return f"{PREFIX}:bundle-upload:{upload}"
+
+
+def deployment(deployment_id: str) -> str:
+    """One ``PUT /functions/{name}``: its state and outcome (queueing/deployments.py)."""
+    return f"{PREFIX}:deployment:{deployment_id}"
+
+
+def in_use(name: str, version: str) -> str:
+    """The field of :data:`VERSIONS_IN_USE` counting one version's queued work."""
+    return f"{name}@{version}"
+
+
+def idempotency(function: str, owner: str, key: str) -> str:
+    """An Idempotency-Key, per function and per API key (``owner``): callers never share."""
+    return f"{PREFIX}:idempotency:{function}:{owner}:{key}"
+
+
+def worker(name: str) -> str:
+    return f"{WORKER_PREFIX}{name}"
+
+
+def queue_list(queue: str, broker_priority: int) -> str:
+    """The kombu list holding ``queue``'s messages of one (Redis-side) priority."""
+    return queue if broker_priority == 0 else f"{queue}{PRIORITY_SEP}{broker_priority}"
+
+
+def queue_lists(queue: str) -> list[str]:
+    return [queue_list(queue, p) for p in PRIORITY_STEPS]
+
+
+# Dynamic batching: a stream of waiting items per function, read by a consumer group; a
+# flag that is set while a drain trigger for the function is queued; retries waiting for
+# their backoff; and, per running batch, what its items are (for the supervising parent).
+BATCH_GROUP = "workers"
+
+
+def batch_stream(function: str) -> str:
+    return f"{PREFIX}:batch:{function}"
+
+
+BATCH_ARMED_TTL = 30  # seconds; a safety net only: a trigger clears the flag when it runs
+
+
+def batch_armed(function: str) -> str:
+    return f"{PREFIX}:batch-armed:{function}"
+
+
+def batch_delayed(function: str) -> str:
+    return f"{PREFIX}:batch-delayed:{function}"
+
+
+def batch_run(task_id: str) -> str:
+    return f"{PREFIX}:batch-run:{task_id}"

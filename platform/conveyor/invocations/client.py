@@ -1,0 +1,434 @@
+"""The queueing seam as the API and the CLI see it: submit, get, wait, cancel, depths.
+
+Async end to end on ``redis.asyncio``: a submit is one Redis transaction (record + message);
+waiting for a result is a future woken by one shared pub/sub subscription per process, so a
+thousand waiting clients cost neither threads nor polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, cast
+
+from redis.exceptions import NoScriptError, RedisError
+
+from conveyor.broker.app import create_celery, kill
+from conveyor.broker.census import LIVE_WORKERS, QueueCensus, parse_workers
+from conveyor.broker.messages import Invocation, Route, encode_batch_trigger, encode_message
+from conveyor.db import keyspace, replication
+from conveyor.db.connections import broker_errors, listener_client, pooled_client
+from conveyor.db.subscription import Subscription, Waiters, long_poll
+from conveyor.errors import (
+    BrokerUnavailableError,
+    IdempotencyConflictError,
+    InvocationFinishedError,
+    InvocationNotFoundError,
+    InvocationUnfinishedError,
+    NotReplicatedError,
+    VersionNotFoundError,
+)
+from conveyor.functions.registry import FunctionSpec
+from conveyor.invocations.records import (
+    ACTIVE,
+    DELETE,
+    SUBMIT,
+    TRANSITION,
+    WITHDRAW,
+    JobRecord,
+    JobStatus,
+    new_job_fields,
+    transition_args,
+)
+from conveyor.log import get_logger
+from conveyor.settings import Settings
+
+log = get_logger(__name__)
+
+_TEMPLATE_ID = "00000000-0000-4000-8000-00000000face"
+_TEMPLATE_TAG = "00000000-0000-4000-8000-0000000000da"
+
+
+class QueueClient:
+    """Submit invocations and read their records; one per process, shared by requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = pooled_client(settings)
+        self.celery = create_celery(settings)
+        self._transition = self.redis.register_script(TRANSITION)
+        self._submit = self.redis.register_script(SUBMIT)
+        self._delete = self.redis.register_script(DELETE)
+        self._withdraw = self.redis.register_script(WITHDRAW)
+        self._trigger_templates: dict[tuple[str, str, int], tuple[str, str]] = {}
+        self._live_workers = self.redis.register_script(LIVE_WORKERS)
+        self._census: QueueCensus | None = None
+        self._census_at = -math.inf
+        # One pub/sub connection for every channel this process listens to.
+        self.subscription = Subscription(listener_client(settings))
+        self._waiters = Waiters(self.subscription, keyspace.EVENTS_CHANNEL, _finished)
+
+    async def start(self) -> None:
+        self.subscription.start()
+
+    async def close(self) -> None:
+        await self.subscription.stop()
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def submit(
+        self,
+        spec: FunctionSpec,
+        raw_input: Any,
+        *,
+        priority: int | None = None,
+        wait: float = 0,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+        webhook: str | None = None,
+    ) -> JobRecord:
+        """Store the record and enqueue the message in one step; then it is a promise.
+
+        With ``wait``, return the record once final or after ``wait`` seconds. With an
+        ``idempotency_key`` used before for this function by the same ``owner`` (the API
+        key's id; within the result's TTL), the first invocation is returned instead, and
+        nothing runs again; if that first use had another input, priority or webhook,
+        :class:`IdempotencyConflictError` is raised. ``webhook`` (JSON ``{"url",
+        "events"}``) is stored with the record: the scripts that start and finish the
+        invocation queue its deliveries.
+        """
+        manifest = spec.manifest
+        inv = Invocation(
+            id=str(uuid.uuid4()),
+            function=spec.name,
+            version=spec.version,
+            input=raw_input,
+            queue=manifest.target_queue,
+            priority=manifest.queue.priority if priority is None else priority,
+            timeout=manifest.limits.timeout,
+            soft_timeout=manifest.limits.soft_timeout,
+        )
+        fields = new_job_fields(
+            inv.function,
+            inv.version,
+            inv.queue,
+            inv.priority,
+            manifest.results.ttl,
+            owner=owner,
+            webhook=webhook,
+        )
+        idempotency = ""
+        if idempotency_key:
+            idempotency = keyspace.idempotency(spec.name, owner or "", idempotency_key)
+            fields["idempotency_key"] = idempotency
+        digest = _digest(raw_input, priority, webhook) if idempotency else ""
+        # Watch before the message exists, so even an instant result is not missed.
+        with self._waiters.watch(inv.id) as events:
+            submit_keys, submit_args = self._submit_command(spec, inv, fields, idempotency, digest)
+            first, notice = await self._store(inv.id, submit_keys, submit_args)
+            if isinstance(first, str):
+                return await self._replay(spec.name, idempotency_key or "", first, digest, wait)
+            if not first:
+                raise VersionNotFoundError(
+                    f"version {spec.version} of {spec.name!r} is not in the function store"
+                    f" (collected, or Redis lost it); GET /functions/{spec.name}/versions lists"
+                    " the retained ones"
+                )
+            log.info(
+                "invocation_queued",
+                function=inv.function,
+                version=inv.version,
+                invocation_id=inv.id,
+                queue=inv.queue,
+                priority=inv.priority,
+            )
+            record = JobRecord.from_hash(inv.id, fields)
+            record = await self._until_final(record, events, wait, None)
+            return replace(record, notice=notice) if notice else record
+
+    async def _store(
+        self, invocation_id: str, submit_keys: list[str], args: list[Any]
+    ) -> tuple[Any, str | None]:
+        """Run :data:`SUBMIT`: its answer, and a notice for the caller. With ``[redis]
+        min_replicas``, in a pipeline with WAIT, and a submit the replicas did not confirm
+        in time is withdrawn (see :meth:`_withdraw_unreplicated`)."""
+        if not replication.wanted(self.settings):
+            with broker_errors():
+                return await self._submit(keys=submit_keys, args=args), None
+        with broker_errors():
+            try:
+                first, confirmed = await self._submit_replicated(submit_keys, args)
+            except NoScriptError:  # a new primary (after a failover) has no scripts yet
+                await self.redis.script_load(self._submit.script)
+                first, confirmed = await self._submit_replicated(submit_keys, args)
+        if first == 1 and confirmed is not None and confirmed < self.settings.redis.min_replicas:
+            return first, await self._withdraw_unreplicated(invocation_id, confirmed)
+        return first, None
+
+    async def _submit_replicated(
+        self, submit_keys: list[str], args: list[Any]
+    ) -> tuple[Any, int | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.evalsha(self._submit.sha, len(submit_keys), *submit_keys, *args)
+            (first,), confirmed = await replication.execute_async(pipe, self.settings)
+        return first, confirmed
+
+    async def _withdraw_unreplicated(self, invocation_id: str, confirmed: int) -> str:
+        """Answer a submit the replicas did not confirm: withdrawn (it will not run), a
+        :class:`NotReplicatedError` (a 503); or, when a worker started it already, a
+        warning for its 202. A client retries a 503 (HTTP libraries do so on Retry-After):
+        one that runs anyway must not be answered 503, or it would run twice."""
+        wanted, waited = self.settings.redis.min_replicas, self.settings.redis.replica_timeout
+        with broker_errors():
+            outcome = await self._withdraw(
+                keys=[
+                    keyspace.job(invocation_id),
+                    keyspace.VERSIONS_IN_USE,
+                    keyspace.SENT,
+                    keyspace.SENT_MESSAGES,
+                ],
+                args=[invocation_id],
+            )
+        accepted = outcome not in ("withdrawn", "")
+        log.warning(
+            "submit_not_replicated",
+            invocation_id=invocation_id,
+            replicas=confirmed,
+            min_replicas=wanted,
+            outcome="kept" if accepted else "withdrawn",
+        )
+        short = (
+            f"{confirmed} of the {wanted} replicas [redis] min_replicas asks for confirmed"
+            f" invocation {invocation_id} within {waited:g} s"
+        )
+        if not accepted:
+            raise NotReplicatedError(
+                f"not accepted: {short}, so it was withdrawn and will not run; send it again",
+                invocation_id=invocation_id,
+                accepted=False,
+            )
+        return (
+            f"not yet replicated: {short}, but a worker had already started it ({outcome}):"
+            " it runs; it would be lost only if the primary failed before its replicas"
+            " catch up"
+        )
+
+    async def _replay(
+        self, function: str, key: str, first: str, digest: str, wait: float
+    ) -> JobRecord:
+        invocation_id, _, first_digest = first.partition(" ")
+        if first_digest != digest:
+            raise IdempotencyConflictError(
+                f"Idempotency-Key {key!r} was used for invocation {invocation_id} with another"
+                " input, priority or webhook; use a new key for a different request"
+            )
+        log.info("invocation_replayed", function=function, invocation_id=invocation_id)
+        return await self.wait(invocation_id, wait, function)
+
+    def _submit_command(
+        self,
+        spec: FunctionSpec,
+        inv: Invocation,
+        fields: dict[str, str],
+        idempotency: str,
+        digest: str,
+    ) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of :data:`SUBMIT`: a task message, or (batching, see
+        :mod:`conveyor.worker.batches`) a stream item and a drain trigger."""
+        record = [value for pair in fields.items() for value in pair]
+        ttl = self.settings.results.pending_ttl
+        store = [keyspace.function_version(inv.function, inv.version), keyspace.VERSIONS_IN_USE]
+        sent = [keyspace.SENT, keyspace.SENT_MESSAGES]
+        in_use = keyspace.in_use(inv.function, inv.version)
+        if spec.manifest.batching is None:
+            queue_key, message = encode_message(self.celery, inv)
+            seq = keyspace.sent_sequence(queue_key)
+            return [keyspace.job(inv.id), queue_key, "", "", idempotency, *store, *sent, seq], [
+                ttl,
+                message,
+                0,
+                "",
+                "",
+                "",
+                "",
+                inv.id,
+                digest,
+                in_use,
+                *record,
+            ]
+        trigger_key, trigger = self._trigger(spec, inv.priority)
+        stream, armed = keyspace.batch_stream(inv.function), keyspace.batch_armed(inv.function)
+        item = json.dumps(inv.input)
+        return [keyspace.job(inv.id), stream, armed, trigger_key, idempotency, *store, *sent, ""], [
+            ttl,
+            "",
+            keyspace.BATCH_ARMED_TTL,
+            trigger,
+            inv.id,
+            inv.version,
+            item,
+            inv.id,
+            digest,
+            in_use,
+            *record,
+        ]
+
+    def _trigger(self, spec: FunctionSpec, priority: int) -> tuple[str, str]:
+        """A fresh trigger message for ``spec``: a cached template with new ids, since
+        most submits find a trigger already armed and discard theirs."""
+        cache_key = (spec.name, spec.version, priority)
+        template = self._trigger_templates.get(cache_key)
+        if template is None:
+            route = Route.of(spec.name, spec.manifest, priority)
+            queue_key, message = encode_batch_trigger(
+                self.celery, route, spec.version, task_id=_TEMPLATE_ID
+            )
+            template = (
+                queue_key,
+                message.replace(json.loads(message)["properties"]["delivery_tag"], _TEMPLATE_TAG),
+            )
+            self._trigger_templates[cache_key] = template
+        queue_key, message = template
+        fresh = message.replace(_TEMPLATE_ID, str(uuid.uuid4()))
+        return queue_key, fresh.replace(_TEMPLATE_TAG, str(uuid.uuid4()))
+
+    async def get(self, invocation_id: str, function: str | None = None) -> JobRecord:
+        with broker_errors():
+            raw = await self.redis.hgetall(keyspace.job(invocation_id))
+        if not raw or (function is not None and raw.get("function") != function):
+            where = f" of function {function!r}" if function else ""
+            raise InvocationNotFoundError(
+                f"no invocation {invocation_id!r}{where} (never submitted, deleted, or its"
+                " result expired)"
+            )
+        return JobRecord.from_hash(invocation_id, cast(dict[str, str], raw))
+
+    async def wait(
+        self, invocation_id: str, timeout: float, function: str | None = None
+    ) -> JobRecord:
+        """The record once final, or as it stands after ``timeout`` seconds."""
+        with self._waiters.watch(invocation_id) as events:
+            record = await self.get(invocation_id, function)
+            return await self._until_final(record, events, timeout, function)
+
+    async def _until_final(
+        self,
+        record: JobRecord,
+        events: asyncio.Queue[JobRecord | None],
+        timeout: float,
+        function: str | None,
+    ) -> JobRecord:
+        async def read(event: JobRecord | None) -> JobRecord:
+            # None: the listener reconnected and may have missed the event; read it.
+            return event or await self.get(record.id, function)
+
+        return await long_poll(record, lambda r: r.status.final, events, timeout, read)
+
+    async def cancel(self, invocation_id: str, function: str | None = None) -> JobRecord:
+        """Cancel a queued or running invocation; a running attempt is killed."""
+        record = await self.get(invocation_id, function)
+        keys_, args = transition_args(
+            invocation_id,
+            ACTIVE,
+            JobStatus.CANCELLED,
+            metrics=self.settings.metrics.enabled,
+            error=json.dumps({"type": "Cancelled", "message": "cancelled by request"}),
+        )
+        with broker_errors():
+            changed, previous = await self._transition(keys=keys_, args=args)
+        if not changed:
+            if not previous:
+                raise InvocationNotFoundError(f"no invocation {invocation_id!r}")
+            raise InvocationFinishedError(
+                f"invocation {invocation_id!r} already {previous}; nothing to cancel"
+            )
+        if previous in (JobStatus.RUNNING, JobStatus.RETRYING):
+            # Killing the pool process is the only way to stop arbitrary user code.
+            await kill(self.celery, invocation_id)
+        log.info("invocation_cancelled", function=record.function, invocation_id=invocation_id)
+        return await self.get(invocation_id, function)
+
+    async def delete(self, invocation_id: str, function: str) -> None:
+        """Remove a finished invocation's record and output; unfinished ones stay."""
+        with broker_errors():
+            outcome = await self._delete(
+                keys=[keyspace.job(invocation_id)], args=[function, invocation_id]
+            )
+        if not outcome:
+            raise InvocationNotFoundError(
+                f"no invocation {invocation_id!r} of function {function!r} (never submitted,"
+                " deleted, or its result expired)"
+            )
+        if outcome != "deleted":
+            raise InvocationUnfinishedError(
+                f"invocation {invocation_id!r} is {outcome}; cancel it first (POST"
+                f" /functions/{function}/results/{invocation_id}/cancel), then delete it"
+            )
+        log.info("invocation_deleted", function=function, invocation_id=invocation_id)
+
+    async def depths(
+        self, queues: list[str], streams: Mapping[str, str] | None = None
+    ) -> dict[str, int]:
+        """Invocations waiting in each queue: messages over all priority levels, plus the
+        items waiting in the stream of each batching function (``streams``: function ->
+        its queue)."""
+        streams = streams or {}
+        with broker_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    for key in keyspace.queue_lists(queue):
+                        pipe.llen(key)
+                for function in streams:
+                    pipe.xlen(keyspace.batch_stream(function))
+                sizes = await pipe.execute()
+        steps = len(keyspace.PRIORITY_STEPS)
+        depth = {q: sum(sizes[i * steps : (i + 1) * steps]) for i, q in enumerate(queues)}
+        for queue, items in zip(streams.values(), sizes[len(queues) * steps :], strict=True):
+            depth[queue] = depth.get(queue, 0) + items
+        return depth
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Live workers, from their heartbeats."""
+        with broker_errors():
+            beats = await self._live_workers(keys=[keyspace.WORKERS], args=[keyspace.WORKER_PREFIX])
+        return parse_workers(beats)
+
+    async def census(self) -> QueueCensus | None:
+        """Who serves each queue (None: Redis cannot tell us now).
+
+        Counted at most once per heartbeat interval and shared by all requests, so a
+        request pays for the census only when it is stale; the first to see it stale
+        refreshes it while the others read the previous figure.
+        """
+        now = time.monotonic()
+        if now - self._census_at >= self.settings.worker.heartbeat:
+            self._census_at = now
+            try:
+                self._census = QueueCensus.of(await self.workers())
+            except BrokerUnavailableError:
+                self._census = None
+        return self._census
+
+
+def _digest(raw_input: Any, priority: int | None, webhook: str | None) -> str:
+    body = json.dumps(
+        {"input": raw_input, "priority": priority, "webhook": webhook}, sort_keys=True
+    )
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+def _finished(payload: str) -> tuple[str, JobRecord]:
+    """A message on the events channel: ``<id> <record as JSON>`` of one that finished."""
+    invocation_id, _, record = payload.partition(" ")
+    return invocation_id, JobRecord.from_hash(invocation_id, json.loads(record))

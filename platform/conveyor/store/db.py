@@ -1,0 +1,460 @@
+"""The function store in Redis: every good version by digest, which one serves, history.
+
+A version is stored as a record (manifest, schemas, where it came from, sizes) and a bundle
+(the folder as a zip archive, :mod:`conveyor.store.bundle`), both kept while the version is
+retained. The bundle is a list of chunks just under 1 MiB: Redis's allocator rounds a
+value up to its size class, so one 20 MiB string took 24 MiB, where the chunks take what
+they hold (and no command carries more than a few MiB).
+
+A function's state says which version serves, whether it is pinned (rolled back), the
+latest deploy and where it came from, and why its folder's newest version is broken.
+Every change of what serves is one Lua script that also publishes the function's name on
+:data:`keyspace.FUNCTIONS_CHANNEL`, so every API process follows at once.
+
+Which source wins: the newest deploy. A folder's version is deployed when it differs from
+the last version of that folder the store saw (so an API that restarts over an unchanged
+folder changes nothing, and a push made since keeps serving); a push always deploys.
+
+Collection keeps each function's ``keep`` most recently deployed versions, the serving,
+pinned and latest ones, and any version with queued or running work: the submit script
+counts a version's invocations and map jobs up, the scripts that end them count down
+(:data:`keyspace.VERSIONS_IN_USE`), and :data:`COLLECT` takes only a version at zero.
+
+:class:`FunctionStore` is the API's (async); :class:`StoreReader` is a worker's (sync).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+import redis.asyncio as aioredis
+from redis.client import NEVER_DECODE
+
+from conveyor.db import keyspace
+from conveyor.db.connections import broker_errors
+from conveyor.functions.loader import FunctionSchemas
+from conveyor.functions.manifest import Manifest
+
+FOLDER, PUSH = "folder", "push"
+CHUNK = 1024 * 1024 - 64  # bytes: with Redis's headers, exactly a 1 MiB allocation
+CHUNKS_PER_COMMAND = 4
+UPLOAD_TTL = 600  # seconds a half-written bundle (its writer died) lingers
+
+# A bundle written whole under a temporary name becomes the version's, unless another
+# process stored it first. KEYS: the upload, the bundle. Returns 1 if this one is kept.
+KEEP_BUNDLE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('PERSIST', KEYS[2])
+return 1
+"""
+
+# KEYS: state, versions, version record, serving, channel, bundle, stored functions.
+# ARGV: name, version, now, source, source dir, manifest, schemas, size, files, files' bytes.
+DEPLOY = """
+if redis.call('EXISTS', KEYS[6]) == 0 then return 'no-bundle' end
+local st = redis.call('HMGET', KEYS[1], 'folder_version', 'serving', 'pinned', 'latest')
+if ARGV[4] == 'folder' and st[1] == ARGV[2] then return 'unchanged' end
+if ARGV[4] == 'push' and st[2] == ARGV[2] and st[4] == ARGV[2] and not st[3] then
+  return 'unchanged'
+end
+redis.call('HSETNX', KEYS[3], 'created_at', ARGV[3])
+redis.call('HSET', KEYS[3], 'version', ARGV[2], 'deployed_at', ARGV[3], 'source', ARGV[4],
+           'manifest', ARGV[6], 'schemas', ARGV[7], 'size', ARGV[8], 'files', ARGV[9],
+           'files_bytes', ARGV[10])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('SADD', KEYS[7], ARGV[1])
+redis.call('HSET', KEYS[1], 'serving', ARGV[2], 'latest', ARGV[2], 'origin', ARGV[4],
+           'updated_at', ARGV[3])
+redis.call('HDEL', KEYS[1], 'pinned', 'error', 'error_version')
+if ARGV[4] == 'folder' then
+  redis.call('HSET', KEYS[1], 'folder_version', ARGV[2], 'source_dir', ARGV[5])
+end
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+redis.call('PUBLISH', KEYS[5], ARGV[1])
+return 'deployed'
+"""
+
+# A folder's newest version is broken (the last good one, if any, keeps serving).
+# KEYS: state, serving, channel. ARGV: name, version, error, now, source dir.
+FAILED = """
+if redis.call('HGET', KEYS[1], 'folder_version') == ARGV[2] then return 'unchanged' end
+redis.call('HSET', KEYS[1], 'folder_version', ARGV[2], 'error', ARGV[3],
+           'error_version', ARGV[2], 'updated_at', ARGV[4])
+redis.call('HSETNX', KEYS[1], 'origin', 'folder')
+redis.call('HSETNX', KEYS[1], 'source_dir', ARGV[5])
+redis.call('HSETNX', KEYS[2], ARGV[1], '')
+redis.call('PUBLISH', KEYS[3], ARGV[1])
+return 'failed'
+"""
+
+# The function is gone (its versions stay until collected). ARGV[2] 'folder': only if its
+# latest deploy came from the folder ARGV[3] names (a push made since keeps it); 'any':
+# whatever it came from. KEYS: state, serving, channel. ARGV: name, mode, source dir.
+REMOVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[2] == 'folder' then
+  local st = redis.call('HMGET', KEYS[1], 'origin', 'source_dir')
+  if st[1] == 'push' or st[2] ~= ARGV[3] then return 0 end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('PUBLISH', KEYS[3], ARGV[1])
+return 1
+"""
+
+# Serve a retained version until unpinned or redeployed. KEYS: state, versions, version
+# record, serving, channel. ARGV: name, version, now.
+PIN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'no-function' end
+if not redis.call('ZSCORE', KEYS[2], ARGV[2]) or redis.call('EXISTS', KEYS[3]) == 0 then
+  return 'no-version'
+end
+redis.call('HSET', KEYS[1], 'serving', ARGV[2], 'pinned', ARGV[2], 'updated_at', ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+redis.call('PUBLISH', KEYS[5], ARGV[1])
+return 'pinned'
+"""
+
+# Serve the latest deploy again. KEYS: state, serving, channel. ARGV: name, now.
+UNPIN = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'no-function' end
+local st = redis.call('HMGET', KEYS[1], 'pinned', 'latest')
+if not st[1] then return 'unchanged' end
+redis.call('HSET', KEYS[1], 'serving', st[2], 'updated_at', ARGV[2])
+redis.call('HDEL', KEYS[1], 'pinned')
+redis.call('HSET', KEYS[2], ARGV[1], st[2])
+redis.call('PUBLISH', KEYS[3], ARGV[1])
+return 'unpinned'
+"""
+
+# Collect one version if nothing keeps it: 1 collected, 0 kept, -1 kept because in use.
+# KEYS: versions, state, in use, version record, bundle, stored functions. ARGV: name,
+# version, keep, in-use field.
+COLLECT = """
+local rank = redis.call('ZREVRANK', KEYS[1], ARGV[2])
+if not rank then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  if rank < tonumber(ARGV[3]) then return 0 end
+  local st = redis.call('HMGET', KEYS[2], 'serving', 'pinned', 'latest')
+  for i = 1, 3 do if st[i] == ARGV[2] then return 0 end end
+end
+if tonumber(redis.call('HGET', KEYS[3], ARGV[4]) or '0') > 0 then return -1 end
+redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('UNLINK', KEYS[4], KEYS[5])
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[6], ARGV[1]) end
+return 1
+"""
+
+_SUMMARY = ("version", "created_at", "deployed_at", "source", "size", "files", "files_bytes")
+
+
+@dataclass(frozen=True)
+class StoredFunction:
+    """A function's state: what serves, and why its folder's newest version cannot."""
+
+    name: str
+    serving: str | None
+    pinned: str | None
+    latest: str | None
+    origin: str | None  # where the latest deploy came from: folder or push
+    error: str | None
+    error_version: str | None
+    folder_version: str | None  # the folder's last version the store saw, good or not
+
+    @classmethod
+    def from_hash(cls, name: str, raw: dict[str, str]) -> StoredFunction:
+        return cls(
+            name,
+            raw.get("serving") or None,
+            raw.get("pinned") or None,
+            raw.get("latest") or None,
+            raw.get("origin"),
+            raw.get("error"),
+            raw.get("error_version"),
+            raw.get("folder_version"),
+        )
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """A retained version: where it came from, its size, and (when read whole) its
+    manifest and schemas. ``active``: its invocations and map jobs queued or running."""
+
+    name: str
+    version: str
+    created_at: float
+    deployed_at: float
+    source: str
+    size: int  # the bundle, as Redis holds it
+    files: int
+    files_bytes: int  # the folder, unpacked
+    manifest: Manifest | None = None
+    schemas: FunctionSchemas | None = None
+    active: int = 0
+
+    @classmethod
+    def from_fields(cls, name: str, raw: dict[str, str], active: int = 0) -> StoredVersion:
+        return cls(
+            name,
+            raw["version"],
+            float(raw["created_at"]),
+            float(raw["deployed_at"]),
+            raw["source"],
+            int(raw["size"]),
+            int(raw["files"]),
+            int(raw["files_bytes"]),
+            Manifest.model_validate_json(raw["manifest"]) if "manifest" in raw else None,
+            FunctionSchemas.from_json(raw["schemas"]) if "schemas" in raw else None,
+            active,
+        )
+
+
+def deploy_args(
+    name: str,
+    version: str,
+    *,
+    now: float,
+    source: str,
+    source_dir: str,
+    manifest: Manifest,
+    schemas: FunctionSchemas,
+    sizes: tuple[int, int, int],
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of :data:`DEPLOY`; ``sizes``: the bundle's bytes, files, files' bytes."""
+    return [
+        keyspace.function_state(name),
+        keyspace.function_versions(name),
+        keyspace.function_version(name, version),
+        keyspace.SERVING,
+        keyspace.FUNCTIONS_CHANNEL,
+        keyspace.bundle(name, version),
+        keyspace.STORED_FUNCTIONS,
+    ], [
+        name,
+        version,
+        repr(now),
+        source,
+        source_dir,
+        manifest.model_dump_json(),
+        schemas.to_json(),
+        *sizes,
+    ]
+
+
+class FunctionStore:
+    """The API's side: store bundles, deploy, pin, remove, read states and history."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.redis = client
+        self._deploy = client.register_script(DEPLOY)
+        self._failed = client.register_script(FAILED)
+        self._remove = client.register_script(REMOVE)
+        self._pin = client.register_script(PIN)
+        self._unpin = client.register_script(UNPIN)
+        self._collect = client.register_script(COLLECT)
+        self._keep_bundle = client.register_script(KEEP_BUNDLE)
+
+    async def has_bundle(self, name: str, version: str) -> bool:
+        with broker_errors():
+            return bool(await self.redis.exists(keyspace.bundle(name, version)))
+
+    async def put_bundle(self, name: str, version: str, data: bytes) -> bool:
+        """Store a bundle unless it is there: whether this call stored it."""
+        upload = keyspace.bundle_upload(str(uuid.uuid4()))
+        chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
+        with broker_errors():
+            for i in range(0, len(chunks), CHUNKS_PER_COMMAND):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.rpush(upload, *chunks[i : i + CHUNKS_PER_COMMAND])
+                    pipe.expire(upload, UPLOAD_TTL)
+                    await pipe.execute()
+            kept = await self._keep_bundle(keys=[upload, keyspace.bundle(name, version)])
+        return bool(kept)
+
+    async def deploy(self, args: tuple[list[str], list[Any]]) -> str:
+        """Run :data:`DEPLOY` (see :func:`deploy_args`): deployed, unchanged or no-bundle."""
+        with broker_errors():
+            return str(await self._deploy(keys=args[0], args=args[1]))
+
+    async def failed(self, name: str, version: str, error: str, source_dir: str, now: float) -> str:
+        with broker_errors():
+            answer = await self._failed(
+                keys=[keyspace.function_state(name), keyspace.SERVING, keyspace.FUNCTIONS_CHANNEL],
+                args=[name, version, error, repr(now), source_dir],
+            )
+        return str(answer)
+
+    async def remove(self, name: str, *, folder: str | None = None) -> bool:
+        """Remove ``name``; with ``folder``, only if its latest deploy came from there."""
+        mode = ("folder", folder) if folder is not None else ("any", "")
+        with broker_errors():
+            removed = await self._remove(
+                keys=[keyspace.function_state(name), keyspace.SERVING, keyspace.FUNCTIONS_CHANNEL],
+                args=[name, *mode],
+            )
+        return bool(removed)
+
+    async def pin(self, name: str, version: str, now: float) -> str:
+        with broker_errors():
+            answer = await self._pin(
+                keys=[
+                    keyspace.function_state(name),
+                    keyspace.function_versions(name),
+                    keyspace.function_version(name, version),
+                    keyspace.SERVING,
+                    keyspace.FUNCTIONS_CHANNEL,
+                ],
+                args=[name, version, repr(now)],
+            )
+        return str(answer)
+
+    async def unpin(self, name: str, now: float) -> str:
+        with broker_errors():
+            answer = await self._unpin(
+                keys=[keyspace.function_state(name), keyspace.SERVING, keyspace.FUNCTIONS_CHANNEL],
+                args=[name, repr(now)],
+            )
+        return str(answer)
+
+    async def states(self) -> dict[str, StoredFunction]:
+        """Every function's state."""
+        with broker_errors():
+            names = list(cast(dict[str, str], await self.redis.hgetall(keyspace.SERVING)))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hgetall(keyspace.function_state(name))
+                raws = await pipe.execute()
+        return {
+            n: StoredFunction.from_hash(n, raw) for n, raw in zip(names, raws, strict=True) if raw
+        }
+
+    async def state(self, name: str) -> StoredFunction | None:
+        with broker_errors():
+            raw = await self.redis.hgetall(keyspace.function_state(name))
+        return StoredFunction.from_hash(name, cast(dict[str, str], raw)) if raw else None
+
+    async def version(self, name: str, version: str) -> StoredVersion | None:
+        """A retained version, whole (manifest and schemas); None if not retained."""
+        with broker_errors():
+            raw = await self.redis.hgetall(keyspace.function_version(name, version))
+        return StoredVersion.from_fields(name, cast(dict[str, str], raw)) if raw else None
+
+    async def history(self, name: str) -> list[StoredVersion]:
+        """Retained versions, most recently deployed first, with the work each has."""
+        with broker_errors():
+            versions = [
+                str(v) for v in await self.redis.zrevrange(keyspace.function_versions(name), 0, -1)
+            ]
+            if not versions:
+                return []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for version in versions:
+                    pipe.hmget(keyspace.function_version(name, version), _SUMMARY)
+                pipe.hmget(keyspace.VERSIONS_IN_USE, [keyspace.in_use(name, v) for v in versions])
+                *rows, active = await pipe.execute()
+        found = []
+        for row, count in zip(rows, active, strict=True):
+            if row[0] is not None:
+                found.append(
+                    StoredVersion.from_fields(
+                        name, dict(zip(_SUMMARY, row, strict=True)), int(count or 0)
+                    )
+                )
+        return found
+
+    async def collect(self, name: str, keep: int) -> tuple[list[str], list[str]]:
+        """Collect ``name``'s versions past ``keep``: (collected, kept because in use)."""
+        with broker_errors():
+            versions = [
+                str(v) for v in await self.redis.zrevrange(keyspace.function_versions(name), 0, -1)
+            ]
+            collected, busy = [], []
+            for version in versions:
+                outcome = await self._collect(
+                    keys=[
+                        keyspace.function_versions(name),
+                        keyspace.function_state(name),
+                        keyspace.VERSIONS_IN_USE,
+                        keyspace.function_version(name, version),
+                        keyspace.bundle(name, version),
+                        keyspace.STORED_FUNCTIONS,
+                    ],
+                    args=[name, version, keep, keyspace.in_use(name, version)],
+                )
+                if outcome == 1:
+                    collected.append(version)
+                elif outcome == -1:
+                    busy.append(version)
+        return collected, busy
+
+    async def stored_functions(self) -> list[str]:
+        """Functions with retained versions (removed ones among them, until collected)."""
+        with broker_errors():
+            return sorted(cast(set[str], await self.redis.smembers(keyspace.STORED_FUNCTIONS)))
+
+    async def schemas(self, name: str, version: str) -> FunctionSchemas | None:
+        """A retained version's schemas (an API that sees a folder it deployed before
+        does not inspect it again)."""
+        with broker_errors():
+            raw = await self.redis.hget(keyspace.function_version(name, version), "schemas")
+        return None if raw is None else FunctionSchemas.from_json(str(raw))
+
+
+class StoreReader:
+    """A worker's side: what serves, a version's manifest, a version's bundle."""
+
+    def __init__(self, client: Callable[[], redis.Redis]) -> None:
+        self._client = client  # a factory: a pool child makes its own connection
+        self._manifests: dict[tuple[str, str], Manifest] = {}
+
+    def serving(self) -> dict[str, tuple[str, Manifest]]:
+        """Every function that has a version to serve: name -> (version, manifest)."""
+        client = self._client()
+        found = cast(dict[str, str], client.hgetall(keyspace.SERVING))
+        serving = {name: version for name, version in found.items() if version}
+        missing = [(n, v) for n, v in serving.items() if (n, v) not in self._manifests]
+        if missing:
+            with client.pipeline(transaction=False) as pipe:
+                for name, version in missing:
+                    pipe.hget(keyspace.function_version(name, version), "manifest")
+                for pair, raw in zip(missing, pipe.execute(), strict=True):
+                    if raw is not None:
+                        self._manifests[pair] = Manifest.model_validate_json(raw)
+        return {
+            name: (version, self._manifests[(name, version)])
+            for name, version in serving.items()
+            if (name, version) in self._manifests
+        }
+
+    def manifest(self, name: str, version: str) -> Manifest | None:
+        """A retained version's manifest; None if the store does not hold it."""
+        cached = self._manifests.get((name, version))
+        if cached is None:
+            raw = self._client().hget(keyspace.function_version(name, version), "manifest")
+            if raw is None:
+                return None
+            cached = self._manifests[(name, version)] = Manifest.model_validate_json(str(raw))
+        return cached
+
+    def bundle(self, name: str, version: str) -> bytes | None:
+        command: Any = self._client().execute_command  # untyped in redis-py
+        chunks = command("LRANGE", keyspace.bundle(name, version), 0, -1, **{NEVER_DECODE: True})
+        return b"".join(chunks) if chunks else None
+
+    def retained(self, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (name, version) the store still holds."""
+        if not pairs:
+            return set()
+        with self._client().pipeline(transaction=False) as pipe:
+            for name, version in pairs:
+                pipe.exists(keyspace.function_version(name, version))
+            found = pipe.execute()
+        return {pair for pair, exists in zip(pairs, found, strict=True) if exists}

@@ -1,0 +1,429 @@
+"""Dynamic batching, built on a Redis stream per function (celery-batches requires
+celery<5.7, and buffering messages in the worker's parent would need prefetching, which
+would let a backlog hide urgent work).
+
+How it works:
+
+1. The API stores an invocation of a batching function as usual (its job record), but
+   appends the item to the stream ``conveyor:batch:<fn>`` instead of queueing a task. In
+   the same transaction, :data:`ARM` queues one ``conveyor.batch`` trigger task unless one
+   is already waiting (the ``batch-armed`` flag).
+2. A worker process running the trigger clears the flag (so later items arm a new
+   trigger), then reads up to ``max_batch_size`` items with a consumer group, waiting until
+   ``max_wait_ms`` after the oldest item arrived for more; items already queued are taken
+   at once. If more are waiting it arms the next trigger at once, so a backlog is drained
+   by as many processes as are free. It runs ``predict_batch`` once, stores every item's
+   result in its own record, and only then acknowledges the items (XACK). While items are
+   still waiting and nothing else waits on the queue, it runs the next batch itself (for
+   up to a second), so a backlog does not pay a trigger's trip through the worker's parent
+   per batch. Items left over re-arm a trigger.
+3. An item that fails fails alone; a retryable one waits in ``batch-delayed`` for its
+   backoff, with a trigger scheduled for then.
+4. The supervising parent knows what a batch holds (``batch-run:<task id>``): when a child
+   dies it puts the items back on the stream; at the hard limit it fails them. Items of a
+   worker that vanished entirely stay pending in the group, and the next trigger (Redis
+   redelivers the dead worker's) claims them once idle longer than the hard limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
+from redis.commands.core import Script
+
+from conveyor import context
+from conveyor.broker.messages import Route, encode_batch_trigger
+from conveyor.context import InvocationContext
+from conveyor.db import keyspace, replication
+from conveyor.errors import ConveyorError
+from conveyor.functions.loader import LoadedFunction
+from conveyor.functions.manifest import Manifest
+from conveyor.invocations.records import JobStatus, Requeue
+from conveyor.log import get_logger
+from conveyor.metrics import db as stats
+from conveyor.runtime.capture import Captured
+from conveyor.worker.executor import (
+    Executor,
+    alive,
+    bind,
+    hard_limit_error,
+    soft_limit_error,
+)
+
+log = get_logger(__name__)
+
+CLAIM_MARGIN = 30.0  # seconds past the hard limit before another worker takes items
+DRAIN_FOR = 1.0  # seconds one trigger task goes on running batches of a backlog
+
+# KEYS[1] armed flag, KEYS[2] the queue list; ARGV[1] flag TTL, ARGV[2] trigger message.
+ARM = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('LPUSH', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] delayed set, KEYS[2] stream; ARGV[1] now. Moves items whose backoff is over.
+MOVE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+for _, member in ipairs(due) do
+  local item = cjson.decode(member)
+  redis.call('XADD', KEYS[2], '*', 'id', item.id, 'version', item.version, 'input', item.input)
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One waiting invocation, as its stream entry holds it."""
+
+    entry_id: str
+    invocation_id: str
+    version: str
+    input: str  # JSON
+
+    @classmethod
+    def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Item:
+        return cls(entry_id, fields["id"], fields["version"], fields["input"])
+
+    def fields(self) -> dict[str, str]:
+        return {"id": self.invocation_id, "version": self.version, "input": self.input}
+
+
+class Batches:
+    """The ``conveyor.batch`` task's body, and its supervising parent's hooks."""
+
+    def __init__(self, executor: Executor, app: Celery) -> None:
+        self.executor = executor
+        self.app = app
+        self._script_client: redis.Redis | None = None
+        self._scripts: dict[str, Script] = {}
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self.executor.redis
+
+    def script(self, name: str) -> Script:
+        """ARM and MOVE_DUE, sent once per connection and then called by their SHA."""
+        if self._script_client is not self.redis:
+            self._script_client = self.redis
+            self._scripts = {
+                "arm": self.redis.register_script(ARM),
+                "move_due": self.redis.register_script(MOVE_DUE),
+            }
+        return self._scripts[name]
+
+    # -- in a pool child ---------------------------------------------------------------
+
+    def drain(self, task: Task[Any, Any], function: str, version: str) -> None:
+        """Run batches of ``function``'s waiting items. While more are waiting and nothing
+        else waits on its queue, the next batch runs in this same task, up to
+        :data:`DRAIN_FOR` seconds (a quarter of the hard limit at most): a backlog pays the
+        trigger's trip through Redis and the worker's parent once, not once per batch."""
+        bind(function, None, task)
+        started = time.monotonic()
+        self.redis.delete(keyspace.batch_armed(function))
+        manifest = self.executor.manifest(function, version)
+        if manifest is None or manifest.batching is None:
+            log.error("batch_function_unavailable", version=version)
+            return
+        stream = keyspace.batch_stream(function)
+        self._ensure_group(stream)
+        trigger = Route.of(function, manifest)
+        until = started + min(DRAIN_FOR, manifest.limits.timeout / 4)
+        while True:
+            began = time.monotonic()
+            ran = self._one_batch(str(task.request.id), manifest, stream, trigger, version)
+            now = time.monotonic()
+            if not ran or now + 2 * (now - began) > until or not self._continue(trigger):
+                break
+        if self._undelivered(stream):
+            self.arm(trigger, version)
+
+    def _one_batch(
+        self, task_id: str, manifest: Manifest, stream: str, trigger: Route, version: str
+    ) -> bool:
+        """Collect and run one batch; whether there was one."""
+        started = time.monotonic()
+        items = self._collect(manifest, stream, trigger.function)
+        if not items:
+            return False
+        run_key = keyspace.batch_run(task_id)
+        record = {
+            "function": trigger.function,
+            "pid": os.getpid(),
+            # the parent never loads code:
+            "trigger": encode_batch_trigger(self.app, trigger, version),
+            "items": [item.__dict__ for item in items],
+        }
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(run_key, json.dumps(record), ex=int(manifest.limits.timeout) + 60)
+        _queue_undelivered(pipe, stream)
+        if _undelivered(pipe.execute()[1:]):  # the next batch of a backlog runs beside
+            self.arm(trigger, version)  # this one, if a process is free
+        for item_version, group in _by_version(items).items():
+            self._run_version(trigger.function, item_version, group, started)
+        self._acknowledge(stream, [item.entry_id for item in items], run_key)
+        log.info("batch_finished", size=len(items), duration_ms=_ms(started), task_id=task_id)
+        return True
+
+    def _continue(self, trigger: Route) -> bool:
+        """Whether to run another batch in this task: items are waiting that no batch took,
+        and the queue holds no message but this function's own armed trigger (another
+        function's invocation, or a more urgent one, gets the process instead)."""
+        pipe = self.redis.pipeline(transaction=False)
+        lists = keyspace.queue_lists(trigger.queue)
+        for key in lists:
+            pipe.llen(key)
+        pipe.exists(keyspace.batch_armed(trigger.function))
+        _queue_undelivered(pipe, keyspace.batch_stream(trigger.function))
+        answers = pipe.execute()
+        waiting, armed = sum(answers[: len(lists)]), answers[len(lists)]
+        return waiting <= armed and _undelivered(answers[len(lists) + 1 :])
+
+    def _collect(self, manifest: Manifest, stream: str, function: str) -> list[Item]:
+        """Up to max_batch_size items: abandoned ones first, then waiting ones, then any
+        that arrive until max_wait_ms after the oldest of them arrived. (Retries whose
+        backoff is over join the stream first.)"""
+        assert manifest.batching is not None
+        size = manifest.batching.max_batch_size
+        wait = manifest.batching.max_wait_ms / 1000
+        consumer = f"{socket.gethostname()}:{os.getpid()}"
+        idle_ms = int((manifest.limits.timeout + CLAIM_MARGIN) * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        self.script("move_due")(
+            keys=[keyspace.batch_delayed(function), stream], args=[time.time()], client=pipe
+        )
+        pipe.xautoclaim(stream, keyspace.BATCH_GROUP, consumer, idle_ms, count=size)
+        claimed = pipe.execute()[1]
+        entries = [(eid, fields) for eid, fields in claimed[1] if fields]
+        entries += self._read(stream, consumer, size - len(entries), None)
+        if entries:
+            oldest = min(int(eid.split("-")[0]) for eid, _ in entries) / 1000
+            deadline = min(oldest + wait, time.time() + wait)
+            while len(entries) < size and (remaining := deadline - time.time()) > 0:
+                more = self._read(stream, consumer, size - len(entries), remaining)
+                if not more:
+                    break
+                entries += more
+        return [Item.from_entry(eid, fields) for eid, fields in entries]
+
+    def _run_version(self, function: str, version: str, items: list[Item], started: float) -> None:
+        """Run the items of one version (a deploy or ``?version=`` mixes versions in a
+        stream): each runs the version it was accepted for, or fails saying why not."""
+        try:
+            fn = self.executor.load(function, version)
+        except ConveyorError as exc:
+            for item in items:
+                if self.executor.start(item.invocation_id) is not None:
+                    self.executor.fail(item.invocation_id, exc, started, traceback=False)
+            return
+        self._run(fn, items, started)
+
+    def _read(
+        self, stream: str, consumer: str, count: int, block: float | None
+    ) -> list[tuple[str, dict[str, str]]]:
+        if count <= 0:
+            return []
+        answer: Any = self.redis.xreadgroup(
+            keyspace.BATCH_GROUP,
+            consumer,
+            {stream: ">"},
+            count=count,
+            block=None if block is None else max(1, int(block * 1000)),
+        )
+        return list(answer[0][1]) if answer else []
+
+    def _run(self, fn: LoadedFunction, items: list[Item], started: float) -> None:
+        # One round trip to start every item, and one to store every success.
+        pipe = self.redis.pipeline(transaction=False)
+        for item in items:
+            self.executor.queue_start(pipe, item.invocation_id)
+        admitted = []
+        for item, answer in zip(items, pipe.execute(), strict=True):
+            begun = self.executor.started(item.invocation_id, answer)
+            run = self.executor.admitted(fn, item.invocation_id, started, begun)
+            if run is not None:
+                admitted.append((item, *run))
+        if not admitted:
+            return
+        inputs = [json.loads(item.input) for item, _, _ in admitted]
+        contexts = tuple(
+            InvocationContext(
+                item.invocation_id,
+                fn.name,
+                fn.version,
+                attempt,
+                redelivered,
+                self.executor.reporter(item.invocation_id),
+            )
+            for item, attempt, redelivered in admitted
+        )
+        captured = Captured()
+        try:
+            with context.running_batch(contexts), self.executor.capture() as captured:
+                outcomes = self.executor.runner.run_batch(fn, inputs, (SoftTimeLimitExceeded,))
+        except SoftTimeLimitExceeded:
+            outcomes = [soft_limit_error(fn)] * len(admitted)
+        # One predict_batch call's output cannot be told apart by item: each item keeps it.
+        logs = captured.text and f"[printed by predict_batch for a batch of {len(admitted)}]\n"
+        logs += captured.text
+        pipe = self.redis.pipeline(transaction=False)
+        for (item, attempt, _), outcome in zip(admitted, outcomes, strict=True):
+            if isinstance(outcome, str):
+                self.executor.transition(
+                    item.invocation_id,
+                    (JobStatus.RUNNING,),
+                    JobStatus.SUCCEEDED,
+                    pipe=pipe,
+                    logs=logs,
+                    output=outcome,
+                )
+                continue
+            delay = self.executor.retry_delay(fn, outcome, attempt)
+            if delay is None:
+                self.executor.fail(
+                    item.invocation_id, outcome, started, logs=logs, folder=fn.folder
+                )
+            else:
+                self.executor.mark_retrying(
+                    item.invocation_id,
+                    outcome,
+                    started,
+                    delay,
+                    logs=logs,
+                    folder=fn.folder,
+                    requeue=self._retry_later(fn, item, delay),
+                )
+        if self.executor.settings.metrics.enabled:
+            stats.observe_batch(pipe, fn.name, len(admitted))
+        replication.execute(pipe, self.executor.settings, f"a batch of {fn.name}")
+
+    def _retry_later(self, fn: LoadedFunction, item: Item, delay: float) -> Requeue:
+        """An item's retry: its entry in the delayed set and a drain trigger due then,
+        written with its record's change to ``retrying``."""
+        queue_key, message = encode_batch_trigger(
+            self.app, Route.of(fn.name, fn.manifest), fn.version, countdown=delay
+        )
+        return Requeue(
+            queue_key,
+            message,
+            delayed=keyspace.batch_delayed(fn.name),
+            member=json.dumps(item.fields()),
+            due=time.time() + delay,
+        )
+
+    def arm(self, trigger: Route, version: str) -> None:
+        """Queue a trigger unless one is already waiting for its function."""
+        queue_key, message = encode_batch_trigger(self.app, trigger, version)
+        self.script("arm")(
+            keys=[keyspace.batch_armed(trigger.function), queue_key],
+            args=[keyspace.BATCH_ARMED_TTL, message],
+        )
+
+    def _undelivered(self, stream: str) -> bool:
+        pipe = self.redis.pipeline(transaction=False)
+        _queue_undelivered(pipe, stream)
+        return _undelivered(pipe.execute())
+
+    def _ensure_group(self, stream: str) -> None:
+        with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: it exists
+            self.redis.xgroup_create(stream, keyspace.BATCH_GROUP, id="0", mkstream=True)
+
+    def _acknowledge(self, stream: str, entry_ids: list[str], run_key: str | None = None) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xack(stream, keyspace.BATCH_GROUP, *entry_ids)
+        pipe.xdel(stream, *entry_ids)
+        if run_key is not None:
+            pipe.delete(run_key)  # the batch is over: nothing for the parent to put back
+        pipe.execute()
+
+    # -- in the supervising parent -----------------------------------------------------
+
+    def _batch(self, task_id: str) -> dict[str, Any] | None:
+        raw = self.redis.getdel(keyspace.batch_run(task_id))
+        return json.loads(str(raw)) if raw else None
+
+    def timed_out(self, task_id: str, timeout: float | None) -> None:
+        """The batch ran past its hard limit: each of its items failed, unless its process
+        had died (billiard notices a child that dies early only at the hard limit)."""
+        batch = self._batch(task_id)
+        if batch is None:
+            return
+        if not alive(batch["pid"]):
+            self._requeue(batch)
+            return
+        items = [Item(**item) for item in batch["items"]]
+        for item in items:
+            self.executor.transition(
+                item.invocation_id,
+                (JobStatus.RUNNING,),
+                JobStatus.FAILED,
+                error=json.dumps(hard_limit_error(timeout)),
+            )
+        self._acknowledge(keyspace.batch_stream(batch["function"]), [i.entry_id for i in items])
+        log.warning("batch_finished", task_id=task_id, outcome="timed_out", size=len(items))
+
+    def lost(self, task_id: str) -> None:
+        """The child running the batch died: its items go back on the stream."""
+        batch = self._batch(task_id)
+        if batch is not None:
+            self._requeue(batch)
+
+    def _requeue(self, batch: dict[str, Any]) -> None:
+        stream = keyspace.batch_stream(batch["function"])
+        for item in (Item(**item) for item in batch["items"]):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.xadd(stream, dict[Any, Any](item.fields()))
+            pipe.xack(stream, keyspace.BATCH_GROUP, item.entry_id)
+            pipe.xdel(stream, item.entry_id)
+            pipe.execute()
+            self.executor.worker_lost(item.invocation_id)
+        queue_key, message = batch["trigger"]
+        self.script("arm")(
+            keys=[keyspace.batch_armed(batch["function"]), queue_key],
+            args=[keyspace.BATCH_ARMED_TTL, message],
+        )
+
+
+def _queue_undelivered(pipe: Any, stream: str) -> None:
+    """Queue on ``pipe`` what :func:`_undelivered` reads (three answers)."""
+    pipe.xinfo_stream(stream)
+    pipe.xinfo_groups(stream)
+    pipe.xlen(stream)
+
+
+def _undelivered(answers: list[Any]) -> bool:
+    """Whether the stream holds items no batch has taken yet (not merely items that
+    another, live, batch is still running), from :func:`_queue_undelivered`'s answers."""
+    info, groups, length = answers
+    delivered = next(g["last-delivered-id"] for g in groups if g["name"] == keyspace.BATCH_GROUP)
+    return bool(length) and _id(delivered) < _id(info["last-generated-id"])
+
+
+def _by_version(items: list[Item]) -> dict[str, list[Item]]:
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.version, []).append(item)
+    return groups
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)

@@ -1,0 +1,431 @@
+"""The ``conveyor.map`` task: a chunk of a map job's items, in a worker pool child.
+
+A chunk runs its items one after another (a batching function: in full batches), each
+with its own time limit (an alarm: the item fails with ``TimeLimitExceeded``, the chunk
+goes on), retries and validation, exactly as single invocations of the same version would.
+Between items, at most every :data:`SLICE` seconds, it looks whether the job still runs:
+after a cancel it starts nothing more. At the end one Lua call stores every result, counts
+them, and queues the next chunk (see :mod:`conveyor.maps.db`). If the child dies, the
+chunk's message is redelivered and its items run again; results are kept by index, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any, cast
+
+import redis
+from celery import Celery, Task
+from celery.exceptions import TimeLimitExceeded, WorkerLostError
+from redis.commands.core import Script
+
+from conveyor import context
+from conveyor.broker.app import HIGHEST_PRIORITY, broker_priority
+from conveyor.broker.census import Census
+from conveyor.broker.messages import chunk_message, delay_message
+from conveyor.context import InvocationContext
+from conveyor.db import keyspace
+from conveyor.errors import ConveyorError
+from conveyor.functions.loader import LoadedFunction
+from conveyor.log import get_logger
+from conveyor.maps import db as maps
+from conveyor.runtime import error_payload
+from conveyor.worker.executor import LOST_WORKER_ALLOWANCE, Executor, bind
+
+log = get_logger(__name__)
+
+SLICE = 0.002  # seconds of items between looks at the job's status
+CENSUS_EVERY = 5.0
+FEED_TRIES = 3
+
+
+class ItemTimeLimitExceeded(Exception):  # noqa: N818  # named as Celery's, which users know
+    """One item of a chunk ran past its function's time limit."""
+
+
+@contextlib.contextmanager
+def item_alarm(seconds: float) -> Iterator[None]:
+    def expired(signum: int, frame: Any) -> None:
+        raise ItemTimeLimitExceeded(f"the item ran past its time limit of {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _compact(status: str, attempt: int, seconds: float | None, **part: Any) -> str:
+    body: dict[str, Any] = {"s": status, "a": attempt}
+    if seconds is not None:
+        body["d"] = round(seconds * 1000, 3)
+    body.update(part)
+    return json.dumps(body, separators=(",", ":"))
+
+
+class Outcomes:
+    """What a chunk's items came to, as SETTLE takes them."""
+
+    def __init__(self) -> None:
+        self.results: list[str] = []  # flat: index, status, error type, seconds, result
+        self.retries: list[str] = []  # flat: entry, due
+        self.seconds: list[float] = []
+        self.back: list[str] = []  # entries not run: the chunk yielded to more urgent work
+
+    def succeeded(self, index: int, attempt: int, seconds: float, output: str) -> None:
+        result = f'{{"s":"succeeded","a":{attempt},"d":{round(seconds * 1000, 3)},"o":{output}}}'
+        self.results += [str(index), "succeeded", "", repr(seconds), result]
+        self.seconds.append(seconds)
+
+    def failed(self, index: int, attempt: int, seconds: float | None, exc: BaseException) -> None:
+        error = error_payload(exc, with_traceback=False)
+        result = _compact("failed", attempt, seconds, e=error)
+        self.results += [
+            str(index),
+            "failed",
+            error["type"],
+            "" if seconds is None else repr(seconds),
+            result,
+        ]
+
+    def cancelled(self, index: int, attempt: int) -> None:
+        self.results += [str(index), "cancelled", "", "", _compact("cancelled", attempt, None)]
+
+    def cancel_all(self, entries: list[str]) -> None:
+        for item in map(maps.Item.parse, entries):
+            self.cancelled(item.index, item.attempt)
+
+    def fail_all(self, entries: list[str], exc: BaseException) -> None:
+        for item in map(maps.Item.parse, entries):
+            self.failed(item.index, item.attempt, None, exc)
+
+    def retry(self, item: maps.Item, due: float) -> None:
+        self.retries += [
+            maps.entry(item.index, item.attempt + 1, json.dumps(item.input)),
+            repr(due),
+        ]
+
+
+def _context(fn: LoadedFunction, job: str, item: maps.Item, redelivered: bool) -> InvocationContext:
+    """An item's context: its id is ``<job>:<index>``; it reports no progress."""
+    return InvocationContext(f"{job}:{item.index}", fn.name, fn.version, item.attempt, redelivered)
+
+
+def _more_urgent(queue: str, priority: int) -> list[str]:
+    """The lists of ``queue`` that are consumed before this job's chunks: single
+    invocations of the job's priority and more urgent work."""
+    chunk_step = min(broker_priority(priority) + 1, HIGHEST_PRIORITY)
+    return [keyspace.queue_list(queue, step) for step in range(chunk_step)]
+
+
+class Lookout:
+    """A chunk's looks at its job's status and its queue, asked without waiting: a look is
+    sent, and its answer read at the first moment between items after it has arrived (a
+    blocking look every few milliseconds cost a seventh of a chunk's time). Then the next
+    is sent, at most every :data:`SLICE` seconds. Its own connection, released at the end.
+    """
+
+    def __init__(self, client: redis.Redis, job: str, urgent: list[str]) -> None:
+        self.pool = client.connection_pool
+        self.commands: list[tuple[str, ...]] = [("HGET", keyspace.map_job(job), "status")]
+        self.commands += [("LLEN", name) for name in urgent]
+        self.conn: Any = None
+        self.sent = 0.0  # when the look on its way was sent (0: none is)
+        self.answered = 0.0
+
+    def __enter__(self) -> Lookout:
+        self.conn = self.pool.get_connection()
+        self._send()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.conn is None:
+            return
+        if self.sent:  # an answer still on its way: the connection is not reusable as is
+            self.conn.disconnect()
+        self.pool.release(self.conn)
+
+    def _send(self) -> None:
+        self.conn.send_packed_command(self.conn.pack_commands(self.commands))
+        self.sent = time.perf_counter()
+
+    def answer(self) -> tuple[bool, bool] | None:
+        """(the job runs, more urgent work waits), if a look's answer has come; then the
+        next look is sent once :data:`SLICE` has passed since the last."""
+        if self.sent and self.conn.can_read(timeout=0):
+            status, *lengths = [self.conn.read_response() for _ in self.commands]
+            self.sent, self.answered = 0.0, time.perf_counter()
+            return status in ("running", b"running"), any(int(n) for n in lengths)
+        if not self.sent and time.perf_counter() - self.answered > SLICE:
+            self._send()
+        return None
+
+
+class Chunks:
+    """The ``conveyor.map`` task's body, and what its supervising parent does."""
+
+    def __init__(self, executor: Executor, app: Celery) -> None:
+        self.executor = executor
+        self.app = app
+        self._scripts: dict[str, Script] = {}
+        self._client: redis.Redis | None = None
+        self._workers: tuple[float, dict[str, int]] = (-CENSUS_EVERY, {})
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self.executor.redis
+
+    def script(self, name: str) -> Script:
+        if self._client is not self.redis:
+            self._client = self.redis
+            self._scripts = {
+                "begin": self.redis.register_script(maps.BEGIN),
+                "settle": self.redis.register_script(maps.SETTLE),
+                "feed": self.redis.register_script(maps.FEED),
+            }
+        return self._scripts[name]
+
+    # -- in a pool child ---------------------------------------------------------------
+
+    def run(self, task: Task[Any, Any], job: str, function: str, version: str, chunk: int) -> None:
+        bind(function, None, task)
+        if chunk < 0:  # a timer: retries came due
+            self.feed(job)
+            return
+        task_id = str(task.request.id)
+        began, starts, queue, priority = self.script("begin")(
+            keys=[keyspace.map_job(job), keyspace.map_active(job)], args=[task_id, chunk]
+        )
+        entries = [str(e) for e in self.redis.lrange(keyspace.map_chunk(job, chunk), 0, -1)]
+        if not entries:
+            return  # settled already (by the parent, or a first delivery)
+        outcomes = Outcomes()
+        if not began:
+            outcomes.cancel_all(entries)
+        else:
+            try:
+                fn = self.executor.load(function, version)
+            except ConveyorError as exc:
+                outcomes.fail_all(entries, exc)
+            else:
+                allowed = fn.manifest.retries.max + 1 + LOST_WORKER_ALLOWANCE
+                if int(starts) > allowed:
+                    why = (
+                        f"the worker process died running this item's chunk {int(starts) - 1} times"
+                    )
+                    outcomes.fail_all(entries, WorkerLostError(why))
+                else:
+                    urgent = _more_urgent(str(queue), int(priority))
+                    self._run_items(
+                        fn, job, entries, outcomes, urgent=urgent, redelivered=int(starts) > 1
+                    )
+        self.settle(job, chunk, task_id, outcomes)
+
+    def _run_items(
+        self,
+        fn: LoadedFunction,
+        job: str,
+        entries: list[str],
+        out: Outcomes,
+        *,
+        urgent: list[str],
+        redelivered: bool,
+    ) -> None:
+        """Run the items in order (parsed as they come). After the first one (or batch),
+        and then every :data:`SLICE` seconds, look: a cancel stops the chunk; work more
+        urgent than the chunk waiting in its queue makes it give its other items back."""
+        limit = fn.manifest.limits.timeout
+        size = fn.manifest.batching.max_batch_size if fn.manifest.batching else 1
+        with Lookout(self.redis, job, urgent) as lookout:
+            for start in range(0, len(entries), size):
+                seen = lookout.answer() if start else None
+                if seen is not None:
+                    running, waiting = seen
+                    if not running:
+                        out.cancel_all(entries[start:])
+                        return
+                    if waiting:  # single invocations (or a more urgent job): let them go
+                        out.back += entries[start:]
+                        return
+                group = entries[start : start + size]
+                self._run_group(fn, job, group, out, limit=limit, redelivered=redelivered)
+
+    def _run_group(
+        self,
+        fn: LoadedFunction,
+        job: str,
+        entries: list[str],
+        out: Outcomes,
+        *,
+        limit: float,
+        redelivered: bool,
+    ) -> None:
+        group = [maps.Item.parse(e) for e in entries]
+        contexts = tuple(_context(fn, job, item, redelivered) for item in group)
+        if fn.manifest.batching is None:
+            with context.running(contexts[0]):
+                self._one(fn, group[0], limit, out)
+        else:
+            with context.running_batch(contexts):
+                self._batch(fn, group, limit, out)
+
+    def _one(self, fn: LoadedFunction, item: maps.Item, limit: float, out: Outcomes) -> None:
+        began = time.perf_counter()
+        try:
+            with item_alarm(limit):
+                output = self.executor.runner.run(fn, item.input)
+        except Exception as exc:
+            self._failed(fn, item, time.perf_counter() - began, exc, out)
+        else:
+            out.succeeded(item.index, item.attempt, time.perf_counter() - began, output)
+
+    def _batch(
+        self, fn: LoadedFunction, group: list[maps.Item], limit: float, out: Outcomes
+    ) -> None:
+        began = time.perf_counter()
+        try:
+            with item_alarm(limit):
+                outcomes = self.executor.runner.run_batch(
+                    fn, [i.input for i in group], (ItemTimeLimitExceeded,)
+                )
+        except ItemTimeLimitExceeded as exc:
+            outcomes = [exc] * len(group)
+        each = (time.perf_counter() - began) / len(group)
+        for item, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, str):
+                out.succeeded(item.index, item.attempt, each, outcome)
+            else:
+                self._failed(fn, item, each, outcome, out)
+
+    def _failed(
+        self, fn: LoadedFunction, item: maps.Item, seconds: float, exc: BaseException, out: Outcomes
+    ) -> None:
+        if isinstance(exc, ItemTimeLimitExceeded):
+            exc = TimeLimitExceeded(str(exc))  # the type single invocations report
+        delay = self.executor.retry_delay(fn, exc, item.attempt)
+        if delay is None:
+            out.failed(item.index, item.attempt, seconds, exc)
+        else:
+            out.retry(item, time.time() + delay)
+
+    # -- settling and feeding (children and parent) -------------------------------------
+
+    def settle(self, job: str, chunk: int, task_id: str, out: Outcomes) -> None:
+        """Store a chunk's outcome and queue the next chunk, if the window has room."""
+        fields = cast(dict[str, str], self.redis.hgetall(keyspace.map_job(job)))
+        if not fields:
+            return  # the job expired
+        seen = repr(sum(out.seconds) / len(out.seconds)) if out.seconds else ""
+        k, size = int(fields.get("chunks", 0)), self._size(fields, seen)
+        message = ("", "")
+        room = int(fields.get("outstanding", 0)) - 1 < self._window(fields)
+        if fields.get("status") == "running" and room:
+            message = chunk_message(self.app, job, fields, k, size)
+        queue_key = message[0] or keyspace.queue_list(fields["queue"], 0)
+        count = len(out.results) // 5
+        args: list[Any] = [job, repr(time.time()), task_id, chunk, seen, k]
+        args += [size, message[1], fields["function"], count, *out.results]
+        args += [len(out.retries) // 2, *out.retries, len(out.back), *out.back]
+        timer_key, timer = "", ""
+        if out.retries:  # written with the retries: they never wait without a timer
+            due = min(float(d) for d in out.retries[1::2])
+            timer_key, timer = delay_message(self.app, job, fields, due - time.time())
+        args.append(timer)
+        metrics = self.executor.settings.metrics.enabled
+        fed, _, earliest = self.script("settle")(
+            keys=maps.settle_keys(job, chunk, k, queue_key, metrics=metrics, timer_key=timer_key),
+            args=args,
+        )
+        if message[1] and not fed:
+            self.feed(job)  # another feeder took chunk k: feed with the next number
+        elif earliest and not fed and not out.retries:
+            self._timer(job, fields, float(earliest) - time.time())
+
+    def feed(self, job: str) -> None:
+        """Queue chunks while the job's window has room (and items are waiting)."""
+        for _ in range(FEED_TRIES):
+            fields = cast(dict[str, str], self.redis.hgetall(keyspace.map_job(job)))
+            if fields.get("status") != "running" or int(
+                fields.get("outstanding", 0)
+            ) >= self._window(fields):
+                return
+            k = int(fields.get("chunks", 0))
+            queue_key, message = chunk_message(self.app, job, fields, k, self._size(fields, ""))
+            fed = self.script("feed")(
+                keys=maps.feed_keys(job, k, queue_key),
+                args=[k, self._size(fields, ""), message, repr(time.time())],
+            )
+            if not fed:
+                earliest = self.redis.zrange(keyspace.map_retries(job), 0, 0, withscores=True)
+                if earliest and int(fields.get("outstanding", 0)) == 0:
+                    self._timer(job, fields, float(earliest[0][1]) - time.time())
+                if int(cast(str, self.redis.hget(keyspace.map_job(job), "chunks") or 0)) == k:
+                    return  # nothing to feed (not a lost race)
+
+    def _timer(self, job: str, fields: dict[str, str], seconds: float) -> None:
+        queue_key, message = delay_message(self.app, job, fields, seconds)
+        self.redis.lpush(queue_key, message)
+
+    def _size(self, fields: dict[str, str], seen: str) -> int:
+        settings = self.executor.settings.map
+        item_seconds = float(seen or fields.get("item_seconds") or 0) or None
+        batch = int(fields.get("batch", 0))
+        return maps.chunk_size(batch, item_seconds, settings.chunk_seconds, settings.max_chunk)
+
+    def _window(self, fields: dict[str, str]) -> int:
+        """Chunks of one job at once: [map] window per live worker process of its queue."""
+        at, workers = self._workers
+        if time.monotonic() - at > CENSUS_EVERY:
+            workers = {}
+            for beat in Census(self.redis).workers():
+                for queue in beat.get("queues", []):
+                    workers[queue] = workers.get(queue, 0) + int(beat.get("concurrency", 1))
+            self._workers = (time.monotonic(), workers)
+        return maps.window(workers.get(fields["queue"], 0), self.executor.settings.map.window)
+
+    # -- in the supervising parent -----------------------------------------------------
+
+    def timed_out(self, task_id: str, kwargs: dict[str, Any], timeout: float | None) -> None:
+        """The chunk ran past its hard limit: its items without a result failed."""
+        self._fail_rest(
+            task_id, kwargs, f"the chunk ran past its hard time limit of {timeout}s; it was killed"
+        )
+
+    def lost(self, task_id: str, kwargs: dict[str, Any]) -> None:
+        """The child died. A running job's chunk is redelivered and runs again; a cancelled
+        job's (its chunk was killed on purpose) settles now, its items cancelled."""
+        job = kwargs.get("job")
+        if job is None or self.redis.hget(keyspace.map_job(job), "status") != "cancelled":
+            return
+        out = Outcomes()
+        for item in self._unfinished(job, int(kwargs["chunk"])):
+            out.cancelled(item.index, item.attempt)
+        self.settle(job, int(kwargs["chunk"]), task_id, out)
+
+    def _fail_rest(self, task_id: str, kwargs: dict[str, Any], why: str) -> None:
+        job, chunk = kwargs.get("job"), int(kwargs.get("chunk", -1))
+        if job is None or chunk < 0:
+            return
+        out = Outcomes()
+        error = TimeLimitExceeded(why)
+        for item in self._unfinished(job, chunk):
+            out.failed(item.index, item.attempt, None, error)
+        self.settle(job, chunk, task_id, out)
+
+    def _unfinished(self, job: str, chunk: int) -> list[maps.Item]:
+        items = [
+            maps.Item.parse(str(e))
+            for e in self.redis.lrange(keyspace.map_chunk(job, chunk), 0, -1)
+        ]
+        done = (
+            self.redis.hmget(keyspace.map_results(job), [str(i.index) for i in items])
+            if items
+            else []
+        )
+        return [item for item, result in zip(items, done, strict=True) if result is None]

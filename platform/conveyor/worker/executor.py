@@ -1,0 +1,451 @@
+"""What a worker does with one message of the generic task.
+
+The executor lives in every worker process. In pool children it imports function code and
+runs it; in the supervising parent (which never imports user code, so never torch or CUDA)
+it records what only the parent sees: hard time limits and dead children. Batches
+(:mod:`conveyor.worker.batches`) reuse its attempt bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from traceback import format_exception
+from typing import Any, cast
+
+import redis
+import structlog
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded, WorkerLostError
+from redis.client import Pipeline
+from redis.commands.core import Script
+
+from conveyor import context
+from conveyor.broker.messages import Invocation, encode_message
+from conveyor.context import InvocationContext
+from conveyor.db import keyspace, replication
+from conveyor.db.connections import sync_client
+from conveyor.errors import ConveyorError, ValidationError
+from conveyor.functions.loader import LoadedFunction
+from conveyor.functions.manifest import Manifest
+from conveyor.invocations.records import (
+    PROGRESS,
+    START,
+    TRANSITION,
+    JobStatus,
+    Requeue,
+    start_args,
+    transition_args,
+)
+from conveyor.log import get_logger
+from conveyor.runtime import Runner, error_payload
+from conveyor.runtime.capture import Captured, OutputCapture
+from conveyor.settings import Settings
+from conveyor.worker.local import LocalFunctions
+
+log = get_logger(__name__)
+
+# A redelivered invocation (its worker died mid-attempt) gets this many starts beyond its
+# declared retries before it fails with WorkerLostError, so a handler that kills its own
+# process cannot loop forever.
+LOST_WORKER_ALLOWANCE = 2
+
+
+class Executor:
+    """Runs invocations in this process and writes their outcome to the job record."""
+
+    def __init__(self, settings: Settings, queues: list[str]) -> None:
+        self.settings = settings
+        self.queues = queues
+        self.runner = Runner(settings.api.max_json_depth)
+        self.capture = OutputCapture()
+        self._redis: redis.Redis | None = None
+        self._functions: LocalFunctions | None = None
+        self._script_client: redis.Redis | None = None
+        self._scripts: dict[str, Script] = {}
+
+    # -- per process -------------------------------------------------------------------
+
+    def init_process(self) -> None:
+        """In a fresh pool child: import the serving version of each function on our
+        queues and set it up, before taking work (see :mod:`.local`); any other version is
+        imported when an invocation needs it, and fails only its own invocations."""
+        self._redis = None
+        self._functions = LocalFunctions(self.settings, lambda: self.redis)
+        for loaded in self._functions.preload(self.queues):
+            try:
+                if loaded.is_class:
+                    self.runner.instance(loaded)
+            except Exception as exc:  # it fails visibly on its first invocation instead
+                log.error("function_setup_failed", function=loaded.name, error=repr(exc))
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = sync_client(self.settings, retry_on_timeout=True)
+        return self._redis
+
+    def script(self, name: str) -> Script:
+        """Lua scripts, sent once per connection and then called by their SHA."""
+        if self._script_client is not self.redis:
+            self._script_client = self.redis
+            self._scripts = {
+                "start": self.redis.register_script(START),
+                "transition": self.redis.register_script(TRANSITION),
+                "progress": self.redis.register_script(PROGRESS),
+            }
+        return self._scripts[name]
+
+    def transition(
+        self,
+        invocation_id: str,
+        allowed: tuple[JobStatus, ...],
+        to: JobStatus,
+        *,
+        pipe: Pipeline | None = None,
+        logs: str = "",
+        requeue: Requeue | None = None,
+        **fields: str,
+    ) -> tuple[int, str]:
+        """Change the record's status if it is one of ``allowed``: (changed, previous).
+        With ``pipe`` the change is only queued there, and (0, "") returned. ``logs``:
+        what the attempt printed, kept with the record."""
+        if logs:
+            fields["logs"] = logs
+        job_keys, args = transition_args(
+            invocation_id,
+            allowed,
+            to,
+            metrics=self.settings.metrics.enabled,
+            requeue=requeue,
+            **fields,
+        )
+        if pipe is None and replication.wanted(self.settings):
+            pipe = self.redis.pipeline(transaction=False)
+            self.script("transition")(keys=job_keys, args=args, client=pipe)
+            [answer] = replication.execute(pipe, self.settings, f"{invocation_id} {to}")
+        else:
+            answer = self.script("transition")(keys=job_keys, args=args, client=pipe)
+            if pipe is not None:
+                return 0, ""
+        changed, previous = answer
+        return int(changed), str(previous)
+
+    @property
+    def functions(self) -> LocalFunctions:
+        if self._functions is None:
+            self.init_process()
+        assert self._functions is not None
+        return self._functions
+
+    def load(self, name: str, version: str) -> LoadedFunction:
+        """The version to run (see :meth:`LocalFunctions.load`)."""
+        return self.functions.load(name, version)
+
+    def manifest(self, name: str, version: str) -> Manifest | None:
+        """``version``'s manifest, without importing it; else the serving version's."""
+        reader = self.functions.reader
+        found = reader.manifest(name, version)
+        if found is None:
+            found = reader.serving().get(name, (None, None))[1]
+        return found
+
+    # -- one invocation -----------------------------------------------------------------
+
+    def execute(
+        self, task: Task[Any, Any], invocation_id: str, function: str, version: str, raw_input: Any
+    ) -> None:
+        bind(function, invocation_id, task)
+        started = time.monotonic()
+        try:
+            fn = self.load(function, version)
+        except ConveyorError as exc:
+            if self.start(invocation_id) is not None:
+                self.fail(invocation_id, exc, started, traceback=False)
+            return
+        admitted = self.admit(fn, invocation_id, started)
+        if admitted is None:
+            return
+        attempt, redelivered = admitted
+        report = self.reporter(invocation_id)
+        ctx = InvocationContext(invocation_id, fn.name, fn.version, attempt, redelivered, report)
+        error: BaseException
+        logs = Captured()
+        try:
+            with context.running(ctx), self.capture() as logs:
+                output = self.runner.run(fn, raw_input)
+        except SoftTimeLimitExceeded:
+            error = soft_limit_error(fn)
+        except SystemExit as exc:
+            if isinstance(exc.code, int) and exc.code < 0:
+                raise  # billiard's SIGTERM handler ending this child at the hard limit
+            error = exc
+        except Exception as exc:
+            error = exc
+        else:
+            changed, previous = self.transition(
+                invocation_id,
+                (JobStatus.RUNNING,),
+                JobStatus.SUCCEEDED,
+                output=output,
+                logs=logs.text,
+            )
+            self.finished("succeeded" if changed else f"discarded_{previous}", started)
+            return
+        delay = self.retry_delay(fn, error, attempt)
+        if delay is None:
+            self.fail(invocation_id, error, started, logs=logs.text, folder=fn.folder)
+            return
+        # The next attempt's message is written with the record's change (not published by
+        # task.retry() after it), and this message is acknowledged as the task returns.
+        requeue = retry_message(task, fn, invocation_id, raw_input, delay=delay, attempt=attempt)
+        self.mark_retrying(
+            invocation_id,
+            error,
+            started,
+            delay,
+            logs=logs.text,
+            folder=fn.folder,
+            requeue=requeue,
+        )
+
+    def start(self, invocation_id: str) -> tuple[int, bool] | None:
+        """Mark an attempt started: (attempt number, whether a lost attempt preceded it),
+        or None when the invocation must not run (cancelled, finished, or unknown)."""
+        start_keys, args = start_args(
+            invocation_id, os.getpid(), metrics=self.settings.metrics.enabled
+        )
+        answer = self.script("start")(keys=start_keys, args=args)
+        return self.started(invocation_id, answer)
+
+    def queue_start(self, pipe: Pipeline, invocation_id: str) -> None:
+        """:meth:`start`, queued on ``pipe``; :meth:`started` reads its answer."""
+        start_keys, args = start_args(
+            invocation_id, os.getpid(), metrics=self.settings.metrics.enabled
+        )
+        self.script("start")(keys=start_keys, args=args, client=pipe)
+
+    @staticmethod
+    def started(invocation_id: str, answer: list[Any]) -> tuple[int, bool] | None:
+        previous, attempts, lost = answer
+        if not previous:
+            log.error("invocation_record_missing", invocation_id=invocation_id)
+            return None
+        if attempts == 0:
+            log.info("invocation_skipped", invocation_id=invocation_id, status=previous)
+            return None
+        return int(attempts), bool(lost)
+
+    def admit(
+        self, fn: LoadedFunction, invocation_id: str, started: float
+    ) -> tuple[int, bool] | None:
+        """Start an attempt of ``fn``; see :meth:`admitted`."""
+        begun = self.start(invocation_id)
+        return self.admitted(fn, invocation_id, started, begun)
+
+    def admitted(
+        self,
+        fn: LoadedFunction,
+        invocation_id: str,
+        started: float,
+        begun: tuple[int, bool] | None,
+    ) -> tuple[int, bool] | None:
+        """(attempt number, redelivered) to run, or None: not to run, or failed because
+        its workers keep dying."""
+        if begun is None:
+            return None
+        attempt, lost = begun
+        structlog.contextvars.bind_contextvars(version=fn.version, attempt=attempt)
+        if lost and attempt > fn.manifest.retries.max + 1 + LOST_WORKER_ALLOWANCE:
+            dead = WorkerLostError(
+                f"the worker process died during each of the last {attempt - 1} attempts"
+            )
+            self.fail(invocation_id, dead, started, traceback=False)
+            return None
+        return attempt, lost
+
+    @staticmethod
+    def retry_delay(fn: LoadedFunction, exc: BaseException, attempt: int) -> float | None:
+        """Seconds before the next attempt, or None when ``exc`` ends the invocation."""
+        retries = fn.manifest.retries
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if attempt > retries.max or not names & set(retries.on):
+            return None
+        return float(retries.backoff * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
+
+    def mark_retrying(
+        self,
+        invocation_id: str,
+        exc: BaseException,
+        started: float,
+        delay: float,
+        *,
+        logs: str = "",
+        folder: Path | None = None,
+        requeue: Requeue | None = None,
+    ) -> None:
+        """Mark the attempt failed and to be retried, with ``requeue``, its message, in the
+        same step."""
+        self.transition(
+            invocation_id,
+            (JobStatus.RUNNING,),
+            JobStatus.RETRYING,
+            error=json.dumps(error_payload(exc, folder=folder)),
+            logs=logs,
+            requeue=requeue,
+        )
+        self.finished(
+            "retrying", started, error=repr(exc), retry_in=round(delay, 3), traceback=_full(exc)
+        )
+
+    def fail(
+        self,
+        invocation_id: str,
+        exc: BaseException,
+        started: float,
+        *,
+        traceback: bool = True,
+        logs: str = "",
+        folder: Path | None = None,
+    ) -> None:
+        # A bad input is the caller's to fix: the message names the field, no traceback.
+        shown = traceback and not isinstance(exc, ValidationError)
+        payload = error_payload(exc, with_traceback=shown, folder=folder)
+        self.transition(
+            invocation_id,
+            (JobStatus.RUNNING,),
+            JobStatus.FAILED,
+            error=json.dumps(payload),
+            logs=logs,
+        )
+        self.finished(
+            "failed",
+            started,
+            error=f"{payload['type']}: {payload['message']}",
+            **({"traceback": _full(exc)} if shown else {}),
+        )
+
+    def reporter(self, invocation_id: str) -> Callable[[float, str], None]:
+        """What ``context.current().progress(...)`` calls: the record shows it while the
+        invocation runs (a write that fails is only logged: progress is advisory)."""
+
+        def report(fraction: float, message: str) -> None:
+            progress = {
+                "fraction": round(fraction, 4),
+                "message": message,
+                "updated_at": time.time(),
+            }
+            try:
+                self.script("progress")(
+                    keys=[keyspace.job(invocation_id)], args=[json.dumps(progress)]
+                )
+            except redis.RedisError as exc:
+                log.warning("progress_not_saved", invocation_id=invocation_id, error=str(exc))
+
+        return report
+
+    @staticmethod
+    def finished(outcome: str, started: float, **extra: Any) -> None:
+        duration = round((time.monotonic() - started) * 1000, 3)
+        log.info("invocation_finished", outcome=outcome, duration_ms=duration, **extra)
+
+    # -- the supervising parent ----------------------------------------------------------
+
+    def timed_out(self, invocation_id: str, timeout: float | None) -> None:
+        """The pool ended the attempt at its hard limit (or found it gone by then)."""
+        pid = cast(str | None, self.redis.hget(keyspace.job(invocation_id), "pid"))
+        if pid and not alive(int(pid)):
+            # A child that dies before the pool registers its job is only noticed here.
+            error = {
+                "type": "WorkerLostError",
+                "message": f"the worker process running the attempt (pid {pid}) died",
+            }
+        else:
+            error = hard_limit_error(timeout)
+        self.transition(
+            invocation_id, (JobStatus.RUNNING,), JobStatus.FAILED, error=json.dumps(error)
+        )
+        log.warning(
+            "invocation_finished", invocation_id=invocation_id, outcome="timed_out", timeout=timeout
+        )
+
+    def worker_lost(self, invocation_id: str) -> None:
+        """The child running it died; Celery requeues the message."""
+        self.transition(invocation_id, (JobStatus.RUNNING,), JobStatus.QUEUED, lost="1")
+        log.warning("invocation_requeued", invocation_id=invocation_id, reason="worker_lost")
+
+
+def retry_message(
+    task: Task[Any, Any],
+    fn: LoadedFunction,
+    invocation_id: str,
+    raw_input: Any,
+    *,
+    delay: float,
+    attempt: int,
+) -> Requeue:
+    """The next attempt's message, as task.retry() would publish it: same id, queue and
+    broker priority, due in ``delay`` seconds; its own delivery tag (kombu keys its unacked
+    messages by tag, and this attempt's message is acknowledged only after it is queued)."""
+    delivery = task.request.delivery_info or {}
+    limits = fn.manifest.limits
+    inv = Invocation(
+        id=invocation_id,
+        function=fn.name,
+        version=fn.version,
+        input=raw_input,
+        queue=str(delivery.get("routing_key") or fn.manifest.target_queue),
+        priority=fn.manifest.queue.priority,
+        timeout=limits.timeout,
+        soft_timeout=limits.soft_timeout,
+    )
+    tag = f"{invocation_id}.{attempt + 1}"
+    queue_list, message = encode_message(
+        task.app, inv, countdown=delay, delivery_tag=tag, priority=delivery.get("priority")
+    )
+    return Requeue(queue_list, message, delivery_tag=tag, copied=True)
+
+
+def _full(exc: BaseException) -> str:
+    """The whole traceback, for the worker's log (a result shows the function's frames)."""
+    return "".join(format_exception(exc))
+
+
+def bind(function: str, invocation_id: str | None, task: Task[Any, Any]) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        function=function,
+        invocation_id=invocation_id,
+        queue=(task.request.delivery_info or {}).get("routing_key"),
+    )
+
+
+def soft_limit_error(fn: LoadedFunction) -> SoftTimeLimitExceeded:
+    limit = fn.manifest.limits.soft_timeout
+    return SoftTimeLimitExceeded(f"the attempt ran past its soft time limit of {limit}s")
+
+
+def hard_limit_error(timeout: float | None) -> dict[str, str]:
+    return {
+        "type": "TimeLimitExceeded",
+        "message": f"the attempt ran past its hard time limit of {timeout}s; it was killed",
+    }
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie awaiting its parent's wait() does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True

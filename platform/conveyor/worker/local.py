@@ -1,0 +1,76 @@
+"""The function code a worker pool child runs: exactly the version each invocation names.
+
+Versions come from the function store (:mod:`conveyor.store.db`), never
+from this machine's functions folder: the first time the machine meets a version, it is
+fetched and unpacked into the version cache (:mod:`conveyor.store.cache`), once for all
+its worker processes, and the child imports it from there. The API that stored a version
+had it inspected, so its import is known to end. A child keeps one version of each
+function imported; an invocation of another version (``?version=``, or work queued before
+a deploy) imports that one in its place, and a class handler's ``setup()`` runs again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import redis
+
+from conveyor.errors import ConveyorError, FunctionUnavailableError
+from conveyor.functions.loader import LoadedFunction, load_function, unload
+from conveyor.log import get_logger
+from conveyor.settings import Settings
+from conveyor.store.cache import VersionCache
+from conveyor.store.db import StoreReader
+
+log = get_logger(__name__)
+
+
+class LocalFunctions:
+    """One pool child's imported function code, by function name."""
+
+    def __init__(self, settings: Settings, client: Callable[[], redis.Redis]) -> None:
+        self.reader = StoreReader(client)  # the executor's connection (re-made in each child)
+        self.cache = VersionCache(settings.store.cache_dir)
+        self._loaded: dict[str, LoadedFunction] = {}
+
+    def preload(self, queues: list[str]) -> list[LoadedFunction]:
+        """Import the serving version of every function on ``queues``; one that fails
+        is logged here and fails its own invocations when they come."""
+        loaded = []
+        for name, (version, manifest) in self.reader.serving().items():
+            if manifest.target_queue not in queues:
+                continue
+            try:
+                loaded.append(self.load(name, version))
+            except ConveyorError as exc:
+                log.error("function_preload_failed", function=name, version=version, error=str(exc))
+        return loaded
+
+    def load(self, name: str, version: str) -> LoadedFunction:
+        """``version`` of ``name``, imported (fetched from the store first if need be)."""
+        current = self._loaded.get(name)
+        if current is not None and current.version == version:
+            return current
+        manifest = self.reader.manifest(name, version)
+        try:
+            folder = None
+            if manifest is not None:  # checked: another process may have written into it
+                folder = self.cache.verified(
+                    name, version, lambda: self.reader.bundle(name, version)
+                )
+        except OSError as exc:
+            raise FunctionUnavailableError(
+                f"{name} {version}: cannot unpack it into {self.cache.root} ([store]"
+                f" cache_dir): {exc}"
+            ) from exc
+        if manifest is None or folder is None:
+            raise FunctionUnavailableError(
+                f"version {version} of {name!r} is not in the function store (collected, or"
+                " Redis lost it): this invocation cannot run it"
+            )
+        loaded = load_function(name, version, folder, manifest)
+        if current is not None:
+            unload(current.package)
+        self._loaded[name] = loaded
+        log.info("function_loaded", function=name, version=version, folder=str(folder))
+        return loaded

@@ -1,0 +1,255 @@
+"""``conveyor worker``: a supervising Celery parent and a prefork pool of children.
+
+The parent reads manifests only, from the function store (never user code, so never
+torch or CUDA): it derives the visibility timeout from the longest hard limit, keeps it
+current as functions change, writes a heartbeat so the API can say which queues have live
+workers, and drops unpacked versions the store has collected from the machine's version
+cache. Each child imports the serving versions of its queues' functions and runs
+``setup()`` once when it starts (``worker_proc_alive_timeout`` is raised to ``[worker]
+start_timeout`` for model loading), then takes one message at a time, running the version
+each names. No functions folder is read: a worker needs only the Redis URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import redis
+from celery import signals
+from celery.concurrency import get_implementation
+from celery.utils.log import mlevel
+from celery.worker import state
+
+from conveyor.broker.app import create_celery
+from conveyor.broker.census import Census
+from conveyor.db import keyspace
+from conveyor.db.connections import sync_client
+from conveyor.functions.manifest import Manifest
+from conveyor.invocations.stranded import StrandedSweeper, sweep_quietly
+from conveyor.log import get_logger
+from conveyor.settings import Settings
+from conveyor.store.cache import VersionCache
+from conveyor.store.db import StoreReader
+from conveyor.worker.executor import Executor
+from conveyor.worker.task import register_task
+
+log = get_logger(__name__)
+
+VISIBILITY_MARGIN = 30.0
+MIN_LIMIT = 30.0
+PRUNE_EVERY = 60.0  # seconds between looks for cached versions the store has collected
+
+
+def derived_visibility_timeout(manifests: list[Manifest]) -> float:
+    """Longest hard limit of any function plus a margin.
+
+    kombu's Redis transport keeps one unacked set for all queues and every worker sweeps
+    all of it, so the figure must cover every function, not only this worker's queues.
+    """
+    limits = [manifest.limits.timeout for manifest in manifests]
+    return max([MIN_LIMIT, *limits]) + VISIBILITY_MARGIN
+
+
+class WorkerProcess:
+    """The supervising parent of one ``conveyor worker``; ``queues`` are names from
+    :func:`~conveyor.settings.all_queues`, checked where the command line is read."""
+
+    def __init__(
+        self, settings: Settings, queues: list[str], concurrency: int, name: str | None = None
+    ) -> None:
+        # A worker signs no webhook: the secret stays out of the memory its children inherit.
+        settings = settings.model_copy(
+            update={"webhooks": settings.webhooks.model_copy(update={"secret": ""})}
+        )
+        self.settings = settings
+        self.queues = queues
+        self.concurrency = concurrency
+        self.device = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.name = name or f"conveyor-{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
+        self._client = sync_client(settings)
+        self.store = StoreReader(lambda: self._client)
+        self.cache = VersionCache(settings.store.cache_dir)
+        self.serving = self._read_serving()
+        self.visibility_timeout = self._visibility_timeout()
+        self.app = create_celery(settings, visibility_timeout=self.visibility_timeout)
+        self.executor = Executor(settings, queues)
+        register_task(self.app, self.executor)
+        self._consumer: Any = None
+        self._stop = threading.Event()
+
+    def _read_serving(self) -> dict[str, tuple[str, Manifest]]:
+        """What serves (name -> version, manifest); the last known if Redis is away."""
+        try:
+            return self.store.serving()
+        except redis.RedisError as exc:
+            log.warning("function_store_unavailable", error=str(exc))
+            return getattr(self, "serving", {})
+
+    def _manifests(self) -> list[Manifest]:
+        return [manifest for _, manifest in self.serving.values()]
+
+    def _visibility_timeout(self) -> float:
+        derived = derived_visibility_timeout(self._manifests())
+        configured = self.settings.worker.visibility_timeout
+        if configured is None:
+            return derived
+        if configured < derived - VISIBILITY_MARGIN:
+            log.warning(
+                "visibility_timeout_below_time_limit",
+                visibility_timeout=configured,
+                longest_limit=derived - VISIBILITY_MARGIN,
+                hint="a running invocation may be delivered twice; raise"
+                " [worker] visibility_timeout or unset it",
+            )
+        return configured
+
+    def run(self) -> None:
+        signals.setup_logging.connect(lambda **_: None, weak=False)
+        signals.worker_process_init.connect(lambda **_: self.executor.init_process(), weak=False)
+        signals.worker_ready.connect(self._on_ready, weak=False)
+        signals.worker_shutdown.connect(self._on_shutdown, weak=False)
+        self._prune_cache()
+        log.info(
+            "worker_starting",
+            worker=self.name,
+            queues=self.queues,
+            concurrency=self.concurrency,
+            visibility_timeout=self.visibility_timeout,
+        )
+        # What `celery worker` does once its options are parsed, without celery's command
+        # line: that imports every subcommand and plugin (click-repl and prompt-toolkit for
+        # `celery shell`, Flower and Tornado through its entry point: ~0.1 s and ~15 MiB).
+        worker = self.app.Worker(
+            hostname=self.name,
+            pool_cls=get_implementation("prefork"),
+            loglevel=mlevel(self.settings.log.level.upper()),
+            queues=list(self.queues),
+            concurrency=self.concurrency,
+            without_gossip=True,
+            without_mingle=True,
+        )
+        worker.start()
+        raise SystemExit(worker.exitcode)
+
+    def _on_functions_changed(self) -> None:
+        if self.settings.worker.visibility_timeout is not None:
+            return
+        new = derived_visibility_timeout(self._manifests())
+        if new > self.visibility_timeout:
+            self.visibility_timeout = new
+            self._apply_visibility_timeout()
+
+    def _apply_visibility_timeout(self) -> None:
+        if self._consumer is None:
+            return
+        channel = self._consumer.connection.default_channel
+        channel.visibility_timeout = self.visibility_timeout
+        # kombu caches the figure on the channel's QoS object.
+        channel.qos.__dict__.pop("visibility_timeout", None)
+        log.info("visibility_timeout_raised", visibility_timeout=self.visibility_timeout)
+
+    def _on_ready(self, sender: Any = None, **_: Any) -> None:
+        self._consumer = sender
+        self._apply_visibility_timeout()
+        threading.Thread(target=self._heartbeat, name="conveyor-heartbeat", daemon=True).start()
+        threading.Thread(target=self._renew_leases, name="conveyor-leases", daemon=True).start()
+        log.info("worker_ready", worker=self.name, queues=self.queues)
+
+    def _on_shutdown(self, **_: Any) -> None:
+        self._stop.set()
+        with contextlib.suppress(redis.RedisError):
+            Census(self._redis()).forget(self.name)
+
+    def _redis(self) -> redis.Redis:
+        return sync_client(self.settings)
+
+    def _prune_cache(self) -> None:
+        """Forget unpacked versions the store no longer holds: nothing can run them."""
+        held = self.cache.versions()
+        try:
+            gone = set(held) - self.store.retained(held)
+        except redis.RedisError as exc:
+            log.warning("function_store_unavailable", error=str(exc))
+            return
+        for name, version in gone:
+            self.cache.remove(name, version)
+            log.info("cached_version_removed", function=name, version=version)
+
+    def _renew_leases(self) -> None:
+        """Keep Redis from redelivering what this worker still holds.
+
+        kombu redelivers a message once it has been unacked for the visibility timeout.
+        An attempt may legitimately run longer (the timeout was set short, or a longer
+        function was deployed), so every third of the timeout the parent re-stamps the
+        delivery time of each message it holds. Only a worker that is gone stops doing so.
+        """
+        client = self._redis()
+        while not self._stop.wait(max(0.2, self.visibility_timeout / 3)):
+            tags = _held_delivery_tags()
+            if not tags:
+                continue
+            now = time.time()
+            try:
+                client.zadd(keyspace.KOMBU_UNACKED_INDEX, dict.fromkeys(tags, now), xx=True)
+            except redis.RedisError as exc:
+                log.warning("lease_renewal_failed", error=str(exc))
+
+    def _heartbeat(self) -> None:
+        """Say every ``[worker] heartbeat`` seconds what this worker serves and how busy
+        it is; the key expires after three missed beats, so a dead worker drops out."""
+        client = self._redis()
+        census = Census(client)
+        interval = self.settings.worker.heartbeat
+        sweeper = StrandedSweeper(client, self.settings.worker.restore_interval, self.name)
+        started = last_prune = last_sweep = time.time()
+        while not self._stop.is_set():
+            if time.time() - last_sweep >= sweeper.interval:
+                last_sweep = time.time()
+                sweep_quietly(sweeper)
+            serving = self._read_serving()
+            if serving != self.serving:
+                self.serving = serving
+                self._on_functions_changed()
+            if time.time() - last_prune >= PRUNE_EVERY:
+                last_prune = time.time()
+                self._prune_cache()
+            payload = {
+                "name": self.name,
+                "host": socket.gethostname(),
+                "queues": self.queues,
+                "concurrency": self.concurrency,
+                "device": self.device,
+                "pid": os.getpid(),
+                "started_at": started,
+                "seen_at": time.time(),
+                "active": _active_count(),
+                "functions": {name: version for name, (version, _) in self.serving.items()},
+            }
+            try:
+                census.beat(self.name, payload, interval)
+            except redis.RedisError as exc:
+                log.warning("heartbeat_failed", error=str(exc))
+            self._stop.wait(interval)
+
+
+def _active_count() -> int:
+    """Invocations (or batches) this worker's pool is running now."""
+    return len(state.active_requests)
+
+
+def _held_delivery_tags() -> list[str]:
+    """Delivery tags of the messages this worker has taken and not yet acknowledged."""
+    for _ in range(3):  # the sets change under us while the consumer thread works
+        try:
+            held = [*state.active_requests, *state.reserved_requests]
+            break
+        except RuntimeError:
+            continue
+    else:
+        return []
+    return [str(r.message.delivery_tag) for r in held if not r.acknowledged]
