@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from conveyor.db import keyspace
+from conveyor.db.scripts import Scripts
 from conveyor.invocations.records import TRANSITION, JobStatus, new_job_fields, transition_args
 from support import Stack, write_function
 
@@ -33,7 +34,7 @@ def test_scrape_time_with_many_functions_and_records(  # type: ignore[no-untyped
             '[function]\nhandler = "handler:run"\n',
         )
     client = stack.server.client()
-    finish = client.register_script(TRANSITION)
+    scripts = Scripts(client)
     started = time.perf_counter()
     for chunk in range(0, RECORDS, 2000):
         with client.pipeline(transaction=False) as pipe:
@@ -50,8 +51,8 @@ def test_scrape_time_with_many_functions_and_records(  # type: ignore[no-untyped
                     if to is JobStatus.FAILED
                     else {"output": "1"}
                 )
-                job_keys, args = transition_args(invocation, (JobStatus.RUNNING,), to, **extra)
-                finish(keys=job_keys, args=args, client=pipe)
+                values = transition_args(invocation, (JobStatus.RUNNING,), to, **extra)
+                scripts.call(TRANSITION, client=pipe, **values)
             pipe.execute()
     made = time.perf_counter() - started
     with stack.api() as api:

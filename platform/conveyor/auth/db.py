@@ -19,43 +19,24 @@ import redis.asyncio as aioredis
 from conveyor.auth.keys import KeyRecord, check_name, digest, new_key, parse_scopes
 from conveyor.db import keyspace
 from conveyor.db.connections import broker_errors
+from conveyor.db.scripts import Scripts, script
 from conveyor.db.subscription import Subscription
 from conveyor.errors import ApiKeyError
 
 TOUCH_EVERY = 60.0  # seconds between last-used writes for one key, per process
 CACHE_LIMIT = 10_000  # digests remembered (known and unknown) before the cache starts over
 
-# KEYS: records, names, used, channel, webhook secrets. ARGV: name, digest, record, key id,
-# its webhook secret ('' for none).
-CREATE = """
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[5], ARGV[4], ARGV[5]) end
-redis.call('PUBLISH', KEYS[4], ARGV[2])
-return 1
-"""
+CREATE = script("auth", "create")
+REVOKE = script("auth", "revoke")
 
-# KEYS: records, names, used, channel, webhook secrets. ARGV: name.
-REVOKE = """
-local digest = redis.call('HGET', KEYS[2], ARGV[1])
-if not digest then return 0 end
-local record = redis.call('HGET', KEYS[1], digest)
-if record then redis.call('HDEL', KEYS[5], cjson.decode(record).id) end
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[1], digest)
-redis.call('HDEL', KEYS[3], digest)
-redis.call('PUBLISH', KEYS[4], digest)
-return 1
-"""
 
-_KEYS = [
-    keyspace.API_KEYS,
-    keyspace.API_KEY_NAMES,
-    keyspace.API_KEYS_USED,
-    keyspace.API_KEYS_CHANNEL,
-    keyspace.API_KEY_WEBHOOK_SECRETS,
-]
+_KEYS = {
+    "records": keyspace.API_KEYS,
+    "names": keyspace.API_KEY_NAMES,
+    "used": keyspace.API_KEYS_USED,
+    "channel": keyspace.API_KEYS_CHANNEL,
+    "webhook_secrets": keyspace.API_KEY_WEBHOOK_SECRETS,
+}
 
 
 def _record(raw: str) -> KeyRecord:
@@ -70,8 +51,7 @@ class KeyStore:
 
     def __init__(self, redis: aioredis.Redis, subscription: Subscription | None = None) -> None:
         self.redis = redis
-        self._create = redis.register_script(CREATE)
-        self._revoke = redis.register_script(REVOKE)
+        self.scripts = Scripts(redis)
         self._subscription = subscription
         self._cache: dict[str, KeyRecord | None] = {}
         self._changes = 0  # bumped per invalidation: a read that raced one is not cached
@@ -93,15 +73,14 @@ class KeyStore:
             digest=digest(key),
         )
         with broker_errors():
-            made = await self._create(
-                keys=_KEYS,
-                args=[
-                    record.name,
-                    record.digest,
-                    json.dumps(asdict(record)),
-                    record.id,
-                    webhook_secret,
-                ],
+            made = await self.scripts.call(
+                CREATE,
+                **_KEYS,
+                name=record.name,
+                digest=record.digest,
+                record=json.dumps(asdict(record)),
+                key_id=record.id,
+                webhook_secret=webhook_secret,
             )
         if not made:
             raise ApiKeyError(f"a key named {name!r} exists; revoke it or choose another name")
@@ -120,7 +99,7 @@ class KeyStore:
 
     async def revoke(self, name: str) -> None:
         with broker_errors():
-            revoked = await self._revoke(keys=_KEYS, args=[name])
+            revoked = await self.scripts.call(REVOKE, **_KEYS, name=name)
         if not revoked:
             raise ApiKeyError(f"no key named {name!r} (conveyor keys ls lists them)")
 

@@ -18,19 +18,17 @@ from typing import Any
 import redis
 
 from conveyor.db import keyspace
+from conveyor.db.scripts import Scripts, script
 from conveyor.settings import GPU_QUEUE_SUFFIX
 
 AUTOSCALER = "autoscaler"  # the "kind" of a supervisor's heartbeat; workers have none
 
-# KEYS: the names set. ARGV: the heartbeat key prefix. Returns the live heartbeats.
-LIVE_WORKERS = """
-local live = {}
-for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local beat = redis.call('GET', ARGV[1] .. name)
-  if beat then table.insert(live, beat) else redis.call('SREM', KEYS[1], name) end
-end
-return live
-"""
+LIVE_WORKERS = script("broker", "live_workers")
+
+
+def live_workers_args() -> dict[str, str]:
+    """The keys and arguments of :data:`LIVE_WORKERS`."""
+    return {"names": keyspace.WORKERS, "prefix": keyspace.WORKER_PREFIX}
 
 
 def parse_workers(beats: list[Any]) -> list[dict[str, Any]]:
@@ -80,10 +78,10 @@ class Census:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._live = client.register_script(LIVE_WORKERS)
+        self._scripts = Scripts(client)
 
     def workers(self) -> list[dict[str, Any]]:
-        return parse_workers(self._live(keys=[keyspace.WORKERS], args=[keyspace.WORKER_PREFIX]))
+        return parse_workers(self._scripts.call(LIVE_WORKERS, **live_workers_args()))
 
     def beat(self, name: str, payload: dict[str, Any], interval: float) -> None:
         """Announce ``name`` for three ``interval``s."""

@@ -17,13 +17,14 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, cast
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from conveyor.broker.app import create_celery, kill
-from conveyor.broker.census import LIVE_WORKERS, QueueCensus, parse_workers
+from conveyor.broker.census import LIVE_WORKERS, QueueCensus, live_workers_args, parse_workers
 from conveyor.broker.messages import Invocation, Route, encode_batch_trigger, encode_message
 from conveyor.db import keyspace, replication
 from conveyor.db.connections import broker_errors, listener_client, pooled_client
+from conveyor.db.scripts import Scripts
 from conveyor.db.subscription import Subscription, Waiters, long_poll
 from conveyor.errors import (
     BrokerUnavailableError,
@@ -62,12 +63,8 @@ class QueueClient:
         self.settings = settings
         self.redis = pooled_client(settings)
         self.celery = create_celery(settings)
-        self._transition = self.redis.register_script(TRANSITION)
-        self._submit = self.redis.register_script(SUBMIT)
-        self._delete = self.redis.register_script(DELETE)
-        self._withdraw = self.redis.register_script(WITHDRAW)
+        self.scripts = Scripts(self.redis)
         self._trigger_templates: dict[tuple[str, str, int], tuple[str, str]] = {}
-        self._live_workers = self.redis.register_script(LIVE_WORKERS)
         self._census: QueueCensus | None = None
         self._census_at = -math.inf
         # One pub/sub connection for every channel this process listens to.
@@ -135,8 +132,8 @@ class QueueClient:
         digest = _digest(raw_input, priority, webhook) if idempotency else ""
         # Watch before the message exists, so even an instant result is not missed.
         with self._waiters.watch(inv.id) as events:
-            submit_keys, submit_args = self._submit_command(spec, inv, fields, idempotency, digest)
-            first, notice = await self._store(inv.id, submit_keys, submit_args)
+            submit = self._submit_values(spec, inv, fields, idempotency, digest)
+            first, notice = await self._store(inv.id, submit)
             if isinstance(first, str):
                 return await self._replay(spec.name, idempotency_key or "", first, digest, wait)
             if not first:
@@ -157,32 +154,19 @@ class QueueClient:
             record = await self._until_final(record, events, wait, None)
             return replace(record, notice=notice) if notice else record
 
-    async def _store(
-        self, invocation_id: str, submit_keys: list[str], args: list[Any]
-    ) -> tuple[Any, str | None]:
+    async def _store(self, invocation_id: str, submit: dict[str, Any]) -> tuple[Any, str | None]:
         """Run :data:`SUBMIT`: its answer, and a notice for the caller. With ``[redis]
         min_replicas``, in a pipeline with WAIT, and a submit the replicas did not confirm
         in time is withdrawn (see :meth:`_withdraw_unreplicated`)."""
-        if not replication.wanted(self.settings):
-            with broker_errors():
-                return await self._submit(keys=submit_keys, args=args), None
         with broker_errors():
-            try:
-                first, confirmed = await self._submit_replicated(submit_keys, args)
-            except NoScriptError:  # a new primary (after a failover) has no scripts yet
-                await self.redis.script_load(self._submit.script)
-                first, confirmed = await self._submit_replicated(submit_keys, args)
+            if not replication.wanted(self.settings):
+                return await self.scripts.call(SUBMIT, **submit), None
+            async with self.redis.pipeline(transaction=False) as pipe:
+                self.scripts.call(SUBMIT, client=pipe, **submit)
+                (first,), confirmed = await replication.execute_async(pipe, self.settings)
         if first == 1 and confirmed is not None and confirmed < self.settings.redis.min_replicas:
             return first, await self._withdraw_unreplicated(invocation_id, confirmed)
         return first, None
-
-    async def _submit_replicated(
-        self, submit_keys: list[str], args: list[Any]
-    ) -> tuple[Any, int | None]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.evalsha(self._submit.sha, len(submit_keys), *submit_keys, *args)
-            (first,), confirmed = await replication.execute_async(pipe, self.settings)
-        return first, confirmed
 
     async def _withdraw_unreplicated(self, invocation_id: str, confirmed: int) -> str:
         """Answer a submit the replicas did not confirm: withdrawn (it will not run), a
@@ -191,14 +175,13 @@ class QueueClient:
         one that runs anyway must not be answered 503, or it would run twice."""
         wanted, waited = self.settings.redis.min_replicas, self.settings.redis.replica_timeout
         with broker_errors():
-            outcome = await self._withdraw(
-                keys=[
-                    keyspace.job(invocation_id),
-                    keyspace.VERSIONS_IN_USE,
-                    keyspace.SENT,
-                    keyspace.SENT_MESSAGES,
-                ],
-                args=[invocation_id],
+            outcome = await self.scripts.call(
+                WITHDRAW,
+                job=keyspace.job(invocation_id),
+                in_use=keyspace.VERSIONS_IN_USE,
+                sent=keyspace.SENT,
+                sent_messages=keyspace.SENT_MESSAGES,
+                id=invocation_id,
             )
         accepted = outcome not in ("withdrawn", "")
         log.warning(
@@ -236,53 +219,52 @@ class QueueClient:
         log.info("invocation_replayed", function=function, invocation_id=invocation_id)
         return await self.wait(invocation_id, wait, function)
 
-    def _submit_command(
+    def _submit_values(
         self,
         spec: FunctionSpec,
         inv: Invocation,
         fields: dict[str, str],
         idempotency: str,
         digest: str,
-    ) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of :data:`SUBMIT`: a task message, or (batching, see
+    ) -> dict[str, Any]:
+        """The keys and arguments of :data:`SUBMIT`: a task message, or (batching, see
         :mod:`conveyor.worker.batches`) a stream item and a drain trigger."""
-        record = [value for pair in fields.items() for value in pair]
-        ttl = self.settings.results.pending_ttl
-        store = [keyspace.function_version(inv.function, inv.version), keyspace.VERSIONS_IN_USE]
-        sent = [keyspace.SENT, keyspace.SENT_MESSAGES]
-        in_use = keyspace.in_use(inv.function, inv.version)
+        common = {
+            "job": keyspace.job(inv.id),
+            "idempotency": idempotency,
+            "version_record": keyspace.function_version(inv.function, inv.version),
+            "in_use": keyspace.VERSIONS_IN_USE,
+            "sent": keyspace.SENT,
+            "sent_messages": keyspace.SENT_MESSAGES,
+            "pending_ttl": self.settings.results.pending_ttl,
+            "id": inv.id,
+            "digest": digest,
+            "in_use_field": keyspace.in_use(inv.function, inv.version),
+            "fields": [value for pair in fields.items() for value in pair],
+        }
         if spec.manifest.batching is None:
             queue_key, message = encode_message(self.celery, inv)
-            seq = keyspace.sent_sequence(queue_key)
-            return [keyspace.job(inv.id), queue_key, "", "", idempotency, *store, *sent, seq], [
-                ttl,
-                message,
-                0,
-                "",
-                "",
-                "",
-                "",
-                inv.id,
-                digest,
-                in_use,
-                *record,
-            ]
+            return common | {
+                "queue": queue_key,
+                "sent_sequence": keyspace.sent_sequence(queue_key),
+                "message": message,
+                **dict.fromkeys(("armed", "trigger_list", "trigger"), ""),
+                **dict.fromkeys(("item_id", "item_version", "item_input"), ""),
+                "armed_ttl": 0,
+            }
         trigger_key, trigger = self._trigger(spec, inv.priority)
-        stream, armed = keyspace.batch_stream(inv.function), keyspace.batch_armed(inv.function)
-        item = json.dumps(inv.input)
-        return [keyspace.job(inv.id), stream, armed, trigger_key, idempotency, *store, *sent, ""], [
-            ttl,
-            "",
-            keyspace.BATCH_ARMED_TTL,
-            trigger,
-            inv.id,
-            inv.version,
-            item,
-            inv.id,
-            digest,
-            in_use,
-            *record,
-        ]
+        return common | {
+            "queue": keyspace.batch_stream(inv.function),
+            "sent_sequence": "",
+            "message": "",
+            "armed": keyspace.batch_armed(inv.function),
+            "trigger_list": trigger_key,
+            "trigger": trigger,
+            "armed_ttl": keyspace.BATCH_ARMED_TTL,
+            "item_id": inv.id,
+            "item_version": inv.version,
+            "item_input": json.dumps(inv.input),
+        }
 
     def _trigger(self, spec: FunctionSpec, priority: int) -> tuple[str, str]:
         """A fresh trigger message for ``spec``: a cached template with new ids, since
@@ -338,7 +320,7 @@ class QueueClient:
     async def cancel(self, invocation_id: str, function: str | None = None) -> JobRecord:
         """Cancel a queued or running invocation; a running attempt is killed."""
         record = await self.get(invocation_id, function)
-        keys_, args = transition_args(
+        values = transition_args(
             invocation_id,
             ACTIVE,
             JobStatus.CANCELLED,
@@ -346,7 +328,7 @@ class QueueClient:
             error=json.dumps({"type": "Cancelled", "message": "cancelled by request"}),
         )
         with broker_errors():
-            changed, previous = await self._transition(keys=keys_, args=args)
+            changed, previous = await self.scripts.call(TRANSITION, **values)
         if not changed:
             if not previous:
                 raise InvocationNotFoundError(f"no invocation {invocation_id!r}")
@@ -362,8 +344,8 @@ class QueueClient:
     async def delete(self, invocation_id: str, function: str) -> None:
         """Remove a finished invocation's record and output; unfinished ones stay."""
         with broker_errors():
-            outcome = await self._delete(
-                keys=[keyspace.job(invocation_id)], args=[function, invocation_id]
+            outcome = await self.scripts.call(
+                DELETE, job=keyspace.job(invocation_id), function_name=function, id=invocation_id
             )
         if not outcome:
             raise InvocationNotFoundError(
@@ -401,7 +383,7 @@ class QueueClient:
     async def workers(self) -> list[dict[str, Any]]:
         """Live workers, from their heartbeats."""
         with broker_errors():
-            beats = await self._live_workers(keys=[keyspace.WORKERS], args=[keyspace.WORKER_PREFIX])
+            beats = await self.scripts.call(LIVE_WORKERS, **live_workers_args())
         return parse_workers(beats)
 
     async def census(self) -> QueueCensus | None:

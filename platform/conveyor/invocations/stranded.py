@@ -32,31 +32,12 @@ from typing import cast
 import redis
 
 from conveyor.db import keyspace
+from conveyor.db.scripts import Scripts, script
 from conveyor.log import get_logger
 
 log = get_logger(__name__)
 
-# KEYS[1] job, KEYS[2] sent, KEYS[3] sent messages, KEYS[4] kombu's unacked hash, KEYS[5]
-# the list, KEYS[6] its sequence. ARGV[1] id, ARGV[2] the copy's entry as the sweep saw it,
-# ARGV[3] the message's delivery tag.
-RESCUE = """
-local entry = redis.call('HGET', KEYS[2], ARGV[1])
-if entry ~= ARGV[2] then return 'moved' end
-if redis.call('HEXISTS', KEYS[4], ARGV[3]) == 1 then return 'held' end
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'queued' and status ~= 'retrying' then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  return 'dropped'
-end
-local message = redis.call('HGET', KEYS[3], ARGV[1])
-if not message then return 'moved' end
-if redis.call('LPOS', KEYS[5], message) then return 'listed' end
-redis.call('LPUSH', KEYS[5], message)
-local seq = redis.call('INCR', KEYS[6])
-redis.call('HSET', KEYS[2], ARGV[1], KEYS[5] .. ' ' .. seq .. ' ' .. ARGV[3])
-return 'requeued'
-"""
+RESCUE = script("invocations", "rescue")
 
 
 def _entry(invocation_id: str, entry: str) -> tuple[str, int, str]:
@@ -73,7 +54,7 @@ class StrandedSweeper:
         self.client = client
         self.interval = interval
         self.name = name
-        self._rescue = client.register_script(RESCUE)
+        self.scripts = Scripts(client)
 
     def sweep(self) -> list[str]:
         """Queue again what two sweeps found stranded; the ids queued again."""
@@ -99,16 +80,17 @@ class StrandedSweeper:
                 continue
             entry = entries[invocation_id]
             queue_list, _, tag = _entry(invocation_id, entry)
-            outcome = self._rescue(
-                keys=[
-                    keyspace.job(invocation_id),
-                    keyspace.SENT,
-                    keyspace.SENT_MESSAGES,
-                    keyspace.KOMBU_UNACKED,
-                    queue_list,
-                    keyspace.sent_sequence(queue_list),
-                ],
-                args=[invocation_id, entry, tag],
+            outcome = self.scripts.call(
+                RESCUE,
+                job=keyspace.job(invocation_id),
+                sent=keyspace.SENT,
+                sent_messages=keyspace.SENT_MESSAGES,
+                unacked=keyspace.KOMBU_UNACKED,
+                queue_list=queue_list,
+                sent_sequence=keyspace.sent_sequence(queue_list),
+                id=invocation_id,
+                entry=entry,
+                tag=tag,
             )
             self.client.hdel(keyspace.STRANDED, invocation_id)
             if outcome == "requeued":

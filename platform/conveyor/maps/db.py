@@ -34,231 +34,24 @@ from conveyor.broker.app import BrokerApp
 from conveyor.broker.messages import chunk_message
 from conveyor.db import keyspace
 from conveyor.db.connections import broker_errors
+from conveyor.db.scripts import Scripts, script
 from conveyor.errors import (
     IdempotencyConflictError,
     InvocationFinishedError,
     InvocationNotFoundError,
     VersionNotFoundError,
 )
-from conveyor.invocations.records import WEBHOOK_LUA, webhook_view
-from conveyor.metrics import db as stats
+from conveyor.invocations.records import webhook_view
 
 STAGING_TTL = 3600  # seconds an upload that never finished lingers
 RECENT_JOBS = 100
 FINAL = ("succeeded", "failed", "cancelled")
 
-# Shared Lua: feed(...) moves due retries, then waiting items, into chunk k and queues its
-# message, if the job runs and chunk k is the next; finish(...) ends a job with nothing
-# left to run.
-_LUA = (
-    WEBHOOK_LUA
-    + stats.LUA
-    + """
-local function feed(job, inputs, retries, chunk, queue, k, n, message, now)
-  if redis.call('HGET', job, 'status') ~= 'running' then return 0 end
-  if tonumber(redis.call('HGET', job, 'chunks')) ~= tonumber(k) then return 0 end
-  local due = redis.call('ZRANGEBYSCORE', retries, '-inf', now, 'LIMIT', 0, n)
-  for _, entry in ipairs(due) do
-    redis.call('RPUSH', chunk, entry)
-    redis.call('ZREM', retries, entry)
-  end
-  local want = tonumber(n) - #due
-  if want > 0 then
-    local items = redis.call('LPOP', inputs, want)
-    if items then redis.call('RPUSH', chunk, unpack(items)) end
-  end
-  if redis.call('EXISTS', chunk) == 0 then return 0 end
-  redis.call('HINCRBY', job, 'chunks', 1)
-  redis.call('HINCRBY', job, 'outstanding', 1)
-  redis.call('LPUSH', queue, message)
-  return 1
-end
-
-local function finish(job, id, now, delivery, due, wake, related, in_use)
-  local version = redis.call('HGET', job, 'function') .. '@' .. redis.call('HGET', job, 'version')
-  if redis.call('HINCRBY', in_use, version, -1) <= 0 then redis.call('HDEL', in_use, version) end
-  local status = redis.call('HGET', job, 'status')
-  if status == 'running' then
-    if tonumber(redis.call('HGET', job, 'failed') or '0') > 0 then status = 'failed'
-    else status = 'succeeded' end
-  end
-  redis.call('HSET', job, 'status', status, 'finished_at', now)
-  local ttl = redis.call('HGET', job, 'ttl') or '3600'
-  redis.call('EXPIRE', job, ttl)
-  for _, key in ipairs(related) do redis.call('EXPIRE', key, ttl) end
-  local idempotency = redis.call('HGET', job, 'idempotency_key')
-  if idempotency then redis.call('EXPIRE', idempotency, ttl) end
-  if delivery ~= '' then
-    local flat = redis.call('HGETALL', job)
-    local record = {}
-    for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
-    webhook('completed', record, id, job, delivery, due, wake)
-  end
-end
-
-local function ended(job, inputs, retries)
-  return tonumber(redis.call('HGET', job, 'outstanding')) == 0
-    and redis.call('LLEN', inputs) == 0 and redis.call('ZCARD', retries) == 0
-end
-"""
-)
-
-# An upload is complete: the job runs, its first chunks are queued, in one step (a 202
-# is a promise); its version counts as in use until the job ends. KEYS: job, inputs,
-# retries, results, done, jobs-by-function, idempotency or '', channel, queue list,
-# delivery, due, wake, the version's record, versions in use, then one chunk key per
-# initial chunk. ARGV: id, now, pending ttl, digest, number of chunks, then (k, n, message)
-# per chunk. Returns {1, ''} accepted; {2, "<id> <digest>"} the key's first job; {0,
-# status}; {3, ''} the function store no longer holds the version.
-FINISH_UPLOAD = (
-    _LUA
-    + """
-local job = KEYS[1]
-local status = redis.call('HGET', job, 'status')
-if status ~= 'uploading' then return {0, status or ''} end
-if KEYS[7] ~= '' then
-  local first = redis.call('GET', KEYS[7])
-  if first then return {2, first} end
-end
-if redis.call('EXISTS', KEYS[13]) == 0 then return {3, ''} end
-if KEYS[7] ~= '' then
-  redis.call('SET', KEYS[7], ARGV[1] .. ' ' .. ARGV[4], 'EX', ARGV[3])
-  redis.call('HSET', job, 'idempotency_key', KEYS[7])
-end
-redis.call('HINCRBY', KEYS[14],
-           redis.call('HGET', job, 'function') .. '@' .. redis.call('HGET', job, 'version'), 1)
-redis.call('HSET', job, 'status', 'running', 'started_at', ARGV[2])
-for i = 1, 5 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYRANK', KEYS[6], 0, -1 - RECENT_JOBS)
-local chunks = tonumber(ARGV[5])
-for c = 1, chunks do
-  local base = 5 + (c - 1) * 3
-  feed(job, KEYS[2], KEYS[3], KEYS[14 + c], KEYS[9], ARGV[base + 1], ARGV[base + 2],
-       ARGV[base + 3], ARGV[2])
-end
-if ended(job, KEYS[2], KEYS[3]) then
-  finish(job, ARGV[1], ARGV[2], KEYS[10], KEYS[11], KEYS[12], {KEYS[4], KEYS[5]}, KEYS[14])
-end
-redis.call('PUBLISH', KEYS[8], ARGV[1])
-return {1, ''}
-"""
-).replace("RECENT_JOBS", str(RECENT_JOBS))
-
-# A chunk starts: only while its job runs. KEYS: job, active. ARGV: task id, chunk.
-# Returns {1 or 0, starts of this chunk so far, the job's queue, its priority}.
-BEGIN = """
-local found = redis.call('HMGET', KEYS[1], 'status', 'queue', 'priority')
-if found[1] ~= 'running' then return {0, 0, '', ''} end
-redis.call('SADD', KEYS[2], ARGV[1])
-return {1, redis.call('HINCRBY', KEYS[1], 'starts:' .. ARGV[2], 1), found[2], found[3]}
-"""
-
-# A chunk's outcome, and the next chunk (if the job still runs). KEYS: job, chunk, results,
-# done, retries, active, inputs, next chunk, queue, channel, counters (invocations,
-# failures, durations), delivery, due, wake, versions in use. ARGV: id, now, task id,
-# chunk, seconds per item seen (or ''), next k, next n, next message ('' for none),
-# function, number of results, then (index, status, error type, seconds, result) per item,
-# number of retries, then (entry, due) per retry, number of items given back (the chunk
-# yielded to more urgent work), then their entries: they go back to the front of the
-# waiting items, or, if the job was cancelled meanwhile, count as cancelled; last, a timer
-# message (KEYS[18] its list) due with the earliest of this chunk's retries, pushed unless a
-# chunk was fed: the retries are never left without something to feed them.
-# Returns {fed, ended, earliest retry or ''}.
-SETTLE = (
-    _LUA
-    + """
-local job, id, now = KEYS[1], ARGV[1], ARGV[2]
-if redis.call('EXISTS', KEYS[2]) == 0 then return {0, 0, ''} end  -- settled already
-local fn = ARGV[9]
-local n = tonumber(ARGV[10])
-local at = 11
-for i = 1, n do
-  local index, status, error_type, seconds, result = ARGV[at], ARGV[at + 1], ARGV[at + 2],
-    ARGV[at + 3], ARGV[at + 4]
-  at = at + 5
-  if redis.call('HSETNX', KEYS[3], index, result) == 1 then
-    redis.call('HINCRBY', job, status, 1)
-    redis.call('RPUSH', KEYS[4], index)
-    if KEYS[11] ~= '' and status ~= 'cancelled' then
-      redis.call('HINCRBY', KEYS[11], fn .. '\\t' .. status, 1)
-      if status == 'failed' then redis.call('HINCRBY', KEYS[12], fn .. '\\t' .. error_type, 1) end
-      if seconds ~= '' then observe(KEYS[13], fn, tonumber(seconds), SECONDS) end
-    end
-  end
-end
-local retries = tonumber(ARGV[at])
-for i = 1, retries do
-  redis.call('ZADD', KEYS[5], ARGV[at + 2 * i], ARGV[at + 2 * i - 1])
-end
-at = at + 2 * retries + 1
-local back = tonumber(ARGV[at])
-if back > 0 then
-  if redis.call('HGET', job, 'status') == 'running' then
-    local entries = {}
-    for i = back, 1, -1 do entries[#entries + 1] = ARGV[at + i] end
-    redis.call('LPUSH', KEYS[7], unpack(entries))  -- the first given back ends up first
-  else
-    redis.call('HINCRBY', job, 'cancelled', back)
-    redis.call('HINCRBY', job, 'never_fed', back)
-  end
-end
-if ARGV[5] ~= '' then
-  local seen = tonumber(ARGV[5])
-  local before = tonumber(redis.call('HGET', job, 'item_seconds') or seen)
-  redis.call('HSET', job, 'item_seconds', tostring(0.7 * before + 0.3 * seen))
-end
-redis.call('DEL', KEYS[2])
-redis.call('SREM', KEYS[6], ARGV[3])
-redis.call('HINCRBY', job, 'outstanding', -1)
-redis.call('HDEL', job, 'starts:' .. ARGV[4])
-local fed = 0
-if ARGV[8] ~= '' then
-  fed = feed(job, KEYS[7], KEYS[5], KEYS[8], KEYS[9], ARGV[6], ARGV[7], ARGV[8], now)
-end
-local timer = ARGV[at + back + 1]
-if retries > 0 and fed == 0 and timer and timer ~= '' then redis.call('LPUSH', KEYS[18], timer) end
-local over = 0
-if ended(job, KEYS[7], KEYS[5]) and not redis.call('HGET', job, 'finished_at') then
-  finish(job, id, now, KEYS[14], KEYS[15], KEYS[16], {KEYS[3], KEYS[4]}, KEYS[17])
-  over = 1
-end
-redis.call('PUBLISH', KEYS[10], id)
-local earliest = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
-return {fed, over, earliest[2] or ''}
-"""
-)
-
-# Feed one more chunk (a window that grew, a retry that came due). KEYS: job, inputs,
-# retries, chunk, queue. ARGV: k, n, message, now.
-FEED = (
-    _LUA
-    + """
-return feed(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
-"""
-)
-
-# Cancel: nothing is fed after this. KEYS: job, inputs, retries, channel, results, done,
-# delivery, due, wake, active, versions in use. ARGV: id, now. Returns {1, chunks still
-# running} or {0, status}.
-CANCEL = (
-    _LUA
-    + """
-local job = KEYS[1]
-local status = redis.call('HGET', job, 'status')
-if status ~= 'running' then return {0, status or ''} end
-local never = redis.call('LLEN', KEYS[2]) + redis.call('ZCARD', KEYS[3])
-redis.call('HSET', job, 'status', 'cancelled', 'cancelled_at', ARGV[2])
-redis.call('HINCRBY', job, 'cancelled', never)
-redis.call('HINCRBY', job, 'never_fed', never)
-redis.call('DEL', KEYS[2], KEYS[3])
-if tonumber(redis.call('HGET', job, 'outstanding')) == 0 then
-  finish(job, ARGV[1], ARGV[2], KEYS[7], KEYS[8], KEYS[9], {KEYS[5], KEYS[6]}, KEYS[11])
-end
-redis.call('PUBLISH', KEYS[4], ARGV[1])
-return {1, redis.call('SCARD', KEYS[10])}
-"""
-)
+FINISH_UPLOAD = script("maps", "finish_upload")
+BEGIN = script("maps", "begin")
+SETTLE = script("maps", "settle")
+FEED = script("maps", "feed")
+CANCEL = script("maps", "cancel")
 
 
 @dataclass(frozen=True)
@@ -321,38 +114,43 @@ def chunk_size(batch: int, item_seconds: float | None, target: float, most: int)
     return max(1, min(size, most))
 
 
-def settle_keys(
+def settle_values(
     job_id: str, chunk: int, next_chunk: int, queue_key: str, *, metrics: bool, timer_key: str = ""
-) -> list[str]:
-    counted = [keyspace.METRICS_INVOCATIONS, keyspace.METRICS_FAILURES, keyspace.METRICS_DURATION]
-    return [
-        keyspace.map_job(job_id),
-        keyspace.map_chunk(job_id, chunk),
-        keyspace.map_results(job_id),
-        keyspace.map_done(job_id),
-        keyspace.map_retries(job_id),
-        keyspace.map_active(job_id),
-        keyspace.map_inputs(job_id),
-        keyspace.map_chunk(job_id, next_chunk),
-        queue_key,
-        keyspace.MAP_EVENTS_CHANNEL,
-        *(counted if metrics else ["", "", ""]),
-        keyspace.webhook_delivery(job_id, "completed"),
-        keyspace.WEBHOOKS_DUE,
-        keyspace.WEBHOOKS_WAKE,
-        keyspace.VERSIONS_IN_USE,
-        timer_key,
-    ]
+) -> dict[str, str]:
+    """The keys of :data:`SETTLE`, by name."""
+    counted = (keyspace.METRICS_INVOCATIONS, keyspace.METRICS_FAILURES, keyspace.METRICS_DURATION)
+    invocations, failures, durations = counted if metrics else ("", "", "")
+    return {
+        "job": keyspace.map_job(job_id),
+        "chunk": keyspace.map_chunk(job_id, chunk),
+        "results": keyspace.map_results(job_id),
+        "done": keyspace.map_done(job_id),
+        "retries": keyspace.map_retries(job_id),
+        "active": keyspace.map_active(job_id),
+        "inputs": keyspace.map_inputs(job_id),
+        "next_chunk": keyspace.map_chunk(job_id, next_chunk),
+        "queue": queue_key,
+        "events": keyspace.MAP_EVENTS_CHANNEL,
+        "invocations": invocations,
+        "failures": failures,
+        "durations": durations,
+        "delivery": keyspace.webhook_delivery(job_id, "completed"),
+        "due": keyspace.WEBHOOKS_DUE,
+        "wake": keyspace.WEBHOOKS_WAKE,
+        "in_use": keyspace.VERSIONS_IN_USE,
+        "timer_list": timer_key,
+    }
 
 
-def feed_keys(job_id: str, chunk: int, queue_key: str) -> list[str]:
-    return [
-        keyspace.map_job(job_id),
-        keyspace.map_inputs(job_id),
-        keyspace.map_retries(job_id),
-        keyspace.map_chunk(job_id, chunk),
-        queue_key,
-    ]
+def feed_values(job_id: str, chunk: int, queue_key: str) -> dict[str, str]:
+    """The keys of :data:`FEED`, by name."""
+    return {
+        "job": keyspace.map_job(job_id),
+        "inputs": keyspace.map_inputs(job_id),
+        "retries": keyspace.map_retries(job_id),
+        "chunk": keyspace.map_chunk(job_id, chunk),
+        "queue": queue_key,
+    }
 
 
 def window(workers: int, per_worker: int) -> int:
@@ -395,14 +193,24 @@ def result_line(index: int, compact: str | None, job_status: str) -> dict[str, A
     return line
 
 
+def _staged(job_id: str) -> list[str]:
+    """What an upload wrote before it was finished."""
+    return [
+        keyspace.map_job(job_id),
+        keyspace.map_inputs(job_id),
+        keyspace.map_retries(job_id),
+        keyspace.map_results(job_id),
+        keyspace.map_done(job_id),
+    ]
+
+
 class MapStore:
     """The API's side: stage an upload, finish it, read jobs and results, cancel."""
 
     def __init__(self, redis: aioredis.Redis, app: BrokerApp) -> None:
         self.redis = redis
         self.app = app
-        self._finish = redis.register_script(FINISH_UPLOAD)
-        self._cancel = redis.register_script(CANCEL)
+        self.scripts = Scripts(redis)
 
     async def stage(self, job_id: str, fields: dict[str, str]) -> None:
         with broker_errors():
@@ -460,32 +268,40 @@ class MapStore:
         size = chunk_size(int(fields["batch"]), None, target, most)
         messages = [chunk_message(self.app, job_id, fields, k, size) for k in range(chunks)]
         queue_key = messages[0][0]
-        keys_ = [
-            keyspace.map_job(job_id),
-            keyspace.map_inputs(job_id),
-            keyspace.map_retries(job_id),
-            keyspace.map_results(job_id),
-            keyspace.map_done(job_id),
-            keyspace.map_jobs(fields["function"]),
-            idempotency,
-            keyspace.MAP_EVENTS_CHANNEL,
-            queue_key,
-            keyspace.webhook_delivery(job_id, "completed") if fields.get("webhook") else "",
-            keyspace.WEBHOOKS_DUE,
-            keyspace.WEBHOOKS_WAKE,
-            keyspace.function_version(fields["function"], fields["version"]),
-            keyspace.VERSIONS_IN_USE,
-            *(keyspace.map_chunk(job_id, k) for k in range(chunks)),
-        ]
-        args: list[Any] = [job_id, repr(time.time()), pending_ttl, digest, chunks]
+        feeds: list[Any] = []
         for k, (_, message) in enumerate(messages):
-            args += [k, size, message]
+            feeds += [k, size, message]
         with broker_errors():
             await self.redis.hset(keyspace.map_job(job_id), "total", total)
-            outcome, detail = await self._finish(keys=keys_, args=args)
+            outcome, detail = await self.scripts.call(
+                FINISH_UPLOAD,
+                job=keyspace.map_job(job_id),
+                inputs=keyspace.map_inputs(job_id),
+                retries=keyspace.map_retries(job_id),
+                results=keyspace.map_results(job_id),
+                done=keyspace.map_done(job_id),
+                jobs=keyspace.map_jobs(fields["function"]),
+                idempotency=idempotency,
+                events=keyspace.MAP_EVENTS_CHANNEL,
+                queue=queue_key,
+                delivery=(
+                    keyspace.webhook_delivery(job_id, "completed") if fields.get("webhook") else ""
+                ),
+                due=keyspace.WEBHOOKS_DUE,
+                wake=keyspace.WEBHOOKS_WAKE,
+                version_record=keyspace.function_version(fields["function"], fields["version"]),
+                in_use=keyspace.VERSIONS_IN_USE,
+                chunks=[keyspace.map_chunk(job_id, k) for k in range(chunks)],
+                id=job_id,
+                now=repr(time.time()),
+                pending_ttl=pending_ttl,
+                digest=digest,
+                recent_jobs=RECENT_JOBS,
+                feeds=feeds,
+            )
         if outcome == 2:
             first, _, first_digest = str(detail).partition(" ")
-            await self.redis.delete(*keys_[:5])
+            await self.redis.delete(*_staged(job_id))
             if first_digest != digest:
                 raise IdempotencyConflictError(
                     f"Idempotency-Key was used for job {first} with another body; use a new key"
@@ -542,21 +358,23 @@ class MapStore:
     async def cancel(self, job_id: str) -> int:
         """Stop feeding; the chunks still running (their task ids) are returned by
         :meth:`running`. Returns how many were running, or raises if not running."""
-        keys_ = [
-            keyspace.map_job(job_id),
-            keyspace.map_inputs(job_id),
-            keyspace.map_retries(job_id),
-            keyspace.MAP_EVENTS_CHANNEL,
-            keyspace.map_results(job_id),
-            keyspace.map_done(job_id),
-            keyspace.webhook_delivery(job_id, "completed"),
-            keyspace.WEBHOOKS_DUE,
-            keyspace.WEBHOOKS_WAKE,
-            keyspace.map_active(job_id),
-            keyspace.VERSIONS_IN_USE,
-        ]
         with broker_errors():
-            changed, detail = await self._cancel(keys=keys_, args=[job_id, repr(time.time())])
+            changed, detail = await self.scripts.call(
+                CANCEL,
+                job=keyspace.map_job(job_id),
+                inputs=keyspace.map_inputs(job_id),
+                retries=keyspace.map_retries(job_id),
+                events=keyspace.MAP_EVENTS_CHANNEL,
+                results=keyspace.map_results(job_id),
+                done=keyspace.map_done(job_id),
+                delivery=keyspace.webhook_delivery(job_id, "completed"),
+                due=keyspace.WEBHOOKS_DUE,
+                wake=keyspace.WEBHOOKS_WAKE,
+                active=keyspace.map_active(job_id),
+                in_use=keyspace.VERSIONS_IN_USE,
+                id=job_id,
+                now=repr(time.time()),
+            )
         if not changed:
             raise InvocationFinishedError(f"job {job_id!r} already {detail}; nothing to cancel")
         return int(detail)

@@ -55,49 +55,6 @@ STATS_TTL = 1800  # seconds a dashboard bucket is kept
 RECENT = 100
 
 
-def _lua_list(values: tuple[float, ...]) -> str:
-    return "{" + ", ".join(repr(v) for v in values) + "}"
-
-
-# Lua: observe(hash, function, value, bounds) and the counting done when a record changes.
-# KEYS (by position, passed by jobs.py): see transition_args / start_args.
-LUA = f"""
-local SECONDS = {_lua_list(SECONDS_BUCKETS)}
-local function observe(key, fn, value, bounds)
-  local i = #bounds + 1
-  for j, bound in ipairs(bounds) do
-    if value <= bound then i = j break end
-  end
-  redis.call('HINCRBY', key, fn .. '\\t' .. i, 1)
-  redis.call('HINCRBYFLOAT', key, fn .. '\\tsum', value)
-  return i
-end
-local function count_finished(id, record, counters, failures, durations, bucket, recent)
-  local fn = record['function']
-  redis.call('HINCRBY', counters, fn .. '\\t' .. record.status, 1)
-  local error_type = ''
-  if record.status == 'failed' and record.error then
-    local ok, err = pcall(cjson.decode, record.error)
-    if ok and type(err) == 'table' and err.type then error_type = err.type end
-    redis.call('HINCRBY', failures, fn .. '\\t' .. error_type, 1)
-  end
-  local duration = false
-  redis.call('HINCRBY', bucket, fn .. '\\tn', 1)
-  if record.status == 'failed' then redis.call('HINCRBY', bucket, fn .. '\\tfailed', 1) end
-  if record.started_at and record.finished_at then
-    duration = tonumber(record.finished_at) - tonumber(record.started_at)
-    local i = observe(durations, fn, duration, SECONDS)
-    redis.call('HINCRBY', bucket, fn .. '\\tb' .. i, 1)
-  end
-  redis.call('EXPIRE', bucket, {STATS_TTL})
-  redis.call('LPUSH', recent, cjson.encode({{id = id, ['function'] = fn,
-    status = record.status, error_type = error_type, finished_at = record.finished_at,
-    duration = duration, owner = record.owner}}))
-  redis.call('LTRIM', recent, 0, {RECENT - 1})
-end
-"""
-
-
 def stats_bucket(now: float | None = None) -> str:
     """The dashboard bucket a change made now is counted in."""
     at = time.time() if now is None else now

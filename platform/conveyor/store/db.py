@@ -36,6 +36,7 @@ from redis.client import NEVER_DECODE
 
 from conveyor.db import keyspace
 from conveyor.db.connections import broker_errors
+from conveyor.db.scripts import Scripts, script
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.manifest import Manifest
 
@@ -44,114 +45,14 @@ CHUNK = 1024 * 1024 - 64  # bytes: with Redis's headers, exactly a 1 MiB allocat
 CHUNKS_PER_COMMAND = 4
 UPLOAD_TTL = 600  # seconds a half-written bundle (its writer died) lingers
 
-# A bundle written whole under a temporary name becomes the version's, unless another
-# process stored it first. KEYS: the upload, the bundle. Returns 1 if this one is kept.
-KEEP_BUNDLE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('DEL', KEYS[1])
-  return 0
-end
-redis.call('RENAME', KEYS[1], KEYS[2])
-redis.call('PERSIST', KEYS[2])
-return 1
-"""
+KEEP_BUNDLE = script("store", "keep_bundle")
+DEPLOY = script("store", "deploy")
+FAILED = script("store", "failed")
+REMOVE = script("store", "remove")
+PIN = script("store", "pin")
+UNPIN = script("store", "unpin")
+COLLECT = script("store", "collect")
 
-# KEYS: state, versions, version record, serving, channel, bundle, stored functions.
-# ARGV: name, version, now, source, source dir, manifest, schemas, size, files, files' bytes.
-DEPLOY = """
-if redis.call('EXISTS', KEYS[6]) == 0 then return 'no-bundle' end
-local st = redis.call('HMGET', KEYS[1], 'folder_version', 'serving', 'pinned', 'latest')
-if ARGV[4] == 'folder' and st[1] == ARGV[2] then return 'unchanged' end
-if ARGV[4] == 'push' and st[2] == ARGV[2] and st[4] == ARGV[2] and not st[3] then
-  return 'unchanged'
-end
-redis.call('HSETNX', KEYS[3], 'created_at', ARGV[3])
-redis.call('HSET', KEYS[3], 'version', ARGV[2], 'deployed_at', ARGV[3], 'source', ARGV[4],
-           'manifest', ARGV[6], 'schemas', ARGV[7], 'size', ARGV[8], 'files', ARGV[9],
-           'files_bytes', ARGV[10])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
-redis.call('SADD', KEYS[7], ARGV[1])
-redis.call('HSET', KEYS[1], 'serving', ARGV[2], 'latest', ARGV[2], 'origin', ARGV[4],
-           'updated_at', ARGV[3])
-redis.call('HDEL', KEYS[1], 'pinned', 'error', 'error_version')
-if ARGV[4] == 'folder' then
-  redis.call('HSET', KEYS[1], 'folder_version', ARGV[2], 'source_dir', ARGV[5])
-end
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
-redis.call('PUBLISH', KEYS[5], ARGV[1])
-return 'deployed'
-"""
-
-# A folder's newest version is broken (the last good one, if any, keeps serving).
-# KEYS: state, serving, channel. ARGV: name, version, error, now, source dir.
-FAILED = """
-if redis.call('HGET', KEYS[1], 'folder_version') == ARGV[2] then return 'unchanged' end
-redis.call('HSET', KEYS[1], 'folder_version', ARGV[2], 'error', ARGV[3],
-           'error_version', ARGV[2], 'updated_at', ARGV[4])
-redis.call('HSETNX', KEYS[1], 'origin', 'folder')
-redis.call('HSETNX', KEYS[1], 'source_dir', ARGV[5])
-redis.call('HSETNX', KEYS[2], ARGV[1], '')
-redis.call('PUBLISH', KEYS[3], ARGV[1])
-return 'failed'
-"""
-
-# The function is gone (its versions stay until collected). ARGV[2] 'folder': only if its
-# latest deploy came from the folder ARGV[3] names (a push made since keeps it); 'any':
-# whatever it came from. KEYS: state, serving, channel. ARGV: name, mode, source dir.
-REMOVE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[2] == 'folder' then
-  local st = redis.call('HMGET', KEYS[1], 'origin', 'source_dir')
-  if st[1] == 'push' or st[2] ~= ARGV[3] then return 0 end
-end
-redis.call('DEL', KEYS[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('PUBLISH', KEYS[3], ARGV[1])
-return 1
-"""
-
-# Serve a retained version until unpinned or redeployed. KEYS: state, versions, version
-# record, serving, channel. ARGV: name, version, now.
-PIN = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'no-function' end
-if not redis.call('ZSCORE', KEYS[2], ARGV[2]) or redis.call('EXISTS', KEYS[3]) == 0 then
-  return 'no-version'
-end
-redis.call('HSET', KEYS[1], 'serving', ARGV[2], 'pinned', ARGV[2], 'updated_at', ARGV[3])
-redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
-redis.call('PUBLISH', KEYS[5], ARGV[1])
-return 'pinned'
-"""
-
-# Serve the latest deploy again. KEYS: state, serving, channel. ARGV: name, now.
-UNPIN = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'no-function' end
-local st = redis.call('HMGET', KEYS[1], 'pinned', 'latest')
-if not st[1] then return 'unchanged' end
-redis.call('HSET', KEYS[1], 'serving', st[2], 'updated_at', ARGV[2])
-redis.call('HDEL', KEYS[1], 'pinned')
-redis.call('HSET', KEYS[2], ARGV[1], st[2])
-redis.call('PUBLISH', KEYS[3], ARGV[1])
-return 'unpinned'
-"""
-
-# Collect one version if nothing keeps it: 1 collected, 0 kept, -1 kept because in use.
-# KEYS: versions, state, in use, version record, bundle, stored functions. ARGV: name,
-# version, keep, in-use field.
-COLLECT = """
-local rank = redis.call('ZREVRANK', KEYS[1], ARGV[2])
-if not rank then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  if rank < tonumber(ARGV[3]) then return 0 end
-  local st = redis.call('HMGET', KEYS[2], 'serving', 'pinned', 'latest')
-  for i = 1, 3 do if st[i] == ARGV[2] then return 0 end end
-end
-if tonumber(redis.call('HGET', KEYS[3], ARGV[4]) or '0') > 0 then return -1 end
-redis.call('ZREM', KEYS[1], ARGV[2])
-redis.call('UNLINK', KEYS[4], KEYS[5])
-if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[6], ARGV[1]) end
-return 1
-"""
 
 _SUMMARY = ("version", "created_at", "deployed_at", "source", "size", "files", "files_bytes")
 
@@ -227,26 +128,36 @@ def deploy_args(
     manifest: Manifest,
     schemas: FunctionSchemas,
     sizes: tuple[int, int, int],
-) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of :data:`DEPLOY`; ``sizes``: the bundle's bytes, files, files' bytes."""
-    return [
-        keyspace.function_state(name),
-        keyspace.function_versions(name),
-        keyspace.function_version(name, version),
-        keyspace.SERVING,
-        keyspace.FUNCTIONS_CHANNEL,
-        keyspace.bundle(name, version),
-        keyspace.STORED_FUNCTIONS,
-    ], [
-        name,
-        version,
-        repr(now),
-        source,
-        source_dir,
-        manifest.model_dump_json(),
-        schemas.to_json(),
-        *sizes,
-    ]
+) -> dict[str, Any]:
+    """The keys and arguments of :data:`DEPLOY`; ``sizes``: the bundle's bytes, files,
+    files' bytes."""
+    size, files, files_bytes = sizes
+    return {
+        **_function_keys(name),
+        "versions": keyspace.function_versions(name),
+        "version_record": keyspace.function_version(name, version),
+        "bundle": keyspace.bundle(name, version),
+        "stored_functions": keyspace.STORED_FUNCTIONS,
+        "name": name,
+        "version": version,
+        "now": repr(now),
+        "source": source,
+        "source_dir": source_dir,
+        "manifest": manifest.model_dump_json(),
+        "schemas": schemas.to_json(),
+        "size": size,
+        "files": files,
+        "files_bytes": files_bytes,
+    }
+
+
+def _function_keys(name: str) -> dict[str, str]:
+    """The keys every change of a function's state names."""
+    return {
+        "state": keyspace.function_state(name),
+        "serving": keyspace.SERVING,
+        "channel": keyspace.FUNCTIONS_CHANNEL,
+    }
 
 
 class FunctionStore:
@@ -254,13 +165,7 @@ class FunctionStore:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.redis = client
-        self._deploy = client.register_script(DEPLOY)
-        self._failed = client.register_script(FAILED)
-        self._remove = client.register_script(REMOVE)
-        self._pin = client.register_script(PIN)
-        self._unpin = client.register_script(UNPIN)
-        self._collect = client.register_script(COLLECT)
-        self._keep_bundle = client.register_script(KEEP_BUNDLE)
+        self.scripts = Scripts(client)
 
     async def has_bundle(self, name: str, version: str) -> bool:
         with broker_errors():
@@ -276,51 +181,55 @@ class FunctionStore:
                     pipe.rpush(upload, *chunks[i : i + CHUNKS_PER_COMMAND])
                     pipe.expire(upload, UPLOAD_TTL)
                     await pipe.execute()
-            kept = await self._keep_bundle(keys=[upload, keyspace.bundle(name, version)])
+            kept = await self.scripts.call(
+                KEEP_BUNDLE, upload=upload, bundle=keyspace.bundle(name, version)
+            )
         return bool(kept)
 
-    async def deploy(self, args: tuple[list[str], list[Any]]) -> str:
+    async def deploy(self, values: dict[str, Any]) -> str:
         """Run :data:`DEPLOY` (see :func:`deploy_args`): deployed, unchanged or no-bundle."""
         with broker_errors():
-            return str(await self._deploy(keys=args[0], args=args[1]))
+            return str(await self.scripts.call(DEPLOY, **values))
 
     async def failed(self, name: str, version: str, error: str, source_dir: str, now: float) -> str:
         with broker_errors():
-            answer = await self._failed(
-                keys=[keyspace.function_state(name), keyspace.SERVING, keyspace.FUNCTIONS_CHANNEL],
-                args=[name, version, error, repr(now), source_dir],
+            answer = await self.scripts.call(
+                FAILED,
+                **_function_keys(name),
+                name=name,
+                version=version,
+                error=error,
+                now=repr(now),
+                source_dir=source_dir,
             )
         return str(answer)
 
     async def remove(self, name: str, *, folder: str | None = None) -> bool:
         """Remove ``name``; with ``folder``, only if its latest deploy came from there."""
-        mode = ("folder", folder) if folder is not None else ("any", "")
+        mode, source_dir = ("folder", folder) if folder is not None else ("any", "")
         with broker_errors():
-            removed = await self._remove(
-                keys=[keyspace.function_state(name), keyspace.SERVING, keyspace.FUNCTIONS_CHANNEL],
-                args=[name, *mode],
+            removed = await self.scripts.call(
+                REMOVE, **_function_keys(name), name=name, mode=mode, source_dir=source_dir
             )
         return bool(removed)
 
     async def pin(self, name: str, version: str, now: float) -> str:
         with broker_errors():
-            answer = await self._pin(
-                keys=[
-                    keyspace.function_state(name),
-                    keyspace.function_versions(name),
-                    keyspace.function_version(name, version),
-                    keyspace.SERVING,
-                    keyspace.FUNCTIONS_CHANNEL,
-                ],
-                args=[name, version, repr(now)],
+            answer = await self.scripts.call(
+                PIN,
+                **_function_keys(name),
+                versions=keyspace.function_versions(name),
+                version_record=keyspace.function_version(name, version),
+                name=name,
+                version=version,
+                now=repr(now),
             )
         return str(answer)
 
     async def unpin(self, name: str, now: float) -> str:
         with broker_errors():
-            answer = await self._unpin(
-                keys=[keyspace.function_state(name), keyspace.SERVING, keyspace.FUNCTIONS_CHANNEL],
-                args=[name, repr(now)],
+            answer = await self.scripts.call(
+                UNPIN, **_function_keys(name), name=name, now=repr(now)
             )
         return str(answer)
 
@@ -378,16 +287,18 @@ class FunctionStore:
             ]
             collected, busy = [], []
             for version in versions:
-                outcome = await self._collect(
-                    keys=[
-                        keyspace.function_versions(name),
-                        keyspace.function_state(name),
-                        keyspace.VERSIONS_IN_USE,
-                        keyspace.function_version(name, version),
-                        keyspace.bundle(name, version),
-                        keyspace.STORED_FUNCTIONS,
-                    ],
-                    args=[name, version, keep, keyspace.in_use(name, version)],
+                outcome = await self.scripts.call(
+                    COLLECT,
+                    versions=keyspace.function_versions(name),
+                    state=keyspace.function_state(name),
+                    in_use=keyspace.VERSIONS_IN_USE,
+                    version_record=keyspace.function_version(name, version),
+                    bundle=keyspace.bundle(name, version),
+                    stored_functions=keyspace.STORED_FUNCTIONS,
+                    name=name,
+                    version=version,
+                    keep=keep,
+                    in_use_field=keyspace.in_use(name, version),
                 )
                 if outcome == 1:
                     collected.append(version)

@@ -18,38 +18,10 @@ import redis.asyncio as aioredis
 
 from conveyor.db import keyspace
 from conveyor.db.connections import broker_errors
+from conveyor.db.scripts import Scripts, script
 
-# KEYS[1] due set. ARGV: now, lease seconds, how many. The due ones, claimed for the lease.
-CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, key in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[1] + ARGV[2], key) end
-return due
-"""
-
-# One attempt's outcome. KEYS[1] delivery, KEYS[2] due set, KEYS[3] job record. ARGV:
-# status (pending, delivered, failed), attempts, error ('' for none), when to try again
-# ('' when done), event. The record (if it still exists) shows the outcome; a late 'start'
-# outcome does not overwrite the state of an invocation that has finished.
-SETTLE = """
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[1], 'attempts', ARGV[2])
-  redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
-else
-  redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], KEYS[1])
-end
-local status = redis.call('HGET', KEYS[3], 'status')
-if not status then return 0 end
-local final = status == 'succeeded' or status == 'failed' or status == 'cancelled'
-if ARGV[5] == 'start' and final then return 0 end
-redis.call('HSET', KEYS[3], 'webhook_status', ARGV[1], 'webhook_attempts', ARGV[2])
-if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[3], 'webhook_error', ARGV[3])
-else
-  redis.call('HDEL', KEYS[3], 'webhook_error')
-end
-return 1
-"""
+CLAIM = script("webhooks", "claim")
+SETTLE = script("webhooks", "settle")
 
 
 @dataclass(frozen=True)
@@ -95,13 +67,14 @@ class WebhookQueue:
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self._claim = redis.register_script(CLAIM)
-        self._settle = redis.register_script(SETTLE)
+        self.scripts = Scripts(redis)
 
     async def claim(self, now: float, lease: float, count: int) -> list[Delivery]:
         """Up to ``count`` due deliveries, each now held for ``lease`` seconds."""
         with broker_errors():
-            claimed = await self._claim(keys=[keyspace.WEBHOOKS_DUE], args=[now, lease, count])
+            claimed = await self.scripts.call(
+                CLAIM, due=keyspace.WEBHOOKS_DUE, now=now, lease=lease, count=count
+            )
             if not claimed:
                 return []
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -136,15 +109,16 @@ class WebhookQueue:
     ) -> None:
         """Record an attempt: ``retry_at`` keeps the delivery for then; else it is done."""
         with broker_errors():
-            await self._settle(
-                keys=[delivery.key, keyspace.WEBHOOKS_DUE, delivery.owner_key],
-                args=[
-                    status,
-                    attempts,
-                    error[:500],
-                    "" if retry_at is None else repr(retry_at),
-                    delivery.event,
-                ],
+            await self.scripts.call(
+                SETTLE,
+                delivery=delivery.key,
+                due=keyspace.WEBHOOKS_DUE,
+                job=delivery.owner_key,
+                status=status,
+                attempts=attempts,
+                error=error[:500],
+                retry_at="" if retry_at is None else repr(retry_at),
+                event=delivery.event,
             )
 
     async def own_secret(self, owner: str) -> str | None:

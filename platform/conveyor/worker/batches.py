@@ -6,7 +6,7 @@ How it works:
 
 1. The API stores an invocation of a batching function as usual (its job record), but
    appends the item to the stream ``conveyor:batch:<fn>`` instead of queueing a task. In
-   the same transaction, :data:`ARM` queues one ``conveyor.batch`` trigger task unless one
+   the same transaction, the submit script queues one ``conveyor.batch`` trigger task unless one
    is already waiting (the ``batch-armed`` flag).
 2. A worker process running the trigger clears the flag (so later items arm a new
    trigger), then reads up to ``max_batch_size`` items with a consumer group, waiting until
@@ -38,12 +38,12 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
-from redis.commands.core import Script
 
 from conveyor import context
 from conveyor.broker.messages import Route, encode_batch_trigger
 from conveyor.context import InvocationContext
 from conveyor.db import keyspace, replication
+from conveyor.db.scripts import script
 from conveyor.errors import ConveyorError
 from conveyor.functions.loader import LoadedFunction
 from conveyor.functions.manifest import Manifest
@@ -64,25 +64,8 @@ log = get_logger(__name__)
 CLAIM_MARGIN = 30.0  # seconds past the hard limit before another worker takes items
 DRAIN_FOR = 1.0  # seconds one trigger task goes on running batches of a backlog
 
-# KEYS[1] armed flag, KEYS[2] the queue list; ARGV[1] flag TTL, ARGV[2] trigger message.
-ARM = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-  redis.call('LPUSH', KEYS[2], ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS[1] delayed set, KEYS[2] stream; ARGV[1] now. Moves items whose backoff is over.
-MOVE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
-for _, member in ipairs(due) do
-  local item = cjson.decode(member)
-  redis.call('XADD', KEYS[2], '*', 'id', item.id, 'version', item.version, 'input', item.input)
-  redis.call('ZREM', KEYS[1], member)
-end
-return #due
-"""
+ARM = script("worker", "arm")
+MOVE_DUE = script("worker", "move_due")
 
 
 @dataclass(frozen=True)
@@ -108,22 +91,10 @@ class Batches:
     def __init__(self, executor: Executor, app: Celery) -> None:
         self.executor = executor
         self.app = app
-        self._script_client: redis.Redis | None = None
-        self._scripts: dict[str, Script] = {}
 
     @property
     def redis(self) -> redis.Redis:
         return self.executor.redis
-
-    def script(self, name: str) -> Script:
-        """ARM and MOVE_DUE, sent once per connection and then called by their SHA."""
-        if self._script_client is not self.redis:
-            self._script_client = self.redis
-            self._scripts = {
-                "arm": self.redis.register_script(ARM),
-                "move_due": self.redis.register_script(MOVE_DUE),
-            }
-        return self._scripts[name]
 
     # -- in a pool child ---------------------------------------------------------------
 
@@ -203,8 +174,12 @@ class Batches:
         consumer = f"{socket.gethostname()}:{os.getpid()}"
         idle_ms = int((manifest.limits.timeout + CLAIM_MARGIN) * 1000)
         pipe = self.redis.pipeline(transaction=False)
-        self.script("move_due")(
-            keys=[keyspace.batch_delayed(function), stream], args=[time.time()], client=pipe
+        self.executor.scripts.call(
+            MOVE_DUE,
+            client=pipe,
+            delayed=keyspace.batch_delayed(function),
+            stream=stream,
+            now=time.time(),
         )
         pipe.xautoclaim(stream, keyspace.BATCH_GROUP, consumer, idle_ms, count=size)
         claimed = pipe.execute()[1]
@@ -328,9 +303,15 @@ class Batches:
     def arm(self, trigger: Route, version: str) -> None:
         """Queue a trigger unless one is already waiting for its function."""
         queue_key, message = encode_batch_trigger(self.app, trigger, version)
-        self.script("arm")(
-            keys=[keyspace.batch_armed(trigger.function), queue_key],
-            args=[keyspace.BATCH_ARMED_TTL, message],
+        self._arm(trigger.function, queue_key, message)
+
+    def _arm(self, function: str, queue_list: str, trigger: str) -> None:
+        self.executor.scripts.call(
+            ARM,
+            armed=keyspace.batch_armed(function),
+            queue_list=queue_list,
+            armed_ttl=keyspace.BATCH_ARMED_TTL,
+            trigger=trigger,
         )
 
     def _undelivered(self, stream: str) -> bool:
@@ -392,10 +373,7 @@ class Batches:
             pipe.execute()
             self.executor.worker_lost(item.invocation_id)
         queue_key, message = batch["trigger"]
-        self.script("arm")(
-            keys=[keyspace.batch_armed(batch["function"]), queue_key],
-            args=[keyspace.BATCH_ARMED_TTL, message],
-        )
+        self._arm(batch["function"], queue_key, message)
 
 
 def _queue_undelivered(pipe: Any, stream: str) -> None:

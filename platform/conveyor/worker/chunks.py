@@ -21,7 +21,6 @@ from typing import Any, cast
 import redis
 from celery import Celery, Task
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
-from redis.commands.core import Script
 
 from conveyor import context
 from conveyor.broker.app import HIGHEST_PRIORITY, broker_priority
@@ -173,23 +172,11 @@ class Chunks:
     def __init__(self, executor: Executor, app: Celery) -> None:
         self.executor = executor
         self.app = app
-        self._scripts: dict[str, Script] = {}
-        self._client: redis.Redis | None = None
         self._workers: tuple[float, dict[str, int]] = (-CENSUS_EVERY, {})
 
     @property
     def redis(self) -> redis.Redis:
         return self.executor.redis
-
-    def script(self, name: str) -> Script:
-        if self._client is not self.redis:
-            self._client = self.redis
-            self._scripts = {
-                "begin": self.redis.register_script(maps.BEGIN),
-                "settle": self.redis.register_script(maps.SETTLE),
-                "feed": self.redis.register_script(maps.FEED),
-            }
-        return self._scripts[name]
 
     # -- in a pool child ---------------------------------------------------------------
 
@@ -199,8 +186,12 @@ class Chunks:
             self.feed(job)
             return
         task_id = str(task.request.id)
-        began, starts, queue, priority = self.script("begin")(
-            keys=[keyspace.map_job(job), keyspace.map_active(job)], args=[task_id, chunk]
+        began, starts, queue, priority = self.executor.scripts.call(
+            maps.BEGIN,
+            job=keyspace.map_job(job),
+            active=keyspace.map_active(job),
+            task_id=task_id,
+            chunk=chunk,
         )
         entries = [str(e) for e in self.redis.lrange(keyspace.map_chunk(job, chunk), 0, -1)]
         if not entries:
@@ -328,19 +319,27 @@ class Chunks:
         if fields.get("status") == "running" and room:
             message = chunk_message(self.app, job, fields, k, size)
         queue_key = message[0] or keyspace.queue_list(fields["queue"], 0)
-        count = len(out.results) // 5
-        args: list[Any] = [job, repr(time.time()), task_id, chunk, seen, k]
-        args += [size, message[1], fields["function"], count, *out.results]
-        args += [len(out.retries) // 2, *out.retries, len(out.back), *out.back]
+        outcomes: list[Any] = [len(out.results) // 5, *out.results]
+        outcomes += [len(out.retries) // 2, *out.retries, len(out.back), *out.back]
         timer_key, timer = "", ""
         if out.retries:  # written with the retries: they never wait without a timer
             due = min(float(d) for d in out.retries[1::2])
             timer_key, timer = delay_message(self.app, job, fields, due - time.time())
-        args.append(timer)
+        outcomes.append(timer)
         metrics = self.executor.settings.metrics.enabled
-        fed, _, earliest = self.script("settle")(
-            keys=maps.settle_keys(job, chunk, k, queue_key, metrics=metrics, timer_key=timer_key),
-            args=args,
+        fed, _, earliest = self.executor.scripts.call(
+            maps.SETTLE,
+            **maps.settle_values(job, chunk, k, queue_key, metrics=metrics, timer_key=timer_key),
+            id=job,
+            now=repr(time.time()),
+            task_id=task_id,
+            chunk_number=chunk,
+            item_seconds=seen,
+            next_k=k,
+            next_n=size,
+            next_message=message[1],
+            function_name=fields["function"],
+            outcomes=outcomes,
         )
         if message[1] and not fed:
             self.feed(job)  # another feeder took chunk k: feed with the next number
@@ -357,9 +356,13 @@ class Chunks:
                 return
             k = int(fields.get("chunks", 0))
             queue_key, message = chunk_message(self.app, job, fields, k, self._size(fields, ""))
-            fed = self.script("feed")(
-                keys=maps.feed_keys(job, k, queue_key),
-                args=[k, self._size(fields, ""), message, repr(time.time())],
+            fed = self.executor.scripts.call(
+                maps.FEED,
+                **maps.feed_values(job, k, queue_key),
+                k=k,
+                n=self._size(fields, ""),
+                message=message,
+                now=repr(time.time()),
             )
             if not fed:
                 earliest = self.redis.zrange(keyspace.map_retries(job), 0, 0, withscores=True)

@@ -22,13 +22,13 @@ import structlog
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, WorkerLostError
 from redis.client import Pipeline
-from redis.commands.core import Script
 
 from conveyor import context
 from conveyor.broker.messages import Invocation, encode_message
 from conveyor.context import InvocationContext
 from conveyor.db import keyspace, replication
 from conveyor.db.connections import sync_client
+from conveyor.db.scripts import Scripts
 from conveyor.errors import ConveyorError, ValidationError
 from conveyor.functions.loader import LoadedFunction
 from conveyor.functions.manifest import Manifest
@@ -65,8 +65,7 @@ class Executor:
         self.capture = OutputCapture()
         self._redis: redis.Redis | None = None
         self._functions: LocalFunctions | None = None
-        self._script_client: redis.Redis | None = None
-        self._scripts: dict[str, Script] = {}
+        self._scripts: Scripts | None = None
 
     # -- per process -------------------------------------------------------------------
 
@@ -89,16 +88,12 @@ class Executor:
             self._redis = sync_client(self.settings, retry_on_timeout=True)
         return self._redis
 
-    def script(self, name: str) -> Script:
-        """Lua scripts, sent once per connection and then called by their SHA."""
-        if self._script_client is not self.redis:
-            self._script_client = self.redis
-            self._scripts = {
-                "start": self.redis.register_script(START),
-                "transition": self.redis.register_script(TRANSITION),
-                "progress": self.redis.register_script(PROGRESS),
-            }
-        return self._scripts[name]
+    @property
+    def scripts(self) -> Scripts:
+        """Lua scripts of this process's connection (batches and chunks use them too)."""
+        if self._scripts is None or self._scripts.client is not self.redis:
+            self._scripts = Scripts(self.redis)
+        return self._scripts
 
     def transition(
         self,
@@ -116,7 +111,7 @@ class Executor:
         what the attempt printed, kept with the record."""
         if logs:
             fields["logs"] = logs
-        job_keys, args = transition_args(
+        values = transition_args(
             invocation_id,
             allowed,
             to,
@@ -126,10 +121,10 @@ class Executor:
         )
         if pipe is None and replication.wanted(self.settings):
             pipe = self.redis.pipeline(transaction=False)
-            self.script("transition")(keys=job_keys, args=args, client=pipe)
+            self.scripts.call(TRANSITION, client=pipe, **values)
             [answer] = replication.execute(pipe, self.settings, f"{invocation_id} {to}")
         else:
-            answer = self.script("transition")(keys=job_keys, args=args, client=pipe)
+            answer = self.scripts.call(TRANSITION, client=pipe, **values)
             if pipe is not None:
                 return 0, ""
         changed, previous = answer
@@ -216,18 +211,14 @@ class Executor:
     def start(self, invocation_id: str) -> tuple[int, bool] | None:
         """Mark an attempt started: (attempt number, whether a lost attempt preceded it),
         or None when the invocation must not run (cancelled, finished, or unknown)."""
-        start_keys, args = start_args(
-            invocation_id, os.getpid(), metrics=self.settings.metrics.enabled
-        )
-        answer = self.script("start")(keys=start_keys, args=args)
+        values = start_args(invocation_id, os.getpid(), metrics=self.settings.metrics.enabled)
+        answer = self.scripts.call(START, **values)
         return self.started(invocation_id, answer)
 
     def queue_start(self, pipe: Pipeline, invocation_id: str) -> None:
         """:meth:`start`, queued on ``pipe``; :meth:`started` reads its answer."""
-        start_keys, args = start_args(
-            invocation_id, os.getpid(), metrics=self.settings.metrics.enabled
-        )
-        self.script("start")(keys=start_keys, args=args, client=pipe)
+        values = start_args(invocation_id, os.getpid(), metrics=self.settings.metrics.enabled)
+        self.scripts.call(START, client=pipe, **values)
 
     @staticmethod
     def started(invocation_id: str, answer: list[Any]) -> tuple[int, bool] | None:
@@ -340,8 +331,8 @@ class Executor:
                 "updated_at": time.time(),
             }
             try:
-                self.script("progress")(
-                    keys=[keyspace.job(invocation_id)], args=[json.dumps(progress)]
+                self.scripts.call(
+                    PROGRESS, job=keyspace.job(invocation_id), progress=json.dumps(progress)
                 )
             except redis.RedisError as exc:
                 log.warning("progress_not_saved", invocation_id=invocation_id, error=str(exc))

@@ -1,0 +1,23 @@
+-- Queue a stranded message again: the sent copy of invocation ``id`` is still ``entry``
+-- as the sweep saw it, kombu's ``unacked`` hash does not hold its ``tag``, its record is
+-- still queued or retrying, and the message is not on its ``queue_list``. Returns
+-- 'requeued', or why not: 'moved', 'held', 'dropped' (the copy of a finished one goes),
+-- 'listed'.
+-- KEYS: job sent sent_messages unacked queue_list sent_sequence
+-- ARGV: id entry tag
+local entry = redis.call('HGET', K.sent, A.id)
+if entry ~= A.entry then return 'moved' end
+if redis.call('HEXISTS', K.unacked, A.tag) == 1 then return 'held' end
+local status = redis.call('HGET', K.job, 'status')
+if status ~= 'queued' and status ~= 'retrying' then
+  redis.call('HDEL', K.sent, A.id)
+  redis.call('HDEL', K.sent_messages, A.id)
+  return 'dropped'
+end
+local message = redis.call('HGET', K.sent_messages, A.id)
+if not message then return 'moved' end
+if redis.call('LPOS', K.queue_list, message) then return 'listed' end
+redis.call('LPUSH', K.queue_list, message)
+local seq = redis.call('INCR', K.sent_sequence)
+redis.call('HSET', K.sent, A.id, K.queue_list .. ' ' .. seq .. ' ' .. A.tag)
+return 'requeued'

@@ -1,0 +1,35 @@
+-- Accept an invocation: its record and its message, or (batching) its stream item and,
+-- unless one is waiting, a drain trigger -- one command, so a 202 always has both.
+-- ``queue``: the message's list, or the batching function's stream (``message`` is then
+-- ''); ``armed``, ``trigger_list``, ``trigger``, ``armed_ttl``: the drain trigger and its
+-- flag; ``item_id``, ``item_version``, ``item_input``: the stream item.
+-- The version (``version_record``) must be in the function store (it is counted in use,
+-- ``in_use_field`` of ``in_use``, until the invocation ends); else nothing is written and
+-- the answer is 0. With an ``idempotency`` key already used, nothing is written and the
+-- answer is "<invocation id> <body digest>" of the first use. A message is kept in
+-- ``sent``/``sent_messages`` until a worker starts it (conveyor/invocations/stranded.py).
+-- KEYS: job queue armed trigger_list idempotency version_record in_use sent sent_messages sent_sequence
+-- ARGV: pending_ttl message armed_ttl trigger item_id item_version item_input id digest in_use_field ...fields
+if K.idempotency ~= '' then
+  local first = redis.call('GET', K.idempotency)
+  if first then return first end
+end
+if redis.call('EXISTS', K.version_record) == 0 then return 0 end
+if K.idempotency ~= '' then
+  redis.call('SET', K.idempotency, A.id .. ' ' .. A.digest, 'EX', A.pending_ttl)
+end
+redis.call('HSET', K.job, unpack(ARGV, A_REST))
+redis.call('EXPIRE', K.job, A.pending_ttl)
+redis.call('HINCRBY', K.in_use, A.in_use_field, 1)
+if A.message ~= '' then
+  redis.call('LPUSH', K.queue, A.message)
+  local seq = redis.call('INCR', K.sent_sequence)
+  redis.call('HSET', K.sent, A.id, K.queue .. ' ' .. seq)
+  redis.call('HSET', K.sent_messages, A.id, A.message)
+  return 1
+end
+redis.call('XADD', K.queue, '*', 'id', A.item_id, 'version', A.item_version, 'input', A.item_input)
+if redis.call('SET', K.armed, '1', 'NX', 'EX', A.armed_ttl) then
+  redis.call('LPUSH', K.trigger_list, A.trigger)
+end
+return 1

@@ -1,0 +1,11 @@
+-- Move the batch items whose retry backoff is over (due by ``now``) from the ``delayed``
+-- set back onto the function's ``stream``. Returns how many moved.
+-- KEYS: delayed stream
+-- ARGV: now
+local due = redis.call('ZRANGEBYSCORE', K.delayed, '-inf', A.now, 'LIMIT', 0, 1000)
+for _, member in ipairs(due) do
+  local item = cjson.decode(member)
+  redis.call('XADD', K.stream, '*', 'id', item.id, 'version', item.version, 'input', item.input)
+  redis.call('ZREM', K.delayed, member)
+end
+return #due
