@@ -52,6 +52,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check platform tests bench functions
 	$(BIN)/ruff format --check platform tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache  # the import contracts in pyproject.toml
 
 test: install chromium promtool lint
 	$(BIN)/pytest
@@ -65,12 +66,12 @@ $(BENCH_STAMP): $(STAMP)
 
 # Benchmarks against raw Celery (not part of `make test`); see bench/README.md.
 bench: install $(BENCH_STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run
 
 # Where the time goes under load: CPU per process and py-spy profiles (bench/spy.py).
 profile: install $(BENCH_STAMP)
-	for load in echo embed embed-nobatch; do $(BIN)/python bench/spy.py $$load || exit 1; done
+	for load in echo embed embed-nobatch; do $(BIN)/python -m bench.spy $$load || exit 1; done
 
 # Ten minutes of mixed load with workers killed and Redis restarted (not part of `make test`).
 soak: install
-	$(BIN)/python tests/soak.py
+	$(BIN)/python -m tests.soak

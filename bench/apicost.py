@@ -17,20 +17,19 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import tarfile
 from collections.abc import Awaitable, Callable
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+from tests.support import child_pids, cpu_ticks
+
 # main before issue 14's changes to the request path; BENCH_BASELINE=<ref> compares with
 # another (before a change: its checks must cost under 3 %, the row's target then)
 BASELINE_REF = os.environ.get("BENCH_BASELINE", "fbb763b")
 BASELINE_TARGET = 0.5 if BASELINE_REF == "fbb763b" else 1.03
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from support import child_pids, cpu_ticks  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:

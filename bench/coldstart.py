@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tests.support import Process, conveyor, wait_for
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-
-from support import Process, conveyor, wait_for  # noqa: E402
 
 
 def model_load(folder: Path, handler: str) -> float:

@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from bench.embed_inprocess import sentence
+from bench.measure import pct
+from tests.support import BIN, Process, free_port, wait_for
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
 
-from embed_inprocess import sentence  # noqa: E402
-from measure import pct  # noqa: E402
-
-from support import BIN, Process, free_port, wait_for  # noqa: E402
 
 CLIENTS = 64
 REQUESTS = 1000
@@ -38,7 +36,7 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 def inprocess(n: int, batch: int) -> float:
     """Sentences/s of the model alone, one torch thread."""
     done = subprocess.run(
-        [sys.executable, str(HERE / "embed_inprocess.py"), str(n), str(batch)],
+        [sys.executable, "-m", "bench.embed_inprocess", str(n), str(batch)],
         capture_output=True,
         text=True,
         check=True,

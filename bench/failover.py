@@ -13,7 +13,6 @@ what it saves when the primary dies.
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,10 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-from support import (  # noqa: E402
+from tests.support import (
     ClientThreads,
     Process,
     RedisServer,
@@ -35,6 +31,8 @@ from support import (  # noqa: E402
     wait_for,
     write_settings,
 )
+
+HERE = Path(__file__).resolve().parent
 
 FAILOVER_CLIENTS = 8
 REDELIVERY = 10  # [worker] visibility_timeout

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import httpx
 import redis
-from measure import pct, rss_mib
+from bench.measure import pct, rss_mib
 
 HERE = Path(__file__).resolve().parent
 NDJSON = {"content-type": "application/x-ndjson"}
@@ -122,7 +122,7 @@ def mlp_in_process(n: int, batch: int) -> float:
     """items/s of the mlp's own predict_batch, in a fresh process (torch stays out of this
     one)."""
     done = subprocess.run(
-        [sys.executable, str(HERE / "mlp_inprocess.py"), str(n), str(batch)],
+        [sys.executable, "-m", "bench.mlp_inprocess", str(n), str(batch)],
         capture_output=True,
         text=True,
         check=True,

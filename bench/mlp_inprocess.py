@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench.maps import features
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from maps import features  # noqa: E402
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -27,13 +26,8 @@ from typing import Any
 
 import aiohttp
 import httpx
-
-from conveyor.webhooks.signing import new_secret
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-from access import Receiver, keyed_config, make_key, webhook_load  # noqa: E402
-from apicost import (  # noqa: E402
+from bench.access import Receiver, keyed_config, make_key, webhook_load
+from bench.apicost import (
     BASELINE_REF,
     BASELINE_TARGET,
     api_children,
@@ -42,11 +36,11 @@ from apicost import (  # noqa: E402
     env_with_path,
     with_api_workers,
 )
-from coldstart import autoscaled_first_result, first_result, model_load  # noqa: E402
-from embed import CLIENTS as EMBED_CLIENTS  # noqa: E402
-from embed import OFFLINE, REQUESTS, SeedService, inprocess, seed_load, sentence  # noqa: E402
-from failover import failover_losses, replicated_rates  # noqa: E402
-from maps import (  # noqa: E402
+from bench.coldstart import autoscaled_first_result, first_result, model_load
+from bench.embed import CLIENTS as EMBED_CLIENTS
+from bench.embed import OFFLINE, REQUESTS, SeedService, inprocess, seed_load, sentence
+from bench.failover import failover_losses, replicated_rates
+from bench.maps import (
     big_upload,
     features,
     job_rate,
@@ -54,10 +48,9 @@ from maps import (  # noqa: E402
     ndjson_lines,
     singles_during_job,
 )
-from measure import pct, rss_mib  # noqa: E402
-from store import fetch_latency, memory_per_version, push_deploy_times  # noqa: E402
-
-from support import (  # noqa: E402
+from bench.measure import pct, rss_mib
+from bench.store import fetch_latency, memory_per_version, push_deploy_times
+from tests.support import (
     BIN,
     Process,
     RedisServer,
@@ -68,6 +61,10 @@ from support import (  # noqa: E402
     wait_for,
     write_settings,
 )
+
+from conveyor.webhooks.signing import new_secret
+
+HERE = Path(__file__).resolve().parent
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 FAILOVERS = int(os.environ.get("BENCH_FAILOVERS", "10"))
@@ -175,13 +172,11 @@ class Platform:
 @contextmanager
 def raw_celery(url: str) -> Iterator[Any]:
     os.environ["BENCH_REDIS_URL"] = url
-    sys.path.insert(0, str(HERE))
-    import raw_celery as module
+    from bench import raw_celery as module  # reads BENCH_REDIS_URL as it is imported
 
     module.app.conf.broker_url = url
     module.app.conf.result_backend = url
     yield module
-    sys.path.remove(str(HERE))
 
 
 def median_of(runs: int, measure: Callable[[], dict[str, float]]) -> dict[str, float]:

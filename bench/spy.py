@@ -28,11 +28,10 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "profiles"
 os.environ["CONVEYOR_LOG__LEVEL"] = "warning"
 
-from apicost import cpu_seconds  # noqa: E402
-from embed import OFFLINE, sentence  # noqa: E402
-from run import BIN, Platform, _http_load  # noqa: E402
-
-from support import child_pids  # noqa: E402
+from bench.apicost import cpu_seconds  # noqa: E402
+from bench.embed import OFFLINE, sentence  # noqa: E402
+from bench.run import BIN, Platform, _http_load  # noqa: E402
+from tests.support import child_pids  # noqa: E402
 
 OWNERS = ("redis/", "conveyor/", "litestar/", "uvicorn/", "celery/", "kombu/", "billiard/",
           "torch/", "transformers/", "sentence_transformers/", "prometheus_client/", "msgspec/",

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import redis
+from tests.support import Process, conveyor, wait_for
+
+from conveyor.store.bundle import pack
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
 
-from conveyor.store.bundle import pack  # noqa: E402
-from support import Process, conveyor, wait_for  # noqa: E402
 
 WEIGHTS = 20 * 1024 * 1024
 PUSHES = 10

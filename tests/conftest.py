@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from support import RedisServer, Stack
+from litestar.testing import TestClient
+from tests.support import RedisServer, Stack
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +44,13 @@ def make_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[type[Stack]
     yield build  # type: ignore[misc]
     for stack in stacks:
         stack.close()
+
+
+@pytest.fixture(scope="module")
+def api(stack: Stack) -> Iterator[TestClient]:  # type: ignore[type-arg]
+    """The in-process API of the module's ``stack`` (a module defines ``stack``)."""
+    with stack.api() as client:
+        yield client
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import json
 import os
 import random
 import signal
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -25,9 +24,7 @@ from typing import Any
 
 import aiohttp
 import redis.sentinel
-
-sys.path.insert(0, str(Path(__file__).parent))
-from support import (
+from tests.support import (
     Process,
     RedisServer,
     Sentinels,

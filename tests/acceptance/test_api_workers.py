@@ -9,8 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from support import (
+from tests.support import (
     Stack,
     child_pids,
     cpu_ticks,

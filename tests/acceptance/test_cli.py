@@ -8,8 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from support import (
+from tests.support import (
     REPO,
     RedisServer,
     conveyor,

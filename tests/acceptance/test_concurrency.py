@@ -7,8 +7,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from support import RedisServer, copy_examples, free_port, start_api, start_worker, write_settings
+from tests.support import (
+    RedisServer,
+    copy_examples,
+    free_port,
+    start_api,
+    start_worker,
+    write_settings,
+)
 
 pytestmark = pytest.mark.acceptance
 

@@ -12,8 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from litestar.testing import TestClient
-
-from support import (
+from tests.support import (
     Process,
     Stack,
     conveyor,
@@ -70,12 +69,6 @@ AUTH: list[tuple[str, str]] = []
 
 def get(url: str, **kwargs: Any) -> httpx.Response:
     return httpx.get(url, auth=AUTH[-1], **kwargs)
-
-
-@pytest.fixture(scope="module")
-def api(stack: Stack) -> Iterator[TestClient]:  # type: ignore[type-arg]
-    with stack.api() as client:
-        yield client
 
 
 def workers(base: str) -> dict[str, Any]:

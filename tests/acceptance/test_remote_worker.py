@@ -19,10 +19,7 @@ from pathlib import Path
 
 import pytest
 from litestar.testing import TestClient
-
-from conveyor.api.app import create_app
-from conveyor.settings import load_settings
-from support import (
+from tests.support import (
     LOCAL,
     Process,
     RedisServer,
@@ -33,6 +30,9 @@ from support import (
     write_function,
     write_settings,
 )
+
+from conveyor.api.app import create_app
+from conveyor.settings import load_settings
 
 pytestmark = pytest.mark.acceptance
 

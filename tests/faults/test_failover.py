@@ -17,8 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from support import (
+from tests.support import (
     ClientThreads,
     Sentinels,
     Stack,

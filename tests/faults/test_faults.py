@@ -16,8 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from support import (
+from tests.support import (
     Stack,
     free_port,
     invoke,

@@ -15,8 +15,7 @@ from statistics import median
 
 import httpx
 import pytest
-
-from support import Stack, free_port, start_api, write_function
+from tests.support import Stack, free_port, start_api, write_function
 
 pytestmark = pytest.mark.faults
 

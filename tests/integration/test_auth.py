@@ -10,9 +10,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-
-from conveyor.store.bundle import pack
-from support import (
+from tests.support import (
     Process,
     Stack,
     conveyor,
@@ -22,6 +20,8 @@ from support import (
     wait_for,
     write_function,
 )
+
+from conveyor.store.bundle import pack
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from support import Process, Stack, invoke, result, wait_for, write_function
+from tests.support import Process, Stack, invoke, result, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 Reporter = Callable[[str], None]

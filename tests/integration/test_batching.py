@@ -8,8 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from litestar.testing import TestClient
-
-from support import Stack, cancel, invoke, result, wait_for, write_function
+from tests.support import Stack, cancel, invoke, result, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 
@@ -81,12 +80,6 @@ def stack(make_stack) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     )
     stack.worker("--queues", "batch", "--concurrency", "1")
     yield stack
-
-
-@pytest.fixture(scope="module")
-def api(stack: Stack) -> Iterator[TestClient]:  # type: ignore[type-arg]
-    with stack.api() as client:
-        yield client
 
 
 def submit_all(api: TestClient, inputs: list[dict]) -> list[dict]:  # type: ignore[type-arg]

@@ -18,8 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
-from support import (
+from tests.support import (
     Process,
     Stack,
     cancel,

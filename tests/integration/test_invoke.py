@@ -8,8 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from litestar.testing import TestClient
-
-from support import (
+from tests.support import (
     Stack,
     cancel,
     copy_examples,
@@ -117,12 +116,6 @@ def stack(make_stack) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     )
     stack.worker("--concurrency", "2")
     yield stack
-
-
-@pytest.fixture(scope="module")
-def api(stack: Stack) -> Iterator[TestClient]:  # type: ignore[type-arg]
-    with stack.api() as client:
-        yield client
 
 
 def test_echo_round_trip_with_wait(api: TestClient) -> None:  # type: ignore[type-arg]

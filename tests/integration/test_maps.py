@@ -11,14 +11,12 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-
-from support import Stack, invoke, result, wait_for, write_function
+from tests.support import Stack, invoke, result, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 
@@ -90,12 +88,6 @@ def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     )
     stack.worker("--queues", "default", "--concurrency", "2")
     return stack
-
-
-@pytest.fixture(scope="module")
-def api(stack: Stack) -> Iterator[TestClient]:  # type: ignore[type-arg]
-    with stack.api() as client:
-        yield client
 
 
 def submit(api: TestClient, name: str, inputs: list[Any], **body: Any) -> dict[str, Any]:  # type: ignore[type-arg]

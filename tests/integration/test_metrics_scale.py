@@ -9,11 +9,11 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from tests.support import Stack, write_function
 
 from conveyor.db import keyspace
 from conveyor.db.scripts import Scripts
 from conveyor.invocations.records import TRANSITION, JobStatus, new_job_fields, transition_args
-from support import Stack, write_function
 
 pytestmark = pytest.mark.integration
 

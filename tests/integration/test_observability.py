@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-
-from support import (
+from tests.support import (
     BIN,
     Stack,
     conveyor,
@@ -87,12 +86,6 @@ def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     )
     stack.worker("--queues", "default", "--concurrency", "2")
     return stack
-
-
-@pytest.fixture(scope="module")
-def api(stack: Stack) -> Iterator[TestClient]:  # type: ignore[type-arg]
-    with stack.api() as client:
-        yield client
 
 
 def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

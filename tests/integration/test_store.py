@@ -13,9 +13,17 @@ from typing import Any
 
 import pytest
 from litestar.testing import TestClient
+from tests.support import (
+    Stack,
+    invoke,
+    result,
+    until_reloaded,
+    wait_for,
+    wait_until,
+    write_function,
+)
 
 from conveyor.store.bundle import pack
-from support import Stack, invoke, result, until_reloaded, wait_for, wait_until, write_function
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,7 @@ from aiohttp import web
 from litestar.testing import TestClient
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
-
-from support import (
+from tests.support import (
     Process,
     Stack,
     conveyor,
@@ -147,12 +146,6 @@ def delivery(deliverers: Deliverers) -> Deliverers:
     if deliverers.proc is None:
         deliverers.start()
     return deliverers
-
-
-@pytest.fixture(scope="module")
-def api(stack: Stack) -> Iterator[TestClient]:  # type: ignore[type-arg]
-    with stack.api() as client:
-        yield client
 
 
 def hooked(api: TestClient, url: str, *events: str, wait: float = 30) -> dict[str, Any]:  # type: ignore[type-arg]

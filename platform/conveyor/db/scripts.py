@@ -8,10 +8,10 @@ that calls it. A script opens with a header naming its keys and arguments in ord
 
 (``...name`` last: the rest, read in the body from ``KEYS[K_REST]`` or ``ARGV[A_REST]``
 on). The body reads them by name, ``K.job`` and ``A.ttl``: :func:`script` prepends the
-tables that map names to positions, so only the header knows the order, and a caller passes every value by name to
-:meth:`Script.command` (or :meth:`Scripts.call`). A line ``--! include <package>/<name>``
-inserts the fragment ``conveyor/<package>/lua/<name>.lua`` (Lua functions shared by
-scripts) once, where it stands.
+tables that map names to positions, so only the header knows the order, and a caller
+passes every value by name to :meth:`Script.command` (or :meth:`Scripts.call`). A line
+``--! include <package>/<name>`` inserts the fragment ``conveyor/<package>/lua/<name>.lua``
+(Lua functions shared by scripts) once, where it stands.
 
 :class:`Scripts` registers each script with one Redis client once: calls go by EVALSHA,
 and redis-py loads a script Redis does not know (a restarted or new primary) on NOSCRIPT,
