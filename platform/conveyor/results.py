@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from conveyor.broker.census import QueueCensus
-from conveyor.invocations.records import JobRecord
+from conveyor.invocations.records import InvocationRecord
 from conveyor.maps.db import MapJob, eta
 
 
@@ -16,19 +16,19 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-Census = QueueCensus | None  # None: not known now (Redis unreachable)
+KnownCensus = QueueCensus | None  # None: not known now (Redis unreachable)
 
 
-def census_warning(census: Census, queue: str) -> str | None:
+def census_warning(census: KnownCensus, queue: str) -> str | None:
     """Why an invocation on ``queue`` may wait for nobody (None: it will not, or unknown)."""
     return None if census is None else census.warning(queue)
 
 
-def result_url(record: JobRecord) -> str:
+def result_url(record: InvocationRecord) -> str:
     return f"/functions/{record.function}/results/{record.id}"
 
 
-def accepted_body(record: JobRecord, census: Census) -> dict[str, Any]:
+def accepted_body(record: InvocationRecord, census: KnownCensus) -> dict[str, Any]:
     body = {
         "id": record.id,
         "function": record.function,
@@ -40,7 +40,7 @@ def accepted_body(record: JobRecord, census: Census) -> dict[str, Any]:
     return body
 
 
-def result_body(record: JobRecord, census: Census = None) -> dict[str, Any]:
+def result_body(record: InvocationRecord, census: KnownCensus = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": record.id,
         "function": record.function,

@@ -89,13 +89,13 @@ def test_a_generated_client_invokes_iris(base: str, key: str, tmp_path: Path) ->
     use = textwrap.dedent(f"""
         from conveyor_client import AuthenticatedClient
         from conveyor_client.api.iris import get_iris_result, invoke_iris
-        from conveyor_client.models import Accepted, IrisInput, IrisInvokeRequest, IrisResult, JobStatus
+        from conveyor_client.models import Accepted, IrisInput, IrisInvokeRequest, IrisResult, InvocationStatus
 
         client = AuthenticatedClient(base_url={base!r}, token={key!r})
         virginica = IrisInput(sepal_length=6.3, sepal_width=3.3, petal_length=6.0, petal_width=2.5)
         done = invoke_iris.sync(client=client, body=IrisInvokeRequest(input_=virginica), wait=30)
         assert isinstance(done, IrisResult), done
-        assert done.status == JobStatus.SUCCEEDED and done.output.species == "virginica"
+        assert done.status == InvocationStatus.SUCCEEDED and done.output.species == "virginica"
 
         setosa = IrisInput(sepal_length=5.1, sepal_width=3.5, petal_length=1.4, petal_width=0.2)
         accepted = invoke_iris.sync(client=client, body=IrisInvokeRequest(input_=setosa))

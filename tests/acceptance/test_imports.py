@@ -22,13 +22,18 @@ NOT_IN_WORKER = NEVER | {"litestar", "uvicorn", "jsonschema_rs", "aiohttp"}
 NOT_IN_API = NEVER  # (celery, which builds the messages, brings billiard along)
 
 
+def modules(log: Path) -> set[str]:
+    """The modules a process imported, from ``-X importtime``'s lines."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in log.read_text(errors="replace").splitlines()
+        if line.startswith("import time:") and "cumulative" not in line
+    }
+
+
 def imported(log: Path) -> set[str]:
-    """Top-level packages a process imported, from ``-X importtime``'s lines."""
-    names = set()
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("import time:") and "cumulative" not in line:
-            names.add(line.rsplit("|", 1)[1].strip().split(".")[0])
-    return names
+    """Top-level packages a process imported."""
+    return {name.split(".")[0] for name in modules(log)}
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +60,5 @@ def test_the_api_imports_only_what_it_serves_with(stack: Stack) -> None:
     names = imported(log)
     assert {"litestar", "uvicorn", "redis", "conveyor"} <= names
     assert not names & NOT_IN_API, sorted(names & NOT_IN_API)
+    worker_side = sorted(m for m in modules(log) if m.startswith("conveyor.worker"))
+    assert not worker_side, worker_side  # nor the worker's side of the house

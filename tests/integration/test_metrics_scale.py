@@ -13,7 +13,12 @@ from tests.support import Stack, write_function
 
 from conveyor.db import keyspace
 from conveyor.db.scripts import Scripts
-from conveyor.invocations.records import TRANSITION, JobStatus, new_job_fields, transition_args
+from conveyor.invocations.records import (
+    TRANSITION,
+    InvocationStatus,
+    new_record_fields,
+    transition_args,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -40,18 +45,18 @@ def test_scrape_time_with_many_functions_and_records(  # type: ignore[no-untyped
         with client.pipeline(transaction=False) as pipe:
             for i in range(chunk, chunk + 2000):
                 invocation = str(uuid.uuid4())
-                fields = new_job_fields(names[i % FUNCTIONS], "v1", "default", 5, 3600)
+                fields = new_record_fields(names[i % FUNCTIONS], "v1", "default", 5, 3600)
                 fields.update(
-                    status=JobStatus.RUNNING, started_at=repr(time.time() - (i % 7) / 100)
+                    status=InvocationStatus.RUNNING, started_at=repr(time.time() - (i % 7) / 100)
                 )
-                pipe.hset(keyspace.job(invocation), mapping=fields)
-                to = JobStatus.FAILED if i % 10 == 0 else JobStatus.SUCCEEDED
+                pipe.hset(keyspace.record(invocation), mapping=fields)
+                to = InvocationStatus.FAILED if i % 10 == 0 else InvocationStatus.SUCCEEDED
                 extra = (
                     {"error": '{"type": "ValueError", "message": "x"}'}
-                    if to is JobStatus.FAILED
+                    if to is InvocationStatus.FAILED
                     else {"output": "1"}
                 )
-                values = transition_args(invocation, (JobStatus.RUNNING,), to, **extra)
+                values = transition_args(invocation, (InvocationStatus.RUNNING,), to, **extra)
                 scripts.call(TRANSITION, client=pipe, **values)
             pipe.execute()
     made = time.perf_counter() - started

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conveyor.broker.census import QueueCensus, no_worker_warning
-from conveyor.cli.main import _worker_queues
+from conveyor.cli.serve import worker_queues as _worker_queues
 from conveyor.errors import WorkerOptionsError
 from conveyor.runtime.gpus import device_env, parse_gpus
 from conveyor.settings import Settings, all_queues

@@ -35,7 +35,7 @@ from conveyor.api.services import Platform
 from conveyor.api.validation import RequestValidators
 from conveyor.api.versions import VersionsController
 from conveyor.auth.caller import Caller
-from conveyor.auth.db import KeyStore
+from conveyor.auth.db import ApiKeyStore
 from conveyor.db import keyspace
 from conveyor.db.subscription import Subscription, Waiters
 from conveyor.environment import blank_environ_block
@@ -101,7 +101,9 @@ def create_app(settings: Settings) -> Litestar:
         validators=RequestValidators(webhooks=webhooks),
         maps=MapStore(queue.redis, queue.celery),
         map_events=Waiters(queue.subscription, keyspace.MAP_EVENTS_CHANNEL, _job_id),
-        keys=KeyStore(queue.redis, queue.subscription) if settings.api.auth == "keys" else None,
+        api_keys=ApiKeyStore(queue.redis, queue.subscription)
+        if settings.api.auth == "keys"
+        else None,
     )
     catalog = Catalog(folder, inspector, store, deployer.on_change)
     tasks = _follow_store(queue.subscription, served, deployer)

@@ -27,7 +27,7 @@ async def authenticate(
     """The request's caller, or AuthenticationError (401). (It takes the ``platform``
     dependency the handlers take too, so Litestar resolves the two in a row rather than
     in a task group per request.)"""
-    keys = platform.keys
+    keys = platform.api_keys
     if keys is None:
         return ANYBODY
     header = request.headers.get("authorization")

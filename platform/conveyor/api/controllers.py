@@ -22,7 +22,7 @@ from conveyor.api.schemas import function_body
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
-from conveyor.invocations.records import JobRecord
+from conveyor.invocations.records import InvocationRecord
 from conveyor.results import accepted_body, result_body, result_url
 
 RESULT = "/{name:str}/results/{invocation_id:str}"
@@ -201,7 +201,7 @@ class FunctionsController(Controller):
         await platform.queue.delete(invocation_id, function=name)
 
 
-def _check_handles(caller: Caller, record: JobRecord, action: Action) -> None:
+def _check_handles(caller: Caller, record: InvocationRecord, action: Action) -> None:
     """One invocation of a function the caller has a scope on, but maybe not theirs: other
     keys' invocations are read with ``read:<function>``, cancelled and deleted by admins."""
     if not caller.may_handle(record.function, record.owner, action):

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from conveyor.functions.registry import FunctionEntry
-from conveyor.invocations.records import JobStatus
-from conveyor.results import Census, census_warning
+from conveyor.invocations.records import InvocationStatus
+from conveyor.results import KnownCensus, census_warning
 
 Absent = SkipJsonSchema[None]  # a field that is left out, never null
 
@@ -38,7 +38,7 @@ class Accepted(BaseModel):
     id: UUID = Field(description="the invocation id")
     function: str
     version: str = Field(description="the version the input was validated against")
-    status: JobStatus
+    status: InvocationStatus
     result_url: str
     warning: str | Absent = Field(None, description="why it may wait (no live worker)")
 
@@ -59,7 +59,7 @@ class Result(BaseModel):
     id: UUID
     function: str
     version: str = Field(description="the version it runs: the one its input was validated against")
-    status: JobStatus
+    status: InvocationStatus
     queue: str
     priority: int = Field(ge=0, le=9)
     attempts: int = Field(ge=0)
@@ -146,7 +146,7 @@ class InvocationLogs(BaseModel):
 
     id: UUID
     function: str
-    status: JobStatus
+    status: InvocationStatus
     logs: str
 
 
@@ -174,7 +174,7 @@ class DashboardFunction(FunctionDetail):
 class RecentInvocation(BaseModel):
     id: str
     function: str
-    status: JobStatus
+    status: InvocationStatus
     error_type: str | None
     finished_at: float | None
     duration_ms: float | None
@@ -347,7 +347,7 @@ DOCUMENTED: list[type[BaseModel]] = [
 # -- building bodies -----------------------------------------------------------------------
 
 
-def function_body(entry: FunctionEntry, *, detail: bool, census: Census) -> dict[str, Any]:
+def function_body(entry: FunctionEntry, *, detail: bool, census: KnownCensus) -> dict[str, Any]:
     spec = entry.spec
     body: dict[str, Any] = {
         "name": entry.name,

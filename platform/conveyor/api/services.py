@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from conveyor.api.deploys import Deploys
 from conveyor.api.validation import RequestValidators
-from conveyor.auth.db import KeyStore
+from conveyor.auth.db import ApiKeyStore
 from conveyor.db.subscription import Waiters
 from conveyor.invocations.client import QueueClient
 from conveyor.maps.db import MapStore
@@ -18,7 +18,7 @@ from conveyor.webhooks.intake import WebhookIntake
 
 @dataclass
 class Platform:
-    """What the controllers are given: settings, what serves, the queueing seam."""
+    """What the controllers are given: settings, what serves, the invocations client."""
 
     settings: Settings
     functions: Served
@@ -29,5 +29,5 @@ class Platform:
     validators: RequestValidators
     maps: MapStore
     map_events: Waiters[str]  # a map job changed (the payload is its id)
-    keys: KeyStore | None = None  # None: [api] auth = "none"
+    api_keys: ApiKeyStore | None = None  # None: [api] auth = "none"
     loaded: bool = False  # the functions found at start have been inspected

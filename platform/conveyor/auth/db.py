@@ -46,7 +46,7 @@ def _record(raw: str) -> KeyRecord:
     )
 
 
-class KeyStore:
+class ApiKeyStore:
     """Create, list, revoke and find API keys."""
 
     def __init__(self, redis: aioredis.Redis, subscription: Subscription | None = None) -> None:

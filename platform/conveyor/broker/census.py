@@ -73,7 +73,7 @@ def no_worker_warning(queue: str) -> str:
     )
 
 
-class Census:
+class Heartbeats:
     """The synchronous reader, for processes without an event loop (the supervisor)."""
 
     def __init__(self, client: redis.Redis) -> None:

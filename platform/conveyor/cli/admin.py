@@ -19,7 +19,7 @@ T = TypeVar("T")
 FLOWER_USER = "conveyor"
 
 
-def add_admin_commands(sub: Any) -> None:
+def add_commands(sub: Any) -> None:
     """Add the admin commands to the CLI's subparsers."""
     keys = sub.add_parser("keys", help="API keys: create, ls, revoke (they live in Redis)")
     keys_sub = keys.add_subparsers(required=True, metavar="action")
@@ -174,13 +174,13 @@ def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
 
 def _with_keys(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``action`` on the key store of the deployment's Redis."""
-    from conveyor.auth.db import KeyStore
+    from conveyor.auth.db import ApiKeyStore
     from conveyor.db.connections import pooled_client
 
     async def run() -> T:
         client = pooled_client(settings)
         try:
-            return await action(KeyStore(client))
+            return await action(ApiKeyStore(client))
         finally:
             await client.aclose()
 

@@ -1,5 +1,5 @@
 """``conveyor map NAME --input data.jsonl [--output results.jsonl]``: the client
-(``map_cli.py`` holds its arguments).
+(:mod:`conveyor.cli.maps` holds its arguments).
 
 Uploads the file as NDJSON (streamed, with an Idempotency-Key), then writes the results in
 input order as they come, with a progress bar. What it has done is kept beside the output

@@ -9,24 +9,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conveyor.cli.http import add_url_option, base_url, request
 from conveyor.errors import ConveyorError
 from conveyor.settings import Settings
 from conveyor.store.bundle import pack, size_text
 
-BaseUrl = Callable[[Settings, argparse.Namespace], str]
 if TYPE_CHECKING:
     import httpx
 
-Request = Callable[..., "httpx.Response"]
 
-
-def add_store_commands(sub: Any, base_url: BaseUrl, request: Request) -> None:
+def add_commands(sub: Any) -> None:
     def command(name: str, help: str, run: Callable[..., int]) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = sub.add_parser(name, help=help)
-        parser.add_argument(
-            "--api", "--url", dest="url", help="API base URL (default: deploy.toml)"
-        )
-        parser.set_defaults(run=lambda s, a: run(s, a, base_url(s, a), request))
+        add_url_option(parser, "--api", "--url")
+        parser.set_defaults(run=run)
         return parser
 
     deploy = command("deploy", "pack a function folder and deploy it through the API", _deploy)
@@ -40,7 +36,8 @@ def add_store_commands(sub: Any, base_url: BaseUrl, request: Request) -> None:
     command("rm", "remove a function (its queued work still runs)", _remove).add_argument("name")
 
 
-def _deploy(settings: Settings, args: argparse.Namespace, base: str, request: Request) -> int:
+def _deploy(settings: Settings, args: argparse.Namespace) -> int:
+    base = base_url(settings, args)
     folder: Path = args.path
     if not folder.is_dir():
         raise ConveyorError(f"{folder}: not a folder")
@@ -56,7 +53,7 @@ def _deploy(settings: Settings, args: argparse.Namespace, base: str, request: Re
     )
     body: dict[str, Any] | None
     if response.status_code == 202:  # still going when the wait was up: follow it
-        body = _followed(request, base + response.json()["status_url"], wait)
+        body = _followed(base + response.json()["status_url"], wait)
     elif (body := _answer(response)) is None:
         return 1
     print(
@@ -66,7 +63,7 @@ def _deploy(settings: Settings, args: argparse.Namespace, base: str, request: Re
     return 0
 
 
-def _followed(request: Request, url: str, seconds: float) -> dict[str, Any]:
+def _followed(url: str, seconds: float) -> dict[str, Any]:
     """A deployment that was still running: its outcome once it has one."""
     deadline = time.monotonic() + seconds
     while True:
@@ -83,20 +80,24 @@ def _followed(request: Request, url: str, seconds: float) -> dict[str, Any]:
     return dict(body["deployment"])
 
 
-def _versions(settings: Settings, args: argparse.Namespace, base: str, request: Request) -> int:
+def _versions(settings: Settings, args: argparse.Namespace) -> int:
+    base = base_url(settings, args)
     return _show_versions(request("GET", f"{base}/functions/{args.name}/versions", timeout=10))
 
 
-def _rollback(settings: Settings, args: argparse.Namespace, base: str, request: Request) -> int:
+def _rollback(settings: Settings, args: argparse.Namespace) -> int:
+    base = base_url(settings, args)
     url = f"{base}/functions/{args.name}/rollback"
     return _show_versions(request("POST", url, json={"version": args.version}, timeout=10))
 
 
-def _unpin(settings: Settings, args: argparse.Namespace, base: str, request: Request) -> int:
+def _unpin(settings: Settings, args: argparse.Namespace) -> int:
+    base = base_url(settings, args)
     return _show_versions(request("POST", f"{base}/functions/{args.name}/unpin", timeout=10))
 
 
-def _remove(settings: Settings, args: argparse.Namespace, base: str, request: Request) -> int:
+def _remove(settings: Settings, args: argparse.Namespace) -> int:
+    base = base_url(settings, args)
     response = request("DELETE", f"{base}/functions/{args.name}", timeout=10)
     if response.status_code >= 400:
         _answer(response)

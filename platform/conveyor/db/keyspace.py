@@ -30,7 +30,7 @@ def sent_sequence(queue_list: str) -> str:
     return f"{PREFIX}:sent-seq:{queue_list}"
 
 
-def job(invocation_id: str) -> str:
+def record(invocation_id: str) -> str:
     return f"{PREFIX}:job:{invocation_id}"
 
 
@@ -54,9 +54,9 @@ def webhook_delivery(invocation_id: str, event: str) -> str:
     return f"{PREFIX}:webhook:{invocation_id}:{event}"
 
 
-# What the platform has done (see queueing/stats.py): counters and histograms per
+# What the platform has done (see metrics/db.py): counters and histograms per
 # function, 10-second buckets for the dashboard, the last finished invocations. Histograms
-# store bucket numbers: bump METRICS_FORMAT when stats.py's bucket bounds change.
+# store bucket numbers: bump METRICS_FORMAT when metrics/db.py's bucket bounds change.
 METRICS_FORMAT = 1
 _METRICS = f"{PREFIX}:metrics:{METRICS_FORMAT}"
 METRICS_INVOCATIONS = f"{_METRICS}:invocations"
@@ -73,7 +73,7 @@ def stats_bucket(start: int) -> str:
     return f"{_METRICS}:dashboard:{start}"
 
 
-# Map jobs (see queueing/maps.py): the job's hash; its items waiting to be fed (a list of
+# Map jobs (see maps/db.py): the job's hash; its items waiting to be fed (a list of
 # "[index,attempt,input]" entries); each fed chunk's items; results by index; indices in
 # the order they finished; retries waiting for their backoff; the chunks running now.
 MAP_EVENTS_CHANNEL = f"{PREFIX}:map-events"  # payload: the job id, whenever it changes
@@ -116,7 +116,7 @@ def map_idempotency(function: str, owner: str, key: str) -> str:
     return f"{PREFIX}:idempotency-map:{function}:{owner}:{key}"
 
 
-# The function store (see queueing/function_store.py): which version of each function
+# The function store (see store/db.py): which version of each function
 # serves (name -> version, '' while it has none); a function's state (serving, pinned,
 # latest, where it came from, its folder's error); its retained versions by when they were
 # deployed; a version's record (manifest, schemas, origin) and its bundle (the folder, as a
@@ -151,7 +151,7 @@ def bundle_upload(upload: str) -> str:
 
 
 def deployment(deployment_id: str) -> str:
-    """One ``PUT /functions/{name}``: its state and outcome (queueing/deployments.py)."""
+    """One ``PUT /functions/{name}``: its state and outcome (store/deployments.py)."""
     return f"{PREFIX}:deployment:{deployment_id}"
 
 

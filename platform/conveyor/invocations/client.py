@@ -1,4 +1,4 @@
-"""The queueing seam as the API and the CLI see it: submit, get, wait, cancel, depths.
+"""Invocations as the API sees them: submit, get, wait, cancel, delete, depths, workers.
 
 Async end to end on ``redis.asyncio``: a submit is one Redis transaction (record + message);
 waiting for a result is a future woken by one shared pub/sub subscription per process, so a
@@ -42,9 +42,9 @@ from conveyor.invocations.records import (
     SUBMIT,
     TRANSITION,
     WITHDRAW,
-    JobRecord,
-    JobStatus,
-    new_job_fields,
+    InvocationRecord,
+    InvocationStatus,
+    new_record_fields,
     transition_args,
 )
 from conveyor.log import get_logger
@@ -94,7 +94,7 @@ class QueueClient:
         idempotency_key: str | None = None,
         owner: str | None = None,
         webhook: str | None = None,
-    ) -> JobRecord:
+    ) -> InvocationRecord:
         """Store the record and enqueue the message in one step; then it is a promise.
 
         With ``wait``, return the record once final or after ``wait`` seconds. With an
@@ -116,7 +116,7 @@ class QueueClient:
             timeout=manifest.limits.timeout,
             soft_timeout=manifest.limits.soft_timeout,
         )
-        fields = new_job_fields(
+        fields = new_record_fields(
             inv.function,
             inv.version,
             inv.queue,
@@ -150,7 +150,7 @@ class QueueClient:
                 queue=inv.queue,
                 priority=inv.priority,
             )
-            record = JobRecord.from_hash(inv.id, fields)
+            record = InvocationRecord.from_hash(inv.id, fields)
             record = await self._until_final(record, events, wait, None)
             return replace(record, notice=notice) if notice else record
 
@@ -177,7 +177,7 @@ class QueueClient:
         with broker_errors():
             outcome = await self.scripts.call(
                 WITHDRAW,
-                job=keyspace.job(invocation_id),
+                record=keyspace.record(invocation_id),
                 in_use=keyspace.VERSIONS_IN_USE,
                 sent=keyspace.SENT,
                 sent_messages=keyspace.SENT_MESSAGES,
@@ -209,7 +209,7 @@ class QueueClient:
 
     async def _replay(
         self, function: str, key: str, first: str, digest: str, wait: float
-    ) -> JobRecord:
+    ) -> InvocationRecord:
         invocation_id, _, first_digest = first.partition(" ")
         if first_digest != digest:
             raise IdempotencyConflictError(
@@ -230,7 +230,7 @@ class QueueClient:
         """The keys and arguments of :data:`SUBMIT`: a task message, or (batching, see
         :mod:`conveyor.worker.batches`) a stream item and a drain trigger."""
         common = {
-            "job": keyspace.job(inv.id),
+            "record": keyspace.record(inv.id),
             "idempotency": idempotency,
             "version_record": keyspace.function_version(inv.function, inv.version),
             "in_use": keyspace.VERSIONS_IN_USE,
@@ -285,20 +285,20 @@ class QueueClient:
         fresh = message.replace(_TEMPLATE_ID, str(uuid.uuid4()))
         return queue_key, fresh.replace(_TEMPLATE_TAG, str(uuid.uuid4()))
 
-    async def get(self, invocation_id: str, function: str | None = None) -> JobRecord:
+    async def get(self, invocation_id: str, function: str | None = None) -> InvocationRecord:
         with broker_errors():
-            raw = await self.redis.hgetall(keyspace.job(invocation_id))
+            raw = await self.redis.hgetall(keyspace.record(invocation_id))
         if not raw or (function is not None and raw.get("function") != function):
             where = f" of function {function!r}" if function else ""
             raise InvocationNotFoundError(
                 f"no invocation {invocation_id!r}{where} (never submitted, deleted, or its"
                 " result expired)"
             )
-        return JobRecord.from_hash(invocation_id, cast(dict[str, str], raw))
+        return InvocationRecord.from_hash(invocation_id, cast(dict[str, str], raw))
 
     async def wait(
         self, invocation_id: str, timeout: float, function: str | None = None
-    ) -> JobRecord:
+    ) -> InvocationRecord:
         """The record once final, or as it stands after ``timeout`` seconds."""
         with self._waiters.watch(invocation_id) as events:
             record = await self.get(invocation_id, function)
@@ -306,24 +306,24 @@ class QueueClient:
 
     async def _until_final(
         self,
-        record: JobRecord,
-        events: asyncio.Queue[JobRecord | None],
+        record: InvocationRecord,
+        events: asyncio.Queue[InvocationRecord | None],
         timeout: float,
         function: str | None,
-    ) -> JobRecord:
-        async def read(event: JobRecord | None) -> JobRecord:
+    ) -> InvocationRecord:
+        async def read(event: InvocationRecord | None) -> InvocationRecord:
             # None: the listener reconnected and may have missed the event; read it.
             return event or await self.get(record.id, function)
 
         return await long_poll(record, lambda r: r.status.final, events, timeout, read)
 
-    async def cancel(self, invocation_id: str, function: str | None = None) -> JobRecord:
+    async def cancel(self, invocation_id: str, function: str | None = None) -> InvocationRecord:
         """Cancel a queued or running invocation; a running attempt is killed."""
         record = await self.get(invocation_id, function)
         values = transition_args(
             invocation_id,
             ACTIVE,
-            JobStatus.CANCELLED,
+            InvocationStatus.CANCELLED,
             metrics=self.settings.metrics.enabled,
             error=json.dumps({"type": "Cancelled", "message": "cancelled by request"}),
         )
@@ -335,7 +335,7 @@ class QueueClient:
             raise InvocationFinishedError(
                 f"invocation {invocation_id!r} already {previous}; nothing to cancel"
             )
-        if previous in (JobStatus.RUNNING, JobStatus.RETRYING):
+        if previous in (InvocationStatus.RUNNING, InvocationStatus.RETRYING):
             # Killing the pool process is the only way to stop arbitrary user code.
             await kill(self.celery, invocation_id)
         log.info("invocation_cancelled", function=record.function, invocation_id=invocation_id)
@@ -345,7 +345,10 @@ class QueueClient:
         """Remove a finished invocation's record and output; unfinished ones stay."""
         with broker_errors():
             outcome = await self.scripts.call(
-                DELETE, job=keyspace.job(invocation_id), function_name=function, id=invocation_id
+                DELETE,
+                record=keyspace.record(invocation_id),
+                function_name=function,
+                id=invocation_id,
             )
         if not outcome:
             raise InvocationNotFoundError(
@@ -410,7 +413,7 @@ def _digest(raw_input: Any, priority: int | None, webhook: str | None) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
-def _finished(payload: str) -> tuple[str, JobRecord]:
+def _finished(payload: str) -> tuple[str, InvocationRecord]:
     """A message on the events channel: ``<id> <record as JSON>`` of one that finished."""
     invocation_id, _, record = payload.partition(" ")
-    return invocation_id, JobRecord.from_hash(invocation_id, json.loads(record))
+    return invocation_id, InvocationRecord.from_hash(invocation_id, json.loads(record))

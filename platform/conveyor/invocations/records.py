@@ -1,4 +1,4 @@
-"""Job records: one Redis hash per invocation, changed only by atomic Lua transitions.
+"""Invocation records: one Redis hash per invocation, changed only by atomic Lua transitions.
 
 Celery reports PENDING for ids it never saw, so Conveyor keeps its own record: it makes
 unknown ids a 404, carries timings and attempts, holds the output, and expires ``ttl``
@@ -20,7 +20,7 @@ from conveyor.db.scripts import script
 from conveyor.metrics import db as stats
 
 
-class JobStatus(StrEnum):
+class InvocationStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     RETRYING = "retrying"
@@ -30,10 +30,14 @@ class JobStatus(StrEnum):
 
     @property
     def final(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+        return self in (
+            InvocationStatus.SUCCEEDED,
+            InvocationStatus.FAILED,
+            InvocationStatus.CANCELLED,
+        )
 
 
-ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RETRYING)
+ACTIVE = (InvocationStatus.QUEUED, InvocationStatus.RUNNING, InvocationStatus.RETRYING)
 
 TRANSITION = script("invocations", "transition")
 START = script("invocations", "start")
@@ -48,13 +52,13 @@ def now() -> float:
 
 
 @dataclass(frozen=True)
-class JobRecord:
+class InvocationRecord:
     """What the API answers about one invocation."""
 
     id: str
     function: str
     version: str
-    status: JobStatus
+    status: InvocationStatus
     queue: str
     priority: int
     attempts: int
@@ -71,7 +75,7 @@ class JobRecord:
     notice: str | None = None  # for this answer only, never stored: e.g. not yet replicated
 
     @classmethod
-    def from_hash(cls, invocation_id: str, raw: dict[str, str]) -> JobRecord:
+    def from_hash(cls, invocation_id: str, raw: dict[str, str]) -> InvocationRecord:
         def opt(field: str) -> float | None:
             value = raw.get(field)
             return float(value) if value else None
@@ -80,7 +84,7 @@ class JobRecord:
             id=invocation_id,
             function=raw["function"],
             version=raw["version"],
-            status=JobStatus(raw["status"]),
+            status=InvocationStatus(raw["status"]),
             queue=raw["queue"],
             priority=int(raw["priority"]),
             attempts=int(raw.get("attempts", 0)),
@@ -110,7 +114,7 @@ def webhook_view(raw: dict[str, str]) -> dict[str, Any] | None:
     return hook
 
 
-def new_job_fields(
+def new_record_fields(
     function: str,
     version: str,
     queue: str,
@@ -125,7 +129,7 @@ def new_job_fields(
     fields = {
         "function": function,
         "version": version,
-        "status": JobStatus.QUEUED,
+        "status": InvocationStatus.QUEUED,
         "queue": queue,
         "priority": str(priority),
         "attempts": "0",
@@ -174,8 +178,8 @@ _NO_REQUEUE = Requeue(queue_list="", message="", due=0.0).values() | {"retry_due
 
 def transition_args(
     invocation_id: str,
-    allowed: tuple[JobStatus, ...],
-    to: JobStatus,
+    allowed: tuple[InvocationStatus, ...],
+    to: InvocationStatus,
     *,
     metrics: bool = True,
     requeue: Requeue | None = None,
@@ -192,7 +196,7 @@ def transition_args(
         fields.setdefault("finished_at", repr(now()))
         ttl = "record"
     return {
-        "job": keyspace.job(invocation_id),
+        "record": keyspace.record(invocation_id),
         "events": keyspace.EVENTS_CHANNEL,
         "delivery": keyspace.webhook_delivery(invocation_id, "completed"),
         "due": keyspace.WEBHOOKS_DUE,
@@ -230,7 +234,7 @@ _UNCOUNTED = dict.fromkeys(
 def start_args(invocation_id: str, pid: int, *, metrics: bool = True) -> dict[str, Any]:
     """The keys and arguments of :data:`START`, by name."""
     return {
-        "job": keyspace.job(invocation_id),
+        "record": keyspace.record(invocation_id),
         "delivery": keyspace.webhook_delivery(invocation_id, "start"),
         "due": keyspace.WEBHOOKS_DUE,
         "wake": keyspace.WEBHOOKS_WAKE,

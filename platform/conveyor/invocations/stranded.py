@@ -82,7 +82,7 @@ class StrandedSweeper:
             queue_list, _, tag = _entry(invocation_id, entry)
             outcome = self.scripts.call(
                 RESCUE,
-                job=keyspace.job(invocation_id),
+                record=keyspace.record(invocation_id),
                 sent=keyspace.SENT,
                 sent_messages=keyspace.SENT_MESSAGES,
                 unacked=keyspace.KOMBU_UNACKED,

@@ -58,7 +58,9 @@ class Delivery:
     def owner_key(self) -> str:
         """The hash whose webhook status this delivery's attempts update."""
         return (
-            keyspace.map_job(self.invocation) if self.of_map_job else keyspace.job(self.invocation)
+            keyspace.map_job(self.invocation)
+            if self.of_map_job
+            else keyspace.record(self.invocation)
         )
 
 

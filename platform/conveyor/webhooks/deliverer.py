@@ -34,7 +34,7 @@ import aiohttp
 from aiohappyeyeballs import AddrInfoType
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from conveyor.invocations.records import JobRecord
+from conveyor.invocations.records import InvocationRecord
 from conveyor.log import get_logger
 from conveyor.maps.db import MapJob
 from conveyor.results import map_job_body, result_body
@@ -149,7 +149,7 @@ class Deliverer:
         if delivery.of_map_job:
             view = map_job_body(MapJob.from_hash(delivery.invocation, delivery.record))
         else:
-            view = result_body(JobRecord.from_hash(delivery.invocation, delivery.record))
+            view = result_body(InvocationRecord.from_hash(delivery.invocation, delivery.record))
         # Signed with the rest: whose invocation it was (null without keys), so a receiver
         # can tell one team's delivery from another's replayed to it.
         owner = delivery.record.get("owner") or None

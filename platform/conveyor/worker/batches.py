@@ -47,7 +47,7 @@ from conveyor.db.scripts import script
 from conveyor.errors import ConveyorError
 from conveyor.functions.loader import LoadedFunction
 from conveyor.functions.manifest import Manifest
-from conveyor.invocations.records import JobStatus, Requeue
+from conveyor.invocations.records import InvocationStatus, Requeue
 from conveyor.log import get_logger
 from conveyor.metrics import db as stats
 from conveyor.runtime.capture import Captured
@@ -260,8 +260,8 @@ class Batches:
             if isinstance(outcome, str):
                 self.executor.transition(
                     item.invocation_id,
-                    (JobStatus.RUNNING,),
-                    JobStatus.SUCCEEDED,
+                    (InvocationStatus.RUNNING,),
+                    InvocationStatus.SUCCEEDED,
                     pipe=pipe,
                     logs=logs,
                     output=outcome,
@@ -350,8 +350,8 @@ class Batches:
         for item in items:
             self.executor.transition(
                 item.invocation_id,
-                (JobStatus.RUNNING,),
-                JobStatus.FAILED,
+                (InvocationStatus.RUNNING,),
+                InvocationStatus.FAILED,
                 error=json.dumps(hard_limit_error(timeout)),
             )
         self._acknowledge(keyspace.batch_stream(batch["function"]), [i.entry_id for i in items])

@@ -24,7 +24,7 @@ from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
 from conveyor import context
 from conveyor.broker.app import HIGHEST_PRIORITY, broker_priority
-from conveyor.broker.census import Census
+from conveyor.broker.census import Heartbeats
 from conveyor.broker.messages import chunk_message, delay_message
 from conveyor.context import InvocationContext
 from conveyor.db import keyspace
@@ -386,7 +386,7 @@ class Chunks:
         at, workers = self._workers
         if time.monotonic() - at > CENSUS_EVERY:
             workers = {}
-            for beat in Census(self.redis).workers():
+            for beat in Heartbeats(self.redis).workers():
                 for queue in beat.get("queues", []):
                     workers[queue] = workers.get(queue, 0) + int(beat.get("concurrency", 1))
             self._workers = (time.monotonic(), workers)

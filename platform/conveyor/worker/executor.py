@@ -36,7 +36,7 @@ from conveyor.invocations.records import (
     PROGRESS,
     START,
     TRANSITION,
-    JobStatus,
+    InvocationStatus,
     Requeue,
     start_args,
     transition_args,
@@ -98,8 +98,8 @@ class Executor:
     def transition(
         self,
         invocation_id: str,
-        allowed: tuple[JobStatus, ...],
-        to: JobStatus,
+        allowed: tuple[InvocationStatus, ...],
+        to: InvocationStatus,
         *,
         pipe: Pipeline | None = None,
         logs: str = "",
@@ -184,8 +184,8 @@ class Executor:
         else:
             changed, previous = self.transition(
                 invocation_id,
-                (JobStatus.RUNNING,),
-                JobStatus.SUCCEEDED,
+                (InvocationStatus.RUNNING,),
+                InvocationStatus.SUCCEEDED,
                 output=output,
                 logs=logs.text,
             )
@@ -283,8 +283,8 @@ class Executor:
         same step."""
         self.transition(
             invocation_id,
-            (JobStatus.RUNNING,),
-            JobStatus.RETRYING,
+            (InvocationStatus.RUNNING,),
+            InvocationStatus.RETRYING,
             error=json.dumps(error_payload(exc, folder=folder)),
             logs=logs,
             requeue=requeue,
@@ -308,8 +308,8 @@ class Executor:
         payload = error_payload(exc, with_traceback=shown, folder=folder)
         self.transition(
             invocation_id,
-            (JobStatus.RUNNING,),
-            JobStatus.FAILED,
+            (InvocationStatus.RUNNING,),
+            InvocationStatus.FAILED,
             error=json.dumps(payload),
             logs=logs,
         )
@@ -332,7 +332,7 @@ class Executor:
             }
             try:
                 self.scripts.call(
-                    PROGRESS, job=keyspace.job(invocation_id), progress=json.dumps(progress)
+                    PROGRESS, record=keyspace.record(invocation_id), progress=json.dumps(progress)
                 )
             except redis.RedisError as exc:
                 log.warning("progress_not_saved", invocation_id=invocation_id, error=str(exc))
@@ -348,7 +348,7 @@ class Executor:
 
     def timed_out(self, invocation_id: str, timeout: float | None) -> None:
         """The pool ended the attempt at its hard limit (or found it gone by then)."""
-        pid = cast(str | None, self.redis.hget(keyspace.job(invocation_id), "pid"))
+        pid = cast(str | None, self.redis.hget(keyspace.record(invocation_id), "pid"))
         if pid and not alive(int(pid)):
             # A child that dies before the pool registers its job is only noticed here.
             error = {
@@ -358,7 +358,10 @@ class Executor:
         else:
             error = hard_limit_error(timeout)
         self.transition(
-            invocation_id, (JobStatus.RUNNING,), JobStatus.FAILED, error=json.dumps(error)
+            invocation_id,
+            (InvocationStatus.RUNNING,),
+            InvocationStatus.FAILED,
+            error=json.dumps(error),
         )
         log.warning(
             "invocation_finished", invocation_id=invocation_id, outcome="timed_out", timeout=timeout
@@ -366,7 +369,9 @@ class Executor:
 
     def worker_lost(self, invocation_id: str) -> None:
         """The child running it died; Celery requeues the message."""
-        self.transition(invocation_id, (JobStatus.RUNNING,), JobStatus.QUEUED, lost="1")
+        self.transition(
+            invocation_id, (InvocationStatus.RUNNING,), InvocationStatus.QUEUED, lost="1"
+        )
         log.warning("invocation_requeued", invocation_id=invocation_id, reason="worker_lost")
 
 

@@ -26,7 +26,7 @@ from celery.utils.log import mlevel
 from celery.worker import state
 
 from conveyor.broker.app import create_celery
-from conveyor.broker.census import Census
+from conveyor.broker.census import Heartbeats
 from conveyor.db import keyspace
 from conveyor.db.connections import sync_client
 from conveyor.functions.manifest import Manifest
@@ -163,7 +163,7 @@ class WorkerProcess:
     def _on_shutdown(self, **_: Any) -> None:
         self._stop.set()
         with contextlib.suppress(redis.RedisError):
-            Census(self._redis()).forget(self.name)
+            Heartbeats(self._redis()).forget(self.name)
 
     def _redis(self) -> redis.Redis:
         return sync_client(self.settings)
@@ -203,7 +203,7 @@ class WorkerProcess:
         """Say every ``[worker] heartbeat`` seconds what this worker serves and how busy
         it is; the key expires after three missed beats, so a dead worker drops out."""
         client = self._redis()
-        census = Census(client)
+        census = Heartbeats(client)
         interval = self.settings.worker.heartbeat
         sweeper = StrandedSweeper(client, self.settings.worker.restore_interval, self.name)
         started = last_prune = last_sweep = time.time()

@@ -29,7 +29,7 @@ from typing import Any
 
 import redis
 
-from conveyor.broker.census import AUTOSCALER, Census
+from conveyor.broker.census import AUTOSCALER, Heartbeats
 from conveyor.db.connections import sync_client
 from conveyor.errors import WorkerOptionsError
 from conveyor.log import get_logger
@@ -98,7 +98,7 @@ class Supervisor:
         self.name = f"conveyor-autoscaler-{'-'.join(self.queues)}-{os.getpid()}@{host}"
         self._serial = 0
         client = sync_client(self.settings)
-        self._census = Census(client)
+        self._census = Heartbeats(client)
         self._store = StoreReader(lambda: client)
 
     @property

@@ -3,12 +3,12 @@
 -- still queued or retrying, and the message is not on its ``queue_list``. Returns
 -- 'requeued', or why not: 'moved', 'held', 'dropped' (the copy of a finished one goes),
 -- 'listed'.
--- KEYS: job sent sent_messages unacked queue_list sent_sequence
+-- KEYS: record sent sent_messages unacked queue_list sent_sequence
 -- ARGV: id entry tag
 local entry = redis.call('HGET', K.sent, A.id)
 if entry ~= A.entry then return 'moved' end
 if redis.call('HEXISTS', K.unacked, A.tag) == 1 then return 'held' end
-local status = redis.call('HGET', K.job, 'status')
+local status = redis.call('HGET', K.record, 'status')
 if status ~= 'queued' and status ~= 'retrying' then
   redis.call('HDEL', K.sent, A.id)
   redis.call('HDEL', K.sent_messages, A.id)

@@ -5,32 +5,32 @@
 -- for, and counts its queue wait; a redelivered one counts as such (``queue_wait``,
 -- ``redeliveries``: '' when [metrics] is off). The message's sent copy (``sent``,
 -- ``sent_messages``) is dropped: it was delivered.
--- KEYS: job delivery due wake queue_wait redeliveries sent sent_messages
+-- KEYS: record delivery due wake queue_wait redeliveries sent sent_messages
 -- ARGV: now pid id
 --! include webhooks/enqueue
 --! include metrics/count
 redis.call('HDEL', K.sent, A.id)
 redis.call('HDEL', K.sent_messages, A.id)
-local status = redis.call('HGET', K.job, 'status')
+local status = redis.call('HGET', K.record, 'status')
 if not status then return {'', 0, 0} end
 if status ~= 'queued' and status ~= 'retrying' and status ~= 'running' then
   return {status, 0, 0}
 end
 local lost = 0
-if status == 'running' or redis.call('HDEL', K.job, 'lost') == 1 then lost = 1 end
-local attempts = redis.call('HINCRBY', K.job, 'attempts', 1)
-redis.call('HSET', K.job, 'status', 'running', 'started_at', A.now, 'pid', A.pid)
-local fn = redis.call('HGET', K.job, 'function')
+if status == 'running' or redis.call('HDEL', K.record, 'lost') == 1 then lost = 1 end
+local attempts = redis.call('HINCRBY', K.record, 'attempts', 1)
+redis.call('HSET', K.record, 'status', 'running', 'started_at', A.now, 'pid', A.pid)
+local fn = redis.call('HGET', K.record, 'function')
 if attempts == 1 then
-  local created = redis.call('HGET', K.job, 'created_at')
+  local created = redis.call('HGET', K.record, 'created_at')
   if created and K.queue_wait ~= '' then
     observe(K.queue_wait, fn, tonumber(A.now) - tonumber(created), SECONDS)
   end
-  if redis.call('HEXISTS', K.job, 'webhook') == 1 then
-    local flat = redis.call('HGETALL', K.job)
+  if redis.call('HEXISTS', K.record, 'webhook') == 1 then
+    local flat = redis.call('HGETALL', K.record)
     local record = {}
     for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
-    webhook('start', record, A.id, K.job, K.delivery, K.due, K.wake)
+    webhook('start', record, A.id, K.record, K.delivery, K.due, K.wake)
   end
 end
 if lost == 1 and K.redeliveries ~= '' then redis.call('HINCRBY', K.redeliveries, fn, 1) end

@@ -8,17 +8,17 @@
 -- A retry (``retry_message`` not ''): the message goes onto ``retry_list`` in the same
 -- step, with a sent copy when ``sent`` is not '' (conveyor/invocations/stranded.py), and
 -- a batch item's ``retry_member`` into the ``delayed`` set, due at ``retry_due``.
--- KEYS: job events delivery due wake invocations failures durations retries bucket recent in_use retry_list sent sent_messages sent_sequence delayed
+-- KEYS: record events delivery due wake invocations failures durations retries bucket recent in_use retry_list sent sent_messages sent_sequence delayed
 -- ARGV: allowed to ttl final id retry_message retry_tag retry_member retry_due ...fields
 --! include invocations/record
 --! include webhooks/enqueue
 --! include metrics/count
-local status = redis.call('HGET', K.job, 'status')
+local status = redis.call('HGET', K.record, 'status')
 if not status then return {0, ''} end
 if not string.find(' ' .. A.allowed .. ' ', ' ' .. status .. ' ', 1, true) then
   return {0, status}
 end
-redis.call('HSET', K.job, 'status', A.to, unpack(ARGV, A_REST))
+redis.call('HSET', K.record, 'status', A.to, unpack(ARGV, A_REST))
 -- A retry's message goes with the change to 'retrying': no record is ever left retrying
 -- without one (a worker killed between two steps would leave it so forever).
 if A.retry_message ~= '' then
@@ -31,23 +31,23 @@ if A.retry_message ~= '' then
 end
 if A.retry_member ~= '' then redis.call('ZADD', K.delayed, A.retry_due, A.retry_member) end
 local ttl = A.ttl
-if ttl == 'record' then ttl = redis.call('HGET', K.job, 'ttl') or '3600' end
+if ttl == 'record' then ttl = redis.call('HGET', K.record, 'ttl') or '3600' end
 if ttl ~= '0' then
-  redis.call('EXPIRE', K.job, ttl)
-  local idempotency = redis.call('HGET', K.job, 'idempotency_key')
+  redis.call('EXPIRE', K.record, ttl)
+  local idempotency = redis.call('HGET', K.record, 'idempotency_key')
   if idempotency then redis.call('EXPIRE', idempotency, ttl) end
 end
 if A.to == 'retrying' and K.retries ~= '' then
-  redis.call('HINCRBY', K.retries, redis.call('HGET', K.job, 'function'), 1)
+  redis.call('HINCRBY', K.retries, redis.call('HGET', K.record, 'function'), 1)
 end
 if A.final == '1' then
-  local flat = redis.call('HGETALL', K.job)
+  local flat = redis.call('HGETALL', K.record)
   local record = {}
   for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
   record.logs = nil  -- read on their own (GET .../logs), not carried to every waiter
   redis.call('PUBLISH', K.events, A.id .. ' ' .. cjson.encode(record))
   count_down(K.in_use, record['function'], record.version)
-  webhook('completed', record, A.id, K.job, K.delivery, K.due, K.wake)
+  webhook('completed', record, A.id, K.record, K.delivery, K.due, K.wake)
   if K.invocations ~= '' then
     count_finished(A.id, record, K.invocations, K.failures, K.durations, K.bucket, K.recent)
   end

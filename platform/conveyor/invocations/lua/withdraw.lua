@@ -3,13 +3,13 @@
 -- its count in use and its sent copy go; a message or stream item already delivered then
 -- finds no record and is skipped. Returns 'withdrawn', or the status that stops it (''
 -- when there is no record).
--- KEYS: job in_use sent sent_messages
+-- KEYS: record in_use sent sent_messages
 -- ARGV: id
 --! include invocations/record
-local found = redis.call('HMGET', K.job, 'status', 'idempotency_key', 'function', 'version')
+local found = redis.call('HMGET', K.record, 'status', 'idempotency_key', 'function', 'version')
 if not found[1] then return '' end
 if found[1] ~= 'queued' then return found[1] end
-redis.call('DEL', K.job)
+redis.call('DEL', K.record)
 redis.call('HDEL', K.sent, A.id)
 redis.call('HDEL', K.sent_messages, A.id)
 forget_idempotency(found[2], A.id)
