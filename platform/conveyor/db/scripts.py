@@ -151,7 +151,8 @@ class Scripts:
 
     def call(self, script: Script, *, client: Any = None, **values: Any) -> Any:
         """Run ``script`` with its keys and arguments by name; ``client``: a pipeline to
-        queue it on instead. On an asyncio client the answer is awaited by the caller."""
+        queue it on instead. On an asyncio client the caller awaits what this returns,
+        with a pipeline too (that queues it)."""
         registered = self._registered.get(script.name)
         if registered is None:
             registered = self.client.register_script(script.source)

@@ -162,7 +162,7 @@ class QueueClient:
             if not replication.wanted(self.settings):
                 return await self.scripts.call(SUBMIT, **submit), None
             async with self.redis.pipeline(transaction=False) as pipe:
-                self.scripts.call(SUBMIT, client=pipe, **submit)
+                await self.scripts.call(SUBMIT, client=pipe, **submit)  # queued on the pipe
                 (first,), confirmed = await replication.execute_async(pipe, self.settings)
         if first == 1 and confirmed is not None and confirmed < self.settings.redis.min_replicas:
             return first, await self._withdraw_unreplicated(invocation_id, confirmed)
