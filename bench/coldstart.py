@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from tests.support import Process, conveyor, wait_for
 
 HERE = Path(__file__).resolve().parent

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
 from bench.embed_inprocess import sentence
 from bench.measure import pct
 from tests.support import BIN, Process, free_port, wait_for

@@ -1,6 +1,6 @@
 """The model's own throughput in a plain process: the limits Conveyor is measured against.
 
-    python bench/embed_inprocess.py N BATCH  ->  {"rate": sentences/s}
+    python -m bench.embed_inprocess N BATCH  ->  {"rate": sentences/s}
 
 The embed function's handler, set up as a worker sets it up (one torch thread), then
 ``predict`` one sentence at a time (BATCH 1) or ``predict_batch`` in batches of BATCH.

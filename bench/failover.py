@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from tests.support import (
     ClientThreads,
     Process,

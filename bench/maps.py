@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import httpx
 import redis
+
 from bench.measure import pct, rss_mib
 
 HERE = Path(__file__).resolve().parent

@@ -1,6 +1,6 @@
 """The mlp's own batched throughput in a plain process: the baseline of a map job over it.
 
-    python bench/mlp_inprocess.py N BATCH  ->  {"rate": items/s}
+    python -m bench.mlp_inprocess N BATCH  ->  {"rate": items/s}
 
 The same inputs as the job's, validated into the handler's pydantic model, then
 ``predict_batch`` in batches of BATCH: what a user's own loop over the model would do.

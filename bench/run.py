@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+
 from bench.access import Receiver, keyed_config, make_key, webhook_load
 from bench.apicost import (
     BASELINE_REF,
@@ -50,6 +51,7 @@ from bench.maps import (
 )
 from bench.measure import pct, rss_mib
 from bench.store import fetch_latency, memory_per_version, push_deploy_times
+from conveyor.webhooks.signing import new_secret
 from tests.support import (
     BIN,
     Process,
@@ -61,8 +63,6 @@ from tests.support import (
     wait_for,
     write_settings,
 )
-
-from conveyor.webhooks.signing import new_secret
 
 HERE = Path(__file__).resolve().parent
 

@@ -1,7 +1,7 @@
 """Where the time goes under load: CPU per invocation of each process, from /proc, and
 py-spy profiles of the API and the worker's processes (issue 14).
 
-    python bench/spy.py echo|embed|embed-nobatch [N]    (`make profile` runs all three)
+    python -m bench.spy echo|embed|embed-nobatch [N]    (`make profile` runs all three)
 
 Starts the bench's platform (its own Redis, API and one worker process), warms the
 function, then runs N invocations (submit + ``GET result?wait``) from 32 (echo) or 64

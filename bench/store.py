@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 import redis
-from tests.support import Process, conveyor, wait_for
 
 from conveyor.store.bundle import pack
+from tests.support import Process, conveyor, wait_for
 
 HERE = Path(__file__).resolve().parent
 

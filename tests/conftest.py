@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import redis
 from litestar.testing import TestClient
+
 from tests.support import RedisServer, Stack
 
 

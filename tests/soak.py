@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import redis.sentinel
+
 from tests.support import (
     Process,
     RedisServer,

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Route, sync_playwright
+
 from tests.support import BIN, Stack, conveyor, copy_examples, free_port, start_api
 
 pytestmark = pytest.mark.acceptance

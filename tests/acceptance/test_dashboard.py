@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 from playwright.sync_api import ConsoleMessage, sync_playwright
+
 from tests.support import Stack, copy_examples, free_port, start_api, write_function
 
 pytestmark = pytest.mark.acceptance

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from litestar.testing import TestClient
+
 from tests.support import (
     Process,
     Stack,

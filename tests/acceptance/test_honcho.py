@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from tests.support import BIN, REPO, Process, free_port, wait_for, wait_until, write_function
 
 pytestmark = pytest.mark.acceptance

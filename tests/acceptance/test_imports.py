@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tests.support import Stack, free_port, start_api, start_worker
 
 pytestmark = pytest.mark.acceptance

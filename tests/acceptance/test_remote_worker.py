@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 from litestar.testing import TestClient
+
+from conveyor.api.app import create_app
+from conveyor.settings import load_settings
 from tests.support import (
     LOCAL,
     Process,
@@ -30,9 +33,6 @@ from tests.support import (
     write_function,
     write_settings,
 )
-
-from conveyor.api.app import create_app
-from conveyor.settings import load_settings
 
 pytestmark = pytest.mark.acceptance
 

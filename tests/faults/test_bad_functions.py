@@ -5,6 +5,7 @@ are covered in tests/integration/test_invoke.py.)"""
 from __future__ import annotations
 
 import pytest
+
 from tests.support import invoke, write_function
 
 pytestmark = pytest.mark.faults

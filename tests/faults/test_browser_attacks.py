@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+
 from tests.support import Stack, free_port, start_api, write_function
 
 pytestmark = pytest.mark.faults

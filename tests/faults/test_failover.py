@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from tests.support import (
     ClientThreads,
     Sentinels,

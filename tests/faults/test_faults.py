@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from tests.support import (
     Stack,
     free_port,

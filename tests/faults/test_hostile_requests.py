@@ -15,6 +15,7 @@ from statistics import median
 
 import httpx
 import pytest
+
 from tests.support import Stack, free_port, start_api, write_function
 
 pytestmark = pytest.mark.faults

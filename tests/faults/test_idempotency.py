@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from tests.support import result, write_function
 
 pytestmark = pytest.mark.faults

@@ -4,6 +4,7 @@ while its first attempt is alive: the worker renews its hold on the message."""
 from __future__ import annotations
 
 import pytest
+
 from tests.support import invoke, result, write_function
 
 pytestmark = pytest.mark.faults

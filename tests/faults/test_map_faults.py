@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from tests.support import Process, Stack, free_port, start_api, wait_for, write_function
 
 pytestmark = pytest.mark.faults

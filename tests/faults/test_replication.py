@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+
 from tests.support import RedisServer, Stack, invoke, result, wait_for, write_recording_function
 
 pytestmark = pytest.mark.faults

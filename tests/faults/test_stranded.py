@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+
 from tests.support import cancel, invoke, result, wait_for, write_function, write_recording_function
 
 pytestmark = pytest.mark.faults

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from tests.support import Process, Stack, conveyor, free_port, start_api, wait_for, write_function
 
 pytestmark = pytest.mark.faults

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.support import RedisServer, Stack, invoke, result, wait_for, write_function
 
 from conveyor.db.acl import acl_rules
+from tests.support import RedisServer, Stack, invoke, result, wait_for, write_function
 
 pytestmark = pytest.mark.faults
 

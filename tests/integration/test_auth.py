@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+
+from conveyor.store.bundle import pack
 from tests.support import (
     Process,
     Stack,
@@ -20,8 +22,6 @@ from tests.support import (
     wait_for,
     write_function,
 )
-
-from conveyor.store.bundle import pack
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from tests.support import Process, Stack, invoke, result, wait_for, write_function
 
 pytestmark = pytest.mark.integration

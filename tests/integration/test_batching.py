@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from litestar.testing import TestClient
+
 from tests.support import Stack, cancel, invoke, result, wait_for, write_function
 
 pytestmark = pytest.mark.integration

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+
 from tests.support import Process, conveyor, copy_examples, free_port, start_api, wait_for
 
 pytestmark = pytest.mark.integration

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from litestar.testing import TestClient
+
 from tests.support import (
     Stack,
     cancel,

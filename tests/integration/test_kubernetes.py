@@ -18,9 +18,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from tests.support import Stack, invoke, make_key, write_function
 
 from conveyor.settings import all_queues, load_settings
+from tests.support import Stack, invoke, make_key, write_function
 
 pytestmark = pytest.mark.integration
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+
 from tests.support import Stack, invoke, result, wait_for, write_function
 
 pytestmark = pytest.mark.integration

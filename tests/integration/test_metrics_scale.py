@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from tests.support import Stack, write_function
 
 from conveyor.db import keyspace
 from conveyor.db.scripts import Scripts
@@ -19,6 +18,7 @@ from conveyor.invocations.records import (
     new_record_fields,
     transition_args,
 )
+from tests.support import Stack, write_function
 
 pytestmark = pytest.mark.integration
 

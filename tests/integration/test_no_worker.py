@@ -4,6 +4,7 @@ and the function and the result say so until a worker comes."""
 from __future__ import annotations
 
 import pytest
+
 from tests.support import invoke, result, wait_until, write_function
 
 pytestmark = pytest.mark.integration

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+
 from tests.support import (
     BIN,
     Stack,

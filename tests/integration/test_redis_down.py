@@ -4,6 +4,7 @@ recovers by itself when Redis is back."""
 from __future__ import annotations
 
 import pytest
+
 from tests.support import cancel, copy_examples, invoke, until_reloaded, wait_for, write_function
 
 TOML = '[function]\nhandler = "handler:run"\n'

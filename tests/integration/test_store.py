@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from litestar.testing import TestClient
+
+from conveyor.store.bundle import pack
 from tests.support import (
     Stack,
     invoke,
@@ -22,8 +24,6 @@ from tests.support import (
     wait_until,
     write_function,
 )
-
-from conveyor.store.bundle import pack
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
+
 from tests.integration.test_webhooks import Receiver
 from tests.integration.upgrade.make_state import FUNCTIONS, SETTINGS, write_functions
 from tests.support import Process, Stack, conveyor, result, start_worker, wait_for

@@ -21,6 +21,7 @@ from aiohttp import web
 from litestar.testing import TestClient
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
+
 from tests.support import (
     Process,
     Stack,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 
 import pytest
+
 from tests.support import invoke, result, wait_for, write_function
 
 pytestmark = pytest.mark.integration

@@ -6,14 +6,13 @@ import shutil
 import textwrap
 from pathlib import Path
 
-from tests.support.processes import REPO, free_port
-
 from conveyor.errors import FunctionLoadError
 from conveyor.functions.digest import folder_digest
 from conveyor.functions.loader import LoadedFunction, load_function
 from conveyor.functions.manifest import MANIFEST_FILE, parse_manifest
 from conveyor.functions.registry import Change, FunctionEntry, Registry
 from conveyor.settings import QueueSettings
+from tests.support.processes import REPO, free_port
 
 QUEUES = {"realtime": QueueSettings(), "batch": QueueSettings(), "default": QueueSettings()}
 

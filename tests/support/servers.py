@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import redis
+
 from tests.support.processes import free_port, wait_for
 
 

@@ -15,12 +15,12 @@ from typing import Any, Self
 import httpx
 import redis
 from litestar.testing import TestClient
-from tests.support.functions import write_settings
-from tests.support.processes import Process, conveyor, start_worker, wait_for, wait_until
-from tests.support.servers import RedisServer
 
 from conveyor.api.app import create_app
 from conveyor.settings import Settings, load_settings
+from tests.support.functions import write_settings
+from tests.support.processes import Process, conveyor, start_worker, wait_for, wait_until
+from tests.support.servers import RedisServer
 
 LOCAL = (
     "http://127.0.0.1"  # the in-process app's base URL: a keyless API serves loopback names only

@@ -11,12 +11,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from tests.support import write_function
 
 from conveyor.errors import BundleError, BundleTooLargeError
 from conveyor.functions.digest import folder_digest
 from conveyor.store.bundle import pack, unpack
 from conveyor.store.cache import VersionCache
+from tests.support import write_function
 
 MANIFEST = '[function]\nhandler = "handler:run"\n'
 

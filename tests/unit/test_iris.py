@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.support import load
 
 from conveyor.runtime import Runner
+from tests.support import load
 
 pytest.importorskip("torch")
 

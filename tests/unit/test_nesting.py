@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.support import load, write_function
 
 from conveyor.errors import TooDeepError, ValidationError
 from conveyor.nesting import check_text, check_value
 from conveyor.runtime import Runner
+from tests.support import load, write_function
 
 
 @pytest.mark.parametrize(

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from litestar.routes import HTTPRoute
-from tests.support import loaded_entries, write_function, write_settings
 
 from conveyor.api.app import create_app
 from conveyor.api.openapi import Options, document
 from conveyor.api.params import QUERY
 from conveyor.settings import load_settings
+from tests.support import loaded_entries, write_function, write_settings
 
 MODELS = """
 from pydantic import BaseModel, computed_field

@@ -4,10 +4,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.support import QUEUES, importing_refresh, load, write_function
 
 from conveyor.errors import FunctionNotFoundError, FunctionUnavailableError
 from conveyor.functions.registry import Registry
+from tests.support import QUEUES, importing_refresh, load, write_function
 
 MANIFEST = '[function]\nhandler = "handler:run"\n'
 

@@ -5,12 +5,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support import QUEUES, importing_refresh, write_function
-from tests.support import load as load_folder
 
 from conveyor.errors import BatchSizeError, OutputNotSerializableError, ValidationError
 from conveyor.functions.registry import Registry
 from conveyor.runtime import Runner, encode_output, error_payload, validate_input
+from tests.support import QUEUES, importing_refresh, write_function
+from tests.support import load as load_folder
 
 
 def load(root: Path, name: str, code: str, handler: str = "handler:run", extra: str = "") -> Any:

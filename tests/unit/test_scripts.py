@@ -43,6 +43,7 @@ def test_no_lua_left_in_python() -> None:
         text = module.read_text()
         assert "redis.call(" not in text or module.name == "test_scripts.py", module
         assert "register_script(" not in text or module.name == "scripts.py", module
+        assert ".eval(" not in text and "evalsha(" not in text, module
 
 
 def test_command_orders_named_values_and_refuses_others() -> None:

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 
 import redis
+
+import conveyor
 from tests.support import (
     RedisServer,
     Stack,
@@ -29,8 +31,6 @@ from tests.support import (
     wait_for,
     write_function,
 )
-
-import conveyor
 
 HERE = Path(__file__).resolve().parent
 FUNCTIONS = {
