@@ -1,7 +1,7 @@
 """The Litestar app factory: ``create_app(settings)``.
 
 On start-up it scans the functions folder and starts inspecting it (in subprocesses: no
-user code runs here), the hot-reload watcher, the queue client's event listener (which also
+user code runs here), the hot-reload watcher, the invocation client's event listener (which also
 follows the function store: what serves is the store's, whichever API process deployed it)
 and the collection of old versions; controllers get a :class:`Platform` by dependency
 injection. ``/readyz`` answers 200 once the functions found at start are inspected and
@@ -44,7 +44,7 @@ from conveyor.functions.catalog import Catalog
 from conveyor.functions.inspector import Inspector, Limits
 from conveyor.functions.registry import Registry
 from conveyor.functions.watcher import watch_async
-from conveyor.invocations.client import QueueClient
+from conveyor.invocations.client import InvocationClient
 from conveyor.log import configure_logging, get_logger
 from conveyor.maps.db import MapStore
 from conveyor.metrics.prometheus import HttpMetrics
@@ -80,10 +80,10 @@ def app_from_environment() -> Litestar:
 
 
 def create_app(settings: Settings) -> Litestar:
-    queue = QueueClient(settings)
+    invocations = InvocationClient(settings)
     webhooks = bool(settings.webhooks.secrets)
     folder = Registry(settings.functions.dir, settings.queues)
-    store = FunctionStore(queue.redis)
+    store = FunctionStore(invocations.redis)
     served = Served(store, folder)
     inspector = Inspector(Limits.of(settings))
     deployer = Deployer(settings, store, served, folder, inspector)
@@ -93,20 +93,20 @@ def create_app(settings: Settings) -> Litestar:
         deployer=deployer,
         deploys=Deploys(
             deployer,
-            DeploymentLog(queue.redis),
+            DeploymentLog(invocations.redis),
             settings.functions.inspect_timeout + STALE_MARGIN,
         ),
-        queue=queue,
+        invocations=invocations,
         intake=WebhookIntake(Guard(tuple(settings.webhooks.allow_networks)), enabled=webhooks),
         validators=RequestValidators(webhooks=webhooks),
-        maps=MapStore(queue.redis, queue.celery),
-        map_events=Waiters(queue.subscription, keyspace.MAP_EVENTS_CHANNEL, _job_id),
-        api_keys=ApiKeyStore(queue.redis, queue.subscription)
+        maps=MapStore(invocations.redis, invocations.celery),
+        map_events=Waiters(invocations.subscription, keyspace.MAP_EVENTS_CHANNEL, _job_id),
+        api_keys=ApiKeyStore(invocations.redis, invocations.subscription)
         if settings.api.auth == "keys"
         else None,
     )
     catalog = Catalog(folder, inspector, store, deployer.on_change)
-    tasks = _follow_store(queue.subscription, served, deployer)
+    tasks = _follow_store(invocations.subscription, served, deployer)
 
     async def first_load() -> None:
         await catalog.settled()
@@ -116,7 +116,7 @@ def create_app(settings: Settings) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await catalog.refresh()  # before the first resync: it removes functions whose
-        await queue.start()  # folder this disk no longer has
+        await invocations.start()  # folder this disk no longer has
         background = [
             asyncio.create_task(first_load(), name="conveyor-first-load"),
             asyncio.create_task(deployer.collect_forever(), name="conveyor-collect"),
@@ -136,7 +136,7 @@ def create_app(settings: Settings) -> Litestar:
                 task.cancel()
             await deployer.close()
             await catalog.close()
-            await queue.close()
+            await invocations.close()
 
     http_metrics = HttpMetrics()
     middleware: list[Any] = [DefineMiddleware(BrowserGuard, settings=settings.api)]

@@ -37,7 +37,7 @@ class FunctionsController(Controller):
     async def list_functions(
         self, platform: NamedDependency[Platform], caller: NamedDependency[Caller]
     ) -> dict[str, Any]:
-        census = await platform.queue.census()
+        census = await platform.invocations.census()
         entries = [e for e in platform.functions.entries() if caller.sees(e.name)]
         return {"functions": [function_body(e, detail=False, census=census) for e in entries]}
 
@@ -54,7 +54,7 @@ class FunctionsController(Controller):
     ) -> dict[str, Any]:
         caller.require_sees(name)
         entry = platform.functions.entry(name)
-        return function_body(entry, detail=True, census=await platform.queue.census())
+        return function_body(entry, detail=True, census=await platform.invocations.census())
 
     @put(FUNCTION, summary="Deploy a function folder (admin)", request_max_body_size=None)
     async def deploy(
@@ -113,7 +113,7 @@ class FunctionsController(Controller):
         platform.validators.validate(spec, schemas, body)
         webhook = await platform.intake.accept(body["webhook"]) if "webhook" in body else None
         priority = body.get("priority")
-        record = await platform.queue.submit(
+        record = await platform.invocations.submit(
             spec,
             body["input"],
             priority=None if priority is None else int(priority),
@@ -125,7 +125,7 @@ class FunctionsController(Controller):
         if record.status.final:
             return Response(result_body(record), status_code=200)
         return Response(
-            accepted_body(record, await platform.queue.census()),
+            accepted_body(record, await platform.invocations.census()),
             status_code=202,
             headers={"Location": result_url(record)},
         )
@@ -150,13 +150,13 @@ class FunctionsController(Controller):
         caller.require_sees(name)
         seconds = wait_seconds(platform, request)
         if seconds:
-            record = await platform.queue.wait(invocation_id, seconds, function=name)
+            record = await platform.invocations.wait(invocation_id, seconds, function=name)
         else:
-            record = await platform.queue.get(invocation_id, function=name)
+            record = await platform.invocations.get(invocation_id, function=name)
         _check_handles(caller, record, Action.READ)
         if record.status.final:
             return result_body(record)
-        return result_body(record, await platform.queue.census())
+        return result_body(record, await platform.invocations.census())
 
     @get(RESULT + "/logs", summary="What an invocation printed or logged")
     async def logs(
@@ -167,7 +167,7 @@ class FunctionsController(Controller):
         invocation_id: FromPath[str],
     ) -> dict[str, Any]:
         caller.require_sees(name)
-        record = await platform.queue.get(invocation_id, function=name)
+        record = await platform.invocations.get(invocation_id, function=name)
         _check_handles(caller, record, Action.READ)
         return {
             "id": record.id,
@@ -185,8 +185,8 @@ class FunctionsController(Controller):
         invocation_id: FromPath[str],
     ) -> dict[str, Any]:
         caller.require(Action.INVOKE, name)
-        _check_handles(caller, await platform.queue.get(invocation_id, name), Action.INVOKE)
-        return result_body(await platform.queue.cancel(invocation_id, function=name))
+        _check_handles(caller, await platform.invocations.get(invocation_id, name), Action.INVOKE)
+        return result_body(await platform.invocations.cancel(invocation_id, function=name))
 
     @delete(RESULT, summary="Delete a finished invocation", status_code=204)
     async def delete_result(
@@ -197,8 +197,8 @@ class FunctionsController(Controller):
         invocation_id: FromPath[str],
     ) -> None:
         caller.require(Action.INVOKE, name)
-        _check_handles(caller, await platform.queue.get(invocation_id, name), Action.INVOKE)
-        await platform.queue.delete(invocation_id, function=name)
+        _check_handles(caller, await platform.invocations.get(invocation_id, name), Action.INVOKE)
+        await platform.invocations.delete(invocation_id, function=name)
 
 
 def _check_handles(caller: Caller, record: InvocationRecord, action: Action) -> None:
@@ -219,9 +219,9 @@ class HealthController(Controller):
 
     @get("/readyz", summary="Readiness: Redis reachable and functions loaded")
     async def readyz(self, platform: NamedDependency[Platform]) -> Response[dict[str, Any]]:
-        redis_ok = await platform.queue.ping()
+        redis_ok = await platform.invocations.ping()
         # in sync: the function store read since the subscription last (re)connected
-        synced = platform.deployer.in_sync and platform.queue.subscription.connected
+        synced = platform.deployer.in_sync and platform.invocations.subscription.connected
         loaded = platform.loaded and synced
         ready = redis_ok and loaded
         body = {

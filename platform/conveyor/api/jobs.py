@@ -104,7 +104,7 @@ class JobsController(Controller):
         except BaseException:
             await platform.maps.discard(job_id)
             raise
-        census = await platform.queue.census()
+        census = await platform.invocations.census()
         workers = census.count(fields["queue"]) if census is not None else 0
         settings = platform.settings.map
         chunks = maps.window(workers, settings.window)
@@ -299,7 +299,7 @@ async def _stop_running(platform: Platform, job_id: str) -> None:
     if not running:
         return
     for task_id in running:
-        await kill(platform.queue.celery, task_id)
+        await kill(platform.invocations.celery, task_id)
     deadline = time.monotonic() + CANCEL_LIMIT
     while await platform.maps.running(job_id) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)

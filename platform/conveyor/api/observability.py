@@ -37,7 +37,7 @@ def _streams(entries: list[FunctionEntry]) -> dict[str, str]:
 
 async def _depths(platform: Platform) -> dict[str, int]:
     entries = platform.functions.entries()
-    return await platform.queue.depths(all_queues(platform.settings), _streams(entries))
+    return await platform.invocations.depths(all_queues(platform.settings), _streams(entries))
 
 
 class ObservabilityController(Controller):
@@ -52,9 +52,9 @@ class ObservabilityController(Controller):
     ) -> Response[bytes]:
         caller.require_admin()
         entries = platform.functions.entries()
-        census = await platform.queue.census()
+        census = await platform.invocations.census()
         snap = Snapshot(
-            totals=await stats.totals(platform.queue.redis),
+            totals=await stats.totals(platform.invocations.redis),
             depths=await _depths(platform),
             workers=None if census is None else dict(census.workers),
             functions=dict(Counter(e.status for e in entries)),
@@ -66,7 +66,7 @@ class ObservabilityController(Controller):
         self, platform: NamedDependency[Platform], caller: NamedDependency[Caller]
     ) -> dict[str, Any]:
         caller.require_admin()
-        census = await platform.queue.census()
+        census = await platform.invocations.census()
         depths = await _depths(platform)
         return {
             "queues": {
@@ -83,13 +83,13 @@ class ObservabilityController(Controller):
         minutes: Minutes = 15,
     ) -> dict[str, Any]:
         entries = [e for e in platform.functions.entries() if caller.sees(e.name)]
-        census = await platform.queue.census()
+        census = await platform.invocations.census()
         depths = await _depths(platform)
-        windows = await stats.windows(platform.queue.redis, minutes)
+        windows = await stats.windows(platform.invocations.redis, minutes)
         # Only what the caller may read: a key that may invoke sees its own invocations.
         recent = [
             r
-            for r in await stats.recent(platform.queue.redis)
+            for r in await stats.recent(platform.invocations.redis)
             if caller.may_handle(r["function"], r.get("owner"), Action.READ)
         ]
         return {

@@ -8,7 +8,7 @@ from conveyor.api.deploys import Deploys
 from conveyor.api.validation import RequestValidators
 from conveyor.auth.db import ApiKeyStore
 from conveyor.db.subscription import Waiters
-from conveyor.invocations.client import QueueClient
+from conveyor.invocations.client import InvocationClient
 from conveyor.maps.db import MapStore
 from conveyor.settings import Settings
 from conveyor.store.deployer import Deployer
@@ -24,7 +24,7 @@ class Platform:
     functions: Served
     deployer: Deployer
     deploys: Deploys  # PUT /functions/{name}: accepted, then run here, outcome in Redis
-    queue: QueueClient
+    invocations: InvocationClient
     intake: WebhookIntake
     validators: RequestValidators
     maps: MapStore

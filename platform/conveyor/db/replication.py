@@ -5,7 +5,7 @@ connection*, so it is queued on the pipeline that carries the write (a pooled cl
 send a lone WAIT on another connection, which would confirm nothing). It answers how many
 replicas confirmed; fewer than ``n`` after ``[redis] replica_timeout`` is a shortfall, and
 the caller decides: the API withdraws the submit and answers 503
-(:meth:`conveyor.invocations.client.QueueClient.submit`), a worker logs it and acknowledges
+(:meth:`conveyor.invocations.client.InvocationClient.submit`), a worker logs it and acknowledges
 its message (what it wrote stays on the primary; were that lost, the message would be
 redelivered, so the invocation runs again rather than vanishing).
 

@@ -56,7 +56,7 @@ _TEMPLATE_ID = "00000000-0000-4000-8000-00000000face"
 _TEMPLATE_TAG = "00000000-0000-4000-8000-0000000000da"
 
 
-class QueueClient:
+class InvocationClient:
     """Submit invocations and read their records; one per process, shared by requests."""
 
     def __init__(self, settings: Settings) -> None:
