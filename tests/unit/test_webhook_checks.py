@@ -125,7 +125,7 @@ def test_the_deliverer_never_connects_to_a_refused_literal() -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.5)
     port = listener.getsockname()[1]
-    deliverer = Deliverer(Settings().webhooks, queue=None)  # type: ignore[arg-type]
+    deliverer = Deliverer(Settings().webhooks, queue=None, api_keys=None)  # type: ignore[arg-type]
 
     async def post(host: str) -> None:
         connector = aiohttp.TCPConnector(socket_factory=deliverer._guarded_socket)

@@ -103,6 +103,12 @@ class ApiKeyStore:
         if not revoked:
             raise ApiKeyError(f"no key named {name!r} (conveyor keys ls lists them)")
 
+    async def webhook_secret(self, key_id: str) -> str | None:
+        """The webhook signing secret of the API key with this id, if it was given one."""
+        with broker_errors():
+            found = await self.redis.hget(keyspace.API_KEY_WEBHOOK_SECRETS, key_id)
+        return None if found is None else str(found)
+
     async def find(self, key_digest: str) -> KeyRecord | None:
         """The record of the key with this digest; None for an unknown or revoked one."""
         live = self._subscription is not None and self._subscription.connected

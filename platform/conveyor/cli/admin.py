@@ -143,13 +143,14 @@ def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "secret":
         print(new_secret())
         return 0
+    from conveyor.auth.db import ApiKeyStore
     from conveyor.db.connections import pooled_client
     from conveyor.webhooks.db import WebhookQueue
     from conveyor.webhooks.deliverer import Deliverer
 
     async def run() -> None:
         client = pooled_client(settings)
-        deliverer = Deliverer(settings.webhooks, WebhookQueue(client))
+        deliverer = Deliverer(settings.webhooks, WebhookQueue(client), ApiKeyStore(client))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, deliverer.stop)

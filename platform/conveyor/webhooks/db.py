@@ -123,12 +123,6 @@ class WebhookQueue:
                 event=delivery.event,
             )
 
-    async def own_secret(self, owner: str) -> str | None:
-        """The webhook secret of the API key ``owner`` (its id), if it was given one."""
-        with broker_errors():
-            found = await self.redis.hget(keyspace.API_KEY_WEBHOOK_SECRETS, owner)
-        return None if found is None else str(found)
-
     async def postpone(self, delivery: Delivery, at: float) -> None:
         """Not attempted (its host is busy): due again at ``at``, attempts unchanged."""
         with broker_errors():

@@ -34,6 +34,7 @@ import aiohttp
 from aiohappyeyeballs import AddrInfoType
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from conveyor.auth.db import ApiKeyStore
 from conveyor.invocations.records import InvocationRecord
 from conveyor.log import get_logger
 from conveyor.maps.db import MapJob
@@ -80,9 +81,12 @@ class GuardedResolver(AbstractResolver):
 class Deliverer:
     """Delivers what is due until stopped."""
 
-    def __init__(self, settings: WebhookSettings, queue: WebhookQueue) -> None:
+    def __init__(
+        self, settings: WebhookSettings, queue: WebhookQueue, api_keys: ApiKeyStore
+    ) -> None:
         self.settings = settings
         self.queue = queue
+        self.api_keys = api_keys  # an owner's own signing secret
         self.guard = Guard(tuple(settings.allow_networks))
         self._running: set[asyncio.Task[None]] = set()
         self._per_host: Counter[str] = Counter()
@@ -156,7 +160,7 @@ class Deliverer:
         body = json.dumps(
             {**view, "event": delivery.event, "owner": owner}, separators=(",", ":")
         ).encode()
-        own = await self.queue.own_secret(owner) if owner else None
+        own = await self.api_keys.webhook_secret(owner) if owner else None
         started = time.monotonic()
         retry_after: float | None = None
         try:
