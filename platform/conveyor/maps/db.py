@@ -121,13 +121,9 @@ def settle_values(
     counted = (keyspace.METRICS_INVOCATIONS, keyspace.METRICS_FAILURES, keyspace.METRICS_DURATION)
     invocations, failures, durations = counted if metrics else ("", "", "")
     return {
-        "job": keyspace.map_job(job_id),
+        **_job_keys(job_id),
         "chunk": keyspace.map_chunk(job_id, chunk),
-        "results": keyspace.map_results(job_id),
-        "done": keyspace.map_done(job_id),
-        "retries": keyspace.map_retries(job_id),
         "active": keyspace.map_active(job_id),
-        "inputs": keyspace.map_inputs(job_id),
         "next_chunk": keyspace.map_chunk(job_id, next_chunk),
         "queue": queue_key,
         "events": keyspace.MAP_EVENTS_CHANNEL,
@@ -193,15 +189,16 @@ def result_line(index: int, compact: str | None, job_status: str) -> dict[str, A
     return line
 
 
-def _staged(job_id: str) -> list[str]:
-    """What an upload wrote before it was finished."""
-    return [
-        keyspace.map_job(job_id),
-        keyspace.map_inputs(job_id),
-        keyspace.map_retries(job_id),
-        keyspace.map_results(job_id),
-        keyspace.map_done(job_id),
-    ]
+def _job_keys(job_id: str) -> dict[str, str]:
+    """A job's own keys, by the names its scripts give them: what an upload writes before
+    it is finished, and what every script of the job reads."""
+    return {
+        "job": keyspace.map_job(job_id),
+        "inputs": keyspace.map_inputs(job_id),
+        "retries": keyspace.map_retries(job_id),
+        "results": keyspace.map_results(job_id),
+        "done": keyspace.map_done(job_id),
+    }
 
 
 class MapStore:
@@ -243,12 +240,7 @@ class MapStore:
     async def discard(self, job_id: str) -> None:
         """Forget an upload that did not finish (it was never accepted)."""
         with broker_errors():
-            await self.redis.delete(
-                keyspace.map_job(job_id),
-                keyspace.map_inputs(job_id),
-                keyspace.map_results(job_id),
-                keyspace.map_done(job_id),
-            )
+            await self.redis.delete(*_job_keys(job_id).values())
 
     async def finish_upload(
         self,
@@ -275,11 +267,7 @@ class MapStore:
             await self.redis.hset(keyspace.map_job(job_id), "total", total)
             outcome, detail = await self.scripts.call(
                 FINISH_UPLOAD,
-                job=keyspace.map_job(job_id),
-                inputs=keyspace.map_inputs(job_id),
-                retries=keyspace.map_retries(job_id),
-                results=keyspace.map_results(job_id),
-                done=keyspace.map_done(job_id),
+                **_job_keys(job_id),
                 jobs=keyspace.map_jobs(fields["function"]),
                 idempotency=idempotency,
                 events=keyspace.MAP_EVENTS_CHANNEL,
@@ -301,7 +289,7 @@ class MapStore:
             )
         if outcome == 2:
             first, _, first_digest = str(detail).partition(" ")
-            await self.redis.delete(*_staged(job_id))
+            await self.redis.delete(*_job_keys(job_id).values())
             if first_digest != digest:
                 raise IdempotencyConflictError(
                     f"Idempotency-Key was used for job {first} with another body; use a new key"
@@ -361,12 +349,8 @@ class MapStore:
         with broker_errors():
             changed, detail = await self.scripts.call(
                 CANCEL,
-                job=keyspace.map_job(job_id),
-                inputs=keyspace.map_inputs(job_id),
-                retries=keyspace.map_retries(job_id),
+                **_job_keys(job_id),
                 events=keyspace.MAP_EVENTS_CHANNEL,
-                results=keyspace.map_results(job_id),
-                done=keyspace.map_done(job_id),
                 delivery=keyspace.webhook_delivery(job_id, "completed"),
                 due=keyspace.WEBHOOKS_DUE,
                 wake=keyspace.WEBHOOKS_WAKE,
