@@ -100,7 +100,7 @@ def create_app(settings: Settings) -> Litestar:
         intake=WebhookIntake(Guard(tuple(settings.webhooks.allow_networks)), enabled=webhooks),
         validators=RequestValidators(webhooks=webhooks),
         maps=MapStore(invocations.redis, invocations.celery),
-        map_events=Waiters(invocations.subscription, keyspace.MAP_EVENTS_CHANNEL, _job_id),
+        map_events=Waiters(invocations.subscription, keyspace.MAP_EVENTS_CHANNEL, str),
         api_keys=ApiKeyStore(invocations.redis, invocations.subscription)
         if settings.api.auth == "keys"
         else None,
@@ -174,11 +174,6 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=settings.api.max_body_bytes,
         debug=False,
     )
-
-
-def _job_id(payload: str) -> tuple[str, str]:
-    """A message on the map events channel: the id of the job that changed."""
-    return payload, payload
 
 
 def _follow_store(

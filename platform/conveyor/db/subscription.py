@@ -83,16 +83,16 @@ class Subscription:
 class Waiters(Generic[T]):
     """Per-id event queues, fed by one channel of the subscription.
 
-    ``parse(payload)`` names the id a message is about and what it carries for the
-    waiters; a reconnection puts ``None`` in every queue (something may have been missed:
-    read it again).
+    A message's payload starts with the id it is about; ``parse(payload)`` is what it
+    carries for the waiters, made only when someone waits for that id. A reconnection puts
+    ``None`` in every queue (something may have been missed: read it again).
     """
 
     def __init__(
         self,
         subscription: Subscription,
         channel: str,
-        parse: Callable[[str], tuple[str, T]],
+        parse: Callable[[str], T],
     ) -> None:
         self._queues: dict[str, set[asyncio.Queue[T | None]]] = {}
         self._parse = parse
@@ -115,7 +115,7 @@ class Waiters(Generic[T]):
         key = payload.partition(" ")[0]
         waiting = self._queues.get(key)
         if waiting:
-            _, value = self._parse(payload)
+            value = self._parse(payload)
             for queue in waiting:
                 queue.put_nowait(value)
 

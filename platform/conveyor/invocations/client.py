@@ -413,7 +413,7 @@ def _digest(raw_input: Any, priority: int | None, webhook: str | None) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
-def _finished(payload: str) -> tuple[str, InvocationRecord]:
+def _finished(payload: str) -> InvocationRecord:
     """A message on the events channel: ``<id> <record as JSON>`` of one that finished."""
     invocation_id, _, record = payload.partition(" ")
-    return invocation_id, InvocationRecord.from_hash(invocation_id, json.loads(record))
+    return InvocationRecord.from_hash(invocation_id, json.loads(record))
