@@ -173,7 +173,7 @@ class Requeue:
         }
 
 
-_NO_REQUEUE = Requeue(queue_list="", message="", due=0.0).values() | {"retry_due": ""}
+_NO_REQUEUE = dict.fromkeys(Requeue(queue_list="", message="").values(), "")  # no retry
 
 
 def transition_args(
@@ -225,10 +225,7 @@ def _counted() -> dict[str, str]:
     }
 
 
-# with [metrics] enabled = false: the scripts count nothing
-_UNCOUNTED = dict.fromkeys(
-    ("invocations", "failures", "durations", "retries", "bucket", "recent"), ""
-)
+_UNCOUNTED = dict.fromkeys(_counted(), "")  # [metrics] enabled = false: nothing counted
 
 
 def start_args(invocation_id: str, pid: int, *, metrics: bool = True) -> dict[str, Any]:

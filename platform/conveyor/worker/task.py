@@ -1,9 +1,9 @@
 """The one generic Celery task, and the request hooks its supervising parent runs.
 
-One task for every function (README, "One generic task"): Celery's worker drops messages
-for task names it did not register at start-up, so a task per function could not be
-hot-added. The message carries the function name and version; ``shadow`` shows the
-function in logs.
+One task for every function (docs/ARCHITECTURE.md, "One generic task"): Celery's worker
+drops messages for task names it did not register at start-up, so a task per function
+could not be hot-added. The message carries the function name and version; ``shadow``
+shows the function in logs.
 """
 
 from __future__ import annotations
