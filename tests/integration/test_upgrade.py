@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.integration.test_webhooks import Receiver
 from tests.integration.upgrade.make_state import FUNCTIONS, SETTINGS, write_functions
-from tests.support import Process, Stack, conveyor, result, start_worker, wait_for
+from tests.support import Process, Receiver, Stack, conveyor, result, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -27,6 +27,7 @@ from tests.support.processes import (
     wait_for,
     wait_until,
 )
+from tests.support.receiver import Receiver
 from tests.support.servers import RedisServer, Sentinels
 from tests.support.stack import (
     LOCAL,
@@ -47,6 +48,7 @@ __all__ = [
     "REPO",
     "ClientThreads",
     "Process",
+    "Receiver",
     "RedisServer",
     "Sentinels",
     "Stack",
