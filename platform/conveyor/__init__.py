@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
+from conveyor.handler_types import Accept, File
+
+__all__ = ["Accept", "File"]
 __version__ = "0.1.0"

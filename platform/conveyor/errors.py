@@ -100,6 +100,25 @@ class OutputNotSerializableError(ConveyorError):
     """The handler returned something that is not JSON-serialisable."""
 
 
+class FileNotFoundInStoreError(ConveyorError):
+    """No file of that id (never uploaded, expired, or deleted)."""
+
+
+class FileTooLargeError(ConveyorError):
+    """The file is larger than the platform takes ([files] max_bytes)."""
+
+
+class FileInputError(ValidationError):
+    """A file input could not be taken: its field, and why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(
+            f"{field}: {message}", [{"field": field, "message": message, "type": "file"}]
+        )
+        self.field = field
+        self.reason = message
+
+
 class BatchSizeError(ConveyorError):
     """predict_batch returned a different number of outputs than it was given inputs."""
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from conveyor.broker.census import QueueCensus
+from conveyor.files import refs
 from conveyor.invocations.records import InvocationRecord
 from conveyor.maps.db import MapJob, eta
 
@@ -40,7 +41,15 @@ def accepted_body(record: InvocationRecord, census: KnownCensus) -> dict[str, An
     return body
 
 
-def result_body(record: InvocationRecord, census: KnownCensus = None) -> dict[str, Any]:
+def result_body(
+    record: InvocationRecord,
+    census: KnownCensus = None,
+    *,
+    base: str = "",
+    inline: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """An invocation as clients see it. An output's files are URLs on ``base`` (the API's
+    address), or the data URIs ``inline`` holds for them (``?files=data_uri``)."""
     body: dict[str, Any] = {
         "id": record.id,
         "function": record.function,
@@ -53,6 +62,9 @@ def result_body(record: InvocationRecord, census: KnownCensus = None) -> dict[st
     }
     if record.has_output:
         body["output"] = record.output
+    if record.files:
+        body["output"] = with_urls(record.output, record.files, base, inline or {})
+        body["files"] = [file_view(f, base) for f in record.files]
     if record.error is not None:
         body["error"] = record.error
     if record.started_at is not None:
@@ -68,6 +80,33 @@ def result_body(record: InvocationRecord, census: KnownCensus = None) -> dict[st
     if record.progress is not None:
         body["progress"] = {**record.progress, "updated_at": iso(record.progress["updated_at"])}
     return body
+
+
+def file_view(meta: dict[str, Any], base: str) -> dict[str, Any]:
+    """One of an output's files, as a result lists it."""
+    view = {"url": refs.file_url(base, meta["id"]), **meta}
+    if isinstance(view.get("expires_at"), (int, float)):
+        view["expires_at"] = iso(view["expires_at"])
+    return view
+
+
+def with_urls(value: Any, files: list[dict[str, Any]], base: str, inline: dict[str, str]) -> Any:
+    """``value`` (an output) with each of its files' references made a URL or a data URI."""
+    known = {f["id"] for f in files}
+
+    def visit(node: Any) -> Any:
+        if isinstance(node, str):
+            file_id = refs.ref_id(node)
+            if file_id is not None and file_id in known:
+                return inline.get(file_id) or refs.file_url(base, file_id)
+            return node
+        if isinstance(node, list):
+            return [visit(item) for item in node]
+        if isinstance(node, dict):
+            return {key: visit(item) for key, item in node.items()}
+        return node
+
+    return visit(value)
 
 
 def map_job_body(job: MapJob, now: float | None = None) -> dict[str, Any]:

@@ -143,6 +143,18 @@ class ApiSettings(_Section):
         default_factory=list,
         description="origins (https://app.example.com) whose pages may call the API",
     )
+    public_url: str = Field(
+        "",
+        description="the API's address as clients reach it (https://api.example.com): file"
+        " URLs in results are built on it; empty: the request's own base URL",
+    )
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^\s]+$", value):
+            raise ValueError(f"{value!r}: public_url is http(s)://host[:port][/path]")
+        return value.rstrip("/")
 
     @field_validator("cors_origins")
     @classmethod
@@ -230,6 +242,46 @@ class StoreSettings(_Section):
     )
 
 
+class FilesSettings(_Section):
+    store: Literal["redis", "s3"] = Field(
+        "redis", description='where file bytes live: "redis" (chunks) or "s3" (a bucket)'
+    )
+    max_bytes: int = Field(1024 * 1024 * 1024, ge=1024, description="one file, at most (1 GiB)")
+    upload_ttl: Seconds = Field(
+        24 * 3600.0, description="seconds an upload stays (while an invocation uses it: longer)"
+    )
+    allow_networks: list[str] = Field(
+        default_factory=list,
+        description="networks URL inputs may be fetched from though the SSRF guard refuses"
+        " them (loopback, private ...)",
+    )
+    fetch_timeout: Seconds = Field(30.0, le=3600, description="seconds one URL input may take")
+    sweep_interval: Seconds = Field(
+        30.0, le=3600, description="seconds between looks for expired files"
+    )
+    s3_endpoint: str = Field("", description="an S3-compatible endpoint; empty: AWS's")
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = Field("", description="empty: boto3's own chain (AWS_* ...)")
+    s3_secret_access_key: str = ""
+    bundles_above: int = Field(
+        0,
+        ge=0,
+        description='with store = "s3": function bundles larger than this go to the bucket'
+        " too (0: never), and may exceed [store] max_bundle_bytes up to max_bytes",
+    )
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
+        return value
+
+
 class QueueSettings(_Section):
     description: str = ""
     max_timeout: Seconds = Field(3600.0, description="longest hard limit a function may declare")
@@ -306,6 +358,7 @@ class Settings(BaseSettings):
     map: MapSettings = MapSettings()
     webhooks: WebhookSettings = WebhookSettings()
     store: StoreSettings = StoreSettings()
+    files: FilesSettings = FilesSettings()
     queues: dict[str, QueueSettings] = Field(
         default_factory=lambda: {"default": QueueSettings()}, min_length=1
     )

@@ -14,9 +14,9 @@ import pytest
 from standardwebhooks import Webhook
 
 from conveyor.errors import ValidationError
+from conveyor.guard import Guard, RefusedAddressError, guarded_connector
 from conveyor.settings import Settings
-from conveyor.webhooks.deliverer import Deliverer, _retry_after
-from conveyor.webhooks.guard import Guard, RefusedAddressError
+from conveyor.webhooks.deliverer import _retry_after
 from conveyor.webhooks.intake import WebhookIntake
 from conveyor.webhooks.signing import headers, new_secret
 
@@ -119,16 +119,15 @@ def test_every_spelling_of_an_address_is_judged_as_the_socket_reads_it(host: str
     Guard(("127.0.0.0/8",)).check_connect(host)
 
 
-def test_the_deliverer_never_connects_to_a_refused_literal() -> None:
+def test_the_guarded_connector_never_connects_to_a_refused_literal() -> None:
     """aiohttp connects to ``http://2130706433:PORT/`` without asking any resolver; the
-    guarded socket factory refuses it before a connection is made."""
+    guarded socket factory (webhooks and URL inputs) refuses it before a connection."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.5)
     port = listener.getsockname()[1]
-    deliverer = Deliverer(Settings().webhooks, queue=None, api_keys=None)  # type: ignore[arg-type]
 
     async def post(host: str) -> None:
-        connector = aiohttp.TCPConnector(socket_factory=deliverer._guarded_socket)
+        connector = guarded_connector(Guard())
         async with aiohttp.ClientSession(connector=connector) as session:
             await session.post(f"http://{host}:{port}/hook", data=b"{}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -25,6 +26,7 @@ from conveyor.api.browser import BrowserGuard
 from conveyor.api.controllers import FunctionsController, HealthController
 from conveyor.api.deploys import STALE_MARGIN, Deploys
 from conveyor.api.docs import assets, docs_page
+from conveyor.api.files import FilesController
 from conveyor.api.jobs import JobsController
 from conveyor.api.observability import ObservabilityController
 from conveyor.api.observability import assets as dashboard_assets
@@ -37,13 +39,17 @@ from conveyor.api.versions import VersionsController
 from conveyor.auth.caller import Caller
 from conveyor.auth.db import ApiKeyStore
 from conveyor.db import keyspace
+from conveyor.db.connections import sync_client
 from conveyor.db.subscription import Subscription, Waiters
 from conveyor.environment import blank_environ_block
 from conveyor.errors import BrokerUnavailableError
+from conveyor.files.intake import FileIntake
+from conveyor.files.store import FileStore
 from conveyor.functions.catalog import Catalog
 from conveyor.functions.inspector import Inspector, Limits
 from conveyor.functions.registry import Registry
 from conveyor.functions.watcher import watch_async
+from conveyor.guard import Guard
 from conveyor.invocations.client import InvocationClient
 from conveyor.log import configure_logging, get_logger
 from conveyor.maps.db import MapStore
@@ -53,7 +59,6 @@ from conveyor.store.db import FunctionStore
 from conveyor.store.deployer import Deployer
 from conveyor.store.deployments import DeploymentLog
 from conveyor.store.served import Served
-from conveyor.webhooks.guard import Guard
 from conveyor.webhooks.intake import WebhookIntake
 
 log = get_logger(__name__)
@@ -101,6 +106,7 @@ def create_app(settings: Settings) -> Litestar:
         validators=RequestValidators(webhooks=webhooks),
         maps=MapStore(invocations.redis, invocations.celery),
         map_events=Waiters(invocations.subscription, keyspace.MAP_EVENTS_CHANNEL, str),
+        files=FileIntake(settings.files, FileStore(settings.files, sync_client(settings))),
         api_keys=ApiKeyStore(invocations.redis, invocations.subscription)
         if settings.api.auth == "keys"
         else None,
@@ -120,6 +126,9 @@ def create_app(settings: Settings) -> Litestar:
         background = [
             asyncio.create_task(first_load(), name="conveyor-first-load"),
             asyncio.create_task(deployer.collect_forever(), name="conveyor-collect"),
+            asyncio.create_task(
+                _sweep_files(platform.files.store, settings), name="conveyor-sweep"
+            ),
         ]
         if settings.functions.watch:
             watch = watch_async(settings.functions.dir, catalog.refresh)
@@ -135,6 +144,7 @@ def create_app(settings: Settings) -> Litestar:
             for task in list(tasks):
                 task.cancel()
             await deployer.close()
+            await platform.files.close()
             await catalog.close()
             await invocations.close()
 
@@ -150,6 +160,7 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[
             FunctionsController,
+            FilesController,
             HealthController,
             ObservabilityController,
             JobsController,
@@ -174,6 +185,20 @@ def create_app(settings: Settings) -> Litestar:
         request_max_body_size=settings.api.max_body_bytes,
         debug=False,
     )
+
+
+async def _sweep_files(store: FileStore, settings: Settings) -> None:
+    """Remove expired files that nothing holds, every ``[files] sweep_interval`` seconds
+    (one API process at a time)."""
+    interval = settings.files.sweep_interval
+    me = uuid.uuid4().hex
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if await asyncio.to_thread(store.index.lock_sweep, me, interval):
+                await asyncio.to_thread(store.sweep)
+        except Exception as exc:  # Redis away: next round
+            log.warning("file_sweep_failed", error=str(exc))
 
 
 def _follow_store(

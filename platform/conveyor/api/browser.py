@@ -12,7 +12,10 @@ page reaches it through the developer's own browser. So, in that mode:
 
 In every mode a POST, PUT or DELETE that carries a body must say it is JSON, NDJSON or a
 zip (each route then takes exactly its own): a page's ``fetch`` with a ``text/plain`` or
-``Blob`` body (a CORS "simple" request, sent without a preflight) is a ``415``. And every
+``Blob`` body (a CORS "simple" request, sent without a preflight) is a ``415``. Files are
+the exceptions, and only they: ``POST /files`` takes any type (a file is what it is) and
+an invoke takes ``multipart/form-data``; a page still cannot send them cross-site (the
+checks above without keys; with keys, it has no key to send without a preflight). And every
 response says ``X-Content-Type-Options: nosniff``; pages add a ``Content-Security-Policy``
 without inline script, ``X-Frame-Options: DENY`` and ``Referrer-Policy: no-referrer``.
 
@@ -84,7 +87,7 @@ class BrowserGuard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        refusal = self.refusal(scope["method"], headers)
+        refusal = self.refusal(scope["method"], headers, scope["path"])
         if refusal is not None:
             await _problem(send, scope["path"], *refusal)
             return
@@ -100,7 +103,9 @@ class BrowserGuard:
 
         await self.app(scope, receive, secured)
 
-    def refusal(self, method: str, headers: dict[bytes, bytes]) -> tuple[int, str, str] | None:
+    def refusal(
+        self, method: str, headers: dict[bytes, bytes], path: str = ""
+    ) -> tuple[int, str, str] | None:
         """(status, problem slug, detail) for a request to refuse, or None."""
         if self.keyless:
             host = headers.get(b"host", b"").decode("latin-1")
@@ -116,7 +121,7 @@ class BrowserGuard:
                 return 403, "cross-site-request", why
         if method in WITH_BODY and _has_body(headers):
             media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-            if media not in BODY_MEDIA:
+            if media not in BODY_MEDIA and not _file_body(method, path, media):
                 shown = media.decode("latin-1") or "nothing"
                 return (
                     415,
@@ -149,6 +154,15 @@ class BrowserGuard:
                     " list that origin in [api] cors_origins if you mean it to call this API"
                 )
         return None
+
+
+def _file_body(method: str, path: str, media: bytes) -> bool:
+    """An upload (any type) or an invoke with its files as parts."""
+    if method != "POST":
+        return False
+    if path.rstrip("/") == "/files":
+        return True
+    return media == b"multipart/form-data" and path.endswith("/invoke")
 
 
 def _has_body(headers: dict[bytes, bytes]) -> bool:

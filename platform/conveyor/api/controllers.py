@@ -8,11 +8,15 @@ from typing import Any
 
 from litestar import Controller, HttpMethod, Request, Response, delete, get, post, put, route
 from litestar.di import NamedDependency
+from litestar.exceptions import ClientException
 from litestar.params import FromPath
 
 from conveyor.api.deploys import deploy
+from conveyor.api.files import base_url, discard, inline_files, own_hosts
+from conveyor.api.multipart import is_multipart, read_form
 from conveyor.api.params import (
     idempotency_key,
+    limited_body,
     parse_json,
     takes,
     version_param,
@@ -22,6 +26,8 @@ from conveyor.api.schemas import function_body
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
+from conveyor.functions.loader import FunctionSchemas
+from conveyor.functions.registry import FunctionSpec
 from conveyor.invocations.records import InvocationRecord
 from conveyor.results import accepted_body, result_body, result_url
 
@@ -84,6 +90,7 @@ class FunctionsController(Controller):
         summary="Invoke a function",
         status_code=202,
         opt=takes("wait", "version"),
+        request_max_body_size=None,  # JSON: [api] max_body_bytes (limited_body); files: streamed
     )
     async def invoke(
         self,
@@ -102,28 +109,31 @@ class FunctionsController(Controller):
             spec, schemas = await platform.functions.version(name, version)
         seconds = wait_seconds(platform, request)
         key = idempotency_key(request)
-        body = parse_json(
-            await request.body(),
-            request.headers.get("content-type", ""),
-            spec.manifest.limits.max_input_bytes,
-            platform.settings.api.max_json_depth,
-        )
-        if isinstance(body, dict) and "webhook" in body:
-            platform.intake.require_enabled()  # a clearer answer than "not allowed here"
-        platform.validators.validate(spec, schemas, body)
-        webhook = await platform.intake.accept(body["webhook"]) if "webhook" in body else None
-        priority = body.get("priority")
-        record = await platform.invocations.submit(
-            spec,
-            body["input"],
-            priority=None if priority is None else int(priority),
-            wait=seconds,
-            idempotency_key=key,
-            owner=caller.owner,
-            webhook=webhook,
-        )
+        content_type = request.headers.get("content-type", "")
+        limit, depth = spec.manifest.limits.max_input_bytes, platform.settings.api.max_json_depth
+        form = None
+        if is_multipart(content_type):
+            form = await read_form(
+                request.stream(),
+                content_type,
+                platform.files,
+                owner=caller.owner,
+                limit=limit,
+                depth=depth,
+            )
+            body: Any = form.body
+        else:
+            text = await limited_body(request, platform.settings.api.max_body_bytes)
+            body = parse_json(text, content_type, limit, depth)
+        try:
+            record = await _submit(platform, caller, request, spec, schemas, body, seconds, key)
+        except BaseException:
+            if form is not None:
+                await discard(platform, form.files)
+            raise
+        base = base_url(platform, request)
         if record.status.final:
-            return Response(result_body(record), status_code=200)
+            return Response(result_body(record, base=base), status_code=200)
         return Response(
             accepted_body(record, await platform.invocations.census()),
             status_code=202,
@@ -138,7 +148,7 @@ class FunctionsController(Controller):
     async def allow_result_methods(self) -> Response[None]:
         return Response(None, status_code=204, headers={"Allow": "DELETE, GET, OPTIONS"})
 
-    @get(RESULT, summary="An invocation's result", opt=takes("wait"))
+    @get(RESULT, summary="An invocation's result", opt=takes("wait", "files"))
     async def result(
         self,
         platform: NamedDependency[Platform],
@@ -154,9 +164,11 @@ class FunctionsController(Controller):
         else:
             record = await platform.invocations.get(invocation_id, function=name)
         _check_handles(caller, record, Action.READ)
+        base = base_url(platform, request)
+        inline = await inline_files(platform, record.files or []) if _inline(request) else None
         if record.status.final:
-            return result_body(record)
-        return result_body(record, await platform.invocations.census())
+            return result_body(record, base=base, inline=inline)
+        return result_body(record, await platform.invocations.census(), base=base)
 
     @get(RESULT + "/logs", summary="What an invocation printed or logged")
     async def logs(
@@ -199,6 +211,50 @@ class FunctionsController(Controller):
         caller.require(Action.INVOKE, name)
         _check_handles(caller, await platform.invocations.get(invocation_id, name), Action.INVOKE)
         await platform.invocations.delete(invocation_id, function=name)
+
+
+async def _submit(  # noqa: PLR0917
+    platform: Platform,
+    caller: Caller,
+    request: Request[Any, Any, Any],
+    spec: FunctionSpec,
+    schemas: FunctionSchemas,
+    body: Any,
+    seconds: float,
+    key: str | None,
+) -> InvocationRecord:
+    """Validate ``body``, take its files (URLs fetched, data URIs stored, uploads checked)
+    and submit it."""
+    if isinstance(body, dict) and "webhook" in body:
+        platform.intake.require_enabled()  # a clearer answer than "not allowed here"
+    platform.validators.validate(spec, schemas, body)
+    webhook = await platform.intake.accept(body["webhook"]) if "webhook" in body else None
+    value, files = await platform.files.resolve(
+        schemas,
+        body["input"],
+        owner=caller.owner,
+        owns=caller.owns,
+        own_hosts=own_hosts(platform, request),
+    )
+    priority = body.get("priority")
+    return await platform.invocations.submit(
+        spec,
+        value,
+        priority=None if priority is None else int(priority),
+        wait=seconds,
+        idempotency_key=key,
+        owner=caller.owner,
+        webhook=webhook,
+        files=files,
+    )
+
+
+def _inline(request: Request[Any, Any, Any]) -> bool:
+    """``?files=url`` (the default) or ``?files=data_uri``."""
+    given = request.query_params.getall("files", [])
+    if given not in ([], ["url"], ["data_uri"]):
+        raise ClientException(f"files is url or data_uri, given once; got {given}")
+    return given == ["data_uri"]
 
 
 def _check_handles(caller: Caller, record: InvocationRecord, action: Action) -> None:

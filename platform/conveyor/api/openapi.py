@@ -169,7 +169,10 @@ def _paths(max_wait: float) -> dict[str, Any]:
         },
         "/functions/{name}/results/{invocation_id}": {
             "get": _result_op(
-                "get_result", "An invocation's result", [name, invocation, wait], "Result"
+                "get_result",
+                "An invocation's result",
+                [name, invocation, wait, _files_param()],
+                "Result",
             ),
             "delete": _delete_op("delete_result", [name, invocation]),
         },
@@ -301,6 +304,18 @@ def _paths(max_wait: float) -> dict[str, Any]:
                 tags=["observability"],
             )
         },
+        "/files": {"post": _upload_op()},
+        "/files/{file_id}": {
+            "get": _read_file_op(),
+            "delete": _op(
+                "delete_file",
+                "Delete a file",
+                params=[_file_param()],
+                problems=[404, 503],
+                status=204,
+                tags=["files"],
+            ),
+        },
         "/healthz": {"get": _op("healthz", "Liveness", ok=ref("Health"), tags=["health"])},
         "/readyz": {
             "get": {
@@ -398,9 +413,19 @@ def _invoke_op(name: str, description: str, max_wait: float) -> dict[str, Any]:
         tags=[name],
     )
     op["description"] = description
+    form = {
+        "type": "object",
+        "required": ["input"],
+        "properties": {"input": {"type": "string", "description": "the JSON input"}},
+        "additionalProperties": BINARY,
+        "description": "the input as a part, and one part per file field, named by the field",
+    }
     op["requestBody"] = {
         "required": True,
-        "content": {"application/json": {"schema": ref(f"{name}.InvokeRequest")}},
+        "content": {
+            "application/json": {"schema": ref(f"{name}.InvokeRequest")},
+            "multipart/form-data": {"schema": form},
+        },
     }
     op["responses"]["200"]["description"] = "finished within ?wait"
     by_id = {"name": "$response.body#/function", "invocation_id": "$response.body#/id"}
@@ -475,6 +500,53 @@ def _map_op(name: dict[str, Any]) -> dict[str, Any]:
         "headers": {"Location": {"description": "the job's URL", "schema": {"type": "string"}}},
     }
     return op
+
+
+def _file_param() -> dict[str, Any]:
+    return _param("file_id", "path", {"type": "string", "pattern": "^[0-9a-f]{32}$"})
+
+
+BINARY = {"type": "string", "format": "binary"}
+
+
+def _upload_op() -> dict[str, Any]:
+    filename = _param("filename", "query", {"type": "string"}, "the file's name, kept with it")
+    op = _op(
+        "upload_file",
+        "Upload a file (the raw body, any type): an input field may then hold its url",
+        ok=ref("FileInfo"),
+        params=[filename],
+        problems=[413, 503],
+        status=201,
+        tags=["files"],
+    )
+    op["requestBody"] = {"required": True, "content": {"*/*": {"schema": BINARY}}}
+    return op
+
+
+def _read_file_op() -> dict[str, Any]:
+    ranges = _param("Range", "header", {"type": "string"}, "one range: bytes=0-1023")
+    op = _op(
+        "read_file",
+        "Read a file (its bytes, with its type, ETag and name)",
+        params=[_file_param(), ranges],
+        problems=[400, 404, 503],
+        tags=["files"],
+    )
+    binary = {"content": {"*/*": {"schema": BINARY}}}
+    op["responses"]["200"] = {"description": "the file", **binary}
+    op["responses"]["206"] = {"description": "the range asked for", **binary}
+    op["responses"]["416"] = {"description": "the range is outside the file"}
+    return op
+
+
+def _files_param() -> dict[str, Any]:
+    return _param(
+        "files",
+        "query",
+        {"type": "string", "enum": ["url", "data_uri"]},
+        "output files as URLs (the default), or inline as data URIs up to 256 KiB",
+    )
 
 
 def _delete_op(op_id: str, params: list[dict[str, Any]]) -> dict[str, Any]:
@@ -612,7 +684,7 @@ def _add_function(
     typed["properties"]["output"] = sides["Output"]
     typed.pop("description", None)
     add("Result", typed)
-    params = [_invocation_param(), _wait_param(max_wait)]
+    params = [_invocation_param(), _wait_param(max_wait), _files_param()]
     result = _result_op(f"get_{name}_result", f"A result of {name}", params, f"{name}.Result")
     # This path shadows the generic one for this function, so it says DELETE too.
     remove = _delete_op(f"delete_{name}_result", [_invocation_param()])

@@ -21,6 +21,23 @@ _NUMBER = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$")  # as 
 _VERSION = re.compile(VERSION_PATTERN)
 
 
+async def limited_body(request: Request[Any, Any, Any], limit: int) -> bytes:
+    """The body, refused with 413 past ``limit`` bytes (Content-Length, or as it streams)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise HTTPException(status_code=413, detail=_too_large(limit))
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(status_code=413, detail=_too_large(limit))
+    return bytes(body)
+
+
+def _too_large(limit: int) -> str:
+    return f"the body is over {limit} bytes ([api] max_body_bytes); send files as files"
+
+
 def parse_json(body: bytes, content_type: str, limit: int, depth: int) -> Any:
     """A JSON body of at most ``limit`` bytes and ``depth`` levels of nesting."""
     media = content_type.split(";", maxsplit=1)[0].strip().lower()

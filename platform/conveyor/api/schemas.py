@@ -53,6 +53,18 @@ class WebhookState(BaseModel):
     last_error: str | Absent = None
 
 
+class FileInfo(BaseModel):
+    """A stored file: an upload, or a file an invocation returned."""
+
+    id: str
+    url: str = Field(description="where GET reads it (Range too); an input field may hold it")
+    size: int = Field(ge=0)
+    sha256: str
+    content_type: str
+    filename: str | None = None
+    expires_at: datetime | None = None
+
+
 class Result(BaseModel):
     """An invocation: its status, timings and, once finished, its output or error."""
 
@@ -72,6 +84,9 @@ class Result(BaseModel):
     warning: str | Absent = None
     webhook: WebhookState | Absent = None
     progress: Progress | Absent = Field(None, description="what the handler last reported")
+    files: list[FileInfo] | Absent = Field(
+        None, description="the files the output holds (as their URLs, or ?files=data_uri)"
+    )
 
 
 class Batching(BaseModel):
@@ -325,6 +340,7 @@ class Readiness(BaseModel):
 
 DOCUMENTED: list[type[BaseModel]] = [
     Accepted,
+    FileInfo,
     Result,
     FunctionList,
     FunctionDetail,

@@ -8,6 +8,7 @@ from conveyor.api.deploys import Deploys
 from conveyor.api.validation import RequestValidators
 from conveyor.auth.db import ApiKeyStore
 from conveyor.db.subscription import Waiters
+from conveyor.files.intake import FileIntake
 from conveyor.invocations.client import InvocationClient
 from conveyor.maps.db import MapStore
 from conveyor.settings import Settings
@@ -29,5 +30,6 @@ class Platform:
     validators: RequestValidators
     maps: MapStore
     map_events: Waiters[str]  # a map job changed (the payload is its id)
+    files: FileIntake  # uploads, and the file fields of inputs
     api_keys: ApiKeyStore | None = None  # None: [api] auth = "none"
     loaded: bool = False  # the functions found at start have been inspected

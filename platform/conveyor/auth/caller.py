@@ -38,6 +38,10 @@ class Caller:
             return True
         return own and self.can(Action.INVOKE, function)
 
+    def owns(self, owner: str | None) -> bool:
+        """A file (or anything else owned by a key): the caller's own, or an admin's look."""
+        return self.key is None or self.key.admin or owner == self.key.id
+
     def require(self, action: Action, function: str) -> None:
         if not self.can(action, function):
             raise self.denied(f"{action}:{function}")

@@ -48,6 +48,11 @@ READ_WRITE = [
     f"{P}:batch-run:*",
     f"{P}:idempotency:*",
     f"{P}:idempotency-map:*",
+    # files: inputs read, outputs written (their records, bytes, holders, expiry)
+    f"{P}:file:*",
+    f"{P}:file-data:*",
+    f"{P}:file-holders:*",
+    f"{P}:files:*",
     # kombu's Redis transport
     keyspace.KOMBU_UNACKED,
     keyspace.KOMBU_UNACKED_INDEX,

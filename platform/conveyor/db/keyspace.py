@@ -201,3 +201,23 @@ def batch_delayed(function: str) -> str:
 
 def batch_run(task_id: str) -> str:
     return f"{PREFIX}:batch-run:{task_id}"
+
+
+# Files (conveyor/files): each file's record (a hash), its bytes when [files] store is
+# "redis" (a list of chunks), who holds it (invocations and map jobs that use it: "job:<id>",
+# "map:<id>"), and one sorted set of every file by when it expires, which the API's sweeper
+# reads; a lock so one API process sweeps at a time.
+FILES_EXPIRY = f"{PREFIX}:files:expiry"
+FILES_SWEEP_LOCK = f"{PREFIX}:files:sweep-lock"
+
+
+def file(file_id: str) -> str:
+    return f"{PREFIX}:file:{file_id}"
+
+
+def file_data(file_id: str) -> str:
+    return f"{PREFIX}:file-data:{file_id}"
+
+
+def file_holders(file_id: str) -> str:
+    return f"{PREFIX}:file-holders:{file_id}"

@@ -28,6 +28,7 @@ from pydantic import TypeAdapter
 
 from conveyor.errors import FunctionLoadError
 from conveyor.functions.manifest import Manifest
+from conveyor.handler_types import mark_paths
 
 PACKAGE_ROOT = "conveyor_fn"
 DEFS_REF = "#/$defs/"
@@ -116,7 +117,9 @@ class LoadedFunction:
         if note is not None:
             out = {**out, "description": f"the return annotation is {note}"}
         return FunctionSchemas(
-            dict(mapping[("input", "validation")]), dict(out), dict(defs.get("$defs", {}))
+            mark_paths(dict(mapping[("input", "validation")])),
+            mark_paths(dict(out)),
+            mark_paths(dict(defs.get("$defs", {}))),
         )
 
 

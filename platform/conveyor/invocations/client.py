@@ -13,7 +13,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
@@ -35,6 +35,7 @@ from conveyor.errors import (
     NotReplicatedError,
     VersionNotFoundError,
 )
+from conveyor.files.db import hold
 from conveyor.functions.registry import FunctionSpec
 from conveyor.invocations.records import (
     ACTIVE,
@@ -94,6 +95,7 @@ class InvocationClient:
         idempotency_key: str | None = None,
         owner: str | None = None,
         webhook: str | None = None,
+        files: Sequence[str] = (),
     ) -> InvocationRecord:
         """Store the record and enqueue the message in one step; then it is a promise.
 
@@ -103,7 +105,8 @@ class InvocationClient:
         nothing runs again; if that first use had another input, priority or webhook,
         :class:`IdempotencyConflictError` is raised. ``webhook`` (JSON ``{"url",
         "events"}``) is stored with the record: the scripts that start and finish the
-        invocation queue its deliveries.
+        invocation queue its deliveries. ``files``: the ids of the files its input refers
+        to, held (kept past their expiry) until it ends.
         """
         manifest = spec.manifest
         inv = Invocation(
@@ -130,6 +133,9 @@ class InvocationClient:
             idempotency = keyspace.idempotency(spec.name, owner or "", idempotency_key)
             fields["idempotency_key"] = idempotency
         digest = _digest(raw_input, priority, webhook) if idempotency else ""
+        if files:  # before the record exists: a sweep never sees it without its holds
+            with broker_errors():
+                await hold(self.redis, files, f"job:{inv.id}")
         # Watch before the message exists, so even an instant result is not missed.
         with self._waiters.watch(inv.id) as events:
             submit = self._submit_values(spec, inv, fields, idempotency, digest)

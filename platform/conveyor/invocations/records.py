@@ -72,6 +72,7 @@ class InvocationRecord:
     webhook: dict[str, Any] | None = None  # {"url", "events", "status"?, "attempts"?, ...}
     progress: dict[str, Any] | None = None  # {"fraction", "message", "updated_at"}
     logs: str | None = None  # what the last attempt printed or logged
+    files: list[dict[str, Any]] | None = None  # the output's files: id, size, sha256 ...
     notice: str | None = None  # for this answer only, never stored: e.g. not yet replicated
 
     @classmethod
@@ -98,6 +99,7 @@ class InvocationRecord:
             webhook=webhook_view(raw),
             progress=json.loads(raw["progress"]) if "progress" in raw else None,
             logs=raw.get("logs"),
+            files=json.loads(raw["files"]) if raw.get("files") else None,
         )
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from conveyor.errors import (
     BatchSizeError,
@@ -18,6 +18,16 @@ from conveyor.runtime.encoding import encode_output
 from conveyor.runtime.validation import validate_input
 
 log = get_logger(__name__)
+
+
+class FileBridge(Protocol):
+    """How one invocation's files reach the handler and leave it (the worker's files)."""
+
+    def inputs(self, fn: LoadedFunction, raw: Any) -> Any:
+        """``raw`` with each file reference a local file (a ``conveyor.File``)."""
+
+    def outputs(self, output: Any) -> Any:
+        """``output`` with each ``Path`` in it stored and replaced by its reference."""
 
 
 class Runner:
@@ -54,36 +64,43 @@ class Runner:
             return fn.handler  # type: ignore[no-any-return]
         return self.instance(fn).predict  # type: ignore[no-any-return]
 
-    def run(self, fn: LoadedFunction, raw_input: Any) -> str:
-        """Validate, call and encode: the invocation's output as JSON."""
+    def run(self, fn: LoadedFunction, raw_input: Any, files: FileBridge | None = None) -> str:
+        """Validate, call and encode: the invocation's output as JSON. With ``files``, file
+        inputs are fetched before and file outputs stored after."""
+        if files is not None:
+            raw_input = files.inputs(fn, raw_input)
         value = validate_input(fn, raw_input, self.max_depth)
-        return encode_output(self.prepare(fn)(value))
+        output = self.prepare(fn)(value)
+        return encode_output(output if files is None else files.outputs(output))
 
     def run_batch(
         self,
         fn: LoadedFunction,
         raw_inputs: list[Any],
         propagate: tuple[type[BaseException], ...] = (),
+        files: Sequence[FileBridge] | None = None,
     ) -> list[str | Exception]:
         """One outcome per input, in order: its output as JSON, or why it failed.
 
         An input that fails validation fails alone. If ``predict_batch`` raises, each item
         is retried on its own so that only the items that raise fail; exceptions listed in
         ``propagate`` (a time limit) end the whole batch instead. ``predict_batch`` may
-        also return an exception instance in place of one item's output.
+        also return an exception instance in place of one item's output. ``files``: one
+        bridge per input (see :meth:`run`).
         """
         outcomes: list[str | Exception] = [Exception("not run")] * len(raw_inputs)
         valid: list[tuple[int, Any]] = []
         for i, raw in enumerate(raw_inputs):
             try:
-                valid.append((i, validate_input(fn, raw, self.max_depth)))
-            except ValidationError as exc:
+                given = raw if files is None else files[i].inputs(fn, raw)
+                valid.append((i, validate_input(fn, given, self.max_depth)))
+            except (ValidationError, OSError) as exc:
                 outcomes[i] = exc
         if valid:
             predict_batch = self.instance(fn).predict_batch
             values = [value for _, value in valid]
             for (i, _), outcome in zip(valid, _call(predict_batch, values, propagate), strict=True):
-                outcomes[i] = outcome
+                outcomes[i] = _stored(None if files is None else files[i], outcome)
         return outcomes
 
 
@@ -91,7 +108,7 @@ def _call(
     predict_batch: Callable[[list[Any]], Any],
     values: list[Any],
     propagate: tuple[type[BaseException], ...],
-) -> list[str | Exception]:
+) -> list[_Raw | Exception]:
     try:
         outputs = list(predict_batch(values))
     except propagate:
@@ -105,13 +122,20 @@ def _call(
             f"predict_batch returned {len(outputs)} outputs for {len(values)} inputs"
         )
         return [wrong] * len(values)
-    return [_encode(output) for output in outputs]
+    return [output if isinstance(output, Exception) else _Raw(output) for output in outputs]
 
 
-def _encode(output: Any) -> str | Exception:
-    if isinstance(output, Exception):
-        return output
+class _Raw:
+    """One item's output, encoded once its files are stored (:func:`_stored`)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _stored(files: FileBridge | None, outcome: _Raw | Exception) -> str | Exception:
+    if not isinstance(outcome, _Raw):
+        return outcome
     try:
-        return encode_output(output)
-    except OutputNotSerializableError as exc:
+        return encode_output(outcome.value if files is None else files.outputs(outcome.value))
+    except (OutputNotSerializableError, OSError) as exc:
         return exc

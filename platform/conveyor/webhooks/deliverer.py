@@ -24,17 +24,15 @@ import asyncio
 import contextlib
 import json
 import random
-import socket
 import time
 from collections import Counter
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohappyeyeballs import AddrInfoType
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from conveyor.auth.db import ApiKeyStore
+from conveyor.guard import Guard, RefusedAddressError, guarded_connector
 from conveyor.invocations.records import InvocationRecord
 from conveyor.log import get_logger
 from conveyor.maps.db import MapJob
@@ -42,40 +40,12 @@ from conveyor.results import map_job_body, result_body
 from conveyor.settings import WebhookSettings
 from conveyor.webhooks import signing
 from conveyor.webhooks.db import Delivery, WebhookQueue
-from conveyor.webhooks.guard import Guard, RefusedAddressError
 
 log = get_logger(__name__)
 
 LEASE_MARGIN = 30.0  # seconds past the request timeout before a claim lapses
 BUSY_RETRY = 1.0  # seconds before a delivery to a busy host is looked at again
 MAX_RETRY_AFTER = 7200.0
-
-
-class GuardedResolver(AbstractResolver):
-    """aiohttp's name resolution through the guard: the addresses it checked are the ones
-    aiohttp connects to."""
-
-    def __init__(self, guard: Guard) -> None:
-        self.guard = guard
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        addresses = await self.guard.resolve(host, port)
-        return [
-            ResolveResult(
-                hostname=host,
-                host=str(ip),
-                port=port,
-                family=socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
-                proto=0,
-                flags=socket.AI_NUMERICHOST,
-            )
-            for ip in addresses
-        ]
-
-    async def close(self) -> None:
-        return None
 
 
 class Deliverer:
@@ -100,12 +70,7 @@ class Deliverer:
         self._stop.set()
 
     async def run(self) -> None:
-        connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(self.guard),
-            use_dns_cache=False,
-            limit=self.settings.concurrency,
-            socket_factory=self._guarded_socket,
-        )
+        connector = guarded_connector(self.guard, limit=self.settings.concurrency)
         timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             log.info("webhooks_started", concurrency=self.settings.concurrency)
@@ -197,13 +162,6 @@ class Deliverer:
             await self._give_up(delivery, attempts, "the receiver answered 410: it is gone")
         else:
             await self._give_up(delivery, attempts, f"the receiver answered {status}")
-
-    def _guarded_socket(self, addr_info: AddrInfoType) -> socket.socket:
-        """Every socket aiohttp opens, made only for an address the guard allows: a host
-        aiohttp takes for an IP literal (``2130706433``) skips the resolver, not this."""
-        family, kind, proto, _, address = addr_info
-        self.guard.check_connect(str(address[0]))
-        return socket.socket(family, kind, proto)
 
     async def _later(
         self, delivery: Delivery, attempts: int, error: str, retry_after: float | None

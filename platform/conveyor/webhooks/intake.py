@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from conveyor.errors import ValidationError
-from conveyor.webhooks.guard import Guard, RefusedAddressError
+from conveyor.guard import Guard, RefusedAddressError
 
 EVENTS = ("start", "completed")
 DEFAULT_EVENTS = ["completed"]

@@ -58,6 +58,7 @@ from conveyor.worker.executor import (
     hard_limit_error,
     soft_limit_error,
 )
+from conveyor.worker.files import Attempt
 
 log = get_logger(__name__)
 
@@ -247,16 +248,26 @@ class Batches:
             for item, attempt, redelivered in admitted
         )
         captured = Captured()
+        ttl = fn.manifest.results.ttl
+        files = [
+            Attempt(self.executor.files, keyspace.record(item.invocation_id), ttl)
+            for item, _, _ in admitted
+        ]
         try:
             with context.running_batch(contexts), self.executor.capture() as captured:
-                outcomes = self.executor.runner.run_batch(fn, inputs, (SoftTimeLimitExceeded,))
+                outcomes = self.executor.runner.run_batch(
+                    fn, inputs, (SoftTimeLimitExceeded,), files
+                )
         except SoftTimeLimitExceeded:
             outcomes = [soft_limit_error(fn)] * len(admitted)
+        finally:
+            for bridge in files:
+                bridge.cleanup()
         # One predict_batch call's output cannot be told apart by item: each item keeps it.
         logs = captured.text and f"[printed by predict_batch for a batch of {len(admitted)}]\n"
         logs += captured.text
         pipe = self.redis.pipeline(transaction=False)
-        for (item, attempt, _), outcome in zip(admitted, outcomes, strict=True):
+        for (item, attempt, _), outcome, bridge in zip(admitted, outcomes, files, strict=True):
             if isinstance(outcome, str):
                 self.executor.transition(
                     item.invocation_id,
@@ -265,6 +276,7 @@ class Batches:
                     pipe=pipe,
                     logs=logs,
                     output=outcome,
+                    files=bridge.listed(),
                 )
                 continue
             delay = self.executor.retry_delay(fn, outcome, attempt)

@@ -34,6 +34,7 @@ from conveyor.log import get_logger
 from conveyor.maps import db as maps
 from conveyor.runtime import error_payload
 from conveyor.worker.executor import LOST_WORKER_ALLOWANCE, Executor, bind
+from conveyor.worker.files import Attempt
 
 log = get_logger(__name__)
 
@@ -259,31 +260,46 @@ class Chunks:
     ) -> None:
         group = [maps.Item.parse(e) for e in entries]
         contexts = tuple(_context(fn, job, item, redelivered) for item in group)
-        if fn.manifest.batching is None:
-            with context.running(contexts[0]):
-                self._one(fn, group[0], limit, out)
-        else:
-            with context.running_batch(contexts):
-                self._batch(fn, group, limit, out)
+        files = [
+            Attempt(self.executor.files, keyspace.map_job(job), fn.manifest.results.ttl)
+            for _ in group
+        ]
+        try:
+            if fn.manifest.batching is None:
+                with context.running(contexts[0]):
+                    self._one(fn, group[0], limit, out, files[0])
+            else:
+                with context.running_batch(contexts):
+                    self._batch(fn, group, limit, out, files)
+        finally:
+            for attempt in files:
+                attempt.cleanup()
 
-    def _one(self, fn: LoadedFunction, item: maps.Item, limit: float, out: Outcomes) -> None:
+    def _one(
+        self, fn: LoadedFunction, item: maps.Item, limit: float, out: Outcomes, files: Attempt
+    ) -> None:
         began = time.perf_counter()
         try:
             with item_alarm(limit):
-                output = self.executor.runner.run(fn, item.input)
+                output = self.executor.runner.run(fn, item.input, files)
         except Exception as exc:
             self._failed(fn, item, time.perf_counter() - began, exc, out)
         else:
             out.succeeded(item.index, item.attempt, time.perf_counter() - began, output)
 
     def _batch(
-        self, fn: LoadedFunction, group: list[maps.Item], limit: float, out: Outcomes
+        self,
+        fn: LoadedFunction,
+        group: list[maps.Item],
+        limit: float,
+        out: Outcomes,
+        files: list[Attempt],
     ) -> None:
         began = time.perf_counter()
         try:
             with item_alarm(limit):
                 outcomes = self.executor.runner.run_batch(
-                    fn, [i.input for i in group], (ItemTimeLimitExceeded,)
+                    fn, [i.input for i in group], (ItemTimeLimitExceeded,), files
                 )
         except ItemTimeLimitExceeded as exc:
             outcomes = [exc] * len(group)

@@ -45,6 +45,7 @@ from conveyor.log import get_logger
 from conveyor.runtime import Runner, error_payload
 from conveyor.runtime.capture import Captured, OutputCapture
 from conveyor.settings import Settings
+from conveyor.worker.files import Attempt, WorkerFiles
 from conveyor.worker.local import LocalFunctions
 
 log = get_logger(__name__)
@@ -66,6 +67,7 @@ class Executor:
         self._redis: redis.Redis | None = None
         self._functions: LocalFunctions | None = None
         self._scripts: Scripts | None = None
+        self.files = WorkerFiles(settings, lambda: self.redis)
 
     # -- per process -------------------------------------------------------------------
 
@@ -170,9 +172,10 @@ class Executor:
         ctx = InvocationContext(invocation_id, fn.name, fn.version, attempt, redelivered, report)
         error: BaseException
         logs = Captured()
+        files = Attempt(self.files, keyspace.record(invocation_id), fn.manifest.results.ttl)
         try:
             with context.running(ctx), self.capture() as logs:
-                output = self.runner.run(fn, raw_input)
+                output = self.runner.run(fn, raw_input, files)
         except SoftTimeLimitExceeded:
             error = soft_limit_error(fn)
         except SystemExit as exc:
@@ -188,9 +191,12 @@ class Executor:
                 InvocationStatus.SUCCEEDED,
                 output=output,
                 logs=logs.text,
+                files=files.listed(),
             )
             self.finished("succeeded" if changed else f"discarded_{previous}", started)
             return
+        finally:
+            files.cleanup()
         delay = self.retry_delay(fn, error, attempt)
         if delay is None:
             self.fail(invocation_id, error, started, logs=logs.text, folder=fn.folder)

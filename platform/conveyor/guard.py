@@ -1,17 +1,19 @@
-"""The SSRF guard: where a webhook may be delivered.
+"""The SSRF guard: where the platform may connect for a caller (webhooks, URL inputs).
 
-A webhook URL is the caller's, the network it is sent from is ours. Loopback, private,
+A webhook's or a URL input's address is the caller's, the network it is reached from is
+ours. Loopback, private,
 link-local (169.254.169.254, the cloud metadata service, included), multicast, reserved,
 unspecified and any other non-global address, IPv4 and IPv6 (IPv4-mapped too), is
-refused unless ``[webhooks] allow_networks`` lists its network; so is 6to4
+refused unless the guard's ``allow`` (``[webhooks]`` or ``[files] allow_networks``) lists
+its network; so is 6to4
 (``2002::/16``), which carries an IPv4 address inside. A name is resolved once and the
-connection made to the addresses that were checked (the deliverer resolves through
-:class:`Guard` itself), so a DNS answer cannot change between the check and the connection.
+connection made to the addresses that were checked (aiohttp resolves through
+:class:`GuardedResolver`), so a DNS answer cannot change between the check and the connection.
 
 What an address is, the guard alone decides, with the system's resolver: ``127.1`` and
 ``2130706433`` are 127.0.0.1 to it as to the socket that would connect. The deliverer checks
-every socket's address once more as it connects (:meth:`Guard.check_connect`), whatever
-its HTTP client took for a literal.
+every socket's address once more as it connects (:meth:`Guard.check_connect`, through
+:func:`guarded_connector`), whatever its HTTP client took for a literal.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Any
 
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.connector import AddrInfoType
+
 from conveyor.errors import ConveyorError
 
 Address = IPv4Address | IPv6Address
@@ -29,7 +35,7 @@ RESOLVE_TIMEOUT = 5.0
 
 
 class RefusedAddressError(ConveyorError):
-    """The webhook's host is, or resolves to, an address the guard refuses."""
+    """The host is, or resolves to, an address the guard refuses."""
 
 
 SIX_TO_FOUR = ip_network("2002::/16")
@@ -57,9 +63,12 @@ def _kind(ip: Address) -> str | None:
 
 @dataclass(frozen=True)
 class Guard:
-    """Which addresses webhooks may reach; ``allow`` lists CIDRs let through anyway."""
+    """Which addresses may be reached; ``allow`` lists CIDRs let through anyway, and
+    ``setting`` names where (in a refusal's message)."""
 
     allow: tuple[str, ...] = ()
+    setting: str = "[webhooks] allow_networks"
+    what: str = "webhooks go"
 
     def refusal(self, ip: Address) -> str | None:
         """Why a delivery to ``ip`` is refused, or None."""
@@ -67,8 +76,8 @@ class Guard:
         if kind is None or any(ip in ip_network(net, strict=False) for net in self.allow):
             return None
         return (
-            f"{ip} is {kind} address; webhooks go to public addresses only (or list its"
-            " network in [webhooks] allow_networks)"
+            f"{ip} is {kind} address; {self.what} to public addresses only (or list its"
+            f" network in {self.setting})"
         )
 
     async def resolve(self, host: str, port: int) -> list[Address]:
@@ -104,3 +113,48 @@ class Guard:
                 via = "" if host.strip("[]") == str(ip) else f"{host} resolves to "
                 raise RefusedAddressError(via + why)
         return found
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's name resolution through the guard: the addresses it checked are the ones
+    aiohttp connects to."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = await self.guard.resolve(host, port)
+        return [
+            ResolveResult(
+                hostname=host,
+                host=str(ip),
+                port=port,
+                family=socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for ip in addresses
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+def guarded_connector(guard: Guard, *, limit: int = 100) -> aiohttp.TCPConnector:
+    """An aiohttp connector that reaches only what ``guard`` allows: names resolve through
+    it, and every socket is made for an address it allows (a host aiohttp takes for an IP
+    literal, ``2130706433``, skips the resolver, not this)."""
+
+    def guarded_socket(addr_info: AddrInfoType) -> socket.socket:
+        family, kind, proto, _, address = addr_info
+        guard.check_connect(str(address[0]))
+        return socket.socket(family, kind, proto)
+
+    return aiohttp.TCPConnector(
+        resolver=GuardedResolver(guard),
+        use_dns_cache=False,
+        limit=limit,
+        socket_factory=guarded_socket,
+    )

@@ -1,0 +1,202 @@
+"""``/files``: upload a file, read it (ranges too), delete it; and the helpers the other
+controllers use to speak of files (the API's base URL, data URIs for ``?files=``).
+
+A file belongs to the key that uploaded it, or to the key of the invocation that made it
+(an output); other keys get a 403, as for results. The bytes are streamed both ways, a
+MiB at a time through a thread (:mod:`conveyor.files.store`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import re
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.exceptions import ClientException
+from litestar.params import FromPath
+from litestar.response import Stream
+
+from conveyor.api.params import takes
+from conveyor.api.services import Platform
+from conveyor.auth.caller import Caller
+from conveyor.errors import FileNotFoundInStoreError, FileTooLargeError
+from conveyor.files import refs
+from conveyor.files.db import FileMeta
+from conveyor.results import iso
+
+INLINE_LIMIT = 256 * 1024  # ?files=data_uri inlines outputs up to this size
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def base_url(platform: Platform, request: Request[Any, Any, Any]) -> str:
+    """Where clients reach this API: ``[api] public_url``, else the request's own base."""
+    return platform.settings.api.public_url or str(request.base_url).rstrip("/")
+
+
+def own_hosts(platform: Platform, request: Request[Any, Any, Any]) -> set[str]:
+    """The host names under which a file URL is one of this platform's."""
+    hosts = {request.headers.get("host", "").lower()}
+    if platform.settings.api.public_url:
+        hosts.add(urlsplit(platform.settings.api.public_url).netloc.lower())
+    return hosts - {""}
+
+
+def file_body(meta: FileMeta, base: str) -> dict[str, Any]:
+    return {
+        "id": meta.id,
+        "url": refs.file_url(base, meta.id),
+        "size": meta.size,
+        "sha256": meta.sha256,
+        "content_type": meta.content_type,
+        "filename": meta.filename or None,
+        "expires_at": iso(meta.expires_at),
+    }
+
+
+async def readable(platform: Platform, caller: Caller, file_id: str) -> FileMeta:
+    """A file the caller may read: unknown, expired or deleted is a 404, another key's a 403."""
+    meta = None
+    if refs.valid_id(file_id):
+        meta = await asyncio.to_thread(platform.files.store.get, file_id)
+    if meta is None or meta.expired():
+        raise FileNotFoundInStoreError(f"no file {file_id} (never uploaded, expired or deleted)")
+    if not caller.owns(meta.owner or None):
+        raise caller.denied("admin", f"file {file_id} was made with another key")
+    return meta
+
+
+async def inline_files(platform: Platform, files: list[dict[str, Any]]) -> dict[str, str]:
+    """``?files=data_uri``: each output file up to :data:`INLINE_LIMIT` as a data URI."""
+    inline: dict[str, str] = {}
+    for listed in files:
+        if listed.get("size", INLINE_LIMIT + 1) > INLINE_LIMIT:
+            continue
+        meta = await asyncio.to_thread(platform.files.store.get, listed["id"])
+        if meta is not None:
+            data = await asyncio.to_thread(platform.files.store.small, meta)
+            inline[meta.id] = refs.data_uri(meta.content_type, data)
+    return inline
+
+
+async def discard(platform: Platform, files: dict[Any, FileMeta]) -> None:
+    """Remove files a request stored before it failed."""
+    for meta in files.values():
+        await asyncio.to_thread(platform.files.store.remove, meta.id)
+
+
+class FilesController(Controller):
+    path = "/files"
+    opt = takes()
+
+    @post(
+        "/",
+        summary="Upload a file (the raw body)",
+        status_code=201,
+        request_max_body_size=None,
+        opt=takes("filename"),
+    )
+    async def upload(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        request: Request[Any, Any, Any],
+    ) -> Response[dict[str, Any]]:
+        limit = platform.settings.files.max_bytes
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise FileTooLargeError(
+                f"the file is {length} bytes, more than [files] max_bytes ({limit})"
+            )
+        meta = await platform.files.upload(
+            request.stream(),
+            owner=caller.owner,
+            filename=request.query_params.get("filename", ""),
+            content_type=refs.base_type(request.headers.get("content-type")),
+        )
+        body = file_body(meta, base_url(platform, request))
+        return Response(body, status_code=201, headers={"Location": body["url"]})
+
+    @get("/{file_id:str}", summary="Read a file (Range requests too)")
+    async def read(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        request: Request[Any, Any, Any],
+        file_id: FromPath[str],
+    ) -> Response[Any]:
+        meta = await readable(platform, caller, file_id)
+        etag = f'"{meta.sha256}"'
+        headers = {
+            "ETag": etag,
+            "Accept-Ranges": "bytes",
+            "Cache-Control": "private, max-age=3600",
+            "Content-Disposition": _disposition(meta),
+            "X-Content-Type-Options": "nosniff",
+        }
+        if request.headers.get("if-none-match") == etag:
+            return Response(b"", status_code=304, headers=headers)
+        start, end, status = 0, meta.size, 200
+        wanted = request.headers.get("range")
+        if wanted and request.headers.get("if-range", etag) == etag:
+            span = _range(wanted, meta.size)
+            if span is None:
+                headers["Content-Range"] = f"bytes */{meta.size}"
+                return Response(b"", status_code=416, headers=headers)
+            start, end, status = *span, 206
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{meta.size}"
+        headers["Content-Length"] = str(end - start)
+        return Stream(
+            _pieces(platform, meta, start, end),
+            status_code=status,
+            media_type=meta.content_type,
+            headers=headers,
+        )
+
+    @delete("/{file_id:str}", summary="Delete a file", status_code=204)
+    async def remove(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        file_id: FromPath[str],
+    ) -> None:
+        meta = await readable(platform, caller, file_id)
+        await asyncio.to_thread(platform.files.store.remove, meta.id)
+
+
+def _range(header: str, size: int) -> tuple[int, int] | None:
+    """``Range: bytes=a-b`` (one range) as [start, end), or None when it cannot be met."""
+    match = _RANGE.match(header.strip())
+    if match is None or (not match[1] and not match[2]):
+        raise ClientException(f"Range: only one range in bytes (bytes=0-1023); got {header!r}")
+    if not match[1]:  # the last N bytes
+        count = int(match[2])
+        return (max(size - count, 0), size) if count and size else None
+    start = int(match[1])
+    end = min(int(match[2]) + 1, size) if match[2] else size
+    return (start, end) if start < size and start < end else None
+
+
+def _disposition(meta: FileMeta) -> str:
+    name = meta.filename or f"{meta.id}{_extension(meta.content_type)}"
+    ascii_name = name.encode("ascii", "replace").decode().replace('"', "")
+    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
+
+
+def _extension(content_type: str) -> str:
+    return mimetypes.guess_extension(content_type) or ""
+
+
+async def _pieces(platform: Platform, meta: FileMeta, start: int, end: int) -> AsyncIterator[bytes]:
+    reader: Iterator[bytes] = platform.files.store.read(meta, start, end)
+    try:
+        while piece := await asyncio.to_thread(next, reader, b""):
+            yield piece
+    finally:
+        close = getattr(reader, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)

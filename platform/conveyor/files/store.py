@@ -1,0 +1,221 @@
+"""The file store: write a file as a stream, read a range of it, remove it, sweep.
+
+Synchronous: a worker calls it as it is; the API from threads (``asyncio.to_thread``), a
+piece at a time, so neither ever holds a file. A :class:`FileWriter` counts and hashes
+what passes, keeps the first bytes to tell the format by, and refuses a file past
+``[files] max_bytes``; nothing is readable before :meth:`FileWriter.finish`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import redis
+
+from conveyor.errors import FileTooLargeError
+from conveyor.files.blobs import Blobs, RedisBlobs, S3Blobs
+from conveyor.files.db import FileIndex, FileMeta
+from conveyor.files.refs import HEAD, new_id, sniff
+from conveyor.log import get_logger
+from conveyor.settings import FilesSettings
+
+log = get_logger(__name__)
+WRITE_LEASE = 3600.0  # seconds an unfinished write may take before the sweeper removes it
+COPY = 1024 * 1024
+
+
+class FileStore:
+    """Files on one Redis (their records) and their bytes where ``[files] store`` says."""
+
+    def __init__(self, settings: FilesSettings, client: redis.Redis) -> None:
+        self.settings = settings
+        self.index = FileIndex(client)
+        self._blobs: dict[str, Blobs] = {"redis": RedisBlobs(client)}
+        self._s3: S3Blobs | None = None
+
+    def blobs(self, where: str) -> Blobs:
+        if where == "s3":
+            if self._s3 is None:
+                self._s3 = S3Blobs(self.settings)
+            return self._s3
+        return self._blobs["redis"]
+
+    def writer(
+        self,
+        *,
+        kind: str,
+        owner: str | None,
+        ttl: float,
+        filename: str = "",
+        content_type: str = "",
+    ) -> FileWriter:
+        return FileWriter(self, kind, owner or "", ttl, filename, content_type)
+
+    def put_path(
+        self, path: Path, *, kind: str, owner: str | None, ttl: float, content_type: str = ""
+    ) -> FileMeta:
+        """Store a local file (a handler's output), a MiB at a time."""
+        writer = self.writer(
+            kind=kind, owner=owner, ttl=ttl, filename=path.name, content_type=content_type
+        )
+        try:
+            with path.open("rb") as source:
+                while piece := source.read(COPY):
+                    writer.write(piece)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.finish()
+
+    def put_bytes(
+        self,
+        data: bytes,
+        *,
+        kind: str,
+        owner: str | None,
+        ttl: float,
+        filename: str = "",
+        content_type: str = "",
+    ) -> FileMeta:
+        writer = self.writer(
+            kind=kind, owner=owner, ttl=ttl, filename=filename, content_type=content_type
+        )
+        try:
+            writer.write(data)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.finish()
+
+    def get(self, file_id: str) -> FileMeta | None:
+        return self.index.get(file_id)
+
+    def read(self, meta: FileMeta, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Bytes ``start`` to ``end`` (exclusive; None: the end) in pieces of about a MiB."""
+        return self.blobs(meta.store).read(meta.id, start, meta.size if end is None else end)
+
+    def small(self, meta: FileMeta) -> bytes:
+        """A small file whole (a data URI's bytes): callers check its size first."""
+        return b"".join(self.read(meta))
+
+    def download(self, meta: FileMeta, target: IO[bytes]) -> None:
+        for piece in self.read(meta):
+            target.write(piece)
+
+    def copy_to(self, meta: FileMeta, path: Path) -> None:
+        with path.open("wb") as target:
+            self.download(meta, target)
+
+    def remove(self, file_id: str) -> bool:
+        """Remove a file (its record first: no one reads it after): whether it was one."""
+        where = self.index.remove(file_id)
+        if where == "s3":
+            self.blobs("s3").delete(file_id)
+        return bool(where)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Remove files past their expiry that nothing holds: how many."""
+        removed = 0
+        for file_id in self.index.due(time.time() if now is None else now):
+            try:
+                self.remove(file_id)
+                removed += 1
+            except Exception as exc:  # an S3 outage: the record goes next round
+                log.warning("file_sweep_failed", file=file_id, error=str(exc))
+        if removed:
+            log.info("files_swept", removed=removed)
+        return removed
+
+
+class FileWriter:
+    """One file being written: ``write`` pieces, then ``finish`` (or ``abort``)."""
+
+    def __init__(  # noqa: PLR0917
+        self,
+        store: FileStore,
+        kind: str,
+        owner: str,
+        ttl: float,
+        filename: str,
+        content_type: str,
+    ) -> None:
+        self.store = store
+        self.id = new_id()
+        self.ttl = ttl
+        self.limit = store.settings.max_bytes
+        self.size = 0
+        self.head = b""
+        self.hash = hashlib.sha256()
+        self.blobs = store.blobs(store.settings.store)
+        now = time.time()
+        self.meta = FileMeta(
+            id=self.id,
+            size=0,
+            sha256="",
+            content_type=content_type or "application/octet-stream",
+            filename=_clean(filename),
+            owner=owner,
+            kind=kind,
+            store=self.blobs.name,
+            created_at=now,
+            expires_at=now + WRITE_LEASE,
+        )
+        store.index.put(self.meta, "writing")
+        self.sink = self.blobs.writer(self.id)
+        self.aborted = False
+        self.finished = False
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.abort()
+            raise FileTooLargeError(
+                f"the file is larger than {self.limit} bytes ([files] max_bytes)"
+            )
+        if len(self.head) < HEAD:
+            self.head += data[: HEAD - len(self.head)]
+        self.hash.update(data)
+        self.sink.write(data)
+
+    def finish(self) -> FileMeta:
+        self.sink.close()
+        now = time.time()
+        meta = FileMeta(
+            **{
+                **self.meta.__dict__,
+                "size": self.size,
+                "sha256": self.hash.hexdigest(),
+                "sniffed": sniff(self.head) or "",
+                "created_at": now,
+                "expires_at": now + self.ttl,
+            }
+        )
+        self.store.index.put(meta, "ready")
+        self.finished = True
+        return meta
+
+    def abort(self) -> None:
+        """Drop what was written (nothing, once finished: remove the file instead)."""
+        if self.aborted or self.finished:
+            return
+        self.aborted = True
+        try:
+            self.sink.abort()
+        finally:
+            self.store.index.remove(self.id)
+
+
+def _clean(filename: str) -> str:
+    """A file name as a header may carry it: its last part, printable, at most 255."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable() and ch not in '"\r\n')
+    return name[:255]
+
+
+__all__ = ["FileStore", "FileWriter"]

@@ -1,0 +1,173 @@
+"""A pool child's files: an attempt's file inputs on its disk, its file outputs stored.
+
+The message holds ``conveyor://files/<id>`` where the caller sent a file; before the
+handler runs, each is streamed from the file store into a folder of its own (removed when
+the attempt ends: :meth:`Attempt.cleanup`) and handed over as a :class:`~conveyor.File`.
+A ``Path`` the handler returns, anywhere in its output, is streamed into the store, owned
+by the invocation's owner and kept as long as its result; the output holds its reference
+and the record lists the files (:meth:`Attempt.listed`).
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import pydantic
+import redis
+
+from conveyor.errors import FileInputError
+from conveyor.files import refs
+from conveyor.files.db import FileMeta
+from conveyor.files.store import FileStore
+from conveyor.functions.loader import FunctionSchemas, LoadedFunction
+from conveyor.handler_types import FILE_MARK, File
+from conveyor.settings import Settings
+
+MAX_DEPTH = 64
+
+
+class WorkerFiles:
+    """The file store as one pool child uses it."""
+
+    def __init__(self, settings: Settings, client: Callable[[], redis.Redis]) -> None:
+        self.settings = settings
+        self._client = client
+        self._store: FileStore | None = None
+        self._schemas: dict[tuple[str, str], FunctionSchemas | None] = {}
+
+    @property
+    def store(self) -> FileStore:
+        client = self._client()
+        if self._store is None or self._store.index.redis is not client:
+            self._store = FileStore(self.settings.files, client)
+        return self._store
+
+    def schemas(self, fn: LoadedFunction) -> FunctionSchemas | None:
+        """``fn``'s schemas if its input has a file field (None: no file inputs)."""
+        key = (fn.name, fn.version)
+        if key not in self._schemas:
+            schemas = fn.schemas()
+            marked = FILE_MARK in json.dumps([schemas.input, schemas.defs])
+            self._schemas[key] = schemas if marked else None
+        return self._schemas[key]
+
+
+class Attempt:
+    """The :class:`~conveyor.runtime.runner.FileBridge` of one invocation's attempt."""
+
+    def __init__(self, files: WorkerFiles, owned_by: str, ttl: float) -> None:
+        self.files = files
+        self.owned_by = owned_by  # the hash whose "owner" owns the outputs (a record, a job)
+        self.ttl = ttl
+        self.folder: Path | None = None
+        self.stored: list[dict[str, Any]] = []
+
+    def inputs(self, fn: LoadedFunction, raw: Any) -> Any:
+        schemas = self.files.schemas(fn)
+        if schemas is None:
+            return raw
+        for field in refs.file_fields(schemas.input, schemas.defs, raw):
+            value = refs.get(raw, field.path)
+            file_id = refs.ref_id(value)
+            if file_id is None:
+                raise FileInputError(field.name, f"{value[:80]!r} is not a stored file")
+            raw = refs.replace(raw, field.path, self._fetch(field.name, file_id))
+        return raw
+
+    def _fetch(self, field: str, file_id: str) -> File:
+        meta = self.files.store.get(file_id)
+        if meta is None:
+            raise FileInputError(field, f"file {file_id} is gone (deleted, or Redis lost it)")
+        if self.folder is None:
+            self.folder = Path(tempfile.mkdtemp(prefix="conveyor-files-"))
+        place = self.folder / file_id
+        place.mkdir()
+        path = place / (meta.filename or f"input{_suffix(meta.content_type)}")
+        self.files.store.copy_to(meta, path)
+        return File.of(
+            path,
+            content_type=meta.content_type,
+            filename=meta.filename or None,
+            size=meta.size,
+            sha256=meta.sha256,
+        )
+
+    def outputs(self, output: Any) -> Any:
+        if isinstance(output, pydantic.BaseModel):
+            if not _has_path(output.model_dump(mode="python")):
+                return output
+            output = output.model_dump(mode="python")
+        if not _has_path(output):
+            return output
+        owner = cast("str | None", self.files.store.index.redis.hget(self.owned_by, "owner"))
+        return self._visit(output, owner, 0)
+
+    def _visit(self, node: Any, owner: str | None, depth: int) -> Any:
+        if isinstance(node, Path):
+            return refs.ref(self._store(node, owner))
+        if depth > MAX_DEPTH:
+            return node
+        if isinstance(node, (list, tuple)):
+            return [self._visit(item, owner, depth + 1) for item in node]
+        if isinstance(node, dict):
+            return {key: self._visit(item, owner, depth + 1) for key, item in node.items()}
+        if isinstance(node, pydantic.BaseModel):
+            return self._visit(node.model_dump(mode="python"), owner, depth + 1)
+        return node
+
+    def _store(self, path: Path, owner: str | None) -> str:
+        declared = path.content_type if isinstance(path, File) else None
+        meta = self.files.store.put_path(
+            path,
+            kind="output",
+            owner=owner,
+            ttl=self.ttl,
+            content_type=declared or mimetypes.guess_type(path.name)[0] or "",
+        )
+        if not declared and meta.content_type == "application/octet-stream" and meta.sniffed:
+            meta = FileMeta(**{**meta.__dict__, "content_type": meta.sniffed})
+            self.files.store.index.put(meta, "ready")
+        self.stored.append(_listed(meta))
+        return meta.id
+
+    def listed(self) -> str:
+        """What the record keeps of the files the output holds ('': none)."""
+        return json.dumps(self.stored) if self.stored else ""
+
+    def cleanup(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+
+def _listed(meta: FileMeta) -> dict[str, Any]:
+    return {
+        "id": meta.id,
+        "content_type": meta.content_type,
+        "size": meta.size,
+        "sha256": meta.sha256,
+        "filename": meta.filename,
+        "expires_at": meta.expires_at,
+    }
+
+
+def _has_path(node: Any, depth: int = 0) -> bool:
+    if isinstance(node, Path):
+        return True
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(node, (list, tuple)):
+        return any(_has_path(item, depth + 1) for item in node)
+    if isinstance(node, dict):
+        return any(_has_path(item, depth + 1) for item in node.values())
+    return isinstance(node, pydantic.BaseModel)  # looked into when visited
+
+
+def _suffix(content_type: str) -> str:
+    return mimetypes.guess_extension(refs.base_type(content_type)) or ""
