@@ -149,6 +149,13 @@ class ApiSettings(_Section):
         " URLs in results are built on it; empty: the request's own base URL",
     )
 
+    def files_base(self) -> str:
+        """Where clients reach the API, for URLs sent outside a request (webhooks)."""
+        if self.public_url:
+            return self.public_url
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, value: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import http.server
 import threading
 import time
@@ -289,3 +290,18 @@ def test_expired_files_are_gone_unless_held(stack: Stack) -> None:
     client.zadd("conveyor:files:expiry", {held.id: 0})
     store.sweep()
     assert store.get(held.id) is None
+
+
+def test_map_items_take_files(api: TestClient) -> None:  # type: ignore[type-arg]
+    made = upload(api, b"shared by every item")
+    inline = "data:text/plain;base64," + base64.b64encode(b"inline item").decode()
+    inputs = [{"doc": made["url"]}, {"doc": inline}, {"doc": "ftp://nowhere/x"}]
+    job = api.post("/functions/reader/map", json={"inputs": inputs})
+    assert job.status_code == 202, job.text
+    status = api.get(job.json()["status_url"], params={"wait": 30}).json()
+    assert status["status"] == "succeeded" or status["counts"]["failed"] == 1, status
+    lines = [json.loads(line) for line in api.get(job.json()["results_url"]).text.splitlines()]
+    assert [line["status"] for line in lines] == ["succeeded", "succeeded", "failed"]
+    assert lines[0]["output"]["doc"]["sha256"] == made["sha256"]
+    assert lines[1]["output"]["doc"]["sha256"] == hashlib.sha256(b"inline item").hexdigest()
+    assert "input.doc" in lines[2]["error"]["message"] or "doc" in json.dumps(lines[2]["error"])

@@ -28,7 +28,7 @@ from tests.support.processes import (
     wait_until,
 )
 from tests.support.receiver import Receiver
-from tests.support.servers import RedisServer, Sentinels
+from tests.support.servers import RedisServer, S3Server, Sentinels
 from tests.support.stack import (
     LOCAL,
     ClientThreads,
@@ -50,6 +50,7 @@ __all__ = [
     "Process",
     "Receiver",
     "RedisServer",
+    "S3Server",
     "Sentinels",
     "Stack",
     "cancel",

@@ -1,11 +1,16 @@
-"""Real redis-server processes for tests: a private server, and Sentinels over a primary and a replica."""
+"""Real servers for tests: a private redis-server, Sentinels over a primary and a replica,
+and an S3-compatible object store."""
 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -178,3 +183,61 @@ class Sentinels:
             proc.wait(10)
         self.primary.stop()
         self.replica.stop()
+
+
+class S3Server:
+    """An S3-compatible server in its own process, speaking HTTP on loopback: moto's
+    standalone server (``moto_server``), with one bucket made for the tests."""
+
+    def __init__(self, workdir: Path, bucket: str = "conveyor-files") -> None:
+        self.port = free_port()
+        self.bucket = bucket
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = (workdir / "s3.log").open("wb")
+        server = Path(sys.executable).parent / "moto_server"
+        self.proc = subprocess.Popen(
+            [str(server), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.1)
+        self.client().create_bucket(Bucket=bucket)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def settings(self) -> str:
+        """deploy.toml's [files] table for this server."""
+        return (
+            f'[files]\nstore = "s3"\ns3_endpoint = "{self.endpoint}"\ns3_bucket = "{self.bucket}"\n'
+            's3_access_key_id = "test"\ns3_secret_access_key = "test"\n'
+        )
+
+    def client(self) -> Any:
+        import boto3  # only the tests that use S3 pay for importing it
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+
+    def objects(self) -> list[str]:
+        listed = self.client().list_objects_v2(Bucket=self.bucket)
+        return [item["Key"] for item in listed.get("Contents", [])]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()

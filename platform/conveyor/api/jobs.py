@@ -15,6 +15,7 @@ from litestar.exceptions import ClientException, HTTPException
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
+from conveyor.api.files import own_hosts
 from conveyor.api.params import idempotency_key, takes, wait_seconds
 from conveyor.api.services import Platform
 from conveyor.api.uploads import NDJSON, PAUSE_EVERY, BodyStream, ItemLimits, Line, items
@@ -23,8 +24,10 @@ from conveyor.auth.keys import Action
 from conveyor.broker.app import kill
 from conveyor.db import keyspace
 from conveyor.db.subscription import long_poll
-from conveyor.errors import InputTooLargeError, ValidationError
+from conveyor.errors import FileInputError, InputTooLargeError, ValidationError
+from conveyor.files.db import hold
 from conveyor.functions.registry import FunctionEntry
+from conveyor.handler_types import FILE_MARK
 from conveyor.maps import db as maps
 from conveyor.results import map_job_body
 
@@ -35,6 +38,40 @@ BLOCK_BYTES = 4 * 1024 * 1024
 CANCEL_GRACE = 1.0  # seconds running chunks get to notice a cancel before they are killed
 CANCEL_LIMIT = 10.0
 JOB = "/{name:str}/jobs/{job_id:str}"
+
+
+class _FileItems:
+    """The file fields of a map job's items, taken as an invoke takes them, and held by
+    the job until it ends."""
+
+    def __init__(
+        self,
+        platform: Platform,
+        caller: Caller,
+        request: Request[Any, Any, Any],
+        entry: FunctionEntry,
+        job_id: str,
+    ) -> None:
+        assert entry.schemas is not None
+        self.platform, self.caller, self.job_id = platform, caller, job_id
+        self.schemas = entry.schemas
+        self.hosts = own_hosts(platform, request)
+        self.wanted = FILE_MARK in json.dumps([entry.schemas.input, entry.schemas.defs])
+
+    async def take(self, value: Any) -> tuple[Any, list[dict[str, str]]]:
+        try:
+            value, ids = await self.platform.files.resolve(
+                self.schemas,
+                value,
+                owner=self.caller.owner,
+                owns=self.caller.owns,
+                own_hosts=self.hosts,
+            )
+        except FileInputError as exc:
+            return value, exc.errors
+        if ids:
+            await hold(self.platform.invocations.redis, ids, f"map:{self.job_id}")
+        return value, []
 
 
 def _media(request: Request[Any, Any, Any]) -> str:
@@ -100,7 +137,10 @@ class JobsController(Controller):
         )
         try:
             pairs = items(body, media, limits)
-            total = await self._upload(platform, entry, job_id, fields, pairs, limits=limits)
+            files = _FileItems(platform, caller, request, entry, job_id)
+            total = await self._upload(
+                platform, entry, job_id, fields, pairs, limits=limits, files=files
+            )
         except BaseException:
             await platform.maps.discard(job_id)
             raise
@@ -131,8 +171,10 @@ class JobsController(Controller):
         pairs: AsyncIterator[tuple[str, Any]],
         *,
         limits: ItemLimits,
+        files: _FileItems,
     ) -> int:
-        """Store the items as they arrive; an invalid one fails by itself. The total."""
+        """Store the items as they arrive; an invalid one fails by itself (a file field
+        that cannot be taken too). The total."""
         assert entry.spec is not None and entry.schemas is not None
         limit = platform.settings.map.max_items
         valid: list[str] = []
@@ -148,6 +190,9 @@ class JobsController(Controller):
                     f"more than {limit} items ([map] max_items); split the job"
                 )
             errors = platform.validators.item_errors(entry.spec, entry.schemas, value)
+            if not errors and files.wanted:
+                value, errors = await files.take(value)
+                text = None
             if errors:
                 summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
                 error = {"type": "ValidationError", "message": f"item {index}: {summary}"}

@@ -150,7 +150,12 @@ def _webhooks(settings: Settings, args: argparse.Namespace) -> int:
 
     async def run() -> None:
         client = pooled_client(settings)
-        deliverer = Deliverer(settings.webhooks, WebhookQueue(client), ApiKeyStore(client))
+        deliverer = Deliverer(
+            settings.webhooks,
+            WebhookQueue(client),
+            ApiKeyStore(client),
+            files_base=settings.api.files_base(),
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, deliverer.stop)

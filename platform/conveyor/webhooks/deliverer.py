@@ -52,9 +52,15 @@ class Deliverer:
     """Delivers what is due until stopped."""
 
     def __init__(
-        self, settings: WebhookSettings, queue: WebhookQueue, api_keys: ApiKeyStore
+        self,
+        settings: WebhookSettings,
+        queue: WebhookQueue,
+        api_keys: ApiKeyStore,
+        *,
+        files_base: str = "",
     ) -> None:
         self.settings = settings
+        self.files_base = files_base  # output files' URLs are on it ([api] public_url)
         self.queue = queue
         self.api_keys = api_keys  # an owner's own signing secret
         self.guard = Guard(tuple(settings.allow_networks))
@@ -118,7 +124,10 @@ class Deliverer:
         if delivery.of_map_job:
             view = map_job_body(MapJob.from_hash(delivery.invocation, delivery.record))
         else:
-            view = result_body(InvocationRecord.from_hash(delivery.invocation, delivery.record))
+            view = result_body(
+                InvocationRecord.from_hash(delivery.invocation, delivery.record),
+                base=self.files_base,
+            )
         # Signed with the rest: whose invocation it was (null without keys), so a receiver
         # can tell one team's delivery from another's replayed to it.
         owner = delivery.record.get("owner") or None
