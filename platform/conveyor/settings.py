@@ -271,12 +271,6 @@ class FilesSettings(_Section):
     s3_region: str = "us-east-1"
     s3_access_key_id: str = Field("", description="empty: boto3's own chain (AWS_* ...)")
     s3_secret_access_key: str = ""
-    bundles_above: int = Field(
-        0,
-        ge=0,
-        description='with store = "s3": function bundles larger than this go to the bucket'
-        " too (0: never), and may exceed [store] max_bundle_bytes up to max_bytes",
-    )
 
     @field_validator("allow_networks")
     @classmethod

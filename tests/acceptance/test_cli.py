@@ -208,3 +208,42 @@ def test_deploy_from_a_folder_the_api_cannot_see(tmp_path: Path) -> None:
         worker.stop()
         api.stop()
         server.stop()
+
+
+def test_invoke_uploads_files_and_downloads_outputs(tmp_path: Path) -> None:
+    """`conveyor invoke NAME --file field=PATH` uploads; `--download DIR` saves the
+    output's files: the examples that take and return images, as a user runs them."""
+    from PIL import Image, ImageDraw
+
+    server = RedisServer(tmp_path / "redis").start()
+    functions = tmp_path / "functions"
+    copy_examples(functions, "shapes", "thumbnail")
+    config = write_settings(tmp_path / "deploy.toml", server.url, functions)
+    api, base = start_api(config, tmp_path / "api.log", free_port())
+    worker = start_worker(config, tmp_path / "worker.log", redis_client=server.client())
+    picture = Image.new("RGB", (64, 64), (20, 40, 200))
+    ImageDraw.Draw(picture).polygon([(32, 8), (8, 56), (56, 56)], fill=(240, 220, 30))
+    picture.save(tmp_path / "triangle.png")
+    try:
+        url = ["--url", base]
+        done = run(
+            "invoke", "shapes", "--file", f"image={tmp_path / 'triangle.png'}", *url, config=config
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout)["output"]["label"] == "triangle"
+        saved = tmp_path / "saved"
+        done = run(
+            "invoke", "thumbnail", "--input", '{"size": 16}',
+            "--file", f"image={tmp_path / 'triangle.png'}", "--download", str(saved), *url,
+            config=config,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        [thumb] = list(saved.iterdir())
+        assert thumb.name == "triangle-thumb.png" and f"saved {thumb}" in done.stdout
+        assert Image.open(thumb).size == (16, 16)
+        wrong = run("invoke", "shapes", "--file", "image", *url, config=config)
+        assert wrong.returncode == 2 and "FIELD=PATH" in wrong.stderr
+    finally:
+        worker.stop()
+        api.stop()
+        server.stop()

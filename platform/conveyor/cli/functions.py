@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import mimetypes
 from pathlib import Path
 from typing import Any
 
-from conveyor.cli.http import add_url_option, base_url, ok, request
+from conveyor.cli.http import add_url_option, api_headers, base_url, ok, request
 from conveyor.errors import ConveyorError
 from conveyor.settings import Settings
 
@@ -27,7 +29,17 @@ def add_commands(sub: Any) -> None:
 
     invoke = sub.add_parser("invoke", help="invoke a function through the API")
     invoke.add_argument("name")
-    invoke.add_argument("--input", required=True, help="the input, as JSON")
+    invoke.add_argument("--input", default="{}", help="the input, as JSON (default {})")
+    invoke.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="FIELD=PATH",
+        help="upload PATH and put it in the input's FIELD (photo, or photos.0); repeatable",
+    )
+    invoke.add_argument(
+        "--download", metavar="DIR", type=Path, help="save the output's files into DIR"
+    )
     invoke.add_argument("--wait", type=float, default=30.0, help="seconds to wait (0: don't)")
     invoke.add_argument("--priority", type=int)
     add_url_option(invoke)
@@ -108,6 +120,11 @@ def _invoke(settings: Settings, args: argparse.Namespace) -> int:
         value = json.loads(args.input)
     except json.JSONDecodeError as exc:
         raise ConveyorError(f"--input is not valid JSON: {exc}") from None
+    for given in args.file:
+        field, eq, path = given.partition("=")
+        if not eq or not field or not path:
+            raise ConveyorError(f"--file takes FIELD=PATH (photo=cat.jpg); got {given!r}")
+        value = _place(value, field, _upload(settings, args, Path(path)))
     body: dict[str, Any] = {"input": value}
     if args.priority is not None:
         body["priority"] = args.priority
@@ -123,4 +140,59 @@ def _invoke(settings: Settings, args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=2))
     if response.status_code >= 400 or result.get("status") in ("failed", "cancelled"):
         return 1
+    if args.download is not None:
+        for listed in result.get("files", []):
+            print(f"saved {_download(listed, args.download)}")
     return 0
+
+
+def _upload(settings: Settings, args: argparse.Namespace, path: Path) -> str:
+    """``POST /files`` with the file streamed from disk: its URL."""
+    if not path.is_file():
+        raise ConveyorError(f"--file: {path} is not a file")
+    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    with path.open("rb") as source:
+        made = ok(
+            request(
+                "POST",
+                f"{base_url(settings, args)}/files",
+                content=source,
+                params={"filename": path.name},
+                headers={"Content-Type": media},
+                timeout=600,
+            )
+        )
+    return str(made["url"])
+
+
+def _place(value: Any, field: str, url: str) -> Any:
+    """``value`` with ``url`` at the dotted ``field`` (objects made on the way)."""
+    parts: list[Any] = [int(p) if p.isdigit() else p for p in field.split(".")]
+    if not isinstance(value, dict) and not isinstance(parts[0], int):
+        raise ConveyorError(f"--file {field}=...: the input is not an object")
+    node = value
+    for part, following in itertools.pairwise(parts):
+        if isinstance(node, dict) and part not in node:
+            node[part] = [] if isinstance(following, int) else {}
+        node = node[part]
+    if isinstance(node, list) and parts[-1] == len(node):
+        node.append(url)
+    else:
+        node[parts[-1]] = url
+    return value
+
+
+def _download(listed: dict[str, Any], folder: Path) -> Path:
+    """Save one of a result's files into ``folder``, streamed: its path."""
+    import httpx  # only the client commands need it
+
+    folder.mkdir(parents=True, exist_ok=True)
+    name = Path(listed.get("filename") or listed["id"]).name
+    target = folder / name
+    with httpx.stream("GET", listed["url"], headers=api_headers(), timeout=600) as response:
+        if response.status_code != 200:
+            raise ConveyorError(f"reading {listed['url']} answered {response.status_code}")
+        with target.open("wb") as out:
+            for piece in response.iter_bytes(1024 * 1024):
+                out.write(piece)
+    return target
