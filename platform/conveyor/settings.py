@@ -42,6 +42,16 @@ LOOPBACK_NAMES = ("localhost",)
 Seconds = Annotated[float, Field(gt=0)]
 
 
+def _cidrs(value: list[str]) -> list[str]:
+    """``allow_networks``: each a network (CIDR), or the error names it."""
+    for network in value:
+        try:
+            ip_network(network, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{network!r}: {exc}") from None
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -208,12 +218,7 @@ class WebhookSettings(_Section):
     @field_validator("allow_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for network in value:
-            try:
-                ip_network(network, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{network!r}: {exc}") from None
-        return value
+        return _cidrs(value)
 
     @property
     def secrets(self) -> list[str]:
@@ -275,12 +280,7 @@ class FilesSettings(_Section):
     @field_validator("allow_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for net in value:
-            try:
-                ip_network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"{net!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
-        return value
+        return _cidrs(value)
 
 
 class QueueSettings(_Section):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -62,14 +62,8 @@ class FileStore:
         writer = self.writer(
             kind=kind, owner=owner, ttl=ttl, filename=path.name, content_type=content_type
         )
-        try:
-            with path.open("rb") as source:
-                while piece := source.read(COPY):
-                    writer.write(piece)
-        except BaseException:
-            writer.abort()
-            raise
-        return writer.finish()
+        with path.open("rb") as source:
+            return writer.fill(iter(lambda: source.read(COPY), b""))
 
     def put_bytes(
         self,
@@ -84,12 +78,7 @@ class FileStore:
         writer = self.writer(
             kind=kind, owner=owner, ttl=ttl, filename=filename, content_type=content_type
         )
-        try:
-            writer.write(data)
-        except BaseException:
-            writer.abort()
-            raise
-        return writer.finish()
+        return writer.fill([data])
 
     def get(self, file_id: str) -> FileMeta | None:
         return self.index.get(file_id)
@@ -182,6 +171,16 @@ class FileWriter:
             self.head += data[: HEAD - len(self.head)]
         self.hash.update(data)
         self.sink.write(data)
+
+    def fill(self, pieces: Iterable[bytes]) -> FileMeta:
+        """Write every piece and finish; on any error, nothing is left."""
+        try:
+            for piece in pieces:
+                self.write(piece)
+        except BaseException:
+            self.abort()
+            raise
+        return self.finish()
 
     def finish(self) -> FileMeta:
         self.sink.close()
