@@ -305,3 +305,15 @@ def test_map_items_take_files(api: TestClient) -> None:  # type: ignore[type-arg
     assert lines[0]["output"]["doc"]["sha256"] == made["sha256"]
     assert lines[1]["output"]["doc"]["sha256"] == hashlib.sha256(b"inline item").hexdigest()
     assert "input.doc" in lines[2]["error"]["message"] or "doc" in json.dumps(lines[2]["error"])
+
+
+def test_a_part_that_is_no_file_field_is_refused(api: TestClient, stack: Stack) -> None:  # type: ignore[type-arg]
+    before = len(stack.redis.keys("conveyor:file:*"))
+    response = api.post(
+        "/functions/reader/invoke",
+        data={"input": '{"doc": "data:,x"}'},
+        files={"comment": ("c.txt", b"words", "text/plain")},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "input.comment"
+    assert len(stack.redis.keys("conveyor:file:*")) == before  # the part's file is gone

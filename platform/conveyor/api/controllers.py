@@ -13,7 +13,7 @@ from litestar.params import FromPath
 
 from conveyor.api.deploys import deploy
 from conveyor.api.files import base_url, discard, inline_files, own_hosts
-from conveyor.api.multipart import is_multipart, read_form
+from conveyor.api.multipart import check_parts, is_multipart, read_form
 from conveyor.api.params import (
     idempotency_key,
     limited_body,
@@ -126,6 +126,8 @@ class FunctionsController(Controller):
             text = await limited_body(request, platform.settings.api.max_body_bytes)
             body = parse_json(text, content_type, limit, depth)
         try:
+            if form is not None:
+                check_parts(form, schemas)
             record = await _submit(platform, caller, request, spec, schemas, body, seconds, key)
         except BaseException:
             if form is not None:

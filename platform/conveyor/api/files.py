@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, HttpMethod, Request, Response, delete, get, post, route
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException
 from litestar.params import FromPath
@@ -93,6 +93,16 @@ class FilesController(Controller):
     path = "/files"
     opt = takes()
 
+    # As FunctionsController.allow_result_methods: Litestar 2 would list one handler's.
+    @route(
+        "/{file_id:str}",
+        http_method=[HttpMethod.OPTIONS],
+        status_code=204,
+        include_in_schema=False,
+    )
+    async def allow_file_methods(self) -> Response[None]:
+        return Response(None, status_code=204, headers={"Allow": "DELETE, GET, OPTIONS"})
+
     @post(
         "/",
         summary="Upload a file (the raw body)",
@@ -108,6 +118,9 @@ class FilesController(Controller):
     ) -> Response[dict[str, Any]]:
         limit = platform.settings.files.max_bytes
         length = request.headers.get("content-length", "")
+        bodyless = length in ("", "0") and "transfer-encoding" not in request.headers
+        if bodyless and "content-type" not in request.headers:  # (an empty file has a type)
+            raise ClientException("no body: send the file's bytes, with their Content-Type")
         if length.isdigit() and int(length) > limit:
             raise FileTooLargeError(
                 f"the file is {length} bytes, more than [files] max_bytes ({limit})"
@@ -142,8 +155,8 @@ class FilesController(Controller):
             return Response(b"", status_code=304, headers=headers)
         start, end, status = 0, meta.size, 200
         wanted = request.headers.get("range")
-        if wanted and request.headers.get("if-range", etag) == etag:
-            span = _range(wanted, meta.size)
+        span = _range(wanted, meta.size) if wanted else IGNORED
+        if span is not IGNORED and request.headers.get("if-range", etag) == etag:
             if span is None:
                 headers["Content-Range"] = f"bytes */{meta.size}"
                 return Response(b"", status_code=416, headers=headers)
@@ -168,11 +181,18 @@ class FilesController(Controller):
         await asyncio.to_thread(platform.files.store.remove, meta.id)
 
 
+IGNORED = (0, -1)  # a Range this server does not take: answered with the whole file
+
+
 def _range(header: str, size: int) -> tuple[int, int] | None:
-    """``Range: bytes=a-b`` (one range) as [start, end), or None when it cannot be met."""
+    """``Range: bytes=a-b`` (one range) as [start, end); None when it cannot be met;
+    :data:`IGNORED` for a form not served (several ranges), which RFC 9110 lets a server
+    answer with the whole file."""
     match = _RANGE.match(header.strip())
     if match is None or (not match[1] and not match[2]):
-        raise ClientException(f"Range: only one range in bytes (bytes=0-1023); got {header!r}")
+        return IGNORED
+    if match[1] and match[2] and int(match[2]) < int(match[1]):
+        return IGNORED  # not a valid range: ignored, as RFC 9110 says
     if not match[1]:  # the last N bytes
         count = int(match[2])
         return (max(size - count, 0), size) if count and size else None

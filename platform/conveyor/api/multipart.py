@@ -22,6 +22,7 @@ from conveyor.files import refs
 from conveyor.files.db import FileMeta
 from conveyor.files.intake import PIECE, FileIntake
 from conveyor.files.store import FileWriter
+from conveyor.functions.loader import FunctionSchemas
 from conveyor.nesting import check_text
 
 FIELDS = ("input", "priority", "webhook")  # the parts that are JSON, not files
@@ -194,6 +195,17 @@ class _Collector:
             await asyncio.to_thread(writer.abort)  # those still being written
         for meta in self.files.values():
             await asyncio.to_thread(self.intake.store.remove, meta.id)
+
+
+def check_parts(form: Form, schemas: FunctionSchemas) -> None:
+    """Every file part must stand for a file field of the input."""
+    if not form.files:
+        return
+    fields = {f.path for f in refs.file_fields(schemas.input, schemas.defs, form.body["input"])}
+    for path in form.files:
+        if path not in fields:
+            name = "input." + ".".join(map(str, path))
+            raise FileInputError(name, "the function's input has no file field here")
 
 
 def _path(name: str) -> refs.Path:

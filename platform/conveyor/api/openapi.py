@@ -11,6 +11,7 @@ unit test comparing this document's operations with the app's routes).
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,10 +23,11 @@ from pydantic.json_schema import models_json_schema
 import conveyor
 from conveyor.api.problems import PROBLEM_JSON
 from conveyor.api.schemas import DOCUMENTED
-from conveyor.api.validation import request_schema
+from conveyor.api.validation import PRIORITY_SCHEMA, request_schema
 from conveyor.functions.loader import DEFS_REF, FunctionSchemas
 from conveyor.functions.manifest import NAME_PATTERN
 from conveyor.functions.registry import FunctionEntry
+from conveyor.handler_types import FILE_MARK
 from conveyor.maps.db import RECENT_JOBS
 from conveyor.settings import Settings
 from conveyor.webhooks.intake import REQUEST_SCHEMA as WEBHOOK_SCHEMA
@@ -387,7 +389,9 @@ def _rollback_op(name: dict[str, Any]) -> dict[str, Any]:
     return op
 
 
-def _invoke_op(name: str, description: str, max_wait: float) -> dict[str, Any]:
+def _invoke_op(
+    name: str, description: str, max_wait: float, form: dict[str, Any]
+) -> dict[str, Any]:
     wait = _wait_param(
         max_wait, "answer 200 with the result if it finishes within this many seconds"
     )
@@ -413,18 +417,14 @@ def _invoke_op(name: str, description: str, max_wait: float) -> dict[str, Any]:
         tags=[name],
     )
     op["description"] = description
-    form = {
-        "type": "object",
-        "required": ["input"],
-        "properties": {"input": {"type": "string", "description": "the JSON input"}},
-        "additionalProperties": BINARY,
-        "description": "the input as a part, and one part per file field, named by the field",
-    }
     op["requestBody"] = {
         "required": True,
         "content": {
             "application/json": {"schema": ref(f"{name}.InvokeRequest")},
-            "multipart/form-data": {"schema": form},
+            "multipart/form-data": {
+                "schema": form,
+                "encoding": {"input": {"contentType": "application/json"}},
+            },
         },
     }
     op["responses"]["200"]["description"] = "finished within ?wait"
@@ -507,6 +507,7 @@ def _file_param() -> dict[str, Any]:
 
 
 BINARY = {"type": "string", "format": "binary"}
+OCTETS = "application/octet-stream"  # a file of any type: the header says which
 
 
 def _upload_op() -> dict[str, Any]:
@@ -516,11 +517,15 @@ def _upload_op() -> dict[str, Any]:
         "Upload a file (the raw body, any type): an input field may then hold its url",
         ok=ref("FileInfo"),
         params=[filename],
-        problems=[413, 503],
+        problems=[400, 413, 503],
         status=201,
         tags=["files"],
     )
-    op["requestBody"] = {"required": True, "content": {"*/*": {"schema": BINARY}}}
+    op["requestBody"] = {
+        "required": True,
+        "description": "the file's bytes, sent with its own Content-Type (any)",
+        "content": {OCTETS: {"schema": BINARY}},
+    }
     return op
 
 
@@ -533,7 +538,7 @@ def _read_file_op() -> dict[str, Any]:
         problems=[400, 404, 503],
         tags=["files"],
     )
-    binary = {"content": {"*/*": {"schema": BINARY}}}
+    binary = {"content": {OCTETS: {"schema": BINARY}}}
     op["responses"]["200"] = {"description": "the file", **binary}
     op["responses"]["206"] = {"description": "the range asked for", **binary}
     op["responses"]["416"] = {"description": "the range is outside the file"}
@@ -690,8 +695,34 @@ def _add_function(
     remove = _delete_op(f"delete_{name}_result", [_invocation_param()])
     result["tags"] = remove["tags"] = [name]
     paths = doc["paths"]
-    paths[f"/functions/{name}/invoke"] = {"post": _invoke_op(name, description, max_wait)}
+    form = _invoke_form(schemas, sides["Input"])
+    paths[f"/functions/{name}/invoke"] = {"post": _invoke_op(name, description, max_wait, form)}
     paths[f"/functions/{name}/results/{{invocation_id}}"] = {"get": result, "delete": remove}
+
+
+def _invoke_form(schemas: FunctionSchemas, input_ref: dict[str, Any]) -> dict[str, Any]:
+    """An invoke as ``multipart/form-data``: the input as a JSON part, and a part for each
+    of its top-level file fields (one inside a list is named ``field.0``, and so on)."""
+    root = schemas.input
+    target = root.get("$ref")
+    if isinstance(target, str) and target.startswith(DEFS_REF):
+        root = schemas.defs.get(target.removeprefix(DEFS_REF), {})
+    files = {
+        name: {**BINARY, "description": "the file for this field"}
+        for name, field in (root.get("properties") or {}).items()
+        if FILE_MARK in json.dumps(field) and "$ref" not in json.dumps(field)
+    }
+    return {
+        "type": "object",
+        "required": ["input"],
+        "properties": {
+            "input": {**input_ref, "description": "the input (JSON); file fields may be null"},
+            "priority": PRIORITY_SCHEMA,
+            **files,
+        },
+        "additionalProperties": False,
+        "description": "the input as a part, and one part per file field, named by the field",
+    }
 
 
 def _secure(doc: dict[str, Any]) -> None:
