@@ -13,7 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import Process, Stack, free_port, start_api, wait_until, write_function
+from tests.support import (
+    Process,
+    Stack,
+    free_port,
+    rss_mib,
+    start_api,
+    wait_until,
+    write_function,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -78,13 +86,6 @@ def invoked(base: str, name: str, value: int) -> bool:
         f"{base}/functions/{name}/invoke?wait=10", json={"input": value}, timeout=20
     )
     return response.status_code == 200 and response.json()["output"] == value + 1
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.mark.parametrize("case", list(CASES))

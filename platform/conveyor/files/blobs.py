@@ -75,19 +75,17 @@ class _RedisWriter:
 
     def write(self, data: bytes) -> None:
         self.buffer += data
-        while len(self.buffer) >= CHUNK * CHUNKS_PER_COMMAND:
-            self._push(CHUNKS_PER_COMMAND)
+        while len(self.buffer) >= CHUNK:  # a chunk at a time: at most two held
+            self._push()
 
-    def _push(self, count: int) -> None:
-        chunks = [bytes(self.buffer[i * CHUNK : (i + 1) * CHUNK]) for i in range(count)]
-        chunks = [c for c in chunks if c]
-        if chunks:
-            self.redis.rpush(self.key, *chunks)
-        del self.buffer[: count * CHUNK]
+    def _push(self) -> None:
+        with memoryview(self.buffer) as view:
+            self.redis.rpush(self.key, bytes(view[:CHUNK]))
+        del self.buffer[:CHUNK]
 
     def close(self) -> None:
         while self.buffer:
-            self._push(CHUNKS_PER_COMMAND)
+            self._push()
 
     def abort(self) -> None:
         self.buffer.clear()
