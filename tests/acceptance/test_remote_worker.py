@@ -8,6 +8,7 @@ empty version cache) still runs the last good version.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -148,6 +149,57 @@ def test_a_worker_with_no_functions_folder_serves_the_apis_versions(
                     'conveyor_invocations_total{function="greet",status="succeeded"} 2.0' in metrics
                 )
                 assert 'conveyor_workers{queue="default"} 1.0' in metrics
+        finally:
+            worker.stop()
+    finally:
+        server.stop()
+
+
+READ_AND_WRITE = """
+    import hashlib
+    from pathlib import Path
+    from conveyor import File
+
+    def run(f: File) -> dict:
+        out = f.parent / "reversed.bin"
+        out.write_bytes(f.read_bytes()[::-1])
+        return {"sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "reversed": out}
+"""
+
+
+def test_a_worker_on_another_machine_reads_and_writes_files(
+    other_machine: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """The file store in Redis: a file uploaded to the API reaches a handler on another
+    machine (which has nothing but the Redis URL), and the file it returns comes back."""
+    ns, our_address, _ = other_machine
+    server = RedisServer(tmp_path / "redis", bind=f"127.0.0.1 {our_address}").start(
+        "--protected-mode", "no"
+    )
+    try:
+        here = tmp_path / "here"
+        write_function(here / "functions", "files", READ_AND_WRITE, HELLO_TOML)
+        config = write_settings(here / "deploy.toml", server.url, here / "functions")
+        there = tmp_path / "there"
+        there.mkdir()
+        remote_url = f"redis://{our_address}:{server.port}/0"
+        remote_config = write_settings(there / "deploy.toml", remote_url, there / "functions")
+        worker = Process(
+            ["ip", "netns", "exec", ns, *conveyor("worker", "--name", "files@other")],
+            remote_config,
+            there / "worker.log",
+        )
+        client = server.client()
+        try:
+            with TestClient(create_app(load_settings(config)), base_url=LOCAL, timeout=90) as api:
+                wait_for(lambda: client.exists("conveyor:worker:files@other"), 60, "worker")
+                until_reloaded(api, "files", lambda f: f.get("workers") == 1)
+                data = os.urandom(3 * 1024 * 1024)
+                made = api.post("/files", content=data).json()
+                status, done = invoke(api, "files", made["url"], wait=60)
+                assert status == 200, done
+                assert done["output"]["sha256"] == hashlib.sha256(data).hexdigest()
+                assert api.get(done["output"]["reversed"]).content == data[::-1]
         finally:
             worker.stop()
     finally:
