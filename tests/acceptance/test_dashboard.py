@@ -1,14 +1,17 @@
 """/dashboard in Debian's chromium (driven by Playwright) against a running API and worker:
 no console errors, the functions listed with live figures, a form that invokes iris, a
-failing invocation in the recent list. CONVEYOR_SCREENSHOT=path saves a screenshot."""
+failing invocation in the recent list, file pickers and an image output.
+CONVEYOR_SCREENSHOT=path saves a screenshot."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image, ImageDraw
 from playwright.sync_api import ConsoleMessage, sync_playwright
 
 from tests.support import Stack, copy_examples, free_port, start_api, write_function
@@ -22,21 +25,21 @@ BOOM = "def run(x: int) -> int:\n    raise ValueError(f'no good: {x}')\n"
 @pytest.fixture(scope="module")
 def base(make_stack) -> Iterator[str]:  # type: ignore[no-untyped-def]
     stack: Stack = make_stack()
-    copy_examples(stack.functions, "echo", "iris")
+    copy_examples(stack.functions, "echo", "iris", "shapes", "thumbnail")
     write_function(
         stack.functions,
         "boom",
         BOOM,
         '[function]\nhandler = "handler:run"\n[queue]\nname = "realtime"\n',
     )
-    stack.worker("--queues", "realtime")
+    stack.worker("--queues", "realtime,default")
     api, url = start_api(stack.config, stack.root / "api.log", free_port())
     yield url
     api.stop()
 
 
 def test_the_dashboard_lists_invokes_and_shows_failures(
-    base: str, report: Callable[[str], None]
+    base: str, report: Callable[[str], None], tmp_path: Path
 ) -> None:
     for n in range(20):  # something to draw
         httpx.post(f"{base}/functions/echo/invoke?wait=10", json={"input": n})
@@ -77,6 +80,27 @@ def test_the_dashboard_lists_invokes_and_shows_failures(
         answer = page.inner_text(f"{card} pre")
         assert '"species": "virginica"' in answer, answer
 
+        # A file field is a file picker; an image output is shown as an image.
+        picture = tmp_path / "square.png"
+        square = Image.new("RGB", (64, 64), (240, 240, 240))
+        ImageDraw.Draw(square).rectangle((14, 14, 50, 50), fill=(30, 30, 160))
+        square.save(picture)
+        for name in ("shapes", "thumbnail"):
+            card = f"article[data-function={name}]"
+            page.wait_for_selector(f"{card} .badge.ready", timeout=15_000)
+            page.click(f"{card} summary")
+            picker = f"{card} input[type=file][name=image]"
+            assert page.get_attribute(picker, "accept") == "image/*"
+            page.set_input_files(picker, str(picture))
+            if name == "thumbnail":
+                page.fill(f"{card} input[name=size]", "32")
+            page.click(f"{card} form button")
+            page.wait_for_selector(f"{card} pre[data-status=succeeded]", timeout=30_000)
+        assert '"label": "square"' in page.inner_text("article[data-function=shapes] pre")
+        shown = "article[data-function=thumbnail] .files img"
+        page.wait_for_selector(shown, timeout=15_000)
+        page.wait_for_function(f"document.querySelector('{shown}').naturalWidth === 32")
+
         failed = httpx.post(f"{base}/functions/boom/invoke?wait=10", json={"input": 3}).json()
         row = f"#recent tr[data-id='{failed['id']}']"
         page.wait_for_selector(row, timeout=15_000)  # the page refreshes by itself
@@ -86,5 +110,7 @@ def test_the_dashboard_lists_invokes_and_shows_failures(
         browser.close()
     assert errors == [], errors
     report(
-        "/dashboard: 3 functions listed, iris invoked from its form (virginica), a failure in the recent list, no console errors"
+        "/dashboard: 5 functions listed, iris invoked from its form (virginica), a picture"
+        " sent from a file picker (shapes: square) and a thumbnail shown as an image, a"
+        " failure in the recent list, no console errors"
     )

@@ -42,7 +42,8 @@ BODY_MEDIA = frozenset(
 WITH_BODY = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';"
-    " img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none';"
+    " img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; object-src 'none';"
+    " base-uri 'none';"
     " form-action 'self'; frame-ancestors 'none'"
 )
 _ALWAYS = [(b"x-content-type-options", b"nosniff")]

@@ -74,38 +74,94 @@ function chart(title, series, colors, unit) {
     el("figcaption", { text: `${title}, last ${minutes} min (max ${fmt(top, unit, 2)})` }));
 }
 
-// Inputs for an object schema of simple fields; a JSON text area for anything else.
+const FILE_MARK = "x-conveyor-file";
+
+// A file field: a file picker, its accept list from the field's contentMediaType.
+function filePicker(name, prop) {
+  const attrs = { type: "file", name };
+  if (prop.contentMediaType) attrs.accept = prop.contentMediaType;
+  return el("input", attrs);
+}
+
+// Inputs for an object schema of simple fields (file fields as file pickers), or for a
+// file input; a JSON text area for anything else. read(form) gives the input, and the
+// files to send with it as parts of a multipart invoke.
 function inputFields(schema) {
+  if (schema[FILE_MARK]) {
+    return { fields: [el("label", { text: "input (a file)" }, filePicker("file", schema))],
+      read: (form) => ({ input: null, files: { "": form.file.files[0] } }) };
+  }
   const props = schema.type === "object" && schema.properties ? schema.properties : null;
-  if (!props || Object.values(props).some((p) => !["number", "integer", "string", "boolean"].includes(p.type))) {
-    return { fields: [el("label", { text: "input (JSON)" }, el("textarea", { name: "json", rows: "3" }))], read: (form) => JSON.parse(form.json.value || "null") };
+  const simple = (p) => p[FILE_MARK] || ["number", "integer", "string", "boolean"].includes(p.type);
+  if (!props || !Object.values(props).every(simple)) {
+    return { fields: [el("label", { text: "input (JSON)" }, el("textarea", { name: "json", rows: "3" }))], read: (form) => ({ input: JSON.parse(form.json.value || "null"), files: {} }) };
   }
   const fields = Object.entries(props).map(([name, prop]) =>
     el("label", { text: `${name}${prop.description ? ` (${prop.description})` : ""}` },
-      el("input", { type: "text", name, placeholder: prop.type })));
-  const read = (form) => Object.fromEntries(Object.entries(props).map(([name, prop]) => {
-    const raw = form[name].value;
-    if (prop.type === "number" || prop.type === "integer") return [name, Number(raw)];
-    if (prop.type === "boolean") return [name, raw === "true"];
-    return [name, raw];
-  }));
+      prop[FILE_MARK] ? filePicker(name, prop) : el("input", { type: "text", name, placeholder: prop.type })));
+  const read = (form) => {
+    const input = {}, files = {};
+    for (const [name, prop] of Object.entries(props)) {
+      const raw = form[name].value;
+      if (prop[FILE_MARK]) { if (form[name].files[0]) files[name] = form[name].files[0]; input[name] = null; }
+      else if (prop.type === "number" || prop.type === "integer") input[name] = Number(raw);
+      else if (prop.type === "boolean") input[name] = raw === "true";
+      else if (raw !== "" || !("default" in prop)) input[name] = raw;
+    }
+    return { input, files };
+  };
   return { fields, read };
+}
+
+// JSON, or multipart/form-data when there are files: the input as a part, a part per file.
+async function send(name, input, files) {
+  const path = `/functions/${name}/invoke`;
+  if (!Object.keys(files).length) {
+    return api(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ input }) });
+  }
+  const whole = files[""];
+  if (whole) { // the input is itself a file: upload it, and send its url
+    const made = await api(`/files?filename=${encodeURIComponent(whole.name)}`, {
+      method: "POST", headers: { "content-type": whole.type || "application/octet-stream" }, body: whole });
+    if (made.status >= 400) return made;
+    return api(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ input: made.body.url }) });
+  }
+  const form = new FormData();
+  form.append("input", JSON.stringify(input));
+  for (const [field, file] of Object.entries(files)) form.append(field, file, file.name);
+  return api(path, { method: "POST", body: form });
+}
+
+// An output's images as images and audio with a player (fetched with the key, shown from
+// a blob: URL; other files as links).
+async function showFiles(result, box) {
+  box.replaceChildren();
+  for (const file of result.files || []) {
+    const response = await fetch(file.url, { headers: apiKey() ? { Authorization: `Bearer ${apiKey()}` } : {} });
+    if (!response.ok) continue;
+    const url = URL.createObjectURL(await response.blob());
+    const type = file.content_type || "";
+    if (type.startsWith("image/")) box.append(el("img", { src: url, alt: file.filename || file.id }));
+    else if (type.startsWith("audio/")) box.append(el("audio", { src: url, controls: "" }));
+    else box.append(el("a", { href: url, download: file.filename || file.id, text: file.filename || file.id }));
+  }
 }
 
 function invokeForm(fn) {
   if (forms.has(fn.name)) return forms.get(fn.name);
   const { fields, read } = inputFields(fn.input_schema || {});
   const output = el("pre", { class: "output", "aria-label": "result" });
+  const shown = el("div", { class: "files", "aria-label": "output files" });
   const bar = el("progress", { max: "1", value: "0", hidden: "" });
   const form = el("form", { class: "invoke", "data-function": fn.name }, ...fields,
-    el("button", { type: "submit", text: `Invoke ${fn.name}` }), bar, output);
+    el("button", { type: "submit", text: `Invoke ${fn.name}` }), bar, output, shown);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     output.textContent = "…";
-    let input;
-    try { input = read(form); } catch (error) { output.textContent = `not JSON: ${error}`; return; }
-    const sent = await api(`/functions/${fn.name}/invoke`, {
-      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ input }) });
+    let taken;
+    try { taken = read(form); } catch (error) { output.textContent = `not JSON: ${error}`; return; }
+    shown.replaceChildren();
+    const sent = await send(fn.name, taken.input, taken.files);
     if (sent.status >= 400) { output.textContent = JSON.stringify(sent.body, null, 2); return; }
     let result = sent.body;
     while (!["succeeded", "failed", "cancelled"].includes(result.status)) {
@@ -116,6 +172,7 @@ function invokeForm(fn) {
     bar.hidden = true;
     output.textContent = JSON.stringify(result.status === "succeeded" ? result.output : result.error, null, 2);
     output.dataset.status = result.status;
+    if (result.status === "succeeded") await showFiles(result, shown);
   });
   const wrapper = el("details", {}, el("summary", { text: "Invoke" }), form);
   forms.set(fn.name, wrapper);
