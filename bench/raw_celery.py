@@ -29,6 +29,17 @@ def echo(payload: Any) -> Any:
     return payload
 
 
+@app.task(name="raw.hash_key")
+def hash_key(key: str) -> str:
+    """A file passed by hand: the client SET its bytes in Redis, the task GETs them."""
+    import hashlib
+
+    import redis
+
+    client = redis.Redis.from_url(app.conf.broker_url)
+    return hashlib.sha256(client.get(key) or b"").hexdigest()
+
+
 @app.task(name="raw.sleep")
 def sleep(seconds: float) -> float:
     import time

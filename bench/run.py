@@ -5,7 +5,8 @@ process). Starts its own Redis, API and workers; prints one table and JSON lines
 BENCH_RUNS (default 3) sets how many times each scenario runs; medians are reported.
 BENCH_ONLY=store (or embed: the real model; coldstart; request: the API's cost per
 invocation and [api] workers = 2; failover: [redis] min_replicas and BENCH_FAILOVERS
-(default 10) kills of the primary) runs those rows alone.
+(default 10) kills of the primary; files: the image example and a 10 MiB file) runs those
+rows alone.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import aiohttp
 import httpx
 
+from bench import images
 from bench.access import Receiver, keyed_config, make_key, webhook_load
 from bench.apicost import (
     BASELINE_REF,
@@ -65,6 +67,7 @@ from tests.support import (
 )
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 FAILOVERS = int(os.environ.get("BENCH_FAILOVERS", "10"))
@@ -408,6 +411,7 @@ def main() -> int:
             rows += [
                 Row("deploy", "folder → first invoke p50", dep, None, "s", "≤ 1 s", dep <= 1.0),
                 *store_rows(env, root, dep),
+                *file_rows(env, raw),
             ]
         env.stop(raw_worker)
         env.stop(worker)
@@ -416,6 +420,7 @@ def main() -> int:
         if os.environ.get("BENCH_SKIP_BATCHING"):
             return report(rows) or 0
         rows += batching_rows(env)
+        rows += image_rows(env, root)
         rows += embed_rows(env, root) + coldstart_rows(env, root)
         rows += replication_rows(root)
     finally:
@@ -436,6 +441,13 @@ def only_rows(env: Platform, root: Path, worker: Process) -> list[Row] | None:
     if only == "failover":
         env.stop(worker)
         return replication_rows(root)
+    if only == "files":
+        env.raw_worker()
+        with raw_celery(env.redis.url) as raw:
+            wait_for(lambda: raw.echo.delay(0).get(timeout=10) == 0, 30, "raw celery worker")
+            rows = file_rows(env, raw)
+        env.stop(worker)
+        return rows + image_rows(env, root)
     alone = {"embed": embed_rows, "coldstart": coldstart_rows}.get(only)
     if alone is None:
         return None
@@ -497,6 +509,48 @@ def batching_rows(env: Platform) -> list[Row]:
     rows.append(mlp_map_row(env))
     env.stop(mlp_worker)
     return rows
+
+
+def file_rows(env: Platform, raw: Any) -> list[Row]:
+    """A 10 MiB file from the upload's first byte to its hash in the result, against the
+    same bytes SET in Redis by hand and read back by a Celery task."""
+    data = images.file_bytes()
+    images.upload_to_result(env.base, data)  # warm both paths
+    images.by_hand(raw, env.redis.url, data)
+    ours = median_of(RUNS * 3, lambda: {"s": images.upload_to_result(env.base, data)})["s"]
+    hand = median_of(RUNS * 3, lambda: {"s": images.by_hand(raw, env.redis.url, data)})["s"]
+    return [Row("files", "10 MiB: upload to result", ours * 1000, hand * 1000, "ms")]
+
+
+def image_rows(env: Platform, root: Path) -> list[Row]:
+    """functions/shapes with batching, over uploaded pictures, against the model's own
+    batched speed in a plain process on the same pictures."""
+    shutil.copytree(REPO / "functions" / "shapes", env.functions / "shapes")
+    pictures = root / "pictures"
+    images.draw_pictures(pictures)
+    limit = median_of(RUNS, lambda: {"rate": images.inprocess(pictures, 32)})["rate"]
+    worker = env.worker("--queues", "realtime", "--concurrency", "1")
+    wait_for(
+        lambda: httpx.get(f"{env.base}/functions/shapes").json().get("status") == "ready",
+        60,
+        "shapes deployed",
+    )
+    urls = images.upload_all(env.base, sorted(pictures.glob("*.png")))
+    images.classify_load(env.base, urls[:128])  # set-up and the first batches
+    got = median_of(RUNS, lambda: images.classify_load(env.base, urls))
+    env.stop(worker)
+    return [
+        Row(
+            "image model",
+            "batching on",
+            got["rate"],
+            limit,
+            "/s",
+            "≥ 0.9×",
+            got["rate"] >= 0.9 * limit,
+        ),
+        Row("image model", "p50 (64 clients)", got["p50"], None, "ms"),
+    ]
 
 
 def embed_rows(env: Platform, root: Path) -> list[Row]:

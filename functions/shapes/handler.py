@@ -30,6 +30,7 @@ class Shapes:
         import torch
         from PIL import Image
 
+        torch.set_num_threads(1)  # one process per core: run more worker processes instead
         self.torch, self.image = torch, Image
         saved = torch.load(HERE / "weights.pt", weights_only=True)
         self.net = build_network()

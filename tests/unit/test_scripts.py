@@ -50,11 +50,11 @@ def test_command_orders_named_values_and_refuses_others() -> None:
     submit = script("invocations", "submit")
     values = {name: f"k:{name}" for name in submit.keys}
     values |= {name: f"a:{name}" for name in submit.args}
-    keys, args = submit.command(**values, fields=["status", "queued"])
-    assert keys == [f"k:{name}" for name in submit.keys]
+    keys, args = submit.command(**values, fields=["status", "queued"], holders=["h1", "h2"])
+    assert keys == [*(f"k:{name}" for name in submit.keys), "h1", "h2"]
     assert args == [*(f"a:{name}" for name in submit.args), "status", "queued"]
     with pytest.raises(ScriptError, match=r"missing \['fields'\], unknown \['typo'\]"):
-        submit.command(**values, typo=1)
+        submit.command(**values, holders=[], typo=1)
 
 
 def test_a_header_naming_a_key_twice_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -106,7 +106,9 @@ def create_app(settings: Settings) -> Litestar:
         validators=RequestValidators(webhooks=webhooks),
         maps=MapStore(invocations.redis, invocations.celery),
         map_events=Waiters(invocations.subscription, keyspace.MAP_EVENTS_CHANNEL, str),
-        files=FileIntake(settings.files, FileStore(settings.files, sync_client(settings))),
+        files=FileIntake(
+            settings.files, FileStore(settings.files, sync_client(settings)), invocations.redis
+        ),
         api_keys=ApiKeyStore(invocations.redis, invocations.subscription)
         if settings.api.auth == "keys"
         else None,

@@ -62,7 +62,7 @@ async def readable(platform: Platform, caller: Caller, file_id: str) -> FileMeta
     """A file the caller may read: unknown, expired or deleted is a 404, another key's a 403."""
     meta = None
     if refs.valid_id(file_id):
-        meta = await asyncio.to_thread(platform.files.store.get, file_id)
+        meta = await platform.files.get(file_id)
     if meta is None or meta.expired():
         raise FileNotFoundInStoreError(f"no file {file_id} (never uploaded, expired or deleted)")
     if not caller.owns(meta.owner or None):
@@ -76,7 +76,7 @@ async def inline_files(platform: Platform, files: list[dict[str, Any]]) -> dict[
     for listed in files:
         if listed.get("size", INLINE_LIMIT + 1) > INLINE_LIMIT:
             continue
-        meta = await asyncio.to_thread(platform.files.store.get, listed["id"])
+        meta = await platform.files.get(listed["id"])
         if meta is not None:
             data = await asyncio.to_thread(platform.files.store.small, meta)
             inline[meta.id] = refs.data_uri(meta.content_type, data)

@@ -87,9 +87,7 @@ class FileIndex:
     def get(self, file_id: str) -> FileMeta | None:
         """A file written whole (None: unknown, being written, or removed)."""
         raw = cast("dict[str, str]", self.redis.hgetall(keyspace.file(file_id)))
-        if not raw or raw.get("state") != "ready":
-            return None
-        return FileMeta.from_hash(raw)
+        return FileMeta.from_hash(raw) if raw and raw.get("state") == "ready" else None
 
     def hold(self, file_ids: Iterable[str], holder: str, pipe: Any = None) -> None:
         """``holder`` (``job:<id>``, ``map:<id>``) uses these files: the sweeper keeps
@@ -149,6 +147,12 @@ class FileIndex:
         return bool(
             self.redis.set(keyspace.FILES_SWEEP_LOCK, owner, nx=True, px=int(seconds * 1000))
         )
+
+
+async def get_async(client: redis.asyncio.Redis, file_id: str) -> FileMeta | None:
+    """:meth:`FileIndex.get` on the API's asynchronous client (no thread for a look-up)."""
+    raw = cast("dict[str, str]", await client.hgetall(keyspace.file(file_id)))
+    return FileMeta.from_hash(raw) if raw and raw.get("state") == "ready" else None
 
 
 async def hold(client: redis.asyncio.Redis, file_ids: Iterable[str], holder: str) -> None:

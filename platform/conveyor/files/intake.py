@@ -22,10 +22,11 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
+import redis.asyncio
 
 from conveyor.errors import FileInputError, FileTooLargeError
 from conveyor.files import refs
-from conveyor.files.db import FileMeta
+from conveyor.files.db import FileMeta, get_async
 from conveyor.files.refs import FileField
 from conveyor.files.store import FileStore, FileWriter
 from conveyor.functions.loader import FunctionSchemas
@@ -39,9 +40,12 @@ MAX_REDIRECTS = 5
 class FileIntake:
     """Uploads and input files into the store, for one API process."""
 
-    def __init__(self, settings: FilesSettings, store: FileStore) -> None:
+    def __init__(
+        self, settings: FilesSettings, store: FileStore, client: redis.asyncio.Redis
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.redis = client  # the API's own: records are read without a thread
         self.guard = Guard(
             tuple(settings.allow_networks), "[files] allow_networks", "URL inputs are fetched"
         )
@@ -99,7 +103,7 @@ class FileIntake:
         """The file one field names (see the module's docstring), checked."""
         file_id = refs.ref_id(raw) or refs.url_id(raw, own_hosts)
         if file_id is not None:
-            meta = await asyncio.to_thread(self.store.get, file_id)
+            meta = await self.get(file_id)
             if meta is None or meta.expired():
                 raise FileInputError(
                     field.name, f"no file {file_id}: never uploaded, expired or deleted"
@@ -117,6 +121,9 @@ class FileIntake:
             "a file is an http(s) URL, a data URI (data:image/png;base64,...) or the url of"
             " a file uploaded with POST /files",
         )
+
+    async def get(self, file_id: str) -> FileMeta | None:
+        return await get_async(self.redis, file_id)
 
     @staticmethod
     def check(field: FileField, declared: str | None, sniffed: str | None) -> None:

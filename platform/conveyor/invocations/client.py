@@ -35,7 +35,6 @@ from conveyor.errors import (
     NotReplicatedError,
     VersionNotFoundError,
 )
-from conveyor.files.db import hold
 from conveyor.functions.registry import FunctionSpec
 from conveyor.invocations.records import (
     ACTIVE,
@@ -133,12 +132,10 @@ class InvocationClient:
             idempotency = keyspace.idempotency(spec.name, owner or "", idempotency_key)
             fields["idempotency_key"] = idempotency
         digest = _digest(raw_input, priority, webhook) if idempotency else ""
-        if files:  # before the record exists: a sweep never sees it without its holds
-            with broker_errors():
-                await hold(self.redis, files, f"job:{inv.id}")
         # Watch before the message exists, so even an instant result is not missed.
         with self._waiters.watch(inv.id) as events:
             submit = self._submit_values(spec, inv, fields, idempotency, digest)
+            submit["holders"] = [keyspace.file_holders(file_id) for file_id in files]
             first, notice = await self._store(inv.id, submit)
             if isinstance(first, str):
                 return await self._replay(spec.name, idempotency_key or "", first, digest, wait)

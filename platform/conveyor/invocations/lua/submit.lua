@@ -8,8 +8,10 @@
 -- the answer is 0. With an ``idempotency`` key already used, nothing is written and the
 -- answer is "<invocation id> <body digest>" of the first use. A message is kept in
 -- ``sent``/``sent_messages`` until a worker starts it (conveyor/invocations/stranded.py).
--- KEYS: record queue armed trigger_list idempotency version_record in_use sent sent_messages sent_sequence
+-- ``holders``: the holders sets of the files its input refers to (files/hold).
+-- KEYS: record queue armed trigger_list idempotency version_record in_use sent sent_messages sent_sequence ...holders
 -- ARGV: pending_ttl message armed_ttl trigger item_id item_version item_input id digest in_use_field ...fields
+--! include files/hold
 if K.idempotency ~= '' then
   local first = redis.call('GET', K.idempotency)
   if first then return first end
@@ -18,6 +20,7 @@ if redis.call('EXISTS', K.version_record) == 0 then return 0 end
 if K.idempotency ~= '' then
   redis.call('SET', K.idempotency, A.id .. ' ' .. A.digest, 'EX', A.pending_ttl)
 end
+hold({unpack(KEYS, K_REST)}, 'job:' .. A.id)
 redis.call('HSET', K.record, unpack(ARGV, A_REST))
 redis.call('EXPIRE', K.record, A.pending_ttl)
 redis.call('HINCRBY', K.in_use, A.in_use_field, 1)
