@@ -66,6 +66,17 @@ class RedisBlobs:
     def delete(self, file_id: str) -> None:
         self.redis.delete(keyspace.file_data(file_id))
 
+    def record_and_head(self, file_id: str) -> tuple[dict[str, str], list[bytes]]:
+        """A file's record and its first chunks, in one round trip (most inputs are this
+        small): what :meth:`FileStore.fetch` reads first."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(keyspace.file(file_id))
+        pipe.execute_command(  # type: ignore[no-untyped-call]
+            "LRANGE", keyspace.file_data(file_id), 0, CHUNKS_PER_COMMAND - 1, **{NEVER_DECODE: True}
+        )
+        record, head = pipe.execute()
+        return record, head
+
 
 class _RedisWriter:
     def __init__(self, client: redis.Redis, key: str) -> None:

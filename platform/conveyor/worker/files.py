@@ -81,15 +81,10 @@ class Attempt:
         return raw
 
     def _fetch(self, field: str, file_id: str) -> File:
-        meta = self.files.store.get(file_id)
+        meta = self.files.store.fetch(file_id, self._place)
         if meta is None:
             raise FileInputError(field, f"file {file_id} is gone (deleted, or Redis lost it)")
-        if self.folder is None:
-            self.folder = Path(tempfile.mkdtemp(prefix="conveyor-files-"))
-        place = self.folder / file_id
-        place.mkdir()
-        path = place / (meta.filename or f"input{_suffix(meta.content_type)}")
-        self.files.store.copy_to(meta, path)
+        path = self._place(meta)
         return File.of(
             path,
             content_type=meta.content_type,
@@ -97,6 +92,14 @@ class Attempt:
             size=meta.size,
             sha256=meta.sha256,
         )
+
+    def _place(self, meta: FileMeta) -> Path:
+        """Where an input file goes: ``<the attempt's folder>/<id>/<its own name>``."""
+        if self.folder is None:
+            self.folder = Path(tempfile.mkdtemp(prefix="conveyor-files-"))
+        place = self.folder / meta.id
+        place.mkdir(exist_ok=True)
+        return place / (meta.filename or f"input{_suffix(meta.content_type)}")
 
     def outputs(self, output: Any) -> Any:
         if isinstance(output, pydantic.BaseModel):
