@@ -90,14 +90,21 @@ def file_view(meta: dict[str, Any], base: str) -> dict[str, Any]:
     return view
 
 
-def with_urls(value: Any, files: list[dict[str, Any]], base: str, inline: dict[str, str]) -> Any:
-    """``value`` (an output) with each of its files' references made a URL or a data URI."""
-    known = {f["id"] for f in files}
+def with_urls(
+    value: Any,
+    files: list[dict[str, Any]] | None,
+    base: str,
+    inline: dict[str, str] | None = None,
+) -> Any:
+    """``value`` (an output) with each of its files' references made a URL or a data URI
+    (``files``: those the record lists; None: any reference, as a map job's items hold)."""
+    known = None if files is None else {f["id"] for f in files}
+    inline = inline or {}
 
     def visit(node: Any) -> Any:
         if isinstance(node, str):
             file_id = refs.ref_id(node)
-            if file_id is not None and file_id in known:
+            if file_id is not None and (known is None or file_id in known):
                 return inline.get(file_id) or refs.file_url(base, file_id)
             return node
         if isinstance(node, list):

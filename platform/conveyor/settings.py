@@ -276,6 +276,12 @@ class FilesSettings(_Section):
     s3_region: str = "us-east-1"
     s3_access_key_id: str = Field("", description="empty: boto3's own chain (AWS_* ...)")
     s3_secret_access_key: str = ""
+    bundles_above: int = Field(
+        0,
+        ge=0,
+        description='with store = "s3": function bundles larger than this many bytes go to the'
+        " bucket (0: none do), and a version may then have up to max_bytes",
+    )
 
     @field_validator("allow_networks")
     @classmethod
@@ -363,6 +369,15 @@ class Settings(BaseSettings):
     queues: dict[str, QueueSettings] = Field(
         default_factory=lambda: {"default": QueueSettings()}, min_length=1
     )
+
+    @property
+    def bundle_limit(self) -> int:
+        """The most a version's files may add up to: ``[store] max_bundle_bytes``, or with
+        large bundles in the bucket (``[files] bundles_above``), ``[files] max_bytes``."""
+        files = self.files
+        if files.store == "s3" and files.bundles_above:
+            return max(files.max_bytes, self.store.max_bundle_bytes)
+        return self.store.max_bundle_bytes
 
     @field_validator("queues")
     @classmethod

@@ -317,3 +317,15 @@ def test_a_part_that_is_no_file_field_is_refused(api: TestClient, stack: Stack) 
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["field"] == "input.comment"
     assert len(stack.redis.keys("conveyor:file:*")) == before  # the part's file is gone
+
+
+def test_map_items_return_files_as_urls(api: TestClient) -> None:  # type: ignore[type-arg]
+    job = api.post("/functions/maker/map", json={"inputs": [1, 2]}).json()
+    api.get(job["status_url"], params={"wait": 30})
+    for order in ("index", "completion"):
+        text = api.get(job["results_url"], params={"order": order}).text
+        lines = sorted((json.loads(line) for line in text.splitlines()), key=lambda x: x["index"])
+        for n, line in enumerate(lines, start=1):
+            url = line["output"]["picture"]
+            assert url.startswith("http://127.0.0.1/files/"), line
+            assert api.get(url).content == bytes(range(256)) * n

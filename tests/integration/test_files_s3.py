@@ -5,6 +5,7 @@ removal; Redis keeps only the records."""
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +17,17 @@ from tests.support import S3Server, Stack, invoke, wait_for, write_function
 pytestmark = pytest.mark.integration
 
 
+# A folder past [store] max_bundle_bytes (2 MiB here): its bundle goes to the bucket.
+WEIGHTS = random.Random(0).randbytes(3 * 1024 * 1024)  # (zipped, still 3 MiB)
+HEAVY = """
+    import hashlib
+    from pathlib import Path
+
+    def run(x: int) -> str:
+        return hashlib.sha256((Path(__file__).parent / "weights.bin").read_bytes()).hexdigest()
+"""
+
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server = S3Server(tmp_path_factory.mktemp("s3"))
@@ -25,9 +37,12 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture(scope="module")
 def stack(make_stack, s3: S3Server) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
-    stack = make_stack(s3.settings() + "sweep_interval = 0.5\n")
+    stack = make_stack(s3.settings() + "sweep_interval = 0.5\nbundles_above = 1048576\n")
+    stack.set_settings("store", max_bundle_bytes=2 * 1024 * 1024)
     write_function(stack.functions, "reader", READER, TOML)
     write_function(stack.functions, "maker", MAKER, TOML)
+    heavy = write_function(stack.functions, "heavy", HEAVY, TOML)
+    (heavy / "weights.bin").write_bytes(WEIGHTS)
     stack.worker()
     yield stack
 
@@ -65,3 +80,13 @@ def test_expired_files_leave_the_bucket(api: TestClient, s3: S3Server, stack: St
     assert api.get(made["url"]).status_code == 404
     wait_for(lambda: f"files/{made['id']}" not in s3.objects(), 15, "the sweep")
     assert not stack.redis.exists(f"conveyor:file:{made['id']}")
+
+
+def test_a_large_bundle_lives_in_the_bucket(api: TestClient, s3: S3Server, stack: Stack) -> None:  # type: ignore[type-arg]
+    version = api.get("/functions/heavy").json()["version"]
+    assert f"bundles/heavy/{version}" in s3.objects()
+    chunks = stack.redis.llen(f"conveyor:bundle:heavy:{version}")
+    assert chunks == 1  # the chunk that names the object, not the 3 MiB
+    status, done = invoke(api, "heavy", 1, wait=60)
+    assert status == 200, done
+    assert done["output"] == hashlib.sha256(WEIGHTS).hexdigest()

@@ -18,6 +18,7 @@ from litestar.testing import TestClient
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from tests.integration.test_files import MAKER
 from tests.support import (
     Process,
     Receiver,
@@ -52,7 +53,9 @@ def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
         max_age = 60
         """
     )
+    stack.set_settings("api", public_url='"https://api.example.test"')
     write_function(stack.functions, "echo", ECHO, '[function]\nhandler = "handler:run"\n')
+    write_function(stack.functions, "maker", MAKER, '[function]\nhandler = "handler:run"\n')
     stack.worker("--queues", "default")
     return stack
 
@@ -128,6 +131,20 @@ def test_signed_start_and_completed_events(api, delivery, receivers) -> None:  #
     assert events["start"][1]["status"] == "running"
     assert completed["owner"] is None  # no keys here: nobody's in particular
     wait_for(lambda: result(api, "echo", done["id"], 0)["webhook"]["status"] == "delivered", 10)
+
+
+def test_a_completed_event_carries_output_files_as_urls(api, delivery, receivers) -> None:  # type: ignore[no-untyped-def]
+    receiver = receivers[0]
+    webhook = {"url": receiver.url("files"), "events": ["completed"]}
+    status, done = invoke(api, "maker", 2, wait=30, webhook=webhook)
+    assert status == 200, done
+    wait_for(lambda: len(receiver.got["files"]) == 1, 10, "the delivery")
+    _, body, _ = receiver.got["files"][0]
+    sent = json.loads(body)
+    [listed] = sent["files"]
+    assert sent["output"]["picture"] == f"https://api.example.test/files/{listed['id']}"
+    assert done["output"]["picture"] == sent["output"]["picture"]  # [api] public_url
+    assert listed["size"] == 512 and listed["url"] == sent["output"]["picture"]
 
 
 def test_a_receiver_that_fails_twice_gets_it_on_the_third_attempt(api, delivery, receivers) -> None:  # type: ignore[no-untyped-def]

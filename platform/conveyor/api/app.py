@@ -55,6 +55,7 @@ from conveyor.log import configure_logging, get_logger
 from conveyor.maps.db import MapStore
 from conveyor.metrics.prometheus import HttpMetrics
 from conveyor.settings import Settings, get_settings
+from conveyor.store.bucket import BucketBundles
 from conveyor.store.db import FunctionStore
 from conveyor.store.deployer import Deployer
 from conveyor.store.deployments import DeploymentLog
@@ -88,7 +89,7 @@ def create_app(settings: Settings) -> Litestar:
     invocations = InvocationClient(settings)
     webhooks = bool(settings.webhooks.secrets)
     folder = Registry(settings.functions.dir, settings.queues)
-    store = FunctionStore(invocations.redis)
+    store = FunctionStore(invocations.redis, BucketBundles.of(settings))
     served = Served(store, folder)
     inspector = Inspector(Limits.of(settings))
     deployer = Deployer(settings, store, served, folder, inspector)

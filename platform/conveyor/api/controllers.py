@@ -72,7 +72,7 @@ class FunctionsController(Controller):
     ) -> Response[dict[str, Any]]:
         caller.require_admin()
         existed = platform.functions.find(name) is not None
-        limit = platform.settings.store.max_bundle_bytes
+        limit = platform.settings.bundle_limit
         return await deploy(platform.deploys, request, name, existed=existed, limit=limit)
 
     @delete(FUNCTION, summary="Remove a function (admin)", status_code=204)

@@ -165,7 +165,8 @@ async def read_bundle(request: Request[Any, Any, Any], limit: int) -> bytes:
         if size > allowance:
             raise BundleTooLargeError(
                 f"the bundle is over {size_text(allowance)}; a version's files may add up to"
-                f" {size_text(limit)} ([store] max_bundle_bytes). Keep large weights out of the"
+                f" {size_text(limit)} ([store] max_bundle_bytes; with an S3 file store, [files]"
+                " bundles_above lifts it to [files] max_bytes). Or keep large weights out of the"
                 " folder: have setup() load them from a path or URL every worker reaches"
             )
         chunks.append(chunk)

@@ -15,7 +15,7 @@ from litestar.exceptions import ClientException, HTTPException
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
-from conveyor.api.files import own_hosts
+from conveyor.api.files import base_url, own_hosts
 from conveyor.api.params import idempotency_key, takes, wait_seconds
 from conveyor.api.services import Platform
 from conveyor.api.uploads import NDJSON, PAUSE_EVERY, BodyStream, ItemLimits, Line, items
@@ -26,10 +26,11 @@ from conveyor.db import keyspace
 from conveyor.db.subscription import long_poll
 from conveyor.errors import FileInputError, InputTooLargeError, ValidationError
 from conveyor.files.db import hold
+from conveyor.files.refs import REF
 from conveyor.functions.registry import FunctionEntry
 from conveyor.handler_types import FILE_MARK
 from conveyor.maps import db as maps
-from conveyor.results import map_job_body
+from conveyor.results import map_job_body, with_urls
 
 BLOCK = 1000  # items stored per Redis round trip while uploading; results read per round trip
 # ... or fewer: the items an upload holds before storing them, in bytes. With one item being
@@ -303,6 +304,7 @@ class JobsController(Controller):
         *,
         platform: NamedDependency[Platform],
         caller: NamedDependency[Caller],
+        request: Request[Any, Any, Any],
         name: FromPath[str],
         job_id: FromPath[str],
         order: Annotated[
@@ -316,7 +318,7 @@ class JobsController(Controller):
         job = await platform.maps.get(job_id, name)
         _check(caller, job, Action.READ)
         lines = _in_order if order == "index" else _in_completion
-        return Stream(lines(platform, job, from_), media_type=NDJSON)
+        return Stream(lines(platform, job, from_, base_url(platform, request)), media_type=NDJSON)
 
     @post(JOB + "/cancel", summary="Cancel a map job", status_code=200)
     async def cancel(
@@ -365,7 +367,16 @@ def _priority(request: Request[Any, Any, Any]) -> int | None:
     return int(given)
 
 
-async def _in_order(platform: Platform, job: maps.MapJob, start: int) -> AsyncIterator[bytes]:
+def _text(line: dict[str, Any], base: str) -> str:
+    """One results line; an output's files (``conveyor://files/<id>``) as URLs on ``base``."""
+    if REF in json.dumps(line.get("output")):
+        line["output"] = with_urls(line["output"], None, base)
+    return json.dumps(line, separators=(",", ":"))
+
+
+async def _in_order(
+    platform: Platform, job: maps.MapJob, start: int, base: str
+) -> AsyncIterator[bytes]:
     """Lines in input order: a slow item holds back the lines after it (not their work)."""
     index = start
     while index < job.total:
@@ -377,7 +388,7 @@ async def _in_order(platform: Platform, job: maps.MapJob, start: int) -> AsyncIt
                 line = maps.result_line(index, compact, status)
                 if line is None:
                     break
-                out.append(json.dumps(line, separators=(",", ":")))
+                out.append(_text(line, base))
                 index += 1
             if out:
                 yield ("\n".join(out) + "\n").encode()
@@ -386,7 +397,9 @@ async def _in_order(platform: Platform, job: maps.MapJob, start: int) -> AsyncIt
             job = await platform.maps.get(job.id, job.function)
 
 
-async def _in_completion(platform: Platform, job: maps.MapJob, start: int) -> AsyncIterator[bytes]:
+async def _in_completion(
+    platform: Platform, job: maps.MapJob, start: int, base: str
+) -> AsyncIterator[bytes]:
     """Lines in the order the items finished (items a cancel kept from running: none)."""
     offset = start
     while True:
@@ -394,10 +407,11 @@ async def _in_completion(platform: Platform, job: maps.MapJob, start: int) -> As
             indices = await platform.maps.finished_order(job.id, offset, BLOCK)
             if indices:
                 found = await platform.maps.pick(job.id, indices)
-                lines = [
-                    json.dumps(maps.result_line(i, c, "cancelled"), separators=(",", ":"))
-                    for i, c in zip(indices, found, strict=True)
-                ]
+                lines = []
+                for i, compact in zip(indices, found, strict=True):
+                    line = maps.result_line(i, compact, "cancelled")  # never None so
+                    assert line is not None
+                    lines.append(_text(line, base))
                 offset += len(indices)
                 yield ("\n".join(lines) + "\n").encode()
                 continue

@@ -82,7 +82,7 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
         error = entry.error
         if error is None and entry.path is not None:
             try:
-                check_size(entry.name, folder_sizes(entry.path), settings.store.max_bundle_bytes)
+                check_size(entry.name, folder_sizes(entry.path), settings.bundle_limit)
             except ConveyorError as exc:
                 error = str(exc)
         if error is not None:

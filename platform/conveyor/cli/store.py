@@ -42,7 +42,7 @@ def _deploy(settings: Settings, args: argparse.Namespace) -> int:
     if not folder.is_dir():
         raise ConveyorError(f"{folder}: not a folder")
     name = args.name or folder.resolve().name
-    bundle = pack(folder, settings.store.max_bundle_bytes)  # the API checks again, with its own
+    bundle = pack(folder, settings.bundle_limit)  # the API checks again, with its own
     wait = settings.functions.inspect_timeout + 30
     response = request(
         "PUT",

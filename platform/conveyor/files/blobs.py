@@ -143,6 +143,14 @@ class S3Blobs:
     def delete(self, file_id: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.key(file_id))
 
+    def read_all(self, file_id: str) -> bytes:
+        """An object whole (a function bundle, which is unpacked from memory anyway)."""
+        body = self.client.get_object(Bucket=self.bucket, Key=self.key(file_id))["Body"]
+        try:
+            return bytes(body.read())
+        finally:
+            body.close()
+
 
 class _S3Writer:
     def __init__(self, client: Any, bucket: str, key: str) -> None:

@@ -80,7 +80,8 @@ def check_size(name: str, sizes: dict[str, int], limit: int) -> None:
     named = ", ".join(f"{path} ({size_text(size)})" for path, size in largest)
     raise BundleTooLargeError(
         f"{name}: its files add up to {size_text(total)}, over the {size_text(limit)} a version"
-        f" may have ([store] max_bundle_bytes); the largest: {named}. Keep large weights out of the"
+        f" may have ([store] max_bundle_bytes; with an S3 file store, [files] bundles_above lifts"
+        f" it to [files] max_bytes); the largest: {named}. Or keep large weights out of the"
         " folder: have setup() load them from a path or URL every worker reaches"
     )
 

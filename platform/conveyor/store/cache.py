@@ -30,7 +30,7 @@ from conveyor.store.bundle import unpack
 log = get_logger(__name__)
 
 # A worker unpacks what an API accepted under its own limit; this bounds it all the same.
-MOST_BYTES = 512 * 1024 * 1024
+MOST_BYTES = 4 * 1024 * 1024 * 1024  # (a bundle in the bucket may have [files] max_bytes)
 
 
 class VersionCache:

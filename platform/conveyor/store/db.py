@@ -25,6 +25,7 @@ counts a version's invocations and map jobs up, the scripts that end them count 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from conveyor.db.connections import broker_errors
 from conveyor.db.scripts import Scripts, script
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.manifest import Manifest
+from conveyor.store.bucket import BucketBundles, from_bucket, in_bucket
 
 FOLDER, PUSH = "folder", "push"
 CHUNK = 1024 * 1024 - 64  # bytes: with Redis's headers, exactly a 1 MiB allocation
@@ -163,9 +165,10 @@ def _function_keys(name: str) -> dict[str, str]:
 class FunctionStore:
     """The API's side: store bundles, deploy, pin, remove, read states and history."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, bucket: BucketBundles | None = None) -> None:
         self.redis = client
         self.scripts = Scripts(client)
+        self.bucket = bucket  # large bundles go there (see conveyor.store.bucket)
 
     async def has_bundle(self, name: str, version: str) -> bool:
         with broker_errors():
@@ -175,6 +178,8 @@ class FunctionStore:
         """Store a bundle unless it is there: whether this call stored it."""
         upload = keyspace.bundle_upload(str(uuid.uuid4()))
         chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
+        if self.bucket is not None and self.bucket.wanted(len(data)):
+            chunks = [await asyncio.to_thread(self.bucket.put, name, version, data)]
         with broker_errors():
             for i in range(0, len(chunks), CHUNKS_PER_COMMAND):
                 async with self.redis.pipeline(transaction=False) as pipe:
@@ -302,6 +307,8 @@ class FunctionStore:
                 )
                 if outcome == 1:
                     collected.append(version)
+                    if self.bucket is not None:  # its object, if it had one (none: a no-op)
+                        await asyncio.to_thread(self.bucket.delete, name, version)
                 elif outcome == -1:
                     busy.append(version)
         return collected, busy
@@ -322,8 +329,11 @@ class FunctionStore:
 class StoreReader:
     """A worker's side: what serves, a version's manifest, a version's bundle."""
 
-    def __init__(self, client: Callable[[], redis.Redis]) -> None:
+    def __init__(
+        self, client: Callable[[], redis.Redis], bucket: BucketBundles | None = None
+    ) -> None:
         self._client = client  # a factory: a pool child makes its own connection
+        self._bucket = bucket
         self._manifests: dict[tuple[str, str], Manifest] = {}
 
     def serving(self) -> dict[str, tuple[str, Manifest]]:
@@ -358,6 +368,8 @@ class StoreReader:
     def bundle(self, name: str, version: str) -> bytes | None:
         command: Any = self._client().execute_command  # untyped in redis-py
         chunks = command("LRANGE", keyspace.bundle(name, version), 0, -1, **{NEVER_DECODE: True})
+        if (marker := in_bucket(chunks)) is not None:
+            return from_bucket(self._bucket, marker)
         return b"".join(chunks) if chunks else None
 
     def retained(self, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:

@@ -248,7 +248,7 @@ class Deployer:
 
     @property
     def _limit(self) -> int:
-        return self.settings.store.max_bundle_bytes
+        return self.settings.bundle_limit
 
     # -- rollback, unpin, remove ---------------------------------------------------------
 

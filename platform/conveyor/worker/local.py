@@ -19,6 +19,7 @@ from conveyor.errors import ConveyorError, FunctionUnavailableError
 from conveyor.functions.loader import LoadedFunction, load_function, unload
 from conveyor.log import get_logger
 from conveyor.settings import Settings
+from conveyor.store.bucket import BucketBundles
 from conveyor.store.cache import VersionCache
 from conveyor.store.db import StoreReader
 
@@ -29,7 +30,8 @@ class LocalFunctions:
     """One pool child's imported function code, by function name."""
 
     def __init__(self, settings: Settings, client: Callable[[], redis.Redis]) -> None:
-        self.reader = StoreReader(client)  # the executor's connection (re-made in each child)
+        # the executor's connection (re-made in each child); large bundles from the bucket
+        self.reader = StoreReader(client, BucketBundles.of(settings))
         self.cache = VersionCache(settings.store.cache_dir)
         self._loaded: dict[str, LoadedFunction] = {}
 
