@@ -311,6 +311,11 @@ class WorkerSettings(_Section):
         description="environment variables (names or fnmatch patterns) user code must not"
         " see, besides the platform's own secrets (CONVEYOR_*PASSWORD*, ...)",
     )
+    scratch_dir: Path | None = Field(
+        None,
+        description="where an attempt's input files are written (unset: the system's temp"
+        " folder, and /dev/shm for files up to 1 MiB where it exists)",
+    )
 
 
 class ResultsSettings(_Section):

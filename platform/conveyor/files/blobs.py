@@ -66,16 +66,23 @@ class RedisBlobs:
     def delete(self, file_id: str) -> None:
         self.redis.delete(keyspace.file_data(file_id))
 
-    def record_and_head(self, file_id: str) -> tuple[dict[str, str], list[bytes]]:
-        """A file's record and its first chunks, in one round trip (most inputs are this
-        small): what :meth:`FileStore.fetch` reads first."""
+    def records_and_heads(
+        self, file_ids: list[str]
+    ) -> dict[str, tuple[dict[str, str], list[bytes]]]:
+        """Files' records and first chunks, in one round trip for them all (most inputs
+        are this small): what :meth:`FileStore.fetch` reads first."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(keyspace.file(file_id))
-        pipe.execute_command(  # type: ignore[no-untyped-call]
-            "LRANGE", keyspace.file_data(file_id), 0, CHUNKS_PER_COMMAND - 1, **{NEVER_DECODE: True}
-        )
-        record, head = pipe.execute()
-        return record, head
+        for file_id in file_ids:
+            pipe.hgetall(keyspace.file(file_id))
+            pipe.execute_command(  # type: ignore[no-untyped-call]
+                "LRANGE",
+                keyspace.file_data(file_id),
+                0,
+                CHUNKS_PER_COMMAND - 1,
+                **{NEVER_DECODE: True},
+            )
+        found = pipe.execute()
+        return {file_id: (found[2 * i], found[2 * i + 1]) for i, file_id in enumerate(file_ids)}
 
 
 class _RedisWriter:

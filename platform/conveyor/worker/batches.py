@@ -253,6 +253,7 @@ class Batches:
             Attempt(self.executor.files, keyspace.record(item.invocation_id), ttl)
             for item, _, _ in admitted
         ]
+        self.executor.files.prefetch(fn, inputs)
         try:
             with context.running_batch(contexts), self.executor.capture() as captured:
                 outcomes = self.executor.runner.run_batch(
@@ -261,6 +262,7 @@ class Batches:
         except SoftTimeLimitExceeded:
             outcomes = [soft_limit_error(fn)] * len(admitted)
         finally:
+            self.executor.files.prefetched.clear()
             for bridge in files:
                 bridge.cleanup()
         # One predict_batch call's output cannot be told apart by item: each item keeps it.

@@ -30,6 +30,8 @@ from conveyor.handler_types import FILE_MARK, File
 from conveyor.settings import Settings
 
 MAX_DEPTH = 64
+SMALL = 1024 * 1024  # input files up to this go to memory (/dev/shm), unless scratch_dir
+MEMORY = Path("/dev/shm")
 
 
 class WorkerFiles:
@@ -40,6 +42,16 @@ class WorkerFiles:
         self._client = client
         self._store: FileStore | None = None
         self._schemas: dict[tuple[str, str], FunctionSchemas | None] = {}
+        self.prefetched: dict[str, tuple[dict[str, str], list[bytes]]] = {}
+        given = settings.worker.scratch_dir
+        self.disk = str(given) if given else tempfile.gettempdir()
+        # A small file costs more in file-system calls than in bytes: memory takes them
+        # eight times faster here (README "Files").
+        self.memory = None if given or not MEMORY.is_dir() else str(MEMORY)
+
+    def root(self, size: int) -> str:
+        """Where an input file of ``size`` bytes is written."""
+        return self.memory if self.memory is not None and size <= SMALL else self.disk
 
     @property
     def store(self) -> FileStore:
@@ -47,6 +59,20 @@ class WorkerFiles:
         if self._store is None or self._store.index.redis is not client:
             self._store = FileStore(self.settings.files, client)
         return self._store
+
+    def prefetch(self, fn: LoadedFunction, raws: list[Any]) -> None:
+        """Read the records and first chunks of every file a batch's inputs refer to, in
+        one round trip; each item's :meth:`Attempt.inputs` then writes its own."""
+        schemas = self.schemas(fn)
+        if schemas is None:
+            return
+        ids = [
+            file_id
+            for raw in raws
+            for field in refs.file_fields(schemas.input, schemas.defs, raw)
+            if (file_id := refs.ref_id(refs.get(raw, field.path))) is not None
+        ]
+        self.prefetched = self.store.heads(ids)
 
     def schemas(self, fn: LoadedFunction) -> FunctionSchemas | None:
         """``fn``'s schemas if its input has a file field (None: no file inputs)."""
@@ -65,7 +91,7 @@ class Attempt:
         self.files = files
         self.owned_by = owned_by  # the hash whose "owner" owns the outputs (a record, a job)
         self.ttl = ttl
-        self.folder: Path | None = None
+        self.folders: dict[str, Path] = {}  # by root: this attempt's own folder there
         self.stored: list[dict[str, Any]] = []
 
     def inputs(self, fn: LoadedFunction, raw: Any) -> Any:
@@ -81,7 +107,8 @@ class Attempt:
         return raw
 
     def _fetch(self, field: str, file_id: str) -> File:
-        meta = self.files.store.fetch(file_id, self._place)
+        read = self.files.prefetched.pop(file_id, None)
+        meta = self.files.store.fetch(file_id, self._place, read)
         if meta is None:
             raise FileInputError(field, f"file {file_id} is gone (deleted, or Redis lost it)")
         path = self._place(meta)
@@ -95,9 +122,11 @@ class Attempt:
 
     def _place(self, meta: FileMeta) -> Path:
         """Where an input file goes: ``<the attempt's folder>/<id>/<its own name>``."""
-        if self.folder is None:
-            self.folder = Path(tempfile.mkdtemp(prefix="conveyor-files-"))
-        place = self.folder / meta.id
+        root = self.files.root(meta.size)
+        folder = self.folders.get(root)
+        if folder is None:
+            folder = self.folders[root] = Path(tempfile.mkdtemp(prefix="conveyor-", dir=root))
+        place = folder / meta.id
         place.mkdir(exist_ok=True)
         return place / (meta.filename or f"input{_suffix(meta.content_type)}")
 
@@ -144,9 +173,9 @@ class Attempt:
         return json.dumps(self.stored) if self.stored else ""
 
     def cleanup(self) -> None:
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder = None
+        for folder in self.folders.values():
+            shutil.rmtree(folder, ignore_errors=True)
+        self.folders.clear()
 
 
 def _listed(meta: FileMeta) -> dict[str, Any]:
