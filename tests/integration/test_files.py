@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import quote, unquote
 
 import pytest
 from litestar.testing import TestClient
@@ -87,6 +88,13 @@ class Origin:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if self.path.startswith("/away?"):  # a redirect to another address
+                    self.send_response(302)
+                    self.send_header("Location", unquote(self.path.removeprefix("/away?")))
+                    self.end_headers()
+                    return
+                if self.path.startswith("/slow"):
+                    time.sleep(3)
                 if self.path.startswith("/redirect"):
                     self.send_response(302)
                     self.send_header("Location", self.path.removeprefix("/redirect"))
@@ -116,7 +124,10 @@ class Origin:
 
 @pytest.fixture(scope="module")
 def stack(make_stack) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
-    stack = make_stack('[files]\nallow_networks = ["127.0.0.0/8"]\nsweep_interval = 0.5\n')
+    stack = make_stack(
+        '[files]\nallow_networks = ["127.0.0.0/8"]\nsweep_interval = 0.5\n'
+        "fetch_timeout = 1.5\nmax_bytes = 4194304\n"
+    )
     write_function(stack.functions, "reader", READER, TOML)
     write_function(stack.functions, "picky", PICKY, TOML)
     write_function(stack.functions, "maker", MAKER, TOML)
@@ -197,8 +208,13 @@ def test_a_data_uri_and_a_url_reach_the_handler(api: TestClient, origin: Origin)
 
 
 def test_a_bad_url_is_a_422_naming_the_field(api: TestClient, origin: Origin) -> None:  # type: ignore[type-arg]
+    origin.files["/big.bin"] = ("application/octet-stream", b"x" * (5 * 1024 * 1024))
+    origin.files["/slow/a.csv"] = ("text/csv", b"a,b\n")
     cases = {
         origin.url("/missing"): "answered 404",
+        origin.url("/away?" + quote(f"http://[::1]:{origin.port}/data/report.csv")): "loopback",
+        origin.url("/big.bin"): "max_bytes",
+        origin.url("/slow/a.csv"): "fetch_timeout",
         f"http://[::1]:{origin.port}/data/report.csv": "loopback",  # not in allow_networks
         "http://169.254.169.254/latest/meta-data": "link-local",
         "ftp://example.com/x": "a file is an http(s) URL",
@@ -329,3 +345,26 @@ def test_map_items_return_files_as_urls(api: TestClient) -> None:  # type: ignor
             url = line["output"]["picture"]
             assert url.startswith("http://127.0.0.1/files/"), line
             assert api.get(url).content == bytes(range(256)) * n
+
+
+def test_a_file_is_never_a_page_of_the_api(api: TestClient) -> None:  # type: ignore[type-arg]
+    page = upload(api, b"<script>alert(sessionStorage)</script>", content_type="text/html")
+    served = api.get(page["url"])
+    assert served.headers["content-type"].startswith("text/html")
+    assert "sandbox" in served.headers["content-security-policy"]
+    assert served.headers["content-disposition"].startswith("attachment")
+    picture = upload(api, PNG, content_type="image/png")
+    assert api.get(picture["url"]).headers["content-disposition"].startswith("inline")
+
+
+def test_a_file_over_max_bytes_is_a_413(api: TestClient) -> None:  # type: ignore[type-arg]
+    big = b"y" * (4 * 1024 * 1024 + 1)
+    refused = api.post("/files", content=big, headers={"Content-Type": "text/plain"})
+    assert refused.status_code == 413 and "max_bytes" in refused.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+        yield big[: 1 << 20]
+        yield big[1 << 20 :]
+
+    refused = api.post("/files", content=chunks(), headers={"Content-Type": "text/plain"})
+    assert refused.status_code == 413 and "max_bytes" in refused.json()["detail"]

@@ -150,6 +150,9 @@ class FilesController(Controller):
             "Cache-Control": "private, max-age=3600",
             "Content-Disposition": _disposition(meta),
             "X-Content-Type-Options": "nosniff",
+            # A caller's file is never a page of this origin: no script runs in it, and it
+            # is its own origin (a stored HTML or SVG file cannot read the dashboard's key).
+            "Content-Security-Policy": "default-src 'none'; sandbox",
         }
         if request.headers.get("if-none-match") == etag:
             return Response(b"", status_code=304, headers=headers)
@@ -201,10 +204,16 @@ def _range(header: str, size: int) -> tuple[int, int] | None:
     return (start, end) if start < size and start < end else None
 
 
+ACTIVE = ("text/html", "application/xhtml+xml", "image/svg+xml", "text/xml", "application/xml")
+
+
 def _disposition(meta: FileMeta) -> str:
+    """Shown in the browser (an image, a sound), but saved if it is a kind of document
+    that could run script."""
     name = meta.filename or f"{meta.id}{_extension(meta.content_type)}"
     ascii_name = name.encode("ascii", "replace").decode().replace('"', "")
-    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
+    how = "attachment" if refs.base_type(meta.content_type) in ACTIVE else "inline"
+    return f"{how}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
 
 
 def _extension(content_type: str) -> str:
