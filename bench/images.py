@@ -4,7 +4,6 @@ bytes passed through Redis by hand (SET, a Celery task that GETs them)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -18,15 +17,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 import redis
 
-from bench.measure import pct
-
 REPO = Path(__file__).resolve().parents[1]
 PICTURES = 512
-CLIENTS = 64
 FILE_BYTES = 10 * 1024 * 1024
 
 
@@ -73,34 +68,6 @@ def inprocess(folder: Path, batch: int) -> float:
             cwd=REPO,
         )
     return float(json.loads(done.stdout.strip().splitlines()[-1])["rate"])
-
-
-def classify_load(base: str, urls: list[str], clients: int = CLIENTS) -> dict[str, float]:
-    """Every picture once, by ``clients`` concurrent clients (invoke, then long-poll)."""
-
-    async def run() -> dict[str, float]:
-        latencies: list[float] = []
-        todo = iter(urls)
-        async with aiohttp.ClientSession(base) as client:
-
-            async def one_client() -> None:
-                for url in todo:
-                    start = time.perf_counter()
-                    body = {"input": {"image": url}}
-                    async with client.post("/functions/shapes/invoke", json=body) as r:
-                        done = await r.json()
-                        assert r.status == 202, done
-                    async with client.get(done["result_url"] + "?wait=60") as r:
-                        done = await r.json()
-                    assert done["status"] == "succeeded", done
-                    latencies.append((time.perf_counter() - start) * 1000)
-
-            start = time.perf_counter()
-            await asyncio.gather(*(one_client() for _ in range(clients)))
-            elapsed = time.perf_counter() - start
-        return {"rate": len(urls) / elapsed, "p50": pct(latencies, 0.5)}
-
-    return asyncio.run(run())
 
 
 def file_bytes() -> bytes:
