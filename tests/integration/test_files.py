@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote, unquote
 
 import pytest
@@ -18,6 +19,7 @@ from litestar.testing import TestClient
 
 from conveyor.db.connections import sync_client
 from conveyor.files.store import FileStore
+from conveyor.worker.files import Attempt, WorkerFiles
 from tests.support import Stack, invoke, wait_for, write_function
 
 pytestmark = pytest.mark.integration
@@ -368,3 +370,19 @@ def test_a_file_over_max_bytes_is_a_413(api: TestClient) -> None:  # type: ignor
 
     refused = api.post("/files", content=chunks(), headers={"Content-Type": "text/plain"})
     assert refused.status_code == 413 and "max_bytes" in refused.json()["detail"]
+
+
+def test_a_full_memory_scratch_falls_back_to_disk(stack: Stack, tmp_path: Path) -> None:
+    settings = stack.settings()
+    store = FileStore(settings.files, sync_client(settings))
+    meta = store.put_bytes(b"abc", kind="upload", owner=None, ttl=60)
+    files = WorkerFiles(settings, lambda: store.index.redis)
+    blocker = tmp_path / "not-a-folder"  # writing under it fails as a full /dev/shm does
+    blocker.write_text("")
+    files.memory = str(blocker)
+    attempt = Attempt(files, "conveyor:job:x", 60)
+    got = attempt._fetch("input.doc", meta.id)
+    assert got.read_bytes() == b"abc" and got.sha256 == meta.sha256
+    assert str(got).startswith(files.disk) and files.memory is None
+    attempt.cleanup()
+    assert not got.exists()

@@ -27,8 +27,10 @@ from conveyor.files.db import FileMeta
 from conveyor.files.store import FileStore
 from conveyor.functions.loader import FunctionSchemas, LoadedFunction
 from conveyor.handler_types import FILE_MARK, File
+from conveyor.log import get_logger
 from conveyor.settings import Settings
 
+log = get_logger(__name__)
 MAX_DEPTH = 64
 SMALL = 1024 * 1024  # input files up to this go to memory (/dev/shm), unless scratch_dir
 MEMORY = Path("/dev/shm")
@@ -108,7 +110,15 @@ class Attempt:
 
     def _fetch(self, field: str, file_id: str) -> File:
         read = self.files.prefetched.pop(file_id, None)
-        meta = self.files.store.fetch(file_id, self._place, read)
+        try:
+            meta = self.files.store.fetch(file_id, self._place, read)
+        except OSError as exc:
+            if self.files.memory is None:
+                raise
+            # /dev/shm is full (a container's is 64 MiB): this process writes to disk now
+            log.warning("files_memory_full", error=str(exc), scratch=self.files.disk)
+            self.files.memory = None
+            meta = self.files.store.fetch(file_id, self._place, read)
         if meta is None:
             raise FileInputError(field, f"file {file_id} is gone (deleted, or Redis lost it)")
         path = self._place(meta)
