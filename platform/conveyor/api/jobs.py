@@ -28,7 +28,6 @@ from conveyor.errors import FileInputError, InputTooLargeError, ValidationError
 from conveyor.files.db import hold
 from conveyor.files.refs import REF
 from conveyor.functions.registry import FunctionEntry
-from conveyor.handler_types import FILE_MARK
 from conveyor.maps import db as maps
 from conveyor.results import map_job_body, with_urls
 
@@ -57,7 +56,7 @@ class _FileItems:
         self.platform, self.caller, self.job_id = platform, caller, job_id
         self.schemas = entry.schemas
         self.hosts = own_hosts(platform, request)
-        self.wanted = FILE_MARK in json.dumps([entry.schemas.input, entry.schemas.defs])
+        self.wanted = entry.schemas.takes_files
 
     async def take(self, value: Any) -> tuple[Any, list[dict[str, str]]]:
         try:

@@ -86,6 +86,8 @@ class FileIntake:
     ) -> tuple[Any, list[str]]:
         """``value`` (an input) with every file field a reference, and the files' ids."""
         ids: list[str] = []
+        if not schemas.takes_files:
+            return value, ids
         for field in refs.file_fields(schemas.input, schemas.defs, value):
             meta = await self.take(field, refs.get(value, field.path), owner, owns, own_hosts)
             value = refs.replace(value, field.path, refs.ref(meta.id))

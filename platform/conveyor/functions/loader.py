@@ -19,6 +19,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
@@ -28,7 +29,7 @@ from pydantic import TypeAdapter
 
 from conveyor.errors import FunctionLoadError
 from conveyor.functions.manifest import Manifest
-from conveyor.handler_types import mark_paths
+from conveyor.handler_types import FILE_MARK, mark_paths
 
 PACKAGE_ROOT = "conveyor_fn"
 DEFS_REF = "#/$defs/"
@@ -54,6 +55,11 @@ class FunctionSchemas:
             schema = self.defs[ref.removeprefix(DEFS_REF)]  # a bare model: show it inline
         used = referenced(schema, self.defs)
         return {**schema, "$defs": {n: self.defs[n] for n in sorted(used)}} if used else schema
+
+    @cached_property
+    def takes_files(self) -> bool:
+        """Whether the input has a file field (worked out once per version)."""
+        return FILE_MARK in json.dumps([self.input, self.defs])
 
     def to_json(self) -> str:
         return json.dumps({"input": self.input, "output": self.output, "defs": self.defs})

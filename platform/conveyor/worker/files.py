@@ -26,7 +26,7 @@ from conveyor.files import refs
 from conveyor.files.db import FileMeta
 from conveyor.files.store import FileStore
 from conveyor.functions.loader import FunctionSchemas, LoadedFunction
-from conveyor.handler_types import FILE_MARK, File
+from conveyor.handler_types import File
 from conveyor.log import get_logger
 from conveyor.settings import Settings
 
@@ -81,8 +81,7 @@ class WorkerFiles:
         key = (fn.name, fn.version)
         if key not in self._schemas:
             schemas = fn.schemas()
-            marked = FILE_MARK in json.dumps([schemas.input, schemas.defs])
-            self._schemas[key] = schemas if marked else None
+            self._schemas[key] = schemas if schemas.takes_files else None
         return self._schemas[key]
 
 
