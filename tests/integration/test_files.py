@@ -386,3 +386,15 @@ def test_a_full_memory_scratch_falls_back_to_disk(stack: Stack, tmp_path: Path) 
     assert str(got).startswith(files.disk) and files.memory is None
     attempt.cleanup()
     assert not got.exists()
+
+
+def test_a_retry_with_the_same_data_uri_is_the_same_invocation(api: TestClient) -> None:  # type: ignore[type-arg]
+    body = {"input": {"doc": "data:text/plain;base64," + base64.b64encode(b"once").decode()}}
+    headers = {"Idempotency-Key": "files-retry-1"}
+    first = api.post("/functions/reader/invoke", json=body, headers=headers, params={"wait": 30})
+    again = api.post("/functions/reader/invoke", json=body, headers=headers, params={"wait": 30})
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert first.json()["id"] == again.json()["id"]
+    other = {"input": {"doc": "data:text/plain;base64," + base64.b64encode(b"twice").decode()}}
+    conflict = api.post("/functions/reader/invoke", json=other, headers=headers)
+    assert conflict.status_code == 409

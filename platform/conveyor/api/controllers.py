@@ -248,6 +248,7 @@ async def _submit(  # noqa: PLR0917
         owner=caller.owner,
         webhook=webhook,
         files=files,
+        sent=body["input"] if files else None,
     )
 
 

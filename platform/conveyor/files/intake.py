@@ -17,6 +17,7 @@ file's declared type and its leading bytes. Storing runs in threads, a piece at 
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -84,10 +85,12 @@ class FileIntake:
         owns: Callable[[str], bool],
         own_hosts: set[str],
     ) -> tuple[Any, list[str]]:
-        """``value`` (an input) with every file field a reference, and the files' ids."""
+        """A copy of ``value`` (an input) with every file field a reference, and the files'
+        ids (``value`` itself is left as the caller sent it)."""
         ids: list[str] = []
         if not schemas.takes_files:
             return value, ids
+        value = copy.deepcopy(value)
         for field in refs.file_fields(schemas.input, schemas.defs, value):
             meta = await self.take(field, refs.get(value, field.path), owner, owns, own_hosts)
             value = refs.replace(value, field.path, refs.ref(meta.id))

@@ -95,6 +95,7 @@ class InvocationClient:
         owner: str | None = None,
         webhook: str | None = None,
         files: Sequence[str] = (),
+        sent: Any = None,
     ) -> InvocationRecord:
         """Store the record and enqueue the message in one step; then it is a promise.
 
@@ -105,7 +106,8 @@ class InvocationClient:
         :class:`IdempotencyConflictError` is raised. ``webhook`` (JSON ``{"url",
         "events"}``) is stored with the record: the scripts that start and finish the
         invocation queue its deliveries. ``files``: the ids of the files its input refers
-        to, held (kept past their expiry) until it ends.
+        to, held (kept past their expiry) until it ends; ``sent``: the input as the caller
+        sent it, before its files were taken (what a retry's body is compared by).
         """
         manifest = spec.manifest
         inv = Invocation(
@@ -131,7 +133,8 @@ class InvocationClient:
         if idempotency_key:
             idempotency = keyspace.idempotency(spec.name, owner or "", idempotency_key)
             fields["idempotency_key"] = idempotency
-        digest = _digest(raw_input, priority, webhook) if idempotency else ""
+        given = raw_input if sent is None else sent
+        digest = _digest(given, priority, webhook) if idempotency else ""
         # Watch before the message exists, so even an instant result is not missed.
         with self._waiters.watch(inv.id) as events:
             submit = self._submit_values(spec, inv, fields, idempotency, digest)
