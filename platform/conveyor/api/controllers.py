@@ -133,9 +133,9 @@ class FunctionsController(Controller):
             if form is not None:
                 await discard(platform, form.files)
             raise
-        base = base_url(platform, request)
         if record.status.final:
-            return Response(result_body(record, base=base), status_code=200)
+            body = result_body(record, base=_base(platform, request, record))
+            return Response(body, status_code=200)
         return Response(
             accepted_body(record, await platform.invocations.census()),
             status_code=202,
@@ -166,11 +166,10 @@ class FunctionsController(Controller):
         else:
             record = await platform.invocations.get(invocation_id, function=name)
         _check_handles(caller, record, Action.READ)
-        base = base_url(platform, request)
         inline = await inline_files(platform, record.files or []) if _inline(request) else None
         if record.status.final:
-            return result_body(record, base=base, inline=inline)
-        return result_body(record, await platform.invocations.census(), base=base)
+            return result_body(record, base=_base(platform, request, record), inline=inline)
+        return result_body(record, await platform.invocations.census())
 
     @get(RESULT + "/logs", summary="What an invocation printed or logged")
     async def logs(
@@ -231,13 +230,15 @@ async def _submit(  # noqa: PLR0917
         platform.intake.require_enabled()  # a clearer answer than "not allowed here"
     platform.validators.validate(spec, schemas, body)
     webhook = await platform.intake.accept(body["webhook"]) if "webhook" in body else None
-    value, files = await platform.files.resolve(
-        schemas,
-        body["input"],
-        owner=caller.owner,
-        owns=caller.owns,
-        own_hosts=own_hosts(platform, request),
-    )
+    value, files = body["input"], list[str]()
+    if schemas.takes_files:
+        value, files = await platform.files.resolve(
+            schemas,
+            body["input"],
+            owner=caller.owner,
+            owns=caller.owns,
+            own_hosts=own_hosts(platform, request),
+        )
     priority = body.get("priority")
     return await platform.invocations.submit(
         spec,
@@ -250,6 +251,11 @@ async def _submit(  # noqa: PLR0917
         files=files,
         sent=body["input"] if files else None,
     )
+
+
+def _base(platform: Platform, request: Request[Any, Any, Any], record: InvocationRecord) -> str:
+    """The base of its files' URLs: worked out only for a record that has files."""
+    return base_url(platform, request) if record.files else ""
 
 
 def _inline(request: Request[Any, Any, Any]) -> bool:

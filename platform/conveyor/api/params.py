@@ -24,8 +24,10 @@ _VERSION = re.compile(VERSION_PATTERN)
 async def limited_body(request: Request[Any, Any, Any], limit: int) -> bytes:
     """The body, refused with 413 past ``limit`` bytes (Content-Length, or as it streams)."""
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise HTTPException(status_code=413, detail=_too_large(limit))
+    if length.isdigit():
+        if int(length) > limit:
+            raise HTTPException(status_code=413, detail=_too_large(limit))
+        return await request.body()  # the server holds it to its Content-Length
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
