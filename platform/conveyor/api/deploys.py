@@ -22,7 +22,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
-from conveyor.api.openapi import BUNDLE_MEDIA
+from conveyor.api.operations import BUNDLE_MEDIA
 from conveyor.api.problems import problem_type, status_of
 from conveyor.errors import BundleTooLargeError, ConveyorError, DeploymentNotFoundError
 from conveyor.functions.manifest import check_function_name

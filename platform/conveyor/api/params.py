@@ -10,7 +10,7 @@ from typing import Any
 from litestar import Request
 from litestar.exceptions import ClientException, HTTPException
 
-from conveyor.api.openapi import IDEMPOTENCY_KEY_PATTERN, VERSION_PATTERN
+from conveyor.api.operations import IDEMPOTENCY_KEY_PATTERN, VERSION_PATTERN
 from conveyor.api.services import Platform
 from conveyor.errors import InputTooLargeError
 from conveyor.nesting import check_text

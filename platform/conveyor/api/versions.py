@@ -15,7 +15,7 @@ from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from conveyor.api.openapi import VERSION_PATTERN
+from conveyor.api.operations import VERSION_PATTERN
 from conveyor.api.params import parse_json, takes
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
