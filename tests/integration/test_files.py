@@ -80,6 +80,19 @@ MAKER = """
 """
 TOML = '[function]\nhandler = "handler:run"\n'
 
+PAIR = """
+    import tempfile
+    from pathlib import Path
+
+    def run(n: int) -> list[Path] | Path:
+        folder = Path(tempfile.mkdtemp())
+        made = []
+        for i in range(max(n, 1)):
+            (folder / f"{i}.txt").write_text(f"file {i}")
+            made.append(folder / f"{i}.txt")
+        return made if n > 1 else made[0]
+"""
+
 
 class Origin:
     """An HTTP server on loopback serving a few files, as a user's own storage would."""
@@ -133,6 +146,7 @@ def stack(make_stack) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     write_function(stack.functions, "reader", READER, TOML)
     write_function(stack.functions, "picky", PICKY, TOML)
     write_function(stack.functions, "maker", MAKER, TOML)
+    write_function(stack.functions, "pair", PAIR, TOML)
     stack.worker("--concurrency", "2")
     yield stack
 
@@ -398,3 +412,14 @@ def test_a_retry_with_the_same_data_uri_is_the_same_invocation(api: TestClient) 
     other = {"input": {"doc": "data:text/plain;base64," + base64.b64encode(b"twice").decode()}}
     conflict = api.post("/functions/reader/invoke", json=other, headers=headers)
     assert conflict.status_code == 409
+
+
+def test_a_path_alone_or_in_a_list_is_a_file(api: TestClient) -> None:  # type: ignore[type-arg]
+    status, alone = invoke(api, "pair", 1, wait=30)
+    assert status == 200, alone
+    assert alone["output"] == alone["files"][0]["url"]
+    assert api.get(alone["output"]).content == b"file 0"
+    status, both = invoke(api, "pair", 2, wait=30)
+    assert status == 200, both
+    assert [api.get(url).content for url in both["output"]] == [b"file 0", b"file 1"]
+    assert [f["content_type"] for f in both["files"]] == ["text/plain", "text/plain"]
