@@ -423,3 +423,12 @@ def test_a_path_alone_or_in_a_list_is_a_file(api: TestClient) -> None:  # type: 
     assert status == 200, both
     assert [api.get(url).content for url in both["output"]] == [b"file 0", b"file 1"]
     assert [f["content_type"] for f in both["files"]] == ["text/plain", "text/plain"]
+
+
+def test_too_many_file_parts_is_a_413(api: TestClient, stack: Stack) -> None:  # type: ignore[type-arg]
+    before = len(stack.redis.keys("conveyor:file:*"))
+    parts = [("input", (None, '{"doc": null}'))]
+    parts += [(f"extra.{i}", (f"{i}.txt", b"x", "text/plain")) for i in range(65)]
+    refused = api.post("/functions/reader/invoke", files=parts)
+    assert refused.status_code == 413 and "64 file parts" in refused.json()["detail"]
+    assert len(stack.redis.keys("conveyor:file:*")) == before

@@ -26,6 +26,7 @@ from conveyor.functions.loader import FunctionSchemas
 from conveyor.nesting import check_text
 
 FIELDS = ("input", "priority", "webhook")  # the parts that are JSON, not files
+MAX_FILES = 64  # file parts one invoke may carry
 
 
 def is_multipart(content_type: str) -> bool:
@@ -139,6 +140,8 @@ class _Collector:
             content_type=headers.get("content-type", b"").decode("latin-1"),
         )
         if name not in FIELDS:
+            if len(self.writers) >= MAX_FILES:
+                raise InputTooLargeError(f"more than {MAX_FILES} file parts in one invoke")
             part.writer = await asyncio.to_thread(
                 self.intake.store.writer,
                 kind="upload",
