@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import subprocess
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from tests.support.receiver import serve_in_thread
 
 WEBHOOK_RATE = 200
 WEBHOOK_SECONDS = 10
@@ -68,20 +69,9 @@ class Receiver:
         return web.Response(status=204)
 
     def start(self) -> Receiver:
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            app = web.Application()
-            app.router.add_post("/hook", self._handle)
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-            ready.set()
-            loop.run_forever()
-
-        threading.Thread(target=serve, daemon=True).start()
-        ready.wait(10)
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        serve_in_thread(app, "127.0.0.1", self.port)
         return self
 
 

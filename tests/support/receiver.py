@@ -42,18 +42,24 @@ class Receiver:
         return web.Response(status=204)
 
     def start(self) -> Receiver:
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            app = web.Application()
-            app.router.add_route("POST", "/{path}", self._handle)
-            runner = web.AppRunner(app)
-            loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.TCPSite(runner, self.host, self.port).start())
-            ready.set()
-            loop.run_forever()
-
-        threading.Thread(target=serve, daemon=True).start()
-        ready.wait(10)
+        app = web.Application()
+        app.router.add_route("POST", "/{path}", self._handle)
+        serve_in_thread(app, self.host, self.port)
         return self
+
+
+def serve_in_thread(app: web.Application, host: str, port: int) -> None:
+    """Serve ``app`` on ``host:port`` from a daemon thread of its own event loop; return
+    once it listens."""
+    ready = threading.Event()
+
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        runner = web.AppRunner(app, access_log=None)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, host, port).start())
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    ready.wait(10)
