@@ -230,15 +230,13 @@ async def _submit(  # noqa: PLR0917
         platform.intake.require_enabled()  # a clearer answer than "not allowed here"
     platform.validators.validate(spec, schemas, body)
     webhook = await platform.intake.accept(body["webhook"]) if "webhook" in body else None
-    value, files = body["input"], list[str]()
-    if schemas.takes_files:
-        value, files = await platform.files.resolve(
-            schemas,
-            body["input"],
-            owner=caller.owner,
-            owns=caller.owns,
-            own_hosts=own_hosts(platform, request),
-        )
+    value, files = await platform.files.resolve(
+        schemas,
+        body["input"],
+        owner=caller.owner,
+        owns=caller.owns,
+        own_hosts=own_hosts(platform, request),
+    )
     priority = body.get("priority")
     return await platform.invocations.submit(
         spec,

@@ -9,7 +9,6 @@ MiB at a time through a thread (:mod:`conveyor.files.store`).
 from __future__ import annotations
 
 import asyncio
-import mimetypes
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -210,14 +209,10 @@ ACTIVE = ("text/html", "application/xhtml+xml", "image/svg+xml", "text/xml", "ap
 def _disposition(meta: FileMeta) -> str:
     """Shown in the browser (an image, a sound), but saved if it is a kind of document
     that could run script."""
-    name = meta.filename or f"{meta.id}{_extension(meta.content_type)}"
+    name = meta.filename or f"{meta.id}{refs.extension(meta.content_type)}"
     ascii_name = name.encode("ascii", "replace").decode().replace('"', "")
     how = "attachment" if refs.base_type(meta.content_type) in ACTIVE else "inline"
     return f"{how}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
-
-
-def _extension(content_type: str) -> str:
-    return mimetypes.guess_extension(content_type) or ""
 
 
 async def _pieces(platform: Platform, meta: FileMeta, start: int, end: int) -> AsyncIterator[bytes]:

@@ -56,7 +56,6 @@ class _FileItems:
         self.platform, self.caller, self.job_id = platform, caller, job_id
         self.schemas = entry.schemas
         self.hosts = own_hosts(platform, request)
-        self.wanted = entry.schemas.takes_files
 
     async def take(self, value: Any) -> tuple[Any, list[dict[str, str]]]:
         try:
@@ -190,7 +189,7 @@ class JobsController(Controller):
                     f"more than {limit} items ([map] max_items); split the job"
                 )
             errors = platform.validators.item_errors(entry.spec, entry.schemas, value)
-            if not errors and files.wanted:
+            if not errors and entry.schemas.takes_files:
                 value, errors = await files.take(value)
                 text = None
             if errors:
@@ -367,9 +366,12 @@ def _priority(request: Request[Any, Any, Any]) -> int | None:
 
 
 def _text(line: dict[str, Any], base: str) -> str:
-    """One results line; an output's files (``conveyor://files/<id>``) as URLs on ``base``."""
-    if REF in json.dumps(line.get("output")):
-        line["output"] = with_urls(line["output"], None, base)
+    """One results line; an output's files (``conveyor://files/<id>``) as URLs on ``base``
+    (a line that names none is written once)."""
+    text = json.dumps(line, separators=(",", ":"))
+    if REF not in text or "output" not in line:
+        return text
+    line["output"] = with_urls(line["output"], None, base)
     return json.dumps(line, separators=(",", ":"))
 
 
@@ -408,8 +410,8 @@ async def _in_completion(
                 found = await platform.maps.pick(job.id, indices)
                 lines = []
                 for i, compact in zip(indices, found, strict=True):
-                    line = maps.result_line(i, compact, "cancelled")  # never None so
-                    assert line is not None
+                    line = maps.result_line(i, compact, "cancelled")
+                    assert line is not None  # a finished item's line, or a cancelled one
                     lines.append(_text(line, base))
                 offset += len(indices)
                 yield ("\n".join(lines) + "\n").encode()

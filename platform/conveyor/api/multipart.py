@@ -142,11 +142,8 @@ class _Collector:
         if name not in FIELDS:
             if len(self.writers) >= MAX_FILES:
                 raise InputTooLargeError(f"more than {MAX_FILES} file parts in one invoke")
-            part.writer = await asyncio.to_thread(
-                self.intake.store.writer,
-                kind="upload",
+            part.writer = await self.intake.new_upload(
                 owner=self.owner,
-                ttl=self.intake.settings.upload_ttl,
                 filename=part.filename,
                 content_type=refs.base_type(part.content_type),
             )
@@ -172,7 +169,7 @@ class _Collector:
         await asyncio.to_thread(part.writer.write, bytes(part.data))
         path = _path(part.name)
         if path in self.files:
-            raise FileInputError("input." + part.name, "sent twice")
+            raise FileInputError(refs.field_name(path), "sent twice")
         self.files[path] = await asyncio.to_thread(part.writer.finish)
 
     def result(self, depth: int) -> Form:
@@ -187,7 +184,7 @@ class _Collector:
                 body["input"] = refs.replace(body["input"], path, refs.ref(meta.id))
             except (KeyError, IndexError, TypeError):
                 raise FileInputError(
-                    "input." + ".".join(map(str, path)),
+                    refs.field_name(path),
                     "the part names no place in the input (a list's item must be in the"
                     " 'input' part already, e.g. null)",
                 ) from None
@@ -207,8 +204,9 @@ def check_parts(form: Form, schemas: FunctionSchemas) -> None:
     fields = {f.path for f in refs.file_fields(schemas.input, schemas.defs, form.body["input"])}
     for path in form.files:
         if path not in fields:
-            name = "input." + ".".join(map(str, path))
-            raise FileInputError(name, "the function's input has no file field here")
+            raise FileInputError(
+                refs.field_name(path), "the function's input has no file field here"
+            )
 
 
 def _path(name: str) -> refs.Path:

@@ -202,7 +202,3 @@ class _S3Writer:
             self.client.abort_multipart_upload(
                 Bucket=self.bucket, Key=self.key, UploadId=self.upload_id
             )
-
-
-def blobs_for(settings: FilesSettings, client: redis.Redis) -> Blobs:
-    return S3Blobs(settings) if settings.store == "s3" else RedisBlobs(client)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import cast
 
 import redis
 import redis.asyncio
@@ -59,6 +59,12 @@ class FileMeta:
             sniffed=raw.get("sniffed", ""),
         )
 
+    @classmethod
+    def ready(cls, raw: dict[str, str]) -> FileMeta | None:
+        """The file a record describes, once written whole (None: no record, or a file
+        still being written)."""
+        return cls.from_hash(raw) if raw and raw.get("state") == "ready" else None
+
     def fields(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items() if k not in ("id", "expires_at")}
 
@@ -86,17 +92,7 @@ class FileIndex:
 
     def get(self, file_id: str) -> FileMeta | None:
         """A file written whole (None: unknown, being written, or removed)."""
-        raw = cast("dict[str, str]", self.redis.hgetall(keyspace.file(file_id)))
-        return FileMeta.from_hash(raw) if raw and raw.get("state") == "ready" else None
-
-    def hold(self, file_ids: Iterable[str], holder: str, pipe: Any = None) -> None:
-        """``holder`` (``job:<id>``, ``map:<id>``) uses these files: the sweeper keeps
-        them until it has finished."""
-        client = pipe if pipe is not None else self.redis.pipeline(transaction=False)
-        for file_id in file_ids:
-            client.sadd(keyspace.file_holders(file_id), holder)
-        if pipe is None:
-            client.execute()
+        return FileMeta.ready(cast("dict[str, str]", self.redis.hgetall(keyspace.file(file_id))))
 
     def remove(self, file_id: str) -> str:
         """Remove the record (and bytes kept in Redis): where its bytes were, or ''."""
@@ -151,12 +147,12 @@ class FileIndex:
 
 async def get_async(client: redis.asyncio.Redis, file_id: str) -> FileMeta | None:
     """:meth:`FileIndex.get` on the API's asynchronous client (no thread for a look-up)."""
-    raw = cast("dict[str, str]", await client.hgetall(keyspace.file(file_id)))
-    return FileMeta.from_hash(raw) if raw and raw.get("state") == "ready" else None
+    return FileMeta.ready(cast("dict[str, str]", await client.hgetall(keyspace.file(file_id))))
 
 
 async def hold(client: redis.asyncio.Redis, file_ids: Iterable[str], holder: str) -> None:
-    """:meth:`FileIndex.hold` on the API's asynchronous client."""
+    """``holder`` (``map:<id>``) uses these files: the sweeper keeps them until it has
+    ended. (An invocation's holds are taken by its submit script: ``files/hold.lua``.)"""
     async with client.pipeline(transaction=False) as pipe:
         for file_id in file_ids:
             pipe.sadd(keyspace.file_holders(file_id), holder)

@@ -66,7 +66,22 @@ class FileIntake:
         ttl: float | None = None,
     ) -> FileMeta:
         """Stream ``pieces`` into a new file; it is readable once all are stored."""
-        writer = await asyncio.to_thread(
+        writer = await self.new_upload(
+            owner=owner, filename=filename, content_type=content_type, ttl=ttl
+        )
+        return await _fill(writer, pieces)
+
+    async def new_upload(
+        self,
+        *,
+        owner: str | None,
+        filename: str = "",
+        content_type: str = "",
+        ttl: float | None = None,
+    ) -> FileWriter:
+        """A new upload's writer (its record made: a thread's work), kept ``[files]
+        upload_ttl`` unless ``ttl`` says otherwise."""
+        return await asyncio.to_thread(
             self.store.writer,
             kind="upload",
             owner=owner,
@@ -74,7 +89,6 @@ class FileIntake:
             filename=filename,
             content_type=content_type,
         )
-        return await _fill(writer, pieces)
 
     async def resolve(
         self,

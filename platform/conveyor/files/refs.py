@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import mimetypes
 import re
 import uuid
 from collections.abc import Iterator
@@ -17,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
+from conveyor.functions.loader import DEFS_REF
 from conveyor.handler_types import FILE_MARK
 
 REF = "conveyor://files/"
 _ID = re.compile(r"^[0-9a-f]{32}$")
-DEFS_REF = "#/$defs/"
 Path = tuple[str | int, ...]  # where in a value: keys and indexes
 
 
@@ -68,8 +69,12 @@ class FileField:
 
     @property
     def name(self) -> str:
-        """The field as problem details name it: ``input.photos.0``."""
-        return ".".join(["input", *(str(p) for p in self.path)])
+        return field_name(self.path)
+
+
+def field_name(path: Path) -> str:
+    """A place in an input as problem details name it: ``input.photos.0``."""
+    return ".".join(["input", *(str(p) for p in path)])
 
 
 def file_fields(schema: Any, defs: dict[str, Any], value: Any) -> list[FileField]:
@@ -191,6 +196,11 @@ def sniff(head: bytes) -> str | None:
 
 def base_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
+
+
+def extension(content_type: str) -> str:
+    """The file-name extension of a media type (``.png``; '' when none is known)."""
+    return mimetypes.guess_extension(base_type(content_type)) or ""
 
 
 def matches(accept: str, content_type: str | None) -> bool:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import IO
 
 import redis
 
@@ -34,7 +34,7 @@ class FileStore:
     def __init__(self, settings: FilesSettings, client: redis.Redis) -> None:
         self.settings = settings
         self.index = FileIndex(client)
-        self._blobs: dict[str, Blobs] = {"redis": RedisBlobs(client)}
+        self._redis = RedisBlobs(client)
         self._s3: S3Blobs | None = None
 
     def blobs(self, where: str) -> Blobs:
@@ -42,7 +42,7 @@ class FileStore:
             if self._s3 is None:
                 self._s3 = S3Blobs(self.settings)
             return self._s3
-        return self._blobs["redis"]
+        return self._redis
 
     def writer(
         self,
@@ -91,36 +91,31 @@ class FileStore:
         """A small file whole (a data URI's bytes): callers check its size first."""
         return b"".join(self.read(meta))
 
-    def download(self, meta: FileMeta, target: IO[bytes]) -> None:
-        for piece in self.read(meta):
-            target.write(piece)
-
     def heads(self, file_ids: list[str]) -> dict[str, tuple[dict[str, str], list[bytes]]]:
         """What :meth:`fetch` reads first, for many files in one round trip (a batch's)."""
-        redis_blobs = self._blobs["redis"]
-        assert isinstance(redis_blobs, RedisBlobs)
-        return redis_blobs.records_and_heads(file_ids) if file_ids else {}
+        return self._redis.records_and_heads(file_ids) if file_ids else {}
 
     def fetch(
         self,
         file_id: str,
         place: Callable[[FileMeta], Path],
         read: tuple[dict[str, str], list[bytes]] | None = None,
-    ) -> FileMeta | None:
-        """Write a file to the path ``place`` gives for it: its record (None: no such
-        file). A file in Redis of up to four chunks takes one round trip, record included
-        (none when :meth:`heads` read it already: ``read``)."""
+    ) -> tuple[FileMeta, Path] | None:
+        """Write a file to the path ``place`` gives for it: its record and that path
+        (None: no such file). A file in Redis of up to four chunks takes one round trip,
+        record included (none when :meth:`heads` read it already: ``read``)."""
         raw, head = read if read is not None else self.heads([file_id])[file_id]
-        if not raw or raw.get("state") != "ready":
+        meta = FileMeta.ready(raw)
+        if meta is None:
             return None
-        meta = FileMeta.from_hash(raw)
         done = sum(map(len, head)) if meta.store == "redis" else 0
-        with place(meta).open("wb") as target:
+        path = place(meta)
+        with path.open("wb") as target:
             if done:
                 target.writelines(head)
             for piece in self.read(meta, done):
                 target.write(piece)
-        return meta
+        return meta, path
 
     def remove(self, file_id: str) -> bool:
         """Remove a file (its record first: no one reads it after): whether it was one."""
@@ -208,15 +203,13 @@ class FileWriter:
     def finish(self) -> FileMeta:
         self.sink.close()
         now = time.time()
-        meta = FileMeta(
-            **{
-                **self.meta.__dict__,
-                "size": self.size,
-                "sha256": self.hash.hexdigest(),
-                "sniffed": sniff(self.head) or "",
-                "created_at": now,
-                "expires_at": now + self.ttl,
-            }
+        meta = replace(
+            self.meta,
+            size=self.size,
+            sha256=self.hash.hexdigest(),
+            sniffed=sniff(self.head) or "",
+            created_at=now,
+            expires_at=now + self.ttl,
         )
         self.store.index.put(meta, "ready")
         self.finished = True
@@ -238,6 +231,3 @@ def _clean(filename: str) -> str:
     name = filename.replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if ch.isprintable() and ch not in '"\r\n')
     return name[:255]
-
-
-__all__ = ["FileStore", "FileWriter"]

@@ -105,14 +105,18 @@ class Executor:
         *,
         pipe: Pipeline | None = None,
         logs: str = "",
+        files: str = "",
         requeue: Requeue | None = None,
         **fields: str,
     ) -> tuple[int, str]:
         """Change the record's status if it is one of ``allowed``: (changed, previous).
         With ``pipe`` the change is only queued there, and (0, "") returned. ``logs``:
-        what the attempt printed, kept with the record."""
+        what the attempt printed, kept with the record; ``files``: the output's files
+        (JSON, :meth:`Attempt.listed`); either only when there is some."""
         if logs:
             fields["logs"] = logs
+        if files:
+            fields["files"] = files
         values = transition_args(
             invocation_id,
             allowed,

@@ -15,6 +15,7 @@ import mimetypes
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -110,17 +111,17 @@ class Attempt:
     def _fetch(self, field: str, file_id: str) -> File:
         read = self.files.prefetched.pop(file_id, None)
         try:
-            meta = self.files.store.fetch(file_id, self._place, read)
+            fetched = self.files.store.fetch(file_id, self._place, read)
         except OSError as exc:
             if self.files.memory is None:
                 raise
             # /dev/shm is full (a container's is 64 MiB): this process writes to disk now
             log.warning("files_memory_full", error=str(exc), scratch=self.files.disk)
             self.files.memory = None
-            meta = self.files.store.fetch(file_id, self._place, read)
-        if meta is None:
+            fetched = self.files.store.fetch(file_id, self._place, read)
+        if fetched is None:
             raise FileInputError(field, f"file {file_id} is gone (deleted, or Redis lost it)")
-        path = self._place(meta)
+        meta, path = fetched
         return File.of(
             path,
             content_type=meta.content_type,
@@ -137,15 +138,15 @@ class Attempt:
             folder = self.folders[root] = Path(tempfile.mkdtemp(prefix="conveyor-", dir=root))
         place = folder / meta.id
         place.mkdir(exist_ok=True)
-        return place / (meta.filename or f"input{_suffix(meta.content_type)}")
+        return place / (meta.filename or f"input{refs.extension(meta.content_type)}")
 
     def outputs(self, output: Any) -> Any:
-        if isinstance(output, pydantic.BaseModel):
-            if not _has_path(output.model_dump(mode="python")):
-                return output
-            output = output.model_dump(mode="python")
-        if not _has_path(output):
-            return output
+        dumped = (
+            output.model_dump(mode="python") if isinstance(output, pydantic.BaseModel) else output
+        )
+        if not _has_path(dumped):
+            return output  # a model goes back as it was: encoding dumps it in JSON mode
+        output = dumped
         owner = cast("str | None", self.files.store.index.redis.hget(self.owned_by, "owner"))
         return self._visit(output, owner, 0)
 
@@ -172,7 +173,7 @@ class Attempt:
             content_type=declared or mimetypes.guess_type(path.name)[0] or "",
         )
         if not declared and meta.content_type == "application/octet-stream" and meta.sniffed:
-            meta = FileMeta(**{**meta.__dict__, "content_type": meta.sniffed})
+            meta = replace(meta, content_type=meta.sniffed)
             self.files.store.index.put(meta, "ready")
         self.stored.append(_listed(meta))
         return meta.id
@@ -208,7 +209,3 @@ def _has_path(node: Any, depth: int = 0) -> bool:
     if isinstance(node, dict):
         return any(_has_path(item, depth + 1) for item in node.values())
     return isinstance(node, pydantic.BaseModel)  # looked into when visited
-
-
-def _suffix(content_type: str) -> str:
-    return mimetypes.guess_extension(refs.base_type(content_type)) or ""
