@@ -148,9 +148,9 @@ class FilesController(Controller):
             "Accept-Ranges": "bytes",
             "Cache-Control": "private, max-age=3600",
             "Content-Disposition": _disposition(meta),
-            "X-Content-Type-Options": "nosniff",
-            # A caller's file is never a page of this origin: no script runs in it, and it
-            # is its own origin (a stored HTML or SVG file cannot read the dashboard's key).
+            # (nosniff: the browser guard says it on every response.) A caller's file is
+            # never a page of this origin: no script runs in it, and it is its own origin
+            # (a stored HTML or SVG file cannot read the dashboard's key).
             "Content-Security-Policy": "default-src 'none'; sandbox",
         }
         if request.headers.get("if-none-match") == etag:
