@@ -57,6 +57,8 @@ def test_two_api_processes_share_the_port(make_stack, report: Callable[[str], No
         processes = wait_for(
             lambda: len(_api_processes(api.pid)) == 2 and _api_processes(api.pid), 30
         )
+        # start_api saw one process ready; the other may still be reading the store
+        _everywhere(base, lambda r: r.json().get("status") == "ready", "/functions/slow")
         before = {pid: cpu_ticks(pid) for pid in processes}
 
         # Submitted on one connection, waited for on another: each process's waiters are
