@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conveyor.handler_types import Accept, File
+from conveyor.handler_types import Accept, File, TextStream
 
-__all__ = ["Accept", "File"]
+__all__ = ["Accept", "File", "TextStream"]
 __version__ = "0.1.0"

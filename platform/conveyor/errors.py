@@ -100,6 +100,18 @@ class OutputNotSerializableError(ConveyorError):
     """The handler returned something that is not JSON-serialisable."""
 
 
+class TextStreamError(ConveyorError):
+    """A ``-> TextStream`` handler yielded something other than a string."""
+
+
+class StreamTooLargeError(ConveyorError):
+    """A streaming invocation's events went past its [limits] max_stream_bytes."""
+
+
+class NotStreamingError(ConveyorError):
+    """The invocation's function does not stream: it has no stream to read."""
+
+
 class FileNotFoundInStoreError(ConveyorError):
     """No file of that id (never uploaded, expired, or deleted)."""
 

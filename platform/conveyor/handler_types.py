@@ -1,14 +1,19 @@
-"""The types a handler declares and receives for files: :class:`File` and :class:`Accept`.
+"""The types a handler declares: files (:class:`File`, :class:`Accept`) and streams
+(:class:`TextStream`).
 
 A field typed ``File`` (or plain ``pathlib.Path``) is a file input: its JSON Schema is
 ``{"type": "string", "format": "uri"}`` marked with :data:`FILE_MARK`, which the API reads
 to know which fields to resolve. ``Annotated[File, Accept("image/*")]`` adds
 ``contentMediaType``, checked against the file's declared type and its leading bytes.
+
+A handler that is a generator streams: each value it yields is one chunk of its output.
+Annotated ``-> TextStream`` its chunks are strings and its final output their joined text.
 """
 
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +23,11 @@ from pydantic_core import core_schema
 
 FILE_MARK = "x-conveyor-file"  # in a schema: this string is a file (a URL or a data URI)
 FILE_SCHEMA: dict[str, Any] = {"type": "string", "format": "uri", FILE_MARK: True}
+
+
+class TextStream(Iterator[str]):
+    """What a text-generating handler returns (``-> TextStream``): an iterator of ``str``.
+    Each string is streamed as it is yielded; the result's output is their joined text."""
 
 
 class File(pathlib.PosixPath):

@@ -29,6 +29,11 @@ def result_url(record: InvocationRecord) -> str:
     return f"/functions/{record.function}/results/{record.id}"
 
 
+def stream_url(record: InvocationRecord) -> dict[str, str]:
+    """``{"stream_url": ...}`` for a streaming invocation, else nothing."""
+    return {"stream_url": f"{result_url(record)}/stream"} if record.streaming else {}
+
+
 def accepted_body(record: InvocationRecord, census: KnownCensus) -> dict[str, Any]:
     body = {
         "id": record.id,
@@ -36,6 +41,7 @@ def accepted_body(record: InvocationRecord, census: KnownCensus) -> dict[str, An
         "version": record.version,
         "status": record.status.value,
         "result_url": result_url(record),
+        **stream_url(record),
     }
     _warn(body, record.notice, census_warning(census, record.queue))
     return body
@@ -59,6 +65,7 @@ def result_body(
         "priority": record.priority,
         "attempts": record.attempts,
         "created_at": iso(record.created_at),
+        **stream_url(record),
     }
     if record.has_output:
         body["output"] = record.output

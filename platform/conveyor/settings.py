@@ -158,6 +158,13 @@ class ApiSettings(_Section):
         description="the API's address as clients reach it (https://api.example.com): file"
         " URLs in results are built on it; empty: the request's own base URL",
     )
+    stream_heartbeat: Seconds = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="seconds between the comments an idle event stream sends to keep"
+        " proxies from closing it",
+    )
 
     def files_base(self) -> str:
         """Where clients reach the API, for URLs sent outside a request (webhooks)."""

@@ -6,9 +6,16 @@ from typing import Any
 
 import pytest
 
-from conveyor.errors import BatchSizeError, OutputNotSerializableError, ValidationError
+from conveyor.errors import (
+    BatchSizeError,
+    FunctionLoadError,
+    OutputNotSerializableError,
+    TextStreamError,
+    ValidationError,
+)
 from conveyor.functions.registry import Registry
 from conveyor.runtime import Runner, encode_output, error_payload, validate_input
+from conveyor.runtime.streaming import StreamStopped
 from tests.support import QUEUES, importing_refresh, write_function
 from tests.support import load as load_folder
 
@@ -175,3 +182,83 @@ def test_batching_needs_predict_batch(functions_dir: Path) -> None:
     importing_refresh(reg)
     assert "must be a class with predict_batch" in (reg.entry("plain").error or "")
     assert "annotated list[X]" in (reg.entry("badlist").error or "")
+
+
+def test_a_generator_streams_and_its_output_is_the_list_of_chunks(functions_dir: Path) -> None:
+    fn = load(
+        functions_dir,
+        "gen",
+        """
+        from collections.abc import Iterator
+        def run(n: int) -> Iterator[int]:
+            for i in range(n):
+                yield i * i
+        """,
+    )
+    sent: list[str] = []
+
+    class Sink:
+        def chunk(self, encoded: str) -> None:
+            sent.append(encoded)
+
+    assert fn.streaming is not None and fn.streaming.chunk_type is int
+    assert Runner().run(fn, 4, sink=Sink()) == "[0,1,4,9]"
+    assert sent == ["0", "1", "4", "9"]
+    assert fn.schemas().stream == {"type": "integer"}
+    assert fn.schemas().output == {"type": "array", "items": {"type": "integer"}}
+
+
+def test_a_text_stream_joins_its_chunks_and_refuses_other_values(functions_dir: Path) -> None:
+    fn = load(
+        functions_dir,
+        "words",
+        """
+        from conveyor import TextStream
+        def run(words: list) -> TextStream:
+            yield from words
+        """,
+    )
+    assert Runner().run(fn, ["a", "b ", "ç"]) == '"ab ç"'
+    with pytest.raises(TextStreamError, match="yielded a int"):
+        Runner().run(fn, ["a", 1])
+
+
+def test_a_stopping_sink_closes_the_generator_where_it_stands(functions_dir: Path) -> None:
+    fn = load(
+        functions_dir,
+        "closing",
+        """
+        CLOSED = []
+        def run(n: int):
+            try:
+                for i in range(n):
+                    yield i
+            finally:
+                CLOSED.append(True)
+        """,
+    )
+
+    class Stop:
+        def chunk(self, encoded: str) -> None:
+            if encoded == "2":
+                raise StreamStopped("cancelled")
+
+    with pytest.raises(StreamStopped):
+        Runner().run(fn, 10, sink=Stop())
+    assert fn.handler.__globals__["CLOSED"] == [True]
+
+
+def test_batching_and_streaming_together_is_an_error_naming_both(functions_dir: Path) -> None:
+    with pytest.raises(FunctionLoadError, match=r"\[batching\] and a streaming handler"):
+        load(
+            functions_dir,
+            "both",
+            """
+            class Model:
+                def predict_batch(self, xs: list[int]) -> list[int]:
+                    for x in xs:
+                        yield x
+            """,
+            "handler:Model",
+            "[batching]\nmax_batch_size = 4\n",
+        )

@@ -34,6 +34,7 @@ from conveyor.api.openapi import Options, document
 from conveyor.api.params import reject_unknown_query
 from conveyor.api.problems import EXCEPTION_HANDLERS
 from conveyor.api.services import Platform
+from conveyor.api.streams import StreamsController
 from conveyor.api.validation import RequestValidators
 from conveyor.api.versions import VersionsController
 from conveyor.auth.caller import Caller
@@ -60,6 +61,7 @@ from conveyor.store.db import FunctionStore
 from conveyor.store.deployer import Deployer
 from conveyor.store.deployments import DeploymentLog
 from conveyor.store.served import Served
+from conveyor.streams.db import StreamReader
 from conveyor.webhooks.intake import WebhookIntake
 
 log = get_logger(__name__)
@@ -110,6 +112,7 @@ def create_app(settings: Settings) -> Litestar:
         files=FileIntake(
             settings.files, FileStore(settings.files, sync_client(settings)), invocations.redis
         ),
+        streams=StreamReader(invocations.redis, invocations.subscription),
         api_keys=ApiKeyStore(invocations.redis, invocations.subscription)
         if settings.api.auth == "keys"
         else None,
@@ -163,6 +166,7 @@ def create_app(settings: Settings) -> Litestar:
     return Litestar(
         route_handlers=[
             FunctionsController,
+            StreamsController,
             FilesController,
             HealthController,
             ObservabilityController,

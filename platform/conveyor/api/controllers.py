@@ -165,7 +165,7 @@ class FunctionsController(Controller):
             record = await platform.invocations.wait(invocation_id, seconds, function=name)
         else:
             record = await platform.invocations.get(invocation_id, function=name)
-        _check_handles(caller, record, Action.READ)
+        check_handles(caller, record, Action.READ)
         inline = await inline_files(platform, record.files or []) if _inline(request) else None
         if record.status.final:
             return result_body(record, base=_base(platform, request, record), inline=inline)
@@ -181,7 +181,7 @@ class FunctionsController(Controller):
     ) -> dict[str, Any]:
         caller.require_sees(name)
         record = await platform.invocations.get(invocation_id, function=name)
-        _check_handles(caller, record, Action.READ)
+        check_handles(caller, record, Action.READ)
         return {
             "id": record.id,
             "function": record.function,
@@ -198,8 +198,13 @@ class FunctionsController(Controller):
         invocation_id: FromPath[str],
     ) -> dict[str, Any]:
         caller.require(Action.INVOKE, name)
-        _check_handles(caller, await platform.invocations.get(invocation_id, name), Action.INVOKE)
-        return result_body(await platform.invocations.cancel(invocation_id, function=name))
+        record = await platform.invocations.get(invocation_id, name)
+        check_handles(caller, record, Action.INVOKE)
+        found = platform.functions.find(name)
+        spec = found.spec if found is not None else None
+        grace = spec.manifest.limits.cancel_grace if spec and record.streaming else 0.0
+        cancelled = await platform.invocations.cancel(invocation_id, function=name, grace=grace)
+        return result_body(cancelled)
 
     @delete(RESULT, summary="Delete a finished invocation", status_code=204)
     async def delete_result(
@@ -210,7 +215,7 @@ class FunctionsController(Controller):
         invocation_id: FromPath[str],
     ) -> None:
         caller.require(Action.INVOKE, name)
-        _check_handles(caller, await platform.invocations.get(invocation_id, name), Action.INVOKE)
+        check_handles(caller, await platform.invocations.get(invocation_id, name), Action.INVOKE)
         await platform.invocations.delete(invocation_id, function=name)
 
 
@@ -248,6 +253,7 @@ async def _submit(  # noqa: PLR0917
         webhook=webhook,
         files=files,
         sent=body["input"] if files else None,
+        stream=schemas.streams,
     )
 
 
@@ -264,7 +270,7 @@ def _inline(request: Request[Any, Any, Any]) -> bool:
     return given == ["data_uri"]
 
 
-def _check_handles(caller: Caller, record: InvocationRecord, action: Action) -> None:
+def check_handles(caller: Caller, record: InvocationRecord, action: Action) -> None:
     """One invocation of a function the caller has a scope on, but maybe not theirs: other
     keys' invocations are read with ``read:<function>``, cancelled and deleted by admins."""
     if not caller.may_handle(record.function, record.owner, action):

@@ -30,6 +30,7 @@ from conveyor.api.operations import (
     invoke_op,
     ref,
     result_op,
+    stream_op,
     wait_param,
 )
 from conveyor.api.paths import paths
@@ -190,6 +191,11 @@ def _add_function(
     form = _invoke_form(schemas, sides["Input"])
     paths[f"/functions/{name}/invoke"] = {"post": invoke_op(name, description, max_wait, form)}
     paths[f"/functions/{name}/results/{{invocation_id}}"] = {"get": result, "delete": remove}
+    if schemas.stream is not None:
+        chunk = add("Chunk", _rewrite_refs(schemas.stream, names))
+        events = stream_op(f"stream_{name}_events", chunk)
+        events["tags"] = [name]
+        paths[f"/functions/{name}/results/{{invocation_id}}/stream"] = {"get": events}
 
 
 def _invoke_form(schemas: FunctionSchemas, input_ref: dict[str, Any]) -> dict[str, Any]:

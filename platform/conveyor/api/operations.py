@@ -232,6 +232,45 @@ def result_op(
     return operation(op_id, summary, ok=ref(result), params=params, problems=[400, 404, 503])
 
 
+STREAM_EVENTS = (
+    "Server-Sent Events, each with an id (1, 2 ...) and JSON data: status (queued, with"
+    " `ahead`; running and retrying, with `attempt`), output (`{attempt, output}`: one"
+    " chunk), log (`{attempt, line}`), progress, error (`{attempt, error}`: an attempt"
+    " failed), and a last done (the result). Comments keep an idle stream open."
+)
+
+
+def stream_op(
+    op_id: str, chunk: dict[str, Any] | None = None, first: tuple[dict[str, Any], ...] = ()
+) -> dict[str, Any]:
+    """A streaming invocation's events; ``chunk``: the schema of one output event's chunk;
+    ``first``: the path's parameters before the invocation's id."""
+    op = operation(
+        op_id,
+        "Follow a streaming invocation's events (Server-Sent Events; resumable)",
+        params=[
+            *first,
+            invocation_param(),
+            parameter("Last-Event-ID", "header", {"type": "string"}, "resume after this event"),
+            parameter(
+                "after",
+                "query",
+                {"type": "integer", "minimum": 0},
+                "resume after this event (where no header can be set)",
+            ),
+        ],
+        problems=[400, 404, 503],
+    )
+    events: dict[str, Any] = {"schema": {"type": "string"}}
+    if chunk is not None:
+        events["x-conveyor-chunk"] = chunk
+    op["responses"]["200"] = {
+        "description": STREAM_EVENTS,
+        "content": {"text/event-stream": events},
+    }
+    return op
+
+
 def invocation_param() -> dict[str, Any]:
     return parameter("invocation_id", "path", {"type": "string", "format": "uuid"})
 

@@ -19,6 +19,7 @@ from conveyor.api.operations import (
     ref,
     result_op,
     rollback_op,
+    stream_op,
     upload_op,
     wait_param,
 )
@@ -103,6 +104,9 @@ def paths(max_wait: float) -> dict[str, Any]:
                 params=[name, invocation],
                 problems=[404, 409, 503],
             )
+        },
+        "/functions/{name}/results/{invocation_id}/stream": {
+            "get": stream_op("stream_events", first=(name,))
         },
         "/functions/{name}/results/{invocation_id}/logs": {
             "get": operation(

@@ -40,6 +40,9 @@ class Accepted(BaseModel):
     version: str = Field(description="the version the input was validated against")
     status: InvocationStatus
     result_url: str
+    stream_url: str | Absent = Field(
+        None, description="a streaming function's events (text/event-stream), from now on"
+    )
     warning: str | Absent = Field(None, description="why it may wait (no live worker)")
 
 
@@ -47,7 +50,7 @@ class WebhookState(BaseModel):
     """The webhook an invocation asked for, and how its latest delivery went."""
 
     url: str
-    events: list[Literal["start", "completed"]]
+    events: list[Literal["start", "output", "completed"]]
     status: Literal["pending", "delivered", "failed"] | Absent = None
     attempts: int | Absent = None
     last_error: str | Absent = None
@@ -76,6 +79,9 @@ class Result(BaseModel):
     priority: int = Field(ge=0, le=9)
     attempts: int = Field(ge=0)
     created_at: datetime
+    stream_url: str | Absent = Field(
+        None, description="a streaming function's events (text/event-stream), from now on"
+    )
     started_at: datetime | Absent = None
     finished_at: datetime | Absent = None
     duration_ms: float | Absent = Field(None, description="created to finished")
@@ -125,6 +131,9 @@ class FunctionDetail(FunctionInfo):
 
     input_schema: dict[str, Any] | Absent = None
     output_schema: dict[str, Any] | Absent = None
+    stream_schema: dict[str, Any] | Absent = Field(
+        None, description="a streaming function's chunk: each output event's output"
+    )
 
 
 class FunctionList(BaseModel):
@@ -397,4 +406,6 @@ def function_body(entry: FunctionEntry, *, detail: bool, census: KnownCensus) ->
     if detail and entry.schemas is not None:
         body["input_schema"] = entry.schemas.standalone("input")
         body["output_schema"] = entry.schemas.standalone("output")
+        if entry.schemas.streams:
+            body["stream_schema"] = entry.schemas.standalone("stream")
     return body

@@ -14,6 +14,7 @@ from conveyor.maps.db import MapStore
 from conveyor.settings import Settings
 from conveyor.store.deployer import Deployer
 from conveyor.store.served import Served
+from conveyor.streams.db import StreamReader
 from conveyor.webhooks.intake import WebhookIntake
 
 
@@ -31,5 +32,6 @@ class Platform:
     maps: MapStore
     map_events: Waiters[str]  # a map job changed (the payload is its id)
     files: FileIntake  # uploads, and the file fields of inputs
+    streams: StreamReader  # streaming invocations' events
     api_keys: ApiKeyStore | None = None  # None: [api] auth = "none"
     loaded: bool = False  # the functions found at start have been inspected

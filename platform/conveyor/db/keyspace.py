@@ -221,3 +221,13 @@ def file_data(file_id: str) -> str:
 
 def file_holders(file_id: str) -> str:
     return f"{PREFIX}:file-holders:{file_id}"
+
+
+# Streams (conveyor/streams): a streaming invocation's events (a Redis stream whose entry
+# ids are the events' sequence numbers, ``<n>-0``), expiring with its record; and a
+# channel on which each event is published as it is added, for the API's readers.
+STREAM_EVENTS_CHANNEL = f"{PREFIX}:stream-events"  # payload: "<id> <n> <kind> <data>"
+
+
+def stream(invocation_id: str) -> str:
+    return f"{PREFIX}:stream:{invocation_id}"

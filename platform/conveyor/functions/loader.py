@@ -29,7 +29,7 @@ from pydantic import TypeAdapter
 
 from conveyor.errors import FunctionLoadError
 from conveyor.functions.manifest import Manifest
-from conveyor.handler_types import FILE_MARK, mark_paths
+from conveyor.handler_types import FILE_MARK, TextStream, mark_paths
 
 PACKAGE_ROOT = "conveyor_fn"
 DEFS_REF = "#/$defs/"
@@ -46,10 +46,11 @@ class FunctionSchemas:
     input: dict[str, Any]
     output: dict[str, Any]
     defs: dict[str, Any]
+    stream: dict[str, Any] | None = None  # a streaming handler's chunk; None: no stream
 
-    def standalone(self, side: Literal["input", "output"]) -> dict[str, Any]:
+    def standalone(self, side: Literal["input", "output", "stream"]) -> dict[str, Any]:
         """One side's schema on its own, with the definitions it uses under ``$defs``."""
-        schema = self.input if side == "input" else self.output
+        schema = {"input": self.input, "output": self.output, "stream": self.stream}[side] or {}
         ref = schema.get("$ref")
         if len(schema) == 1 and isinstance(ref, str) and ref.startswith(DEFS_REF):
             schema = self.defs[ref.removeprefix(DEFS_REF)]  # a bare model: show it inline
@@ -61,13 +62,19 @@ class FunctionSchemas:
         """Whether the input has a file field (worked out once per version)."""
         return FILE_MARK in json.dumps([self.input, self.defs])
 
+    @property
+    def streams(self) -> bool:
+        return self.stream is not None
+
     def to_json(self) -> str:
-        return json.dumps({"input": self.input, "output": self.output, "defs": self.defs})
+        return json.dumps(
+            {"input": self.input, "output": self.output, "defs": self.defs, "stream": self.stream}
+        )
 
     @classmethod
     def from_json(cls, text: str) -> FunctionSchemas:
         data = json.loads(text)
-        return cls(data["input"], data["output"], data["defs"])
+        return cls(data["input"], data["output"], data["defs"], data.get("stream"))
 
 
 def referenced(schema: Any, defs: dict[str, Any]) -> set[str]:
@@ -90,6 +97,15 @@ def referenced(schema: Any, defs: dict[str, Any]) -> set[str]:
 
 
 @dataclass(frozen=True)
+class Streaming:
+    """How a streaming handler's chunks become its output: a list of them, or (``text``,
+    ``-> TextStream``) their joined text."""
+
+    chunk_type: Any
+    text: bool = False
+
+
+@dataclass(frozen=True)
 class LoadedFunction:
     """A function's code, imported: the handler and the types it declares."""
 
@@ -102,31 +118,41 @@ class LoadedFunction:
     output_type: Any
     package: str
     folder: Path | None = None  # where its files are (tracebacks show paths inside it)
+    streaming: Streaming | None = None  # a generator: it streams its output
 
     @property
     def is_class(self) -> bool:
         return inspect.isclass(self.handler)
 
     def schemas(self) -> FunctionSchemas:
-        """The input schema (what the handler validates) and the output schema (what its
-        return annotation dumps to); an output type pydantic cannot describe is any JSON."""
-        try:
-            output: TypeAdapter[Any] = TypeAdapter(self.output_type)
-            output.json_schema(mode="serialization")
-            note = None
-        except Exception as exc:
-            output, note = TypeAdapter(Any), f"not described: {exc}".splitlines()[0]
-        mapping, defs = TypeAdapter.json_schemas(
-            [("input", "validation", self.input_adapter), ("output", "serialization", output)]
-        )
+        """The input schema (what the handler validates), the output schema (what its
+        return annotation dumps to) and a streaming handler's chunk schema; a type pydantic
+        cannot describe is any JSON."""
+        output, note = _described(self.output_type)
+        sides = [("input", "validation", self.input_adapter), ("output", "serialization", output)]
+        if self.streaming is not None:
+            sides.append(("stream", "serialization", _described(self.streaming.chunk_type)[0]))
+        mapping, defs = TypeAdapter.json_schemas(sides)  # type: ignore[arg-type]
         out = mapping[("output", "serialization")]
         if note is not None:
             out = {**out, "description": f"the return annotation is {note}"}
+        chunk = mapping.get(("stream", "serialization"))
         return FunctionSchemas(
             mark_paths(dict(mapping[("input", "validation")])),
             mark_paths(dict(out)),
             mark_paths(dict(defs.get("$defs", {}))),
+            None if chunk is None else mark_paths(dict(chunk)),
         )
+
+
+def _described(kind: Any) -> tuple[TypeAdapter[Any], str | None]:
+    """An adapter for ``kind``, or for any JSON with a note when pydantic cannot describe it."""
+    try:
+        adapter: TypeAdapter[Any] = TypeAdapter(kind)
+        adapter.json_schema(mode="serialization")
+        return adapter, None
+    except Exception as exc:
+        return TypeAdapter(Any), f"not described: {exc}".splitlines()[0]
 
 
 def module_file(folder: Path, module: str) -> str:
@@ -148,10 +174,14 @@ def load_function(name: str, version: str, folder: Path, manifest: Manifest) -> 
         unload(package)
         raise FunctionLoadError(f"{where}: has no attribute {manifest.attribute!r}")
     try:
+        streaming = None
         if manifest.batching:
             input_type, output_type = _batch_types(handler)
         else:
             input_type, output_type = _types(handler)
+            streaming = _streaming(handler, output_type)
+            if streaming is not None:
+                output_type = str if streaming.text else _list_of(streaming.chunk_type)
         adapter: TypeAdapter[Any] = TypeAdapter(input_type)
         adapter.json_schema()
     except FunctionLoadError as exc:
@@ -161,7 +191,16 @@ def load_function(name: str, version: str, folder: Path, manifest: Manifest) -> 
         unload(package)
         raise FunctionLoadError(f"{where}: input annotation is not a usable schema: {exc}") from exc
     return LoadedFunction(
-        name, version, manifest, handler, input_type, adapter, output_type, package, folder
+        name,
+        version,
+        manifest,
+        handler,
+        input_type,
+        adapter,
+        output_type,
+        package,
+        folder,
+        streaming,
     )
 
 
@@ -234,10 +273,45 @@ def _types(handler: Any) -> tuple[Any, Any]:
     return hints.get(params[0].name, Any), hints.get("return", Any)
 
 
+_ITERATORS = (
+    collections.abc.Iterator,
+    collections.abc.Generator,
+    collections.abc.AsyncIterator,
+    collections.abc.AsyncGenerator,
+)
+
+
+def _streaming(handler: Any, returned: Any) -> Streaming | None:
+    """How ``handler`` streams: a generator (async too), or annotated to return an iterator
+    (``Iterator[X]``, ``TextStream`` ...); None when it returns its output whole."""
+    target = getattr(handler, "predict", None) if inspect.isclass(handler) else handler
+    if returned is TextStream:
+        return Streaming(str, text=True)
+    if get_origin(returned) in _ITERATORS:
+        args = get_args(returned)
+        return Streaming(args[0] if args else Any)
+    return Streaming(Any) if _generator(target) else None
+
+
+def _list_of(kind: Any) -> Any:
+    return list[kind]
+
+
+def _generator(target: Any) -> bool:
+    return inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target)
+
+
 def _batch_types(handler: Any) -> tuple[Any, Any]:
     """With [batching]: a class whose ``predict_batch(self, inputs: list[X]) -> list[Y]``
     sets the input type X and the output type Y."""
+    predict = getattr(handler, "predict", None)
     batch = getattr(handler, "predict_batch", None) if inspect.isclass(handler) else None
+    if any(_generator(f) for f in (predict, batch)):
+        raise FunctionLoadError(
+            "[batching] and a streaming handler (a generator) cannot go together: a batch"
+            " returns each item's output whole; remove [batching] from function.toml or"
+            " return the output instead of yielding it"
+        )
     if not callable(batch):
         raise FunctionLoadError(
             "with [batching] the handler must be a class with predict_batch(self, inputs)"

@@ -47,6 +47,16 @@ class LimitsSection(_Section):
     timeout: PositiveSeconds = 30.0
     soft_timeout: PositiveSeconds | None = None
     max_input_bytes: Annotated[int, Field(gt=0, le=1024 * 1024 * 1024)] = 1024 * 1024
+    # A streaming invocation's events (chunks, lines printed) in all; past it, it fails.
+    max_stream_bytes: Annotated[int, Field(gt=0, le=1024 * 1024 * 1024)] = 64 * 1024 * 1024
+
+    @property
+    def cancel_grace(self) -> float:
+        """Seconds a cancelled streaming attempt has to reach its next yield (where its
+        generator is closed) before it is killed: the soft limit's grace when one is set."""
+        if self.soft_timeout is not None:
+            return self.timeout - self.soft_timeout
+        return min(5.0, self.timeout)
 
     @model_validator(mode="after")
     def _soft_below_hard(self) -> Self:

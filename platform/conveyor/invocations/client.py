@@ -45,6 +45,7 @@ from conveyor.invocations.records import (
     InvocationRecord,
     InvocationStatus,
     new_record_fields,
+    stream_keys,
     transition_args,
 )
 from conveyor.log import get_logger
@@ -70,11 +71,14 @@ class InvocationClient:
         # One pub/sub connection for every channel this process listens to.
         self.subscription = Subscription(listener_client(settings))
         self._waiters = Waiters(self.subscription, keyspace.EVENTS_CHANNEL, _finished)
+        self._later: set[asyncio.Task[None]] = set()  # kills due after a cancel's grace
 
     async def start(self) -> None:
         self.subscription.start()
 
     async def close(self) -> None:
+        for task in self._later:
+            task.cancel()
         await self.subscription.stop()
         await self.redis.aclose()
 
@@ -96,6 +100,7 @@ class InvocationClient:
         webhook: str | None = None,
         files: Sequence[str] = (),
         sent: Any = None,
+        stream: bool = False,
     ) -> InvocationRecord:
         """Store the record and enqueue the message in one step; then it is a promise.
 
@@ -107,7 +112,8 @@ class InvocationClient:
         "events"}``) is stored with the record: the scripts that start and finish the
         invocation queue its deliveries. ``files``: the ids of the files its input refers
         to, held (kept past their expiry) until it ends; ``sent``: the input as the caller
-        sent it, before its files were taken (what a retry's body is compared by).
+        sent it, before its files were taken (what a retry's body is compared by);
+        ``stream``: its function streams (its events are kept in its stream from now on).
         """
         manifest = spec.manifest
         inv = Invocation(
@@ -128,6 +134,7 @@ class InvocationClient:
             manifest.results.ttl,
             owner=owner,
             webhook=webhook,
+            stream=stream,
         )
         idempotency = ""
         if idempotency_key:
@@ -245,6 +252,7 @@ class InvocationClient:
             "pending_ttl": self.settings.results.pending_ttl,
             "id": inv.id,
             "digest": digest,
+            **stream_keys(inv.id),
             "in_use_field": keyspace.in_use(inv.function, inv.version),
             "fields": [value for pair in fields.items() for value in pair],
         }
@@ -323,8 +331,12 @@ class InvocationClient:
 
         return await long_poll(record, lambda r: r.status.final, events, timeout, read)
 
-    async def cancel(self, invocation_id: str, function: str | None = None) -> InvocationRecord:
-        """Cancel a queued or running invocation; a running attempt is killed."""
+    async def cancel(
+        self, invocation_id: str, function: str | None = None, grace: float = 0.0
+    ) -> InvocationRecord:
+        """Cancel a queued or running invocation; a running attempt is killed. A streaming
+        one's generator is closed at its next yield instead (its ``finally`` runs): it is
+        killed only if it is still running ``grace`` seconds later."""
         record = await self.get(invocation_id, function)
         values = transition_args(
             invocation_id,
@@ -341,11 +353,25 @@ class InvocationClient:
             raise InvocationFinishedError(
                 f"invocation {invocation_id!r} already {previous}; nothing to cancel"
             )
-        if previous in (InvocationStatus.RUNNING, InvocationStatus.RETRYING):
+        if previous == InvocationStatus.RUNNING and record.streaming and grace > 0:
+            self._kill_later(invocation_id, grace)
+        elif previous in (InvocationStatus.RUNNING, InvocationStatus.RETRYING):
             # Killing the pool process is the only way to stop arbitrary user code.
             await kill(self.celery, invocation_id)
         log.info("invocation_cancelled", function=record.function, invocation_id=invocation_id)
         return await self.get(invocation_id, function)
+
+    def _kill_later(self, invocation_id: str, grace: float) -> None:
+        """Kill the attempt after ``grace`` seconds, if it still runs then (a task that
+        ended is no longer active anywhere: the revoke kills nothing)."""
+
+        async def later() -> None:
+            await asyncio.sleep(grace)
+            await kill(self.celery, invocation_id)
+
+        task = asyncio.create_task(later(), name=f"conveyor-cancel-{invocation_id}")
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
 
     async def delete(self, invocation_id: str, function: str) -> None:
         """Remove a finished invocation's record and output; unfinished ones stay."""
@@ -353,6 +379,7 @@ class InvocationClient:
             outcome = await self.scripts.call(
                 DELETE,
                 record=keyspace.record(invocation_id),
+                stream=keyspace.stream(invocation_id),
                 function_name=function,
                 id=invocation_id,
             )

@@ -73,6 +73,7 @@ class InvocationRecord:
     progress: dict[str, Any] | None = None  # {"fraction", "message", "updated_at"}
     logs: str | None = None  # what the last attempt printed or logged
     files: list[dict[str, Any]] | None = None  # the output's files: id, size, sha256 ...
+    streaming: bool = False  # its function streams: its events are in a stream
     notice: str | None = None  # for this answer only, never stored: e.g. not yet replicated
 
     @classmethod
@@ -100,6 +101,7 @@ class InvocationRecord:
             progress=json.loads(raw["progress"]) if "progress" in raw else None,
             logs=raw.get("logs"),
             files=json.loads(raw["files"]) if raw.get("files") else None,
+            streaming="stream" in raw,
         )
 
 
@@ -125,9 +127,11 @@ def new_record_fields(
     *,
     owner: str | None = None,
     webhook: str | None = None,
+    stream: bool = False,
 ) -> dict[str, str]:
     """A new record. ``owner``: the id of the API key that made it; ``webhook``: JSON
-    ``{"url", "events"}`` of the deliveries it asked for."""
+    ``{"url", "events"}`` of the deliveries it asked for; ``stream``: its function streams
+    (its scripts add events to its stream)."""
     fields = {
         "function": function,
         "version": version,
@@ -142,7 +146,17 @@ def new_record_fields(
         fields["owner"] = owner
     if webhook is not None:
         fields["webhook"] = webhook
+    if stream:
+        fields["stream"] = "1"
     return fields
+
+
+def stream_keys(invocation_id: str) -> dict[str, str]:
+    """The keys by which a script adds events to the invocation's stream."""
+    return {
+        "stream": keyspace.stream(invocation_id),
+        "stream_events": keyspace.STREAM_EVENTS_CHANNEL,
+    }
 
 
 @dataclass(frozen=True)
@@ -206,6 +220,7 @@ def transition_args(
         **(_counted() if metrics else _UNCOUNTED),
         "in_use": keyspace.VERSIONS_IN_USE,
         **(requeue.values() if requeue else _NO_REQUEUE),
+        **stream_keys(invocation_id),
         "allowed": " ".join(allowed),
         "to": to.value,
         "ttl": ttl,
@@ -241,6 +256,7 @@ def start_args(invocation_id: str, pid: int, *, metrics: bool = True) -> dict[st
         "redeliveries": keyspace.METRICS_REDELIVERIES if metrics else "",
         "sent": keyspace.SENT,
         "sent_messages": keyspace.SENT_MESSAGES,
+        **stream_keys(invocation_id),
         "now": repr(time.time()),
         "pid": str(pid),
         "id": invocation_id,

@@ -38,6 +38,7 @@ class OutputCapture:
         self._sink: IO[bytes] | None = None
         self._pid = 0
         self._dirty = False  # the last invocation left something in the file
+        self._read = 0  # how much of this invocation's file :meth:`lines` handed out
         self._handler = logging.StreamHandler(sys.stderr)
         self._handler.setFormatter(logging.Formatter(FORMAT))
 
@@ -53,11 +54,13 @@ class OutputCapture:
         return self._sink
 
     @contextlib.contextmanager
-    def __call__(self) -> Iterator[Captured]:
-        """Capture fds 1 and 2 and ``logging`` for the duration; the result fills on exit."""
-        captured = Captured()
+    def __call__(self, captured: Captured | None = None) -> Iterator[Captured]:
+        """Capture fds 1 and 2 and ``logging`` for the duration; the result (``captured``,
+        or a new one) fills on exit."""
+        captured = Captured() if captured is None else captured
         _flush()
         sink = self._file()
+        self._read = 0
         saved = os.dup(1), os.dup(2)
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
@@ -85,6 +88,22 @@ class OutputCapture:
                     captured.truncated = True
                     cut = size - self.limit
                     captured.text += f"\n[... {cut} more bytes not kept: the limit is {self.limit}]"
+
+    def lines(self, *, final: bool = False) -> list[str]:
+        """While capturing: the whole lines written since the last call (with ``final``, a
+        last unfinished one too), within the first :data:`LIMIT` bytes, as the logs keep."""
+        if self._sink is None:
+            return []
+        _flush()
+        fd = self._sink.fileno()
+        end = min(os.fstat(fd).st_size, self.limit)
+        if end <= self._read:
+            return []
+        data = os.pread(fd, end - self._read, self._read)
+        if not final:
+            data = data[: data.rfind(b"\n") + 1]
+        self._read += len(data)
+        return data.decode(errors="replace").splitlines()
 
 
 def _flush() -> None:

@@ -15,6 +15,7 @@ from conveyor.functions.loader import LoadedFunction
 from conveyor.log import get_logger
 from conveyor.nesting import DEFAULT_DEPTH
 from conveyor.runtime.encoding import encode_output
+from conveyor.runtime.streaming import ChunkSink, drain
 from conveyor.runtime.validation import validate_input
 
 log = get_logger(__name__)
@@ -64,13 +65,22 @@ class Runner:
             return fn.handler  # type: ignore[no-any-return]
         return self.instance(fn).predict  # type: ignore[no-any-return]
 
-    def run(self, fn: LoadedFunction, raw_input: Any, files: FileBridge | None = None) -> str:
+    def run(
+        self,
+        fn: LoadedFunction,
+        raw_input: Any,
+        files: FileBridge | None = None,
+        sink: ChunkSink | None = None,
+    ) -> str:
         """Validate, call and encode: the invocation's output as JSON. With ``files``, file
-        inputs are fetched before and file outputs stored after."""
+        inputs are fetched before and file outputs stored after. A streaming handler's
+        chunks go to ``sink`` as they are made (see :func:`drain`)."""
         if files is not None:
             raw_input = files.inputs(fn, raw_input)
         value = validate_input(fn, raw_input, self.max_depth)
         output = self.prepare(fn)(value)
+        if fn.streaming is not None:
+            return drain(fn.streaming, output, sink, None if files is None else files.outputs)
         return encode_output(output if files is None else files.outputs(output))
 
     def run_batch(

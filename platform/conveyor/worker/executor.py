@@ -39,14 +39,18 @@ from conveyor.invocations.records import (
     InvocationStatus,
     Requeue,
     start_args,
+    stream_keys,
     transition_args,
 )
 from conveyor.log import get_logger
 from conveyor.runtime import Runner, error_payload
 from conveyor.runtime.capture import Captured, OutputCapture
+from conveyor.runtime.streaming import StreamStopped
 from conveyor.settings import Settings
+from conveyor.streams.db import StreamWriter
 from conveyor.worker.files import Attempt, WorkerFiles
 from conveyor.worker.local import LocalFunctions
+from conveyor.worker.streaming import AttemptStream
 
 log = get_logger(__name__)
 
@@ -178,8 +182,10 @@ class Executor:
         logs = Captured()
         files = Attempt(self.files, keyspace.record(invocation_id), fn.manifest.results.ttl)
         try:
-            with context.running(ctx), self.capture() as logs:
-                output = self.runner.run(fn, raw_input, files)
+            output = self.run(fn, raw_input, ctx, files, logs)
+        except StreamStopped as stopped:  # cancelled: its generator was closed at a yield
+            self.finished("stopped", started, reason=str(stopped))
+            return
         except SoftTimeLimitExceeded:
             error = soft_limit_error(fn)
         except SystemExit as exc:
@@ -217,6 +223,28 @@ class Executor:
             folder=fn.folder,
             requeue=requeue,
         )
+
+    def run(
+        self,
+        fn: LoadedFunction,
+        raw_input: Any,
+        ctx: InvocationContext,
+        files: Attempt,
+        logs: Captured,
+    ) -> str:
+        """One attempt's output, what it printed filling ``logs``; a streaming function's
+        chunks and lines go to its stream as they come."""
+        stream = None
+        if fn.streaming is not None:
+            limit = fn.manifest.limits.max_stream_bytes
+            writer = StreamWriter(self.scripts, ctx.id, ctx.attempt, limit)
+            stream = AttemptStream(writer, ctx.redelivered, self.capture)
+        with context.running(ctx), self.capture(logs):
+            try:
+                return self.runner.run(fn, raw_input, files, stream)
+            finally:
+                if stream is not None:
+                    stream.flush()
 
     def start(self, invocation_id: str) -> tuple[int, bool] | None:
         """Mark an attempt started: (attempt number, whether a lost attempt preceded it),
@@ -342,7 +370,11 @@ class Executor:
             }
             try:
                 self.scripts.call(
-                    PROGRESS, record=keyspace.record(invocation_id), progress=json.dumps(progress)
+                    PROGRESS,
+                    record=keyspace.record(invocation_id),
+                    **stream_keys(invocation_id),
+                    progress=json.dumps(progress),
+                    id=invocation_id,
                 )
             except redis.RedisError as exc:
                 log.warning("progress_not_saved", invocation_id=invocation_id, error=str(exc))

@@ -4,11 +4,13 @@
 -- The first attempt owes the 'start' webhook (``delivery``, ``due``, ``wake``), if asked
 -- for, and counts its queue wait; a redelivered one counts as such (``queue_wait``,
 -- ``redeliveries``: '' when [metrics] is off). The message's sent copy (``sent``,
--- ``sent_messages``) is dropped: it was delivered.
--- KEYS: record delivery due wake queue_wait redeliveries sent sent_messages
+-- ``sent_messages``) is dropped: it was delivered. A streaming invocation's stream gets a
+-- 'status' event: running, with the attempt and whether it was redelivered.
+-- KEYS: record delivery due wake queue_wait redeliveries sent sent_messages stream stream_events
 -- ARGV: now pid id
 --! include webhooks/enqueue
 --! include metrics/count
+--! include streams/event
 redis.call('HDEL', K.sent, A.id)
 redis.call('HDEL', K.sent_messages, A.id)
 local status = redis.call('HGET', K.record, 'status')
@@ -19,7 +21,8 @@ end
 local lost = 0
 if status == 'running' or redis.call('HDEL', K.record, 'lost') == 1 then lost = 1 end
 local attempts = redis.call('HINCRBY', K.record, 'attempts', 1)
-redis.call('HSET', K.record, 'status', 'running', 'started_at', A.now, 'pid', A.pid)
+redis.call('HSET', K.record, 'status', 'running', 'started_at', A.now, 'pid', A.pid,
+           'redelivered', lost)
 local fn = redis.call('HGET', K.record, 'function')
 if attempts == 1 then
   local created = redis.call('HGET', K.record, 'created_at')
@@ -34,4 +37,7 @@ if attempts == 1 then
   end
 end
 if lost == 1 and K.redeliveries ~= '' then redis.call('HINCRBY', K.redeliveries, fn, 1) end
+local running = stream_attempt(K.record)
+running.status = 'running'
+stream_event(K.record, K.stream, K.stream_events, A.id, 'status', cjson.encode(running))
 return {status, attempts, lost}

@@ -8,10 +8,13 @@
 -- the answer is 0. With an ``idempotency`` key already used, nothing is written and the
 -- answer is "<invocation id> <body digest>" of the first use. A message is kept in
 -- ``sent``/``sent_messages`` until a worker starts it (conveyor/invocations/stranded.py).
--- ``holders``: the holders sets of the files its input refers to (files/hold).
--- KEYS: record queue armed trigger_list idempotency version_record in_use sent sent_messages sent_sequence ...holders
+-- ``holders``: the holders sets of the files its input refers to (files/hold). A streaming
+-- invocation (its ``fields`` hold ``stream``) gets its first event: 'status' queued, with
+-- the messages waiting ahead of it at its priority.
+-- KEYS: record queue armed trigger_list idempotency version_record in_use sent sent_messages sent_sequence stream stream_events ...holders
 -- ARGV: pending_ttl message armed_ttl trigger item_id item_version item_input id digest in_use_field ...fields
 --! include files/hold
+--! include streams/event
 if K.idempotency ~= '' then
   local first = redis.call('GET', K.idempotency)
   if first then return first end
@@ -25,6 +28,8 @@ redis.call('HSET', K.record, unpack(ARGV, A_REST))
 redis.call('EXPIRE', K.record, A.pending_ttl)
 redis.call('HINCRBY', K.in_use, A.in_use_field, 1)
 if A.message ~= '' then
+  local queued = cjson.encode({status = 'queued', ahead = redis.call('LLEN', K.queue)})
+  stream_event(K.record, K.stream, K.stream_events, A.id, 'status', queued)
   redis.call('LPUSH', K.queue, A.message)
   local seq = redis.call('INCR', K.sent_sequence)
   redis.call('HSET', K.sent, A.id, K.queue .. ' ' .. seq)

@@ -8,11 +8,15 @@
 -- A retry (``retry_message`` not ''): the message goes onto ``retry_list`` in the same
 -- step, with a sent copy when ``sent`` is not '' (conveyor/invocations/stranded.py), and
 -- a batch item's ``retry_member`` into the ``delayed`` set, due at ``retry_due``.
--- KEYS: record events delivery due wake invocations failures durations retries bucket recent in_use retry_list sent sent_messages sent_sequence delayed
+-- A streaming invocation's stream (``stream``, published on ``stream_events``) gets the
+-- attempt's 'error' when it failed, 'status' retrying with the next attempt's number, and
+-- 'done' with the final status, in the same step.
+-- KEYS: record events delivery due wake invocations failures durations retries bucket recent in_use retry_list sent sent_messages sent_sequence delayed stream stream_events
 -- ARGV: allowed to ttl final id retry_message retry_tag retry_member retry_due ...fields
 --! include invocations/record
 --! include webhooks/enqueue
 --! include metrics/count
+--! include streams/event
 local status = redis.call('HGET', K.record, 'status')
 if not status then return {0, ''} end
 if not string.find(' ' .. A.allowed .. ' ', ' ' .. status .. ' ', 1, true) then
@@ -39,6 +43,21 @@ if ttl ~= '0' then
 end
 if A.to == 'retrying' and K.retries ~= '' then
   redis.call('HINCRBY', K.retries, redis.call('HGET', K.record, 'function'), 1)
+end
+if K.stream ~= '' and redis.call('HEXISTS', K.record, 'stream') == 1 then
+  local attempt = stream_attempt(K.record)
+  local error = redis.call('HGET', K.record, 'error')
+  if (A.to == 'retrying' or A.to == 'failed') and error then
+    local failed = {attempt = attempt.attempt, redelivered = attempt.redelivered}
+    failed.error = cjson.decode(error)
+    stream_event(K.record, K.stream, K.stream_events, A.id, 'error', cjson.encode(failed))
+  end
+  if A.to == 'retrying' then
+    local retrying = cjson.encode({status = 'retrying', attempt = attempt.attempt + 1})
+    stream_event(K.record, K.stream, K.stream_events, A.id, 'status', retrying)
+  elseif A.final == '1' then
+    stream_event(K.record, K.stream, K.stream_events, A.id, 'done', cjson.encode({status = A.to}))
+  end
 end
 if A.final == '1' then
   local flat = redis.call('HGETALL', K.record)

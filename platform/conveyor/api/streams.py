@@ -1,0 +1,108 @@
+"""``GET /functions/{name}/results/{id}/stream``: a streaming invocation's events as
+Server-Sent Events, from its 202 until its result expires.
+
+Events are read from the invocation's stream (:class:`~conveyor.streams.db.StreamReader`),
+after the number a client last saw (``Last-Event-ID``, or ``?after=N``) so a reconnecting
+client misses and repeats nothing; new ones arrive on the process's one subscription. An
+output's file references become URLs, and the last event, ``done``, carries the result as
+``GET .../results/{id}`` answers it. A reader that goes away cancels nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Controller, Request, get
+from litestar.di import NamedDependency
+from litestar.exceptions import ClientException
+from litestar.params import FromPath
+from litestar.response import Stream
+
+from conveyor.api.controllers import RESULT, check_handles
+from conveyor.api.files import base_url
+from conveyor.api.params import takes
+from conveyor.api.services import Platform
+from conveyor.auth.caller import Caller
+from conveyor.auth.keys import Action
+from conveyor.errors import InvocationNotFoundError, NotStreamingError
+from conveyor.files import refs
+from conveyor.results import result_body, with_urls
+from conveyor.streams.events import KEEP_ALIVE, Event, EventKind, sse
+
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: do not buffer
+
+
+class StreamsController(Controller):
+    path = "/functions"
+    opt = takes()
+
+    @get(
+        RESULT + "/stream",
+        summary="Follow a streaming invocation's events (Server-Sent Events)",
+        opt=takes("after"),
+    )
+    async def stream(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        invocation_id: FromPath[str],
+    ) -> Stream:
+        caller.require_sees(name)
+        record = await platform.invocations.get(invocation_id, function=name)
+        check_handles(caller, record, Action.READ)
+        if not record.streaming:
+            raise NotStreamingError(
+                f"invocation {invocation_id} has no stream: {name!r} returns its output whole"
+                f" (a generator handler streams); GET /functions/{name}/results/{invocation_id}"
+            )
+        after = last_event_id(request)
+        events = _events(platform, base_url(platform, request), name, invocation_id, after)
+        return Stream(events, media_type="text/event-stream", headers=HEADERS)
+
+
+def last_event_id(request: Request[Any, Any, Any]) -> int:
+    """The number of the last event the client has: ``Last-Event-ID`` or ``?after``."""
+    given = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+    if not given.isdigit() or len(given) > 18:
+        raise ClientException(
+            f"Last-Event-ID (or ?after) is the number of the last event received; got {given!r}"
+        )
+    return int(given)
+
+
+async def _events(
+    platform: Platform, base: str, name: str, invocation_id: str, after: int
+) -> AsyncIterator[bytes]:
+    heartbeat = platform.settings.api.stream_heartbeat
+    async for event in platform.streams.follow(invocation_id, after, heartbeat):
+        if event is None:
+            if not await _exists(platform, invocation_id, name):
+                return  # expired or deleted: nothing more will come
+            yield KEEP_ALIVE
+        elif event.kind == EventKind.DONE:
+            yield sse(event, await _result(platform, base, name, invocation_id, event))
+        elif event.kind == EventKind.OUTPUT and refs.REF in event.data:
+            yield sse(event, json.dumps(with_urls(event.value(), None, base)))
+        else:
+            yield sse(event)
+
+
+async def _result(platform: Platform, base: str, name: str, invocation_id: str, done: Event) -> str:
+    """The done event's data: the result, as the result endpoint answers it."""
+    try:
+        record = await platform.invocations.get(invocation_id, function=name)
+    except InvocationNotFoundError:
+        return done.data  # deleted meanwhile: its status is all there is
+    return json.dumps(result_body(record, base=base))
+
+
+async def _exists(platform: Platform, invocation_id: str, name: str) -> bool:
+    try:
+        await platform.invocations.get(invocation_id, function=name)
+    except InvocationNotFoundError:
+        return False
+    return True
