@@ -20,6 +20,14 @@ pytestmark = pytest.mark.acceptance
 
 CHROMIUM = "/usr/bin/chromium"
 BOOM = "def run(x: int) -> int:\n    raise ValueError(f'no good: {x}')\n"
+SLOWTEXT = """
+import time
+from conveyor import TextStream
+def run(n: int) -> TextStream:
+    for i in range(n):
+        yield f"word{i} "
+        time.sleep(0.3)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +40,7 @@ def base(make_stack) -> Iterator[str]:  # type: ignore[no-untyped-def]
         BOOM,
         '[function]\nhandler = "handler:run"\n[queue]\nname = "realtime"\n',
     )
+    write_function(stack.functions, "slowtext", SLOWTEXT, '[function]\nhandler = "handler:run"\n')
     stack.worker("--queues", "realtime,default")
     api, url = start_api(stack.config, stack.root / "api.log", free_port())
     yield url
@@ -101,6 +110,24 @@ def test_the_dashboard_lists_invokes_and_shows_failures(
         page.wait_for_selector(shown, timeout=15_000)
         page.wait_for_function(f"document.querySelector('{shown}').naturalWidth === 32")
 
+        # A streaming function's chunks are shown as they come, before it ends.
+        card = "article[data-function=slowtext]"
+        page.wait_for_selector(f"{card} .badge.ready", timeout=15_000)
+        page.click(f"{card} summary")
+        page.fill(f"{card} textarea[name=json]", "8")
+        page.click(f"{card} form button")
+        # the moment two words are shown, the invocation has not ended (8 words, 0.3 s apart)
+        early = page.wait_for_function(
+            """(sel) => { const pre = document.querySelector(sel);
+              return Number(pre.dataset.chunks) >= 2
+                && [pre.dataset.status || "running", pre.textContent]; }""",
+            arg=f"{card} pre",
+            timeout=30_000,
+        ).json_value()
+        assert early[0] == "running" and early[1].startswith("word0 word1"), early
+        page.wait_for_selector(f"{card} pre[data-status=succeeded]", timeout=30_000)
+        assert page.inner_text(f"{card} pre") == '"' + "".join(f"word{i} " for i in range(8)) + '"'
+
         failed = httpx.post(f"{base}/functions/boom/invoke?wait=10", json={"input": 3}).json()
         row = f"#recent tr[data-id='{failed['id']}']"
         page.wait_for_selector(row, timeout=15_000)  # the page refreshes by itself
@@ -110,7 +137,7 @@ def test_the_dashboard_lists_invokes_and_shows_failures(
         browser.close()
     assert errors == [], errors
     report(
-        "/dashboard: 5 functions listed, iris invoked from its form (virginica), a picture"
+        "/dashboard: 6 functions listed, iris invoked from its form (virginica), a picture"
         " sent from a file picker (shapes: square) and a thumbnail shown as an image, a"
-        " failure in the recent list, no console errors"
+        " stream's words shown as they came, a failure in the recent list, no console errors"
     )

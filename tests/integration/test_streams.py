@@ -374,3 +374,22 @@ def test_the_stream_and_its_chunk_are_in_the_schema(base: str) -> None:
     assert described["stream_schema"] == {"type": "string"}
     assert described["output_schema"] == {"type": "string"}
     assert httpx.get(f"{base}/functions/counter").json()["stream_schema"] == {}  # unannotated
+
+
+def test_a_map_job_of_a_streaming_function_stores_each_items_output(base: str) -> None:
+    answer = httpx.post(
+        f"{base}/functions/counter/map",
+        content=b"2\n3\n",
+        headers={"content-type": "application/x-ndjson"},
+        timeout=30,
+    )
+    assert answer.status_code == 202, answer.text
+    job = answer.json()
+    wait_for(
+        lambda: httpx.get(f"{base}{job['status_url']}").json()["finished_at"] is not None,
+        30,
+        "the map job",
+    )
+    lines = httpx.get(f"{base}{job['results_url']}").text.splitlines()
+    got = {json.loads(line)["index"]: json.loads(line)["output"] for line in lines}
+    assert got == {0: [{"i": 0}, {"i": 1}], 1: [{"i": 0}, {"i": 1}, {"i": 2}]}

@@ -38,6 +38,15 @@ pytestmark = pytest.mark.integration
 SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA=="
 OLD_SECRET = "whsec_" + "b2xkLW9sZC1vbGQtb2xkLW9sZC1vbGQtb2xkLW9sZC1vbGQ="
 ECHO = "def run(x):\n    return x\n"
+# Streams six words, 0.25 s apart.
+WORDS = """
+import time
+from conveyor import TextStream
+def run(n: int) -> TextStream:
+    for i in range(n):
+        time.sleep(0.25)
+        yield f"w{i} "
+"""
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +65,7 @@ def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     stack.set_settings("api", public_url='"https://api.example.test"')
     write_function(stack.functions, "echo", ECHO, '[function]\nhandler = "handler:run"\n')
     write_function(stack.functions, "maker", MAKER, '[function]\nhandler = "handler:run"\n')
+    write_function(stack.functions, "words", WORDS, '[function]\nhandler = "handler:run"\n')
     stack.worker("--queues", "default")
     return stack
 
@@ -145,6 +155,32 @@ def test_a_completed_event_carries_output_files_as_urls(api, delivery, receivers
     assert sent["output"]["picture"] == f"https://api.example.test/files/{listed['id']}"
     assert done["output"]["picture"] == sent["output"]["picture"]  # [api] public_url
     assert listed["size"] == 512 and listed["url"] == sent["output"]["picture"]
+
+
+def test_output_events_carry_the_chunks_so_far_at_most_twice_a_second(
+    api, delivery, receivers
+) -> None:  # type: ignore[no-untyped-def]
+    receiver = receivers[0]
+    webhook = {"url": receiver.url("output"), "events": ["output", "completed"]}
+    status, done = invoke(api, "words", 6, wait=30, webhook=webhook)
+    assert status == 200, done
+    wait_for(
+        lambda: any(json.loads(b)["event"] == "completed" for _, b, _ in receiver.got["output"]),
+        10,
+        "the completed delivery",
+    )
+    sent = [(h, Webhook(SECRET).verify(b, h)) for h, b, _ in receiver.got["output"]]
+    outputs = [body for _, body in sent if body["event"] == "output"]
+    # six chunks in 1.5 s: throttled to one delivery per 0.5 s, each one a prefix of the end
+    assert 1 <= len(outputs) <= 4, [o["output"] for o in outputs]
+    words = [f"w{i} " for i in range(6)]
+    for body in outputs:
+        assert body["output"] == words[: len(body["output"])] and body["output"]
+        assert body["status"] == "running"
+    ids = [h["webhook-id"] for h, body in sent if body["event"] == "output"]
+    assert len(set(ids)) == len(ids) and all(i.startswith(f"msg_{done['id']}_output_") for i in ids)
+    completed = next(body for _, body in sent if body["event"] == "completed")
+    assert completed["output"] == "".join(words)
 
 
 def test_a_receiver_that_fails_twice_gets_it_on_the_third_attempt(api, delivery, receivers) -> None:  # type: ignore[no-untyped-def]

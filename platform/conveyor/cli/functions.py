@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.cli.http import add_url_option, api_headers, base_url, ok, request
+from conveyor.cli.streams import follow
 from conveyor.errors import ConveyorError
 from conveyor.settings import Settings
 
@@ -41,6 +42,12 @@ def add_commands(sub: Any) -> None:
         "--download", metavar="DIR", type=Path, help="save the output's files into DIR"
     )
     invoke.add_argument("--wait", type=float, default=30.0, help="seconds to wait (0: don't)")
+    invoke.add_argument(
+        "--stream",
+        action="store_true",
+        help="print a streaming function's chunks as they come (text inline), the lines it"
+        " prints and its status on stderr",
+    )
     invoke.add_argument("--priority", type=int)
     add_url_option(invoke)
     invoke.set_defaults(run=_invoke)
@@ -128,7 +135,7 @@ def _invoke(settings: Settings, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"input": value}
     if args.priority is not None:
         body["priority"] = args.priority
-    params = {"wait": args.wait} if args.wait else {}
+    params = {"wait": args.wait} if args.wait and not args.stream else {}
     response = request(
         "POST",
         f"{base_url(settings, args)}/functions/{args.name}/invoke",
@@ -137,7 +144,12 @@ def _invoke(settings: Settings, args: argparse.Namespace) -> int:
         timeout=(args.wait or 0) + 10,
     )
     result = response.json()
-    print(json.dumps(result, indent=2))
+    if args.stream and response.status_code == 202:
+        if "stream_url" not in result:
+            raise ConveyorError(f"{args.name} does not stream (its handler is no generator)")
+        result = follow(f"{base_url(settings, args)}{result['stream_url']}")
+    else:
+        print(json.dumps(result, indent=2))
     if response.status_code >= 400 or result.get("status") in ("failed", "cancelled"):
         return 1
     if args.download is not None:

@@ -73,12 +73,9 @@ class StreamReader:
         self.redis = redis
         self._waiters = Waiters(subscription, keyspace.STREAM_EVENTS_CHANNEL, _published)
 
-    async def after(self, invocation_id: str, seq: int, count: int = READ_COUNT) -> list[Event]:
-        """Up to ``count`` events numbered above ``seq``, in order."""
-        entries = await self.redis.xrange(
-            keyspace.stream(invocation_id), min=f"{seq + 1}-0", max="+", count=count
-        )
-        return [Event.entry(str(i), cast(dict[str, str], f)) for i, f in entries or ()]
+    async def after(self, invocation_id: str, seq: int) -> list[Event]:
+        """Events numbered above ``seq``, in order (up to :data:`READ_COUNT`)."""
+        return await read_after(self.redis, invocation_id, seq)
 
     async def follow(
         self, invocation_id: str, after: int, heartbeat: float
@@ -101,18 +98,27 @@ class StreamReader:
                         if new.kind == EventKind.DONE:
                             return
 
-    async def outputs(self, invocation_id: str, attempt: int) -> list[Any]:
-        """The chunks ``attempt`` has streamed so far (an 'output' webhook's body)."""
-        chunks: list[Any] = []
-        last = 0
-        while batch := await self.after(invocation_id, last):
-            for event in batch:
-                if event.kind == EventKind.OUTPUT:
-                    value = event.value()
-                    if value.get("attempt") == attempt:
-                        chunks.append(value.get("output"))
-            last = batch[-1].seq
-        return chunks
+
+async def read_after(redis: aioredis.Redis, invocation_id: str, seq: int) -> list[Event]:
+    """Up to :data:`READ_COUNT` events of the invocation numbered above ``seq``, in order."""
+    entries = await redis.xrange(
+        keyspace.stream(invocation_id), min=f"{seq + 1}-0", max="+", count=READ_COUNT
+    )
+    return [Event.entry(str(i), cast(dict[str, str], f)) for i, f in entries or ()]
+
+
+async def outputs(redis: aioredis.Redis, invocation_id: str, attempt: int) -> list[Any]:
+    """The chunks ``attempt`` has streamed so far (an 'output' webhook's body)."""
+    chunks: list[Any] = []
+    last = 0
+    while batch := await read_after(redis, invocation_id, last):
+        for event in batch:
+            if event.kind == EventKind.OUTPUT:
+                value = event.value()
+                if value.get("attempt") == attempt:
+                    chunks.append(value.get("output"))
+        last = batch[-1].seq
+    return chunks
 
 
 async def _published_after(

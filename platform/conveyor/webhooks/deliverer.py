@@ -36,8 +36,9 @@ from conveyor.guard import Guard, RefusedAddressError, guarded_connector
 from conveyor.invocations.records import InvocationRecord
 from conveyor.log import get_logger
 from conveyor.maps.db import MapJob
-from conveyor.results import map_job_body, result_body
+from conveyor.results import map_job_body, result_body, with_urls
 from conveyor.settings import WebhookSettings
+from conveyor.streams import db as streams
 from conveyor.webhooks import signing
 from conveyor.webhooks.db import Delivery, WebhookQueue
 
@@ -124,10 +125,11 @@ class Deliverer:
         if delivery.of_map_job:
             view = map_job_body(MapJob.from_hash(delivery.invocation, delivery.record))
         else:
-            view = result_body(
-                InvocationRecord.from_hash(delivery.invocation, delivery.record),
-                base=self.files_base,
-            )
+            record = InvocationRecord.from_hash(delivery.invocation, delivery.record)
+            view = result_body(record, base=self.files_base)
+            if delivery.event == "output":  # the chunks so far, read as it is sent
+                chunks = await streams.outputs(self.queue.redis, record.id, record.attempts)
+                view["output"] = with_urls(chunks, None, self.files_base)
         # Signed with the rest: whose invocation it was (null without keys), so a receiver
         # can tell one team's delivery from another's replayed to it.
         owner = delivery.record.get("owner") or None

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from conveyor.errors import ValidationError
 from conveyor.guard import Guard, RefusedAddressError
 
-EVENTS = ("start", "completed")
+EVENTS = ("start", "output", "completed")  # output: a streaming function's chunks so far
 DEFAULT_EVENTS = ["completed"]
 MAX_URL = 2048
 

@@ -147,6 +147,46 @@ async function showFiles(result, box) {
   }
 }
 
+// A streaming invocation's events (Server-Sent Events read with fetch, which can send the
+// key; EventSource cannot): onEvent(kind, data) for each; the result its done event carries.
+async function follow(url, onEvent) {
+  const response = await fetch(url, { headers: apiKey() ? { Authorization: `Bearer ${apiKey()}` } : {} });
+  if (!response.ok || !response.body) return null;
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let pending = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return null;
+    pending += value;
+    let end;
+    while ((end = pending.indexOf("\n\n")) >= 0) {
+      const block = pending.slice(0, end);
+      pending = pending.slice(end + 2);
+      let kind = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) kind = line.slice(7);
+        else if (line.startsWith("data: ")) data.push(line.slice(6));
+      }
+      if (!data.length) continue;
+      const parsed = JSON.parse(data.join("\n"));
+      if (kind === "done") { reader.cancel(); return parsed; }
+      onEvent(kind, parsed);
+    }
+  }
+}
+
+// Chunks as they come: text inline, anything else a JSON line.
+function streamed(output, bar) {
+  output.textContent = "";
+  return (kind, data) => {
+    if (kind === "output") {
+      output.textContent += typeof data.output === "string" ? data.output : `${JSON.stringify(data.output)}\n`;
+      output.dataset.chunks = String(Number(output.dataset.chunks || 0) + 1);
+    } else if (kind === "progress") { bar.hidden = false; bar.value = data.fraction; }
+  };
+}
+
 function invokeForm(fn) {
   if (forms.has(fn.name)) return forms.get(fn.name);
   const { fields, read } = inputFields(fn.input_schema || {});
@@ -164,6 +204,9 @@ function invokeForm(fn) {
     const sent = await send(fn.name, taken.input, taken.files);
     if (sent.status >= 400) { output.textContent = JSON.stringify(sent.body, null, 2); return; }
     let result = sent.body;
+    delete output.dataset.status;
+    delete output.dataset.chunks;
+    if (result.stream_url) result = (await follow(result.stream_url, streamed(output, bar))) || result;
     while (!["succeeded", "failed", "cancelled"].includes(result.status)) {
       if (result.progress) { bar.hidden = false; bar.value = result.progress.fraction; }
       output.textContent = `${result.status}${result.progress ? `: ${result.progress.message}` : ""}`;

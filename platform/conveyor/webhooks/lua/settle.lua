@@ -1,7 +1,7 @@
 -- One attempt's outcome: ``status`` (pending, delivered, failed), ``attempts``,
 -- ``error`` ('' for none), when to try again (``retry_at``: '' when done). The record
--- (if it still exists) shows the outcome; a late 'start' outcome does not overwrite the
--- state of an invocation that has finished.
+-- (if it still exists) shows the outcome; a late 'start' or 'output' outcome does not
+-- overwrite the state of an invocation that has finished.
 -- KEYS: delivery due job
 -- ARGV: status attempts error retry_at event
 if A.retry_at ~= '' then
@@ -14,7 +14,7 @@ end
 local status = redis.call('HGET', K.job, 'status')
 if not status then return 0 end
 local final = status == 'succeeded' or status == 'failed' or status == 'cancelled'
-if A.event == 'start' and final then return 0 end
+if (A.event == 'start' or A.event == 'output') and final then return 0 end
 redis.call('HSET', K.job, 'webhook_status', A.status, 'webhook_attempts', A.attempts)
 if A.error ~= '' then
   redis.call('HSET', K.job, 'webhook_error', A.error)
