@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image, ImageDraw
-from playwright.sync_api import ConsoleMessage, sync_playwright
+from playwright.sync_api import ConsoleMessage, Page, sync_playwright
 
 from tests.support import Stack, copy_examples, free_port, start_api, write_function
 
@@ -110,23 +110,7 @@ def test_the_dashboard_lists_invokes_and_shows_failures(
         page.wait_for_selector(shown, timeout=15_000)
         page.wait_for_function(f"document.querySelector('{shown}').naturalWidth === 32")
 
-        # A streaming function's chunks are shown as they come, before it ends.
-        card = "article[data-function=slowtext]"
-        page.wait_for_selector(f"{card} .badge.ready", timeout=15_000)
-        page.click(f"{card} summary")
-        page.fill(f"{card} textarea[name=json]", "8")
-        page.click(f"{card} form button")
-        # the moment two words are shown, the invocation has not ended (8 words, 0.3 s apart)
-        early = page.wait_for_function(
-            """(sel) => { const pre = document.querySelector(sel);
-              return Number(pre.dataset.chunks) >= 2
-                && [pre.dataset.status || "running", pre.textContent]; }""",
-            arg=f"{card} pre",
-            timeout=30_000,
-        ).json_value()
-        assert early[0] == "running" and early[1].startswith("word0 word1"), early
-        page.wait_for_selector(f"{card} pre[data-status=succeeded]", timeout=30_000)
-        assert page.inner_text(f"{card} pre") == '"' + "".join(f"word{i} " for i in range(8)) + '"'
+        shows_a_stream_as_it_comes(page)
 
         failed = httpx.post(f"{base}/functions/boom/invoke?wait=10", json={"input": 3}).json()
         row = f"#recent tr[data-id='{failed['id']}']"
@@ -141,3 +125,23 @@ def test_the_dashboard_lists_invokes_and_shows_failures(
         " sent from a file picker (shapes: square) and a thumbnail shown as an image, a"
         " stream's words shown as they came, a failure in the recent list, no console errors"
     )
+
+
+def shows_a_stream_as_it_comes(page: Page) -> None:
+    """A streaming function's chunks are shown as they come, before it ends."""
+    card = "article[data-function=slowtext]"
+    page.wait_for_selector(f"{card} .badge.ready", timeout=15_000)
+    page.click(f"{card} summary")
+    page.fill(f"{card} textarea[name=json]", "8")
+    page.click(f"{card} form button")
+    # the moment two words are shown, the invocation has not ended (8 words, 0.3 s apart)
+    early = page.wait_for_function(
+        """(sel) => { const pre = document.querySelector(sel);
+          return Number(pre.dataset.chunks) >= 2
+            && [pre.dataset.status || "running", pre.textContent]; }""",
+        arg=f"{card} pre",
+        timeout=30_000,
+    ).json_value()
+    assert early[0] == "running" and early[1].startswith("word0 word1"), early
+    page.wait_for_selector(f"{card} pre[data-status=succeeded]", timeout=30_000)
+    assert page.inner_text(f"{card} pre") == '"' + "".join(f"word{i} " for i in range(8)) + '"'
