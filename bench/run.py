@@ -5,8 +5,8 @@ process). Starts its own Redis, API and workers; prints one table and JSON lines
 BENCH_RUNS (default 3) sets how many times each scenario runs; medians are reported.
 BENCH_ONLY=store (or embed: the real model; coldstart; request: the API's cost per
 invocation and [api] workers = 2; failover: [redis] min_replicas and BENCH_FAILOVERS
-(default 10) kills of the primary; files: the image example and a 10 MiB file) runs those
-rows alone.
+(default 10) kills of the primary; files: the image example and a 10 MiB file; streams:
+a generator's chunks through SSE) runs those rows alone.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from bench import images
+from bench import images, streams
 from bench.access import Receiver, keyed_config, make_key, webhook_load
 from bench.apicost import (
     BASELINE_REF,
@@ -36,6 +36,7 @@ from bench.apicost import (
     api_children,
     baseline_platform,
     cpu_per_call,
+    cpu_seconds,
     env_with_path,
     with_api_workers,
 )
@@ -415,7 +416,7 @@ def main() -> int:
             ]
         env.stop(raw_worker)
         env.stop(worker)
-        rows += upload_rows(env, root)
+        rows += upload_rows(env, root) + stream_rows(env)
 
         if os.environ.get("BENCH_SKIP_BATCHING"):
             return report(rows) or 0
@@ -448,6 +449,9 @@ def only_rows(env: Platform, root: Path, worker: Process) -> list[Row] | None:
             rows = file_rows(env, raw)
         env.stop(worker)
         return rows + image_rows(env, root)
+    if only == "streams":
+        env.stop(worker)
+        return stream_rows(env)
     alone = {"embed": embed_rows, "coldstart": coldstart_rows}.get(only)
     if alone is None:
         return None
@@ -520,6 +524,39 @@ def file_rows(env: Platform, raw: Any) -> list[Row]:
     ours = median_of(RUNS * 3, lambda: {"s": images.upload_to_result(env.base, data)})["s"]
     hand = median_of(RUNS * 3, lambda: {"s": images.by_hand(raw, env.redis.url, data)})["s"]
     return [Row("files", "10 MiB: upload to result", ours * 1000, hand * 1000, "ms")]
+
+
+def stream_rows(env: Platform) -> list[Row]:
+    """A generator yielding 200 chunks 5 ms apart (bench/functions/ticker): the first
+    chunk's added latency, one stream's rate against the generator's own, and the API's
+    CPU per chunk with 100 streams at once (eight worker processes run them)."""
+    worker = env.worker("--queues", "default", "--concurrency", "8")
+    streams.first_chunk(env.base, 10)  # warm
+    first = median_of(RUNS, lambda: streams.first_chunk(env.base))
+    own = median_of(RUNS, lambda: {"rate": streams.own_rate()})["rate"]
+    through = median_of(RUNS, lambda: streams.one_stream(env.base))["rate"]
+    pids = api_children(env.api.pid)
+    before = sum(cpu_seconds(p) for p in pids)
+    many = asyncio.run(streams.many_streams(env.base))
+    cpu = (sum(cpu_seconds(p) for p in pids) - before) / many["chunks"] * 1e6
+    env.stop(worker)
+    return [
+        Row(
+            "streams",
+            "first chunk: added p50",
+            first["p50"],
+            None,
+            "ms",
+            "≤ 10",
+            first["p50"] <= 10,
+        ),
+        Row("streams", "first chunk: added p99", first["p99"], None, "ms"),
+        Row(
+            "streams", "chunks/s, one stream", through, own, "/s", "≥ 0.95×", through >= 0.95 * own
+        ),
+        Row("streams", "100 streams: API CPU/chunk", cpu, None, "µs"),
+        Row("streams", "100 streams: chunks/s", many["chunks"] / many["seconds"], None, "/s"),
+    ]
 
 
 def image_rows(env: Platform, root: Path) -> list[Row]:

@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support import (
@@ -17,6 +18,7 @@ from tests.support import (
     free_port,
     start_api,
     start_worker,
+    wait_for,
     write_function,
     write_settings,
 )
@@ -243,6 +245,61 @@ def test_invoke_uploads_files_and_downloads_outputs(tmp_path: Path) -> None:
         assert Image.open(thumb).size == (16, 16)
         wrong = run("invoke", "shapes", "--file", "image", *url, config=config)
         assert wrong.returncode == 2 and "FIELD=PATH" in wrong.stderr
+    finally:
+        worker.stop()
+        api.stop()
+        server.stop()
+
+
+SLOWTEXT = """
+import time
+from conveyor import TextStream
+def run(n: int) -> TextStream:
+    for i in range(n):
+        print(f"made word{i}")
+        yield f"word{i} "
+        time.sleep(0.4)
+"""
+
+
+def test_invoke_streams_chunks_as_they_come(tmp_path: Path) -> None:
+    """`conveyor invoke NAME --stream` prints each chunk when it is made (the first long
+    before the invocation ends), the lines printed and the status on stderr; the poet
+    example streams its words."""
+    server = RedisServer(tmp_path / "redis").start()
+    functions = tmp_path / "functions"
+    copy_examples(functions, "poet")
+    write_function(functions, "slowtext", SLOWTEXT, TOML)
+    write_function(functions, "hello", HELLO.format(word="hello"), TOML)
+    config = write_settings(tmp_path / "deploy.toml", server.url, functions)
+    api, base = start_api(config, tmp_path / "api.log", free_port())
+    worker = start_worker(config, tmp_path / "worker.log", redis_client=server.client())
+    try:
+        wait_for(
+            lambda: httpx.get(f"{base}/functions/slowtext").json().get("status") == "ready",
+            30,
+            "slowtext deployed",
+        )
+        command = [*conveyor("invoke", "slowtext", "--input", "6", "--stream", "--url", base)]
+        env = {**os.environ, "CONVEYOR_CONFIG": str(config)}
+        pipe = subprocess.PIPE
+        with subprocess.Popen(command, stdout=pipe, stderr=pipe, env=env) as proc:
+            assert proc.stdout is not None
+            first = proc.stdout.read(6)
+            assert first == b"word0 " and proc.poll() is None  # more to come: still running
+            rest, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert (first + rest).decode() == "word0 word1 word2 word3 word4 word5 \n"
+        assert "| made word3" in err.decode() and err.decode().rstrip().endswith("[succeeded]")
+        done = run(
+            "invoke", "poet", "--input", '{"prompt": "The", "max_chars": 120, "seed": 1}',
+            "--stream", "--url", base, config=config,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert len(done.stdout) == 121 and "[running" in done.stderr
+        whole = run("invoke", "hello", "--input", '"x"', "--stream", "--url", base, config=config)
+        assert whole.returncode == 0 and "hello does not stream" in whole.stderr
+        assert json.loads(whole.stdout)["output"] == "hello x"
     finally:
         worker.stop()
         api.stop()

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import json
 import mimetypes
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -144,11 +145,14 @@ def _invoke(settings: Settings, args: argparse.Namespace) -> int:
         timeout=(args.wait or 0) + 10,
     )
     result = response.json()
-    if args.stream and response.status_code == 202:
-        if "stream_url" not in result:
-            raise ConveyorError(f"{args.name} does not stream (its handler is no generator)")
+    if args.stream and "stream_url" in result:
         result = follow(f"{base_url(settings, args)}{result['stream_url']}")
     else:
+        if args.stream and response.status_code == 202:
+            print(f"conveyor: {args.name} does not stream; its result:", file=sys.stderr)
+            url = f"{base_url(settings, args)}{result['result_url']}"
+            waited = request("GET", url, params={"wait": args.wait}, timeout=args.wait + 10)
+            result = ok(waited)
         print(json.dumps(result, indent=2))
     if response.status_code >= 400 or result.get("status") in ("failed", "cancelled"):
         return 1

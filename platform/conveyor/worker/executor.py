@@ -241,10 +241,14 @@ class Executor:
             stream = AttemptStream(writer, ctx.redelivered, self.capture)
         with context.running(ctx), self.capture(logs):
             try:
-                return self.runner.run(fn, raw_input, files, stream)
-            finally:
+                output = self.runner.run(fn, raw_input, files, stream)
+            except BaseException:
                 if stream is not None:
-                    stream.flush()
+                    stream.close(quiet=True)
+                raise
+            if stream is not None:
+                stream.close()
+            return output
 
     def start(self, invocation_id: str) -> tuple[int, bool] | None:
         """Mark an attempt started: (attempt number, whether a lost attempt preceded it),
