@@ -67,6 +67,18 @@ def run(x: dict) -> Iterator[Part]:
             raise RuntimeError("the first attempt fails after two chunks")
         yield Part(index=i, text="p" * x.get("size", 1))
 """
+# Yields once, then blocks without yielding: a cancel cannot close it at a yield.
+STUCK = """
+import time
+from pathlib import Path
+def run(marker: str):
+    try:
+        yield "started"
+        time.sleep(60)
+        yield "never"
+    finally:
+        Path(marker).write_text("closed")
+"""
 ASYNC = """
 import asyncio
 
@@ -91,6 +103,10 @@ def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
         "[limits]\nmax_stream_bytes = 4000\n",
     )
     write_function(stack.functions, "counter", ASYNC, MANIFEST)
+    # the grace after a cancel: timeout - soft_timeout = 1 s
+    write_function(
+        stack.functions, "stuck", STUCK, MANIFEST + "[limits]\ntimeout = 30\nsoft_timeout = 29\n"
+    )
     # on a queue no worker serves until a test starts one
     write_function(stack.functions, "later", TOKENS, MANIFEST + '[queue]\nname = "batch"\n')
     stack.worker("--queues", "default", "--concurrency", "2")
@@ -255,6 +271,26 @@ def test_cancel_closes_the_generator_at_its_next_yield(base: str, tmp_path: Path
     wait_for(lambda: marker.exists(), 10, "the generator's finally")
     assert marker.read_text() == "closed"
     assert len(outputs(got)) < 1000
+
+
+def test_a_generator_that_does_not_yield_again_is_killed_after_the_grace(
+    stack: Stack, base: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "closed"
+    body = invoke(base, "stuck", str(marker))
+    head = events(base, body["stream_url"], until=3)  # queued, running, the first chunk
+    assert outputs(head) == ["started"]
+    pid = int(stack.redis.hget(f"conveyor:job:{body['id']}", "pid"))
+    cancelled = httpx.post(f"{base}/functions/stuck/results/{body['id']}/cancel", timeout=10)
+    assert cancelled.status_code == 200
+    rest = events(base, body["stream_url"], {"Last-Event-ID": head[-1].id})
+    assert data(rest[-1])["status"] == "cancelled"
+    wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, "the attempt killed after 1 s")
+    assert not marker.exists()  # killed, not closed: its finally never ran
+    # the stream expires with the result
+    record_ttl = stack.redis.pttl(f"conveyor:job:{body['id']}")
+    stream_ttl = stack.redis.pttl(f"conveyor:stream:{body['id']}")
+    assert 0 < stream_ttl <= record_ttl <= 3600 * 1000
 
 
 def test_a_retried_attempt_streams_again_and_only_its_chunks_are_the_output(

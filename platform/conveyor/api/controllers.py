@@ -179,9 +179,7 @@ class FunctionsController(Controller):
         name: FromPath[str],
         invocation_id: FromPath[str],
     ) -> dict[str, Any]:
-        caller.require_sees(name)
-        record = await platform.invocations.get(invocation_id, function=name)
-        check_handles(caller, record, Action.READ)
+        record = await readable(platform, caller, name, invocation_id)
         return {
             "id": record.id,
             "function": record.function,
@@ -268,6 +266,16 @@ def _inline(request: Request[Any, Any, Any]) -> bool:
     if given not in ([], ["url"], ["data_uri"]):
         raise ClientException(f"files is url or data_uri, given once; got {given}")
     return given == ["data_uri"]
+
+
+async def readable(
+    platform: Platform, caller: Caller, name: str, invocation_id: str
+) -> InvocationRecord:
+    """An invocation of ``name`` the caller may read (404 or 403 otherwise)."""
+    caller.require_sees(name)
+    record = await platform.invocations.get(invocation_id, function=name)
+    check_handles(caller, record, Action.READ)
+    return record
 
 
 def check_handles(caller: Caller, record: InvocationRecord, action: Action) -> None:

@@ -20,12 +20,11 @@ from litestar.exceptions import ClientException
 from litestar.params import FromPath
 from litestar.response import Stream
 
-from conveyor.api.controllers import RESULT, check_handles
+from conveyor.api.controllers import RESULT, readable
 from conveyor.api.files import base_url
 from conveyor.api.params import takes
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
-from conveyor.auth.keys import Action
 from conveyor.errors import InvocationNotFoundError, NotStreamingError
 from conveyor.files import refs
 from conveyor.results import result_body, with_urls
@@ -51,9 +50,7 @@ class StreamsController(Controller):
         name: FromPath[str],
         invocation_id: FromPath[str],
     ) -> Stream:
-        caller.require_sees(name)
-        record = await platform.invocations.get(invocation_id, function=name)
-        check_handles(caller, record, Action.READ)
+        record = await readable(platform, caller, name, invocation_id)
         if not record.streaming:
             raise NotStreamingError(
                 f"invocation {invocation_id} has no stream: {name!r} returns its output whole"
