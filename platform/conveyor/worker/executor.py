@@ -239,6 +239,9 @@ class Executor:
             limit = fn.manifest.limits.max_stream_bytes
             writer = StreamWriter(self.scripts, ctx.id, ctx.attempt, limit)
             stream = AttemptStream(writer, ctx.redelivered, self.capture)
+        # A class set up here (first use of a version in this process) logs to the
+        # worker's log, not into what the invocation printed.
+        self.runner.prepare(fn)
         with context.running(ctx), self.capture(logs):
             try:
                 output = self.runner.run(fn, raw_input, files, stream)
