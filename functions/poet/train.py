@@ -25,13 +25,53 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from model import HERE, build_network
 
-MODULES = (
-    "argparse asyncio collections contextlib csv dataclasses datetime decimal difflib"
-    " email enum fractions functools heapq html http.client inspect io itertools json"
-    " logging math os pathlib pickle queue random re sched shutil socket sqlite3 statistics"
-    " string subprocess tempfile textwrap threading timeit typing unittest urllib.request"
-    " uuid warnings zipfile"
-).split()
+MODULES = [
+    "argparse",
+    "asyncio",
+    "collections",
+    "contextlib",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "email",
+    "enum",
+    "fractions",
+    "functools",
+    "heapq",
+    "html",
+    "http.client",
+    "inspect",
+    "io",
+    "itertools",
+    "json",
+    "logging",
+    "math",
+    "os",
+    "pathlib",
+    "pickle",
+    "queue",
+    "random",
+    "re",
+    "sched",
+    "shutil",
+    "socket",
+    "sqlite3",
+    "statistics",
+    "string",
+    "subprocess",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "typing",
+    "unittest",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "zipfile",
+]
 SEQUENCE = 128
 BATCH = 64
 STEPS = 2000
