@@ -429,3 +429,38 @@ def test_a_map_job_of_a_streaming_function_stores_each_items_output(base: str) -
     lines = httpx.get(f"{base}{job['results_url']}").text.splitlines()
     got = {json.loads(line)["index"]: json.loads(line)["output"] for line in lines}
     assert got == {0: [{"i": 0}, {"i": 1}], 1: [{"i": 0}, {"i": 1}, {"i": 2}]}
+
+
+def test_redis_going_away_ends_a_stream_and_a_reader_resumes_after_it(
+    make_stack,  # type: ignore[no-untyped-def]
+) -> None:
+    stack: Stack = make_stack(redis_args=("--appendonly", "yes", "--appendfsync", "always"))
+    stack.set_settings("api", stream_heartbeat=0.5)
+    write_function(stack.functions, "tokens", TOKENS, MANIFEST)
+    proc, base = start_api(stack.config, stack.root / "api.log", free_port())
+    try:
+        body = invoke(base, "tokens", {"n": 3})  # no worker yet: it waits, queued
+        got: list[ServerSentEvent] = []
+        ended: list[str] = []
+
+        def read() -> None:
+            try:
+                events(base, body["stream_url"], got=got)
+                ended.append("cleanly")
+            except httpx.HTTPError as exc:
+                ended.append(repr(exc))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        wait_for(lambda: got, 10, "the queued event")
+        stack.server.stop()
+        reader.join(20)
+        assert ended == ["cleanly"]  # the response ended, whole: no hang, no done
+        assert kinds(got) == ["status"]
+        stack.server.start()
+        stack.worker("--queues", "default", "--concurrency", "1")
+        rest = events(base, body["stream_url"], {"Last-Event-ID": got[-1].id})
+    finally:
+        proc.stop()
+    assert [int(e.id) for e in rest] == list(range(2, len(rest) + 2))
+    assert outputs(rest) == ["t0 ", "t1 ", "t2 "] and data(rest[-1])["status"] == "succeeded"

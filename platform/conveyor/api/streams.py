@@ -25,10 +25,13 @@ from conveyor.api.files import base_url
 from conveyor.api.params import takes
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
-from conveyor.errors import InvocationNotFoundError, NotStreamingError
+from conveyor.errors import BrokerUnavailableError, InvocationNotFoundError, NotStreamingError
 from conveyor.files import refs
+from conveyor.log import get_logger
 from conveyor.results import result_body, with_urls
 from conveyor.streams.events import KEEP_ALIVE, Event, EventKind, sse
+
+log = get_logger(__name__)
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: do not buffer
 
@@ -75,17 +78,21 @@ async def _events(
     platform: Platform, base: str, name: str, invocation_id: str, after: int
 ) -> AsyncIterator[bytes]:
     heartbeat = platform.settings.api.stream_heartbeat
-    async for event in platform.streams.follow(invocation_id, after, heartbeat):
-        if event is None:
-            if not await _exists(platform, invocation_id, name):
-                return  # expired or deleted: nothing more will come
-            yield KEEP_ALIVE
-        elif event.kind == EventKind.DONE:
-            yield sse(event, await _result(platform, base, name, invocation_id, event))
-        elif event.kind == EventKind.OUTPUT and refs.REF in event.data:
-            yield sse(event, json.dumps(with_urls(event.value(), None, base)))
-        else:
-            yield sse(event)
+    try:
+        async for event in platform.streams.follow(invocation_id, after, heartbeat):
+            if event is None:
+                if not await _exists(platform, invocation_id, name):
+                    return  # expired or deleted: nothing more will come
+                yield KEEP_ALIVE
+            elif event.kind == EventKind.DONE:
+                yield sse(event, await _result(platform, base, name, invocation_id, event))
+            elif event.kind == EventKind.OUTPUT and refs.REF in event.data:
+                yield sse(event, json.dumps(with_urls(event.value(), None, base)))
+            else:
+                yield sse(event)
+    except BrokerUnavailableError as exc:
+        # The response ends; the client comes back with Last-Event-ID and misses nothing.
+        log.warning("stream_interrupted", invocation_id=invocation_id, error=str(exc))
 
 
 async def _result(platform: Platform, base: str, name: str, invocation_id: str, done: Event) -> str:

@@ -18,6 +18,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from conveyor.db import keyspace
+from conveyor.db.connections import broker_errors
 from conveyor.db.scripts import Scripts, script
 from conveyor.db.subscription import Subscription, Waiters
 from conveyor.errors import StreamTooLargeError
@@ -100,10 +101,12 @@ class StreamReader:
 
 
 async def read_after(redis: aioredis.Redis, invocation_id: str, seq: int) -> list[Event]:
-    """Up to :data:`READ_COUNT` events of the invocation numbered above ``seq``, in order."""
-    entries = await redis.xrange(
-        keyspace.stream(invocation_id), min=f"{seq + 1}-0", max="+", count=READ_COUNT
-    )
+    """Up to :data:`READ_COUNT` events of the invocation numbered above ``seq``, in order
+    (:class:`BrokerUnavailableError` when Redis cannot be reached)."""
+    with broker_errors():
+        entries = await redis.xrange(
+            keyspace.stream(invocation_id), min=f"{seq + 1}-0", max="+", count=READ_COUNT
+        )
     return [Event.entry(str(i), cast(dict[str, str], f)) for i, f in entries or ()]
 
 
