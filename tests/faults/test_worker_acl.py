@@ -58,6 +58,14 @@ class Double:
         return [x * 2 for x in xs]
 """
 TOML = '[function]\nhandler = "handler:run"\n'
+WORDS = """
+from conveyor import TextStream, context
+def run(n: int) -> TextStream:
+    for i in range(n):
+        print("word", i)
+        context.current().progress(i + 1, n)
+        yield f"w{i} "
+"""
 
 
 def test_a_handler_with_the_workers_connection_gets_noperm(
@@ -80,6 +88,7 @@ def test_a_handler_with_the_workers_connection_gets_noperm(
             stack.functions, "double", BATCHED,
             '[function]\nhandler = "handler:Double"\n[batching]\nmax_batch_size = 4\nmax_wait_ms = 50\n',
         )  # fmt: skip
+        write_function(stack.functions, "words", WORDS, TOML)
         worker = stack.worker("--queues", "default", "--concurrency", "2")
         with stack.api() as api:
             status, snooped = invoke(api, "snoop", 1, wait=30)
@@ -102,6 +111,10 @@ def test_a_handler_with_the_workers_connection_gets_noperm(
             assert retried["status"] == "succeeded" and retried["attempts"] == 2, retried
             accepted = [invoke(api, "double", n)[1]["id"] for n in range(6)]
             assert [result(api, "double", i)["output"] for i in accepted] == [0, 2, 4, 6, 8, 10]
+            status, streamed = invoke(api, "words", 4, wait=30)  # chunks, lines, progress
+            assert streamed["output"] == "w0 w1 w2 w3 ", streamed
+            whole = api.get(streamed["stream_url"]).text
+            assert whole.count("event: output") == 4 and "event: log" in whole, whole
             job = api.post("/functions/double/map", json={"inputs": list(range(50))})
             assert job.status_code == 202, job.text
             wait_for(lambda: api.get(job.json()["status_url"]).json()["status"] == "succeeded", 30)

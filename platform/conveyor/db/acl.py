@@ -53,6 +53,9 @@ READ_WRITE = [
     f"{P}:file-data:*",
     f"{P}:file-holders:*",
     f"{P}:files:*",
+    # streams: a streaming attempt's events, and the channel they are published on
+    f"{P}:stream:*",
+    keyspace.STREAM_EVENTS_CHANNEL,
     # kombu's Redis transport
     keyspace.KOMBU_UNACKED,
     keyspace.KOMBU_UNACKED_INDEX,
