@@ -9,7 +9,6 @@ import asyncio
 import importlib.util
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import aiohttp
 import httpx
 
 from bench.measure import pct
+from conveyor.cli.streams import parse
 
 HERE = Path(__file__).parent
 CHUNKS = 200
@@ -33,18 +33,6 @@ def own_rate(chunks: int = CHUNKS, delay: float = DELAY) -> float:
     return (len(got) - 1) / (got[-1]["after"] - got[0]["after"])
 
 
-def _events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
-    kind, data = "", ""
-    for line in lines:
-        if line.startswith("event: "):
-            kind = line[7:]
-        elif line.startswith("data: "):
-            data = line[6:]
-        elif not line and data:
-            yield kind, data
-            kind, data = "", ""
-
-
 def first_chunk(base: str, runs: int = 40) -> dict[str, float]:
     """Per invocation: from the invoke's first byte to the first chunk at the client, less
     the handler's own time to its first yield (ms): p50 and p99."""
@@ -55,10 +43,10 @@ def first_chunk(base: str, runs: int = 40) -> dict[str, float]:
             body = {"input": {"chunks": 2, "delay": 0.0}}
             accepted = client.post("/functions/ticker/invoke", json=body).json()
             with client.stream("GET", accepted["stream_url"]) as response:
-                for kind, data in _events(response.iter_lines()):
-                    if kind == "output":
+                for event in parse(response.iter_lines()):
+                    if event.kind == "output":
                         at = time.perf_counter() - start
-                        added.append((at - json.loads(data)["output"]["after"]) * 1000)
+                        added.append((at - json.loads(event.data)["output"]["after"]) * 1000)
                         break
     return {"p50": pct(added, 0.5), "p99": pct(added, 0.99)}
 
@@ -70,10 +58,10 @@ def one_stream(base: str, chunks: int = CHUNKS, delay: float = DELAY) -> dict[st
         body = {"input": {"chunks": chunks, "delay": delay}}
         accepted = client.post("/functions/ticker/invoke", json=body).json()
         with client.stream("GET", accepted["stream_url"]) as response:
-            for kind, _ in _events(response.iter_lines()):
-                if kind == "output":
+            for event in parse(response.iter_lines()):
+                if event.kind == "output":
                     times.append(time.perf_counter())
-                elif kind == "done":
+                elif event.kind == "done":
                     break
     return {"rate": (len(times) - 1) / (times[-1] - times[0])}
 

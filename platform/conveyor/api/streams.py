@@ -27,9 +27,10 @@ from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.errors import BrokerUnavailableError, InvocationNotFoundError, NotStreamingError
 from conveyor.files import refs
+from conveyor.invocations.records import InvocationRecord
 from conveyor.log import get_logger
 from conveyor.results import result_body, with_urls
-from conveyor.streams.events import KEEP_ALIVE, Event, EventKind, sse
+from conveyor.streams.events import KEEP_ALIVE, EventKind, sse
 
 log = get_logger(__name__)
 
@@ -81,11 +82,14 @@ async def _events(
     try:
         async for event in platform.streams.follow(invocation_id, after, heartbeat):
             if event is None:
-                if not await _exists(platform, invocation_id, name):
+                if await _record(platform, invocation_id, name) is None:
                     return  # expired or deleted: nothing more will come
                 yield KEEP_ALIVE
             elif event.kind == EventKind.DONE:
-                yield sse(event, await _result(platform, base, name, invocation_id, event))
+                record = await _record(platform, invocation_id, name)
+                # the result as the result endpoint answers it; deleted meanwhile: its status
+                done = event.data if record is None else json.dumps(result_body(record, base=base))
+                yield sse(event, done)
             elif event.kind == EventKind.OUTPUT and refs.REF in event.data:
                 yield sse(event, json.dumps(with_urls(event.value(), None, base)))
             else:
@@ -95,18 +99,9 @@ async def _events(
         log.warning("stream_interrupted", invocation_id=invocation_id, error=str(exc))
 
 
-async def _result(platform: Platform, base: str, name: str, invocation_id: str, done: Event) -> str:
-    """The done event's data: the result, as the result endpoint answers it."""
+async def _record(platform: Platform, invocation_id: str, name: str) -> InvocationRecord | None:
+    """The invocation's record; None once it has expired or been deleted."""
     try:
-        record = await platform.invocations.get(invocation_id, function=name)
+        return await platform.invocations.get(invocation_id, function=name)
     except InvocationNotFoundError:
-        return done.data  # deleted meanwhile: its status is all there is
-    return json.dumps(result_body(record, base=base))
-
-
-async def _exists(platform: Platform, invocation_id: str, name: str) -> bool:
-    try:
-        await platform.invocations.get(invocation_id, function=name)
-    except InvocationNotFoundError:
-        return False
-    return True
+        return None

@@ -41,8 +41,10 @@ def drain(
     reference). The generator is closed however this ends."""
     chunks: list[str] = []
     texts: list[str] = []
+    # an async generator runs on an event loop of its own, for this invocation
+    runner = asyncio.Runner() if isinstance(produced, AsyncIterator) else None
     try:
-        for chunk in _values(produced):
+        for chunk in _values(produced, runner):
             if streaming.text and not isinstance(chunk, str):
                 raise TextStreamError(
                     f"a TextStream handler yields strings; it yielded a {type(chunk).__name__}"
@@ -55,35 +57,37 @@ def drain(
             else:
                 chunks.append(encoded)
     finally:
-        _close(produced)
+        _close(produced, runner)
     if streaming.text:
         return json.dumps("".join(texts), ensure_ascii=False)
     return "[" + ",".join(chunks) + "]"
 
 
-def _values(produced: Any) -> Iterator[Any]:
-    if isinstance(produced, AsyncIterator):
-        loop = _loop()
-        while True:
-            try:
-                yield loop.run_until_complete(anext(produced))
-            except StopAsyncIteration:
-                return
-    yield from produced
+def _values(produced: Any, runner: asyncio.Runner | None) -> Iterator[Any]:
+    if runner is None:
+        yield from produced
+        return
+    while True:
+        try:
+            yield runner.run(_next(produced))
+        except StopAsyncIteration:
+            return
 
 
-def _close(produced: Any) -> None:
+async def _next(produced: AsyncIterator[Any]) -> Any:
+    return await anext(produced)
+
+
+def _close(produced: Any, runner: asyncio.Runner | None) -> None:
     """Close the generator at the yield it stopped at (its ``finally`` runs)."""
-    if hasattr(produced, "aclose"):
-        _loop().run_until_complete(produced.aclose())
-    elif hasattr(produced, "close"):
-        produced.close()
+    if runner is None:
+        if hasattr(produced, "close"):
+            produced.close()
+        return
+    with runner:
+        if hasattr(produced, "aclose"):
+            runner.run(_aclose(produced))
 
 
-_LOOP: list[asyncio.AbstractEventLoop] = []  # one per pool child, for async generators
-
-
-def _loop() -> asyncio.AbstractEventLoop:
-    if not _LOOP or _LOOP[0].is_closed():
-        _LOOP[:] = [asyncio.new_event_loop()]
-    return _LOOP[0]
+async def _aclose(produced: Any) -> None:
+    await produced.aclose()

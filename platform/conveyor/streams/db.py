@@ -72,11 +72,7 @@ class StreamReader:
 
     def __init__(self, redis: aioredis.Redis, subscription: Subscription) -> None:
         self.redis = redis
-        self._waiters = Waiters(subscription, keyspace.STREAM_EVENTS_CHANNEL, _published)
-
-    async def after(self, invocation_id: str, seq: int) -> list[Event]:
-        """Events numbered above ``seq``, in order (up to :data:`READ_COUNT`)."""
-        return await read_after(self.redis, invocation_id, seq)
+        self._waiters = Waiters(subscription, keyspace.STREAM_EVENTS_CHANNEL, Event.published)
 
     async def follow(
         self, invocation_id: str, after: int, heartbeat: float
@@ -87,7 +83,7 @@ class StreamReader:
         last = after
         with self._waiters.watch(invocation_id) as queue:
             while True:
-                for event in await self.after(invocation_id, last):
+                for event in await read_after(self.redis, invocation_id, last):
                     yield event
                     last = event.seq
                     if event.kind == EventKind.DONE:
@@ -145,7 +141,3 @@ async def _published_after(
         if event.seq == last + 1:
             last = event.seq
             yield event
-
-
-def _published(payload: str) -> Event:
-    return Event.published(payload)[1]

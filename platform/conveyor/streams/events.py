@@ -26,10 +26,11 @@ class Event:
     data: str
 
     @classmethod
-    def published(cls, payload: str) -> tuple[str, Event]:
-        """A message of the stream-events channel: (invocation id, event)."""
-        invocation_id, seq, kind, data = payload.split(" ", 3)
-        return invocation_id, cls(int(seq), kind, data)
+    def published(cls, payload: str) -> Event:
+        """A message of the stream-events channel (``<invocation id> <n> <kind> <data>``:
+        the id is what its waiters are found by)."""
+        _, seq, kind, data = payload.split(" ", 3)
+        return cls(int(seq), kind, data)
 
     @classmethod
     def entry(cls, entry_id: str, fields: dict[str, str]) -> Event:

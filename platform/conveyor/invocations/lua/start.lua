@@ -30,9 +30,7 @@ if attempts == 1 then
     observe(K.queue_wait, fn, tonumber(A.now) - tonumber(created), SECONDS)
   end
   if redis.call('HEXISTS', K.record, 'webhook') == 1 then
-    local flat = redis.call('HGETALL', K.record)
-    local record = {}
-    for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+    local record = hash_table(K.record)
     webhook('start', record, A.id, K.record, K.delivery, K.due, K.wake)
   end
 end

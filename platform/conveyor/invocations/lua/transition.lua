@@ -60,9 +60,7 @@ if K.stream ~= '' and redis.call('HEXISTS', K.record, 'stream') == 1 then
   end
 end
 if A.final == '1' then
-  local flat = redis.call('HGETALL', K.record)
-  local record = {}
-  for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+  local record = hash_table(K.record)
   record.logs = nil  -- read on their own (GET .../logs), not carried to every waiter
   redis.call('PUBLISH', K.events, A.id .. ' ' .. cjson.encode(record))
   count_down(K.in_use, record['function'], record.version)

@@ -38,9 +38,7 @@ local function finish(job, id, now, delivery, due, wake, related, in_use)
   local idempotency = redis.call('HGET', job, 'idempotency_key')
   if idempotency then redis.call('EXPIRE', idempotency, ttl) end
   if delivery ~= '' then
-    local flat = redis.call('HGETALL', job)
-    local record = {}
-    for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+    local record = hash_table(job)
     webhook('completed', record, id, job, delivery, due, wake)
   end
 end

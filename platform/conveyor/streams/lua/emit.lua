@@ -27,9 +27,7 @@ if output and redis.call('HEXISTS', K.record, 'webhook') == 1
   local ts = now[1] + now[2] / 1000000
   local last = tonumber(redis.call('HGET', K.record, 'webhook_output_at') or '0')
   if ts - last >= tonumber(A.webhook_every) then
-    local flat = redis.call('HGETALL', K.record)
-    local record = {}
-    for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+    local record = hash_table(K.record)
     record.logs = nil
     webhook('output', record, A.id, K.record, K.delivery, K.due, K.wake)
     if redis.call('EXISTS', K.delivery) == 1 then

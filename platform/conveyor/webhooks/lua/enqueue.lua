@@ -1,7 +1,14 @@
 -- Fragment: webhook(event, record, id, job, delivery, due, wake) stores a delivery in the
 -- same script that makes its event happen (so a result is never stored without the
 -- delivery it owes): if the record asked for ``event``, a delivery hash holding the record
--- as it is, due now, and a wake-up for the deliverer.
+-- as it is, due now, and a wake-up for the deliverer. hash_table(key): a hash as a Lua
+-- table (the record a delivery holds).
+local function hash_table(key)
+  local flat = redis.call('HGETALL', key)
+  local record = {}
+  for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+  return record
+end
 local function webhook(event, record, id, job, delivery, due, wake)
   if not record.webhook then return end
   local hook = cjson.decode(record.webhook)
