@@ -20,6 +20,9 @@ def iso(ts: float | None) -> str | None:
 KnownCensus = QueueCensus | None  # None: not known now (Redis unreachable)
 
 
+Steps = list[dict[str, Any]] | None  # a pipeline run's steps, as pipelines.db reads them
+
+
 def census_warning(census: KnownCensus, queue: str) -> str | None:
     """Why an invocation on ``queue`` may wait for nobody (None: it will not, or unknown)."""
     return None if census is None else census.warning(queue)
@@ -34,7 +37,9 @@ def stream_url(record: InvocationRecord) -> dict[str, str]:
     return {"stream_url": f"{result_url(record)}/stream"} if record.streaming else {}
 
 
-def accepted_body(record: InvocationRecord, census: KnownCensus) -> dict[str, Any]:
+def accepted_body(
+    record: InvocationRecord, census: KnownCensus, steps: Steps = None
+) -> dict[str, Any]:
     body = {
         "id": record.id,
         "function": record.function,
@@ -43,8 +48,23 @@ def accepted_body(record: InvocationRecord, census: KnownCensus) -> dict[str, An
         "result_url": result_url(record),
         **stream_url(record),
     }
-    _warn(body, record.notice, census_warning(census, record.queue))
+    _warn(body, record.notice, *waits(census, record, steps))
     return body
+
+
+def waits(census: KnownCensus, record: InvocationRecord, steps: Steps) -> list[str | None]:
+    """Why an unfinished invocation may wait for nobody: its queue's, or for a pipeline's
+    run, each queue its unfinished steps wait on (named with the step)."""
+    if not record.pipeline:
+        return [census_warning(census, record.queue)]
+    found = []
+    for step in steps or []:
+        queue = step.get("queue")
+        if queue and step["status"] in ("pending", "running"):
+            warning = census_warning(census, queue)
+            if warning:
+                found.append(f"step {step['name']}: {warning}")
+    return list(dict.fromkeys(found))
 
 
 def result_body(
@@ -53,9 +73,11 @@ def result_body(
     *,
     base: str = "",
     inline: dict[str, str] | None = None,
+    steps: Steps = None,
 ) -> dict[str, Any]:
     """An invocation as clients see it. An output's files are URLs on ``base`` (the API's
-    address), or the data URIs ``inline`` holds for them (``?files=data_uri``)."""
+    address), or the data URIs ``inline`` holds for them (``?files=data_uri``); a
+    pipeline's run has its ``steps`` (:func:`conveyor.pipelines.db.steps_view`)."""
     body: dict[str, Any] = {
         "id": record.id,
         "function": record.function,
@@ -76,9 +98,7 @@ def result_body(
         body["error"] = record.error
     if record.started_at is not None:
         body["started_at"] = iso(record.started_at)
-    _warn(
-        body, record.notice, None if record.status.final else census_warning(census, record.queue)
-    )
+    _warn(body, record.notice, *([] if record.status.final else waits(census, record, steps)))
     if record.finished_at is not None:
         body["finished_at"] = iso(record.finished_at)
         body["duration_ms"] = round((record.finished_at - record.created_at) * 1000, 3)
@@ -86,7 +106,17 @@ def result_body(
         body["webhook"] = record.webhook
     if record.progress is not None:
         body["progress"] = {**record.progress, "updated_at": iso(record.progress["updated_at"])}
+    if steps is not None:
+        body["steps"] = [_step_view(step) for step in steps]
     return body
+
+
+def _step_view(step: dict[str, Any]) -> dict[str, Any]:
+    shown = {k: v for k, v in step.items() if k != "queue"}
+    for field in ("started_at", "finished_at"):
+        if field in step:
+            shown[field] = iso(step[field])
+    return shown
 
 
 def file_view(meta: dict[str, Any], base: str) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def test_gpu_function_goes_to_the_gpu_variant_of_its_queue(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[queue]\nname='default'\n", r"\[function\]: required key is missing"),
+        ("[queue]\nname='default'\n", r"\[function\] handler is required"),
         ('[function]\nhandler = "handler"\n', r"\[function\] handler: String should match"),
         ('[function]\nhandler = "h:f"\ncolour = 1\n', r"\[function\] colour: unknown key"),
         (

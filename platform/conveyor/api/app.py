@@ -43,18 +43,26 @@ from conveyor.db import keyspace
 from conveyor.db.connections import sync_client
 from conveyor.db.subscription import Subscription, Waiters
 from conveyor.environment import blank_environ_block
-from conveyor.errors import BrokerUnavailableError
+from conveyor.errors import (
+    BrokerUnavailableError,
+    FunctionNotFoundError,
+    FunctionUnavailableError,
+)
 from conveyor.files.intake import FileIntake
 from conveyor.files.store import FileStore
 from conveyor.functions.catalog import Catalog
 from conveyor.functions.inspector import Inspector, Limits
-from conveyor.functions.registry import Registry
+from conveyor.functions.loader import FunctionSchemas
+from conveyor.functions.registry import FunctionSpec, Registry
 from conveyor.functions.watcher import watch_async
 from conveyor.guard import Guard
 from conveyor.invocations.client import InvocationClient
 from conveyor.log import configure_logging, get_logger
 from conveyor.maps.db import MapStore
 from conveyor.metrics.prometheus import HttpMetrics
+from conveyor.pipelines.checks import PipelineInspector, store_lookup
+from conveyor.pipelines.db import Runs
+from conveyor.pipelines.plan import Planner, Resolve
 from conveyor.settings import Settings, get_settings
 from conveyor.store.bucket import BucketBundles
 from conveyor.store.db import FunctionStore
@@ -87,13 +95,27 @@ def app_from_environment() -> Litestar:
     return create_app(settings)
 
 
+def _resolver(served: Served) -> Resolve:
+    """A pipeline's steps resolved to the versions serving now (or pinned)."""
+
+    def resolve(name: str) -> tuple[FunctionSpec, FunctionSchemas]:
+        try:
+            entry = served.serving(name)
+        except FunctionNotFoundError as exc:
+            raise FunctionUnavailableError(str(exc)) from None
+        assert entry.spec is not None and entry.schemas is not None
+        return entry.spec, entry.schemas
+
+    return resolve
+
+
 def create_app(settings: Settings) -> Litestar:
     invocations = InvocationClient(settings)
     webhooks = bool(settings.webhooks.secrets)
     folder = Registry(settings.functions.dir, settings.queues)
     store = FunctionStore(invocations.redis, BucketBundles.of(settings))
     served = Served(store, folder)
-    inspector = Inspector(Limits.of(settings))
+    inspector = PipelineInspector(Inspector(Limits.of(settings)), store_lookup(store))
     deployer = Deployer(settings, store, served, folder, inspector)
     platform = Platform(
         settings=settings,
@@ -113,6 +135,8 @@ def create_app(settings: Settings) -> Litestar:
             settings.files, FileStore(settings.files, sync_client(settings)), invocations.redis
         ),
         streams=StreamReader(invocations.redis, invocations.subscription),
+        planner=Planner(invocations.celery, _resolver(served), settings.results.pending_ttl),
+        runs=Runs(invocations.redis),
         api_keys=ApiKeyStore(invocations.redis, invocations.subscription)
         if settings.api.auth == "keys"
         else None,

@@ -29,7 +29,7 @@ from conveyor.auth.keys import Action
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.registry import FunctionSpec
 from conveyor.invocations.records import InvocationRecord
-from conveyor.results import accepted_body, result_body, result_url
+from conveyor.results import Steps, accepted_body, result_body, result_url
 
 RESULT = "/{name:str}/results/{invocation_id:str}"
 FUNCTION = "/{name:str}"
@@ -133,11 +133,12 @@ class FunctionsController(Controller):
             if form is not None:
                 await discard(platform, form.files)
             raise
+        steps = await run_steps(platform, record)
         if record.status.final:
-            body = result_body(record, base=_base(platform, request, record))
+            body = result_body(record, base=_base(platform, request, record), steps=steps)
             return Response(body, status_code=200)
         return Response(
-            accepted_body(record, await platform.invocations.census()),
+            accepted_body(record, await platform.invocations.census(), steps),
             status_code=202,
             headers={"Location": result_url(record)},
         )
@@ -167,9 +168,11 @@ class FunctionsController(Controller):
             record = await platform.invocations.get(invocation_id, function=name)
         check_handles(caller, record, Action.READ)
         inline = await inline_files(platform, record.files or []) if _inline(request) else None
+        steps = await run_steps(platform, record)
         if record.status.final:
-            return result_body(record, base=_base(platform, request, record), inline=inline)
-        return result_body(record, await platform.invocations.census())
+            base = _base(platform, request, record)
+            return result_body(record, base=base, inline=inline, steps=steps)
+        return result_body(record, await platform.invocations.census(), steps=steps)
 
     @get(RESULT + "/logs", summary="What an invocation printed or logged")
     async def logs(
@@ -202,7 +205,7 @@ class FunctionsController(Controller):
         spec = found.spec if found is not None else None
         grace = spec.manifest.limits.cancel_grace if spec and record.streaming else 0.0
         cancelled = await platform.invocations.cancel(invocation_id, function=name, grace=grace)
-        return result_body(cancelled)
+        return result_body(cancelled, steps=await run_steps(platform, cancelled))
 
     @delete(RESULT, summary="Delete a finished invocation", status_code=204)
     async def delete_result(
@@ -240,11 +243,12 @@ async def _submit(  # noqa: PLR0917
         owns=caller.owns,
         own_hosts=own_hosts(platform, request),
     )
-    priority = body.get("priority")
+    priority = None if body.get("priority") is None else int(body["priority"])
+    plan = platform.planner.plan(spec, priority) if spec.manifest.is_pipeline else None
     return await platform.invocations.submit(
         spec,
         value,
-        priority=None if priority is None else int(priority),
+        priority=priority,
         wait=seconds,
         idempotency_key=key,
         owner=caller.owner,
@@ -252,7 +256,13 @@ async def _submit(  # noqa: PLR0917
         files=files,
         sent=body["input"] if files else None,
         stream=schemas.streams,
+        plan=plan,
     )
+
+
+async def run_steps(platform: Platform, record: InvocationRecord) -> Steps:
+    """A pipeline run's steps (None for any other invocation)."""
+    return await platform.runs.steps(record.id) if record.pipeline else None
 
 
 def _base(platform: Platform, request: Request[Any, Any, Any], record: InvocationRecord) -> str:

@@ -11,6 +11,8 @@ from conveyor.db.subscription import Waiters
 from conveyor.files.intake import FileIntake
 from conveyor.invocations.client import InvocationClient
 from conveyor.maps.db import MapStore
+from conveyor.pipelines.db import Runs
+from conveyor.pipelines.plan import Planner
 from conveyor.settings import Settings
 from conveyor.store.deployer import Deployer
 from conveyor.store.served import Served
@@ -33,5 +35,7 @@ class Platform:
     map_events: Waiters[str]  # a map job changed (the payload is its id)
     files: FileIntake  # uploads, and the file fields of inputs
     streams: StreamReader  # streaming invocations' events
+    planner: Planner  # a pipeline run's plan: its steps' versions, frozen when accepted
+    runs: Runs  # pipeline runs' steps
     api_keys: ApiKeyStore | None = None  # None: [api] auth = "none"
     loaded: bool = False  # the functions found at start have been inspected

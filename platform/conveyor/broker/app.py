@@ -80,6 +80,11 @@ def create_celery(settings: Settings, *, visibility_timeout: float | None = None
     return app
 
 
+def kill_now(app: Celery, task_ids: list[str]) -> None:
+    """:func:`kill`, from a worker: the running steps a pipeline's failed step cancelled."""
+    app.control.revoke(task_ids, terminate=True, signal="SIGKILL")
+
+
 async def kill(app: Celery, task_id: str) -> None:
     """Stop a running task by killing its pool process: the only way to stop arbitrary
     user code (a cancelled invocation, a map job's chunk)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -125,9 +126,12 @@ def encode_task(
     below: bool = False,
     delivery_tag: str | None = None,
     priority: int | None = None,
+    plain: bool = False,
 ) -> tuple[str, str]:
     """The list to push to and the envelope of one task message; ``below``: one priority
-    step under ``route.priority`` (a map job's chunks yield to single invocations)."""
+    step under ``route.priority`` (a map job's chunks yield to single invocations);
+    ``plain``: the body as JSON text rather than base64 (kombu reads both), so a script
+    can fill in a template's markers."""
     task = app.amqp.as_task_v2(
         task_id,
         name,
@@ -145,19 +149,22 @@ def encode_task(
     body = json.dumps(task.body, separators=(",", ":"))
     if priority is None:  # else: the broker's priority, as a message delivered had it
         priority = min(broker_priority(route.priority) + (1 if below else 0), HIGHEST_PRIORITY)
+    properties = {
+        **task.properties,
+        "delivery_mode": 2,
+        "priority": priority,
+        "body_encoding": "base64",
+        "delivery_info": {"exchange": route.queue, "routing_key": route.queue},
+        "delivery_tag": delivery_tag or str(uuid.uuid4()),
+    }
+    if plain:
+        del properties["body_encoding"]
     envelope = {
-        "body": base64.b64encode(body.encode()).decode("ascii"),
+        "body": body if plain else base64.b64encode(body.encode()).decode("ascii"),
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": task.headers,
-        "properties": {
-            **task.properties,
-            "delivery_mode": 2,
-            "priority": priority,
-            "body_encoding": "base64",
-            "delivery_info": {"exchange": route.queue, "routing_key": route.queue},
-            "delivery_tag": delivery_tag or str(uuid.uuid4()),
-        },
+        "properties": properties,
     }
     return keyspace.queue_list(route.queue, priority), json.dumps(envelope, separators=(",", ":"))
 
@@ -204,3 +211,44 @@ def delay_message(
         countdown=max(seconds, 0.0),
         below=True,
     )
+
+
+# A message template's markers: the invocation's id, and (in the body, a JSON string inside
+# the envelope) its input. pipelines/lua/advance fills them in.
+TEMPLATE_ID = "00000000-0000-4000-8000-0000007e3a1e"
+_TEMPLATE_INPUT = "@@conveyor-input@@"
+_MARKERS = re.compile(
+    f"({re.escape(TEMPLATE_ID)}|{re.escape(json.dumps(json.dumps(_TEMPLATE_INPUT))[1:-1])})"
+)
+
+
+def template_parts(envelope: str) -> list[str]:
+    """A template split at its markers: text, marker ("id" or "input"), text, ..."""
+    parts = _MARKERS.split(envelope)
+    return [
+        p if i % 2 == 0 else ("id" if p == TEMPLATE_ID else "input") for i, p in enumerate(parts)
+    ]
+
+
+def message_template(app: Celery, route: Route, version: str) -> tuple[str, list[str]]:
+    """The list and the parts (:func:`template_parts`) of an invocation's message whose id
+    and input a script fills in: a pipeline step's, queued as the step before it ends."""
+    kwargs = {
+        "invocation_id": TEMPLATE_ID,
+        "function": route.function,
+        "version": version,
+        "input": _TEMPLATE_INPUT,
+    }
+    queue_list, envelope = encode_task(
+        app, TEMPLATE_ID, TASK_NAME, kwargs, route, delivery_tag=TEMPLATE_ID, plain=True
+    )
+    return queue_list, template_parts(envelope)
+
+
+def trigger_template(app: Celery, route: Route, version: str) -> tuple[str, list[str]]:
+    """The list and parts of a batching function's drain trigger, its id a marker."""
+    kwargs = {"function": route.function, "version": version}
+    queue_list, envelope = encode_task(
+        app, TEMPLATE_ID, BATCH_TASK_NAME, kwargs, route, delivery_tag=TEMPLATE_ID, plain=True
+    )
+    return queue_list, template_parts(envelope)

@@ -64,6 +64,7 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     from conveyor.functions.catalog import Catalog
     from conveyor.functions.inspector import Inspector, Limits
     from conveyor.functions.registry import Registry
+    from conveyor.pipelines.checks import PipelineInspector, registry_lookup
     from conveyor.store.bundle import check_size, folder_sizes
 
     # The same checks the API makes: each folder imported in an inspector subprocess, and
@@ -75,7 +76,8 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
         raise ConveyorError(f"not a folder: {', '.join(missing)}")
     registry = Registry(settings.functions.dir, settings.queues, folders)
     limits = Limits.of(settings)
-    catalog = Catalog(registry, Inspector(limits))
+    # a pipeline is checked against the functions checked with it
+    catalog = Catalog(registry, PipelineInspector(Inspector(limits), registry_lookup(registry)))
 
     async def load() -> None:
         await catalog.refresh()

@@ -231,3 +231,33 @@ STREAM_EVENTS_CHANNEL = f"{PREFIX}:stream-events"  # payload: "<id> <n> <kind> <
 
 def stream(invocation_id: str) -> str:
     return f"{PREFIX}:stream:{invocation_id}"
+
+
+# Pipeline runs (see pipelines/): a run's state (its frozen plan, input, the step running,
+# each step's status, times, attempts and output) and its for_each elements' outputs. A
+# step's invocations are ordinary records, "<run>.<step>" and "<run>.<step>.<index>".
+RUN_PREFIX = f"{PREFIX}:run:"
+RUN_ITEMS = ":items"  # + after run(id): the outputs of the running step's elements
+
+
+def run(run_id: str) -> str:
+    return f"{RUN_PREFIX}{run_id}"
+
+
+def run_items(run_id: str) -> str:
+    return f"{run(run_id)}{RUN_ITEMS}"
+
+
+def run_key_parts() -> dict[str, str]:
+    """What a run's script builds the names of its steps' keys from (the id appended):
+    records, runs, streams, 'completed' webhook deliveries (``webhook`` id ``completed``)."""
+    delivery = webhook_delivery("\0", "completed")
+    webhook, _, completed = delivery.partition("\0")
+    return {
+        "record": record(""),
+        "run": RUN_PREFIX,
+        "items": RUN_ITEMS,
+        "stream": stream(""),
+        "webhook": webhook,
+        "completed": completed,
+    }

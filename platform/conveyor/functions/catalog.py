@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from conveyor.errors import BrokerUnavailableError, FunctionLoadError
-from conveyor.functions.inspector import Inspector
+from conveyor.functions.inspector import Inspects
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.registry import Change, FunctionSpec, Registry
 from conveyor.log import get_logger
@@ -42,7 +42,7 @@ class Catalog:
     def __init__(
         self,
         registry: Registry,
-        inspector: Inspector,
+        inspector: Inspects,
         cache: SchemaCache | None = None,
         listener: Listener | None = None,
     ) -> None:
@@ -60,10 +60,26 @@ class Catalog:
                 self._cancel(change.name)
             await self._tell(change)
         for spec in scan.candidates:
-            self._cancel(spec.name)  # a newer version replaces the one being checked
-            task = asyncio.create_task(self._check(spec), name=f"conveyor-inspect-{spec.name}")
-            self._checks[spec.name] = task
-            task.add_done_callback(functools.partial(self._forget, spec.name))
+            self._start(spec)
+
+    def _start(self, spec: FunctionSpec) -> None:
+        self._cancel(spec.name)  # a newer version replaces the one being checked
+        task = asyncio.create_task(self._check(spec), name=f"conveyor-inspect-{spec.name}")
+        self._checks[spec.name] = task
+        task.add_done_callback(functools.partial(self._forget, spec.name))
+
+    async def _functions_checked(self) -> None:
+        """Wait for the checks of functions that are not pipelines: a pipeline is checked
+        against the functions it names, once they are deployed."""
+        others = [
+            task
+            for name, task in self._checks.items()
+            if (entry := self.registry.find(name)) is not None
+            and entry.pending is not None
+            and not entry.pending.manifest.is_pipeline
+        ]
+        if others:
+            await asyncio.wait(others)
 
     async def settled(self) -> None:
         """Wait until no check is running (those started meanwhile included)."""
@@ -88,7 +104,10 @@ class Catalog:
             del self._checks[name]
 
     async def _check(self, spec: FunctionSpec) -> None:
-        schemas = await self._cached(spec)
+        if spec.manifest.is_pipeline:
+            await self._functions_checked()
+        # a pipeline is checked again: the functions it names may have changed
+        schemas = None if spec.manifest.is_pipeline else await self._cached(spec)
         if schemas is not None:
             log.info("function_schemas_cached", function=spec.name, version=spec.version)
         else:
@@ -114,6 +133,9 @@ class Catalog:
     async def _tell(self, change: Change | None) -> None:
         if change is not None and self.listener is not None:
             await self.listener(change)
+        if change is not None and change.action != "failed":
+            for spec in self.registry.retry_pipelines():  # one may name what changed
+                self._start(spec)
 
     async def _cached(self, spec: FunctionSpec) -> FunctionSchemas | None:
         if self.cache is None:

@@ -27,7 +27,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from conveyor.environment import user_environment
 from conveyor.errors import FunctionLoadError
@@ -53,6 +53,12 @@ class Limits:
         return cls(
             functions.inspect_timeout, functions.inspect_memory, tuple(settings.worker.hidden_env)
         )
+
+
+class Inspects(Protocol):
+    """What checks a version and gives its schemas (or a FunctionLoadError)."""
+
+    async def inspect(self, spec: FunctionSpec) -> FunctionSchemas: ...
 
 
 class Inspector:

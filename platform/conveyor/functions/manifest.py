@@ -21,6 +21,7 @@ from conveyor.settings import QueueSettings, gpu_queue
 MANIFEST_FILE = "function.toml"
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+STEP_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
 
@@ -30,7 +31,8 @@ class _Section(BaseModel):
 
 
 class FunctionSection(_Section):
-    handler: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    # module:attribute; a pipeline (``[[steps]]``) has none
+    handler: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
     description: str = ""
 
 
@@ -82,14 +84,63 @@ class ResultsSection(_Section):
     ttl: Annotated[int, Field(gt=0, le=30 * 24 * 3600)] = 3600
 
 
+class StepSection(_Section):
+    """One ``[[steps]]`` entry of a pipeline (see :mod:`conveyor.pipelines`)."""
+
+    name: Annotated[str, Field(pattern=STEP_NAME_PATTERN)]
+    function: Annotated[str, Field(pattern=NAME_PATTERN)]
+    # a "$." selector, a table (an object), an array, or a literal; None: the default
+    input: Any = None
+    for_each: Annotated[str, Field(pattern=r"^\$\.")] | None = None
+    priority: Annotated[int, Field(ge=0, le=9)] | None = None
+    on_error: Literal["fail", "skip"] = "fail"
+
+
+class PipelineSection(_Section):
+    output: Annotated[str, Field(pattern=r"^\$\.")] | None = None  # default: the last step's
+    # a JSON Schema (a table) or a .json file in the folder; default: the first step's input
+    input_schema: dict[str, Any] | Annotated[str, Field(pattern=r"\.json$")] | None = None
+
+
 class Manifest(_Section):
-    function: FunctionSection
+    function: FunctionSection = FunctionSection()
     queue: QueueSection = QueueSection()
     resources: ResourcesSection = ResourcesSection()
     limits: LimitsSection = LimitsSection()
     retries: RetriesSection = RetriesSection()
     batching: BatchingSection | None = None
     results: ResultsSection = ResultsSection()
+    steps: list[StepSection] | None = None  # a pipeline: a function made of functions
+    pipeline: PipelineSection | None = None
+
+    @model_validator(mode="after")
+    def _handler_or_steps(self) -> Self:
+        if self.steps is None:
+            if self.function.handler is None:
+                raise ValueError(
+                    "[function] handler is required (module:attribute), or [[steps]] for a pipeline"
+                )
+            if self.pipeline is not None:
+                raise ValueError("[pipeline] is only for a pipeline: add [[steps]]")
+            return self
+        if self.function.handler is not None:
+            raise ValueError(
+                "[function] handler and [[steps]] are both set: a function has a handler, a"
+                " pipeline has steps; remove one"
+            )
+        if not self.steps:
+            raise ValueError("[[steps]] is empty: a pipeline needs at least one step")
+        defaults = {"batching": None, "retries": RetriesSection(), "resources": ResourcesSection()}
+        for section, default in defaults.items():
+            if getattr(self, section) != default:
+                raise ValueError(
+                    f"[{section}] does not apply to a pipeline: each step's function has its own"
+                )
+        return self
+
+    @property
+    def is_pipeline(self) -> bool:
+        return self.steps is not None
 
     @property
     def target_queue(self) -> str:
@@ -99,11 +150,17 @@ class Manifest(_Section):
 
     @property
     def module(self) -> str:
-        return self.function.handler.partition(":")[0]
+        return self.handler.partition(":")[0]
 
     @property
     def attribute(self) -> str:
-        return self.function.handler.partition(":")[2]
+        return self.handler.partition(":")[2]
+
+    @property
+    def handler(self) -> str:
+        if self.function.handler is None:
+            raise ManifestError("a pipeline has no handler: its steps are other functions")
+        return self.function.handler
 
 
 def check_function_name(name: str) -> None:
@@ -148,11 +205,19 @@ def _describe(path: Path, exc: ValidationError) -> str:
     reasons = []
     for err in exc.errors():
         loc = [str(part) for part in err["loc"]]
-        where = f"[{loc[0]}] {'.'.join(loc[1:])}".strip() if len(loc) > 1 else f"[{loc[0]}]"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "missing":
             msg = "required key is missing"
+        if not loc:
+            reasons.append(f"{path}: {msg}")
+            continue
+        if loc[0] == "steps" and len(loc) > 1 and loc[1].isdigit():
+            where = f"[[steps]] #{int(loc[1]) + 1} {'.'.join(loc[2:])}".strip()
+        elif len(loc) > 1:
+            where = f"[{loc[0]}] {'.'.join(loc[1:])}"
+        else:
+            where = f"[{loc[0]}]"
         reasons.append(f"{path}: {where}: {msg}")
     return "; ".join(reasons)

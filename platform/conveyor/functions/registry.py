@@ -66,6 +66,7 @@ class FunctionEntry:
     error: str | None = None  # why the newest version on disk cannot serve
     error_version: str | None = None
     pinned: bool = False  # rolled back to ``spec``: it serves until unpinned or redeployed
+    rejected: FunctionSpec | None = None  # the newest version, if its check failed
 
     @property
     def status(self) -> Literal["ready", "loading", "error"]:
@@ -180,11 +181,30 @@ class Registry:
             old = self._entries.get(spec.name)
             if old is None or old.pending != spec:
                 return None
-            entry = replace(old, pending=None, error=error, error_version=spec.version)
+            entry = replace(
+                old, pending=None, error=error, error_version=spec.version, rejected=spec
+            )
             self._entries = {**self._entries, spec.name: entry}
         change = Change(spec.name, "failed", spec.version, error)
         _log(change)
         return change
+
+    def retry_pipelines(self) -> list[FunctionSpec]:
+        """The pipelines whose check failed, to be checked again (a function they name
+        may be deployed now): each is ``loading`` until its check ends."""
+        retried = []
+        with self._lock:
+            entries = dict(self._entries)
+            for name, entry in entries.items():
+                spec = entry.rejected
+                if spec is None or not spec.manifest.is_pipeline or entry.pending is not None:
+                    continue
+                if spec.version != entry.error_version:
+                    continue
+                entries[name] = replace(entry, pending=spec, rejected=None)
+                retried.append(spec)
+            self._entries = entries
+        return retried
 
     def refresh(self) -> list[Change]:
         """Rescan and accept every new version on its manifest alone (no code is checked)."""
@@ -227,7 +247,7 @@ class Registry:
             scan.changes.append(Change(name, "failed", version, str(exc)))
             return
         spec = FunctionSpec(name, version, path, manifest)
-        entries[name] = replace(old, pending=spec, error=None, error_version=None)
+        entries[name] = replace(old, pending=spec, error=None, error_version=None, rejected=None)
         scan.candidates.append(spec)
 
 

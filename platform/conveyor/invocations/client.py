@@ -24,7 +24,7 @@ from conveyor.broker.census import LIVE_WORKERS, QueueCensus, live_workers_args,
 from conveyor.broker.messages import Invocation, Route, encode_batch_trigger, encode_message
 from conveyor.db import keyspace, replication
 from conveyor.db.connections import broker_errors, listener_client, pooled_client
-from conveyor.db.scripts import Scripts
+from conveyor.db.scripts import Script, Scripts
 from conveyor.db.subscription import Subscription, Waiters, long_poll
 from conveyor.errors import (
     BrokerUnavailableError,
@@ -39,16 +39,19 @@ from conveyor.functions.registry import FunctionSpec
 from conveyor.invocations.records import (
     ACTIVE,
     DELETE,
+    RUN,
     SUBMIT,
     TRANSITION,
     WITHDRAW,
     InvocationRecord,
     InvocationStatus,
+    counted_keys,
     new_record_fields,
     stream_keys,
     transition_args,
 )
 from conveyor.log import get_logger
+from conveyor.pipelines.plan import encoded
 from conveyor.settings import Settings
 
 log = get_logger(__name__)
@@ -101,6 +104,7 @@ class InvocationClient:
         files: Sequence[str] = (),
         sent: Any = None,
         stream: bool = False,
+        plan: dict[str, Any] | None = None,
     ) -> InvocationRecord:
         """Store the record and enqueue the message in one step; then it is a promise.
 
@@ -114,6 +118,8 @@ class InvocationClient:
         to, held (kept past their expiry) until it ends; ``sent``: the input as the caller
         sent it, before its files were taken (what a retry's body is compared by);
         ``stream``: its function streams (its events are kept in its stream from now on).
+        ``plan``: a pipeline's run (:mod:`conveyor.pipelines.plan`): its first step's
+        invocations are queued with its record, and its steps' events streamed.
         """
         manifest = spec.manifest
         inv = Invocation(
@@ -134,8 +140,10 @@ class InvocationClient:
             manifest.results.ttl,
             owner=owner,
             webhook=webhook,
-            stream=stream,
+            stream=stream or plan is not None,
         )
+        if plan is not None:
+            fields["pipeline"] = "1"
         idempotency = ""
         if idempotency_key:
             idempotency = keyspace.idempotency(spec.name, owner or "", idempotency_key)
@@ -144,9 +152,12 @@ class InvocationClient:
         digest = _digest(given, priority, webhook) if idempotency else ""
         # Watch before the message exists, so even an instant result is not missed.
         with self._waiters.watch(inv.id) as events:
-            submit = self._submit_values(spec, inv, fields, idempotency, digest)
+            if plan is None:
+                submit = self._submit_values(spec, inv, fields, idempotency, digest)
+            else:
+                submit = self._run_values(inv, fields, idempotency, digest, plan)
             submit["holders"] = [keyspace.file_holders(file_id) for file_id in files]
-            first, notice = await self._store(inv.id, submit)
+            first, notice = await self._store(inv.id, submit, SUBMIT if plan is None else RUN)
             if isinstance(first, str):
                 return await self._replay(spec.name, idempotency_key or "", first, digest, wait)
             if not first:
@@ -167,15 +178,18 @@ class InvocationClient:
             record = await self._until_final(record, events, wait, None)
             return replace(record, notice=notice) if notice else record
 
-    async def _store(self, invocation_id: str, submit: dict[str, Any]) -> tuple[Any, str | None]:
-        """Run :data:`SUBMIT`: its answer, and a notice for the caller. With ``[redis]
-        min_replicas``, in a pipeline with WAIT, and a submit the replicas did not confirm
-        in time is withdrawn (see :meth:`_withdraw_unreplicated`)."""
+    async def _store(
+        self, invocation_id: str, submit: dict[str, Any], accept: Script
+    ) -> tuple[Any, str | None]:
+        """Run ``accept`` (:data:`SUBMIT` or a pipeline's :data:`RUN`): its answer, and a
+        notice for the caller. With ``[redis] min_replicas``, in a pipeline with WAIT, and
+        a submit the replicas did not confirm in time is withdrawn (see
+        :meth:`_withdraw_unreplicated`)."""
         with broker_errors():
             if not replication.wanted(self.settings):
-                return await self.scripts.call(SUBMIT, **submit), None
+                return await self.scripts.call(accept, **submit), None
             async with self.redis.pipeline(transaction=False) as pipe:
-                await self.scripts.call(SUBMIT, client=pipe, **submit)  # queued on the pipe
+                await self.scripts.call(accept, client=pipe, **submit)  # queued on the pipe
                 (first,), confirmed = await replication.execute_async(pipe, self.settings)
         if first == 1 and confirmed is not None and confirmed < self.settings.redis.min_replicas:
             return first, await self._withdraw_unreplicated(invocation_id, confirmed)
@@ -280,6 +294,36 @@ class InvocationClient:
             "item_input": json.dumps(inv.input),
         }
 
+    def _run_values(
+        self,
+        inv: Invocation,
+        fields: dict[str, str],
+        idempotency: str,
+        digest: str,
+        plan: dict[str, Any],
+    ) -> dict[str, Any]:
+        """The keys and arguments of :data:`RUN`: a pipeline run and its first step."""
+        return {
+            "record": keyspace.record(inv.id),
+            "idempotency": idempotency,
+            "version_record": keyspace.function_version(inv.function, inv.version),
+            "in_use": keyspace.VERSIONS_IN_USE,
+            "sent": keyspace.SENT,
+            "sent_messages": keyspace.SENT_MESSAGES,
+            "events": keyspace.EVENTS_CHANNEL,
+            "due": keyspace.WEBHOOKS_DUE,
+            "wake": keyspace.WEBHOOKS_WAKE,
+            **counted_keys(self.settings.metrics.enabled),
+            **stream_keys(inv.id),
+            "pending_ttl": self.settings.results.pending_ttl,
+            "id": inv.id,
+            "digest": digest,
+            "in_use_field": keyspace.in_use(inv.function, inv.version),
+            "plan": encoded(plan),
+            "input": json.dumps(inv.input),
+            "fields": [value for pair in fields.items() for value in pair],
+        }
+
     def _trigger(self, spec: FunctionSpec, priority: int) -> tuple[str, str]:
         """A fresh trigger message for ``spec``: a cached template with new ids, since
         most submits find a trigger already armed and discard theirs."""
@@ -346,7 +390,7 @@ class InvocationClient:
             error=json.dumps({"type": "Cancelled", "message": "cancelled by request"}),
         )
         with broker_errors():
-            changed, previous = await self.scripts.call(TRANSITION, **values)
+            changed, previous, *stop = await self.scripts.call(TRANSITION, **values)
         if not changed:
             if not previous:
                 raise InvocationNotFoundError(f"no invocation {invocation_id!r}")
@@ -358,6 +402,8 @@ class InvocationClient:
         elif previous in (InvocationStatus.RUNNING, InvocationStatus.RETRYING):
             # Killing the pool process is the only way to stop arbitrary user code.
             await kill(self.celery, invocation_id)
+        for step in stop:  # a pipeline run's steps that were running
+            await kill(self.celery, str(step))
         log.info("invocation_cancelled", function=record.function, invocation_id=invocation_id)
         return await self.get(invocation_id, function)
 

@@ -45,6 +45,7 @@ SUBMIT = script("invocations", "submit")
 DELETE = script("invocations", "delete")
 WITHDRAW = script("invocations", "withdraw")
 PROGRESS = script("invocations", "progress")
+RUN = script("pipelines", "run")  # a pipeline run accepted: its record and first step
 
 
 def now() -> float:
@@ -74,6 +75,7 @@ class InvocationRecord:
     logs: str | None = None  # what the last attempt printed or logged
     files: list[dict[str, Any]] | None = None  # the output's files: id, size, sha256 ...
     streaming: bool = False  # its function streams: its events are in a stream
+    pipeline: bool = False  # a pipeline's run: its steps are read from its state
     notice: str | None = None  # for this answer only, never stored: e.g. not yet replicated
 
     @classmethod
@@ -102,6 +104,7 @@ class InvocationRecord:
             logs=raw.get("logs"),
             files=json.loads(raw["files"]) if raw.get("files") else None,
             streaming="stream" in raw,
+            pipeline="pipeline" in raw,
         )
 
 
@@ -178,8 +181,7 @@ class Requeue:
         sent = self.copied
         return {
             "retry_list": self.queue_list,
-            "sent": keyspace.SENT if sent else "",
-            "sent_messages": keyspace.SENT_MESSAGES if sent else "",
+            "retry_copied": "1" if sent else "",
             "sent_sequence": keyspace.sent_sequence(self.queue_list) if sent else "",
             "delayed": self.delayed,
             "retry_message": self.message,
@@ -217,8 +219,10 @@ def transition_args(
         "delivery": keyspace.webhook_delivery(invocation_id, "completed"),
         "due": keyspace.WEBHOOKS_DUE,
         "wake": keyspace.WEBHOOKS_WAKE,
-        **(_counted() if metrics else _UNCOUNTED),
+        **counted_keys(metrics),
         "in_use": keyspace.VERSIONS_IN_USE,
+        "sent": keyspace.SENT,  # a pipeline's next step keeps its messages' copies there
+        "sent_messages": keyspace.SENT_MESSAGES,
         **(requeue.values() if requeue else _NO_REQUEUE),
         **stream_keys(invocation_id),
         "allowed": " ".join(allowed),
@@ -242,7 +246,9 @@ def _counted() -> dict[str, str]:
     }
 
 
-_UNCOUNTED = dict.fromkeys(_counted(), "")  # [metrics] enabled = false: nothing counted
+def counted_keys(metrics: bool) -> dict[str, str]:
+    """The counters' keys, or '' each when ``[metrics] enabled`` is false."""
+    return _counted() if metrics else dict.fromkeys(_counted(), "")
 
 
 def start_args(invocation_id: str, pid: int, *, metrics: bool = True) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from conveyor.errors import (
     ManifestError,
     VersionNotFoundError,
 )
-from conveyor.functions.inspector import Inspector
+from conveyor.functions.inspector import Inspects
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.manifest import MANIFEST_FILE, check_function_name, parse_manifest
 from conveyor.functions.registry import (
@@ -76,7 +76,7 @@ class Deployer:
         store: FunctionStore,
         served: Served,
         folder: Registry,
-        inspector: Inspector,
+        inspector: Inspects,
     ) -> None:
         self.settings = settings
         self.store = store

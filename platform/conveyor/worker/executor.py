@@ -19,11 +19,12 @@ from typing import Any, cast
 
 import redis
 import structlog
-from celery import Task
+from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded, WorkerLostError
 from redis.client import Pipeline
 
 from conveyor import context
+from conveyor.broker.app import kill_now
 from conveyor.broker.messages import Invocation, encode_message
 from conveyor.context import InvocationContext
 from conveyor.db import keyspace, replication
@@ -72,6 +73,7 @@ class Executor:
         self._functions: LocalFunctions | None = None
         self._scripts: Scripts | None = None
         self.files = WorkerFiles(settings, lambda: self.redis)
+        self.app: Celery | None = None  # set when the task is registered (to kill with)
 
     # -- per process -------------------------------------------------------------------
 
@@ -137,7 +139,9 @@ class Executor:
             answer = self.scripts.call(TRANSITION, client=pipe, **values)
             if pipe is not None:
                 return 0, ""
-        changed, previous = answer
+        changed, previous, *stop = answer
+        if stop and self.app is not None:  # a pipeline's step failed: its siblings stop
+            kill_now(self.app, [str(task_id) for task_id in stop])
         return int(changed), str(previous)
 
     @property

@@ -40,8 +40,8 @@ class LocalFunctions:
         is logged here and fails its own invocations when they come."""
         loaded = []
         for name, (version, manifest) in self.reader.serving().items():
-            if manifest.target_queue not in queues:
-                continue
+            if manifest.target_queue not in queues or manifest.is_pipeline:
+                continue  # a pipeline has no code: its steps are other functions
             try:
                 loaded.append(self.load(name, version))
             except ConveyorError as exc:

@@ -28,6 +28,7 @@ log = get_logger(__name__)
 
 def register_task(app: Celery, executor: Executor) -> None:
     """Register ``conveyor.run``, ``conveyor.batch`` and ``conveyor.map`` on ``app``."""
+    executor.app = app
     batches = Batches(executor, app)
     chunks = Chunks(executor, app)
 

@@ -8,9 +8,8 @@
 -- 'status' event: running, with the attempt and whether it was redelivered.
 -- KEYS: record delivery due wake queue_wait redeliveries sent sent_messages stream stream_events
 -- ARGV: now pid id
---! include webhooks/enqueue
---! include metrics/count
---! include streams/event
+-- A pipeline step's invocation marks its run running (pipelines/advance).
+--! include invocations/change
 redis.call('HDEL', K.sent, A.id)
 redis.call('HDEL', K.sent_messages, A.id)
 local status = redis.call('HGET', K.record, 'status')
@@ -35,6 +34,7 @@ if attempts == 1 then
   end
 end
 if lost == 1 and K.redeliveries ~= '' then redis.call('HINCRBY', K.redeliveries, fn, 1) end
+pipeline.started({stream_events = K.stream_events}, K.record)
 local running = stream_attempt(K.record)
 running.status = 'running'
 stream_event(K.record, K.stream, K.stream_events, A.id, 'status', cjson.encode(running))

@@ -1,0 +1,304 @@
+-- Fragment (included by invocations/change, whose change() it uses): a pipeline run's
+-- steps, advanced in the step that ends their invocations. A run is a record (``pipeline``,
+-- ``state``: its state hash, ``items``: its elements' outputs) whose state holds the frozen
+-- plan (conveyor/pipelines/plan.py), its input, the step running (``step``), the
+-- invocations it waits for (``left``) and each step's status, times, attempts and output.
+-- A step's invocation is an ordinary record with ``run``, ``run_state``, ``step`` and, in a
+-- ``for_each``, ``element``; its id is "<run>.<step>" or "<run>.<step>.<index>", so a step
+-- is never queued twice. pipeline.ended(ctx, id, record, to): a run or a step's
+-- invocation ended (change() calls it); pipeline.started(ctx, record): an attempt of a
+-- step's invocation started (the run runs); pipeline.start(ctx, id, plan, input): a run
+-- accepted (pipelines/run).
+--! include pipelines/json
+local CANCELLED = '{"type":"Cancelled","message":"cancelled: the pipeline run ended"}'
+local ACTIVE = 'queued running retrying'
+
+local function given(value) return value ~= nil and value ~= cjson.null end
+
+local function now()
+  local t = redis.call('TIME')
+  return tostring(t[1] + t[2] / 1000000)
+end
+
+local function own_keys(plan, id)
+  local k = plan.keys
+  return {record = k.record .. id, delivery = k.webhook .. id .. k.completed,
+          stream = k.stream .. id}
+end
+
+local function step_id(run_id, step, element)
+  if element then return run_id .. '.' .. step.name .. '.' .. element end
+  return run_id .. '.' .. step.name
+end
+
+local function step_event(ctx, plan, run_id, event)
+  local record = plan.keys.record .. run_id
+  stream_event(record, plan.keys.stream .. run_id, ctx.stream_events, run_id, 'step',
+               cjson.encode(event))
+end
+
+-- The JSON text a template builds (see plan.py), or nil and why.
+local function build(tpl, env)
+  if tpl.lit then return tpl.lit end
+  if tpl.sel ~= nil then
+    local root
+    if tpl.sel == 'input' then root = env.input
+    elseif tpl.sel == 'item' then root = env.item
+    elseif tpl.sel == 'index' then root = tostring(env.index)
+    else root = redis.call('HGET', env.state, 'out:' .. tpl.sel) end
+    if not root then return nil, tpl.text .. ': that step has no output' end
+    local found, why = json_path(root, tpl.path)
+    if not found then return nil, tpl.text .. ': ' .. string.sub(why, 2) end
+    return found
+  end
+  local parts = {}
+  for i, item in ipairs(tpl.items) do
+    local text, why = build(item, env)
+    if not text then return nil, why end
+    if tpl.keys then parts[i] = tpl.keys[i] .. ':' .. text else parts[i] = text end
+  end
+  if tpl.keys then return '{' .. table.concat(parts, ',') .. '}' end
+  return '[' .. table.concat(parts, ',') .. ']'
+end
+
+-- A message from its template: the parts between the markers, the markers filled in.
+local function fill(parts, id, input)
+  local out = {}
+  for i, part in ipairs(parts) do
+    if i % 2 == 1 then out[i] = part
+    elseif part == 'id' then out[i] = id
+    else out[i] = string.sub(cjson.encode(input), 2, -2) end  -- inside the body's string
+  end
+  return table.concat(out)
+end
+
+local start_run
+
+-- One invocation of a step, with its record, as a submit would write it.
+local function enqueue(ctx, plan, step, k, id, input, run_id, element, at)
+  local keys = own_keys(plan, id)
+  if redis.call('EXISTS', keys.record) == 1 then return end
+  redis.call('HSET', keys.record, 'status', 'queued', 'attempts', '0', 'created_at', at,
+             'run', run_id, 'run_state', plan.keys.run .. run_id, 'step', k,
+             unpack(step.fields))
+  if element then redis.call('HSET', keys.record, 'element', element) end
+  redis.call('EXPIRE', keys.record, plan.pending_ttl)
+  redis.call('HINCRBY', ctx.in_use, step.in_use, 1)
+  if step.kind == 'pipeline' then
+    start_run(ctx, id, step.plan, input)
+  elseif step.kind == 'batch' then
+    redis.call('XADD', step.queue, '*', 'id', id, 'version', step.version, 'input', input)
+    if redis.call('SET', step.armed, '1', 'NX', 'EX', step.armed_ttl) then
+      redis.call('LPUSH', step.trigger_list, fill(step.trigger, id .. ':batch', ''))
+    end
+  else
+    local queued = cjson.encode({status = 'queued', ahead = redis.call('LLEN', step.queue)})
+    stream_event(keys.record, keys.stream, ctx.stream_events, id, 'status', queued)
+    local message = fill(step.message, id, input)
+    redis.call('LPUSH', step.queue, message)
+    local seq = redis.call('INCR', step.sent_sequence)
+    redis.call('HSET', ctx.sent, id, step.queue .. ' ' .. seq)
+    redis.call('HSET', ctx.sent_messages, id, message)
+  end
+end
+
+local function fail_run(ctx, plan, run_id, k, element, error)
+  local state = plan.keys.run .. run_id
+  local step = plan.steps[k + 1]
+  local at = now()
+  if step then
+    redis.call('HSET', state, 'status:' .. k, 'failed', 'finished:' .. k, at)
+    error.step = step.name
+    if element then error.index = tonumber(element) end
+    local where = 'step ' .. step.name
+    if element then where = where .. ' [' .. element .. ']' end
+    error.message = where .. ': ' .. (error.message or '')
+    step_event(ctx, plan, run_id, {step = step.name, status = 'failed', index = error.index})
+  end
+  change(ctx, own_keys(plan, run_id), run_id, 'queued running', 'failed', 'record', true,
+         {'error', cjson.encode(error), 'finished_at', at})
+end
+
+local function finish_run(ctx, plan, run_id)
+  local state = plan.keys.run .. run_id
+  local output, why
+  if given(plan.output) then
+    output, why = build(plan.output, {state = state})
+  else
+    output = redis.call('HGET', state, 'out:' .. (#plan.steps - 1))
+  end
+  if not output then
+    return fail_run(ctx, plan, run_id, #plan.steps, nil,
+                    {type = 'PipelineOutputError', message = '[pipeline] output: ' .. why})
+  end
+  change(ctx, own_keys(plan, run_id), run_id, 'queued running', 'succeeded', 'record', true,
+         {'output', output, 'finished_at', now()})
+end
+
+-- Start step ``k`` of the run (its invocations queued), or end the run after the last.
+local function run_step(ctx, plan, run_id, k)
+  local state = plan.keys.run .. run_id
+  local input = redis.call('HGET', state, 'input')
+  while k < #plan.steps do
+    local step = plan.steps[k + 1]
+    local at = now()
+    local env = {input = input, state = state}
+    local inputs = {}
+    if given(step.each) then
+      local list, why = build(step.each, env)
+      local elements = list and json_elements(list)
+      if list and not elements then
+        why = step.each.text .. ' is ' .. json_kind(list) .. ', not a list'
+      end
+      if not elements then
+        return fail_run(ctx, plan, run_id, k, nil, {type = 'ForEachError', message = why})
+      end
+      for i, element in ipairs(elements) do
+        env.item, env.index = element, i - 1
+        local built, bad = build(step.input, env)
+        if not built then
+          return fail_run(ctx, plan, run_id, k, i - 1, {type = 'InputError', message = bad})
+        end
+        inputs[i] = built
+      end
+    else
+      local built, why = build(step.input, env)
+      if not built then
+        return fail_run(ctx, plan, run_id, k, nil, {type = 'InputError', message = why})
+      end
+      inputs[1] = built
+    end
+    local each = given(step.each)
+    redis.call('HSET', state, 'step', k, 'left', #inputs, 'status:' .. k, 'running',
+               'started:' .. k, at, 'each:' .. k, each and #inputs or -1,
+               'skip:' .. k, step.skip and 1 or 0)
+    step_event(ctx, plan, run_id, {step = step.name, status = 'running', invocations = #inputs})
+    if #inputs > 0 then
+      for i, built in ipairs(inputs) do
+        local element = nil
+        if each then element = i - 1 end
+        enqueue(ctx, plan, step, k, step_id(run_id, step, element), built, run_id, element, at)
+      end
+      return
+    end
+    redis.call('HSET', state, 'out:' .. k, '[]', 'status:' .. k, 'succeeded', 'finished:' .. k, at)
+    step_event(ctx, plan, run_id, {step = step.name, status = 'succeeded'})
+    k = k + 1
+  end
+  finish_run(ctx, plan, run_id)
+end
+
+start_run = function(ctx, run_id, plan, input)
+  local state = plan.keys.run .. run_id
+  local record = plan.keys.record .. run_id
+  redis.call('HSET', record, 'state', state)
+  redis.call('HSET', state, 'plan', cjson.encode(plan), 'input', input, 'step', -1,
+             'record', record, 'items', state .. plan.keys.items,
+             'stream', plan.keys.stream .. run_id)
+  redis.call('EXPIRE', state, plan.pending_ttl)
+  for _, version in ipairs(plan.uses) do redis.call('HINCRBY', ctx.in_use, version, 1) end
+  run_step(ctx, plan, run_id, 0)
+end
+pipeline.start = start_run
+
+local function plan_of(state)
+  return cjson.decode(redis.call('HGET', state, 'plan'))
+end
+
+-- A run ended: the invocations of its step that still run are cancelled, its versions
+-- counted down, its state kept as long as its record.
+local function run_ended(ctx, id, record, to)
+  local state = record.state
+  local plan = plan_of(state)
+  for _, version in ipairs(plan.uses) do
+    if redis.call('HINCRBY', ctx.in_use, version, -1) <= 0 then
+      redis.call('HDEL', ctx.in_use, version)
+    end
+  end
+  local ttl = record.ttl or '3600'
+  redis.call('EXPIRE', state, ttl)
+  redis.call('EXPIRE', redis.call('HGET', state, 'items'), ttl)
+  local k = tonumber(redis.call('HGET', state, 'step'))
+  local step = plan.steps[k + 1]
+  if to == 'succeeded' or not step then return end
+  if redis.call('HGET', state, 'status:' .. k) == 'running' then
+    redis.call('HSET', state, 'status:' .. k, to, 'finished:' .. k, now())
+  end
+  local n = tonumber(redis.call('HGET', state, 'each:' .. k))
+  local ids = {}
+  if n < 0 then ids[1] = step_id(id, step, nil) end
+  for i = 0, n - 1 do ids[#ids + 1] = step_id(id, step, i) end
+  local at = now()
+  for _, sibling in ipairs(ids) do
+    local done = change(ctx, own_keys(plan, sibling), sibling, ACTIVE, 'cancelled', 'record',
+                        true, {'error', CANCELLED, 'finished_at', at})
+    if done[1] == 1 and done[2] == 'running' and step.kind ~= 'pipeline' then
+      ctx.kill[#ctx.kill + 1] = sibling
+    end
+  end
+end
+
+-- A step's invocation ended: its output kept (or the run failed), and the next step
+-- started once it was the step's last.
+local function step_ended(ctx, id, record, to)
+  local state, run_id, k = record.run_state, record.run, tonumber(record.step)
+  local found = redis.call('HMGET', state, 'step', 'skip:' .. k, 'each:' .. k, 'record', 'items')
+  if tonumber(found[1]) ~= k or not found[4] then return end
+  local status = redis.call('HGET', found[4], 'status')
+  if status ~= 'queued' and status ~= 'running' then return end
+  local output = record.output or 'null'
+  if to ~= 'succeeded' then
+    if found[2] ~= '1' then
+      local error = {type = 'StepFailed', message = 'ended ' .. to}
+      if record.error then error = cjson.decode(record.error) end
+      error.invocation = id
+      return fail_run(ctx, plan_of(state), run_id, k, record.element, error)
+    end
+    output = 'null'
+  end
+  local each, items = tonumber(found[3]), found[5]
+  if each >= 0 then
+    redis.call('HSET', items, k .. ':' .. record.element, output)
+  else
+    redis.call('HSET', state, 'out:' .. k, output)
+  end
+  if redis.call('HINCRBY', state, 'left', -1) > 0 then return end
+  if each >= 0 then
+    local parts = {}
+    for from = 0, each - 1, 1000 do
+      local fields = {}
+      for i = from, math.min(from + 999, each - 1) do fields[#fields + 1] = k .. ':' .. i end
+      local texts = redis.call('HMGET', items, unpack(fields))
+      for i = 1, #fields do parts[#parts + 1] = texts[i] or 'null' end
+      redis.call('HDEL', items, unpack(fields))
+    end
+    redis.call('HSET', state, 'out:' .. k, '[' .. table.concat(parts, ',') .. ']')
+  end
+  local plan = plan_of(state)
+  redis.call('HSET', state, 'status:' .. k, 'succeeded', 'finished:' .. k, now())
+  step_event(ctx, plan, run_id, {step = plan.steps[k + 1].name, status = 'succeeded'})
+  run_step(ctx, plan, run_id, k + 1)
+end
+
+pipeline.ended = function(ctx, id, record, to)
+  if record.pipeline then run_ended(ctx, id, record, to) end
+  if record.run then step_ended(ctx, id, record, to) end
+end
+
+-- An attempt of a step's invocation started: counted, and its run (and the runs above
+-- it) marked running.
+pipeline.started = function(ctx, record_key)
+  local found = redis.call('HMGET', record_key, 'run', 'run_state', 'step')
+  while found[1] do
+    local run_id, state = found[1], found[2]
+    redis.call('HINCRBY', state, 'attempts:' .. found[3], 1)
+    local keys = redis.call('HMGET', state, 'record', 'stream')
+    local run_record = keys[1]
+    if not run_record then return end
+    if redis.call('HGET', run_record, 'status') ~= 'queued' then return end
+    redis.call('HSET', run_record, 'status', 'running', 'started_at', now())
+    stream_event(run_record, keys[2], ctx.stream_events, run_id, 'status',
+                 cjson.encode({status = 'running'}))
+    found = redis.call('HMGET', run_record, 'run', 'run_state', 'step')
+  end
+end

@@ -1,0 +1,34 @@
+-- Accept a pipeline run: its record (``fields``) and its first step's invocations, in one
+-- step, so a 202 always has both (a first step that cannot be built fails the run at
+-- once, visibly). ``plan``: the run's frozen steps (conveyor/pipelines/plan.py), every
+-- version it uses counted in use (``in_use``) until it ends; ``input``: the run's input
+-- (JSON). Like a submit: with an ``idempotency`` key already used nothing is written and
+-- the answer is "<run id> <body digest>" of the first use; a pipeline version no longer in
+-- the function store (``version_record``) answers 0; ``holders``: the holders sets of the
+-- files its input refers to. The run streams its steps' events (``stream``).
+-- KEYS: record idempotency version_record in_use sent sent_messages events due wake invocations failures durations retries bucket recent stream stream_events ...holders
+-- ARGV: pending_ttl id digest in_use_field plan input ...fields
+--! include files/hold
+--! include invocations/change
+if K.idempotency ~= '' then
+  local first = redis.call('GET', K.idempotency)
+  if first then return first end
+end
+if redis.call('EXISTS', K.version_record) == 0 then return 0 end
+if K.idempotency ~= '' then
+  redis.call('SET', K.idempotency, A.id .. ' ' .. A.digest, 'EX', A.pending_ttl)
+end
+hold({unpack(KEYS, K_REST)}, 'job:' .. A.id)
+redis.call('HSET', K.record, unpack(ARGV, A_REST))
+redis.call('EXPIRE', K.record, A.pending_ttl)
+redis.call('HINCRBY', K.in_use, A.in_use_field, 1)
+local ctx = {
+  events = K.events, due = K.due, wake = K.wake, in_use = K.in_use,
+  invocations = K.invocations, failures = K.failures, durations = K.durations,
+  retries = K.retries, bucket = K.bucket, recent = K.recent,
+  stream_events = K.stream_events, sent = K.sent, sent_messages = K.sent_messages, kill = {},
+}
+stream_event(K.record, K.stream, K.stream_events, A.id, 'status',
+             cjson.encode({status = 'queued'}))
+pipeline.start(ctx, A.id, cjson.decode(A.plan), A.input)
+return 1

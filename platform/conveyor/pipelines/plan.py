@@ -1,0 +1,125 @@
+"""A run's plan: its pipeline's steps frozen when the run is accepted.
+
+Every step names the version of its function serving (or pinned) at that moment, its
+route, the fields of its invocations' records and the template of their message (or, for
+a batching function, of its stream item and drain trigger; for a pipeline, that
+pipeline's own plan, nested), so a run runs those versions to its end whatever is
+deployed meanwhile. ``pipelines/lua/advance`` reads it: it fills in each invocation's id
+and input and queues it in the step that ends the step before.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from conveyor.broker.app import BrokerApp
+from conveyor.broker.messages import Route, message_template, trigger_template
+from conveyor.db import keyspace
+from conveyor.errors import FunctionUnavailableError
+from conveyor.functions.loader import FunctionSchemas
+from conveyor.functions.registry import FunctionSpec
+from conveyor.pipelines.steps import Selector, parse_selector, read_steps
+
+MAX_DEPTH = 8  # pipelines within pipelines
+
+Resolve = Callable[[str], tuple[FunctionSpec, FunctionSchemas]]
+
+
+@dataclass
+class Planner:
+    """Builds plans for one process: ``resolve`` gives a function's serving version."""
+
+    app: BrokerApp
+    resolve: Resolve
+    pending_ttl: int
+
+    def plan(self, spec: FunctionSpec, priority: int | None, depth: int = 0) -> dict[str, Any]:
+        """``spec``'s plan, each step at ``priority`` (a request's) unless it names one."""
+        manifest = spec.manifest
+        steps = read_steps(manifest, f"{spec.name} {spec.version}")
+        names = [step.name for step in steps]
+        planned = []
+        uses: list[str] = []
+        for step in steps:
+            try:
+                inner, schemas = self.resolve(step.function)
+            except FunctionUnavailableError as exc:
+                raise FunctionUnavailableError(
+                    f"pipeline {spec.name!r}, step {step.name!r}: {exc}"
+                ) from None
+            level = step.section.priority if step.section.priority is not None else priority
+            built = {
+                "name": step.name,
+                "function": inner.name,
+                "version": inner.version,
+                "input": step.input.plan(names),
+                "each": step.for_each.plan(names) if step.for_each else None,
+                "skip": step.section.on_error == "skip",
+                "in_use": keyspace.in_use(inner.name, inner.version),
+            } | self._runs(inner, schemas, level, depth)
+            uses.append(built["in_use"])
+            planned.append(built)
+        output = manifest.pipeline.output if manifest.pipeline else None
+        selected: Selector | None = parse_selector(output) if output else None
+        return {
+            "keys": keyspace.run_key_parts(),
+            "pending_ttl": self.pending_ttl,
+            "steps": planned,
+            "output": selected.plan(names) if selected else None,
+            "uses": uses,
+        }
+
+    def _runs(
+        self, spec: FunctionSpec, schemas: FunctionSchemas, priority: int | None, depth: int
+    ) -> dict[str, Any]:
+        """How a step's invocations of ``spec`` run: their records' fields and messages."""
+        manifest = spec.manifest
+        level = manifest.queue.priority if priority is None else priority
+        fields = {
+            "function": spec.name,
+            "version": spec.version,
+            "queue": manifest.target_queue,
+            "priority": str(level),
+            "ttl": str(manifest.results.ttl),
+        }
+        if manifest.is_pipeline:
+            if depth >= MAX_DEPTH:
+                raise FunctionUnavailableError(
+                    f"pipeline {spec.name!r} is nested more than {MAX_DEPTH} deep"
+                )
+            fields |= {"pipeline": "1", "stream": "1"}
+            inner = self.plan(spec, priority, depth + 1)
+            return {"kind": "pipeline", "fields": _flat(fields), "plan": inner}
+        if schemas.streams:
+            fields["stream"] = "1"
+        route = Route.of(spec.name, manifest, level)
+        if manifest.batching is not None:
+            trigger_list, trigger = trigger_template(self.app, route, spec.version)
+            return {
+                "kind": "batch",
+                "fields": _flat(fields),
+                "queue": keyspace.batch_stream(spec.name),
+                "armed": keyspace.batch_armed(spec.name),
+                "armed_ttl": keyspace.BATCH_ARMED_TTL,
+                "trigger_list": trigger_list,
+                "trigger": trigger,
+            }
+        queue_list, message = message_template(self.app, route, spec.version)
+        return {
+            "kind": "task",
+            "fields": _flat(fields),
+            "queue": queue_list,
+            "sent_sequence": keyspace.sent_sequence(queue_list),
+            "message": message,
+        }
+
+
+def _flat(fields: dict[str, str]) -> list[str]:
+    return [value for pair in fields.items() for value in pair]
+
+
+def encoded(plan: dict[str, Any]) -> str:
+    return json.dumps(plan, separators=(",", ":"))
