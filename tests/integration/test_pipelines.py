@@ -72,6 +72,22 @@ name = "third"
 function = "double"
 """
 
+# Waits for a gate file, then returns its input's x.
+GATE = """
+import time
+from pathlib import Path
+
+def run(x: dict) -> int:
+    while not Path(x["gate"]).exists():
+        time.sleep(0.02)
+    return x["x"]
+"""
+BATCHED = """
+class Model:
+    def predict_batch(self, xs: list[int]) -> list[dict]:
+        return [{"x": 2 * x, "batch": len(xs)} for x in xs]
+"""
+
 FAN = """
 [[steps]]
 name = "split"
@@ -89,14 +105,68 @@ input = { values = "$.steps.each.output", label = "$.steps.split.output.label", 
 """
 
 
+SLOW_FAN = """
+[[steps]]
+name = "work"
+function = "slow"
+for_each = "$.input.items"
+input = { i = "$.item", dir = "$.input.dir", fail = "$.input.fail", sleep = "$.input.sleep", fail_after = 0.3 }
+on_error = "ERROR"
+"""
+
+FROZEN = """
+[[steps]]
+name = "gate"
+function = "gate"
+
+[[steps]]
+name = "double"
+function = "double"
+"""
+
+NESTED = """
+[pipeline]
+output = "$.steps.fans.output"
+
+[[steps]]
+name = "chain"
+function = "chain"
+input = "$.input.n"
+
+[[steps]]
+name = "fans"
+function = "fan"
+for_each = "$.input.sizes"
+"""
+
+BATCH_FAN = """
+[[steps]]
+name = "each"
+function = "batched"
+for_each = "$.input"
+"""
+
+
 @pytest.fixture(scope="module")
 def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     stack: Stack = make_stack()
     for name, code in (("double", DOUBLE), ("inc", INC), ("split", SPLIT), ("total", TOTAL)):
         write_function(stack.functions, name, code, FN)
     write_function(stack.functions, "slow", SLOW, FN + "[limits]\ntimeout = 60\n")
+    write_function(stack.functions, "gate", GATE, FN)
+    write_function(
+        stack.functions,
+        "batched",
+        BATCHED,
+        '[function]\nhandler = "handler:Model"\n[batching]\nmax_batch_size = 8\nmax_wait_ms = 50\n',
+    )
     write_pipeline(stack.functions, "chain", CHAIN)
     write_pipeline(stack.functions, "fan", FAN)
+    write_pipeline(stack.functions, "slowfan", SLOW_FAN.replace("ERROR", "fail"))
+    write_pipeline(stack.functions, "skipfan", SLOW_FAN.replace("ERROR", "skip"))
+    write_pipeline(stack.functions, "frozen", FROZEN)
+    write_pipeline(stack.functions, "nested", NESTED)
+    write_pipeline(stack.functions, "batchfan", BATCH_FAN)
     stack.worker("--queues", "default", "--concurrency", "4")
     return stack
 
@@ -132,3 +202,134 @@ def test_a_fan_out_and_fan_in(api: TestClient) -> None:  # type: ignore[type-arg
     assert done["output"] == {"sum": sum(range(1, 51)), "label": "50 items", "top": [48, 49, 50]}
     each = done["steps"][1]
     assert len(each["invocations"]) == 50 and each["for_each"] is True
+
+
+def test_a_fan_out_over_1000_elements_with_a_fan_in(api: TestClient) -> None:  # type: ignore[type-arg]
+    done = run(api, "fan", 1000, wait=60)
+    assert done["status"] == "succeeded", done
+    assert done["output"]["sum"] == sum(range(1, 1001))
+    assert done["output"]["top"] == [998, 999, 1000]
+    each = done["steps"][1]
+    assert each["invocations"][999] == f"{done['id']}.each.999"
+    assert each["attempts"] == 1000
+    assert result(api, "inc", each["invocations"][7])["output"] == 8
+
+
+def test_an_empty_fan_out_gives_an_empty_list_at_once(api: TestClient) -> None:  # type: ignore[type-arg]
+    done = run(api, "fan", 0)
+    assert done["status"] == "succeeded", done
+    assert done["output"] == {"sum": 0, "label": "0 items", "top": []}
+    assert done["steps"][1]["invocations"] == []
+
+
+def test_a_pipeline_is_a_step_of_another_with_its_own_fan_out(api: TestClient) -> None:  # type: ignore[type-arg]
+    done = run(api, "nested", {"n": 3, "sizes": [2, 5, 0]}, wait=60)
+    assert done["status"] == "succeeded", done
+    assert done["output"] == [
+        {"sum": 3, "label": "2 items", "top": [1, 2]},
+        {"sum": 15, "label": "5 items", "top": [3, 4, 5]},
+        {"sum": 0, "label": "0 items", "top": []},
+    ]
+    assert done["steps"][0]["invocations"] == [f"{done['id']}.chain"]
+    inner = result(api, "chain", f"{done['id']}.chain")
+    assert inner["output"] == 14 and [s["status"] for s in inner["steps"]] == ["succeeded"] * 3
+    second = result(api, "fan", f"{done['id']}.fans.1")
+    assert second["steps"][1]["invocations"][0] == f"{done['id']}.fans.1.each.0"
+
+
+def test_a_for_each_over_a_batching_function_fills_batches(api: TestClient) -> None:  # type: ignore[type-arg]
+    done = run(api, "batchfan", list(range(40)), wait=60)
+    assert done["status"] == "succeeded", done
+    assert [o["x"] for o in done["output"]] == [2 * x for x in range(40)]
+    assert max(o["batch"] for o in done["output"]) > 1
+
+
+def test_a_failing_element_fails_the_run_at_once_and_cancels_its_siblings(
+    api: TestClient,  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    payload = {"items": list(range(6)), "dir": str(tmp_path), "fail": 3, "sleep": 30}
+    done = run(api, "slowfan", payload, wait=20)
+    assert done["status"] == "failed", done
+    error = done["error"]
+    assert error["type"] == "ValueError" and error["step"] == "work" and error["index"] == 3
+    assert "item 3 is bad" in error["message"] and error["message"].startswith("step work [3]")
+    ids = done["steps"][0]["invocations"]
+    siblings = [result(api, "slow", ids[i]) for i in (0, 1, 2, 4, 5)]
+    assert {s["status"] for s in siblings} == {"cancelled"}
+    time.sleep(1)  # a killed sibling would have finished its sleep by now? no: 30 s
+    assert not list(tmp_path.glob("end-*")), "a cancelled sibling ran to its end"
+
+
+def test_on_error_skip_gives_null_and_the_run_goes_on(api: TestClient, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    payload = {"items": [0, 1, 2], "dir": str(tmp_path), "fail": 1, "sleep": 0}
+    done = run(api, "skipfan", payload)
+    assert done["status"] == "succeeded", done
+    assert done["output"] == [0, None, 2]
+
+
+def test_a_step_that_selects_no_list_fails_the_run_saying_why(
+    api: TestClient, tmp_path: Path
+) -> None:  # type: ignore[type-arg]
+    done = run(api, "slowfan", {"items": 7, "dir": str(tmp_path), "fail": -1, "sleep": 0})
+    assert done["status"] == "failed"
+    assert done["error"]["type"] == "ForEachError"
+    assert "$.input.items is a number, not a list" in done["error"]["message"]
+
+
+def test_cancel_reaches_every_running_step(api: TestClient, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    payload = {"items": [0, 1], "dir": str(tmp_path), "sleep": 30, "fail": -1}
+    status, body = invoke(api, "slowfan", payload)
+    assert status == 202
+    wait_for(lambda: len(list(tmp_path.glob("start-*"))) == 2, 30, "both items started")
+    answer = cancel(api, "slowfan", body["id"])
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "cancelled"
+    for i in (0, 1):
+        assert result(api, "slow", f"{body['id']}.work.{i}")["status"] == "cancelled"
+    done = result(api, "slowfan", body["id"])
+    assert done["steps"][0]["status"] == "cancelled"
+
+
+def test_a_run_keeps_the_versions_it_was_accepted_with(
+    stack: Stack,
+    api: TestClient,  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    gate = tmp_path / "gate"
+    status, body = invoke(api, "frozen", {"gate": str(gate), "x": 7})
+    assert status == 202
+    before = api.get("/functions/double").json()["version"]
+    write_function(stack.functions, "double", "def run(x: int) -> int:\n    return 3 * x\n", FN)
+    wait_for(
+        lambda: api.get("/functions/double").json()["version"] != before, 30, "double redeployed"
+    )
+    gate.write_text("go")
+    done = result(api, "frozen", body["id"])
+    assert done["status"] == "succeeded" and done["output"] == 14, done
+    assert done["steps"][1]["version"] == before
+    assert run(api, "frozen", {"gate": str(gate), "x": 7})["output"] == 21
+    write_function(stack.functions, "double", DOUBLE, FN)
+    wait_for(lambda: api.get("/functions/double").json()["version"] == before, 30, "restored")
+
+
+def test_a_pipeline_answers_like_any_function(api: TestClient) -> None:  # type: ignore[type-arg]
+    headers = {"Idempotency-Key": "pipeline-once"}
+    first = api.post("/functions/chain/invoke", json={"input": 1}, headers=headers).json()
+    again = api.post("/functions/chain/invoke", json={"input": 1}, headers=headers).json()
+    assert again["id"] == first["id"]
+    waited = api.post("/functions/chain/invoke", json={"input": 2}, params={"wait": 20})
+    assert waited.status_code == 200 and waited.json()["output"] == 10
+    bad = api.post("/functions/chain/invoke", json={"input": "two"})
+    assert bad.status_code == 422, bad.text
+    schema = api.get("/schema").json()
+    assert "/functions/chain/invoke" in schema["paths"]
+    described = api.get("/functions/fan").json()
+    assert described["input_schema"]["type"] == "integer"
+    assert described["output_schema"]["type"] == "object"
+    logs = api.get(f"/functions/chain/results/{first['id']}/logs")
+    assert logs.status_code == 200
+    done = result(api, "chain", first["id"])
+    deleted = api.delete(f"/functions/chain/results/{done['id']}")
+    assert deleted.status_code == 204
+    assert api.get(f"/functions/chain/results/{done['id']}").status_code == 404

@@ -51,6 +51,7 @@ class Catalog:
         self.cache = cache
         self.listener = listener
         self._checks: dict[str, asyncio.Task[None]] = {}
+        self._changes = 0  # functions accepted or removed so far (a pipeline's check reads it)
 
     async def refresh(self) -> None:
         """Rescan the folders; start checking every new version (without waiting)."""
@@ -113,7 +114,7 @@ class Catalog:
         else:
             started = time.monotonic()
             try:
-                schemas = await self.inspector.inspect(spec)
+                schemas = await self._inspect(spec)
             except FunctionLoadError as exc:
                 await self._tell(self.registry.reject(spec, str(exc)))
                 return
@@ -130,10 +131,22 @@ class Catalog:
             )
         await self._tell(self.registry.accept(spec, schemas))
 
+    async def _inspect(self, spec: FunctionSpec) -> FunctionSchemas:
+        """``spec``'s schemas; a pipeline found wrong while another function changed is
+        checked again (it may name that one, deployed meanwhile)."""
+        while True:
+            seen = self._changes
+            try:
+                return await self.inspector.inspect(spec)
+            except FunctionLoadError:
+                if not spec.manifest.is_pipeline or self._changes == seen:
+                    raise
+
     async def _tell(self, change: Change | None) -> None:
         if change is not None and self.listener is not None:
             await self.listener(change)
         if change is not None and change.action != "failed":
+            self._changes += 1
             for spec in self.registry.retry_pipelines():  # one may name what changed
                 self._start(spec)
 

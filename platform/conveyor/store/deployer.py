@@ -162,8 +162,10 @@ class Deployer:
                 return  # superseded, or still being checked
             spec, schemas = entry.spec, entry.schemas
             state = await self.store.state(name)
-            if state is not None and state.folder_version == spec.version:
+            seen = state is not None and state.folder_version == spec.version
+            if seen and state is not None and state.error_version != spec.version:
                 return  # seen before: whatever was deployed since keeps serving
+            # (a pipeline that failed its check, accepted now: a function it names came)
             try:
                 bundle = await asyncio.to_thread(pack, spec.folder, self._limit)
             except BundleTooLargeError as exc:

@@ -1,11 +1,15 @@
 -- Deploy a stored bundle: the version's record, the function's state (serving it, its
 -- latest), announced on ``channel``. ``source``: 'folder' or 'push'. Returns 'deployed',
--- 'unchanged' (that version serves already) or 'no-bundle'.
+-- 'unchanged' (that version serves already) or 'no-bundle'. A folder version reported
+-- failed may deploy after all (a pipeline checked again once the functions it names came).
 -- KEYS: state versions version_record serving channel bundle stored_functions
 -- ARGV: name version now source source_dir manifest schemas size files files_bytes
 if redis.call('EXISTS', K.bundle) == 0 then return 'no-bundle' end
-local st = redis.call('HMGET', K.state, 'folder_version', 'serving', 'pinned', 'latest')
-if A.source == 'folder' and st[1] == A.version then return 'unchanged' end
+local st = redis.call('HMGET', K.state, 'folder_version', 'serving', 'pinned', 'latest',
+                      'error_version')
+if A.source == 'folder' and st[1] == A.version and st[5] ~= A.version then
+  return 'unchanged'
+end
 if A.source == 'push' and st[2] == A.version and st[4] == A.version and not st[3] then
   return 'unchanged'
 end
