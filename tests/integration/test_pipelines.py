@@ -4,12 +4,17 @@ last invocation, so nothing here polls for a step to start."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from litestar.testing import TestClient
+
+from conveyor.db import scripts
 
 from tests.support import Stack, cancel, invoke, result, wait_for, write_function
 
@@ -333,3 +338,54 @@ def test_a_pipeline_answers_like_any_function(api: TestClient) -> None:  # type:
     deleted = api.delete(f"/functions/chain/results/{done['id']}")
     assert deleted.status_code == 204
     assert api.get(f"/functions/chain/results/{done['id']}").status_code == 404
+
+
+JSON_PATH = """--! include pipelines/json
+local found, why = json_path(ARGV[1], cjson.decode(ARGV[2]))
+if not found then return {0, why} end
+return {1, found}
+"""
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.sampled_from('ab"\\/[]{},: \n\té€😀'), max_size=6),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(alphabet='ab"\\[]{}.é', max_size=3), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _select(value: Any, path: list[str | int]) -> tuple[bool, Any]:
+    for part in path:
+        if isinstance(part, int):
+            if not isinstance(value, list) or not -len(value) <= part < len(value):
+                return False, None
+        elif not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=json_values,
+    path=st.lists(st.integers(-3, 3) | st.text(alphabet='ab"\\[]{}.é', max_size=3), max_size=3),
+    indent=st.sampled_from([None, 1]),
+)
+def test_a_selection_keeps_the_text_it_selects(
+    stack: Stack, value: Any, path: list[str | int], indent: int | None
+) -> None:
+    """The scripts select from JSON text without decoding it (Redis' cjson would change
+    numbers and empty lists): what they select is what Python selects, to the digit."""
+    text = json.dumps(value, indent=indent, ensure_ascii=False)
+    source = scripts._resolve(JSON_PATH, set())
+    found, selected = stack.redis.eval(source, 0, text, json.dumps(path))
+    ok, expected = _select(value, path)
+    assert bool(found) == ok, (text, path, selected)
+    if ok:
+        assert json.loads(selected) == expected
+        if isinstance(expected, int | float) or expected == []:
+            assert selected.strip() == json.dumps(expected, indent=indent, ensure_ascii=False)
