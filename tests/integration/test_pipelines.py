@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from litestar.testing import TestClient
 
 from conveyor.db import scripts
-
 from tests.support import Stack, cancel, invoke, result, wait_for, write_function
 
 pytestmark = pytest.mark.integration
@@ -352,8 +351,10 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(alphabet=st.sampled_from('ab"\\/[]{},: \n\té€😀'), max_size=6),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(alphabet='ab"\\[]{}.é', max_size=3), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(alphabet='ab"\\[]{}.é', max_size=3), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 

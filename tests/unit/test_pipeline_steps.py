@@ -107,7 +107,8 @@ STEP = '\n[[steps]]\nname = "{name}"\nfunction = "{function}"\n'
             r"'a': \$.steps.nope.output: there is no step named 'nope'",
         ),
         (
-            STEP.format(name="a", function="inc") + 'input = "$.steps.b.output"\n'
+            STEP.format(name="a", function="inc")
+            + 'input = "$.steps.b.output"\n'
             + STEP.format(name="b", function="inc"),
             r"'a': \$.steps.b.output: a step can only use earlier steps, not a later step",
         ),
