@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 FN = '[function]\nhandler = "handler:run"\n'
 
 DOUBLE = "def run(x: int) -> int:\n    return 2 * x\n"
-INC = "def run(x: int) -> int:\n    return x + 1\n"
+INC = "def run(x: int) -> int:\n    print(f'adding one to {x}')\n    return x + 1\n"
 SPLIT = """
 from pydantic import BaseModel
 
@@ -331,9 +331,14 @@ def test_a_pipeline_answers_like_any_function(api: TestClient) -> None:  # type:
     described = api.get("/functions/fan").json()
     assert described["input_schema"]["type"] == "integer"
     assert described["output_schema"]["type"] == "object"
-    logs = api.get(f"/functions/chain/results/{first['id']}/logs")
-    assert logs.status_code == 200
     done = result(api, "chain", first["id"])
+    logs = api.get(f"/functions/chain/results/{first['id']}/logs").json()["logs"]
+    assert logs == f"--- second ({first['id']}.second)\nadding one to 2\n"
+    assert [s["for_each"] for s in described["steps"] if "for_each" in s] == [
+        "$.steps.split.output.items"
+    ]
+    metrics = api.get("/metrics").text
+    assert 'conveyor_invocations_total{function="chain",status="succeeded"}' in metrics
     deleted = api.delete(f"/functions/chain/results/{done['id']}")
     assert deleted.status_code == 204
     assert api.get(f"/functions/chain/results/{done['id']}").status_code == 404

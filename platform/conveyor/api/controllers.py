@@ -183,11 +183,12 @@ class FunctionsController(Controller):
         invocation_id: FromPath[str],
     ) -> dict[str, Any]:
         record = await readable(platform, caller, name, invocation_id)
+        logs = await platform.runs.logs(record.id) if record.pipeline else record.logs
         return {
             "id": record.id,
             "function": record.function,
             "status": record.status.value,
-            "logs": record.logs or "",
+            "logs": logs or "",
         }
 
     @post(RESULT + "/cancel", summary="Cancel an invocation", status_code=200)

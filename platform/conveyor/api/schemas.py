@@ -24,18 +24,47 @@ Absent = SkipJsonSchema[None]  # a field that is left out, never null
 # -- published shapes ----------------------------------------------------------------------
 
 
+INVOCATION_ID = "the invocation id: a UUID, or <run>.<step>[.<index>] for a pipeline's step"
+
+
 class ErrorInfo(BaseModel):
     """Why an invocation failed (or was cancelled)."""
 
     type: str = Field(description="ValueError, TimeLimitExceeded, ValidationError, Cancelled, …")
     message: str
     traceback: str | Absent = None
+    step: str | Absent = Field(None, description="a pipeline's run: the step that failed")
+    index: int | Absent = Field(None, description="... and its element, in a for_each step")
+    invocation: str | Absent = Field(None, description="... and the invocation that failed")
+
+
+class RunStep(BaseModel):
+    """One step of a pipeline's run."""
+
+    name: str
+    function: str
+    version: str = Field(description="the version the run uses, frozen when it was accepted")
+    status: Literal["pending", "running", "succeeded", "failed", "cancelled"]
+    for_each: bool
+    invocations: list[str] = Field(description="its invocations' ids, one per element")
+    attempts: int = Field(description="attempts started, over its invocations")
+    started_at: datetime | Absent = None
+    finished_at: datetime | Absent = None
+
+
+class PipelineStep(BaseModel):
+    """One of a pipeline's ``[[steps]]``."""
+
+    name: str
+    function: str
+    for_each: str | Absent = None
+    on_error: Literal["fail", "skip"]
 
 
 class Accepted(BaseModel):
     """An invocation stored in Redis and queued: it will run, or fail visibly."""
 
-    id: UUID = Field(description="the invocation id")
+    id: str = Field(description=INVOCATION_ID)
     function: str
     version: str = Field(description="the version the input was validated against")
     status: InvocationStatus
@@ -71,7 +100,7 @@ class FileInfo(BaseModel):
 class Result(BaseModel):
     """An invocation: its status, timings and, once finished, its output or error."""
 
-    id: UUID
+    id: str = Field(description=INVOCATION_ID)
     function: str
     version: str = Field(description="the version it runs: the one its input was validated against")
     status: InvocationStatus
@@ -93,6 +122,7 @@ class Result(BaseModel):
     files: list[FileInfo] | Absent = Field(
         None, description="the files the output holds (as their URLs, or ?files=data_uri)"
     )
+    steps: list[RunStep] | Absent = Field(None, description="a pipeline's run: its steps")
 
 
 class Batching(BaseModel):
@@ -124,6 +154,7 @@ class FunctionInfo(BaseModel):
     workers: int | Absent | None = Field(None, description="live workers; null if unknown")
     autoscaled: bool | Absent = None
     warning: str | Absent = None
+    steps: list[PipelineStep] | Absent = Field(None, description="a pipeline: its steps")
 
 
 class FunctionDetail(FunctionInfo):
@@ -166,9 +197,10 @@ class Problem(BaseModel):
 
 
 class InvocationLogs(BaseModel):
-    """What the invocation's last attempt printed or logged (first 64 KiB, cut marked)."""
+    """What the invocation's last attempt printed or logged (first 64 KiB, cut marked); a
+    pipeline's run: each of its steps' invocations', under the step's name."""
 
-    id: UUID
+    id: str = Field(description=INVOCATION_ID)
     function: str
     status: InvocationStatus
     logs: str
@@ -386,7 +418,18 @@ def function_body(entry: FunctionEntry, *, detail: bool, census: KnownCensus) ->
         body["error_version"] = entry.error_version
     if entry.pinned:
         body["pinned"] = True
-    if spec is not None:
+    if spec is not None and spec.manifest.steps is not None:
+        body.update(
+            description=spec.manifest.function.description,
+            invoke_url=f"/functions/{entry.name}/invoke",
+            schema_url=f"/functions/{entry.name}",
+            steps=[
+                {"name": s.name, "function": s.function, "on_error": s.on_error}
+                | ({"for_each": s.for_each} if s.for_each else {})
+                for s in spec.manifest.steps
+            ],
+        )
+    elif spec is not None:
         manifest = spec.manifest
         body.update(
             description=manifest.function.description,

@@ -64,7 +64,7 @@ def families(snap: Snapshot) -> list[Metric]:
     t = snap.totals
     invocations = CounterMetricFamily(
         "conveyor_invocations",
-        "Invocations that finished, by status",
+        "Invocations that finished, by status (a pipeline's runs under its name)",
         labels=["function", "status"],
     )
     for (function, status), n in sorted(t.invocations.items()):

@@ -54,6 +54,9 @@ def steps_view(run_id: str, raw: dict[str, str]) -> list[dict[str, Any]] | None:
     return shown
 
 
+MAX_LOGGED = 1000  # a run's logs read at most this many of its steps' invocations
+
+
 class Runs:
     """Reads runs' state (the API's side)."""
 
@@ -64,3 +67,20 @@ class Runs:
         with broker_errors():
             raw = await self.redis.hgetall(keyspace.run(run_id))
         return steps_view(run_id, cast(dict[str, str], raw))
+
+    async def logs(self, run_id: str) -> str:
+        """What a run's steps printed or logged, each invocation's under its step's name
+        (those that printed nothing left out; a pipeline step's own steps within)."""
+        steps = await self.steps(run_id) or []
+        named = [(s["name"], i) for s in steps for i in s["invocations"]][:MAX_LOGGED]
+        with broker_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for _, invocation in named:
+                    pipe.hmget(keyspace.record(invocation), "logs", "pipeline")
+                found = await pipe.execute()
+        parts = []
+        for (step, invocation), (printed, pipeline) in zip(named, found, strict=True):
+            text = await self.logs(invocation) if pipeline else printed
+            if text:
+                parts.append(f"--- {step} ({invocation})\n{text.rstrip()}\n")
+        return "".join(parts)
