@@ -48,6 +48,8 @@ def accepted_body(
         "result_url": result_url(record),
         **stream_url(record),
     }
+    if steps is not None:
+        body["steps"] = [_step_view(step) for step in steps]
     _warn(body, record.notice, *waits(census, record, steps))
     return body
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -219,7 +220,7 @@ def test_invoke_uploads_files_and_downloads_outputs(tmp_path: Path) -> None:
 
     server = RedisServer(tmp_path / "redis").start()
     functions = tmp_path / "functions"
-    copy_examples(functions, "shapes", "thumbnail")
+    copy_examples(functions, "shapes", "thumbnail", "tally", "census")
     config = write_settings(tmp_path / "deploy.toml", server.url, functions)
     api, base = start_api(config, tmp_path / "api.log", free_port())
     worker = start_worker(config, tmp_path / "worker.log", redis_client=server.client())
@@ -245,6 +246,19 @@ def test_invoke_uploads_files_and_downloads_outputs(tmp_path: Path) -> None:
         assert Image.open(thumb).size == (16, 16)
         wrong = run("invoke", "shapes", "--file", "image", *url, config=config)
         assert wrong.returncode == 2 and "FIELD=PATH" in wrong.stderr
+        # the census pipeline: shapes on each picture, then tally; each step shown
+        encoded = base64.b64encode((tmp_path / "triangle.png").read_bytes()).decode()
+        images = json.dumps({"images": ["data:image/png;base64," + encoded] * 3})
+        done = run("invoke", "census", "--input", images, *url, config=config)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "[step classify: running (3 invocations)]" in done.stderr
+        assert "[step classify: succeeded]" in done.stderr
+        assert done.stderr.index("[step classify: succeeded]") < done.stderr.index(
+            "[step count: succeeded]"
+        )
+        counted = json.loads(done.stdout)
+        assert counted["output"]["counts"] == {"triangle": 3}, counted
+        assert [step["status"] for step in counted["steps"]] == ["succeeded", "succeeded"]
     finally:
         worker.stop()
         api.stop()

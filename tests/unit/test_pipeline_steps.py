@@ -215,3 +215,16 @@ QUEUES = {"default": QueueSettings()}
 def test_manifest_errors_of_a_pipeline(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(ManifestError, match=expected):
         parse_manifest(write(tmp_path, text), QUEUES)
+
+
+def test_an_input_the_steps_select_from_is_typed_by_where_it_goes() -> None:
+    text = (
+        STEP.format(name="a", function="total")
+        + 'for_each = "$.input.boxes"\ninput = { w = "$.item", n = "$.input.n" }\n'
+        + STEP.format(name="b", function="inc")
+        + 'input = "$.input.count"\n'
+    )
+    schemas = check(text)
+    assert schemas.input["required"] == ["boxes", "count", "n"]
+    assert schemas.input["properties"]["count"] == {"type": "integer"}
+    assert schemas.input["properties"]["boxes"] == {"type": "array", "items": {}}

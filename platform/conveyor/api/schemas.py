@@ -73,6 +73,7 @@ class Accepted(BaseModel):
         None, description="a streaming function's events (text/event-stream), from now on"
     )
     warning: str | Absent = Field(None, description="why it may wait (no live worker)")
+    steps: list[RunStep] | Absent = Field(None, description="a pipeline's run: its steps")
 
 
 class WebhookState(BaseModel):

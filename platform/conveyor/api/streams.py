@@ -20,7 +20,7 @@ from litestar.exceptions import ClientException
 from litestar.params import FromPath
 from litestar.response import Stream
 
-from conveyor.api.controllers import RESULT, readable
+from conveyor.api.controllers import RESULT, readable, run_steps
 from conveyor.api.files import base_url
 from conveyor.api.params import takes
 from conveyor.api.services import Platform
@@ -88,7 +88,11 @@ async def _events(
             elif event.kind == EventKind.DONE:
                 record = await _record(platform, invocation_id, name)
                 # the result as the result endpoint answers it; deleted meanwhile: its status
-                done = event.data if record is None else json.dumps(result_body(record, base=base))
+                if record is None:
+                    done = event.data
+                else:
+                    steps = await run_steps(platform, record)
+                    done = json.dumps(result_body(record, base=base, steps=steps))
                 yield sse(event, done)
             elif event.kind == EventKind.OUTPUT and refs.REF in event.data:
                 yield sse(event, json.dumps(with_urls(event.value(), None, base)))

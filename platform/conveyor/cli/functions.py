@@ -138,7 +138,9 @@ def _invoke(settings: Settings, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"input": value}
     if args.priority is not None:
         body["priority"] = args.priority
-    params = {"wait": args.wait} if args.wait and not args.stream else {}
+    # a pipeline's run is followed on its stream: each step shown as it starts and ends
+    pipeline = "steps" in ok(request("GET", f"{base_url(settings, args)}/functions/{args.name}"))
+    params = {"wait": args.wait} if args.wait and not args.stream and not pipeline else {}
     response = request(
         "POST",
         f"{base_url(settings, args)}/functions/{args.name}/invoke",
@@ -149,6 +151,9 @@ def _invoke(settings: Settings, args: argparse.Namespace) -> int:
     result = response.json()
     if args.stream and "stream_url" in result:
         result = follow(f"{base_url(settings, args)}{result['stream_url']}")
+    elif pipeline and response.status_code == 202:
+        result = follow(f"{base_url(settings, args)}{result['stream_url']}", quiet=True)
+        print(json.dumps(result, indent=2))
     else:
         if args.stream and response.status_code == 202:
             print(f"conveyor: {args.name} does not stream; its result:", file=sys.stderr)

@@ -24,8 +24,9 @@ class Event:
     data: str = ""
 
 
-def follow(url: str) -> dict[str, Any]:
-    """Print the stream at ``url`` until its 'done' event: the result it carries."""
+def follow(url: str, quiet: bool = False) -> dict[str, Any]:
+    """Print the stream at ``url`` until its 'done' event: the result it carries (printed
+    too, unless ``quiet``)."""
     import httpx  # only the client commands need it
 
     last = ""
@@ -39,7 +40,7 @@ def follow(url: str) -> dict[str, Any]:
                 for event in parse(r.iter_lines()):
                     last = event.id or last
                     if event.kind == "done":
-                        return show_done(event)
+                        return json.loads(event.data) if quiet else show_done(event)
                     show(event)
         except httpx.HTTPError as exc:
             if attempt == RECONNECTS:
@@ -85,6 +86,10 @@ def show(event: Event) -> None:
     elif event.kind == "status":
         more = {k: v for k, v in value.items() if k != "status"}
         print(f"[{value['status']}{' ' + json.dumps(more) if more else ''}]", file=sys.stderr)
+    elif event.kind == "step":
+        more = f" ({value['invocations']} invocations)" if "invocations" in value else ""
+        where = f" [{value['index']}]" if value.get("index") is not None else ""
+        print(f"[step {value['step']}{where}: {value['status']}{more}]", file=sys.stderr)
     elif event.kind == "error":
         error = value["error"]
         print(

@@ -227,19 +227,32 @@ class _Checker:
         return {"type": "array", "items": single} if step.for_each is not None else single
 
     def pipeline_input(self) -> dict[str, Any]:
+        """``[pipeline] input_schema``; else the first step's input when it takes the
+        run's input whole; else an object with the keys its steps select from ``$.input``,
+        each as the function it goes to takes it ({} where that is not known)."""
         if self.input_schema is not None:
             return self.input_schema
         first = self.steps[0]
-        if first.input.kind == "sel" and first.input.selector is not None:
-            sel = first.input.selector
-            if first.for_each is None and sel.source == "input" and not sel.path:
-                return self.localise(first.function, self.schemas_of(first).input)
-            each = first.for_each
-            whole_item = sel.source == "item" and not sel.path
-            if each is not None and each.source == "input" and not each.path and whole_item:
-                items = self.localise(first.function, self.schemas_of(first).input)
-                return {"type": "array", "items": items}
-        return {}
+        sel = first.input.selector
+        if first.for_each is None and sel is not None and sel.source == "input" and not sel.path:
+            return self.localise(first.function, self.schemas_of(first).input)
+        keys: dict[str, dict[str, Any]] = {}
+        for step in self.steps:
+            target = self.localise(step.function, self.schemas_of(step).input)
+            for placed, at in _placed(step.input, target, self.defs):
+                used, schema = placed, at
+                if placed.source == "item" and step.for_each is not None:
+                    used, schema = step.for_each, _list_of(at, placed)
+                if used.source != "input":
+                    continue
+                if not used.path or not isinstance(used.path[0], str):
+                    return {}  # the whole input, or an index of it: nothing to say
+                key = used.path[0]
+                known = schema if len(used.path) == 1 else {}
+                keys[key] = known if keys.get(key, {}) == {} else keys[key]
+        if not keys:
+            return {}
+        return {"type": "object", "properties": keys, "required": sorted(keys)}
 
     def schemas_of(self, step: Step) -> FunctionSchemas:
         return self.known[step.function].schemas
@@ -334,6 +347,28 @@ def check_pipeline(
             raise FunctionLoadError(f"{where}: [pipeline] output: {exc}") from None
     checker = _Checker(name, where, steps, {}, input_schema, selected)
     return checker.check(lookup)
+
+
+def _placed(
+    built: Template, target: dict[str, Any], defs: Mapping[str, Any]
+) -> list[tuple[Selector, dict[str, Any]]]:
+    """Each selector of a template, with the schema of the place it fills in ``target``."""
+    if built.selector is not None:
+        return [(built.selector, target)]
+    found = []
+    for i, item in enumerate(built.items):
+        part: PathPart = built.keys[i] if built.kind == "obj" else i
+        try:
+            inner = _child(target, part, defs)
+        except SelectorError:
+            inner = {}
+        found += _placed(item, inner, defs)
+    return found
+
+
+def _list_of(schema: dict[str, Any], item: Selector) -> dict[str, Any]:
+    """A list whose elements' ``item`` path is ``schema`` (only the whole is known)."""
+    return {"type": "array", "items": schema} if not item.path else {"type": "array"}
 
 
 def _show(part: PathPart) -> str:

@@ -15,6 +15,7 @@ class EventKind(StrEnum):
     PROGRESS = "progress"  # what context.current().progress(...) said
     ERROR = "error"  # an attempt failed
     DONE = "done"  # the last: the final result
+    STEP = "step"  # a pipeline's run: one of its steps started, succeeded or failed
 
 
 @dataclass(frozen=True)
