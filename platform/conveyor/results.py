@@ -40,7 +40,7 @@ def stream_url(record: InvocationRecord) -> dict[str, str]:
 def accepted_body(
     record: InvocationRecord, census: KnownCensus, steps: Steps = None
 ) -> dict[str, Any]:
-    body = {
+    body: dict[str, Any] = {
         "id": record.id,
         "function": record.function,
         "version": record.version,

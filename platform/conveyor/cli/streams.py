@@ -87,9 +87,9 @@ def show(event: Event) -> None:
         more = {k: v for k, v in value.items() if k != "status"}
         print(f"[{value['status']}{' ' + json.dumps(more) if more else ''}]", file=sys.stderr)
     elif event.kind == "step":
-        more = f" ({value['invocations']} invocations)" if "invocations" in value else ""
+        count = f" ({value['invocations']} invocations)" if "invocations" in value else ""
         where = f" [{value['index']}]" if value.get("index") is not None else ""
-        print(f"[step {value['step']}{where}: {value['status']}{more}]", file=sys.stderr)
+        print(f"[step {value['step']}{where}: {value['status']}{count}]", file=sys.stderr)
     elif event.kind == "error":
         error = value["error"]
         print(
