@@ -30,6 +30,23 @@ def run(n: int) -> TextStream:
 """
 
 
+PAUSE = """
+import time
+def run(x: int) -> int:
+    time.sleep(1.5)
+    return x
+"""
+TWOSTEP = """
+[[steps]]
+name = "wait"
+function = "pause"
+
+[[steps]]
+name = "echo"
+function = "echo"
+"""
+
+
 @pytest.fixture(scope="module")
 def base(make_stack) -> Iterator[str]:  # type: ignore[no-untyped-def]
     stack: Stack = make_stack()
@@ -41,6 +58,9 @@ def base(make_stack) -> Iterator[str]:  # type: ignore[no-untyped-def]
         '[function]\nhandler = "handler:run"\n[queue]\nname = "realtime"\n',
     )
     write_function(stack.functions, "slowtext", SLOWTEXT, '[function]\nhandler = "handler:run"\n')
+    write_function(stack.functions, "pause", PAUSE, '[function]\nhandler = "handler:run"\n')
+    (stack.functions / "twostep").mkdir()
+    (stack.functions / "twostep" / "function.toml").write_text(TWOSTEP)
     stack.worker("--queues", "realtime,default")
     api, url = start_api(stack.config, stack.root / "api.log", free_port())
     yield url
@@ -89,28 +109,9 @@ def test_the_dashboard_lists_invokes_and_shows_failures(
         answer = page.inner_text(f"{card} pre")
         assert '"species": "virginica"' in answer, answer
 
-        # A file field is a file picker; an image output is shown as an image.
-        picture = tmp_path / "square.png"
-        square = Image.new("RGB", (64, 64), (240, 240, 240))
-        ImageDraw.Draw(square).rectangle((14, 14, 50, 50), fill=(30, 30, 160))
-        square.save(picture)
-        for name in ("shapes", "thumbnail"):
-            card = f"article[data-function={name}]"
-            page.wait_for_selector(f"{card} .badge.ready", timeout=15_000)
-            page.click(f"{card} summary")
-            picker = f"{card} input[type=file][name=image]"
-            assert page.get_attribute(picker, "accept") == "image/*"
-            page.set_input_files(picker, str(picture))
-            if name == "thumbnail":
-                page.fill(f"{card} input[name=size]", "32")
-            page.click(f"{card} form button")
-            page.wait_for_selector(f"{card} pre[data-status=succeeded]", timeout=30_000)
-        assert '"label": "square"' in page.inner_text("article[data-function=shapes] pre")
-        shown = "article[data-function=thumbnail] .files img"
-        page.wait_for_selector(shown, timeout=15_000)
-        page.wait_for_function(f"document.querySelector('{shown}').naturalWidth === 32")
-
+        sends_pictures(page, tmp_path)
         shows_a_stream_as_it_comes(page)
+        shows_a_run_step_by_step(page)
 
         failed = httpx.post(f"{base}/functions/boom/invoke?wait=10", json={"input": 3}).json()
         row = f"#recent tr[data-id='{failed['id']}']"
@@ -123,7 +124,8 @@ def test_the_dashboard_lists_invokes_and_shows_failures(
     report(
         "/dashboard: 6 functions listed, iris invoked from its form (virginica), a picture"
         " sent from a file picker (shapes: square) and a thumbnail shown as an image, a"
-        " stream's words shown as they came, a failure in the recent list, no console errors"
+        " stream's words shown as they came, a pipeline's run drawn step by step, a failure"
+        " in the recent list, no console errors"
     )
 
 
@@ -145,3 +147,42 @@ def shows_a_stream_as_it_comes(page: Page) -> None:
     assert early[0] == "running" and early[1].startswith("word0 word1"), early
     page.wait_for_selector(f"{card} pre[data-status=succeeded]", timeout=30_000)
     assert page.inner_text(f"{card} pre") == '"' + "".join(f"word{i} " for i in range(8)) + '"'
+
+
+def shows_a_run_step_by_step(page: Page) -> None:
+    """A pipeline's card lists its steps; a run is drawn as its steps, each badge following
+    its step's status as it changes."""
+    card = "article[data-function=twostep]"
+    page.wait_for_selector(f"{card} .badge.ready", timeout=15_000)
+    assert page.inner_text(f"{card} ol.pipeline") == "wait: pause\necho: echo"
+    page.click(f"{card} summary")
+    page.fill(f"{card} textarea[name=json]", "7")
+    page.click(f"{card} form button")
+    page.wait_for_selector(f"{card} ol.run li[data-step=wait] .badge.running", timeout=30_000)
+    assert page.inner_text(f"{card} ol.run li[data-step=echo] .badge") == "pending"
+    page.wait_for_selector(f"{card} pre[data-status=succeeded]", timeout=30_000)
+    badges = page.locator(f"{card} ol.run .badge").all_inner_texts()
+    assert badges == ["succeeded", "succeeded"] and page.inner_text(f"{card} pre") == "7"
+
+
+def sends_pictures(page: Page, tmp_path: Path) -> None:
+    """A file field is a file picker; an image output is shown as an image."""
+    picture = tmp_path / "square.png"
+    square = Image.new("RGB", (64, 64), (240, 240, 240))
+    ImageDraw.Draw(square).rectangle((14, 14, 50, 50), fill=(30, 30, 160))
+    square.save(picture)
+    for name in ("shapes", "thumbnail"):
+        card = f"article[data-function={name}]"
+        page.wait_for_selector(f"{card} .badge.ready", timeout=15_000)
+        page.click(f"{card} summary")
+        picker = f"{card} input[type=file][name=image]"
+        assert page.get_attribute(picker, "accept") == "image/*"
+        page.set_input_files(picker, str(picture))
+        if name == "thumbnail":
+            page.fill(f"{card} input[name=size]", "32")
+        page.click(f"{card} form button")
+        page.wait_for_selector(f"{card} pre[data-status=succeeded]", timeout=30_000)
+    assert '"label": "square"' in page.inner_text("article[data-function=shapes] pre")
+    shown = "article[data-function=thumbnail] .files img"
+    page.wait_for_selector(shown, timeout=15_000)
+    page.wait_for_function(f"document.querySelector('{shown}').naturalWidth === 32")

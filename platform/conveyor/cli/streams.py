@@ -87,7 +87,8 @@ def show(event: Event) -> None:
         more = {k: v for k, v in value.items() if k != "status"}
         print(f"[{value['status']}{' ' + json.dumps(more) if more else ''}]", file=sys.stderr)
     elif event.kind == "step":
-        count = f" ({value['invocations']} invocations)" if "invocations" in value else ""
+        n = value.get("invocations")
+        count = "" if n is None else f" ({n} invocation{'' if n == 1 else 's'})"
         where = f" [{value['index']}]" if value.get("index") is not None else ""
         print(f"[step {value['step']}{where}: {value['status']}{count}]", file=sys.stderr)
     elif event.kind == "error":

@@ -176,11 +176,25 @@ async function follow(url, onEvent) {
   }
 }
 
-// Chunks as they come: text inline, anything else a JSON line.
-function streamed(output, bar) {
+// A pipeline's run: one item per step, its status as a badge (kept as it changes).
+function drawRun(run, steps) {
+  run.hidden = false;
+  run.replaceChildren(...steps.map((step) => el("li", { "data-step": step.name },
+    `${step.name} `, el("span", { class: `badge ${step.status}`, text: step.status }),
+    el("span", { class: "muted", text: ` ${step.function}${step.for_each ? ` × ${step.invocations.length}` : ""}` }))));
+}
+
+function stepChanged(run, data) {
+  const badge = run.querySelector(`li[data-step="${CSS.escape(data.step)}"] .badge`);
+  if (badge) { badge.className = `badge ${data.status}`; badge.textContent = data.status; }
+}
+
+// Chunks as they come: text inline, anything else a JSON line; a run's steps as they change.
+function streamed(output, bar, run) {
   output.textContent = "";
   return (kind, data) => {
-    if (kind === "output") {
+    if (kind === "step") stepChanged(run, data);
+    else if (kind === "output") {
       output.textContent += typeof data.output === "string" ? data.output : `${JSON.stringify(data.output)}\n`;
       output.dataset.chunks = String(Number(output.dataset.chunks || 0) + 1);
     } else if (kind === "progress") { bar.hidden = false; bar.value = data.fraction; }
@@ -193,8 +207,9 @@ function invokeForm(fn) {
   const output = el("pre", { class: "output", "aria-label": "result" });
   const shown = el("div", { class: "files", "aria-label": "output files" });
   const bar = el("progress", { max: "1", value: "0", hidden: "" });
+  const run = el("ol", { class: "run", "aria-label": "steps", hidden: "" });
   const form = el("form", { class: "invoke", "data-function": fn.name }, ...fields,
-    el("button", { type: "submit", text: `Invoke ${fn.name}` }), bar, output, shown);
+    el("button", { type: "submit", text: `Invoke ${fn.name}` }), bar, run, output, shown);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     output.textContent = "…";
@@ -206,13 +221,15 @@ function invokeForm(fn) {
     let result = sent.body;
     delete output.dataset.status;
     delete output.dataset.chunks;
-    if (result.stream_url) result = (await follow(result.stream_url, streamed(output, bar))) || result;
+    if (result.steps) drawRun(run, result.steps);
+    if (result.stream_url) result = (await follow(result.stream_url, streamed(output, bar, run))) || result;
     while (!["succeeded", "failed", "cancelled"].includes(result.status)) {
       if (result.progress) { bar.hidden = false; bar.value = result.progress.fraction; }
       output.textContent = `${result.status}${result.progress ? `: ${result.progress.message}` : ""}`;
       result = (await api(`${result.result_url || `/functions/${fn.name}/results/${result.id}`}?wait=1`)).body;
     }
     bar.hidden = true;
+    if (result.steps) drawRun(run, result.steps);
     output.textContent = JSON.stringify(result.status === "succeeded" ? result.output : result.error, null, 2);
     output.dataset.status = result.status;
     if (result.status === "succeeded") await showFiles(result, shown);
@@ -241,6 +258,8 @@ function card(fn) {
     el("div", { class: "charts" },
       chart("invocations/s, errors/s", [w.rate, w.errors], ["#3158c9", "#c0392b"], "/s"),
       chart("run time p50, p95", [w.p50.map(ms), w.p95.map(ms)], ["#1f8a4c", "#b7791f"], " ms")),
+    fn.steps ? el("ol", { class: "pipeline", "aria-label": "pipeline steps" }, ...fn.steps.map((step) =>
+      el("li", { text: `${step.name}: ${step.function}${step.for_each ? ` for each of ${step.for_each}` : ""}` }))) : null,
     fn.error ? el("div", { class: "error-text", text: fn.error }) : null,
     fn.warning ? el("div", { class: "muted", text: fn.warning }) : null,
     fn.status !== "error" || fn.version ? invokeForm(fn) : null);
