@@ -143,6 +143,17 @@ function = "fan"
 for_each = "$.input.sizes"
 """
 
+LOOSE = """
+[[steps]]
+name = "same"
+function = "same"
+
+[[steps]]
+name = "each"
+function = "inc"
+for_each = "$.steps.same.output"
+"""
+
 BATCH_FAN = """
 [[steps]]
 name = "each"
@@ -171,6 +182,8 @@ def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     write_pipeline(stack.functions, "frozen", FROZEN)
     write_pipeline(stack.functions, "nested", NESTED)
     write_pipeline(stack.functions, "batchfan", BATCH_FAN)
+    write_function(stack.functions, "same", "def run(x):\n    return x\n", FN)
+    write_pipeline(stack.functions, "loose", LOOSE)
     stack.worker("--queues", "default", "--concurrency", "4")
     return stack
 
@@ -272,13 +285,14 @@ def test_on_error_skip_gives_null_and_the_run_goes_on(api: TestClient, tmp_path:
     assert done["output"] == [0, None, 2]
 
 
-def test_a_step_that_selects_no_list_fails_the_run_saying_why(
-    api: TestClient, tmp_path: Path
-) -> None:  # type: ignore[type-arg]
-    done = run(api, "slowfan", {"items": 7, "dir": str(tmp_path), "fail": -1, "sleep": 0})
+def test_a_step_that_selects_no_list_fails_the_run_saying_why(api: TestClient) -> None:  # type: ignore[type-arg]
+    done = run(api, "loose", 7)
     assert done["status"] == "failed"
-    assert done["error"]["type"] == "ForEachError"
-    assert "$.input.items is a number, not a list" in done["error"]["message"]
+    assert done["error"]["type"] == "ForEachError" and done["error"]["step"] == "each"
+    assert "$.steps.same.output is a number, not a list" in done["error"]["message"]
+    assert run(api, "loose", [1, 2])["output"] == [2, 3]
+    typed = api.post("/functions/slowfan/invoke", json={"input": {"items": 7}})
+    assert typed.status_code == 422 and "input.items" in typed.text  # typed by its steps
 
 
 def test_cancel_reaches_every_running_step(api: TestClient, tmp_path: Path) -> None:  # type: ignore[type-arg]
@@ -395,3 +409,44 @@ def test_a_selection_keeps_the_text_it_selects(
         assert json.loads(selected) == expected
         if isinstance(expected, int | float) or expected == []:
             assert selected.strip() == json.dumps(expected, indent=indent, ensure_ascii=False)
+
+
+def test_a_map_job_over_a_pipeline_runs_each_item(api: TestClient) -> None:  # type: ignore[type-arg]
+    inputs: list[Any] = [*range(300), "bad"]
+    answer = api.post("/functions/chain/map", json={"inputs": inputs})
+    assert answer.status_code == 202, answer.text
+    job = answer.json()
+    wait_for(
+        lambda: (
+            api.get(job["status_url"], params={"wait": 5}).json()["status"] == "succeeded"
+            or api.get(job["status_url"]).json()["status"] == "failed"
+        ),
+        60,
+        "the job to finish",
+    )
+    status = api.get(job["status_url"]).json()
+    counts = status["counts"]
+    assert (counts["succeeded"], counts["failed"], status["total"]) == (300, 1, 301), status
+    lines = [json.loads(line) for line in api.get(job["results_url"]).text.splitlines()]
+    assert [line["index"] for line in lines] == list(range(301))
+    assert [line["output"] for line in lines[:300]] == [4 * x + 2 for x in range(300)]
+    assert lines[300]["status"] == "failed" and "item 300" in lines[300]["error"]["message"]
+    run = result(api, "chain", f"{job['id']}.7")
+    assert run["output"] == 30 and [s["status"] for s in run["steps"]] == ["succeeded"] * 3
+
+
+def test_cancelling_a_map_job_over_a_pipeline_cancels_its_runs(
+    api: TestClient,  # type: ignore[type-arg]
+    tmp_path: Path,
+) -> None:
+    item = {"items": [0], "dir": str(tmp_path), "sleep": 30, "fail": -1}
+    answer = api.post("/functions/slowfan/map", json={"inputs": [item, item]})
+    assert answer.status_code == 202, answer.text
+    job = answer.json()
+    wait_for(lambda: len(list(tmp_path.glob("start-*"))) >= 1, 30, "a run under way")
+    cancelled = api.post(f"/functions/slowfan/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    wait_for(lambda: api.get(job["status_url"]).json()["finished_at"] is not None, 30, "job ended")
+    status = api.get(job["status_url"]).json()
+    assert status["status"] == "cancelled" and status["counts"]["cancelled"] == 2, status
+    assert result(api, "slowfan", f"{job['id']}.0")["status"] == "cancelled"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -24,11 +25,18 @@ from conveyor.auth.keys import Action
 from conveyor.broker.app import kill
 from conveyor.db import keyspace
 from conveyor.db.subscription import long_poll
-from conveyor.errors import FileInputError, InputTooLargeError, ValidationError
+from conveyor.errors import (
+    FileInputError,
+    InputTooLargeError,
+    InvocationFinishedError,
+    InvocationNotFoundError,
+    ValidationError,
+)
 from conveyor.files.db import hold
 from conveyor.files.refs import REF
 from conveyor.functions.registry import FunctionEntry
 from conveyor.maps import db as maps
+from conveyor.pipelines.plan import encoded
 from conveyor.results import map_job_body, with_urls
 
 BLOCK = 1000  # items stored per Redis round trip while uploading; results read per round trip
@@ -96,7 +104,7 @@ def _fields(entry: FunctionEntry, priority: int | None, owner: str | None) -> di
         "created_at": repr(time.time()),
         "chunks": "0",
         "outstanding": "0",
-        "kind": "map",
+        "kind": "pipeline" if manifest.is_pipeline else "map",
     }
     if owner is not None:
         fields["owner"] = owner
@@ -143,6 +151,21 @@ class JobsController(Controller):
         except BaseException:
             await platform.maps.discard(job_id)
             raise
+        idempotency = keyspace.map_idempotency(name, caller.owner or "", key) if key else ""
+        if entry.spec.manifest.is_pipeline:  # each item a run, its steps frozen for all
+            plan = platform.planner.plan(entry.spec, int(fields["priority"]))
+            first = await store.start_runs(
+                job_id,
+                fields,
+                total=total,
+                plan=encoded(plan),
+                idempotency=idempotency,
+                digest=body.digest.hexdigest()[:32],
+                pending_ttl=platform.settings.results.pending_ttl,
+                metrics=platform.settings.metrics.enabled,
+            )
+            answer = map_job_body(await store.get(first, name))
+            return Response(answer, status_code=202, headers={"Location": answer["status_url"]})
         census = await platform.invocations.census()
         workers = census.count(fields["queue"]) if census is not None else 0
         settings = platform.settings.map
@@ -154,7 +177,7 @@ class JobsController(Controller):
             chunks=chunks,
             target=settings.chunk_seconds,
             most=settings.max_chunk,
-            idempotency=keyspace.map_idempotency(name, caller.owner or "", key) if key else "",
+            idempotency=idempotency,
             digest=body.digest.hexdigest()[:32],
             pending_ttl=platform.settings.results.pending_ttl,
         )
@@ -330,7 +353,10 @@ class JobsController(Controller):
         job = await platform.maps.get(job_id, name)
         _check(caller, job, Action.INVOKE)
         if await platform.maps.cancel(job_id):
-            await _stop_running(platform, job_id)
+            if job.kind == "pipeline":
+                await _cancel_runs(platform, job_id)
+            else:
+                await _stop_running(platform, job_id)
         return map_job_body(await platform.maps.get(job_id, name))
 
 
@@ -348,6 +374,13 @@ async def _stop_running(platform: Platform, job_id: str) -> None:
     deadline = time.monotonic() + CANCEL_LIMIT
     while await platform.maps.running(job_id) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+
+
+async def _cancel_runs(platform: Platform, job_id: str) -> None:
+    """A job over a pipeline: each run under way is cancelled (its steps with it)."""
+    for run_id in await platform.maps.running(job_id):
+        with contextlib.suppress(InvocationFinishedError, InvocationNotFoundError):
+            await platform.invocations.cancel(run_id)
 
 
 def _check(caller: Caller, job: maps.MapJob, action: Action) -> None:

@@ -41,7 +41,7 @@ from conveyor.errors import (
     InvocationNotFoundError,
     VersionNotFoundError,
 )
-from conveyor.invocations.records import webhook_view
+from conveyor.invocations.records import counted_keys, webhook_view
 
 STAGING_TTL = 3600  # seconds an upload that never finished lingers
 RECENT_JOBS = 100
@@ -52,6 +52,8 @@ BEGIN = script("maps", "begin")
 SETTLE = script("maps", "settle")
 FEED = script("maps", "feed")
 CANCEL = script("maps", "cancel")
+START_RUNS = script("maps", "start_runs")
+RUNS_WINDOW = 256  # a map job over a pipeline: runs under way at once
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class MapJob:
     finished_at: float | None
     owner: str | None
     webhook: dict[str, Any] | None
+    kind: str = "map"  # "pipeline": each item a run of a pipeline
 
     @property
     def done(self) -> int:
@@ -101,6 +104,7 @@ class MapJob:
             finished_at=number("finished_at"),
             owner=raw.get("owner"),
             webhook=webhook_view(raw),
+            kind=raw.get("kind", "map"),
         )
 
 
@@ -287,6 +291,57 @@ class MapStore:
                 recent_jobs=RECENT_JOBS,
                 feeds=feeds,
             )
+        return await self._started(job_id, fields, outcome, detail, digest)
+
+    async def start_runs(
+        self,
+        job_id: str,
+        fields: dict[str, str],
+        *,
+        total: int,
+        plan: str,
+        idempotency: str,
+        digest: str,
+        pending_ttl: int,
+        metrics: bool,
+    ) -> str:
+        """Make a job over a pipeline run: its first items start as runs (see
+        ``maps/lua/runs.lua``); the id of the job that runs, as :meth:`finish_upload`."""
+        counted = counted_keys(metrics)
+        with broker_errors():
+            await self.redis.hset(keyspace.map_job(job_id), "total", total)
+            outcome, detail = await self.scripts.call(
+                START_RUNS,
+                **_job_keys(job_id),
+                active=keyspace.map_active(job_id),
+                jobs=keyspace.map_jobs(fields["function"]),
+                idempotency=idempotency,
+                events=keyspace.MAP_EVENTS_CHANNEL,
+                delivery=(
+                    keyspace.webhook_delivery(job_id, "completed") if fields.get("webhook") else ""
+                ),
+                due=keyspace.WEBHOOKS_DUE,
+                wake=keyspace.WEBHOOKS_WAKE,
+                version_record=keyspace.function_version(fields["function"], fields["version"]),
+                in_use=keyspace.VERSIONS_IN_USE,
+                sent=keyspace.SENT,
+                sent_messages=keyspace.SENT_MESSAGES,
+                **{k if k != "retries" else "retries_count": v for k, v in counted.items()},
+                stream_events=keyspace.STREAM_EVENTS_CHANNEL,
+                id=job_id,
+                now=repr(time.time()),
+                pending_ttl=pending_ttl,
+                digest=digest,
+                recent_jobs=RECENT_JOBS,
+                plan=plan,
+                window=RUNS_WINDOW,
+            )
+        return await self._started(job_id, fields, outcome, detail, digest)
+
+    async def _started(
+        self, job_id: str, fields: dict[str, str], outcome: int, detail: Any, digest: str
+    ) -> str:
+        """The id of the job that runs, from a starting script's answer; or why none."""
         if outcome == 2:
             first, _, first_digest = str(detail).partition(" ")
             await self.redis.delete(*_job_keys(job_id).values())

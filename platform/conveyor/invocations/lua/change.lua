@@ -59,7 +59,7 @@ local function change(ctx, keys, id, allowed, to, ttl, final, fields)
       count_finished(id, record, ctx.invocations, ctx.failures, ctx.durations, ctx.bucket,
                      ctx.recent)
     end
-    if record.run or record.pipeline then
+    if record.run or record.pipeline or record.map_job then
       record.output = output
       pipeline.ended(ctx, id, record, to)
     end
@@ -67,3 +67,4 @@ local function change(ctx, keys, id, allowed, to, ttl, final, fields)
   return {1, status}
 end
 --! include pipelines/advance
+--! include maps/runs

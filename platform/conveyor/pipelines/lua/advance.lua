@@ -283,6 +283,7 @@ end
 pipeline.ended = function(ctx, id, record, to)
   if record.pipeline then run_ended(ctx, id, record, to) end
   if record.run then step_ended(ctx, id, record, to) end
+  if record.map_job then pipeline.mapped(ctx, id, record, to) end
 end
 
 -- An attempt of a step's invocation started: counted, and its run (and the runs above
