@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from bench import images, streams
+from bench import images, pipelines, streams
 from bench.access import Receiver, keyed_config, make_key, webhook_load
 from bench.apicost import (
     BASELINE_REF,
@@ -398,6 +398,7 @@ def main() -> int:
 
             rows += request_path_rows(env, root)
             rows += map_rows(env, tp["rate"])
+            rows += pipeline_rows(env)
             rows += access_rows(env, root)
             rows.append(metrics_row(env, root))
 
@@ -452,6 +453,8 @@ def only_rows(env: Platform, root: Path, worker: Process) -> list[Row] | None:
     if only == "streams":
         env.stop(worker)
         return stream_rows(env)
+    if only == "pipelines":
+        return pipeline_rows(env)
     alone = {"embed": embed_rows, "coldstart": coldstart_rows}.get(only)
     if alone is None:
         return None
@@ -814,6 +817,35 @@ def map_rows(env: Platform, single_rate: float) -> list[Row]:
         Row("map", "100k echo items/s", rate, single_rate, "/s", "≥ 5×", rate >= 5 * single_rate),
         Row("map", "single p50 during job", during["p50"], during["idle_p50"], "ms"),
         Row("map", "single p99 during job", during["p99"], during["idle_p99"], "ms"),
+    ]
+
+
+def pipeline_rows(env: Platform) -> list[Row]:
+    """A 3-step chain of echo against three sequential invocations over HTTP; a
+    10,000-element fan-out and fan-in over echo against a map job of echo over the same
+    items (bench/pipelines.py); the one worker process of the main scenarios."""
+    pipelines.chain(env.base, 20)  # warm
+    pipelines.sequential(env.base, 20)
+    chained = median_of(RUNS, lambda: pipelines.chain(env.base))
+    apart = median_of(RUNS, lambda: pipelines.sequential(env.base))
+    items = pipelines.FAN_ITEMS
+    body = b"".join(ndjson_lines(items, lambda i: {"i": i, "text": f"row {i}"}))
+    fanned = median_of(RUNS, lambda: pipelines.fan(env.base))["rate"]
+    mapped = median_of(RUNS, lambda: job_rate(env.base, "echo", body, items))["rate"]
+    forget_jobs(env.redis.url)
+    ok = chained["p50"] <= apart["p50"]
+    return [
+        Row("pipelines", "3-step chain p50", chained["p50"], apart["p50"], "ms", "≤ 1.0×", ok),
+        Row("pipelines", "3-step chain p99", chained["p99"], apart["p99"], "ms"),
+        Row(
+            "pipelines",
+            "10k fan-out + fan-in /s",
+            fanned,
+            mapped,
+            "/s",
+            "≥ 0.9×",
+            fanned >= 0.9 * mapped,
+        ),
     ]
 
 

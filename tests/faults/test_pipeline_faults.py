@@ -107,7 +107,10 @@ def check_once(
     report: Callable[[str], None], name: str, stack: Stack, done: dict[str, Any], runs: Path
 ) -> None:
     """The run succeeded, every step's invocation ran, and one that ran twice was an
-    attempt redelivered after its worker died."""
+    attempt redelivered after its worker died: a step's invocation counts its attempts; a
+    for_each element runs in a chunk of the step's map job, and only the chunks a dead
+    worker held (or whose outcome Redis lost as it went down) run again: at most two pool
+    processes' chunks, each about [map] chunk_seconds (0.05 s) of items."""
     assert done["status"] == "succeeded", done
     assert done["output"] == {"v": 2, "sleep": done["output"]["sleep"]}
     ids = [i for step in done["steps"] for i in step["invocations"]]
@@ -115,7 +118,9 @@ def check_once(
     assert set(counts) == set(ids), set(ids) ^ set(counts)
     twice = [i for i in ids if counts[i] > 1]
     client = stack.redis
-    for invocation in twice:
+    chunked = [i for i in twice if not client.exists(f"conveyor:job:{i}")]
+    assert len(chunked) <= 2 * 8, chunked
+    for invocation in set(twice) - set(chunked):
         assert int(client.hget(f"conveyor:job:{invocation}", "attempts") or 0) >= 2, invocation
     fan = done["steps"][1]
     assert fan["status"] == "succeeded" and len(fan["invocations"]) == len(ids) - 2

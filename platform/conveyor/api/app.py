@@ -135,7 +135,12 @@ def create_app(settings: Settings) -> Litestar:
             settings.files, FileStore(settings.files, sync_client(settings)), invocations.redis
         ),
         streams=StreamReader(invocations.redis, invocations.subscription),
-        planner=Planner(invocations.celery, _resolver(served), settings.results.pending_ttl),
+        planner=Planner(
+            invocations.celery,
+            _resolver(served),
+            settings.results.pending_ttl,
+            settings.map.window,
+        ),
         runs=Runs(invocations.redis),
         api_keys=ApiKeyStore(invocations.redis, invocations.subscription)
         if settings.api.auth == "keys"

@@ -245,7 +245,11 @@ async def _submit(  # noqa: PLR0917
         own_hosts=own_hosts(platform, request),
     )
     priority = None if body.get("priority") is None else int(body["priority"])
-    plan = platform.planner.plan(spec, priority) if spec.manifest.is_pipeline else None
+    plan = None
+    if spec.manifest.is_pipeline:
+        census = await platform.invocations.census()
+        workers = census.pool if census is not None else None
+        plan = platform.planner.plan(spec, priority, workers=workers)
     return await platform.invocations.submit(
         spec,
         value,

@@ -12,7 +12,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -42,15 +42,25 @@ class QueueCensus:
 
     workers: Mapping[str, int]
     autoscaled: frozenset[str] = frozenset()
+    processes: Mapping[str, int] = field(default_factory=dict)  # their pool processes
 
     @classmethod
     def of(cls, beats: list[dict[str, Any]]) -> QueueCensus:
-        workers = Counter(q for b in beats if b.get("kind") != AUTOSCALER for q in b["queues"])
+        live = [b for b in beats if b.get("kind") != AUTOSCALER]
+        workers = Counter(q for b in live for q in b["queues"])
+        processes: Counter[str] = Counter()
+        for beat in live:
+            for queue in beat["queues"]:
+                processes[queue] += int(beat.get("concurrency", 1))
         scaled = frozenset(q for b in beats if b.get("kind") == AUTOSCALER for q in b["queues"])
-        return cls(dict(workers), scaled)
+        return cls(dict(workers), scaled, dict(processes))
 
     def count(self, queue: str) -> int:
         return self.workers.get(queue, 0)
+
+    def pool(self, queue: str) -> int:
+        """The pool processes that consume ``queue`` (a chunk each, at most, at once)."""
+        return self.processes.get(queue, 0)
 
     def warning(self, queue: str) -> str | None:
         """Why an invocation on ``queue`` would wait for nobody, if it would."""

@@ -216,18 +216,30 @@ def delay_message(
 # A message template's markers: the invocation's id, and (in the body, a JSON string inside
 # the envelope) its input. pipelines/lua/advance fills them in.
 TEMPLATE_ID = "00000000-0000-4000-8000-0000007e3a1e"
+_TEMPLATE_JOB = "00000000-0000-4000-8000-0000000000b0"
 _TEMPLATE_INPUT = "@@conveyor-input@@"
-_MARKERS = re.compile(
-    f"({re.escape(TEMPLATE_ID)}|{re.escape(json.dumps(json.dumps(_TEMPLATE_INPUT))[1:-1])})"
-)
+_TEMPLATE_CHUNK = "@@conveyor-chunk@@"
+
+
+def _in_body(value: str) -> str:
+    """How a JSON string value of the body reads inside the envelope (escaped quotes)."""
+    return json.dumps(json.dumps(value))[1:-1]
+
+
+_MARKS = {
+    TEMPLATE_ID: "id",
+    _TEMPLATE_JOB: "job",
+    _in_body(_TEMPLATE_INPUT): "input",  # a JSON value: filled in escaped
+    _in_body(_TEMPLATE_CHUNK): "chunk",  # a number, quotes and all replaced
+}
+_MARKERS = re.compile("(" + "|".join(re.escape(m) for m in _MARKS) + ")")
 
 
 def template_parts(envelope: str) -> list[str]:
-    """A template split at its markers: text, marker ("id" or "input"), text, ..."""
+    """A template split at its markers: text, marker ("id", "job", "input" or "chunk"),
+    text, ..."""
     parts = _MARKERS.split(envelope)
-    return [
-        p if i % 2 == 0 else ("id" if p == TEMPLATE_ID else "input") for i, p in enumerate(parts)
-    ]
+    return [p if i % 2 == 0 else _MARKS[p] for i, p in enumerate(parts)]
 
 
 def message_template(app: Celery, route: Route, version: str) -> tuple[str, list[str]]:
@@ -250,5 +262,35 @@ def trigger_template(app: Celery, route: Route, version: str) -> tuple[str, list
     kwargs = {"function": route.function, "version": version}
     queue_list, envelope = encode_task(
         app, TEMPLATE_ID, BATCH_TASK_NAME, kwargs, route, delivery_tag=TEMPLATE_ID, plain=True
+    )
+    return queue_list, template_parts(envelope)
+
+
+def chunk_template(app: Celery, fields: dict[str, str], n: int) -> tuple[str, list[str]]:
+    """The list and parts of a ``conveyor.map`` chunk of ``n`` items of a for_each step's
+    map job, its task id, job and chunk number markers (see :func:`chunk_message`)."""
+    timeout = float(fields["timeout"])
+    route = Route(
+        fields["function"],
+        fields["queue"],
+        int(fields["priority"]),
+        min(timeout * n + 30, MAX_CHUNK_TIMEOUT),
+        None,
+    )
+    kwargs = {
+        "job": _TEMPLATE_JOB,
+        "function": fields["function"],
+        "version": fields["version"],
+        "chunk": _TEMPLATE_CHUNK,
+    }
+    queue_list, envelope = encode_task(
+        app,
+        TEMPLATE_ID,
+        MAP_TASK_NAME,
+        kwargs,
+        route,
+        below=True,
+        delivery_tag=TEMPLATE_ID,
+        plain=True,
     )
     return queue_list, template_parts(envelope)

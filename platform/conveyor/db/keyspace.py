@@ -253,6 +253,7 @@ def run_key_parts() -> dict[str, str]:
     records, runs, streams, 'completed' webhook deliveries (``webhook`` id ``completed``)."""
     delivery = webhook_delivery("\0", "completed")
     webhook, _, completed = delivery.partition("\0")
+    job = map_job("\0")
     return {
         "record": record(""),
         "run": RUN_PREFIX,
@@ -260,4 +261,13 @@ def run_key_parts() -> dict[str, str]:
         "stream": stream(""),
         "webhook": webhook,
         "completed": completed,
+        "map": job.partition("\0")[0],  # a for_each step's map job: its keys after the id
+        **{part: getattr_key(part) for part in ("inputs", "results", "done", "retries", "active")},
+        "chunk": map_chunk("\0", 0).partition("\0")[2][:-1],  # ":chunk:" + its number
     }
+
+
+def getattr_key(part: str) -> str:
+    """The suffix of a map job's key ``part`` (``:inputs`` ...), after the job's id."""
+    key: str = globals()[f"map_{part}"]("\0")
+    return key.partition("\0")[2]

@@ -346,6 +346,8 @@ class InvocationClient:
     async def get(self, invocation_id: str, function: str | None = None) -> InvocationRecord:
         with broker_errors():
             raw = await self.redis.hgetall(keyspace.record(invocation_id))
+            if not raw:
+                raw = cast(Any, await self._element(invocation_id))
         if not raw or (function is not None and raw.get("function") != function):
             where = f" of function {function!r}" if function else ""
             raise InvocationNotFoundError(
@@ -353,6 +355,20 @@ class InvocationClient:
                 " result expired)"
             )
         return InvocationRecord.from_hash(invocation_id, cast(dict[str, str], raw))
+
+    async def _element(self, invocation_id: str) -> dict[str, str]:
+        """An element of a pipeline's for_each step ("<run>.<step>.<index>"), which runs as
+        an item of the step's map job: its record, as the job's result for it says."""
+        job_id, _, index = invocation_id.rpartition(".")
+        if not index.isdigit() or not job_id:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keyspace.map_job(job_id))
+            pipe.hget(keyspace.map_results(job_id), index)
+            job, compact = await pipe.execute()
+        if job.get("kind") != "step" or int(index) >= int(job.get("total", 0)):
+            return {}
+        return element_fields(invocation_id, job, compact)
 
     async def wait(
         self, invocation_id: str, timeout: float, function: str | None = None
@@ -483,6 +499,25 @@ class InvocationClient:
             except BrokerUnavailableError:
                 self._census = None
         return self._census
+
+
+def element_fields(invocation_id: str, job: dict[str, str], compact: str | None) -> dict[str, str]:
+    """A record's fields for an item of a for_each step's map job (``compact``: its result,
+    None while it waits or runs)."""
+    fields = {key: job[key] for key in ("function", "version", "queue", "priority", "ttl")}
+    fields |= {"created_at": job["created_at"], "attempts": "0"}
+    if compact is None:
+        fields["status"] = "cancelled" if job.get("status") == "cancelled" else "queued"
+        return fields
+    result = json.loads(compact)
+    fields |= {"status": result["s"], "attempts": str(result.get("a", 1))}
+    if "o" in result:
+        fields["output"] = json.dumps(result["o"])
+    if "e" in result:
+        fields["error"] = json.dumps(result["e"])
+    if result.get("d") is not None:
+        fields["finished_at"] = repr(float(job["created_at"]) + result["d"] / 1000)
+    return fields
 
 
 def _digest(raw_input: Any, priority: int | None, webhook: str | None) -> str:

@@ -139,6 +139,16 @@ def settle_values(
         "wake": keyspace.WEBHOOKS_WAKE,
         "in_use": keyspace.VERSIONS_IN_USE,
         "timer_list": timer_key,
+        # a pipeline's for_each step: what its run's scripts write as a transition would
+        "records": keyspace.EVENTS_CHANNEL,
+        "stream_events": keyspace.STREAM_EVENTS_CHANNEL,
+        "sent": keyspace.SENT,
+        "sent_messages": keyspace.SENT_MESSAGES,
+        **{
+            "retries_count" if name == "retries" else name: key
+            for name, key in counted_keys(metrics).items()
+            if name in ("retries", "bucket", "recent")
+        },
     }
 
 

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from conveyor.broker.app import BrokerApp
-from conveyor.broker.messages import Route, message_template, trigger_template
+from conveyor.broker.messages import (
+    Route,
+    chunk_template,
+    message_template,
+    trigger_template,
+)
 from conveyor.db import keyspace
 from conveyor.errors import FunctionUnavailableError
 from conveyor.functions.loader import FunctionSchemas
@@ -30,14 +35,24 @@ Resolve = Callable[[str], tuple[FunctionSpec, FunctionSchemas]]
 
 @dataclass
 class Planner:
-    """Builds plans for one process: ``resolve`` gives a function's serving version."""
+    """Builds plans for one process: ``resolve`` gives a function's serving version;
+    ``window``: a for_each step's chunks under way at first, per worker process of its
+    queue (``[map] window``)."""
 
     app: BrokerApp
     resolve: Resolve
     pending_ttl: int
+    window: int = 2
 
-    def plan(self, spec: FunctionSpec, priority: int | None, depth: int = 0) -> dict[str, Any]:
-        """``spec``'s plan, each step at ``priority`` (a request's) unless it names one."""
+    def plan(
+        self,
+        spec: FunctionSpec,
+        priority: int | None,
+        depth: int = 0,
+        workers: Callable[[str], int] | None = None,
+    ) -> dict[str, Any]:
+        """``spec``'s plan, each step at ``priority`` (a request's) unless it names one;
+        ``workers``: the live worker processes of a queue (the census), for the windows."""
         manifest = spec.manifest
         steps = read_steps(manifest, f"{spec.name} {spec.version}")
         names = [step.name for step in steps]
@@ -59,7 +74,10 @@ class Planner:
                 "each": step.for_each.plan(names) if step.for_each else None,
                 "skip": step.section.on_error == "skip",
                 "in_use": keyspace.in_use(inner.name, inner.version),
-            } | self._runs(inner, schemas, level, depth)
+            } | self._runs(inner, schemas, level, depth, workers)
+            if step.for_each is not None and built["kind"] != "pipeline" and not schemas.streams:
+                # its elements run as a map job's items, in chunks: a map job's speed
+                built["job"] = self._job(inner, level, workers)
             uses.append(built["in_use"])
             planned.append(built)
         output = manifest.pipeline.output if manifest.pipeline else None
@@ -72,8 +90,43 @@ class Planner:
             "uses": uses,
         }
 
+    def _job(
+        self, spec: FunctionSpec, priority: int | None, workers: Callable[[str], int] | None
+    ) -> dict[str, Any]:
+        """How a for_each step's elements run as a map job: its fields, the template of
+        its first chunks' messages (the chunks after them are fed as chunks end)."""
+        manifest = spec.manifest
+        batch = manifest.batching.max_batch_size if manifest.batching else 0
+        fields = {
+            "function": spec.name,
+            "version": spec.version,
+            "queue": manifest.target_queue,
+            "priority": str(manifest.queue.priority if priority is None else priority),
+            "timeout": repr(manifest.limits.timeout),
+            "ttl": str(manifest.results.ttl),
+            "batch": str(batch),
+            "chunks": "0",
+            "outstanding": "0",
+            "kind": "step",
+        }
+        size = max(batch, 1)
+        queue_list, chunk = chunk_template(self.app, fields, size)
+        count = workers(manifest.target_queue) if workers is not None else 0
+        return {
+            "fields": _flat(fields),
+            "queue": queue_list,
+            "chunk": chunk,
+            "size": size,
+            "window": max(1, count) * self.window,
+        }
+
     def _runs(
-        self, spec: FunctionSpec, schemas: FunctionSchemas, priority: int | None, depth: int
+        self,
+        spec: FunctionSpec,
+        schemas: FunctionSchemas,
+        priority: int | None,
+        depth: int,
+        workers: Callable[[str], int] | None,
     ) -> dict[str, Any]:
         """How a step's invocations of ``spec`` run: their records' fields and messages."""
         manifest = spec.manifest
@@ -91,7 +144,7 @@ class Planner:
                     f"pipeline {spec.name!r} is nested more than {MAX_DEPTH} deep"
                 )
             fields |= {"pipeline": "1", "stream": "1"}
-            inner = self.plan(spec, priority, depth + 1)
+            inner = self.plan(spec, priority, depth + 1, workers)
             return {"kind": "pipeline", "fields": _flat(fields), "plan": inner}
         if schemas.streams:
             fields["stream"] = "1"

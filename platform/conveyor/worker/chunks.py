@@ -23,7 +23,7 @@ from celery import Celery, Task
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
 from conveyor import context
-from conveyor.broker.app import HIGHEST_PRIORITY, broker_priority
+from conveyor.broker.app import HIGHEST_PRIORITY, broker_priority, kill_now
 from conveyor.broker.census import Heartbeats
 from conveyor.broker.messages import chunk_message, delay_message
 from conveyor.context import InvocationContext
@@ -113,8 +113,13 @@ class Outcomes:
 
 
 def _context(fn: LoadedFunction, job: str, item: maps.Item, redelivered: bool) -> InvocationContext:
-    """An item's context: its id is ``<job>:<index>``; it reports no progress."""
-    return InvocationContext(f"{job}:{item.index}", fn.name, fn.version, item.attempt, redelivered)
+    """An item's context: its id is ``<job>:<index>`` (an element of a pipeline's for_each
+    step, whose job is "<run>.<step>": ``<run>.<step>.<index>``, its invocation id); it
+    reports no progress."""
+    sep = "." if "." in job else ":"
+    return InvocationContext(
+        f"{job}{sep}{item.index}", fn.name, fn.version, item.attempt, redelivered
+    )
 
 
 def _more_urgent(queue: str, priority: int) -> list[str]:
@@ -343,7 +348,7 @@ class Chunks:
             timer_key, timer = delay_message(self.app, job, fields, due - time.time())
         outcomes.append(timer)
         metrics = self.executor.settings.metrics.enabled
-        fed, _, earliest = self.executor.scripts.call(
+        fed, _, earliest, *stop = self.executor.scripts.call(
             maps.SETTLE,
             **maps.settle_values(job, chunk, k, queue_key, metrics=metrics, timer_key=timer_key),
             id=job,
@@ -357,6 +362,8 @@ class Chunks:
             function_name=fields["function"],
             outcomes=outcomes,
         )
+        if stop:  # a pipeline's step failed: the chunks of its siblings stop
+            kill_now(self.app, [str(task) for task in stop])
         if message[1] and not fed:
             self.feed(job)  # another feeder took chunk k: feed with the next number
         elif earliest and not fed and not out.retries:

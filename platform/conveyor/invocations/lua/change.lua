@@ -66,5 +66,6 @@ local function change(ctx, keys, id, allowed, to, ttl, final, fields)
   end
   return {1, status}
 end
+--! include maps/chunks
 --! include pipelines/advance
 --! include maps/runs

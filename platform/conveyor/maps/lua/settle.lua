@@ -7,20 +7,27 @@
 -- as cancelled; last, a timer message (for ``timer_list``) due with the earliest of this
 -- chunk's retries, pushed unless a chunk was fed: the retries are never left without
 -- something to feed them. ``invocations``, ``failures``, ``durations``: '' when
--- [metrics] is off. Returns {fed, ended, earliest retry or ''}.
--- KEYS: job chunk results done retries active inputs next_chunk queue events invocations failures durations delivery due wake in_use timer_list
+-- [metrics] is off. A pipeline's for_each step (the job has a ``run``) is told in the same
+-- step (pipelines/advance: job_settled): a failed item fails its run at once, the job's
+-- end starts the next step (``records``, the invocations' events channel, and the keys
+-- after it, as a transition has them). Returns {fed, ended, earliest retry or '', ids of
+-- running chunks to kill...}.
+-- KEYS: job chunk results done retries active inputs next_chunk queue events invocations failures durations delivery due wake in_use timer_list records stream_events sent sent_messages retries_count bucket recent
 -- ARGV: id now task_id chunk_number item_seconds next_k next_n next_message function_name ...outcomes
 --! include maps/chunks
 --! include metrics/count
+--! include invocations/change
 local job, id, now = K.job, A.id, A.now
 if redis.call('EXISTS', K.chunk) == 0 then return {0, 0, ''} end  -- settled already
 local fn = A.function_name
 local n = tonumber(ARGV[A_REST])
 local at = A_REST + 1
+local failed = {}
 for i = 1, n do
   local index, status, error_type, seconds, result = ARGV[at], ARGV[at + 1], ARGV[at + 2],
     ARGV[at + 3], ARGV[at + 4]
   at = at + 5
+  if status == 'failed' then failed[#failed + 1] = {index, result} end
   if redis.call('HSETNX', K.results, index, result) == 1 then
     redis.call('HINCRBY', job, status, 1)
     redis.call('RPUSH', K.done, index)
@@ -70,6 +77,20 @@ if ended(job, K.inputs, K.retries) and not redis.call('HGET', job, 'finished_at'
   finish(job, id, now, K.delivery, K.due, K.wake, {K.results, K.done}, K.in_use)
   over = 1
 end
+local answer = {fed, over}
+if redis.call('HEXISTS', job, 'run') == 1 then
+  local ctx = {
+    events = K.records, due = K.due, wake = K.wake, in_use = K.in_use,
+    invocations = K.invocations, failures = K.failures, durations = K.durations,
+    retries = K.retries_count, bucket = K.bucket, recent = K.recent,
+    stream_events = K.stream_events, sent = K.sent, sent_messages = K.sent_messages, kill = {},
+  }
+  pipeline.job_settled(ctx, job, n, failed)
+  answer[4] = ctx.kill
+end
 redis.call('PUBLISH', K.events, id)
 local earliest = redis.call('ZRANGE', K.retries, 0, 0, 'WITHSCORES')
-return {fed, over, earliest[2] or ''}
+answer[3] = earliest[2] or ''
+local out = {answer[1], answer[2], answer[3]}
+for _, task in ipairs(answer[4] or {}) do out[#out + 1] = task end
+return out

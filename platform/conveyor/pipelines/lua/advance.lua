@@ -61,15 +61,65 @@ local function build(tpl, env)
   return '[' .. table.concat(parts, ',') .. ']'
 end
 
--- A message from its template: the parts between the markers, the markers filled in.
-local function fill(parts, id, input)
+-- A message from its template: the parts between the markers, the markers filled in
+-- from ``marks`` (id, job, chunk: as they are; input: a JSON value inside the body's string).
+local function fill(parts, marks)
   local out = {}
   for i, part in ipairs(parts) do
     if i % 2 == 1 then out[i] = part
-    elseif part == 'id' then out[i] = id
-    else out[i] = string.sub(cjson.encode(input), 2, -2) end  -- inside the body's string
+    elseif part == 'input' then out[i] = string.sub(cjson.encode(marks.input), 2, -2)
+    else out[i] = marks[part] end
   end
   return table.concat(out)
+end
+
+-- A for_each step's map job: its keys.
+local function job_keys(plan, job_id)
+  local k, job = plan.keys, plan.keys.map .. job_id
+  return {job = job, inputs = job .. k.inputs, results = job .. k.results, done = job .. k.done,
+          retries = job .. k.retries, active = job .. k.active, chunk = job .. k.chunk}
+end
+
+-- A for_each step over a function that is not a pipeline runs its elements as the items
+-- of a map job "<run>.<step>" (maps/lua/chunks: fed in chunks, settled by index), its
+-- first chunks queued now; maps/lua/settle tells the run (pipeline.job_settled).
+local function start_job(ctx, plan, step, k, run_id, inputs, at)
+  local job_id = run_id .. '.' .. step.name
+  local keys = job_keys(plan, job_id)
+  redis.call('HSET', keys.job, 'status', 'running', 'created_at', at, 'started_at', at,
+             'total', #inputs, 'id', job_id, 'run', run_id, 'run_state', plan.keys.run .. run_id,
+             'step', k, unpack(step.job.fields))
+  for from = 1, #inputs, 1000 do
+    local entries = {}
+    for i = from, math.min(from + 999, #inputs) do
+      entries[#entries + 1] = '[' .. (i - 1) .. ',1,' .. inputs[i] .. ']'
+    end
+    redis.call('RPUSH', keys.inputs, unpack(entries))
+  end
+  for _, key in ipairs({keys.job, keys.inputs}) do redis.call('EXPIRE', key, plan.pending_ttl) end
+  redis.call('HINCRBY', ctx.in_use, step.in_use, 1)
+  for c = 0, step.job.window - 1 do
+    local message = fill(step.job.chunk, {id = job_id .. '.c' .. c, job = job_id, chunk = c})
+    if feed(keys.job, keys.inputs, keys.retries, keys.chunk .. c, step.job.queue, c,
+            step.job.size, message, at) == 0 then
+      break
+    end
+  end
+end
+
+-- A run's map job ends early: nothing more is fed, its running chunks are killed.
+local function cancel_job(ctx, plan, job_id)
+  local keys = job_keys(plan, job_id)
+  if redis.call('HGET', keys.job, 'status') ~= 'running' then return end
+  local never = redis.call('LLEN', keys.inputs) + redis.call('ZCARD', keys.retries)
+  redis.call('HSET', keys.job, 'status', 'cancelled', 'cancelled_at', now())
+  redis.call('HINCRBY', keys.job, 'cancelled', never)
+  redis.call('HINCRBY', keys.job, 'never_fed', never)
+  redis.call('DEL', keys.inputs, keys.retries)
+  for _, task in ipairs(redis.call('SMEMBERS', keys.active)) do ctx.kill[#ctx.kill + 1] = task end
+  if tonumber(redis.call('HGET', keys.job, 'outstanding')) == 0 then
+    finish(keys.job, job_id, now(), '', ctx.due, ctx.wake, {keys.results, keys.done}, ctx.in_use)
+  end
 end
 
 local start_run
@@ -89,12 +139,12 @@ local function enqueue(ctx, plan, step, k, id, input, run_id, element, at)
   elseif step.kind == 'batch' then
     redis.call('XADD', step.queue, '*', 'id', id, 'version', step.version, 'input', input)
     if redis.call('SET', step.armed, '1', 'NX', 'EX', step.armed_ttl) then
-      redis.call('LPUSH', step.trigger_list, fill(step.trigger, id .. ':batch', ''))
+      redis.call('LPUSH', step.trigger_list, fill(step.trigger, {id = id .. ':batch'}))
     end
   else
     local queued = cjson.encode({status = 'queued', ahead = redis.call('LLEN', step.queue)})
     stream_event(keys.record, keys.stream, ctx.stream_events, id, 'status', queued)
-    local message = fill(step.message, id, input)
+    local message = fill(step.message, {id = id, input = input})
     redis.call('LPUSH', step.queue, message)
     local seq = redis.call('INCR', step.sent_sequence)
     redis.call('HSET', ctx.sent, id, step.queue .. ' ' .. seq)
@@ -173,6 +223,10 @@ local function run_step(ctx, plan, run_id, k)
                'started:' .. k, at, 'each:' .. k, each and #inputs or -1,
                'skip:' .. k, step.skip and 1 or 0)
     step_event(ctx, plan, run_id, {step = step.name, status = 'running', invocations = #inputs})
+    if #inputs > 0 and given(step.job) then
+      start_job(ctx, plan, step, k, run_id, inputs, at)
+      return
+    end
     if #inputs > 0 then
       for i, built in ipairs(inputs) do
         local element = nil
@@ -224,6 +278,7 @@ local function run_ended(ctx, id, record, to)
   if redis.call('HGET', state, 'status:' .. k) == 'running' then
     redis.call('HSET', state, 'status:' .. k, to, 'finished:' .. k, now())
   end
+  if given(step.job) then return cancel_job(ctx, plan, id .. '.' .. step.name) end
   local n = tonumber(redis.call('HGET', state, 'each:' .. k))
   local ids = {}
   if n < 0 then ids[1] = step_id(id, step, nil) end
@@ -276,6 +331,45 @@ local function step_ended(ctx, id, record, to)
   end
   local plan = plan_of(state)
   redis.call('HSET', state, 'status:' .. k, 'succeeded', 'finished:' .. k, now())
+  step_event(ctx, plan, run_id, {step = plan.steps[k + 1].name, status = 'succeeded'})
+  run_step(ctx, plan, run_id, k + 1)
+end
+
+-- A chunk of a for_each step's map job settled (maps/lua/settle): ``failed``, its items
+-- that failed ({index, result}), fail the run at once (unless the step skips them); the
+-- job's end is the step's: its outputs, in order, are the step's output.
+pipeline.job_settled = function(ctx, job, settled, failed)
+  local found = redis.call('HMGET', job, 'run', 'run_state', 'step', 'finished_at', 'total')
+  local run_id, state, k = found[1], found[2], tonumber(found[3])
+  local at = redis.call('HMGET', state, 'step', 'skip:' .. k, 'record', 'plan')
+  if tonumber(at[1]) ~= k or not at[3] then return end
+  local status = redis.call('HGET', at[3], 'status')
+  if status ~= 'queued' and status ~= 'running' then return end
+  redis.call('HINCRBY', state, 'attempts:' .. k, settled)
+  if status == 'queued' then
+    redis.call('HSET', at[3], 'status', 'running', 'started_at', now())
+  end
+  local plan = cjson.decode(at[4])
+  if #failed > 0 and at[2] ~= '1' then
+    local first = failed[1]
+    local error = cjson.decode(first[2]).e or {type = 'StepFailed', message = 'failed'}
+    error.invocation = run_id .. '.' .. plan.steps[k + 1].name .. '.' .. first[1]
+    return fail_run(ctx, plan, run_id, k, first[1], error)
+  end
+  if not found[4] then return end  -- the job goes on
+  local keys = job_keys(plan, run_id .. '.' .. plan.steps[k + 1].name)
+  local n, parts = tonumber(found[5]), {}
+  for from = 0, n - 1, 1000 do
+    local fields = {}
+    for i = from, math.min(from + 999, n - 1) do fields[#fields + 1] = tostring(i) end
+    local results = redis.call('HMGET', keys.results, unpack(fields))
+    for i = 1, #fields do
+      local text = results[i] and json_member(results[i], 'o')
+      parts[#parts + 1] = text or 'null'
+    end
+  end
+  redis.call('HSET', state, 'out:' .. k, '[' .. table.concat(parts, ',') .. ']',
+             'status:' .. k, 'succeeded', 'finished:' .. k, now())
   step_event(ctx, plan, run_id, {step = plan.steps[k + 1].name, status = 'succeeded'})
   run_step(ctx, plan, run_id, k + 1)
 end
