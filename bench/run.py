@@ -397,8 +397,7 @@ def main() -> int:
             ]
 
             rows += request_path_rows(env, root)
-            rows += map_rows(env, tp["rate"])
-            rows += pipeline_rows(env)
+            rows += map_rows(env, tp["rate"]) + pipeline_rows(env)
             rows += access_rows(env, root)
             rows.append(metrics_row(env, root))
 

@@ -54,6 +54,7 @@ def steps_view(run_id: str, raw: dict[str, str]) -> list[dict[str, Any]] | None:
     return shown
 
 
+STEP_FIELDS = ("status", "started", "finished", "attempts", "each")
 MAX_LOGGED = 1000  # a run's logs read at most this many of its steps' invocations
 
 
@@ -64,9 +65,17 @@ class Runs:
         self.redis = redis
 
     async def steps(self, run_id: str) -> list[dict[str, Any]] | None:
+        """Each step's state, read without its outputs (a fan-in's may be large)."""
+        key = keyspace.run(run_id)
         with broker_errors():
-            raw = await self.redis.hgetall(keyspace.run(run_id))
-        return steps_view(run_id, cast(dict[str, str], raw))
+            plan, step = await self.redis.hmget(key, ["plan", "step"])
+            if plan is None:
+                return None
+            count = len(json.loads(plan)["steps"])
+            names = [f"{part}:{k}" for k in range(count) for part in STEP_FIELDS]
+            values = await self.redis.hmget(key, names)
+        raw = {n: v for n, v in zip(names, values, strict=True) if v is not None}
+        return steps_view(run_id, cast(dict[str, str], {**raw, "plan": plan, "step": step}))
 
     async def logs(self, run_id: str) -> str:
         """What a run's steps printed or logged, each invocation's under its step's name

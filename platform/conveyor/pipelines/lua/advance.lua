@@ -203,13 +203,17 @@ local function run_step(ctx, plan, run_id, k)
       if not elements then
         return fail_run(ctx, plan, run_id, k, nil, {type = 'ForEachError', message = why})
       end
+      local whole = step.input.sel == 'item' and #step.input.path == 0
       for i, element in ipairs(elements) do
-        env.item, env.index = element, i - 1
-        local built, bad = build(step.input, env)
-        if not built then
-          return fail_run(ctx, plan, run_id, k, i - 1, {type = 'InputError', message = bad})
+        if whole then inputs[i] = element  -- the element is the input: nothing to build
+        else
+          env.item, env.index = element, i - 1
+          local built, bad = build(step.input, env)
+          if not built then
+            return fail_run(ctx, plan, run_id, k, i - 1, {type = 'InputError', message = bad})
+          end
+          inputs[i] = built
         end
-        inputs[i] = built
       end
     else
       local built, why = build(step.input, env)

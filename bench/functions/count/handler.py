@@ -1,0 +1,5 @@
+from typing import Any
+
+
+def count(items: list[Any]) -> int:
+    return len(items)
