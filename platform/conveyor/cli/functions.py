@@ -100,9 +100,11 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  ERROR {entry.name}: {error}")
         else:
             assert entry.spec is not None
-            print(
-                f"  ok    {entry.name} {entry.spec.version} queue={entry.spec.manifest.queue.name}"
-            )
+            manifest = entry.spec.manifest
+            where = f"queue={manifest.queue.name}"
+            if manifest.steps is not None:
+                where = "steps=" + ",".join(f"{s.name}:{s.function}" for s in manifest.steps)
+            print(f"  ok    {entry.name} {entry.spec.version} {where}")
     return 1 if failed else 0
 
 
@@ -116,8 +118,11 @@ def _ls(settings: Settings, args: argparse.Namespace) -> int:
     answer = ok(request("GET", f"{base_url(settings, args)}/functions", timeout=10))
     for fn in answer["functions"]:
         line = f"{fn['name']:<24} {fn['status']:<6} {fn.get('version') or '-':<13}"
-        line += f" queue={fn.get('queue', '-')} priority={fn.get('priority', '-')}"
-        line += f" gpu={fn.get('gpu', '-')} workers={fn.get('workers', '-')}"
+        if "steps" in fn:  # a pipeline
+            line += " steps=" + ",".join(f"{s['name']}:{s['function']}" for s in fn["steps"])
+        else:
+            line += f" queue={fn.get('queue', '-')} priority={fn.get('priority', '-')}"
+            line += f" gpu={fn.get('gpu', '-')} workers={fn.get('workers', '-')}"
         line += " (autoscaled)" if fn.get("autoscaled") else ""
         line += " (pinned)" if fn.get("pinned") else ""
         notes = [fn[key] for key in ("error", "warning") if fn.get(key)]
