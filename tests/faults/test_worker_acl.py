@@ -68,6 +68,24 @@ def run(n: int) -> TextStream:
 """
 
 
+STEPS = """
+[[steps]]
+name = "first"
+function = "flaky"
+input = "$.input[0]"
+
+[[steps]]
+name = "each"
+function = "double"
+for_each = "$.input"
+
+[[steps]]
+name = "last"
+function = "flaky"
+input = "$.steps.first.output"
+"""
+
+
 def test_a_handler_with_the_workers_connection_gets_noperm(
     tmp_path: Path, report: Callable[[str], None]
 ) -> None:
@@ -89,6 +107,8 @@ def test_a_handler_with_the_workers_connection_gets_noperm(
             '[function]\nhandler = "handler:Double"\n[batching]\nmax_batch_size = 4\nmax_wait_ms = 50\n',
         )  # fmt: skip
         write_function(stack.functions, "words", WORDS, TOML)
+        (stack.functions / "steps").mkdir()
+        (stack.functions / "steps" / "function.toml").write_text(STEPS)
         worker = stack.worker("--queues", "default", "--concurrency", "2")
         with stack.api() as api:
             status, snooped = invoke(api, "snoop", 1, wait=30)
@@ -118,6 +138,10 @@ def test_a_handler_with_the_workers_connection_gets_noperm(
             job = api.post("/functions/double/map", json={"inputs": list(range(50))})
             assert job.status_code == 202, job.text
             wait_for(lambda: api.get(job.json()["status_url"]).json()["status"] == "succeeded", 30)
+            # a pipeline: a step retried, a fan-out (a map job) over a batching function
+            status, ran = invoke(api, "steps", [1, 2, 3], wait=30)
+            assert status == 200 and ran["output"] == 1, ran
+            assert result(api, "double", f"{ran['id']}.each.2")["output"] == 6
         assert server.client().hget("conveyor:api-keys", "forged") is None
         log = worker.log.read_text()
         assert "NOPERM" not in log, [line for line in log.splitlines() if "NOPERM" in line][:5]

@@ -56,6 +56,8 @@ READ_WRITE = [
     # streams: a streaming attempt's events, and the channel they are published on
     f"{P}:stream:*",
     keyspace.STREAM_EVENTS_CHANNEL,
+    # pipelines: a run's state, which the script ending its step's invocation advances
+    keyspace.run("*"),
     # kombu's Redis transport
     keyspace.KOMBU_UNACKED,
     keyspace.KOMBU_UNACKED_INDEX,
