@@ -174,6 +174,14 @@ def chunk_message(
 ) -> tuple[str, str]:
     """The Redis list and the ``conveyor.map`` message of chunk ``chunk`` (``n`` items),
     one priority step below the job's, with a hard limit of ``n`` items' time limits."""
+    route, kwargs = _chunk(fields, n, job_id, chunk)
+    return encode_task(app, str(uuid.uuid4()), MAP_TASK_NAME, kwargs, route, below=True)
+
+
+def _chunk(
+    fields: dict[str, str], n: int, job_id: str, chunk: int | str
+) -> tuple[Route, dict[str, Any]]:
+    """A chunk's route (a hard limit of its ``n`` items' limits) and its task's kwargs."""
     timeout = float(fields["timeout"])
     route = Route(
         fields["function"],
@@ -188,7 +196,7 @@ def chunk_message(
         "version": fields["version"],
         "chunk": chunk,
     }
-    return encode_task(app, str(uuid.uuid4()), MAP_TASK_NAME, kwargs, route, below=True)
+    return route, kwargs
 
 
 def delay_message(
@@ -269,20 +277,7 @@ def trigger_template(app: Celery, route: Route, version: str) -> tuple[str, list
 def chunk_template(app: Celery, fields: dict[str, str], n: int) -> tuple[str, list[str]]:
     """The list and parts of a ``conveyor.map`` chunk of ``n`` items of a for_each step's
     map job, its task id, job and chunk number markers (see :func:`chunk_message`)."""
-    timeout = float(fields["timeout"])
-    route = Route(
-        fields["function"],
-        fields["queue"],
-        int(fields["priority"]),
-        min(timeout * n + 30, MAX_CHUNK_TIMEOUT),
-        None,
-    )
-    kwargs = {
-        "job": _TEMPLATE_JOB,
-        "function": fields["function"],
-        "version": fields["version"],
-        "chunk": _TEMPLATE_CHUNK,
-    }
+    route, kwargs = _chunk(fields, n, _TEMPLATE_JOB, _TEMPLATE_CHUNK)
     queue_list, envelope = encode_task(
         app,
         TEMPLATE_ID,

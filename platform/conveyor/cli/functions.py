@@ -144,7 +144,8 @@ def _invoke(settings: Settings, args: argparse.Namespace) -> int:
     if args.priority is not None:
         body["priority"] = args.priority
     # a pipeline's run is followed on its stream: each step shown as it starts and ends
-    pipeline = "steps" in ok(request("GET", f"{base_url(settings, args)}/functions/{args.name}"))
+    described = request("GET", f"{base_url(settings, args)}/functions/{args.name}")
+    pipeline = described.status_code == 200 and "steps" in described.json()
     params = {"wait": args.wait} if args.wait and not args.stream and not pipeline else {}
     response = request(
         "POST",

@@ -256,20 +256,7 @@ class InvocationClient:
     ) -> dict[str, Any]:
         """The keys and arguments of :data:`SUBMIT`: a task message, or (batching, see
         :mod:`conveyor.worker.batches`) a stream item and a drain trigger."""
-        common = {
-            "record": keyspace.record(inv.id),
-            "idempotency": idempotency,
-            "version_record": keyspace.function_version(inv.function, inv.version),
-            "in_use": keyspace.VERSIONS_IN_USE,
-            "sent": keyspace.SENT,
-            "sent_messages": keyspace.SENT_MESSAGES,
-            "pending_ttl": self.settings.results.pending_ttl,
-            "id": inv.id,
-            "digest": digest,
-            **stream_keys(inv.id),
-            "in_use_field": keyspace.in_use(inv.function, inv.version),
-            "fields": [value for pair in fields.items() for value in pair],
-        }
+        common = self._accept_values(inv, fields, idempotency, digest)
         if spec.manifest.batching is None:
             queue_key, message = encode_message(self.celery, inv)
             return common | {
@@ -303,6 +290,19 @@ class InvocationClient:
         plan: dict[str, Any],
     ) -> dict[str, Any]:
         """The keys and arguments of :data:`RUN`: a pipeline run and its first step."""
+        return self._accept_values(inv, fields, idempotency, digest) | {
+            "events": keyspace.EVENTS_CHANNEL,
+            "due": keyspace.WEBHOOKS_DUE,
+            "wake": keyspace.WEBHOOKS_WAKE,
+            **counted_keys(self.settings.metrics.enabled),
+            "plan": encoded(plan),
+            "input": json.dumps(inv.input),
+        }
+
+    def _accept_values(
+        self, inv: Invocation, fields: dict[str, str], idempotency: str, digest: str
+    ) -> dict[str, Any]:
+        """What :data:`SUBMIT` and :data:`RUN` both take (invocations/accept)."""
         return {
             "record": keyspace.record(inv.id),
             "idempotency": idempotency,
@@ -310,17 +310,11 @@ class InvocationClient:
             "in_use": keyspace.VERSIONS_IN_USE,
             "sent": keyspace.SENT,
             "sent_messages": keyspace.SENT_MESSAGES,
-            "events": keyspace.EVENTS_CHANNEL,
-            "due": keyspace.WEBHOOKS_DUE,
-            "wake": keyspace.WEBHOOKS_WAKE,
-            **counted_keys(self.settings.metrics.enabled),
-            **stream_keys(inv.id),
             "pending_ttl": self.settings.results.pending_ttl,
             "id": inv.id,
             "digest": digest,
+            **stream_keys(inv.id),
             "in_use_field": keyspace.in_use(inv.function, inv.version),
-            "plan": encoded(plan),
-            "input": json.dumps(inv.input),
             "fields": [value for pair in fields.items() for value in pair],
         }
 

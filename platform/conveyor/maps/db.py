@@ -215,6 +215,23 @@ def _job_keys(job_id: str) -> dict[str, str]:
     }
 
 
+def _accept_keys(job_id: str, fields: dict[str, str], idempotency: str) -> dict[str, str]:
+    """The keys by which an upload's job starts to run (maps/lua/accept)."""
+    return {
+        **_job_keys(job_id),
+        "jobs": keyspace.map_jobs(fields["function"]),
+        "idempotency": idempotency,
+        "events": keyspace.MAP_EVENTS_CHANNEL,
+        "delivery": (
+            keyspace.webhook_delivery(job_id, "completed") if fields.get("webhook") else ""
+        ),
+        "due": keyspace.WEBHOOKS_DUE,
+        "wake": keyspace.WEBHOOKS_WAKE,
+        "version_record": keyspace.function_version(fields["function"], fields["version"]),
+        "in_use": keyspace.VERSIONS_IN_USE,
+    }
+
+
 class MapStore:
     """The API's side: stage an upload, finish it, read jobs and results, cancel."""
 
@@ -281,18 +298,8 @@ class MapStore:
             await self.redis.hset(keyspace.map_job(job_id), "total", total)
             outcome, detail = await self.scripts.call(
                 FINISH_UPLOAD,
-                **_job_keys(job_id),
-                jobs=keyspace.map_jobs(fields["function"]),
-                idempotency=idempotency,
-                events=keyspace.MAP_EVENTS_CHANNEL,
+                **_accept_keys(job_id, fields, idempotency),
                 queue=queue_key,
-                delivery=(
-                    keyspace.webhook_delivery(job_id, "completed") if fields.get("webhook") else ""
-                ),
-                due=keyspace.WEBHOOKS_DUE,
-                wake=keyspace.WEBHOOKS_WAKE,
-                version_record=keyspace.function_version(fields["function"], fields["version"]),
-                in_use=keyspace.VERSIONS_IN_USE,
                 chunks=[keyspace.map_chunk(job_id, k) for k in range(chunks)],
                 id=job_id,
                 now=repr(time.time()),
@@ -322,22 +329,13 @@ class MapStore:
             await self.redis.hset(keyspace.map_job(job_id), "total", total)
             outcome, detail = await self.scripts.call(
                 START_RUNS,
-                **_job_keys(job_id),
+                **_accept_keys(job_id, fields, idempotency),
                 active=keyspace.map_active(job_id),
-                jobs=keyspace.map_jobs(fields["function"]),
-                idempotency=idempotency,
-                events=keyspace.MAP_EVENTS_CHANNEL,
-                delivery=(
-                    keyspace.webhook_delivery(job_id, "completed") if fields.get("webhook") else ""
-                ),
-                due=keyspace.WEBHOOKS_DUE,
-                wake=keyspace.WEBHOOKS_WAKE,
-                version_record=keyspace.function_version(fields["function"], fields["version"]),
-                in_use=keyspace.VERSIONS_IN_USE,
                 sent=keyspace.SENT,
                 sent_messages=keyspace.SENT_MESSAGES,
                 **{k if k != "retries" else "retries_count": v for k, v in counted.items()},
                 stream_events=keyspace.STREAM_EVENTS_CHANNEL,
+                records=keyspace.EVENTS_CHANNEL,
                 id=job_id,
                 now=repr(time.time()),
                 pending_ttl=pending_ttl,

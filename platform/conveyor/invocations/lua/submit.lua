@@ -13,20 +13,12 @@
 -- the messages waiting ahead of it at its priority.
 -- KEYS: record queue armed trigger_list idempotency version_record in_use sent sent_messages sent_sequence stream stream_events ...holders
 -- ARGV: pending_ttl message armed_ttl trigger item_id item_version item_input id digest in_use_field ...fields
---! include files/hold
+--! include invocations/accept
 --! include streams/event
-if K.idempotency ~= '' then
-  local first = redis.call('GET', K.idempotency)
-  if first then return first end
-end
-if redis.call('EXISTS', K.version_record) == 0 then return 0 end
-if K.idempotency ~= '' then
-  redis.call('SET', K.idempotency, A.id .. ' ' .. A.digest, 'EX', A.pending_ttl)
-end
-hold({unpack(KEYS, K_REST)}, 'job:' .. A.id)
-redis.call('HSET', K.record, unpack(ARGV, A_REST))
-redis.call('EXPIRE', K.record, A.pending_ttl)
-redis.call('HINCRBY', K.in_use, A.in_use_field, 1)
+local refused = accept(K.record, K.idempotency, K.version_record, K.in_use, A.in_use_field,
+                       A.id, A.digest, A.pending_ttl, {unpack(KEYS, K_REST)},
+                       {unpack(ARGV, A_REST)})
+if refused ~= nil then return refused end
 if A.message ~= '' then
   local queued = cjson.encode({status = 'queued', ahead = redis.call('LLEN', K.queue)})
   stream_event(K.record, K.stream, K.stream_events, A.id, 'status', queued)

@@ -7,26 +7,12 @@
 -- KEYS: job inputs retries results done jobs idempotency events queue delivery due wake version_record in_use ...chunks
 -- ARGV: id now pending_ttl digest recent_jobs ...feeds
 --! include maps/chunks
+--! include maps/accept
 local job = K.job
-local status = redis.call('HGET', job, 'status')
-if status ~= 'uploading' then return {0, status or ''} end
-if K.idempotency ~= '' then
-  local first = redis.call('GET', K.idempotency)
-  if first then return {2, first} end
-end
-if redis.call('EXISTS', K.version_record) == 0 then return {3, ''} end
-if K.idempotency ~= '' then
-  redis.call('SET', K.idempotency, A.id .. ' ' .. A.digest, 'EX', A.pending_ttl)
-  redis.call('HSET', job, 'idempotency_key', K.idempotency)
-end
-redis.call('HINCRBY', K.in_use,
-           redis.call('HGET', job, 'function') .. '@' .. redis.call('HGET', job, 'version'), 1)
-redis.call('HSET', job, 'status', 'running', 'started_at', A.now)
-for _, key in ipairs({K.job, K.inputs, K.retries, K.results, K.done}) do
-  redis.call('EXPIRE', key, A.pending_ttl)
-end
-redis.call('ZADD', K.jobs, A.now, A.id)
-redis.call('ZREMRANGEBYRANK', K.jobs, 0, -1 - tonumber(A.recent_jobs))
+local refused = accept_job(job, K.idempotency, K.version_record, K.in_use, A.id, A.digest,
+                           A.pending_ttl, A.now, {K.job, K.inputs, K.retries, K.results, K.done},
+                           K.jobs, A.recent_jobs)
+if refused then return refused end
 for c = 0, #KEYS - K_REST do
   local at = A_REST + 3 * c
   feed(job, K.inputs, K.retries, KEYS[K_REST + c], K.queue, ARGV[at], ARGV[at + 1],

@@ -8,20 +8,12 @@
 -- files its input refers to. The run streams its steps' events (``stream``).
 -- KEYS: record idempotency version_record in_use sent sent_messages events due wake invocations failures durations retries bucket recent stream stream_events ...holders
 -- ARGV: pending_ttl id digest in_use_field plan input ...fields
---! include files/hold
+--! include invocations/accept
 --! include invocations/change
-if K.idempotency ~= '' then
-  local first = redis.call('GET', K.idempotency)
-  if first then return first end
-end
-if redis.call('EXISTS', K.version_record) == 0 then return 0 end
-if K.idempotency ~= '' then
-  redis.call('SET', K.idempotency, A.id .. ' ' .. A.digest, 'EX', A.pending_ttl)
-end
-hold({unpack(KEYS, K_REST)}, 'job:' .. A.id)
-redis.call('HSET', K.record, unpack(ARGV, A_REST))
-redis.call('EXPIRE', K.record, A.pending_ttl)
-redis.call('HINCRBY', K.in_use, A.in_use_field, 1)
+local refused = accept(K.record, K.idempotency, K.version_record, K.in_use, A.in_use_field,
+                       A.id, A.digest, A.pending_ttl, {unpack(KEYS, K_REST)},
+                       {unpack(ARGV, A_REST)})
+if refused ~= nil then return refused end
 local ctx = {
   events = K.events, due = K.due, wake = K.wake, in_use = K.in_use,
   invocations = K.invocations, failures = K.failures, durations = K.durations,
