@@ -331,7 +331,7 @@ def test_a_run_keeps_the_versions_it_was_accepted_with(
     wait_for(lambda: api.get("/functions/double").json()["version"] == before, 30, "restored")
 
 
-def test_a_pipeline_answers_like_any_function(api: TestClient) -> None:  # type: ignore[type-arg]
+def test_a_pipeline_answers_like_any_function(stack: Stack, api: TestClient) -> None:  # type: ignore[type-arg]
     headers = {"Idempotency-Key": "pipeline-once"}
     first = api.post("/functions/chain/invoke", json={"input": 1}, headers=headers).json()
     again = api.post("/functions/chain/invoke", json={"input": 1}, headers=headers).json()
@@ -356,6 +356,7 @@ def test_a_pipeline_answers_like_any_function(api: TestClient) -> None:  # type:
     deleted = api.delete(f"/functions/chain/results/{done['id']}")
     assert deleted.status_code == 204
     assert api.get(f"/functions/chain/results/{done['id']}").status_code == 404
+    assert not stack.redis.exists(f"conveyor:run:{done['id']}")
 
 
 JSON_PATH = """--! include pipelines/json

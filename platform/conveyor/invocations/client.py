@@ -436,6 +436,8 @@ class InvocationClient:
                 DELETE,
                 record=keyspace.record(invocation_id),
                 stream=keyspace.stream(invocation_id),
+                run=keyspace.run(invocation_id),
+                run_items=keyspace.run_items(invocation_id),
                 function_name=function,
                 id=invocation_id,
             )

@@ -1,7 +1,8 @@
--- Remove a finished invocation (a user purging data): its record, output, stream and
--- idempotency key (if the key still names it). Returns '' when there is no such invocation of
+-- Remove a finished invocation (a user purging data): its record, output, stream,
+-- idempotency key (if the key still names it) and, a pipeline's run, its state (``run``,
+-- ``run_items``: its steps' outputs; the steps' own records expire with their results). Returns '' when there is no such invocation of
 -- ``function_name``, its status when unfinished (nothing removed), else 'deleted'.
--- KEYS: record stream
+-- KEYS: record stream run run_items
 -- ARGV: function_name id
 --! include invocations/record
 local found = redis.call('HMGET', K.record, 'status', 'function', 'idempotency_key')
@@ -9,6 +10,6 @@ if not found[1] or found[2] ~= A.function_name then return '' end
 if found[1] == 'queued' or found[1] == 'running' or found[1] == 'retrying' then
   return found[1]
 end
-redis.call('DEL', K.record, K.stream)
+redis.call('DEL', K.record, K.stream, K.run, K.run_items)
 forget_idempotency(found[3], A.id)
 return 'deleted'
