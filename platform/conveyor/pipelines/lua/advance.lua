@@ -350,10 +350,12 @@ pipeline.job_settled = function(ctx, job, settled, failed)
   local status = redis.call('HGET', at[3], 'status')
   if status ~= 'queued' and status ~= 'running' then return end
   redis.call('HINCRBY', state, 'attempts:' .. k, settled)
-  if status == 'queued' then
-    redis.call('HSET', at[3], 'status', 'running', 'started_at', now())
-  end
   local plan = cjson.decode(at[4])
+  if status == 'queued' then  -- its first step's first chunk: the run runs
+    redis.call('HSET', at[3], 'status', 'running', 'started_at', now())
+    stream_event(at[3], plan.keys.stream .. run_id, ctx.stream_events, run_id, 'status',
+                 cjson.encode({status = 'running'}))
+  end
   if #failed > 0 and at[2] ~= '1' then
     local first = failed[1]
     local error = cjson.decode(first[2]).e or {type = 'StepFailed', message = 'failed'}
