@@ -451,3 +451,40 @@ def test_cancelling_a_map_job_over_a_pipeline_cancels_its_runs(
     status = api.get(job["status_url"]).json()
     assert status["status"] == "cancelled" and status["counts"]["cancelled"] == 2, status
     assert result(api, "slowfan", f"{job['id']}.0")["status"] == "cancelled"
+
+
+def test_a_broken_pipeline_keeps_its_last_good_version_serving(
+    stack: Stack,
+    api: TestClient,  # type: ignore[type-arg]
+) -> None:
+    folder = write_pipeline(stack.functions, "later", CHAIN.replace('"inc"', '"double"'))
+    good = wait_for(
+        lambda: (b := api.get("/functions/later").json()).get("status") == "ready" and b,
+        30,
+        "later deployed",
+    )
+    (folder / "function.toml").write_text(CHAIN.replace('"inc"', '"missing"'))
+    broken = wait_for(
+        lambda: (b := api.get("/functions/later").json()).get("error") and b, 30, "the error"
+    )
+    assert broken["version"] == good["version"] and broken["status"] == "error"
+    assert (
+        "function.toml: [[steps]] 'second': function 'missing' is not deployed" in (broken["error"])
+    )
+    assert run(api, "later", 1)["output"] == 8  # the good version still serves
+    (folder / "function.toml").write_text(CHAIN)
+    wait_for(lambda: api.get("/functions/later").json().get("status") == "ready", 30, "fixed")
+    assert run(api, "later", 1)["output"] == 6
+
+
+def test_a_step_on_a_queue_nobody_serves_says_so(
+    stack: Stack,
+    api: TestClient,  # type: ignore[type-arg]
+) -> None:
+    write_function(stack.functions, "idle", DOUBLE, FN + '[queue]\nname = "batch"\n')
+    write_pipeline(stack.functions, "waits", CHAIN.replace('"inc"', '"idle"'))
+    wait_for(lambda: api.get("/functions/waits").json().get("status") == "ready", 30, "waits")
+    status, body = invoke(api, "waits", 1)
+    assert status == 202
+    assert "step second: no live worker consumes queue 'batch'" in body["warning"], body
+    cancel(api, "waits", body["id"])
