@@ -29,7 +29,7 @@ local function feed_runs(ctx, job, n)
     redis.call('HINCRBY', job, 'outstanding', 1)
     stream_event(record, plan.keys.stream .. id, ctx.stream_events, id, 'status',
                  '{"status":"queued"}')
-    pipeline.start(ctx, id, plan, parts[3])
+    pipeline.start(ctx, id, plan, parts[3], found[3])
   end
 end
 

@@ -7,8 +7,8 @@
 -- ``for_each``, ``element``; its id is "<run>.<step>" or "<run>.<step>.<index>", so a step
 -- is never queued twice. pipeline.ended(ctx, id, record, to): a run or a step's
 -- invocation ended (change() calls it); pipeline.started(ctx, record): an attempt of a
--- step's invocation started (the run runs); pipeline.start(ctx, id, plan, input): a run
--- accepted (pipelines/run).
+-- step's invocation started (the run runs); pipeline.start(ctx, id, plan, input, text): a
+-- run accepted (pipelines/run; ``text``: the plan as JSON, if the caller has it).
 --! include pipelines/json
 local CANCELLED = '{"type":"Cancelled","message":"cancelled: the pipeline run ended"}'
 local ACTIVE = 'queued running retrying'
@@ -246,11 +246,11 @@ local function run_step(ctx, plan, run_id, k)
   finish_run(ctx, plan, run_id)
 end
 
-start_run = function(ctx, run_id, plan, input)
+start_run = function(ctx, run_id, plan, input, text)
   local state = plan.keys.run .. run_id
   local record = plan.keys.record .. run_id
   redis.call('HSET', record, 'state', state)
-  redis.call('HSET', state, 'plan', cjson.encode(plan), 'input', input, 'step', -1,
+  redis.call('HSET', state, 'plan', text or cjson.encode(plan), 'input', input, 'step', -1,
              'record', record, 'items', state .. plan.keys.items,
              'stream', plan.keys.stream .. run_id)
   redis.call('EXPIRE', state, plan.pending_ttl)

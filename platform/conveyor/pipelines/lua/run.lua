@@ -22,5 +22,5 @@ local ctx = {
 }
 stream_event(K.record, K.stream, K.stream_events, A.id, 'status',
              cjson.encode({status = 'queued'}))
-pipeline.start(ctx, A.id, cjson.decode(A.plan), A.input)
+pipeline.start(ctx, A.id, cjson.decode(A.plan), A.input, A.plan)
 return 1
