@@ -79,6 +79,8 @@ class Outcomes:
         self.back: list[str] = []  # entries not run: the chunk yielded to more urgent work
 
     def succeeded(self, index: int, attempt: int, seconds: float, output: str) -> None:
+        # the output last: a pipeline's fan-in reads it without parsing the rest
+        # (pipelines/lua/advance: output_of)
         result = f'{{"s":"succeeded","a":{attempt},"d":{round(seconds * 1000, 3)},"o":{output}}}'
         self.results += [str(index), "succeeded", "", repr(seconds), result]
         self.seconds.append(seconds)

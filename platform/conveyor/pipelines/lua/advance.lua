@@ -339,6 +339,15 @@ local function step_ended(ctx, id, record, to)
   run_step(ctx, plan, run_id, k + 1)
 end
 
+-- An item's output in its map job's result: the text after "o", which the worker writes
+-- last (worker/chunks.py: ``{"s":…,"a":…,"d":…,"o":…}``); null for an item with none.
+local function output_of(result)
+  if not result then return 'null' end
+  local at = string.find(result, ',"o":', 1, true)
+  if not at then return 'null' end
+  return string.sub(result, at + 5, -2)
+end
+
 -- A chunk of a for_each step's map job settled (maps/lua/settle): ``failed``, its items
 -- that failed ({index, result}), fail the run at once (unless the step skips them); the
 -- job's end is the step's: its outputs, in order, are the step's output.
@@ -369,10 +378,7 @@ pipeline.job_settled = function(ctx, job, settled, failed)
     local fields = {}
     for i = from, math.min(from + 999, n - 1) do fields[#fields + 1] = tostring(i) end
     local results = redis.call('HMGET', keys.results, unpack(fields))
-    for i = 1, #fields do
-      local text = results[i] and json_member(results[i], 'o')
-      parts[#parts + 1] = text or 'null'
-    end
+    for i = 1, #fields do parts[#parts + 1] = output_of(results[i]) end
   end
   redis.call('HSET', state, 'out:' .. k, '[' .. table.concat(parts, ',') .. ']',
              'status:' .. k, 'succeeded', 'finished:' .. k, now())
