@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import Process, Stack, free_port, start_api, wait_for, write_function
+from tests.support import Stack, wait_for, write_function
 
 pytestmark = pytest.mark.faults
 
@@ -94,21 +94,6 @@ def figures(report, name: str, total: int, got: list[dict[str, Any]], runs: Path
     }
     report(f"{name}: " + ", ".join(f"{k} {v}" for k, v in numbers.items()))
     return numbers
-
-
-@pytest.fixture
-def apis() -> Iterator[Callable[[Stack], tuple[Process, str]]]:
-    """Start `conveyor api` processes for a stack; all are stopped at the end."""
-    started: list[Process] = []
-
-    def start(stack: Stack) -> tuple[Process, str]:
-        proc, base = start_api(stack.config, stack.root / f"api-{len(started)}.log", free_port())
-        started.append(proc)
-        return proc, base
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 def test_a_worker_killed_mid_job(make_stack, apis, report) -> None:  # type: ignore[no-untyped-def]

@@ -10,14 +10,14 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.support import Process, Stack, free_port, start_api, wait_for, write_function
+from tests.support import Stack, wait_for, write_function
 
 pytestmark = pytest.mark.faults
 
@@ -128,20 +128,6 @@ def check_once(
         f"{name}: {len(ids)} step invocations, all succeeded, {len(twice)} ran again"
         " (redelivered attempts)"
     )
-
-
-@pytest.fixture
-def apis() -> Iterator[Callable[[Stack], tuple[Process, str]]]:
-    started: list[Process] = []
-
-    def begin(stack: Stack) -> tuple[Process, str]:
-        proc, base = start_api(stack.config, stack.root / f"api-{len(started)}.log", free_port())
-        started.append(proc)
-        return proc, base
-
-    yield begin
-    for proc in started:
-        proc.stop()
 
 
 def test_a_worker_killed_mid_step(make_stack, apis, report) -> None:  # type: ignore[no-untyped-def]
