@@ -49,6 +49,17 @@ def run(n: int) -> TextStream:
 """
 
 
+TWICE = """
+[[steps]]
+name = "one"
+function = "echo"
+
+[[steps]]
+name = "two"
+function = "echo"
+"""
+
+
 @pytest.fixture(scope="module")
 def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     stack: Stack = make_stack(
@@ -66,6 +77,8 @@ def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     write_function(stack.functions, "echo", ECHO, '[function]\nhandler = "handler:run"\n')
     write_function(stack.functions, "maker", MAKER, '[function]\nhandler = "handler:run"\n')
     write_function(stack.functions, "words", WORDS, '[function]\nhandler = "handler:run"\n')
+    (stack.functions / "twice").mkdir()
+    (stack.functions / "twice" / "function.toml").write_text(TWICE)
     stack.worker("--queues", "default")
     return stack
 
@@ -287,6 +300,24 @@ def test_an_address_refused_at_delivery_fails_the_delivery(
         delivery.stop()  # the next test starts one with the stack's settings
     assert "refused" in state["last_error"] and "loopback" in state["last_error"]
     assert receivers[0].got["moved"] == []
+
+
+def test_a_pipeline_run_starts_and_completes_as_an_invocation_does(
+    api, delivery, receivers
+) -> None:  # type: ignore[no-untyped-def]
+    receiver = receivers[0]
+    webhook = {"url": receiver.url("run"), "events": ["start", "completed"]}
+    status, done = invoke(api, "twice", {"n": 2}, wait=30, webhook=webhook)
+    assert status == 200 and done["status"] == "succeeded", done
+    wait_for(lambda: len(receiver.got["run"]) == 2, 10, "two deliveries")
+    events = {}
+    for headers, body, _ in receiver.got["run"]:
+        event = Webhook(SECRET).verify(body, headers)
+        events[event["event"]] = (headers, event)
+    headers, completed = events["completed"]
+    assert headers["webhook-id"] == f"msg_{done['id']}_completed"
+    assert completed["output"] == {"n": 2} and completed["id"] == done["id"]
+    assert events["start"][1]["status"] == "running"
 
 
 def test_a_map_job_completion_is_signed_and_delivered(api, delivery, receivers) -> None:  # type: ignore[no-untyped-def]

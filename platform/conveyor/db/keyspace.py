@@ -250,9 +250,10 @@ def run_items(run_id: str) -> str:
 
 def run_key_parts() -> dict[str, str]:
     """What a run's script builds the names of its steps' keys from (the id appended):
-    records, runs, streams, 'completed' webhook deliveries (``webhook`` id ``completed``)."""
+    records, runs, streams, webhook deliveries (``webhook`` id ``completed`` or ``started``)."""
     delivery = webhook_delivery("\0", "completed")
     webhook, _, completed = delivery.partition("\0")
+    started = webhook_delivery("\0", "start").partition("\0")[2]
     job = map_job("\0")
     return {
         "record": record(""),
@@ -261,6 +262,7 @@ def run_key_parts() -> dict[str, str]:
         "stream": stream(""),
         "webhook": webhook,
         "completed": completed,
+        "started": started,
         "map": job.partition("\0")[0],  # a for_each step's map job: its keys after the id
         **{part: getattr_key(part) for part in ("inputs", "results", "done", "retries", "active")},
         "chunk": map_chunk("\0", 0).partition("\0")[2][:-1],  # ":chunk:" + its number

@@ -34,7 +34,7 @@ if attempts == 1 then
   end
 end
 if lost == 1 and K.redeliveries ~= '' then redis.call('HINCRBY', K.redeliveries, fn, 1) end
-pipeline.started({stream_events = K.stream_events}, K.record)
+pipeline.started({stream_events = K.stream_events, due = K.due, wake = K.wake}, K.record)
 local running = stream_attempt(K.record)
 running.status = 'running'
 stream_event(K.record, K.stream, K.stream_events, A.id, 'status', cjson.encode(running))

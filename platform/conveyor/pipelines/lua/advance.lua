@@ -252,12 +252,28 @@ start_run = function(ctx, run_id, plan, input, text)
   redis.call('HSET', record, 'state', state)
   redis.call('HSET', state, 'plan', text or cjson.encode(plan), 'input', input, 'step', -1,
              'record', record, 'items', state .. plan.keys.items,
-             'stream', plan.keys.stream .. run_id)
+             'stream', plan.keys.stream .. run_id,
+             'start_delivery', plan.keys.webhook .. run_id .. plan.keys.started)
   redis.call('EXPIRE', state, plan.pending_ttl)
   for _, version in ipairs(plan.uses) do redis.call('HINCRBY', ctx.in_use, version, 1) end
   run_step(ctx, plan, run_id, 0)
 end
 pipeline.start = start_run
+
+-- A run's first attempt started: it runs, says so on its stream, and owes its 'start'
+-- webhook, if it asked for one.
+local function run_runs(ctx, state, run_id)
+  local keys = redis.call('HMGET', state, 'record', 'stream', 'start_delivery')
+  local run_record = keys[1]
+  if not run_record or redis.call('HGET', run_record, 'status') ~= 'queued' then return false end
+  redis.call('HSET', run_record, 'status', 'running', 'started_at', now())
+  stream_event(run_record, keys[2], ctx.stream_events, run_id, 'status',
+               cjson.encode({status = 'running'}))
+  if keys[3] and redis.call('HEXISTS', run_record, 'webhook') == 1 then
+    webhook('start', hash_table(run_record), run_id, run_record, keys[3], ctx.due, ctx.wake)
+  end
+  return true
+end
 
 local function plan_of(state)
   return cjson.decode(redis.call('HGET', state, 'plan'))
@@ -360,11 +376,7 @@ pipeline.job_settled = function(ctx, job, settled, failed)
   if status ~= 'queued' and status ~= 'running' then return end
   redis.call('HINCRBY', state, 'attempts:' .. k, settled)
   local plan = cjson.decode(at[4])
-  if status == 'queued' then  -- its first step's first chunk: the run runs
-    redis.call('HSET', at[3], 'status', 'running', 'started_at', now())
-    stream_event(at[3], plan.keys.stream .. run_id, ctx.stream_events, run_id, 'status',
-                 cjson.encode({status = 'running'}))
-  end
+  if status == 'queued' then run_runs(ctx, state, run_id) end  -- its first chunk ended
   if #failed > 0 and at[2] ~= '1' then
     local first = failed[1]
     local error = cjson.decode(first[2]).e or {type = 'StepFailed', message = 'failed'}
@@ -399,13 +411,7 @@ pipeline.started = function(ctx, record_key)
   while found[1] do
     local run_id, state = found[1], found[2]
     redis.call('HINCRBY', state, 'attempts:' .. found[3], 1)
-    local keys = redis.call('HMGET', state, 'record', 'stream')
-    local run_record = keys[1]
-    if not run_record then return end
-    if redis.call('HGET', run_record, 'status') ~= 'queued' then return end
-    redis.call('HSET', run_record, 'status', 'running', 'started_at', now())
-    stream_event(run_record, keys[2], ctx.stream_events, run_id, 'status',
-                 cjson.encode({status = 'running'}))
-    found = redis.call('HMGET', run_record, 'run', 'run_state', 'step')
+    if not run_runs(ctx, state, run_id) then return end
+    found = redis.call('HMGET', redis.call('HGET', state, 'record'), 'run', 'run_state', 'step')
   end
 end
