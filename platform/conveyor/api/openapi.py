@@ -214,7 +214,11 @@ def _invoke_form(schemas: FunctionSchemas, input_ref: dict[str, Any]) -> dict[st
         "type": "object",
         "required": ["input"],
         "properties": {
-            "input": {**input_ref, "description": "the input (JSON); file fields may be null"},
+            "input": {
+                **input_ref,
+                "description": "the input (JSON; a form leaves a null input out); file fields"
+                " may be null",
+            },
             "priority": PRIORITY_SCHEMA,
             **files,
         },
