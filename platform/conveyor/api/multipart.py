@@ -173,10 +173,12 @@ class _Collector:
         self.files[path] = await asyncio.to_thread(part.writer.finish)
 
     def result(self, depth: int) -> Form:
+        if "input" not in self.fields:
+            raise ValidationError(
+                "a multipart invoke needs a part named 'input' with the JSON input",
+                [{"field": "input", "message": "required", "type": "missing"}],
+            )
         body = {name: _json(name, text, depth) for name, text in self.fields.items()}
-        # A form has no null part: one left out is null (its function's schema says whether
-        # that is an input; a client that sends {"input": null} as a form leaves it out).
-        body.setdefault("input", None)
         for path, meta in self.files.items():
             try:
                 body["input"] = refs.replace(body["input"], path, refs.ref(meta.id))

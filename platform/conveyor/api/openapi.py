@@ -198,6 +198,17 @@ def _add_function(
         paths[f"/functions/{name}/results/{{invocation_id}}/stream"] = {"get": events}
 
 
+INPUT_PART = "the input (JSON); file fields may be null"
+
+
+def _as_part(schemas: FunctionSchemas) -> dict[str, Any]:
+    """What a form's input part may hold, if narrower than the input: a function that takes
+    anything is documented taking a JSON number, boolean, object or list there (a form
+    cannot send a null part, and clients send a string part as its text, not as JSON; send
+    those as a JSON body)."""
+    return {"not": {"type": ["null", "string"]}} if not schemas.input else {}
+
+
 def _invoke_form(schemas: FunctionSchemas, input_ref: dict[str, Any]) -> dict[str, Any]:
     """An invoke as ``multipart/form-data``: the input as a JSON part, and a part for each
     of its top-level file fields (one inside a list is named ``field.0``, and so on)."""
@@ -214,11 +225,7 @@ def _invoke_form(schemas: FunctionSchemas, input_ref: dict[str, Any]) -> dict[st
         "type": "object",
         "required": ["input"],
         "properties": {
-            "input": {
-                **input_ref,
-                "description": "the input (JSON; a form leaves a null input out); file fields"
-                " may be null",
-            },
+            "input": {**input_ref, **_as_part(schemas), "description": INPUT_PART},
             "priority": PRIORITY_SCHEMA,
             **files,
         },
