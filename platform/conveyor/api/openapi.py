@@ -198,15 +198,10 @@ def _add_function(
         paths[f"/functions/{name}/results/{{invocation_id}}/stream"] = {"get": events}
 
 
-INPUT_PART = "the input (JSON); file fields may be null"
-
-
-def _as_part(schemas: FunctionSchemas) -> dict[str, Any]:
-    """What a form's input part may hold, if narrower than the input: a function that takes
-    anything is documented taking a JSON number, boolean, object or list there (a form
-    cannot send a null part, and clients send a string part as its text, not as JSON; send
-    those as a JSON body)."""
-    return {"not": {"type": ["null", "string"]}} if not schemas.input else {}
+INPUT_PART = (
+    "the input (JSON; a part that is text but not JSON is that string, and one left out is"
+    " null); file fields may be null"
+)
 
 
 def _invoke_form(schemas: FunctionSchemas, input_ref: dict[str, Any]) -> dict[str, Any]:
@@ -225,7 +220,7 @@ def _invoke_form(schemas: FunctionSchemas, input_ref: dict[str, Any]) -> dict[st
         "type": "object",
         "required": ["input"],
         "properties": {
-            "input": {**input_ref, **_as_part(schemas), "description": INPUT_PART},
+            "input": {**input_ref, "description": INPUT_PART},
             "priority": PRIORITY_SCHEMA,
             **files,
         },
