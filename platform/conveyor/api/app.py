@@ -33,6 +33,7 @@ from conveyor.api.observability import assets as dashboard_assets
 from conveyor.api.openapi import Options, document
 from conveyor.api.params import reject_unknown_query
 from conveyor.api.problems import EXCEPTION_HANDLERS
+from conveyor.api.schedules import SchedulesController, fire_forever
 from conveyor.api.services import Platform
 from conveyor.api.streams import StreamsController
 from conveyor.api.validation import RequestValidators
@@ -63,6 +64,8 @@ from conveyor.metrics.prometheus import HttpMetrics
 from conveyor.pipelines.checks import PipelineInspector, store_lookup
 from conveyor.pipelines.db import Runs
 from conveyor.pipelines.plan import Planner, Resolve
+from conveyor.schedules.checks import ScheduleInspector
+from conveyor.schedules.db import ScheduleStore
 from conveyor.settings import Settings, get_settings
 from conveyor.store.bucket import BucketBundles
 from conveyor.store.db import FunctionStore
@@ -115,7 +118,9 @@ def create_app(settings: Settings) -> Litestar:
     folder = Registry(settings.functions.dir, settings.queues)
     store = FunctionStore(invocations.redis, BucketBundles.of(settings))
     served = Served(store, folder)
-    inspector = PipelineInspector(Inspector(Limits.of(settings)), store_lookup(store))
+    inspector = ScheduleInspector(
+        PipelineInspector(Inspector(Limits.of(settings)), store_lookup(store))
+    )
     deployer = Deployer(settings, store, served, folder, inspector)
     platform = Platform(
         settings=settings,
@@ -142,6 +147,7 @@ def create_app(settings: Settings) -> Litestar:
             settings.map.window,
         ),
         runs=Runs(invocations.redis),
+        schedules=ScheduleStore(invocations.redis),
         api_keys=ApiKeyStore(invocations.redis, invocations.subscription)
         if settings.api.auth == "keys"
         else None,
@@ -161,6 +167,7 @@ def create_app(settings: Settings) -> Litestar:
         background = [
             asyncio.create_task(first_load(), name="conveyor-first-load"),
             asyncio.create_task(deployer.collect_forever(), name="conveyor-collect"),
+            asyncio.create_task(fire_forever(platform), name="conveyor-schedules"),
             asyncio.create_task(
                 _sweep_files(platform.files.store, settings), name="conveyor-sweep"
             ),
@@ -201,6 +208,7 @@ def create_app(settings: Settings) -> Litestar:
             ObservabilityController,
             JobsController,
             VersionsController,
+            SchedulesController,
             openapi_document,
             docs_page,
             assets(),

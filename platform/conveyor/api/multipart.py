@@ -8,6 +8,7 @@ held; the other parts are small, and bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -173,12 +174,10 @@ class _Collector:
         self.files[path] = await asyncio.to_thread(part.writer.finish)
 
     def result(self, depth: int) -> Form:
-        if "input" not in self.fields:
-            raise ValidationError(
-                "a multipart invoke needs a part named 'input' with the JSON input",
-                [{"field": "input", "message": "required", "type": "missing"}],
-            )
         body = {name: _json(name, text, depth) for name, text in self.fields.items()}
+        # A form has no null part: one left out is null (the function's schema says whether
+        # null is an input of it; if not, the 422 names the field).
+        body.setdefault("input", None)
         for path, meta in self.files.items():
             try:
                 body["input"] = refs.replace(body["input"], path, refs.ref(meta.id))
@@ -214,10 +213,15 @@ def _path(name: str) -> refs.Path:
 
 
 def _json(name: str, text: bytes, depth: int) -> Any:
+    """A part's value: its JSON; an input part that is not JSON but text is that string
+    (as a form's text field sends it; the function's schema says whether it is an input)."""
     check_text(text, depth)
     try:
         return json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
+        if name == "input":
+            with contextlib.suppress(UnicodeDecodeError):
+                return text.decode("utf-8")
         raise ValidationError(
             f"the {name!r} part is not JSON: {exc}",
             [{"field": name, "message": "not JSON", "type": "json"}],

@@ -198,6 +198,12 @@ def _add_function(
         paths[f"/functions/{name}/results/{{invocation_id}}/stream"] = {"get": events}
 
 
+INPUT_PART = (
+    "the input (JSON; a part that is text but not JSON is that string, and one left out is"
+    " null); file fields may be null"
+)
+
+
 def _invoke_form(schemas: FunctionSchemas, input_ref: dict[str, Any]) -> dict[str, Any]:
     """An invoke as ``multipart/form-data``: the input as a JSON part, and a part for each
     of its top-level file fields (one inside a list is named ``field.0``, and so on)."""
@@ -214,7 +220,7 @@ def _invoke_form(schemas: FunctionSchemas, input_ref: dict[str, Any]) -> dict[st
         "type": "object",
         "required": ["input"],
         "properties": {
-            "input": {**input_ref, "description": "the input (JSON); file fields may be null"},
+            "input": {**input_ref, "description": INPUT_PART},
             "priority": PRIORITY_SCHEMA,
             **files,
         },

@@ -64,6 +64,27 @@ def paths(max_wait: float) -> dict[str, Any]:
             )
         },
         "/functions/{name}/rollback": {"post": rollback_op(name)},
+        "/functions/{name}/schedules": {
+            "get": operation(
+                "list_schedules",
+                "A function's schedules: each one's next tick and last runs",
+                ok=ref("ScheduleList"),
+                params=[name],
+                problems=[404, 503],
+                tags=["schedules"],
+            )
+        },
+        "/functions/{name}/schedules/{index}/run": {
+            "post": operation(
+                "run_schedule",
+                "Fire a schedule now (admin)",
+                ok=ref("ScheduleFired"),
+                params=[name, parameter("index", "path", {"type": "integer", "minimum": 0})],
+                problems=[404, 422, 503],
+                status=202,
+                tags=["schedules"],
+            )
+        },
         "/functions/{name}/deployments/{deployment_id}": {
             "get": operation(
                 "get_deployment",

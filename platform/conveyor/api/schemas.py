@@ -318,6 +318,42 @@ class VersionList(BaseModel):
     versions: list[VersionInfo]
 
 
+class ScheduleRun(BaseModel):
+    """A tick of a schedule (or a run fired by hand), and what came of it."""
+
+    tick: datetime | None = Field(description="the tick; null for a run fired by hand")
+    id: str | None = Field(description="the invocation; null when none was made")
+    outcome: str = Field(description="fired, manual, skipped, missed, or why it failed")
+    status: str | None = Field(description="the invocation's status (expired: its result)")
+    at: datetime
+
+
+class ScheduleInfo(BaseModel):
+    """One of a function's ``[[schedules]]``."""
+
+    index: int
+    cron: str | Absent = None
+    timezone: str | Absent = None
+    every: str | Absent = None
+    overlap: Literal["skip", "allow"]
+    catch_up: bool
+    input: Any = None
+    next_at: datetime
+    runs: list[ScheduleRun] = Field(description="the last runs, newest first")
+
+
+class ScheduleList(BaseModel):
+    function: str
+    schedules: list[ScheduleInfo]
+
+
+class ScheduleFired(BaseModel):
+    """A schedule fired by hand: its invocation."""
+
+    id: str
+    result_url: str
+
+
 class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -395,6 +431,8 @@ DOCUMENTED: list[type[BaseModel]] = [
     MapJobInfo,
     MapJobList,
     VersionList,
+    ScheduleList,
+    ScheduleFired,
     RollbackRequest,
     Deployment,
     DeploymentAccepted,

@@ -13,6 +13,7 @@ from conveyor.invocations.client import InvocationClient
 from conveyor.maps.db import MapStore
 from conveyor.pipelines.db import Runs
 from conveyor.pipelines.plan import Planner
+from conveyor.schedules.db import ScheduleStore
 from conveyor.settings import Settings
 from conveyor.store.deployer import Deployer
 from conveyor.store.served import Served
@@ -37,5 +38,6 @@ class Platform:
     streams: StreamReader  # streaming invocations' events
     planner: Planner  # a pipeline run's plan: its steps' versions, frozen when accepted
     runs: Runs  # pipeline runs' steps
+    schedules: ScheduleStore  # each schedule's last fired tick and runs
     api_keys: ApiKeyStore | None = None  # None: [api] auth = "none"
     loaded: bool = False  # the functions found at start have been inspected

@@ -65,6 +65,7 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     from conveyor.functions.inspector import Inspector, Limits
     from conveyor.functions.registry import Registry
     from conveyor.pipelines.checks import PipelineInspector, registry_lookup
+    from conveyor.schedules.checks import ScheduleInspector
     from conveyor.store.bundle import check_size, folder_sizes
 
     # The same checks the API makes: each folder imported in an inspector subprocess, and
@@ -77,7 +78,8 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     registry = Registry(settings.functions.dir, settings.queues, folders)
     limits = Limits.of(settings)
     # a pipeline is checked against the functions checked with it
-    catalog = Catalog(registry, PipelineInspector(Inspector(limits), registry_lookup(registry)))
+    inspector = PipelineInspector(Inspector(limits), registry_lookup(registry))
+    catalog = Catalog(registry, ScheduleInspector(inspector))
 
     async def load() -> None:
         await catalog.refresh()

@@ -273,3 +273,13 @@ def getattr_key(part: str) -> str:
     """The suffix of a map job's key ``part`` (``:inputs`` ...), after the job's id."""
     key: str = globals()[f"map_{part}"]("\0")
     return key.partition("\0")[2]
+
+
+# Schedules (see schedules/): a schedule's state (its last fired tick) and its last runs
+# (JSON: tick, invocation id, outcome), by function and the schedule's place in its manifest.
+def schedule_state(function: str, index: int) -> str:
+    return f"{PREFIX}:schedule:{function}:{index}"
+
+
+def schedule_runs(function: str, index: int) -> str:
+    return f"{PREFIX}:schedule-runs:{function}:{index}"

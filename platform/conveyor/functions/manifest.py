@@ -11,8 +11,16 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from conveyor.errors import ManifestError, TooDeepError
 from conveyor.nesting import DEFAULT_DEPTH, check_value
@@ -96,6 +104,63 @@ class StepSection(_Section):
     on_error: Literal["fail", "skip"] = "fail"
 
 
+_EVERY = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def every_seconds(every: str) -> float:
+    """``"30s"``, ``"5m"``, ``"2h"``, ``"1d"`` in seconds (ValueError: what it may be)."""
+    match = _EVERY.match(every.strip())
+    if match is None:
+        raise ValueError(f"{every!r} is not a period: write a number and s, m, h or d ('30s')")
+    return float(match.group(1)) * _UNIT[match.group(2)]
+
+
+class ScheduleSection(_Section):
+    """One ``[[schedules]]`` entry: when its function is invoked by itself."""
+
+    cron: str | None = None  # five fields, as crontab(5); in ``timezone``
+    every: str | None = None  # a period: "30s", "5m", "1h", "1d" (ticks on multiples of it)
+    timezone: str = "UTC"
+    input: Any = None
+    overlap: Literal["skip", "allow"] = "skip"
+    catch_up: bool = False
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from croniter import croniter  # only manifests with schedules need it
+
+            try:
+                croniter(value)
+            except (ValueError, KeyError) as exc:
+                raise ValueError(f"{value!r} is not a cron expression: {exc}") from None
+        return value
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str | None) -> str | None:
+        if value is not None and every_seconds(value) < 1:
+            raise ValueError(f"{value!r}: a schedule fires at most once a second")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone (an IANA name)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Self:
+        if (self.cron is None) == (self.every is None):
+            raise ValueError("give either cron or every")
+        return self
+
+
 class PipelineSection(_Section):
     output: Annotated[str, Field(pattern=r"^\$\.")] | None = None  # default: the last step's
     # a JSON Schema (a table) or a .json file in the folder; default: the first step's input
@@ -112,6 +177,7 @@ class Manifest(_Section):
     results: ResultsSection = ResultsSection()
     steps: list[StepSection] | None = None  # a pipeline: a function made of functions
     pipeline: PipelineSection | None = None
+    schedules: list[ScheduleSection] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _handler_or_steps(self) -> Self:
@@ -213,8 +279,8 @@ def _describe(path: Path, exc: ValidationError) -> str:
         if not loc:
             reasons.append(f"{path}: {msg}")
             continue
-        if loc[0] == "steps" and len(loc) > 1 and loc[1].isdigit():
-            where = f"[[steps]] #{int(loc[1]) + 1} {'.'.join(loc[2:])}".strip()
+        if loc[0] in ("steps", "schedules") and len(loc) > 1 and loc[1].isdigit():
+            where = f"[[{loc[0]}]] #{int(loc[1]) + 1} {'.'.join(loc[2:])}".strip()
         elif len(loc) > 1:
             where = f"[{loc[0]}] {'.'.join(loc[1:])}"
         else:
