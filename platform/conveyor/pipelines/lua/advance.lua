@@ -246,6 +246,31 @@ local function run_step(ctx, plan, run_id, k)
   finish_run(ctx, plan, run_id)
 end
 
+-- The JSON list of ``n`` values of ``hash`` (fields ``prefix`` .. 0, 1 ...), each as
+-- ``read`` gives it, read a thousand at a time; ``drop``: the fields go once read.
+local function json_list(hash, prefix, n, read, drop)
+  local parts = {}
+  for from = 0, n - 1, 1000 do
+    local fields = {}
+    for i = from, math.min(from + 999, n - 1) do fields[#fields + 1] = prefix .. i end
+    local texts = redis.call('HMGET', hash, unpack(fields))
+    for i = 1, #fields do parts[#parts + 1] = read(texts[i]) end
+    if drop then redis.call('HDEL', hash, unpack(fields)) end
+  end
+  return '[' .. table.concat(parts, ',') .. ']'
+end
+
+local function output_or_null(text) return text or 'null' end
+
+-- Step ``k`` is done (``output``: its output, if not stored already): the next one starts.
+local function step_succeeded(ctx, plan, run_id, k, output)
+  local state = plan.keys.run .. run_id
+  if output then redis.call('HSET', state, 'out:' .. k, output) end
+  redis.call('HSET', state, 'status:' .. k, 'succeeded', 'finished:' .. k, now())
+  step_event(ctx, plan, run_id, {step = plan.steps[k + 1].name, status = 'succeeded'})
+  run_step(ctx, plan, run_id, k + 1)
+end
+
 start_run = function(ctx, run_id, plan, input, text)
   local state = plan.keys.run .. run_id
   local record = plan.keys.record .. run_id
@@ -338,21 +363,9 @@ local function step_ended(ctx, id, record, to)
     redis.call('HSET', state, 'out:' .. k, output)
   end
   if redis.call('HINCRBY', state, 'left', -1) > 0 then return end
-  if each >= 0 then
-    local parts = {}
-    for from = 0, each - 1, 1000 do
-      local fields = {}
-      for i = from, math.min(from + 999, each - 1) do fields[#fields + 1] = k .. ':' .. i end
-      local texts = redis.call('HMGET', items, unpack(fields))
-      for i = 1, #fields do parts[#parts + 1] = texts[i] or 'null' end
-      redis.call('HDEL', items, unpack(fields))
-    end
-    redis.call('HSET', state, 'out:' .. k, '[' .. table.concat(parts, ',') .. ']')
-  end
-  local plan = plan_of(state)
-  redis.call('HSET', state, 'status:' .. k, 'succeeded', 'finished:' .. k, now())
-  step_event(ctx, plan, run_id, {step = plan.steps[k + 1].name, status = 'succeeded'})
-  run_step(ctx, plan, run_id, k + 1)
+  local fanned = nil
+  if each >= 0 then fanned = json_list(items, k .. ':', each, output_or_null, true) end
+  step_succeeded(ctx, plan_of(state), run_id, k, fanned)
 end
 
 -- An item's output in its map job's result: the text after "o", which the worker writes
@@ -385,17 +398,8 @@ pipeline.job_settled = function(ctx, job, settled, failed)
   end
   if not found[4] then return end  -- the job goes on
   local keys = job_keys(plan, run_id .. '.' .. plan.steps[k + 1].name)
-  local n, parts = tonumber(found[5]), {}
-  for from = 0, n - 1, 1000 do
-    local fields = {}
-    for i = from, math.min(from + 999, n - 1) do fields[#fields + 1] = tostring(i) end
-    local results = redis.call('HMGET', keys.results, unpack(fields))
-    for i = 1, #fields do parts[#parts + 1] = output_of(results[i]) end
-  end
-  redis.call('HSET', state, 'out:' .. k, '[' .. table.concat(parts, ',') .. ']',
-             'status:' .. k, 'succeeded', 'finished:' .. k, now())
-  step_event(ctx, plan, run_id, {step = plan.steps[k + 1].name, status = 'succeeded'})
-  run_step(ctx, plan, run_id, k + 1)
+  step_succeeded(ctx, plan, run_id, k,
+                 json_list(keys.results, '', tonumber(found[5]), output_of, false))
 end
 
 pipeline.ended = function(ctx, id, record, to)
