@@ -28,6 +28,7 @@ from conveyor.auth.caller import Caller
 from conveyor.errors import ConveyorError, InvocationNotFoundError
 from conveyor.functions.manifest import ScheduleSection
 from conveyor.functions.registry import FunctionEntry
+from conveyor.invocations.records import InvocationStatus
 from conveyor.log import get_logger
 from conveyor.schedules import timing
 
@@ -61,14 +62,20 @@ async def fire(
     return record.id
 
 
+async def _status(platform: Platform, invocation_id: str) -> InvocationStatus | None:
+    """A run's invocation's status; None once its result expired."""
+    try:
+        return (await platform.invocations.get(invocation_id)).status
+    except InvocationNotFoundError:
+        return None
+
+
 async def _unfinished(platform: Platform, name: str, index: int) -> bool:
     """Whether the last run fired by ``name``'s schedule ``index`` has not finished."""
     for run in await platform.schedules.runs(name, index):
         if run.id:
-            try:
-                return not (await platform.invocations.get(run.id)).status.final
-            except InvocationNotFoundError:
-                return False
+            status = await _status(platform, run.id)
+            return status is not None and not status.final
     return False
 
 
@@ -143,10 +150,8 @@ class SchedulesController(Controller):
             for run in await platform.schedules.runs(name, index):
                 status = None
                 if run.id:
-                    try:
-                        status = (await platform.invocations.get(run.id)).status.value
-                    except InvocationNotFoundError:
-                        status = "expired"
+                    found = await _status(platform, run.id)
+                    status = "expired" if found is None else found.value
                 runs.append(
                     {
                         "tick": None if run.tick is None else timing.iso(run.tick),
