@@ -108,6 +108,26 @@ class StreamTooLargeError(ConveyorError):
     """A streaming invocation's events went past its [limits] max_stream_bytes."""
 
 
+class NotTrainableError(ConveyorError):
+    """The function has no ``[training]`` table, or the id is not one of its trainings."""
+
+
+class TrainingError(ConveyorError):
+    """A training's files do not make a version that deploys (its import fails, ...):
+    the training fails, and what serves is untouched."""
+
+
+class CheckpointError(ConveyorError):
+    """A checkpoint could not be saved: past [limits] max_checkpoint_bytes, or not a
+    directory of files."""
+
+
+class WorkerStopping(BaseException):  # like KeyboardInterrupt: not an Exception
+    """The worker shut down while the attempt ran, past its ``[worker] shutdown_grace``:
+    the attempt is stopped and the invocation queued again. A BaseException, so a
+    handler's ``except Exception`` does not swallow it."""
+
+
 class NotStreamingError(ConveyorError):
     """The invocation's function does not stream: it has no stream to read."""
 

@@ -29,7 +29,8 @@ def census_warning(census: KnownCensus, queue: str) -> str | None:
 
 
 def result_url(record: InvocationRecord) -> str:
-    return f"/functions/{record.function}/results/{record.id}"
+    kind = "trainings" if record.training is not None else "results"
+    return f"/functions/{record.function}/{kind}/{record.id}"
 
 
 def stream_url(record: InvocationRecord) -> dict[str, str]:
@@ -110,6 +111,10 @@ def result_body(
         body["progress"] = {**record.progress, "updated_at": iso(record.progress["updated_at"])}
     if steps is not None:
         body["steps"] = [_step_view(step) for step in steps]
+    if record.training is not None:
+        body["training"] = record.training
+    if record.checkpoint is not None:
+        body["checkpoint"] = {**record.checkpoint, "saved_at": iso(record.checkpoint["saved_at"])}
     return body
 
 

@@ -309,6 +309,11 @@ class WorkerSettings(_Section):
     restore_interval: Seconds = 5.0
     start_timeout: Seconds = Field(300.0, description="time a process may take in setup()")
     heartbeat: Seconds = 5.0
+    shutdown_grace: Seconds = Field(
+        30.0,
+        description="on SIGTERM: seconds a running handler has (ctx.stopping is true, a"
+        " checkpoint ends it) before its attempt is stopped and queued again",
+    )
     scale_interval: Seconds = Field(1.0, description="--autoscale: seconds between looks")
     scale_down_after: Seconds = Field(
         30.0, description="--autoscale: seconds a queue stays empty before a process stops"

@@ -36,6 +36,7 @@ from conveyor.api.problems import EXCEPTION_HANDLERS
 from conveyor.api.schedules import SchedulesController, fire_forever
 from conveyor.api.services import Platform
 from conveyor.api.streams import StreamsController
+from conveyor.api.trainings import TrainingsController
 from conveyor.api.validation import RequestValidators
 from conveyor.api.versions import VersionsController
 from conveyor.auth.caller import Caller
@@ -73,6 +74,7 @@ from conveyor.store.deployer import Deployer
 from conveyor.store.deployments import DeploymentLog
 from conveyor.store.served import Served
 from conveyor.streams.db import StreamReader
+from conveyor.trainings.db import TrainingIndex
 from conveyor.webhooks.intake import WebhookIntake
 
 log = get_logger(__name__)
@@ -148,6 +150,7 @@ def create_app(settings: Settings) -> Litestar:
         ),
         runs=Runs(invocations.redis),
         schedules=ScheduleStore(invocations.redis),
+        trainings=TrainingIndex(invocations.redis),
         api_keys=ApiKeyStore(invocations.redis, invocations.subscription)
         if settings.api.auth == "keys"
         else None,
@@ -209,6 +212,7 @@ def create_app(settings: Settings) -> Litestar:
             JobsController,
             VersionsController,
             SchedulesController,
+            TrainingsController,
             openapi_document,
             docs_page,
             assets(),

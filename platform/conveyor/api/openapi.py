@@ -13,7 +13,8 @@ from __future__ import annotations
 import copy
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -31,12 +32,13 @@ from conveyor.api.operations import (
     ref,
     result_op,
     stream_op,
+    typed_training_op,
     wait_param,
 )
 from conveyor.api.paths import paths
 from conveyor.api.problems import PROBLEM_JSON
 from conveyor.api.schemas import DOCUMENTED
-from conveyor.api.validation import PRIORITY_SCHEMA, request_schema
+from conveyor.api.validation import PRIORITY_SCHEMA, request_schema, training_request_schema
 from conveyor.functions.loader import DEFS_REF, FunctionSchemas
 from conveyor.functions.registry import FunctionEntry
 from conveyor.handler_types import FILE_MARK
@@ -191,11 +193,44 @@ def _add_function(
     form = _invoke_form(schemas, sides["Input"])
     paths[f"/functions/{name}/invoke"] = {"post": invoke_op(name, description, max_wait, form)}
     paths[f"/functions/{name}/results/{{invocation_id}}"] = {"get": result, "delete": remove}
+    if schemas.training is not None:
+        _add_training(doc, name, schemas, options, add)
     if schemas.stream is not None:
         chunk = add("Chunk", _rewrite_refs(schemas.stream, names))
         events = stream_op(f"stream_{name}_events", chunk)
         events["tags"] = [name]
         paths[f"/functions/{name}/results/{{invocation_id}}/stream"] = {"get": events}
+
+
+def _add_training(
+    doc: dict[str, Any],
+    name: str,
+    schemas: FunctionSchemas,
+    options: Options,
+    add: Callable[[str, dict[str, Any]], dict[str, str]],
+) -> None:
+    """``<name>.TrainingRequest`` (its definitions as ``<name>.Training<Model>``) and the
+    function's own trainings path."""
+    assert schemas.training is not None
+    paths, max_wait = doc["paths"], options.max_wait
+    training = dict(schemas.training)
+    training_defs = training.pop("$defs", {})
+    local = {d: f"{name}.Training{d}" for d in training_defs}
+    for def_name, definition in training_defs.items():
+        add(f"Training{def_name}", _rewrite_refs(definition, local))
+    body = training_request_schema(
+        replace(schemas, training=_rewrite_refs(training, local)), webhooks=options.webhooks
+    )
+    add("TrainingRequest", body)
+    start = typed_training_op(
+        f"train_{name}", f"Train {name}", [], max_wait, f"{name}.TrainingRequest"
+    )
+    # This path shadows the generic one for this function, so it lists them too.
+    listing = copy.deepcopy(doc["paths"]["/functions/{name}/trainings"]["get"])
+    listing.pop("parameters", None)
+    listing.update(operationId=f"list_{name}_trainings")
+    start["tags"] = listing["tags"] = [name]
+    paths[f"/functions/{name}/trainings"] = {"post": start, "get": listing}
 
 
 INPUT_PART = (

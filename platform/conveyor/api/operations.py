@@ -338,3 +338,49 @@ def parameter(
     if description:
         param["description"] = description
     return param
+
+
+def training_op(name: dict[str, Any], max_wait: float) -> dict[str, Any]:
+    """``POST /functions/{name}/trainings``; a function with ``[training]`` has its own,
+    typed with its training handler's input (:func:`typed_training_op`)."""
+    return typed_training_op(
+        "start_training", "Start a training", [name], max_wait, "TrainingRequest"
+    )
+
+
+def typed_training_op(
+    op_id: str, summary: str, first: list[dict[str, Any]], max_wait: float, request: str
+) -> dict[str, Any]:
+    wait = wait_param(
+        max_wait, "answer 200 with the result if it finishes within this many seconds"
+    )
+    key = parameter(
+        "Idempotency-Key",
+        "header",
+        {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+        "retrying with the same key and body returns the first training",
+    )
+    op = operation(
+        op_id,
+        summary,
+        ok=ref("Result"),
+        params=[*first, wait, key],
+        problems=[400, 404, 409, 413, 415, 422, 503],
+        tags=["trainings"],
+    )
+    op["description"] = (
+        "Runs the function's [training] handler; on success its files make a new version"
+        " (`output.new_version`), serving at once with `promote`, otherwise retained"
+    )
+    op["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": ref(request)}},
+    }
+    op["responses"]["200"]["description"] = "finished within ?wait"
+    op["responses"]["202"] = {
+        **json_body("accepted: stored in Redis and queued", ref("Accepted")),
+        "headers": {
+            "Location": {"description": "the training's URL", "schema": {"type": "string"}}
+        },
+    }
+    return op

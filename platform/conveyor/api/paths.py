@@ -20,6 +20,7 @@ from conveyor.api.operations import (
     result_op,
     rollback_op,
     stream_op,
+    training_op,
     upload_op,
     wait_param,
 )
@@ -31,6 +32,7 @@ def paths(max_wait: float) -> dict[str, Any]:
     name = parameter("name", "path", {"type": "string", "pattern": NAME_PATTERN})
     invocation, wait = invocation_param(), wait_param(max_wait)
     job = parameter("job_id", "path", {"type": "string", "format": "uuid"})
+    training = parameter("training_id", "path", {"type": "string", "format": "uuid"})
     return {
         "/functions": {
             "get": operation("list_functions", "List functions", ok=ref("FunctionList"))
@@ -83,6 +85,46 @@ def paths(max_wait: float) -> dict[str, Any]:
                 problems=[404, 422, 503],
                 status=202,
                 tags=["schedules"],
+            )
+        },
+        "/functions/{name}/trainings": {
+            "get": operation(
+                "list_trainings",
+                "A function's trainings, newest first",
+                ok=ref("TrainingList"),
+                params=[name],
+                problems=[404, 503],
+                tags=["trainings"],
+            ),
+            "post": training_op(name, max_wait),
+        },
+        "/functions/{name}/trainings/{training_id}": {
+            "get": result_op(
+                "get_training",
+                "A training: its status and, once it succeeded, its new version",
+                [name, training, wait],
+                "Result",
+            )
+            | {"tags": ["trainings"]},
+        },
+        "/functions/{name}/trainings/{training_id}/cancel": {
+            "post": operation(
+                "cancel_training",
+                "Cancel a queued or running training (a running attempt is killed)",
+                ok=ref("Result"),
+                params=[name, training],
+                problems=[404, 409, 503],
+                tags=["trainings"],
+            )
+        },
+        "/functions/{name}/trainings/{training_id}/logs": {
+            "get": operation(
+                "get_training_logs",
+                "What a training's last attempt printed or logged",
+                ok=ref("InvocationLogs"),
+                params=[name, training],
+                problems=[404, 503],
+                tags=["trainings"],
             )
         },
         "/functions/{name}/deployments/{deployment_id}": {

@@ -24,12 +24,14 @@ from litestar.params import FromPath
 
 from conveyor.api.params import takes
 from conveyor.api.services import Platform
+from conveyor.api.trainings import start_training, trainable
 from conveyor.auth.caller import Caller
 from conveyor.errors import ConveyorError, InvocationNotFoundError
 from conveyor.functions.manifest import ScheduleSection
 from conveyor.functions.registry import FunctionEntry
-from conveyor.invocations.records import InvocationStatus
+from conveyor.invocations.records import InvocationRecord, InvocationStatus
 from conveyor.log import get_logger
+from conveyor.results import result_url
 from conveyor.schedules import timing
 
 log = get_logger(__name__)
@@ -44,22 +46,28 @@ def _rule(schedule: ScheduleSection) -> dict[str, Any]:
         if schedule.cron is not None
         else {"every": schedule.every}
     )
-    return rule | {"overlap": schedule.overlap, "catch_up": schedule.catch_up}
+    rule |= {"overlap": schedule.overlap, "catch_up": schedule.catch_up}
+    return rule | ({"training": True, "promote": schedule.promote} if schedule.training else {})
 
 
 async def fire(
     platform: Platform, entry: FunctionEntry, schedule: ScheduleSection, key: str | None
-) -> str:
-    """Submit one run of ``schedule``'s function: its invocation's id."""
+) -> InvocationRecord:
+    """Submit one run of ``schedule``'s function (a training with ``training``)."""
     assert entry.spec is not None and entry.schemas is not None
     spec, schemas = entry.spec, entry.schemas
+    if schedule.training:
+        spec, schemas = trainable(platform, entry.name)
+        platform.validators.validate_training(spec, schemas, {"input": schedule.input})
+        return await start_training(
+            platform, spec, schemas, schedule.input, promote=schedule.promote, owner=None, key=key
+        )
     platform.validators.validate(spec, schemas, {"input": schedule.input})
     plan = None
     if spec.manifest.is_pipeline:
         census = await platform.invocations.census()
         plan = platform.planner.plan(spec, None, workers=census.pool if census else None)
-    record = await platform.invocations.submit(spec, schedule.input, idempotency_key=key, plan=plan)
-    return record.id
+    return await platform.invocations.submit(spec, schedule.input, idempotency_key=key, plan=plan)
 
 
 async def _status(platform: Platform, invocation_id: str) -> InvocationStatus | None:
@@ -92,7 +100,7 @@ async def _tick(
         await platform.schedules.fired(name, index, tick, "", "skipped")
         return
     try:
-        invocation_id = await fire(platform, entry, schedule, f"schedule:{index}:{tick!r}")
+        invocation_id = (await fire(platform, entry, schedule, f"schedule:{index}:{tick!r}")).id
     except ConveyorError as exc:  # an input its function no longer takes, no version ...
         log.warning("schedule_not_fired", function=name, schedule=index, error=str(exc))
         await platform.schedules.fired(name, index, tick, "", f"failed: {exc}")
@@ -190,6 +198,6 @@ class SchedulesController(Controller):
         schedules = entry.spec.manifest.schedules
         if not 0 <= index < len(schedules):
             raise NotFoundException(f"{name!r} has {len(schedules)} schedule(s); no {index}")
-        invocation_id = await fire(platform, entry, schedules[index], None)
-        await platform.schedules.fired(name, index, None, invocation_id, "manual")
-        return {"id": invocation_id, "result_url": f"/functions/{name}/results/{invocation_id}"}
+        record = await fire(platform, entry, schedules[index], None)
+        await platform.schedules.fired(name, index, None, record.id, "manual")
+        return {"id": record.id, "result_url": result_url(record)}

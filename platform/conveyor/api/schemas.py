@@ -98,6 +98,16 @@ class FileInfo(BaseModel):
     expires_at: datetime | None = None
 
 
+class TrainingOptions(BaseModel):
+    promote: bool = Field(description="the new version serves at once (else it is retained)")
+
+
+class CheckpointInfo(BaseModel):
+    bytes: int
+    saved_at: datetime
+    attempt: int = Field(description="the attempt that saved it")
+
+
 class Result(BaseModel):
     """An invocation: its status, timings and, once finished, its output or error."""
 
@@ -124,6 +134,28 @@ class Result(BaseModel):
         None, description="the files the output holds (as their URLs, or ?files=data_uri)"
     )
     steps: list[RunStep] | Absent = Field(None, description="a pipeline's run: its steps")
+    training: TrainingOptions | Absent = Field(None, description="a training: how it was asked")
+    checkpoint: CheckpointInfo | Absent = Field(
+        None, description="the last checkpoint (ctx.checkpoint()): a later attempt resumes from it"
+    )
+
+
+class TrainingList(BaseModel):
+    """A function's trainings, newest first (each as its result; ``output`` holds
+    ``new_version`` and the handler's ``metrics`` once it succeeded)."""
+
+    function: str
+    trainings: list[Result]
+
+
+class TrainingRequest(BaseModel):
+    """A training: the ``[training]`` handler's input (``GET /functions/{name}`` gives its
+    ``training_schema``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Any
+    promote: bool = Field(False, description="serve the new version at once (else retained)")
 
 
 class Batching(BaseModel):
@@ -156,6 +188,7 @@ class FunctionInfo(BaseModel):
     autoscaled: bool | Absent = None
     warning: str | Absent = None
     steps: list[PipelineStep] | Absent = Field(None, description="a pipeline: its steps")
+    trainings_url: str | Absent = Field(None, description="it has [training]: start one here")
 
 
 class FunctionDetail(FunctionInfo):
@@ -165,6 +198,9 @@ class FunctionDetail(FunctionInfo):
     output_schema: dict[str, Any] | Absent = None
     stream_schema: dict[str, Any] | Absent = Field(
         None, description="a streaming function's chunk: each output event's output"
+    )
+    training_schema: dict[str, Any] | Absent = Field(
+        None, description="its [training] handler's input: a training request's input"
     )
 
 
@@ -297,7 +333,8 @@ class VersionInfo(BaseModel):
 
     version: str
     status: Literal["serving", "retained"]
-    source: Literal["folder", "push"] = Field(description="how it was last deployed")
+    source: Literal["folder", "push", "training"] = Field(description="how it was last deployed")
+    training: str | Absent = Field(None, description="the training that made it")
     created_at: datetime = Field(description="first stored")
     deployed_at: datetime = Field(description="last deployed")
     bundle_bytes: int = Field(description="what the function store holds for it")
@@ -337,6 +374,8 @@ class ScheduleInfo(BaseModel):
     every: str | Absent = None
     overlap: Literal["skip", "allow"]
     catch_up: bool
+    training: bool | Absent = Field(None, description="it starts trainings")
+    promote: bool | Absent = Field(None, description="a training's new version serves at once")
     input: Any = None
     next_at: datetime
     runs: list[ScheduleRun] = Field(description="the last runs, newest first")
@@ -433,6 +472,8 @@ DOCUMENTED: list[type[BaseModel]] = [
     VersionList,
     ScheduleList,
     ScheduleFired,
+    TrainingList,
+    TrainingRequest,
     RollbackRequest,
     Deployment,
     DeploymentAccepted,
@@ -485,9 +526,13 @@ def function_body(entry: FunctionEntry, *, detail: bool, census: KnownCensus) ->
         )
         if warning := census_warning(census, manifest.target_queue):
             body["warning"] = warning
+    if spec is not None and spec.manifest.training is not None:
+        body["trainings_url"] = f"/functions/{entry.name}/trainings"
     if detail and entry.schemas is not None:
         body["input_schema"] = entry.schemas.standalone("input")
         body["output_schema"] = entry.schemas.standalone("output")
+        if entry.schemas.training is not None:
+            body["training_schema"] = entry.schemas.training
         if entry.schemas.streams:
             body["stream_schema"] = entry.schemas.standalone("stream")
     return body

@@ -18,6 +18,7 @@ from conveyor.settings import Settings
 from conveyor.store.deployer import Deployer
 from conveyor.store.served import Served
 from conveyor.streams.db import StreamReader
+from conveyor.trainings.db import TrainingIndex
 from conveyor.webhooks.intake import WebhookIntake
 
 
@@ -39,5 +40,6 @@ class Platform:
     planner: Planner  # a pipeline run's plan: its steps' versions, frozen when accepted
     runs: Runs  # pipeline runs' steps
     schedules: ScheduleStore  # each schedule's last fired tick and runs
+    trainings: TrainingIndex  # each function's trainings, to list them
     api_keys: ApiKeyStore | None = None  # None: [api] auth = "none"
     loaded: bool = False  # the functions found at start have been inspected

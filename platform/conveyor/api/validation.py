@@ -43,6 +43,29 @@ def request_schema(
     }
 
 
+def training_request_schema(schemas: FunctionSchemas, *, webhooks: bool) -> dict[str, Any]:
+    """A training's body: its handler's input, ``promote`` (serve the new version at
+    once), and a webhook where webhooks are enabled; nothing else."""
+    training = dict(schemas.training or {})
+    defs = training.pop("$defs", {})
+    properties: dict[str, Any] = {
+        "input": training,
+        "promote": {
+            "type": "boolean",
+            "description": "serve the new version as soon as it is stored (default: retain it)",
+        },
+    }
+    if webhooks:
+        properties["webhook"] = WEBHOOK_SCHEMA
+    schema = {
+        "type": "object",
+        "required": ["input"],
+        "additionalProperties": False,
+        "properties": properties,
+    }
+    return {**schema, "$defs": defs} if defs else schema
+
+
 class RequestValidators:
     """Compiled validators by function version (an old one invoked with ``?version=``
     included), at most :data:`KEPT` of each kind."""
@@ -51,6 +74,7 @@ class RequestValidators:
         self.webhooks = webhooks
         self._compiled: dict[tuple[str, str], Any] = {}
         self._items: dict[tuple[str, str], Any] = {}
+        self._trainings: dict[tuple[str, str], Any] = {}
 
     def item_errors(
         self, spec: FunctionSpec, schemas: FunctionSchemas, value: Any
@@ -74,11 +98,25 @@ class RequestValidators:
             validator = _keep(
                 self._compiled, spec, jsonschema_rs.validator_for(schema, validate_formats=True)
             )
-        if validator.is_valid(body):
-            return
-        errors = [_describe(e) for e in itertools.islice(validator.iter_errors(body), MAX_ERRORS)]
-        summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        raise ValidationError(f"invalid request for {spec.name!r}: {summary}", errors)
+        _check(validator, body, f"invalid request for {spec.name!r}")
+
+    def validate_training(self, spec: FunctionSpec, schemas: FunctionSchemas, body: Any) -> None:
+        """:meth:`validate`, for a training's body (:func:`training_request_schema`)."""
+        validator = self._trainings.get((spec.name, spec.version))
+        if validator is None:
+            schema = training_request_schema(schemas, webhooks=self.webhooks)
+            validator = _keep(
+                self._trainings, spec, jsonschema_rs.validator_for(schema, validate_formats=True)
+            )
+        _check(validator, body, f"invalid training request for {spec.name!r}")
+
+
+def _check(validator: Any, body: Any, what: str) -> None:
+    if validator.is_valid(body):
+        return
+    errors = [_describe(e) for e in itertools.islice(validator.iter_errors(body), MAX_ERRORS)]
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    raise ValidationError(f"{what}: {summary}", errors)
 
 
 def _keep(cache: dict[tuple[str, str], Any], spec: FunctionSpec, validator: Any) -> Any:

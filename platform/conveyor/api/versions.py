@@ -52,6 +52,7 @@ def version_body(stored: StoredVersion, serving: str | None) -> dict[str, Any]:
         "files": stored.files,
         "files_bytes": stored.files_bytes,
         "active": stored.active,
+        **({"training": stored.training} if stored.training else {}),
     }
 
 

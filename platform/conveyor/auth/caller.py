@@ -26,17 +26,20 @@ class Caller:
     def sees(self, function: str) -> bool:
         """Listing and describing a function: ``read`` or ``invoke`` on it (a caller who
         may invoke needs its schema)."""
-        return self.can(Action.READ, function) or self.can(Action.INVOKE, function)
+        return any(self.can(action, function) for action in Action)
 
-    def may_handle(self, function: str, owner: str | None, action: Action) -> bool:
+    def may_handle(
+        self, function: str, owner: str | None, action: Action, own_with: Action = Action.INVOKE
+    ) -> bool:
         """Reading (``read``) or cancelling and deleting (``invoke``) one invocation: any of
-        the function's with the scope, or the caller's own with ``invoke``."""
+        the function's with the scope, or the caller's own with ``own_with`` (``invoke``;
+        ``train`` for a training)."""
         if self.key is None or self.key.admin:
             return True
         own = owner is not None and owner == self.key.id
         if action is Action.READ and self.can(Action.READ, function):
             return True
-        return own and self.can(Action.INVOKE, function)
+        return own and self.can(own_with, function)
 
     def owns(self, owner: str | None) -> bool:
         """A file (or anything else owned by a key): the caller's own, or an admin's look."""

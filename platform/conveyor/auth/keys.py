@@ -5,6 +5,8 @@ A key is ``cvk_`` and 43 URL-safe characters (32 random bytes). Its scopes:
 - ``invoke:<glob>``: invoke the functions whose names match, and read, cancel and delete
   the invocations this key made;
 - ``read:<glob>``: list and describe the matching functions, read any of their results;
+- ``train:<glob>``: start trainings of the matching functions (each makes a new version),
+  and read and cancel the trainings this key started;
 - ``admin``: everything.
 
 Globs match function names as shell patterns (``invoke:*``, ``read:iris``,
@@ -26,12 +28,13 @@ from conveyor.errors import ApiKeyError
 PREFIX = "cvk_"
 RANDOM_BYTES = 32
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
-_SCOPE = re.compile(r"^(?:admin|(?P<action>invoke|read):(?P<glob>[a-z0-9_*?\[\]!-]{1,64}))$")
+_SCOPE = re.compile(r"^(?:admin|(?P<action>invoke|read|train):(?P<glob>[a-z0-9_*?\[\]!-]{1,64}))$")
 
 
 class Action(StrEnum):
     INVOKE = "invoke"
     READ = "read"
+    TRAIN = "train"
 
 
 def new_key() -> str:
@@ -51,11 +54,13 @@ def same_digest(a: str, b: str) -> bool:
 def parse_scopes(scopes: list[str]) -> tuple[str, ...]:
     """Check each scope's form; raise naming the bad one and the forms that exist."""
     if not scopes:
-        raise ApiKeyError("give a key at least one --scope (invoke:<glob>, read:<glob> or admin)")
+        raise ApiKeyError(
+            "give a key at least one --scope (invoke:<glob>, read:<glob>, train:<glob> or admin)"
+        )
     for scope in scopes:
         if not _SCOPE.match(scope):
             raise ApiKeyError(
-                f"scope {scope!r} is not one of invoke:<glob>, read:<glob> or admin"
+                f"scope {scope!r} is not one of invoke:<glob>, read:<glob>, train:<glob> or admin"
                 " (a glob matches function names: *, iris, team-a-*)"
             )
     return tuple(dict.fromkeys(scopes))

@@ -66,6 +66,7 @@ class Invocation:
     priority: int
     timeout: float
     soft_timeout: float | None
+    training: dict[str, Any] | None = None  # a training's options ({"promote": ...})
 
     @property
     def route(self) -> Route:
@@ -90,6 +91,8 @@ def encode_message(
         "version": inv.version,
         "input": inv.input,
     }
+    if inv.training is not None:
+        kwargs["training"] = inv.training
     return encode_task(
         app,
         inv.id,

@@ -29,7 +29,7 @@ def add_commands(sub: Any) -> None:
         "--scope",
         action="append",
         required=True,
-        help="invoke:<glob>, read:<glob> or admin; repeat for several",
+        help="invoke:<glob>, read:<glob>, train:<glob> or admin; repeat for several",
     )
     create.add_argument(
         "--webhook-secret",

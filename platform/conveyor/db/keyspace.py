@@ -283,3 +283,9 @@ def schedule_state(function: str, index: int) -> str:
 
 def schedule_runs(function: str, index: int) -> str:
     return f"{PREFIX}:schedule-runs:{function}:{index}"
+
+
+# Trainings (see trainings/): each function's trainings by when they were started (a
+# training is an invocation record with ``training``; its ids are kept here to list them).
+def trainings(function: str) -> str:
+    return f"{PREFIX}:trainings:{function}"

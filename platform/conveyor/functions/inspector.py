@@ -25,7 +25,7 @@ import re
 import resource
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -192,8 +192,12 @@ def _child() -> int:
     manifest = Manifest.model_validate(request["manifest"])
     outcome: dict[str, Any]
     try:
-        fn = load_function(request["name"], request["version"], Path(request["folder"]), manifest)
-        outcome = {"schemas": fn.schemas().to_json()}
+        name, version, folder = request["name"], request["version"], Path(request["folder"])
+        schemas = load_function(name, version, folder, manifest).schemas()
+        if manifest.training is not None:
+            trainer = load_function(name, version, folder, manifest.for_training())
+            schemas = replace(schemas, training=trainer.schemas().standalone("input"))
+        outcome = {"schemas": schemas.to_json()}
     except FunctionLoadError as exc:
         cause = exc.__cause__
         if isinstance(cause, SystemExit):

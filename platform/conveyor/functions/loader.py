@@ -47,6 +47,7 @@ class FunctionSchemas:
     output: dict[str, Any]
     defs: dict[str, Any]
     stream: dict[str, Any] | None = None  # a streaming handler's chunk; None: no stream
+    training: dict[str, Any] | None = None  # [training]'s input, standalone; None: none
 
     def standalone(self, side: Literal["input", "output", "stream"]) -> dict[str, Any]:
         """One side's schema on its own, with the definitions it uses under ``$defs``."""
@@ -56,6 +57,13 @@ class FunctionSchemas:
             schema = self.defs[ref.removeprefix(DEFS_REF)]  # a bare model: show it inline
         used = referenced(schema, self.defs)
         return {**schema, "$defs": {n: self.defs[n] for n in sorted(used)}} if used else schema
+
+    def for_training(self) -> FunctionSchemas:
+        """The ``[training]`` handler's input as a version's schemas (its file fields are
+        taken as an invocation's are)."""
+        training = dict(self.training or {})
+        defs = training.pop("$defs", {})
+        return FunctionSchemas(training, {}, defs)
 
     @cached_property
     def takes_files(self) -> bool:
@@ -68,13 +76,21 @@ class FunctionSchemas:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"input": self.input, "output": self.output, "defs": self.defs, "stream": self.stream}
+            {
+                "input": self.input,
+                "output": self.output,
+                "defs": self.defs,
+                "stream": self.stream,
+                "training": self.training,
+            }
         )
 
     @classmethod
     def from_json(cls, text: str) -> FunctionSchemas:
         data = json.loads(text)
-        return cls(data["input"], data["output"], data["defs"], data.get("stream"))
+        return cls(
+            data["input"], data["output"], data["defs"], data.get("stream"), data.get("training")
+        )
 
 
 def referenced(schema: Any, defs: dict[str, Any]) -> set[str]:

@@ -59,6 +59,10 @@ class LimitsSection(_Section):
     max_input_bytes: Annotated[int, Field(gt=0, le=1024 * 1024 * 1024)] = 1024 * 1024
     # A streaming invocation's events (chunks, lines printed) in all; past it, it fails.
     max_stream_bytes: Annotated[int, Field(gt=0, le=1024 * 1024 * 1024)] = 64 * 1024 * 1024
+    # What one ``ctx.checkpoint()`` may save (its directory, packed); past it, it raises.
+    max_checkpoint_bytes: Annotated[int, Field(gt=0, le=16 * 1024 * 1024 * 1024)] = (
+        1024 * 1024 * 1024
+    )
 
     @property
     def cancel_grace(self) -> float:
@@ -90,6 +94,17 @@ class BatchingSection(_Section):
 
 class ResultsSection(_Section):
     ttl: Annotated[int, Field(gt=0, le=30 * 24 * 3600)] = 3600
+
+
+class TrainingSection(_Section):
+    """``[training]``: the handler that makes a new version of the function from files it
+    writes (see :mod:`conveyor.trainings`); what it leaves out is the function's."""
+
+    handler: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    queue: str | None = None
+    timeout: PositiveSeconds = 3600.0
+    gpu: Literal[0, 1] | None = None
+    retries: RetriesSection | None = None
 
 
 class StepSection(_Section):
@@ -125,6 +140,8 @@ class ScheduleSection(_Section):
     input: Any = None
     overlap: Literal["skip", "allow"] = "skip"
     catch_up: bool = False
+    training: bool = False  # start a training ([training]) rather than an invocation
+    promote: bool = False  # with training: serve each new version at once
 
     @field_validator("cron")
     @classmethod
@@ -158,6 +175,8 @@ class ScheduleSection(_Section):
     def _one_rule(self) -> Self:
         if (self.cron is None) == (self.every is None):
             raise ValueError("give either cron or every")
+        if self.promote and not self.training:
+            raise ValueError("promote applies to a training: add training = true")
         return self
 
 
@@ -178,6 +197,16 @@ class Manifest(_Section):
     steps: list[StepSection] | None = None  # a pipeline: a function made of functions
     pipeline: PipelineSection | None = None
     schedules: list[ScheduleSection] = Field(default_factory=list)
+    training: TrainingSection | None = None
+
+    @model_validator(mode="after")
+    def _trained_schedules(self) -> Self:
+        for i, schedule in enumerate(self.schedules, 1):
+            if schedule.training and self.training is None:
+                raise ValueError(
+                    f"[[schedules]] #{i} training: true needs a [training] table (its handler)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _handler_or_steps(self) -> Self:
@@ -196,7 +225,12 @@ class Manifest(_Section):
             )
         if not self.steps:
             raise ValueError("[[steps]] is empty: a pipeline needs at least one step")
-        defaults = {"batching": None, "retries": RetriesSection(), "resources": ResourcesSection()}
+        defaults = {
+            "batching": None,
+            "retries": RetriesSection(),
+            "resources": ResourcesSection(),
+            "training": None,
+        }
         for section, default in defaults.items():
             if getattr(self, section) != default:
                 raise ValueError(
@@ -213,6 +247,29 @@ class Manifest(_Section):
         """The queue its invocations go to: the GPU variant of ``[queue] name`` when the
         function needs a GPU, consumed only by ``conveyor worker --gpus``."""
         return gpu_queue(self.queue.name) if self.resources.gpu else self.queue.name
+
+    def for_training(self) -> Manifest:
+        """The manifest a training runs under: ``[training]``'s handler, queue, time limit,
+        GPU and retries in place of the function's; no batching."""
+        training = self.training
+        if training is None:
+            raise ManifestError("this function has no [training] table")
+        return self.model_copy(
+            update={
+                "function": FunctionSection(handler=training.handler),
+                "queue": self.queue.model_copy(update={"name": training.queue or self.queue.name}),
+                "limits": self.limits.model_copy(
+                    update={"timeout": training.timeout, "soft_timeout": None}
+                ),
+                "resources": ResourcesSection(
+                    gpu=self.resources.gpu if training.gpu is None else training.gpu
+                ),
+                "retries": training.retries or self.retries,
+                "batching": None,
+                "training": None,
+                "schedules": [],
+            }
+        )
 
     @property
     def module(self) -> str:
@@ -264,7 +321,26 @@ def parse_manifest(path: Path, queues: Mapping[str, QueueSettings]) -> Manifest:
             f"{path}: [limits] timeout: {manifest.limits.timeout}s exceeds the max_timeout"
             f" ({queue.max_timeout}s) of queue {manifest.queue.name!r} in deploy.toml"
         )
+    if manifest.training is not None:
+        _check_training(path, manifest.training, manifest.queue.name, queues)
     return manifest
+
+
+def _check_training(
+    path: Path, training: TrainingSection, default: str, queues: Mapping[str, QueueSettings]
+) -> None:
+    name = training.queue or default
+    queue = queues.get(name)
+    if queue is None:
+        raise ManifestError(
+            f"{path}: [training] queue: {name!r} is not a queue of this deployment"
+            f" (deploy.toml has: {', '.join(sorted(queues))})"
+        )
+    if training.timeout > queue.max_timeout:
+        raise ManifestError(
+            f"{path}: [training] timeout: {training.timeout}s exceeds the max_timeout"
+            f" ({queue.max_timeout}s) of queue {name!r} in deploy.toml"
+        )
 
 
 def _describe(path: Path, exc: ValidationError) -> str:

@@ -105,6 +105,7 @@ class InvocationClient:
         sent: Any = None,
         stream: bool = False,
         plan: dict[str, Any] | None = None,
+        training: dict[str, Any] | None = None,
     ) -> InvocationRecord:
         """Store the record and enqueue the message in one step; then it is a promise.
 
@@ -120,7 +121,12 @@ class InvocationClient:
         ``stream``: its function streams (its events are kept in its stream from now on).
         ``plan``: a pipeline's run (:mod:`conveyor.pipelines.plan`): its first step's
         invocations are queued with its record, and its steps' events streamed.
+        ``training``: a training (:mod:`conveyor.trainings`) with these options: the
+        function's ``[training]`` handler runs, on its queue and with its limits.
         """
+        if training is not None:
+            spec = replace(spec, manifest=spec.manifest.for_training())
+            idempotency_key = idempotency_key and f"training:{idempotency_key}"
         manifest = spec.manifest
         inv = Invocation(
             id=str(uuid.uuid4()),
@@ -131,6 +137,7 @@ class InvocationClient:
             priority=manifest.queue.priority if priority is None else priority,
             timeout=manifest.limits.timeout,
             soft_timeout=manifest.limits.soft_timeout,
+            training=training,
         )
         fields = new_record_fields(
             inv.function,
@@ -144,6 +151,8 @@ class InvocationClient:
         )
         if plan is not None:
             fields["pipeline"] = "1"
+        if training is not None:
+            fields["training"] = json.dumps(training)
         idempotency = ""
         if idempotency_key:
             idempotency = keyspace.idempotency(spec.name, owner or "", idempotency_key)
@@ -438,6 +447,7 @@ class InvocationClient:
                 stream=keyspace.stream(invocation_id),
                 run=keyspace.run(invocation_id),
                 run_items=keyspace.run_items(invocation_id),
+                files_expiry=keyspace.FILES_EXPIRY,
                 function_name=function,
                 id=invocation_id,
             )

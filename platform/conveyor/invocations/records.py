@@ -76,6 +76,8 @@ class InvocationRecord:
     files: list[dict[str, Any]] | None = None  # the output's files: id, size, sha256 ...
     streaming: bool = False  # its function streams: its events are in a stream
     pipeline: bool = False  # a pipeline's run: its steps are read from its state
+    training: dict[str, Any] | None = None  # a training's options: {"promote": ...}
+    checkpoint: dict[str, Any] | None = None  # its last checkpoint: bytes, saved_at, attempt
     notice: str | None = None  # for this answer only, never stored: e.g. not yet replicated
 
     @classmethod
@@ -105,7 +107,20 @@ class InvocationRecord:
             files=json.loads(raw["files"]) if raw.get("files") else None,
             streaming="stream" in raw,
             pipeline="pipeline" in raw,
+            training=json.loads(raw["training"]) if "training" in raw else None,
+            checkpoint=checkpoint_view(raw),
         )
+
+
+def checkpoint_view(raw: dict[str, str]) -> dict[str, Any] | None:
+    """A record's last checkpoint as clients see it (``checkpoints/db.py`` writes it)."""
+    if not raw.get("checkpoint"):
+        return None
+    return {
+        "bytes": int(raw.get("checkpoint_bytes", 0)),
+        "saved_at": float(raw.get("checkpoint_at", 0)),
+        "attempt": int(raw.get("checkpoint_attempt", 0)),
+    }
 
 
 def webhook_view(raw: dict[str, str]) -> dict[str, Any] | None:

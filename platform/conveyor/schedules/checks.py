@@ -1,4 +1,5 @@
-"""A schedule's input, checked at deploy against its function's input schema."""
+"""A schedule's input, checked at deploy against its function's input schema (its
+``[training]`` handler's, for a schedule with ``training = true``)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,17 @@ def check_inputs(spec: FunctionSpec, schemas: FunctionSchemas) -> None:
         return
     where = str(spec.path / MANIFEST_FILE) if spec.path else f"{spec.name}/{MANIFEST_FILE}"
     validator = jsonschema_rs.validator_for({**schemas.input, "$defs": schemas.defs})
+    trainer = None
+    if schemas.training is not None:
+        trainer = jsonschema_rs.validator_for(schemas.training)
     for index, schedule in enumerate(spec.manifest.schedules):
-        errors = list(validator.iter_errors(schedule.input))
+        check = trainer if schedule.training else validator
+        errors = [] if check is None else list(check.iter_errors(schedule.input))
         if errors:
             shown = json.dumps(schedule.input)
+            what = "a training input" if schedule.training else "an input"
             raise FunctionLoadError(
-                f"{where}: [[schedules]] #{index + 1} input: {shown} is not an input of"
+                f"{where}: [[schedules]] #{index + 1} input: {shown} is not {what} of"
                 f" {spec.name!r}: {errors[0].message}"
             )
 

@@ -42,7 +42,7 @@ from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.manifest import Manifest
 from conveyor.store.bucket import BucketBundles, from_bucket, in_bucket
 
-FOLDER, PUSH = "folder", "push"
+FOLDER, PUSH, TRAINING = "folder", "push", "training"
 CHUNK = 1024 * 1024 - 64  # bytes: with Redis's headers, exactly a 1 MiB allocation
 CHUNKS_PER_COMMAND = 4
 UPLOAD_TTL = 600  # seconds a half-written bundle (its writer died) lingers
@@ -56,7 +56,16 @@ UNPIN = script("store", "unpin")
 COLLECT = script("store", "collect")
 
 
-_SUMMARY = ("version", "created_at", "deployed_at", "source", "size", "files", "files_bytes")
+_SUMMARY = (
+    "version",
+    "created_at",
+    "deployed_at",
+    "source",
+    "size",
+    "files",
+    "files_bytes",
+    "training",
+)
 
 
 @dataclass(frozen=True)
@@ -95,13 +104,14 @@ class StoredVersion:
     version: str
     created_at: float
     deployed_at: float
-    source: str
+    source: str  # folder, push or training
     size: int  # the bundle, as Redis holds it
     files: int
     files_bytes: int  # the folder, unpacked
     manifest: Manifest | None = None
     schemas: FunctionSchemas | None = None
     active: int = 0
+    training: str | None = None  # the training that made it (source training)
 
     @classmethod
     def from_fields(cls, name: str, raw: dict[str, str], active: int = 0) -> StoredVersion:
@@ -117,6 +127,7 @@ class StoredVersion:
             Manifest.model_validate_json(raw["manifest"]) if "manifest" in raw else None,
             FunctionSchemas.from_json(raw["schemas"]) if "schemas" in raw else None,
             active,
+            raw.get("training") or None,
         )
 
 
@@ -130,9 +141,12 @@ def deploy_args(
     manifest: Manifest,
     schemas: FunctionSchemas,
     sizes: tuple[int, int, int],
+    serve: bool = True,
+    training: str = "",
 ) -> dict[str, Any]:
     """The keys and arguments of :data:`DEPLOY`; ``sizes``: the bundle's bytes, files,
-    files' bytes."""
+    files' bytes; ``serve``: False to retain the version without serving it;
+    ``training``: the id of the training that made it."""
     size, files, files_bytes = sizes
     return {
         **_function_keys(name),
@@ -150,6 +164,8 @@ def deploy_args(
         "size": size,
         "files": files,
         "files_bytes": files_bytes,
+        "serve": "1" if serve else "0",
+        "training": training,
     }
 
 

@@ -67,6 +67,41 @@ RESYNC_FIRST_DELAY = 0.1  # seconds before a failed resync is tried again, doubl
 RESYNC_MAX_DELAY = 2.0
 
 
+async def store_version(
+    store: FunctionStore,
+    spec: FunctionSpec,
+    schemas: FunctionSchemas,
+    bundle: Bundle,
+    *,
+    source: str,
+    source_dir: str = "",
+    serve: bool = True,
+    training: str = "",
+) -> str:
+    """Store ``bundle`` (once, whoever else stores it) and deploy it (see
+    :func:`deploy_args`): deployed, unchanged, retained or no-bundle."""
+    name, version = spec.name, spec.version
+    args = deploy_args(
+        name,
+        version,
+        now=time.time(),
+        source=source,
+        source_dir=source_dir,
+        manifest=spec.manifest,
+        schemas=schemas,
+        sizes=(len(bundle.data), bundle.files, bundle.size),
+        serve=serve,
+        training=training,
+    )
+    for _ in range(2):  # a retained copy of it may be collected between the two steps
+        if not await store.has_bundle(name, version):
+            await store.put_bundle(name, version, bundle.data)
+        outcome = await store.deploy(args)
+        if outcome != "no-bundle":
+            break
+    return outcome
+
+
 class Deployer:
     """Changes what serves, in the function store; keeps ``served`` current."""
 
@@ -197,22 +232,9 @@ class Deployer:
     ) -> str:
         """Store ``bundle`` (once, whoever else stores it) and make it serve."""
         name, version = spec.name, spec.version
-        args = deploy_args(
-            name,
-            version,
-            now=time.time(),
-            source=source,
-            source_dir=self.source_dir,
-            manifest=spec.manifest,
-            schemas=schemas,
-            sizes=(len(bundle.data), bundle.files, bundle.size),
+        outcome = await store_version(
+            self.store, spec, schemas, bundle, source=source, source_dir=self.source_dir
         )
-        for _ in range(2):  # a retained copy of it may be collected between the two steps
-            if not await self.store.has_bundle(name, version):
-                await self.store.put_bundle(name, version, bundle.data)
-            outcome = await self.store.deploy(args)
-            if outcome != "no-bundle":
-                break
         if outcome == "deployed":
             log.info(
                 "function_deployed",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,11 +28,18 @@ from redis.client import Pipeline
 from conveyor import context
 from conveyor.broker.app import kill_now
 from conveyor.broker.messages import Invocation, encode_message
+from conveyor.checkpoints.db import Checkpoints
 from conveyor.context import InvocationContext
 from conveyor.db import keyspace, replication
 from conveyor.db.connections import sync_client
 from conveyor.db.scripts import Scripts
-from conveyor.errors import ConveyorError, ValidationError
+from conveyor.errors import (
+    ConveyorError,
+    FunctionLoadError,
+    TrainingError,
+    ValidationError,
+    WorkerStopping,
+)
 from conveyor.functions.loader import LoadedFunction
 from conveyor.functions.manifest import Manifest
 from conveyor.invocations.records import (
@@ -49,8 +58,11 @@ from conveyor.runtime.capture import Captured, OutputCapture
 from conveyor.runtime.streaming import StreamStopped
 from conveyor.settings import Settings
 from conveyor.streams.db import StreamWriter
+from conveyor.trainings.versions import make_version
+from conveyor.worker.checkpoints import AttemptCheckpoints
 from conveyor.worker.files import Attempt, WorkerFiles
 from conveyor.worker.local import LocalFunctions
+from conveyor.worker.stopping import Stopping
 from conveyor.worker.streaming import AttemptStream
 
 log = get_logger(__name__)
@@ -73,6 +85,7 @@ class Executor:
         self._functions: LocalFunctions | None = None
         self._scripts: Scripts | None = None
         self.files = WorkerFiles(settings, lambda: self.redis)
+        self.stopping = Stopping(settings.worker.shutdown_grace)
         self.app: Celery | None = None  # set when the task is registered (to kill with)
 
     # -- per process -------------------------------------------------------------------
@@ -82,6 +95,7 @@ class Executor:
         queues and set it up, before taking work (see :mod:`.local`); any other version is
         imported when an invocation needs it, and fails only its own invocations."""
         self._redis = None
+        self.stopping.install()
         self._functions = LocalFunctions(self.settings, lambda: self.redis)
         for loaded in self._functions.preload(self.queues):
             try:
@@ -165,13 +179,19 @@ class Executor:
 
     # -- one invocation -----------------------------------------------------------------
 
-    def execute(
-        self, task: Task[Any, Any], invocation_id: str, function: str, version: str, raw_input: Any
+    def execute(  # noqa: PLR0917
+        self,
+        task: Task[Any, Any],
+        invocation_id: str,
+        function: str,
+        version: str,
+        raw_input: Any,
+        training: dict[str, Any] | None = None,
     ) -> None:
         bind(function, invocation_id, task)
         started = time.monotonic()
         try:
-            fn = self.load(function, version)
+            fn = self.functions.load(function, version, training=training is not None)
         except ConveyorError as exc:
             if self.start(invocation_id) is not None:
                 self.fail(invocation_id, exc, started, traceback=False)
@@ -179,14 +199,17 @@ class Executor:
         admitted = self.admit(fn, invocation_id, started)
         if admitted is None:
             return
-        attempt, redelivered = admitted
-        report = self.reporter(invocation_id)
-        ctx = InvocationContext(invocation_id, fn.name, fn.version, attempt, redelivered, report)
+        ctx = self.context(fn, invocation_id, admitted, training)
+        checkpoints, outputs = ctx.checkpoints, ctx.output_dir
+        assert isinstance(checkpoints, AttemptCheckpoints)
         error: BaseException
         logs = Captured()
         files = Attempt(self.files, keyspace.record(invocation_id), fn.manifest.results.ttl)
         try:
+            checkpoints.restore()
             output = self.run(fn, raw_input, ctx, files, logs)
+            if training is not None and outputs is not None:
+                output = self.trained(fn, invocation_id, outputs, output, training)
         except StreamStopped as stopped:  # cancelled: its generator was closed at a yield
             self.finished("stopped", started, reason=str(stopped))
             return
@@ -196,7 +219,7 @@ class Executor:
             if isinstance(exc.code, int) and exc.code < 0:
                 raise  # billiard's SIGTERM handler ending this child at the hard limit
             error = exc
-        except Exception as exc:
+        except (Exception, WorkerStopping) as exc:  # stopping: the worker shuts down
             error = exc
         else:
             changed, previous = self.transition(
@@ -211,13 +234,18 @@ class Executor:
             return
         finally:
             files.cleanup()
+            checkpoints.cleanup()
+            _remove(outputs)
+        attempt = ctx.attempt
         delay = self.retry_delay(fn, error, attempt)
         if delay is None:
             self.fail(invocation_id, error, started, logs=logs.text, folder=fn.folder)
             return
         # The next attempt's message is written with the record's change (not published by
         # task.retry() after it), and this message is acknowledged as the task returns.
-        requeue = retry_message(task, fn, invocation_id, raw_input, delay=delay, attempt=attempt)
+        requeue = retry_message(
+            task, fn, invocation_id, raw_input, delay=delay, attempt=attempt, training=training
+        )
         self.mark_retrying(
             invocation_id,
             error,
@@ -227,6 +255,60 @@ class Executor:
             folder=fn.folder,
             requeue=requeue,
         )
+
+    def context(
+        self,
+        fn: LoadedFunction,
+        invocation_id: str,
+        admitted: tuple[int, bool],
+        training: dict[str, Any] | None,
+    ) -> InvocationContext:
+        """What the attempt's handler sees: its checkpoints, and a training's output folder."""
+        attempt, redelivered = admitted
+        checkpoints = AttemptCheckpoints(
+            self.files,
+            Checkpoints(self.scripts),
+            invocation_id,
+            attempt,
+            limit=fn.manifest.limits.max_checkpoint_bytes,
+            ttl=fn.manifest.results.ttl,
+        )
+        outputs = Path(tempfile.mkdtemp(prefix="conveyor-training-")) if training else None
+        return InvocationContext(
+            invocation_id,
+            fn.name,
+            fn.version,
+            attempt,
+            redelivered,
+            self.reporter(invocation_id),
+            checkpoints=checkpoints,
+            output_dir=outputs,
+        )
+
+    def trained(
+        self,
+        fn: LoadedFunction,
+        training_id: str,
+        outputs: Path,
+        output: str,
+        training: dict[str, Any],
+    ) -> str:
+        """A training's result: the version its files make (stored, and serving with
+        ``promote``) and what the handler returned (its metrics)."""
+        assert fn.folder is not None
+        try:
+            made = make_version(
+                self.settings,
+                fn.name,
+                fn.folder,
+                outputs,
+                training_id=training_id,
+                promote=bool(training.get("promote")),
+            )
+        except FunctionLoadError as exc:
+            raise TrainingError(str(exc)) from None
+        version, promoted = json.dumps(made.version), json.dumps(made.outcome != "retained")
+        return f'{{"new_version": {version}, "promoted": {promoted}, "metrics": {output}}}'
 
     def run(
         self,
@@ -248,7 +330,8 @@ class Executor:
         self.runner.prepare(fn)
         with context.running(ctx), self.capture(logs):
             try:
-                output = self.runner.run(fn, raw_input, files, stream)
+                with self.stopping.handler_running():
+                    output = self.runner.run(fn, raw_input, files, stream)
             except BaseException:
                 if stream is not None:
                     stream.close(quiet=True)
@@ -310,7 +393,13 @@ class Executor:
 
     @staticmethod
     def retry_delay(fn: LoadedFunction, exc: BaseException, attempt: int) -> float | None:
-        """Seconds before the next attempt, or None when ``exc`` ends the invocation."""
+        """Seconds before the next attempt, or None when ``exc`` ends the invocation. An
+        attempt stopped by its worker's shutdown runs again at once, whatever its retries;
+        a training whose files do not deploy would make the same files again."""
+        if isinstance(exc, WorkerStopping):
+            return 0.0
+        if isinstance(exc, TrainingError):
+            return None
         retries = fn.manifest.retries
         names = {cls.__name__ for cls in type(exc).__mro__}
         if attempt > retries.max or not names & set(retries.on):
@@ -436,6 +525,7 @@ def retry_message(
     *,
     delay: float,
     attempt: int,
+    training: dict[str, Any] | None = None,
 ) -> Requeue:
     """The next attempt's message, as task.retry() would publish it: same id, queue and
     broker priority, due in ``delay`` seconds; its own delivery tag (kombu keys its unacked
@@ -451,12 +541,18 @@ def retry_message(
         priority=fn.manifest.queue.priority,
         timeout=limits.timeout,
         soft_timeout=limits.soft_timeout,
+        training=training,
     )
     tag = f"{invocation_id}.{attempt + 1}"
     queue_list, message = encode_message(
         task.app, inv, countdown=delay, delivery_tag=tag, priority=delivery.get("priority")
     )
     return Requeue(queue_list, message, delivery_tag=tag, copied=True)
+
+
+def _remove(folder: Path | None) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _full(exc: BaseException) -> str:

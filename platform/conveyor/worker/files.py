@@ -44,7 +44,7 @@ class WorkerFiles:
         self.settings = settings
         self._client = client
         self._store: FileStore | None = None
-        self._schemas: dict[tuple[str, str], FunctionSchemas | None] = {}
+        self._schemas: dict[tuple[str, str, str], FunctionSchemas | None] = {}
         self.prefetched: dict[str, tuple[dict[str, str], list[bytes]]] = {}
         given = settings.worker.scratch_dir
         self.disk = str(given) if given else tempfile.gettempdir()
@@ -79,7 +79,7 @@ class WorkerFiles:
 
     def schemas(self, fn: LoadedFunction) -> FunctionSchemas | None:
         """``fn``'s schemas if its input has a file field (None: no file inputs)."""
-        key = (fn.name, fn.version)
+        key = (fn.name, fn.version, fn.manifest.handler)  # a training's handler is another
         if key not in self._schemas:
             schemas = fn.schemas()
             self._schemas[key] = schemas if schemas.takes_files else None

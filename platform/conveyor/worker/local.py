@@ -12,6 +12,7 @@ a deploy) imports that one in its place, and a class handler's ``setup()`` runs 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import redis
 
@@ -48,31 +49,40 @@ class LocalFunctions:
                 log.error("function_preload_failed", function=name, version=version, error=str(exc))
         return loaded
 
-    def load(self, name: str, version: str) -> LoadedFunction:
-        """``version`` of ``name``, imported (fetched from the store first if need be)."""
-        current = self._loaded.get(name)
+    def load(self, name: str, version: str, *, training: bool = False) -> LoadedFunction:
+        """``version`` of ``name``, imported (fetched from the store first if need be);
+        ``training``: its ``[training]`` handler, under the manifest a training runs with."""
+        key = f"{name} training" if training else name
+        current = self._loaded.get(key)
         if current is not None and current.version == version:
             return current
         manifest = self.reader.manifest(name, version)
-        try:
-            folder = None
-            if manifest is not None:  # checked: another process may have written into it
-                folder = self.cache.verified(
-                    name, version, lambda: self.reader.bundle(name, version)
-                )
-        except OSError as exc:
-            raise FunctionUnavailableError(
-                f"{name} {version}: cannot unpack it into {self.cache.root} ([store]"
-                f" cache_dir): {exc}"
-            ) from exc
+        folder = self.folder(name, version) if manifest is not None else None
         if manifest is None or folder is None:
             raise FunctionUnavailableError(
                 f"version {version} of {name!r} is not in the function store (collected, or"
                 " Redis lost it): this invocation cannot run it"
             )
+        if training:
+            if manifest.training is None:
+                raise FunctionUnavailableError(
+                    f"version {version} of {name!r} has no [training] table: it cannot train"
+                )
+            manifest = manifest.for_training()
         loaded = load_function(name, version, folder, manifest)
         if current is not None:
             unload(current.package)
-        self._loaded[name] = loaded
+        self._loaded[key] = loaded
         log.info("function_loaded", function=name, version=version, folder=str(folder))
         return loaded
+
+    def folder(self, name: str, version: str) -> Path | None:
+        """Where ``version``'s files are on this machine (unpacked from the store first;
+        checked: another process may have written into it)."""
+        try:
+            return self.cache.verified(name, version, lambda: self.reader.bundle(name, version))
+        except OSError as exc:
+            raise FunctionUnavailableError(
+                f"{name} {version}: cannot unpack it into {self.cache.root} ([store]"
+                f" cache_dir): {exc}"
+            ) from exc

@@ -36,6 +36,7 @@ from conveyor.settings import Settings
 from conveyor.store.cache import VersionCache
 from conveyor.store.db import StoreReader
 from conveyor.worker.executor import Executor
+from conveyor.worker.stopping import tell_children
 from conveyor.worker.task import register_task
 
 log = get_logger(__name__)
@@ -113,6 +114,7 @@ class WorkerProcess:
         signals.worker_process_init.connect(lambda **_: self.executor.init_process(), weak=False)
         signals.worker_ready.connect(self._on_ready, weak=False)
         signals.worker_shutdown.connect(self._on_shutdown, weak=False)
+        signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
         self._prune_cache()
         log.info(
             "worker_starting",
@@ -159,6 +161,12 @@ class WorkerProcess:
         threading.Thread(target=self._heartbeat, name="conveyor-heartbeat", daemon=True).start()
         threading.Thread(target=self._renew_leases, name="conveyor-leases", daemon=True).start()
         log.info("worker_ready", worker=self.name, queues=self.queues)
+
+    def _on_shutting_down(self, **_: Any) -> None:
+        """A warm shutdown begins (in the signal handler): running handlers get their
+        ``[worker] shutdown_grace`` (see :mod:`.stopping`)."""
+        if self._consumer is not None:
+            tell_children(_pool_pids(self._consumer))
 
     def _on_shutdown(self, **_: Any) -> None:
         self._stop.set()
@@ -235,6 +243,12 @@ class WorkerProcess:
             except redis.RedisError as exc:
                 log.warning("heartbeat_failed", error=str(exc))
             self._stop.wait(interval)
+
+
+def _pool_pids(consumer: Any) -> list[int]:
+    """The pool's children (billiard's processes behind Celery's TaskPool)."""
+    pool = getattr(getattr(consumer, "pool", None), "_pool", None)
+    return [proc.pid for proc in getattr(pool, "_pool", []) if proc.pid]
 
 
 def _active_count() -> int:

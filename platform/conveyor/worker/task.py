@@ -89,10 +89,15 @@ def register_task(app: Celery, executor: Executor) -> None:
     }
 
     @app.task(name=TASK_NAME, **options)
-    def run(
-        self: Task[Any, Any], invocation_id: str, function: str, version: str, input: Any
+    def run(  # noqa: PLR0917
+        self: Task[Any, Any],
+        invocation_id: str,
+        function: str,
+        version: str,
+        input: Any,
+        training: dict[str, Any] | None = None,
     ) -> None:
-        executor.execute(self, invocation_id, function, version, input)
+        executor.execute(self, invocation_id, function, version, input, training)
 
     @app.task(name=BATCH_TASK_NAME, **options)
     def batch(self: Task[Any, Any], function: str, version: str) -> None:

@@ -1,0 +1,204 @@
+"""Trainings: ``POST /functions/{name}/trainings`` starts one; read, wait, cancel, logs.
+
+A training runs the function's ``[training]`` handler (:mod:`conveyor.trainings`) and,
+when it succeeds, stores a new version of the function: serving at once with ``promote``,
+otherwise retained for ``?version=`` and rollback. Its record is an invocation's, so its
+result, waiting, cancelling, logs, progress and webhooks are an invocation's too; these
+routes show only trainings, and a ``train:<glob>`` key reads and cancels its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+
+from conveyor.api.files import own_hosts
+from conveyor.api.params import idempotency_key, limited_body, parse_json, takes, wait_seconds
+from conveyor.api.services import Platform
+from conveyor.auth.caller import Caller
+from conveyor.auth.keys import Action
+from conveyor.errors import NotTrainableError
+from conveyor.functions.loader import FunctionSchemas
+from conveyor.functions.registry import FunctionSpec
+from conveyor.invocations.records import InvocationRecord
+from conveyor.results import accepted_body, result_body, result_url
+
+TRAININGS = "/{name:str}/trainings"
+TRAINING = TRAININGS + "/{training_id:str}"
+LISTED = 50  # the newest trainings a listing shows
+
+
+def trainable(platform: Platform, name: str) -> tuple[FunctionSpec, FunctionSchemas]:
+    """The serving version of ``name``, which must have a ``[training]`` table."""
+    entry = platform.functions.serving(name)
+    assert entry.spec is not None and entry.schemas is not None
+    if entry.spec.manifest.training is None or entry.schemas.training is None:
+        raise NotTrainableError(
+            f"{name!r} has no [training] table in its function.toml: add one (handler ="
+            ' "train:train") to train it'
+        )
+    return entry.spec, entry.schemas
+
+
+async def start_training(
+    platform: Platform,
+    spec: FunctionSpec,
+    schemas: FunctionSchemas,
+    value: Any,
+    *,
+    promote: bool,
+    owner: str | None,
+    wait: float = 0,
+    key: str | None = None,
+    webhook: str | None = None,
+    files: list[str] | None = None,
+) -> InvocationRecord:
+    """Submit a training of ``spec`` (its input validated already) and list it."""
+    record = await platform.invocations.submit(
+        spec,
+        value,
+        wait=wait,
+        idempotency_key=key,
+        owner=owner,
+        webhook=webhook,
+        files=files or [],
+        training={"promote": promote},
+    )
+    await platform.trainings.add(spec.name, record.id, record.created_at)
+    return record
+
+
+class TrainingsController(Controller):
+    path = "/functions"
+    opt = takes()
+
+    @post(TRAININGS, summary="Start a training", status_code=202, opt=takes("wait"))
+    async def start(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+    ) -> Response[dict[str, Any]]:
+        caller.require(Action.TRAIN, name)
+        spec, schemas = trainable(platform, name)
+        seconds = wait_seconds(platform, request)
+        key = idempotency_key(request)
+        text = await limited_body(request, platform.settings.api.max_body_bytes)
+        depth = platform.settings.api.max_json_depth
+        limit = spec.manifest.limits.max_input_bytes
+        body = parse_json(text, request.headers.get("content-type", ""), limit, depth)
+        if isinstance(body, dict) and "webhook" in body:
+            platform.intake.require_enabled()
+        platform.validators.validate_training(spec, schemas, body)
+        webhook = await platform.intake.accept(body["webhook"]) if "webhook" in body else None
+        value, files = await platform.files.resolve(
+            schemas.for_training(),
+            body["input"],
+            owner=caller.owner,
+            owns=caller.owns,
+            own_hosts=own_hosts(platform, request),
+        )
+        record = await start_training(
+            platform,
+            spec,
+            schemas,
+            value,
+            promote=bool(body.get("promote", False)),
+            owner=caller.owner,
+            wait=seconds,
+            key=key,
+            webhook=webhook,
+            files=files,
+        )
+        if record.status.final:
+            return Response(result_body(record), status_code=200)
+        accepted = accepted_body(record, await platform.invocations.census(), None)
+        return Response(accepted, status_code=202, headers={"Location": result_url(record)})
+
+    @get(TRAININGS, summary="A function's trainings, newest first")
+    async def list_trainings(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        name: FromPath[str],
+    ) -> dict[str, Any]:
+        caller.require_sees(name)
+        platform.functions.entry(name)  # 404 for an unknown function
+        shown = []
+        for training_id in await platform.trainings.newest(name, LISTED):
+            record = await platform.invocations.get(training_id, function=name)
+            if caller.may_handle(name, record.owner, Action.READ, own_with=Action.TRAIN):
+                shown.append(result_body(record))
+        return {"function": name, "trainings": shown}
+
+    @get(
+        TRAINING,
+        summary="A training: its status and, once it ends, its new version",
+        opt=takes("wait"),
+    )
+    async def training(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        request: Request[Any, Any, Any],
+        name: FromPath[str],
+        training_id: FromPath[str],
+    ) -> dict[str, Any]:
+        caller.require_sees(name)
+        seconds = wait_seconds(platform, request)
+        if seconds:
+            record = await platform.invocations.wait(training_id, seconds, function=name)
+        else:
+            record = await platform.invocations.get(training_id, function=name)
+        check(caller, record, Action.READ)
+        census = None if record.status.final else await platform.invocations.census()
+        return result_body(record, census)
+
+    @get(TRAINING + "/logs", summary="What a training printed or logged")
+    async def training_logs(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        name: FromPath[str],
+        training_id: FromPath[str],
+    ) -> dict[str, Any]:
+        caller.require_sees(name)
+        record = await platform.invocations.get(training_id, function=name)
+        check(caller, record, Action.READ)
+        return {
+            "id": record.id,
+            "function": record.function,
+            "status": record.status.value,
+            "logs": record.logs or "",
+        }
+
+    @post(TRAINING + "/cancel", summary="Cancel a training", status_code=200)
+    async def cancel_training(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        name: FromPath[str],
+        training_id: FromPath[str],
+    ) -> dict[str, Any]:
+        caller.require(Action.TRAIN, name)
+        record = await platform.invocations.get(training_id, function=name)
+        check(caller, record, Action.TRAIN)
+        return result_body(await platform.invocations.cancel(training_id, function=name))
+
+
+def check(caller: Caller, record: InvocationRecord, action: Action) -> None:
+    """A training of the function the caller may read (any, with ``read``) or cancel (its
+    own, with ``train``); an invocation's id is not one."""
+    if record.training is None:
+        raise NotTrainableError(
+            f"{record.id} is an invocation of {record.function!r}, not a training; read it at"
+            f" /functions/{record.function}/results/{record.id}"
+        )
+    wanted = Action.READ if action is Action.READ else Action.INVOKE
+    if not caller.may_handle(record.function, record.owner, wanted, own_with=Action.TRAIN):
+        needed = f"read:{record.function}" if action is Action.READ else "admin"
+        raise caller.denied(needed, f"training {record.id} was started with another key")
