@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 
-from tests.support import Stack, make_key, result, wait_for, write_function
+from tests.support import (
+    Stack,
+    copy_examples,
+    make_key,
+    result,
+    wait_for,
+    wait_until,
+    write_function,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -216,3 +224,38 @@ def test_a_schedule_starts_trainings(make_stack) -> None:  # type: ignore[no-unt
         done = result(client, "scale", first["id"])
         assert done["status"] == "succeeded" and done["training"] == {"promote": True}, done
         wait_for(lambda: serve(client, 1) == 7, 10, "the scheduled training's version")
+
+
+def test_iris_retrains_itself(make_stack, report) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("torch")
+    stack: Stack = make_stack()
+    stack.set_settings("queues.batch", max_timeout=600)
+    copy_examples(stack.functions, "iris")
+    stack.worker("--queues", "realtime,batch")
+    flower = {"sepal_length": 6.3, "sepal_width": 3.3, "petal_length": 6.0, "petal_width": 2.5}
+    with stack.api() as client:
+        original = client.get("/functions/iris").json()["version"]
+        started = client.post(
+            "/functions/iris/trainings",
+            json={"input": {"epochs": 300, "checkpoint_every": 100}, "promote": True},
+        )
+        assert started.status_code == 202, started.text
+        done = wait_until(
+            lambda: result(client, "iris", started.json()["id"], wait=60),
+            lambda body: body["status"] in ("succeeded", "failed"),
+            180,
+            "iris's training",
+        )
+        assert done["status"] == "succeeded", done
+        metrics = done["output"]["metrics"]
+        assert metrics["accuracy"] >= 0.9 and metrics["epochs"] == 300, metrics
+        assert done["checkpoint"]["attempt"] == 1  # it checkpointed at 100 and 200 epochs
+        new = done["output"]["new_version"]
+        assert new != original
+        wait_for(lambda: client.get("/functions/iris").json()["version"] == new, 10, "iris")
+        answer = client.post("/functions/iris/invoke", json={"input": flower}, params={"wait": 30})
+        assert answer.json()["version"] == new and answer.json()["output"]["species"] == "virginica"
+    report(
+        f"iris retrained (300 epochs) in {done['duration_ms'] / 1000:.2f} s, accuracy"
+        f" {metrics['accuracy']}, serving as {new}"
+    )
