@@ -132,7 +132,10 @@ def test_keys_and_the_cli_sending_one(tmp_path: Path) -> None:
         again = run("keys", "create", "--name", "me", "--scope", "read:*", config=config)
         assert again.returncode == 2 and "a key named 'me' exists" in again.stderr
         bad = run("keys", "create", "--name", "x", "--scope", "write:*", config=config)
-        assert bad.returncode == 2 and "invoke:<glob>, read:<glob>, train:<glob> or admin" in bad.stderr
+        assert (
+            bad.returncode == 2
+            and "invoke:<glob>, read:<glob>, train:<glob> or admin" in bad.stderr
+        )
         api, base = start_api(config, tmp_path / "api.log", free_port())
         try:
             anonymous = run("ls", "--url", base, config=config)

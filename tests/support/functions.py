@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conveyor.errors import FunctionLoadError
 from conveyor.functions.digest import folder_digest
-from conveyor.functions.loader import LoadedFunction, load_function
+from conveyor.functions.loader import LoadedFunction, load_function, version_schemas
 from conveyor.functions.manifest import MANIFEST_FILE, parse_manifest
 from conveyor.functions.registry import Change, FunctionEntry, Registry
 from conveyor.settings import QueueSettings
@@ -30,7 +30,7 @@ def importing_refresh(registry: Registry) -> list[Change]:
     changes = list(scan.changes)
     for spec in scan.candidates:
         try:
-            schemas = load_function(spec.name, spec.version, spec.folder, spec.manifest).schemas()
+            schemas = version_schemas(spec.name, spec.version, spec.folder, spec.manifest)
         except FunctionLoadError as exc:
             change = registry.reject(spec, str(exc))
         else:

@@ -108,6 +108,30 @@ def test_gpu_function_goes_to_the_gpu_variant_of_its_queue(tmp_path: Path) -> No
             r"\[batching\] max_size: unknown key",
         ),
         ("[function\n", r"not valid TOML"),
+        (
+            '[function]\nhandler = "h:f"\n[training]\nhandler = "t:t"\nqueue = "gpu"\n',
+            r"\[training\] queue: 'gpu' is not a queue of this deployment",
+        ),
+        (
+            '[function]\nhandler = "h:f"\n[training]\nhandler = "t:t"\nqueue = "realtime"\n',
+            r"\[training\] timeout: 3600.0s exceeds the max_timeout \(60.0s\) of queue 'realtime'",
+        ),
+        (
+            '[function]\nhandler = "h:f"\n[training]\nhandle = "t:t"\n',
+            r"\[training\] handler: required key is missing; .*\[training\] handle: unknown key",
+        ),
+        (
+            '[function]\nhandler = "h:f"\n[[schedules]]\nevery = "1h"\ntraining = true\n',
+            r"\[\[schedules\]\] #1 training: true needs a \[training\] table",
+        ),
+        (
+            '[function]\nhandler = "h:f"\n[[schedules]]\nevery = "1h"\npromote = true\n',
+            r"\[\[schedules\]\] #1: promote applies to a training",
+        ),
+        (
+            '[function]\nhandler = "h:f"\n[limits]\nmax_checkpoint_bytes = 0\n',
+            r"\[limits\] max_checkpoint_bytes: .*greater than 0",
+        ),
     ],
 )
 def test_errors_name_file_key_and_reason(tmp_path: Path, text: str, expected: str) -> None:
@@ -127,3 +151,15 @@ def test_a_manifest_nested_too_deeply_is_an_error(tmp_path: Path) -> None:
         path.write_text("[function]\ndescription = " + "[" * levels + "]" * levels + "\n")
         with pytest.raises(ManifestError, match="deep"):
             parse_manifest(path, QUEUES)
+
+
+def test_a_training_runs_under_its_own_table(tmp_path: Path) -> None:
+    manifest = parse(
+        tmp_path,
+        '[function]\nhandler = "h:f"\n[queue]\nname = "realtime"\n[batching]\n'
+        '[training]\nhandler = "train:train"\nqueue = "default"\ntimeout = 600\n',
+    )
+    trained = manifest.for_training()
+    assert trained.handler == "train:train" and trained.target_queue == "default"
+    assert trained.limits.timeout == 600 and trained.batching is None
+    assert trained.retries == manifest.retries and trained.training is None

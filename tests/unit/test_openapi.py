@@ -38,8 +38,8 @@ def test_every_route_is_documented_with_its_methods(tmp_path: Path) -> None:
     write_function(
         tmp_path / "fns",
         "f",
-        "def run(x: int) -> int:\n    return x\n",
-        '[function]\nhandler = "handler:run"\n',
+        "def run(x: int) -> int:\n    return x\n\ndef train(x: int) -> dict:\n    return {}\n",
+        '[function]\nhandler = "handler:run"\n[training]\nhandler = "handler:train"\n',
     )
     entries = loaded_entries(tmp_path / "fns")
     served: dict[str, set[str]] = {}

@@ -32,7 +32,7 @@ from conveyor.api.operations import (
     ref,
     result_op,
     stream_op,
-    typed_training_op,
+    training_op,
     wait_param,
 )
 from conveyor.api.paths import paths
@@ -222,9 +222,7 @@ def _add_training(
         replace(schemas, training=_rewrite_refs(training, local)), webhooks=options.webhooks
     )
     add("TrainingRequest", body)
-    start = typed_training_op(
-        f"train_{name}", f"Train {name}", [], max_wait, f"{name}.TrainingRequest"
-    )
+    start = training_op(name, max_wait)
     # This path shadows the generic one for this function, so it lists them too.
     listing = copy.deepcopy(doc["paths"]["/functions/{name}/trainings"]["get"])
     listing.pop("parameters", None)

@@ -340,17 +340,9 @@ def parameter(
     return param
 
 
-def training_op(name: dict[str, Any], max_wait: float) -> dict[str, Any]:
-    """``POST /functions/{name}/trainings``; a function with ``[training]`` has its own,
-    typed with its training handler's input (:func:`typed_training_op`)."""
-    return typed_training_op(
-        "start_training", "Start a training", [name], max_wait, "TrainingRequest"
-    )
-
-
-def typed_training_op(
-    op_id: str, summary: str, first: list[dict[str, Any]], max_wait: float, request: str
-) -> dict[str, Any]:
+def training_op(name: str, max_wait: float) -> dict[str, Any]:
+    """``POST /functions/<name>/trainings``, for a function with ``[training]``: its body
+    typed with the training handler's input (``<name>.TrainingRequest``)."""
     wait = wait_param(
         max_wait, "answer 200 with the result if it finishes within this many seconds"
     )
@@ -361,10 +353,10 @@ def typed_training_op(
         "retrying with the same key and body returns the first training",
     )
     op = operation(
-        op_id,
-        summary,
+        f"train_{name}",
+        f"Train {name}",
         ok=ref("Result"),
-        params=[*first, wait, key],
+        params=[wait, key],
         problems=[400, 404, 409, 413, 415, 422, 503],
         tags=["trainings"],
     )
@@ -374,7 +366,7 @@ def typed_training_op(
     )
     op["requestBody"] = {
         "required": True,
-        "content": {"application/json": {"schema": ref(request)}},
+        "content": {"application/json": {"schema": ref(f"{name}.TrainingRequest")}},
     }
     op["responses"]["200"]["description"] = "finished within ?wait"
     op["responses"]["202"] = {

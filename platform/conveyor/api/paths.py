@@ -20,7 +20,6 @@ from conveyor.api.operations import (
     result_op,
     rollback_op,
     stream_op,
-    training_op,
     upload_op,
     wait_param,
 )
@@ -96,7 +95,6 @@ def paths(max_wait: float) -> dict[str, Any]:
                 problems=[404, 503],
                 tags=["trainings"],
             ),
-            "post": training_op(name, max_wait),
         },
         "/functions/{name}/trainings/{training_id}": {
             "get": result_op(

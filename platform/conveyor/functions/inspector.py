@@ -25,13 +25,13 @@ import re
 import resource
 import signal
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from conveyor.environment import user_environment
 from conveyor.errors import FunctionLoadError
-from conveyor.functions.loader import FunctionSchemas, load_function, module_file
+from conveyor.functions.loader import FunctionSchemas, module_file, version_schemas
 from conveyor.functions.manifest import Manifest
 from conveyor.functions.registry import FunctionSpec
 from conveyor.settings import Settings
@@ -192,11 +192,8 @@ def _child() -> int:
     manifest = Manifest.model_validate(request["manifest"])
     outcome: dict[str, Any]
     try:
-        name, version, folder = request["name"], request["version"], Path(request["folder"])
-        schemas = load_function(name, version, folder, manifest).schemas()
-        if manifest.training is not None:
-            trainer = load_function(name, version, folder, manifest.for_training())
-            schemas = replace(schemas, training=trainer.schemas().standalone("input"))
+        folder = Path(request["folder"])
+        schemas = version_schemas(request["name"], request["version"], folder, manifest)
         outcome = {"schemas": schemas.to_json()}
     except FunctionLoadError as exc:
         cause = exc.__cause__

@@ -18,7 +18,7 @@ import json
 import sys
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from importlib.machinery import ModuleSpec
 from pathlib import Path
@@ -218,6 +218,16 @@ def load_function(name: str, version: str, folder: Path, manifest: Manifest) -> 
         folder,
         streaming,
     )
+
+
+def version_schemas(name: str, version: str, folder: Path, manifest: Manifest) -> FunctionSchemas:
+    """A version's schemas, its ``[training]`` handler's input included: what the
+    inspector hands the API (each handler imported and checked)."""
+    schemas = load_function(name, version, folder, manifest).schemas()
+    if manifest.training is not None:
+        trainer = load_function(name, version, folder, manifest.for_training())
+        schemas = replace(schemas, training=trainer.schemas().standalone("input"))
+    return schemas
 
 
 def unload(package: str) -> None:
