@@ -58,10 +58,15 @@ def base(make_stack) -> Iterator[str]:  # type: ignore[no-untyped-def]
         '[function]\nhandler = "handler:run"\n[queue]\nname = "realtime"\n',
     )
     write_function(stack.functions, "slowtext", SLOWTEXT, '[function]\nhandler = "handler:run"\n')
-    write_function(stack.functions, "pause", PAUSE, '[function]\nhandler = "handler:run"\n')
+    write_function(
+        stack.functions,
+        "pause",
+        PAUSE,
+        '[function]\nhandler = "handler:run"\n[[schedules]]\nevery = "1h"\ninput = 1\n',
+    )
     (stack.functions / "twostep").mkdir()
     (stack.functions / "twostep" / "function.toml").write_text(TWOSTEP)
-    stack.worker("--queues", "realtime,default")
+    stack.worker("--queues", "realtime,default,batch")  # batch: iris's trainings
     api, url = start_api(stack.config, stack.root / "api.log", free_port())
     yield url
     api.stop()
@@ -112,6 +117,7 @@ def test_the_dashboard_lists_invokes_and_shows_failures(
         sends_pictures(page, tmp_path)
         shows_a_stream_as_it_comes(page)
         shows_a_run_step_by_step(page)
+        trains_iris_and_lists_schedules(page)
 
         failed = httpx.post(f"{base}/functions/boom/invoke?wait=10", json={"input": 3}).json()
         row = f"#recent tr[data-id='{failed['id']}']"
@@ -124,7 +130,8 @@ def test_the_dashboard_lists_invokes_and_shows_failures(
     report(
         "/dashboard: 6 functions listed, iris invoked from its form (virginica), a picture"
         " sent from a file picker (shapes: square) and a thumbnail shown as an image, a"
-        " stream's words shown as they came, a pipeline's run drawn step by step, a failure"
+        " stream's words shown as they came, a pipeline's run drawn step by step, iris"
+        " trained from its form and its new version listed, a schedule's next tick, a failure"
         " in the recent list, no console errors"
     )
 
@@ -163,6 +170,22 @@ def shows_a_run_step_by_step(page: Page) -> None:
     page.wait_for_selector(f"{card} pre[data-status=succeeded]", timeout=30_000)
     badges = page.locator(f"{card} ol.run .badge").all_inner_texts()
     assert badges == ["succeeded", "succeeded"] and page.inner_text(f"{card} pre") == "7"
+
+
+def trains_iris_and_lists_schedules(page: Page) -> None:
+    """A function with [training] lists its trainings and starts one from its form; one
+    with schedules shows each rule and its next tick."""
+    card = "article[data-function=iris]"
+    page.click(f"{card} .trainings summary")
+    page.fill(f"{card} textarea[name=training-input]", '{"epochs": 50}')
+    page.check(f"{card} input[name=promote]")
+    page.click(f"{card} form.train button")
+    done = f"{card} .trainings li .badge.succeeded"
+    page.wait_for_selector(done, timeout=60_000)
+    listed = page.inner_text(f"{card} .trainings li")
+    assert "(serving)" in listed, listed
+    schedule = page.inner_text("article[data-function=pause] .schedules li")
+    assert schedule.startswith("every 1h, next"), schedule
 
 
 def sends_pictures(page: Page, tmp_path: Path) -> None:

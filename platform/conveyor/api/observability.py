@@ -13,8 +13,10 @@ from litestar.params import QueryParameter
 from litestar.static_files import create_static_files_router
 
 from conveyor.api.params import QUERY, takes
+from conveyor.api.schedules import schedules_body
 from conveyor.api.schemas import function_body
 from conveyor.api.services import Platform
+from conveyor.api.trainings import trainings_body
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
 from conveyor.functions.registry import FunctionEntry
@@ -92,11 +94,17 @@ class ObservabilityController(Controller):
             for r in await stats.recent(platform.invocations.redis)
             if caller.may_handle(r["function"], r.get("owner"), Action.READ)
         ]
+        cards = []
+        for entry in entries:
+            card = _card(entry, function_body(entry, detail=True, census=census), depths, windows)
+            manifest = entry.spec.manifest if entry.spec is not None else None
+            if manifest is not None and manifest.schedules:
+                card["schedules"] = await schedules_body(platform, entry.name, runs=3)
+            if manifest is not None and manifest.training is not None:
+                card["trainings"] = await trainings_body(platform, caller, entry.name, limit=5)
+            cards.append(card)
         return {
-            "functions": [
-                _card(e, function_body(e, detail=True, census=census), depths, windows)
-                for e in entries
-            ],
+            "functions": cards,
             "recent": [_recent(r) for r in recent],
             "minutes": minutes,
         }

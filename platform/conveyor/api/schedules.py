@@ -137,6 +137,42 @@ async def fire_forever(platform: Platform) -> None:
             log.warning("schedules_not_looked_at", error=str(exc))
 
 
+async def schedules_body(
+    platform: Platform, name: str, runs: int | None = None
+) -> list[dict[str, Any]]:
+    """``name``'s schedules: each one's rule, next tick and last ``runs`` runs (all kept)."""
+    entry = platform.functions.entry(name)
+    schedules = entry.spec.manifest.schedules if entry.spec is not None else []
+    now = time.time()
+    shown = []
+    for index, schedule in enumerate(schedules):
+        listed = []
+        for run in (await platform.schedules.runs(name, index))[:runs]:
+            status = None
+            if run.id:
+                found = await _status(platform, run.id)
+                status = "expired" if found is None else found.value
+            listed.append(
+                {
+                    "tick": None if run.tick is None else timing.iso(run.tick),
+                    "id": run.id or None,
+                    "outcome": run.outcome,
+                    "status": status,
+                    "at": timing.iso(run.at),
+                }
+            )
+        shown.append(
+            {
+                "index": index,
+                **_rule(schedule),
+                "input": schedule.input,
+                "next_at": timing.iso(timing.following(schedule, now)),
+                "runs": listed,
+            }
+        )
+    return shown
+
+
 class SchedulesController(Controller):
     path = "/functions"
     opt = takes()
@@ -149,36 +185,7 @@ class SchedulesController(Controller):
         name: FromPath[str],
     ) -> dict[str, Any]:
         caller.require_sees(name)
-        entry = platform.functions.entry(name)
-        schedules = entry.spec.manifest.schedules if entry.spec is not None else []
-        now = time.time()
-        shown = []
-        for index, schedule in enumerate(schedules):
-            runs = []
-            for run in await platform.schedules.runs(name, index):
-                status = None
-                if run.id:
-                    found = await _status(platform, run.id)
-                    status = "expired" if found is None else found.value
-                runs.append(
-                    {
-                        "tick": None if run.tick is None else timing.iso(run.tick),
-                        "id": run.id or None,
-                        "outcome": run.outcome,
-                        "status": status,
-                        "at": timing.iso(run.at),
-                    }
-                )
-            shown.append(
-                {
-                    "index": index,
-                    **_rule(schedule),
-                    "input": schedule.input,
-                    "next_at": timing.iso(timing.following(schedule, now)),
-                    "runs": runs,
-                }
-            )
-        return {"function": name, "schedules": shown}
+        return {"function": name, "schedules": await schedules_body(platform, name)}
 
     @post(
         "/{name:str}/schedules/{index:int}/run",

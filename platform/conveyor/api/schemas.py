@@ -262,6 +262,8 @@ class DashboardWindow(BaseModel):
 class DashboardFunction(FunctionDetail):
     depth: int | None = Field(description="invocations waiting on its queue")
     window: DashboardWindow | None
+    schedules: list[ScheduleInfo] | Absent = Field(None, description="with its last 3 runs")
+    trainings: list[Result] | Absent = Field(None, description="its 5 newest trainings")
 
 
 class RecentInvocation(BaseModel):

@@ -20,7 +20,7 @@ from conveyor.api.params import idempotency_key, limited_body, parse_json, takes
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
-from conveyor.errors import NotTrainableError
+from conveyor.errors import InvocationNotFoundError, NotTrainableError
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.registry import FunctionSpec
 from conveyor.invocations.records import InvocationRecord
@@ -69,6 +69,21 @@ async def start_training(
     )
     await platform.trainings.add(spec.name, record.id, record.created_at)
     return record
+
+
+async def trainings_body(
+    platform: Platform, caller: Caller, name: str, limit: int = LISTED
+) -> list[dict[str, Any]]:
+    """``name``'s newest trainings that the caller may read, as their results."""
+    shown = []
+    for training_id in await platform.trainings.newest(name, limit):
+        try:
+            record = await platform.invocations.get(training_id, function=name)
+        except InvocationNotFoundError:
+            continue  # it expired since it was listed
+        if caller.may_handle(name, record.owner, Action.READ, own_with=Action.TRAIN):
+            shown.append(result_body(record))
+    return shown
 
 
 class TrainingsController(Controller):
@@ -128,12 +143,7 @@ class TrainingsController(Controller):
     ) -> dict[str, Any]:
         caller.require_sees(name)
         platform.functions.entry(name)  # 404 for an unknown function
-        shown = []
-        for training_id in await platform.trainings.newest(name, LISTED):
-            record = await platform.invocations.get(training_id, function=name)
-            if caller.may_handle(name, record.owner, Action.READ, own_with=Action.TRAIN):
-                shown.append(result_body(record))
-        return {"function": name, "trainings": shown}
+        return {"function": name, "trainings": await trainings_body(platform, caller, name)}
 
     @get(
         TRAINING,

@@ -6,6 +6,7 @@ const RECENT_ROWS = 30;
 const KEY = "conveyor-api-key";
 const $ = (selector, root = document) => root.querySelector(selector);
 const forms = new Map(); // function name -> its invoke form, kept across refreshes
+const trainForms = new Map(); // function name -> its training form, kept across refreshes
 let minutes = 15;
 
 function apiKey() {
@@ -239,6 +240,59 @@ function invokeForm(fn) {
   return wrapper;
 }
 
+function when(iso) {
+  return iso ? new Date(iso).toLocaleTimeString() : "";
+}
+
+// A function's schedules: each rule, its next tick and what its last runs came to.
+function schedules(fn) {
+  return el("div", { class: "schedules", "aria-label": "schedules" }, el("h4", { text: "Schedules" }),
+    el("ul", {}, ...fn.schedules.map((s) => {
+      const rule = s.cron ? `cron ${s.cron} (${s.timezone})` : `every ${s.every}`;
+      const last = s.runs[0];
+      return el("li", { "data-schedule": s.index },
+        `${s.training ? "training " : ""}${rule}, next ${when(s.next_at)}`,
+        last ? el("span", { class: "muted", text: ` · last ${when(last.at)}: ${last.outcome}` }) : null,
+        last?.status ? el("span", { class: `badge ${last.status}`, text: last.status }) : null);
+    })));
+}
+
+// A function's newest trainings, and a form that starts one.
+function trainings(fn) {
+  return el("div", { class: "trainings", "aria-label": "trainings" }, el("h4", { text: "Trainings" }),
+    el("ul", {}, ...fn.trainings.map((t) => el("li", { "data-training": t.id },
+      el("span", { class: `badge ${t.status}`, text: t.status }), ` ${when(t.created_at)} `,
+      t.progress && t.status === "running" ? el("progress", { max: "1", value: String(t.progress.fraction) }) : null,
+      t.output?.new_version ? el("span", { text: ` → ${t.output.new_version}${t.output.promoted ? " (serving)" : " (retained)"}` }) : null,
+      t.error ? el("span", { class: "error-text", text: ` ${t.error.message}` }) : null))),
+    trainForm(fn));
+}
+
+function trainForm(fn) {
+  if (trainForms.has(fn.name)) return trainForms.get(fn.name);
+  const input = el("textarea", { name: "training-input", rows: "3", "aria-label": "training input" });
+  input.value = "{}";
+  const promote = el("input", { type: "checkbox", name: "promote" });
+  const answer = el("pre", { class: "output", "aria-label": "training answer" });
+  const form = el("form", { class: "invoke train", "data-function": fn.name },
+    el("label", {}, "input (JSON)", input), el("label", {}, promote, " serve the new version at once"),
+    el("button", { type: "submit", text: `Train ${fn.name}` }), answer);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    let value;
+    try { value = JSON.parse(input.value); } catch (error) { answer.textContent = `not JSON: ${error}`; return; }
+    const { body } = await api(`/functions/${fn.name}/trainings`, {
+      method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ input: value, promote: promote.checked }),
+    });
+    answer.textContent = body.id ? `started ${body.id}` : JSON.stringify(body, null, 2);
+    refresh();
+  });
+  const wrapper = el("details", {}, el("summary", { text: "Train" }), form);
+  trainForms.set(fn.name, wrapper);
+  return wrapper;
+}
+
 function card(fn) {
   const w = fn.window || { rate: [], errors: [], p50: [], p95: [] };
   const rate = last(w.rate), errors = last(w.errors);
@@ -262,7 +316,9 @@ function card(fn) {
       el("li", { text: `${step.name}: ${step.function}${step.for_each ? ` for each of ${step.for_each}` : ""}` }))) : null,
     fn.error ? el("div", { class: "error-text", text: fn.error }) : null,
     fn.warning ? el("div", { class: "muted", text: fn.warning }) : null,
-    fn.status !== "error" || fn.version ? invokeForm(fn) : null);
+    fn.status !== "error" || fn.version ? invokeForm(fn) : null,
+    fn.schedules?.length ? schedules(fn) : null,
+    fn.trainings ? trainings(fn) : null);
   return node;
 }
 
@@ -303,9 +359,11 @@ async function refresh() {
     }
     problem.hidden = true;
     minutes = body.minutes;
-    const open = new Set([...document.querySelectorAll("details[open]")].map((d) => d.closest(".card")?.dataset.function));
+    const open = new Set([...document.querySelectorAll(".card > details[open]")].map((d) => d.closest(".card")?.dataset.function));
+    const training = new Set([...document.querySelectorAll(".trainings details[open]")].map((d) => d.closest(".card")?.dataset.function));
     $("#functions").replaceChildren(...body.functions.map(card));
     for (const name of open) forms.get(name)?.setAttribute("open", "");
+    for (const name of training) trainForms.get(name)?.setAttribute("open", "");
     $("#recent tbody").replaceChildren(...body.recent.slice(0, RECENT_ROWS).map(row));
     $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (error) {
