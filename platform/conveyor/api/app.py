@@ -36,7 +36,7 @@ from conveyor.api.problems import EXCEPTION_HANDLERS
 from conveyor.api.schedules import SchedulesController, fire_forever
 from conveyor.api.services import Platform
 from conveyor.api.streams import StreamsController
-from conveyor.api.trainings import TrainingsController
+from conveyor.api.trainings import TrainingsController, finish_forever
 from conveyor.api.validation import RequestValidators
 from conveyor.api.versions import VersionsController
 from conveyor.auth.caller import Caller
@@ -171,6 +171,7 @@ def create_app(settings: Settings) -> Litestar:
             asyncio.create_task(first_load(), name="conveyor-first-load"),
             asyncio.create_task(deployer.collect_forever(), name="conveyor-collect"),
             asyncio.create_task(fire_forever(platform), name="conveyor-schedules"),
+            asyncio.create_task(finish_forever(platform), name="conveyor-trainings"),
             asyncio.create_task(
                 _sweep_files(platform.files.store, settings), name="conveyor-sweep"
             ),

@@ -9,6 +9,8 @@ routes show only trainings, and a ``train:<glob>`` key reads and cancels its own
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
@@ -20,15 +22,27 @@ from conveyor.api.params import idempotency_key, limited_body, parse_json, takes
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
-from conveyor.errors import InvocationNotFoundError, NotTrainableError
+from conveyor.errors import (
+    BrokerUnavailableError,
+    ConveyorError,
+    InvocationNotFoundError,
+    NotTrainableError,
+    TrainingError,
+)
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.registry import FunctionSpec
-from conveyor.invocations.records import InvocationRecord
+from conveyor.invocations.records import InvocationRecord, InvocationStatus
+from conveyor.log import get_logger
 from conveyor.results import accepted_body, result_body, result_url
+from conveyor.store.db import TRAINING as TRAINED_SOURCE
+
+log = get_logger(__name__)
 
 TRAININGS = "/{name:str}/trainings"
 TRAINING = TRAININGS + "/{training_id:str}"
 LISTED = 50  # the newest trainings a listing shows
+LOOK_EVERY = 0.2  # seconds between looks for trainings whose handler returned
+LEASE_MARGIN = 60.0  # seconds past the inspection's limit before another process retries
 
 
 def trainable(platform: Platform, name: str) -> tuple[FunctionSpec, FunctionSchemas]:
@@ -212,3 +226,78 @@ def check(caller: Caller, record: InvocationRecord, action: Action) -> None:
     if not caller.may_handle(record.function, record.owner, wanted, own_with=Action.TRAIN):
         needed = f"read:{record.function}" if action is Action.READ else "admin"
         raise caller.denied(needed, f"training {record.id} was started with another key")
+
+
+# -- making the version ------------------------------------------------------------------
+
+
+async def finish(platform: Platform, training_id: str) -> None:
+    """Deploy the version a training's worker handed over (its folder, as a bundle in the
+    file store) as a push is deployed, inspected the same way, and end the training: its
+    result holds the new version and the handler's metrics, or why the version would not
+    deploy (what serves is then untouched)."""
+    handed = await platform.trainings.handed(training_id)
+    try:
+        record = await platform.invocations.get(training_id)
+    except InvocationNotFoundError:
+        record = None
+    if handed is None or record is None or record.status is not InvocationStatus.RUNNING:
+        await platform.trainings.done(training_id)  # cancelled, deleted, or ended already
+        if handed is not None:
+            await _discard(platform, handed[0])
+        return
+    file, metrics = handed
+    promote = bool((record.training or {}).get("promote"))
+    try:
+        data = await asyncio.to_thread(_read, platform, file)
+        outcome, stored = await platform.deployer.push(
+            record.function, data, source=TRAINED_SOURCE, serve=promote, training=training_id
+        )
+    except BrokerUnavailableError:
+        raise  # Redis away: the claim's lease runs out and it is tried again
+    except Exception as exc:  # a version that would not deploy fails it
+        error = {"type": "TrainingError", "message": f"the new version would not deploy: {exc}"}
+        await platform.invocations.end(
+            training_id, InvocationStatus.FAILED, error=json.dumps(error)
+        )
+        log.warning("training_failed", invocation_id=training_id, error=str(exc))
+    else:
+        output = (
+            f'{{"new_version": {json.dumps(stored.version)},'
+            f' "promoted": {json.dumps(outcome != "retained")}, "metrics": {metrics}}}'
+        )
+        await platform.invocations.end(training_id, InvocationStatus.SUCCEEDED, output=output)
+        log.info(
+            "training_version_stored",
+            function=record.function,
+            invocation_id=training_id,
+            new_version=stored.version,
+            outcome=outcome,
+        )
+    await platform.trainings.done(training_id)
+    await _discard(platform, file)
+
+
+def _read(platform: Platform, file: str) -> bytes:
+    store = platform.files.store
+    meta = store.get(file)
+    if meta is None:
+        raise TrainingError("the new version's files are gone from the file store")
+    return b"".join(store.read(meta))
+
+
+async def _discard(platform: Platform, file: str) -> None:
+    await asyncio.to_thread(platform.files.store.remove, file)
+
+
+async def finish_forever(platform: Platform) -> None:
+    """The loop of one API process (any number may run): trainings whose handler returned
+    are made into versions, each by one process at a time."""
+    lease = platform.settings.functions.inspect_timeout + LEASE_MARGIN
+    while True:
+        await asyncio.sleep(LOOK_EVERY)
+        try:
+            while (training_id := await platform.trainings.claim(lease)) is not None:
+                await finish(platform, training_id)
+        except ConveyorError as exc:  # Redis away: the next look tries again
+            log.warning("trainings_not_finished", error=str(exc))

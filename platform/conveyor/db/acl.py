@@ -58,6 +58,8 @@ READ_WRITE = [
     keyspace.STREAM_EVENTS_CHANNEL,
     # pipelines: a run's state, which the script ending its step's invocation advances
     keyspace.run("*"),
+    # trainings: one whose handler returned waits here for an API process to deploy it
+    keyspace.TRAININGS_PENDING,
     # kombu's Redis transport
     keyspace.KOMBU_UNACKED,
     keyspace.KOMBU_UNACKED_INDEX,

@@ -286,6 +286,11 @@ def schedule_runs(function: str, index: int) -> str:
 
 
 # Trainings (see trainings/): each function's trainings by when they were started (a
-# training is an invocation record with ``training``; its ids are kept here to list them).
+# training is an invocation record with ``training``; its ids are kept here to list them),
+# and those whose handler returned, waiting for an API process to make their version (by
+# when their claim is due).
+TRAININGS_PENDING = f"{PREFIX}:trainings-pending"
+
+
 def trainings(function: str) -> str:
     return f"{PREFIX}:trainings:{function}"

@@ -426,6 +426,17 @@ class InvocationClient:
         log.info("invocation_cancelled", function=record.function, invocation_id=invocation_id)
         return await self.get(invocation_id, function)
 
+    async def end(self, invocation_id: str, to: InvocationStatus, **fields: str) -> bool:
+        """End a running invocation here rather than in a worker (a training, once its
+        version is stored): whether it was still running."""
+        values = transition_args(
+            invocation_id, (InvocationStatus.RUNNING,), to, metrics=self.settings.metrics.enabled
+        )
+        values["fields"] += [value for pair in fields.items() for value in pair]
+        with broker_errors():
+            changed, *_ = await self.scripts.call(TRANSITION, **values)
+        return bool(changed)
+
     def _kill_later(self, invocation_id: str, grace: float) -> None:
         """Kill the attempt after ``grace`` seconds, if it still runs then (a task that
         ended is no longer active anywhere: the revoke kills nothing)."""

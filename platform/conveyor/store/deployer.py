@@ -228,13 +228,30 @@ class Deployer:
     # -- deploying -----------------------------------------------------------------------
 
     async def _deploy(
-        self, spec: FunctionSpec, schemas: FunctionSchemas, bundle: Bundle, source: str
+        self,
+        spec: FunctionSpec,
+        schemas: FunctionSchemas,
+        bundle: Bundle,
+        source: str,
+        *,
+        serve: bool = True,
+        training: str = "",
     ) -> str:
-        """Store ``bundle`` (once, whoever else stores it) and make it serve."""
+        """Store ``bundle`` (once, whoever else stores it) and make it serve (``serve``)."""
         name, version = spec.name, spec.version
         outcome = await store_version(
-            self.store, spec, schemas, bundle, source=source, source_dir=self.source_dir
+            self.store,
+            spec,
+            schemas,
+            bundle,
+            source=source,
+            source_dir=self.source_dir,
+            serve=serve,
+            training=training,
         )
+        if outcome == "retained":
+            log.info("function_version_retained", function=name, version=version, source=source)
+            await self._collect(name)
         if outcome == "deployed":
             log.info(
                 "function_deployed",
@@ -247,8 +264,18 @@ class Deployer:
             await self._collect(name)
         return outcome
 
-    async def push(self, name: str, data: bytes) -> tuple[str, StoredVersion]:
-        """Deploy a pushed bundle: (deployed or unchanged, the version)."""
+    async def push(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        source: str = PUSH,
+        serve: bool = True,
+        training: str = "",
+    ) -> tuple[str, StoredVersion]:
+        """Deploy a pushed bundle: (deployed or unchanged, the version); a training's
+        (``source`` training, ``training`` its id) serves only with ``serve``, else it is
+        retained."""
         check_function_name(name)
         staging = Path(tempfile.mkdtemp(prefix="conveyor-push-"))
         try:
@@ -263,7 +290,9 @@ class Deployer:
             except (ManifestError, FunctionLoadError) as exc:
                 raise type(exc)(str(exc).replace(f"{staging}/", "")) from None
             async with self._locks[name]:
-                outcome = await self._deploy(spec, schemas, bundle, PUSH)
+                outcome = await self._deploy(
+                    spec, schemas, bundle, source, serve=serve, training=training
+                )
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)
         stored = await self.store.version(name, bundle.version)

@@ -35,7 +35,6 @@ from conveyor.db.connections import sync_client
 from conveyor.db.scripts import Scripts
 from conveyor.errors import (
     ConveyorError,
-    FunctionLoadError,
     TrainingError,
     ValidationError,
     WorkerStopping,
@@ -58,12 +57,13 @@ from conveyor.runtime.capture import Captured, OutputCapture
 from conveyor.runtime.streaming import StreamStopped
 from conveyor.settings import Settings
 from conveyor.streams.db import StreamWriter
-from conveyor.trainings.versions import make_version
+from conveyor.trainings.db import hand_over
 from conveyor.worker.checkpoints import AttemptCheckpoints
 from conveyor.worker.files import Attempt, WorkerFiles
 from conveyor.worker.local import LocalFunctions
 from conveyor.worker.stopping import Stopping
 from conveyor.worker.streaming import AttemptStream
+from conveyor.worker.trainings import new_version
 
 log = get_logger(__name__)
 
@@ -208,8 +208,10 @@ class Executor:
         try:
             checkpoints.restore()
             output = self.run(fn, raw_input, ctx, files, logs)
-            if training is not None and outputs is not None:
-                output = self.trained(fn, invocation_id, outputs, output, training)
+            if training is not None:  # its version is made by an API process
+                handed = self.hand_over(fn, ctx, output, logs)
+                self.finished("trained" if handed else "discarded", started)
+                return
         except StreamStopped as stopped:  # cancelled: its generator was closed at a yield
             self.finished("stopped", started, reason=str(stopped))
             return
@@ -285,30 +287,22 @@ class Executor:
             output_dir=outputs,
         )
 
-    def trained(
-        self,
-        fn: LoadedFunction,
-        training_id: str,
-        outputs: Path,
-        output: str,
-        training: dict[str, Any],
-    ) -> str:
-        """A training's result: the version its files make (stored, and serving with
-        ``promote``) and what the handler returned (its metrics)."""
-        assert fn.folder is not None
-        try:
-            made = make_version(
-                self.settings,
-                fn.name,
-                fn.folder,
-                outputs,
-                training_id=training_id,
-                promote=bool(training.get("promote")),
-            )
-        except FunctionLoadError as exc:
-            raise TrainingError(str(exc)) from None
-        version, promoted = json.dumps(made.version), json.dumps(made.outcome != "retained")
-        return f'{{"new_version": {version}, "promoted": {promoted}, "metrics": {output}}}'
+    def hand_over(
+        self, fn: LoadedFunction, ctx: InvocationContext, output: str, logs: Captured
+    ) -> bool:
+        """A training's handler returned: its version (the one it ran plus what it wrote)
+        goes to the file store and the record waits for an API process to deploy it (see
+        :mod:`.trainings`). False when the attempt was cancelled meanwhile."""
+        assert fn.folder is not None and ctx.output_dir is not None
+        data = new_version(fn.name, fn.folder, ctx.output_dir, self.settings.bundle_limit)
+        store = self.files.store
+        meta = store.put_bytes(
+            data, kind="training", owner=None, ttl=fn.manifest.results.ttl, filename="version.zip"
+        )
+        if hand_over(self.scripts, ctx.id, ctx.attempt, meta.id, output, logs.text):
+            return True
+        store.remove(meta.id)
+        return False
 
     def run(
         self,
