@@ -68,6 +68,19 @@ def run(n: int) -> TextStream:
 """
 
 
+LEARN = """
+from conveyor import context
+def run(x: int) -> int:
+    return x
+def train(x: int) -> dict:
+    ctx = context.current()
+    (ctx.checkpoint_dir / "state").write_text(str(x))
+    ctx.checkpoint()
+    (ctx.output_dir / "weights.txt").write_text(str(x))
+    return {"x": x}
+"""
+
+
 STEPS = """
 [[steps]]
 name = "first"
@@ -107,6 +120,9 @@ def test_a_handler_with_the_workers_connection_gets_noperm(
             '[function]\nhandler = "handler:Double"\n[batching]\nmax_batch_size = 4\nmax_wait_ms = 50\n',
         )  # fmt: skip
         write_function(stack.functions, "words", WORDS, TOML)
+        write_function(
+            stack.functions, "learn", LEARN, TOML + '[training]\nhandler = "handler:train"\n'
+        )
         (stack.functions / "steps").mkdir()
         (stack.functions / "steps" / "function.toml").write_text(STEPS)
         worker = stack.worker("--queues", "default", "--concurrency", "2")
@@ -142,6 +158,12 @@ def test_a_handler_with_the_workers_connection_gets_noperm(
             status, ran = invoke(api, "steps", [1, 2, 3], wait=30)
             assert status == 200 and ran["output"] == 1, ran
             assert result(api, "double", f"{ran['id']}.each.2")["output"] == 6
+            # a training: a checkpoint saved, its version made (by the API, not the worker)
+            started = api.post("/functions/learn/trainings", json={"input": 3, "promote": True})
+            assert started.status_code == 202, started.text
+            trained = result(api, "learn", started.json()["id"])
+            assert trained["status"] == "succeeded" and trained["checkpoint"], trained
+            assert trained["output"]["metrics"] == {"x": 3}, trained
         assert server.client().hget("conveyor:api-keys", "forged") is None
         log = worker.log.read_text()
         assert "NOPERM" not in log, [line for line in log.splitlines() if "NOPERM" in line][:5]
