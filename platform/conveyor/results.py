@@ -197,3 +197,13 @@ def _warn(body: dict[str, Any], *notes: str | None) -> None:
     """``warning``: what the caller should know about this answer, if anything."""
     if warnings := [note for note in notes if note]:
         body["warning"] = "; ".join(warnings)
+
+
+def logs_body(record: InvocationRecord, logs: str | None) -> dict[str, Any]:
+    """What ``.../logs`` answers: what the last attempt printed or logged."""
+    return {
+        "id": record.id,
+        "function": record.function,
+        "status": record.status.value,
+        "logs": logs or "",
+    }

@@ -29,7 +29,7 @@ from conveyor.auth.keys import Action
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.registry import FunctionSpec
 from conveyor.invocations.records import InvocationRecord
-from conveyor.results import Steps, accepted_body, result_body, result_url
+from conveyor.results import Steps, accepted_body, logs_body, result_body, result_url
 
 RESULT = "/{name:str}/results/{invocation_id:str}"
 FUNCTION = "/{name:str}"
@@ -161,11 +161,7 @@ class FunctionsController(Controller):
         invocation_id: FromPath[str],
     ) -> dict[str, Any]:
         caller.require_sees(name)
-        seconds = wait_seconds(platform, request)
-        if seconds:
-            record = await platform.invocations.wait(invocation_id, seconds, function=name)
-        else:
-            record = await platform.invocations.get(invocation_id, function=name)
+        record = await waited(platform, request, name, invocation_id)
         check_handles(caller, record, Action.READ)
         inline = await inline_files(platform, record.files or []) if _inline(request) else None
         steps = await run_steps(platform, record)
@@ -184,12 +180,7 @@ class FunctionsController(Controller):
     ) -> dict[str, Any]:
         record = await readable(platform, caller, name, invocation_id)
         logs = await platform.runs.logs(record.id) if record.pipeline else record.logs
-        return {
-            "id": record.id,
-            "function": record.function,
-            "status": record.status.value,
-            "logs": logs or "",
-        }
+        return logs_body(record, logs)
 
     @post(RESULT + "/cancel", summary="Cancel an invocation", status_code=200)
     async def cancel(
@@ -281,6 +272,16 @@ def _inline(request: Request[Any, Any, Any]) -> bool:
     if given not in ([], ["url"], ["data_uri"]):
         raise ClientException(f"files is url or data_uri, given once; got {given}")
     return given == ["data_uri"]
+
+
+async def waited(
+    platform: Platform, request: Request[Any, Any, Any], name: str, invocation_id: str
+) -> InvocationRecord:
+    """An invocation of ``name``, once final or after ``?wait`` seconds (now without)."""
+    seconds = wait_seconds(platform, request)
+    if seconds:
+        return await platform.invocations.wait(invocation_id, seconds, function=name)
+    return await platform.invocations.get(invocation_id, function=name)
 
 
 async def readable(

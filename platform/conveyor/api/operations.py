@@ -98,11 +98,8 @@ def invoke_op(name: str, description: str, max_wait: float, form: dict[str, Any]
         "run this retained version instead of the one that serves (GET"
         f" /functions/{name}/versions lists them); the body is checked against its schema",
     )
-    key = parameter(
-        "Idempotency-Key",
-        "header",
-        {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
-        "retrying with the same key and body returns the first invocation; keys are per function",
+    key = idempotency_param(
+        "retrying with the same key and body returns the first invocation; keys are per function"
     )
     op = operation(
         f"invoke_{name}",
@@ -143,12 +140,7 @@ def invoke_op(name: str, description: str, max_wait: float, form: dict[str, Any]
 
 
 def map_op(name: dict[str, Any]) -> dict[str, Any]:
-    key = parameter(
-        "Idempotency-Key",
-        "header",
-        {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
-        "retrying an upload with the same key and body returns the first job",
-    )
+    key = idempotency_param("retrying an upload with the same key and body returns the first job")
     priority = parameter("priority", "query", {"type": "integer", "minimum": 0, "maximum": 9})
     op = operation(
         "map",
@@ -346,12 +338,7 @@ def training_op(name: str, max_wait: float) -> dict[str, Any]:
     wait = wait_param(
         max_wait, "answer 200 with the result if it finishes within this many seconds"
     )
-    key = parameter(
-        "Idempotency-Key",
-        "header",
-        {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
-        "retrying with the same key and body returns the first training",
-    )
+    key = idempotency_param("retrying with the same key and body returns the first training")
     op = operation(
         f"train_{name}",
         f"Train {name}",
@@ -376,3 +363,12 @@ def training_op(name: str, max_wait: float) -> dict[str, Any]:
         },
     }
     return op
+
+
+def idempotency_param(description: str) -> dict[str, Any]:
+    return parameter(
+        "Idempotency-Key",
+        "header",
+        {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
+        description,
+    )

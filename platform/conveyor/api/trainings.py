@@ -17,6 +17,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from conveyor.api.controllers import waited
 from conveyor.api.files import own_hosts
 from conveyor.api.params import idempotency_key, limited_body, parse_json, takes, wait_seconds
 from conveyor.api.services import Platform
@@ -33,7 +34,7 @@ from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.registry import FunctionSpec
 from conveyor.invocations.records import InvocationRecord, InvocationStatus
 from conveyor.log import get_logger
-from conveyor.results import accepted_body, result_body, result_url
+from conveyor.results import accepted_body, logs_body, result_body, result_url
 from conveyor.store.db import TRAINING as TRAINED_SOURCE
 
 log = get_logger(__name__)
@@ -173,11 +174,7 @@ class TrainingsController(Controller):
         training_id: FromPath[str],
     ) -> dict[str, Any]:
         caller.require_sees(name)
-        seconds = wait_seconds(platform, request)
-        if seconds:
-            record = await platform.invocations.wait(training_id, seconds, function=name)
-        else:
-            record = await platform.invocations.get(training_id, function=name)
+        record = await waited(platform, request, name, training_id)
         check(caller, record, Action.READ)
         census = None if record.status.final else await platform.invocations.census()
         return result_body(record, census)
@@ -193,12 +190,7 @@ class TrainingsController(Controller):
         caller.require_sees(name)
         record = await platform.invocations.get(training_id, function=name)
         check(caller, record, Action.READ)
-        return {
-            "id": record.id,
-            "function": record.function,
-            "status": record.status.value,
-            "logs": record.logs or "",
-        }
+        return logs_body(record, record.logs)
 
     @post(TRAINING + "/cancel", summary="Cancel a training", status_code=200)
     async def cancel_training(
