@@ -99,6 +99,12 @@ def test_api_worker_invoke_and_ls(tmp_path: Path) -> None:
         iris = '{"sepal_length": 5.9, "sepal_width": 3.0, "petal_length": 4.2, "petal_width": 1.5}'
         done = run("invoke", "iris", "--input", iris, *url, config=config)
         assert json.loads(done.stdout)["output"]["species"] == "versicolor"
+        trained = run(
+            "train", "iris", "--input", '{"epochs": 50}', "--promote", *url, config=config
+        )
+        assert trained.returncode == 0, trained.stdout + trained.stderr
+        made = json.loads(trained.stdout)
+        assert made["status"] == "succeeded" and made["output"]["promoted"] is True, made
         # torch is loaded where the model runs (the pool child) and nowhere else
         assert not _loads_torch(api.pid), "the API process loaded torch"
         assert not _loads_torch(worker.pid), "the worker's supervising parent loaded torch"

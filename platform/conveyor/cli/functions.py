@@ -1,5 +1,5 @@
-"""``conveyor check``, ``ls``, ``invoke`` and ``logs``: the functions, checked here or
-called through the API."""
+"""``conveyor check``, ``ls``, ``invoke``, ``train`` and ``logs``: the functions, checked
+here or called through the API."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import itertools
 import json
 import mimetypes
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,20 @@ def add_commands(sub: Any) -> None:
     invoke.add_argument("--priority", type=int)
     add_url_option(invoke)
     invoke.set_defaults(run=_invoke)
+
+    train = sub.add_parser(
+        "train", help="start a training of a function (its [training]): a new version"
+    )
+    train.add_argument("name")
+    train.add_argument("--input", default="{}", help="the training's input, as JSON (default {})")
+    train.add_argument(
+        "--promote", action="store_true", help="serve the new version at once (else retained)"
+    )
+    train.add_argument(
+        "--wait", type=float, default=600.0, help="seconds to wait for it to end (0: don't)"
+    )
+    add_url_option(train)
+    train.set_defaults(run=_train)
 
     logs = sub.add_parser("logs", help="what an invocation printed or logged")
     logs.add_argument("function")
@@ -175,6 +190,33 @@ def _invoke(settings: Settings, args: argparse.Namespace) -> int:
         for listed in result.get("files", []):
             print(f"saved {_download(listed, args.download)}")
     return 0
+
+
+def _train(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        value = json.loads(args.input)
+    except json.JSONDecodeError as exc:
+        raise ConveyorError(f"--input is not valid JSON: {exc}") from None
+    base = base_url(settings, args)
+    body = {"input": value, "promote": args.promote}
+    result = ok(request("POST", f"{base}/functions/{args.name}/trainings", json=body))
+    deadline = time.monotonic() + args.wait
+    # the API waits at most [api] max_wait per request (60 s by default): ask again
+    while result["status"] not in FINAL and (left := deadline - time.monotonic()) > 0:
+        print(f"conveyor: {result['status']}{_progress(result)}", file=sys.stderr)
+        seconds = min(left, 30.0)
+        url = f"{base}{result['result_url']}"
+        result = ok(request("GET", url, params={"wait": seconds}, timeout=seconds + 10))
+    print(json.dumps(result, indent=2))
+    return 1 if result["status"] in ("failed", "cancelled") else 0
+
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def _progress(result: dict[str, Any]) -> str:
+    progress = result.get("progress")
+    return f": {progress['message']}" if progress and progress.get("message") else ""
 
 
 def _upload(settings: Settings, args: argparse.Namespace, path: Path) -> str:
