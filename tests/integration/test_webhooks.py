@@ -60,6 +60,16 @@ function = "echo"
 """
 
 
+LEARNER = """
+from conveyor import context
+def run(x: int) -> int:
+    return x
+def train(x: int) -> dict:
+    (context.current().output_dir / "learned.txt").write_text(str(x))
+    return {"x": x}
+"""
+
+
 @pytest.fixture(scope="module")
 def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     stack: Stack = make_stack(
@@ -77,6 +87,12 @@ def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     write_function(stack.functions, "echo", ECHO, '[function]\nhandler = "handler:run"\n')
     write_function(stack.functions, "maker", MAKER, '[function]\nhandler = "handler:run"\n')
     write_function(stack.functions, "words", WORDS, '[function]\nhandler = "handler:run"\n')
+    write_function(
+        stack.functions,
+        "learner",
+        LEARNER,
+        '[function]\nhandler = "handler:run"\n[training]\nhandler = "handler:train"\n',
+    )
     (stack.functions / "twice").mkdir()
     (stack.functions / "twice" / "function.toml").write_text(TWICE)
     stack.worker("--queues", "default")
@@ -318,6 +334,25 @@ def test_a_pipeline_run_starts_and_completes_as_an_invocation_does(
     assert headers["webhook-id"] == f"msg_{done['id']}_completed"
     assert completed["output"] == {"n": 2} and completed["id"] == done["id"]
     assert events["start"][1]["status"] == "running"
+
+
+def test_a_training_completes_with_its_new_version(api, delivery, receivers) -> None:  # type: ignore[no-untyped-def]
+    receiver = receivers[0]
+    webhook = {"url": receiver.url("trained"), "events": ["start", "completed"]}
+    started = api.post("/functions/learner/trainings", json={"input": 4, "webhook": webhook})
+    assert started.status_code == 202, started.text
+    done = result(api, "learner", started.json()["id"])
+    assert done["status"] == "succeeded", done
+    wait_for(lambda: len(receiver.got["trained"]) == 2, 10, "two deliveries")
+    events = {}
+    for headers, body, _ in receiver.got["trained"]:
+        event = Webhook(SECRET).verify(body, headers)
+        events[event["event"]] = event
+    completed = events["completed"]
+    assert completed["output"]["new_version"] == done["output"]["new_version"]
+    assert completed["output"]["metrics"] == {"x": 4} and completed["training"] == {
+        "promote": False
+    }
 
 
 def test_a_map_job_completion_is_signed_and_delivered(api, delivery, receivers) -> None:  # type: ignore[no-untyped-def]
