@@ -47,12 +47,14 @@ from conveyor import context
 class Settings(BaseModel):
     factor: float
     steps: int = 3
+    pause: float = 0
     break_import: bool = False
 
 
 def train(settings: Settings) -> dict:
     ctx = context.current()
     for step in range(settings.steps):
+        time.sleep(settings.pause)
         ctx.progress(step + 1, settings.steps, f"step {{step + 1}}")
     (ctx.output_dir / "weights.json").write_text(json.dumps({{"factor": settings.factor}}))
     if settings.break_import:
@@ -144,8 +146,15 @@ def test_a_promoted_training_serves_and_a_retained_one_waits(make_stack, report)
         assert rolled.status_code == 200, rolled.text
         wait_for(lambda: serve(client, 5) == 15, 10, "the retained version after rollback")
 
+        slow = client.post("/functions/scale/trainings", json={"input": {"factor": 5, "pause": 2}})
+        slow_url = slow.headers["location"]
+        wait_for(lambda: client.get(slow_url).json()["status"] == "running", 10, "it to run")
+        cancelled = client.post(f"{slow_url}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+        assert "output" not in client.get(slow_url).json()  # no version was made
+
         listed = client.get("/functions/scale/trainings").json()["trainings"]
-        assert [t["id"] for t in listed] == [promoted["id"], retained["id"]]
+        assert [t["id"] for t in listed] == [slow.json()["id"], promoted["id"], retained["id"]]
         plain = client.post("/functions/scale/invoke", json={"input": 1}).json()["id"]
         assert client.get(f"/functions/scale/trainings/{plain}").status_code == 404
     report(
