@@ -119,7 +119,10 @@ class InvocationContext:
 
     def _checkpointer(self) -> Checkpointer:
         if self.checkpoints is None:
-            raise RuntimeError("checkpoints are kept for invocations, not inside a batch")
+            raise RuntimeError(
+                "checkpoints are kept for single invocations and trainings, not for the"
+                " items of a batch or a map job"
+            )
         return self.checkpoints
 
 
