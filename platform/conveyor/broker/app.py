@@ -46,7 +46,9 @@ def transport_options(settings: Settings, visibility_timeout: float | None) -> d
 def create_celery(settings: Settings, *, visibility_timeout: float | None = None) -> Celery:
     """A Celery app for ``settings``: JSON only, late acks, one message per free process."""
     app = Celery("conveyor", broker=broker_url(settings), set_as_current=False)
+    transport = "SentinelTransport" if settings.redis.sentinels else "Transport"
     app.conf.update(
+        broker_transport=f"conveyor.broker.transport:{transport}",
         broker_transport_options=transport_options(settings, visibility_timeout),
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
