@@ -79,3 +79,25 @@ def test_a_deploy_redis_refused_is_tried_again_until_it_gets_through(make_stack)
             client.config_set("min-replicas-to-write", 0)
         wait_for(lambda: api.get("/readyz").status_code == 200, 20, "ready again")
         until_reloaded(api, "f", lambda f: f["version"] != first)
+
+
+def test_a_channel_closing_on_a_released_connection_raises_a_connection_error(
+    make_stack,
+) -> None:  # type: ignore[no-untyped-def]
+    """The path that stopped a worker when Redis went away mid-job: kombu's channel,
+    closing, restores the messages it holds through a client built from its connection,
+    released by then. It must be a connection error (Celery reconnects), not another."""
+    import redis
+
+    from conveyor.broker.app import create_celery
+
+    stack = make_stack()
+    app = create_celery(stack.settings())
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        channel._pool = None  # as after the pool was disconnected
+        channel.connection.client = None  # what Connection.release() leaves
+        with pytest.raises(redis.exceptions.ConnectionError):
+            channel._connparams()
+        assert connection.connection_errors  # Celery ignores these while it reconnects
+        assert redis.exceptions.ConnectionError in connection.connection_errors
