@@ -11,11 +11,13 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
+from conveyor.broker import transport
 from conveyor.db import keyspace
 from conveyor.db.connections import broker_transport_options, broker_url
 from conveyor.settings import Settings, all_queues
 
 BrokerApp = Celery  # what the API's and the worker's sides hold, and pass back here
+transport.register()  # redis:// and sentinel:// URLs use our transports (see its module)
 
 TASK_NAME = "conveyor.run"
 BATCH_TASK_NAME = "conveyor.batch"
@@ -46,9 +48,7 @@ def transport_options(settings: Settings, visibility_timeout: float | None) -> d
 def create_celery(settings: Settings, *, visibility_timeout: float | None = None) -> Celery:
     """A Celery app for ``settings``: JSON only, late acks, one message per free process."""
     app = Celery("conveyor", broker=broker_url(settings), set_as_current=False)
-    transport = "SentinelTransport" if settings.redis.sentinels else "Transport"
     app.conf.update(
-        broker_transport=f"conveyor.broker.transport:{transport}",
         broker_transport_options=transport_options(settings, visibility_timeout),
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

@@ -8,6 +8,7 @@ AttributeError, which Celery does not count as a connection error, so the worker
 with Redis restarted mid-job; kombu#970 reports the same path). Here that case raises
 redis' ConnectionError, which Celery ignores while it reconnects; the messages stay in
 kombu's unacked set and are restored after the visibility timeout, as for a lost worker.
+:func:`register` makes kombu use these for ``redis://`` and ``sentinel://`` URLs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 CLOSED = (
@@ -48,3 +50,14 @@ class SentinelChannel(_Released, kombu_redis.SentinelChannel):
 
 class SentinelTransport(kombu_redis.SentinelTransport):
     Channel = SentinelChannel
+
+
+def register() -> None:
+    """Make kombu resolve ``redis://``, ``rediss://`` and ``sentinel://`` to these
+    transports (its alias table is how transports are named; a URL keeps its scheme, so
+    Flower and anything else reading it still sees Redis)."""
+    TRANSPORT_ALIASES.update(
+        redis=f"{__name__}:Transport",
+        rediss=f"{__name__}:Transport",
+        sentinel=f"{__name__}:SentinelTransport",
+    )
