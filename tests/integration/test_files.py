@@ -308,12 +308,15 @@ def test_outputs_are_urls_or_data_uris(api: TestClient) -> None:  # type: ignore
 
 def test_expired_files_are_gone_unless_held(stack: Stack) -> None:
     store = FileStore(stack.settings().files, sync_client(stack.settings()))
-    loose = store.put_bytes(b"x" * 10, kind="upload", owner=None, ttl=0.2)
-    held = store.put_bytes(b"y" * 10, kind="upload", owner=None, ttl=0.2)
+    loose = store.put_bytes(b"x" * 10, kind="upload", owner=None, ttl=60)
+    held = store.put_bytes(b"y" * 10, kind="upload", owner=None, ttl=60)
     client = stack.redis
+    due = client.zscore("conveyor:files:expiry", loose.id)
+    assert due is not None and abs(due - (time.time() + 60)) < 5  # due at its ttl
     client.hset("conveyor:job:held-job", mapping={"status": "queued"})
     client.sadd(f"conveyor:file-holders:{held.id}", "job:held-job")  # as a submit holds it
-    time.sleep(0.3)
+    # both due now (the holder is in place first: a busy machine cannot sweep in between)
+    client.zadd("conveyor:files:expiry", {loose.id: 0, held.id: 0})
     store.sweep()  # the API sweeps too, every 0.5 s: either removes it
     wait_for(lambda: store.get(loose.id) is None, 10, "the loose file swept")
     assert not client.exists(f"conveyor:file-data:{loose.id}")
