@@ -108,6 +108,15 @@ class StreamTooLargeError(ConveyorError):
     """A streaming invocation's events went past its [limits] max_stream_bytes."""
 
 
+class QueueFullError(ConveyorError):
+    """A function's ``[limits] max_queued`` invocations are waiting: a 429, retried later."""
+
+    def __init__(self, message: str, *, function: str, limit: int) -> None:
+        super().__init__(message)
+        self.function = function
+        self.limit = limit
+
+
 class NotTrainableError(ConveyorError):
     """The function has no ``[training]`` table, or the id is not one of its trainings."""
 

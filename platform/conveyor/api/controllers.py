@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import ClientException
 from litestar.params import FromPath
 
+from conveyor.api.deadlines import request_deadline
 from conveyor.api.deploys import deploy
 from conveyor.api.files import base_url, discard, inline_files, own_hosts
 from conveyor.api.multipart import check_parts, is_multipart, read_form
@@ -26,8 +27,9 @@ from conveyor.api.schemas import function_body
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
+from conveyor.errors import ValidationError
 from conveyor.functions.loader import FunctionSchemas
-from conveyor.functions.registry import FunctionSpec
+from conveyor.functions.registry import FunctionEntry, FunctionSpec
 from conveyor.invocations.records import InvocationRecord
 from conveyor.results import Steps, accepted_body, logs_body, result_body, result_url
 
@@ -60,7 +62,8 @@ class FunctionsController(Controller):
     ) -> dict[str, Any]:
         caller.require_sees(name)
         entry = platform.functions.entry(name)
-        return function_body(entry, detail=True, census=await platform.invocations.census())
+        body = function_body(entry, detail=True, census=await platform.invocations.census())
+        return body | await waiting_body(platform, entry)
 
     @put(FUNCTION, summary="Deploy a function folder (admin)", request_max_body_size=None)
     async def deploy(
@@ -84,6 +87,17 @@ class FunctionsController(Controller):
     ) -> None:
         caller.require_admin()
         await platform.deployer.remove(name)
+
+    @post("/{name:str}/purge", summary="Cancel every waiting invocation (admin)", status_code=200)
+    async def purge(
+        self,
+        platform: NamedDependency[Platform],
+        caller: NamedDependency[Caller],
+        name: FromPath[str],
+    ) -> dict[str, Any]:
+        caller.require_admin()
+        platform.functions.entry(name)  # 404 for an unknown function
+        return {"function": name, "purged": await platform.invocations.purge(name)}
 
     @post(
         "/{name:str}/invoke",
@@ -236,6 +250,13 @@ async def _submit(  # noqa: PLR0917
         own_hosts=own_hosts(platform, request),
     )
     priority = None if body.get("priority") is None else int(body["priority"])
+    deadline = request_deadline(request, body)
+    if deadline is not None and spec.manifest.is_pipeline:
+        raise ValidationError(
+            "Cancel-After and deadline do not apply to a pipeline's run yet: cancel it"
+            f" (POST /functions/{spec.name}/results/<id>/cancel)",
+            [{"field": "deadline", "message": "not for a pipeline", "type": "Deadline"}],
+        )
     plan = None
     if spec.manifest.is_pipeline:
         census = await platform.invocations.census()
@@ -253,7 +274,16 @@ async def _submit(  # noqa: PLR0917
         sent=body["input"] if files else None,
         stream=schemas.streams,
         plan=plan,
+        deadline=deadline,
     )
+
+
+async def waiting_body(platform: Platform, entry: FunctionEntry) -> dict[str, Any]:
+    """How many of its invocations wait to start, and its cap ([limits] max_queued)."""
+    body: dict[str, Any] = {"waiting": await platform.invocations.waiting(entry.name)}
+    if entry.spec is not None and entry.spec.manifest.limits.max_queued is not None:
+        body["max_queued"] = entry.spec.manifest.limits.max_queued
+    return body
 
 
 async def run_steps(platform: Platform, record: InvocationRecord) -> Steps:

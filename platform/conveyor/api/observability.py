@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from litestar.static_files import create_static_files_router
 
+from conveyor.api.controllers import waiting_body
 from conveyor.api.params import QUERY, takes
 from conveyor.api.schedules import schedules_body
 from conveyor.api.schemas import function_body
@@ -97,6 +98,7 @@ class ObservabilityController(Controller):
         cards = []
         for entry in entries:
             card = _card(entry, function_body(entry, detail=True, census=census), depths, windows)
+            card |= await waiting_body(platform, entry)
             manifest = entry.spec.manifest if entry.spec is not None else None
             if manifest is not None and manifest.schedules:
                 card["schedules"] = await schedules_body(platform, entry.name, runs=3)

@@ -12,6 +12,7 @@ REF = "#/components/schemas/"
 # media type a web page can send cross-site without the browser asking first.
 BUNDLE_MEDIA = ("application/zip", "application/octet-stream")
 # Visible ASCII, inner spaces allowed: HTTP strips a value's outer whitespace.
+DURATION_PATTERN = r"^(\d{1,9}(?:\.\d{1,6})?)(s|m|h)?$"  # Cancel-After (api/deadlines.py)
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]{0,253}[\x21-\x7e])?$"
 VERSION_PATTERN = r"^[0-9a-f]{12}$"  # a version digest (functions/digest.py)
 
@@ -25,6 +26,8 @@ PROBLEMS = {
     415: "The body is not application/json (deploying: application/zip)",
     422: "The body does not match the schema (`errors` names each bad field), or a deployed"
     " folder's manifest or code is invalid",
+    429: "The function's [limits] max_queued invocations are waiting to start; retry after"
+    " Retry-After",
     503: "Redis is unreachable, its replicas did not confirm the submit in time ([redis]"
     " min_replicas), or the function has no version ready yet; retry after Retry-After",
 }
@@ -101,12 +104,19 @@ def invoke_op(name: str, description: str, max_wait: float, form: dict[str, Any]
     key = idempotency_param(
         "retrying with the same key and body returns the first invocation; keys are per function"
     )
+    cancel_after = parameter(
+        "Cancel-After",
+        "header",
+        {"type": "string", "pattern": DURATION_PATTERN},
+        "not started within this long (30, 30s, 5m, 1h) it ends expired; still running then,"
+        " cancelled",
+    )
     op = operation(
         f"invoke_{name}",
         f"Invoke {name}",
         ok=ref(f"{name}.Result"),
-        params=[wait, version, key],
-        problems=[400, 404, 409, 413, 415, 422, 503],
+        params=[wait, version, key, cancel_after],
+        problems=[400, 404, 409, 413, 415, 422, 429, 503],
         tags=[name],
     )
     op["description"] = description
@@ -308,7 +318,7 @@ def problem_response(code: int) -> dict[str, Any]:
         "description": PROBLEMS[code],
         "content": {PROBLEM_JSON: {"schema": ref("Problem")}},
     }
-    if code == 503:
+    if code in (429, 503):
         response["headers"] = {
             "Retry-After": {
                 "description": "seconds",

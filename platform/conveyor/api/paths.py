@@ -65,6 +65,15 @@ def paths(max_wait: float) -> dict[str, Any]:
             )
         },
         "/functions/{name}/rollback": {"post": rollback_op(name)},
+        "/functions/{name}/purge": {
+            "post": operation(
+                "purge",
+                "Cancel every invocation of a function waiting to start (admin)",
+                ok=ref("Purged"),
+                params=[name],
+                problems=[404, 503],
+            )
+        },
         "/functions/{name}/schedules": {
             "get": operation(
                 "list_schedules",

@@ -31,6 +31,7 @@ from conveyor.errors import (
     NotStreamingError,
     NotTrainableError,
     PermissionDeniedError,
+    QueueFullError,
     TooDeepError,
     ValidationError,
     VersionNotFoundError,
@@ -68,6 +69,7 @@ _STATUS: dict[type[Exception], tuple[int, str]] = {
     InvocationFinishedError: (409, "invocation-finished"),
     NotStreamingError: (404, "no-stream"),
     NotTrainableError: (404, "no-training"),
+    QueueFullError: (429, "queue-full"),
     InvocationUnfinishedError: (409, "invocation-unfinished"),
     FunctionUnavailableError: (503, "function-unavailable"),
     NotReplicatedError: (503, "not-replicated"),
@@ -119,7 +121,7 @@ def conveyor_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
     assert isinstance(exc, ConveyorError)
     status, slug = status_of(exc)
     headers, extra = None, dict[str, Any]()
-    if status == 503:
+    if status in (429, 503):
         headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     elif isinstance(exc, AuthenticationError):
         challenge = REALM + (', error="invalid_token"' if exc.invalid_token else "")
@@ -133,6 +135,8 @@ def conveyor_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
         extra["errors"] = exc.errors
     if isinstance(exc, NotReplicatedError):
         extra.update(invocation_id=exc.invocation_id, accepted=exc.accepted)
+    if isinstance(exc, QueueFullError):
+        extra.update(limit="max_queued", scope="function", max_queued=exc.limit)
     return problem(status, slug, str(exc), request, headers, **extra)
 
 

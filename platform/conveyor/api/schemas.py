@@ -202,6 +202,10 @@ class FunctionDetail(FunctionInfo):
     training_schema: dict[str, Any] | Absent = Field(
         None, description="its [training] handler's input: a training request's input"
     )
+    waiting: int | Absent = Field(None, description="its invocations waiting to start")
+    max_queued: int | Absent = Field(
+        None, description="[limits] max_queued: past it, invoke answers 429"
+    )
 
 
 class FunctionList(BaseModel):
@@ -434,6 +438,13 @@ class DeploymentError(BaseModel):
     detail: str
 
 
+class Purged(BaseModel):
+    """``POST /functions/{name}/purge``: how many waiting invocations were cancelled."""
+
+    function: str
+    purged: int
+
+
 class DeploymentStatus(BaseModel):
     """How a deployment went."""
 
@@ -476,6 +487,7 @@ DOCUMENTED: list[type[BaseModel]] = [
     ScheduleFired,
     TrainingList,
     TrainingRequest,
+    Purged,
     RollbackRequest,
     Deployment,
     DeploymentAccepted,

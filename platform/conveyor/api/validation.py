@@ -18,6 +18,12 @@ from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.registry import FunctionSpec
 from conveyor.webhooks.intake import REQUEST_SCHEMA as WEBHOOK_SCHEMA
 
+DEADLINE_SCHEMA = {
+    "type": "string",
+    "format": "date-time",
+    "description": "RFC 3339: not started by then, it ends expired; running then, cancelled"
+    " (or the Cancel-After header: 30s, 5m)",
+}
 PRIORITY_SCHEMA = {"type": "integer", "minimum": 0, "maximum": 9, "description": "9 = most urgent"}
 MAX_ERRORS = 20
 MAX_MESSAGE = 200
@@ -33,6 +39,7 @@ def request_schema(
         "input": {"$ref": input_ref} if input_ref else schemas.input,
         "priority": PRIORITY_SCHEMA,
     }
+    properties["deadline"] = DEADLINE_SCHEMA
     if webhooks:
         properties["webhook"] = WEBHOOK_SCHEMA
     return {

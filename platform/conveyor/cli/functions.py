@@ -208,10 +208,10 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
         url = f"{base}{result['result_url']}"
         result = ok(request("GET", url, params={"wait": seconds}, timeout=seconds + 10))
     print(json.dumps(result, indent=2))
-    return 1 if result["status"] in ("failed", "cancelled") else 0
+    return 1 if result["status"] in ("failed", "cancelled", "expired") else 0
 
 
-FINAL = ("succeeded", "failed", "cancelled")
+FINAL = ("succeeded", "failed", "cancelled", "expired")
 
 
 def _progress(result: dict[str, Any]) -> str:

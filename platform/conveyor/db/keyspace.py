@@ -21,6 +21,13 @@ KOMBU_UNACKED = "unacked"  # delivery tag -> the message a consumer took and has
 # (:mod:`conveyor.invocations.stranded`): id -> "<list> <sequence>", and id -> the message (its
 # delivery tag is the id); a sequence per list orders its messages.
 SENT = f"{PREFIX}:sent"
+# Each function's submitted invocations waiting to start: one sorted set, members
+# "<function>\0<id>" (invocations/lua/waiting.lua).
+WAITING = f"{PREFIX}:waiting"
+# Submitted invocations with a deadline, by when it is due: ``start_by`` ([limits]
+# max_queue_time, or a request's Cancel-After) while they wait, then ``cancel_at`` (a
+# request's Cancel-After) while they run (invocations/lua/deadline.lua).
+DEADLINES = f"{PREFIX}:deadlines"
 SENT_MESSAGES = f"{PREFIX}:sent-messages"
 STRANDED = f"{PREFIX}:stranded"  # id -> when a sweep first found its message nowhere
 STRANDED_LOCK = f"{PREFIX}:stranded-lock"

@@ -59,6 +59,10 @@ class LimitsSection(_Section):
     max_input_bytes: Annotated[int, Field(gt=0, le=1024 * 1024 * 1024)] = 1024 * 1024
     # A streaming invocation's events (chunks, lines printed) in all; past it, it fails.
     max_stream_bytes: Annotated[int, Field(gt=0, le=1024 * 1024 * 1024)] = 64 * 1024 * 1024
+    # Seconds an invocation may wait to start; past it, it ends ``expired`` (None: no limit).
+    max_queue_time: PositiveSeconds | None = None
+    # Invocations waiting to start, at most; past it, invoke answers 429 (None: no cap).
+    max_queued: Annotated[int, Field(ge=1, le=100_000_000)] | None = None
     # What one ``ctx.checkpoint()`` may save (its directory, packed); past it, it raises.
     max_checkpoint_bytes: Annotated[int, Field(gt=0, le=16 * 1024 * 1024 * 1024)] = (
         1024 * 1024 * 1024
@@ -235,6 +239,12 @@ class Manifest(_Section):
             if getattr(self, section) != default:
                 raise ValueError(
                     f"[{section}] does not apply to a pipeline: each step's function has its own"
+                )
+        for key in ("max_queued", "max_queue_time"):
+            if getattr(self.limits, key) is not None:
+                raise ValueError(
+                    f"[limits] {key} does not apply to a pipeline yet: set it on its steps'"
+                    " functions"
                 )
         return self
 

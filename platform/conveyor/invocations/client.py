@@ -33,6 +33,7 @@ from conveyor.errors import (
     InvocationNotFoundError,
     InvocationUnfinishedError,
     NotReplicatedError,
+    QueueFullError,
     VersionNotFoundError,
 )
 from conveyor.functions.registry import FunctionSpec
@@ -106,6 +107,7 @@ class InvocationClient:
         stream: bool = False,
         plan: dict[str, Any] | None = None,
         training: dict[str, Any] | None = None,
+        deadline: float | None = None,
     ) -> InvocationRecord:
         """Store the record and enqueue the message in one step; then it is a promise.
 
@@ -123,6 +125,9 @@ class InvocationClient:
         invocations are queued with its record, and its steps' events streamed.
         ``training``: a training (:mod:`conveyor.trainings`) with these options: the
         function's ``[training]`` handler runs, on its queue and with its limits.
+        ``deadline`` (a request's Cancel-After, as a time): not started by then, it ends
+        ``expired``; still running then, it is cancelled. ``[limits] max_queue_time``
+        bounds how long it may wait to start as well.
         """
         if training is not None:
             spec = replace(spec, manifest=spec.manifest.for_training())
@@ -153,6 +158,7 @@ class InvocationClient:
             fields["pipeline"] = "1"
         if training is not None:
             fields["training"] = json.dumps(training)
+        fields |= deadline_fields(manifest.limits.max_queue_time, deadline)
         idempotency = ""
         if idempotency_key:
             idempotency = keyspace.idempotency(spec.name, owner or "", idempotency_key)
@@ -167,6 +173,13 @@ class InvocationClient:
                 submit = self._run_values(inv, fields, idempotency, digest, plan)
             submit["holders"] = [keyspace.file_holders(file_id) for file_id in files]
             first, notice = await self._store(inv.id, submit, SUBMIT if plan is None else RUN)
+            if first == "full":
+                raise QueueFullError(
+                    f"{spec.name!r} has {manifest.limits.max_queued} invocations waiting to start,"
+                    " its [limits] max_queued: retry later",
+                    function=spec.name,
+                    limit=manifest.limits.max_queued or 0,
+                )
             if isinstance(first, str):
                 return await self._replay(spec.name, idempotency_key or "", first, digest, wait)
             if not first:
@@ -217,6 +230,7 @@ class InvocationClient:
                 in_use=keyspace.VERSIONS_IN_USE,
                 sent=keyspace.SENT,
                 sent_messages=keyspace.SENT_MESSAGES,
+                waiting=keyspace.WAITING,
                 id=invocation_id,
             )
         accepted = outcome not in ("withdrawn", "")
@@ -266,6 +280,13 @@ class InvocationClient:
         """The keys and arguments of :data:`SUBMIT`: a task message, or (batching, see
         :mod:`conveyor.worker.batches`) a stream item and a drain trigger."""
         common = self._accept_values(inv, fields, idempotency, digest)
+        limit = spec.manifest.limits.max_queued
+        common |= {
+            "waiting": keyspace.WAITING,
+            "deadlines": keyspace.DEADLINES,
+            "function_name": inv.function,
+            "max_queued": "" if limit is None else str(limit),
+        }
         if spec.manifest.batching is None:
             queue_key, message = encode_message(self.celery, inv)
             return common | {
@@ -395,7 +416,11 @@ class InvocationClient:
         return await long_poll(record, lambda r: r.status.final, events, timeout, read)
 
     async def cancel(
-        self, invocation_id: str, function: str | None = None, grace: float = 0.0
+        self,
+        invocation_id: str,
+        function: str | None = None,
+        grace: float = 0.0,
+        reason: str = "cancelled by request",
     ) -> InvocationRecord:
         """Cancel a queued or running invocation; a running attempt is killed. A streaming
         one's generator is closed at its next yield instead (its ``finally`` runs): it is
@@ -406,7 +431,7 @@ class InvocationClient:
             ACTIVE,
             InvocationStatus.CANCELLED,
             metrics=self.settings.metrics.enabled,
-            error=json.dumps({"type": "Cancelled", "message": "cancelled by request"}),
+            error=json.dumps({"type": "Cancelled", "message": reason}),
         )
         with broker_errors():
             changed, previous, *stop = await self.scripts.call(TRANSITION, **values)
@@ -426,12 +451,63 @@ class InvocationClient:
         log.info("invocation_cancelled", function=record.function, invocation_id=invocation_id)
         return await self.get(invocation_id, function)
 
-    async def end(self, invocation_id: str, to: InvocationStatus, **fields: str) -> bool:
-        """End a running invocation here rather than in a worker (a training, once its
-        version is stored): whether it was still running."""
-        values = transition_args(
-            invocation_id, (InvocationStatus.RUNNING,), to, metrics=self.settings.metrics.enabled
-        )
+    async def waiting(self, function: str) -> int:
+        """How many of ``function``'s submitted invocations wait to start."""
+        low, high = _waiting_range(function)
+        with broker_errors():
+            return int(await self.redis.zlexcount(keyspace.WAITING, low, high))
+
+    async def purge(self, function: str) -> int:
+        """Cancel every invocation of ``function`` waiting to start (queued, or retrying):
+        how many. Their messages are dropped when a worker takes them."""
+        low, high = _waiting_range(function)
+        with broker_errors():
+            members = await self.redis.zrangebylex(keyspace.WAITING, low, high)
+        error = {
+            "type": "Cancelled",
+            "message": f"purged: every invocation of {function!r} waiting to start was"
+            f" cancelled (POST /functions/{function}/purge)",
+        }
+        purged = 0
+        for member in members:
+            invocation_id = str(member).partition("\0")[2]
+            values = transition_args(
+                invocation_id,
+                (InvocationStatus.QUEUED, InvocationStatus.RETRYING),
+                InvocationStatus.CANCELLED,
+                metrics=self.settings.metrics.enabled,
+                error=json.dumps(error),
+            )
+            with broker_errors():
+                changed, previous, *_ = await self.scripts.call(TRANSITION, **values)
+                if not previous:  # its record expired while it waited: forget it
+                    await self.redis.zrem(keyspace.WAITING, member)
+            purged += int(changed)
+        log.info("invocations_purged", function=function, purged=purged)
+        return purged
+
+    async def due_deadlines(self, limit: int = 100) -> list[str]:
+        """Invocations whose deadline has come (see :func:`deadline_fields`)."""
+        with broker_errors():
+            found = await self.redis.zrangebyscore(
+                keyspace.DEADLINES, "-inf", time.time(), start=0, num=limit
+            )
+        return [str(i) for i in found]
+
+    async def forget_deadline(self, invocation_id: str) -> None:
+        with broker_errors():
+            await self.redis.zrem(keyspace.DEADLINES, invocation_id)
+
+    async def end(
+        self,
+        invocation_id: str,
+        to: InvocationStatus,
+        allowed: tuple[InvocationStatus, ...] = (InvocationStatus.RUNNING,),
+        **fields: str,
+    ) -> bool:
+        """End an invocation here rather than in a worker (a training once its version is
+        stored; one whose deadline passed before it started): whether it changed."""
+        values = transition_args(invocation_id, allowed, to, metrics=self.settings.metrics.enabled)
         values["fields"] += [value for pair in fields.items() for value in pair]
         with broker_errors():
             changed, *_ = await self.scripts.call(TRANSITION, **values)
@@ -535,6 +611,23 @@ def element_fields(invocation_id: str, job: dict[str, str], compact: str | None)
     if result.get("d") is not None:
         fields["finished_at"] = repr(float(job["created_at"]) + result["d"] / 1000)
     return fields
+
+
+def deadline_fields(max_queue_time: float | None, deadline: float | None) -> dict[str, str]:
+    """A record's ``start_by`` (the earlier of its wait limit and its request's deadline)
+    and ``cancel_at`` (the request's deadline), where it has them."""
+    fields = {}
+    limits = [t for t in (deadline, max_queue_time and time.time() + max_queue_time) if t]
+    if limits:
+        fields["start_by"] = repr(min(limits))
+    if deadline is not None:
+        fields["cancel_at"] = repr(deadline)
+    return fields
+
+
+def _waiting_range(function: str) -> tuple[str, str]:
+    """The lexical range of ``function``'s members of the waiting set."""
+    return f"[{function}\0", f"({function}\1"
 
 
 def _digest(raw_input: Any, priority: int | None, webhook: str | None) -> str:

@@ -27,6 +27,7 @@ class InvocationStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"  # not started by its deadline: never run
 
     @property
     def final(self) -> bool:
@@ -34,6 +35,7 @@ class InvocationStatus(StrEnum):
             InvocationStatus.SUCCEEDED,
             InvocationStatus.FAILED,
             InvocationStatus.CANCELLED,
+            InvocationStatus.EXPIRED,
         )
 
 
@@ -240,6 +242,8 @@ def transition_args(
         "sent_messages": keyspace.SENT_MESSAGES,
         **(requeue.values() if requeue else _NO_REQUEUE),
         **stream_keys(invocation_id),
+        "waiting": keyspace.WAITING,
+        "deadlines": keyspace.DEADLINES,
         "allowed": " ".join(allowed),
         "to": to.value,
         "ttl": ttl,
@@ -278,6 +282,8 @@ def start_args(invocation_id: str, pid: int, *, metrics: bool = True) -> dict[st
         "sent": keyspace.SENT,
         "sent_messages": keyspace.SENT_MESSAGES,
         **stream_keys(invocation_id),
+        "waiting": keyspace.WAITING,
+        "deadlines": keyspace.DEADLINES,
         "now": repr(time.time()),
         "pid": str(pid),
         "id": invocation_id,

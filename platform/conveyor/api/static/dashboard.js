@@ -224,7 +224,7 @@ function invokeForm(fn) {
     delete output.dataset.chunks;
     if (result.steps) drawRun(run, result.steps);
     if (result.stream_url) result = (await follow(result.stream_url, streamed(output, bar, run))) || result;
-    while (!["succeeded", "failed", "cancelled"].includes(result.status)) {
+    while (!["succeeded", "failed", "cancelled", "expired"].includes(result.status)) {
       if (result.progress) { bar.hidden = false; bar.value = result.progress.fraction; }
       output.textContent = `${result.status}${result.progress ? `: ${result.progress.message}` : ""}`;
       result = (await api(`${result.result_url || `/functions/${fn.name}/results/${result.id}`}?wait=1`)).body;

@@ -4,7 +4,8 @@
 -- record's own keys (record, delivery: its 'completed' webhook, stream); ``ctx``: the
 -- script's shared keys (events, due, wake, in_use, the counters: '' each when [metrics]
 -- is off, stream_events, sent, sent_messages) and ``kill``, the ids of running attempts
--- a cancel must stop. ``ttl``: 0 keeps the record, 'record' expires it after the ttl it
+-- a cancel must stop; ``waiting`` (invocations/waiting) and ``deadlines``
+-- (invocations/deadline), where the script passes them. ``ttl``: 0 keeps the record, 'record' expires it after the ttl it
 -- was created with. A final status (``final`` true) publishes "<id> <record as JSON>" on
 -- ``events`` (a waiter never misses it and needs no further read), counts the record's
 -- version down in ``in_use``, queues the 'completed' webhook and counts the record; a
@@ -12,6 +13,8 @@
 -- the same step; and a pipeline's run or step goes on (``pipeline.ended``, filled in by
 -- pipelines/advance, included at the end).
 --! include invocations/record
+--! include invocations/waiting
+--! include invocations/deadline
 --! include webhooks/enqueue
 --! include metrics/count
 --! include streams/event
@@ -23,6 +26,13 @@ local function change(ctx, keys, id, allowed, to, ttl, final, fields)
     return {0, status}
   end
   redis.call('HSET', keys.record, 'status', to, unpack(fields))
+  if ctx.waiting then  -- (the scripts that change submitted records pass it)
+    if to == 'queued' or to == 'retrying' then
+      wait_in(ctx.waiting, keys.record, id)
+    else
+      wait_out(ctx.waiting, keys.record, id)
+    end
+  end
   if ttl == 'record' then ttl = redis.call('HGET', keys.record, 'ttl') or '3600' end
   if ttl ~= '0' then
     redis.call('EXPIRE', keys.record, ttl)
@@ -48,6 +58,7 @@ local function change(ctx, keys, id, allowed, to, ttl, final, fields)
                    cjson.encode({status = to}))
     end
   end
+  if final and ctx.deadlines then redis.call('ZREM', ctx.deadlines, id) end
   if final then
     local record = hash_table(keys.record)
     local output = record.output

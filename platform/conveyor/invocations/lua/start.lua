@@ -6,7 +6,10 @@
 -- ``redeliveries``: '' when [metrics] is off). The message's sent copy (``sent``,
 -- ``sent_messages``) is dropped: it was delivered. A streaming invocation's stream gets a
 -- 'status' event: running, with the attempt and whether it was redelivered.
--- KEYS: record delivery due wake queue_wait redeliveries sent sent_messages stream stream_events
+-- It leaves its function's ``waiting`` set (invocations/waiting). A first attempt past its
+-- ``start_by`` does not start (answered as skipped): an API process ends it expired
+-- (invocations/deadline); one that starts is due again at its ``cancel_at``, if any.
+-- KEYS: record delivery due wake queue_wait redeliveries sent sent_messages stream stream_events waiting deadlines
 -- ARGV: now pid id
 -- A pipeline step's invocation marks its run running (pipelines/advance).
 --! include invocations/change
@@ -19,6 +22,9 @@ if status ~= 'queued' and status ~= 'retrying' and status ~= 'running' then
 end
 local lost = 0
 if status == 'running' or redis.call('HDEL', K.record, 'lost') == 1 then lost = 1 end
+if status ~= 'running' and deadline_passed(K.record, A.now) then return {status, 0, 0} end
+wait_out(K.waiting, K.record, A.id)
+deadline_started(K.deadlines, K.record, A.id)
 local attempts = redis.call('HINCRBY', K.record, 'attempts', 1)
 redis.call('HSET', K.record, 'status', 'running', 'started_at', A.now, 'pid', A.pid,
            'redelivered', lost)

@@ -11,14 +11,27 @@
 -- ``holders``: the holders sets of the files its input refers to (files/hold). A streaming
 -- invocation (its ``fields`` hold ``stream``) gets its first event: 'status' queued, with
 -- the messages waiting ahead of it at its priority.
--- KEYS: record queue armed trigger_list idempotency version_record in_use sent sent_messages sent_sequence stream stream_events ...holders
--- ARGV: pending_ttl message armed_ttl trigger item_id item_version item_input id digest in_use_field ...fields
+-- It waits in its function's ``waiting`` set until it starts (invocations/waiting); with
+-- ``max_queued`` (its function's [limits] max_queued, '' none) reached, nothing is written
+-- and the answer is 'full' (unless the idempotency key was used: that answer comes first).
+-- A record with ``start_by`` is added to ``deadlines`` (invocations/deadline).
+-- KEYS: record queue armed trigger_list idempotency version_record in_use sent sent_messages sent_sequence stream stream_events waiting deadlines ...holders
+-- ARGV: pending_ttl message armed_ttl trigger item_id item_version item_input id digest in_use_field function_name max_queued ...fields
 --! include invocations/accept
+--! include invocations/waiting
+--! include invocations/deadline
 --! include streams/event
+if A.max_queued ~= '' and (K.idempotency == '' or redis.call('EXISTS', K.idempotency) == 0)
+   and waiting_count(K.waiting, A.function_name) >= tonumber(A.max_queued) then
+  return 'full'
+end
 local refused = accept(K.record, K.idempotency, K.version_record, K.in_use, A.in_use_field,
                        A.id, A.digest, A.pending_ttl, {unpack(KEYS, K_REST)},
                        {unpack(ARGV, A_REST)})
 if refused ~= nil then return refused end
+redis.call('HSET', K.record, 'waits', '1')
+wait_in(K.waiting, K.record, A.id)
+deadline_submitted(K.deadlines, K.record, A.id)
 if A.message ~= '' then
   local queued = cjson.encode({status = 'queued', ahead = redis.call('LLEN', K.queue)})
   stream_event(K.record, K.stream, K.stream_events, A.id, 'status', queued)

@@ -11,7 +11,9 @@
 -- onto ``retry_list`` in the same step, with a sent copy when ``retry_copied`` is '1'
 -- (conveyor/invocations/stranded.py), and a batch item's ``retry_member`` into the
 -- ``delayed`` set, due at ``retry_due``.
--- KEYS: record events delivery due wake invocations failures durations retries bucket recent in_use retry_list sent sent_messages sent_sequence delayed stream stream_events
+-- A submitted invocation enters or leaves its function's ``waiting`` set with the change.
+-- A final status takes it out of ``deadlines``.
+-- KEYS: record events delivery due wake invocations failures durations retries bucket recent in_use retry_list sent sent_messages sent_sequence delayed stream stream_events waiting deadlines
 -- ARGV: allowed to ttl final id retry_message retry_tag retry_member retry_due retry_copied ...fields
 --! include invocations/change
 local ctx = {
@@ -19,6 +21,7 @@ local ctx = {
   invocations = K.invocations, failures = K.failures, durations = K.durations,
   retries = K.retries, bucket = K.bucket, recent = K.recent,
   stream_events = K.stream_events, sent = K.sent, sent_messages = K.sent_messages, kill = {},
+  waiting = K.waiting, deadlines = K.deadlines,
 }
 local keys = {record = K.record, delivery = K.delivery, stream = K.stream}
 local changed = change(ctx, keys, A.id, A.allowed, A.to, A.ttl, A.final == '1',

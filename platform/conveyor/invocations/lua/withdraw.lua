@@ -3,12 +3,14 @@
 -- its count in use and its sent copy go; a message or stream item already delivered then
 -- finds no record and is skipped. Returns 'withdrawn', or the status that stops it (''
 -- when there is no record).
--- KEYS: record in_use sent sent_messages
+-- KEYS: record in_use sent sent_messages waiting
 -- ARGV: id
 --! include invocations/record
+--! include invocations/waiting
 local found = redis.call('HMGET', K.record, 'status', 'idempotency_key', 'function', 'version')
 if not found[1] then return '' end
 if found[1] ~= 'queued' then return found[1] end
+wait_out(K.waiting, K.record, A.id)
 redis.call('DEL', K.record)
 redis.call('HDEL', K.sent, A.id)
 redis.call('HDEL', K.sent_messages, A.id)

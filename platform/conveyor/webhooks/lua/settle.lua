@@ -13,7 +13,8 @@ else
 end
 local status = redis.call('HGET', K.job, 'status')
 if not status then return 0 end
-local final = status == 'succeeded' or status == 'failed' or status == 'cancelled'
+local final = status == 'succeeded' or status == 'failed' or status == 'cancelled' or
+  status == 'expired'
 if (A.event == 'start' or A.event == 'output') and final then return 0 end
 redis.call('HSET', K.job, 'webhook_status', A.status, 'webhook_attempts', A.attempts)
 if A.error ~= '' then

@@ -1,0 +1,127 @@
+"""Limits on what waits: ``[limits] max_queued`` answers 429 with Retry-After past its cap,
+across API processes (the count is one sorted set in Redis); a purge cancels every waiting
+invocation, and a recording handler proves none of them runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import (
+    Stack,
+    invoke,
+    result,
+    wait_for,
+    wait_until,
+    write_function,
+    write_recording_function,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_max_queued_answers_429_past_the_cap(make_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = make_stack()
+    runs = stack.root / "runs"
+    write_recording_function(stack.functions, "capped", runs, "[limits]\nmax_queued = 3\n")
+    with stack.api() as api:
+        keyed = api.post(
+            "/functions/capped/invoke", json={"input": 0}, headers={"Idempotency-Key": "k"}
+        ).json()["id"]
+        accepted = [keyed] + [invoke(api, "capped", n)[1]["id"] for n in (1, 2)]  # no worker
+        described = api.get("/functions/capped").json()
+        assert described["waiting"] == 3 and described["max_queued"] == 3, described
+        refused = api.post("/functions/capped/invoke", json={"input": 9})
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["retry-after"].isdigit()
+        problem = refused.json()
+        assert problem["type"] == "urn:conveyor:problem:queue-full"
+        assert problem["limit"] == "max_queued" and problem["scope"] == "function"
+        assert "max_queued" in problem["detail"]
+        # an Idempotency-Key used before is answered with its invocation, full or not
+        again = api.post(
+            "/functions/capped/invoke", json={"input": 0}, headers={"Idempotency-Key": "k"}
+        )
+        assert again.status_code == 202 and again.json()["id"] == keyed, again.text
+        stack.worker("--queues", "default")
+        outputs = [result(api, "capped", i)["output"] for i in accepted]
+        assert outputs == [0, 1, 2]
+        assert api.get("/functions/capped").json()["waiting"] == 0
+        status, done = invoke(api, "capped", 4, wait=30)  # room again
+        assert status == 200 and done["output"] == 4, done
+    assert sorted(runs.read_text().split()) == sorted([*accepted, done["id"]])
+
+
+def test_purge_cancels_every_waiting_invocation(make_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = make_stack()
+    runs = stack.root / "runs"
+    write_recording_function(stack.functions, "backlog", runs)
+    with stack.api() as api:
+        waiting = [invoke(api, "backlog", n)[1]["id"] for n in range(5)]
+        assert api.get("/functions/backlog").json()["waiting"] == 5
+        purged = api.post("/functions/backlog/purge")
+        assert purged.status_code == 200 and purged.json() == {"function": "backlog", "purged": 5}
+        assert api.get("/functions/backlog").json()["waiting"] == 0
+        for invocation_id in waiting:
+            gone = result(api, "backlog", invocation_id, wait=0)
+            assert gone["status"] == "cancelled" and "purged" in gone["error"]["message"], gone
+        stack.worker("--queues", "default")
+        status, after = invoke(api, "backlog", 7, wait=30)  # the worker takes the queue
+        assert status == 200 and after["output"] == 7, after
+        assert api.post("/functions/nope/purge").status_code == 404
+    wait_for(lambda: runs.exists(), 10, "the worker's run")
+    assert runs.read_text().split() == [after["id"]]  # none of the purged ran
+
+
+def test_deadlines_expire_what_never_started_and_cancel_what_runs(make_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = make_stack()
+    runs = stack.root / "runs"
+    write_recording_function(stack.functions, "late", runs, "[limits]\nmax_queue_time = 1\n")
+    write_function(stack.functions, "sleepy", SLEEPY, '[function]\nhandler = "handler:run"\n')
+    with stack.api() as api:
+        # nobody takes them within their max_queue_time (no worker yet): expired, never run
+        stale = [invoke(api, "late", n)[1]["id"] for n in range(3)]
+        # Cancel-After on a request: the earlier of it and the function's limit
+        asked = api.post(
+            "/functions/late/invoke", json={"input": 9}, headers={"Cancel-After": "0.5s"}
+        )
+        assert asked.status_code == 202, asked.text
+        for invocation_id in [*stale, asked.json()["id"]]:
+            ended = wait_until(
+                lambda i=invocation_id: result(api, "late", i, wait=0),
+                lambda body: body["status"] != "queued",
+                10,
+                "the deadline",
+            )
+            assert ended["status"] == "expired", ended
+            assert ended["error"]["type"] == "Expired" and "finished_at" in ended
+        assert api.get("/functions/late").json()["waiting"] == 0
+        stack.worker("--queues", "default")
+        status, fresh = invoke(api, "late", 5, wait=30)  # started in time: it runs
+        assert status == 200 and fresh["output"] == 5, fresh
+        # still running at its request's deadline: cancelled, as a cancel does
+        running = api.post(
+            "/functions/sleepy/invoke", json={"input": 30}, headers={"Cancel-After": "2s"}
+        ).json()["id"]
+        stopped = result(api, "sleepy", running, wait=30)
+        assert stopped["status"] == "cancelled" and "deadline" in stopped["error"]["message"]
+        bad = api.post(
+            "/functions/late/invoke", json={"input": 1}, headers={"Cancel-After": "soon"}
+        )
+        assert bad.status_code == 422 and "Cancel-After" in bad.text, bad.text
+        naive = api.post("/functions/late/invoke", json={"input": 1, "deadline": "2020-01-01"})
+        assert naive.status_code == 422 and "date-time" in naive.text, naive.text
+        past = api.post(
+            "/functions/sleepy/invoke", json={"input": 1, "deadline": "2020-01-01T00:00:00Z"}
+        )  # already passed: taken as given, it never runs
+        assert past.status_code == 202, past.text
+        gone = result(api, "sleepy", past.json()["id"], wait=10)
+        assert gone["status"] == "expired", gone
+    assert runs.read_text().split() == [fresh["id"]]  # none of the expired ran
+
+
+SLEEPY = """
+import time
+def run(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+"""
