@@ -309,6 +309,11 @@ class WorkerSettings(_Section):
     restore_interval: Seconds = 5.0
     start_timeout: Seconds = Field(300.0, description="time a process may take in setup()")
     heartbeat: Seconds = 5.0
+    slot_lease: Seconds = Field(
+        30.0,
+        description="[limits] concurrency: seconds a running attempt's slot is held between"
+        " its worker's renewals; a vanished worker's slot is free this long after",
+    )
     shutdown_grace: Seconds = Field(
         30.0,
         description="on SIGTERM: seconds a running handler has (ctx.stopping is true, a"

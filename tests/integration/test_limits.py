@@ -4,6 +4,9 @@ invocation, and a recording handler proves none of them runs."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
 from tests.support import (
@@ -125,3 +128,76 @@ def run(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
 """
+
+
+TIMED = """
+import os, time
+from conveyor import context
+
+def run(seconds: float) -> int:
+    begun = time.time()
+    time.sleep(seconds)
+    with open({log!r}, "a") as f:
+        f.write(f"{{context.current().id}} {{os.getpid()}} {{begun}} {{time.time()}}\\n")
+    return os.getpid()
+"""
+
+
+def peak(spans: list[tuple[float, float]]) -> int:
+    """The most spans open at once."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def spans(log: Path) -> list[tuple[float, float]]:
+    lines = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+    return [(float(start), float(end)) for _, _, start, end in lines]
+
+
+def test_concurrency_holds_across_workers_and_a_lost_slot_comes_back(make_stack, report) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = make_stack()
+    stack.set_worker(slot_lease=2, visibility_timeout=4, restore_interval=0.5)
+    log = stack.root / "spans"
+    write_function(
+        stack.functions,
+        "licensed",
+        TIMED.format(log=str(log)),
+        '[function]\nhandler = "handler:run"\n[limits]\nconcurrency = 2\ntimeout = 30\n',
+    )
+    first = stack.worker("--queues", "default", "--concurrency", "3")
+    stack.worker("--queues", "default", "--concurrency", "3")
+    with stack.api() as api:
+        ids = [invoke(api, "licensed", 0.4)[1]["id"] for _ in range(12)]
+        outcomes = [result(api, "licensed", i, wait=60) for i in ids]
+        assert all(o["status"] == "succeeded" for o in outcomes), outcomes
+        held = spans(log)
+        pids = {o["output"] for o in outcomes}
+        assert peak(held) <= 2, held
+        described = api.get("/functions/licensed").json()
+        assert described["concurrency"] == 2 and described["running"] == 0, described
+        # two long attempts hold both slots; their worker is SIGKILLed: the slots come back
+        # once their lease runs out, and what waited runs
+        log.unlink()
+        long = [invoke(api, "licensed", 20)[1]["id"] for _ in range(2)]
+        wait_for(lambda: api.get("/functions/licensed").json()["running"] == 2, 10, "2 running")
+        pid = int(stack.redis.hget(f"conveyor:job:{long[0]}", "pid"))
+        victim = first if str(pid) in _children(first.pid).split() else stack.workers[1]
+        victim.kill()  # the parent and its pool children, as a lost machine
+        killed = time.time()
+        _, waiting = invoke(api, "licensed", 0.1)
+        done = result(api, "licensed", waiting["id"], wait=30)
+        freed_after = time.time() - killed
+        assert done["status"] == "succeeded", done
+    report(
+        f"concurrency = 2 over 2 workers (6 processes): 12 invocations, peak {peak(held)} at"
+        f" once, on {len(pids)} processes; a SIGKILLed worker's slots freed and the next"
+        f" invocation done {freed_after:.2f} s after the kill ([worker] slot_lease 2 s)"
+    )
+
+
+def _children(pid: int) -> str:
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text()

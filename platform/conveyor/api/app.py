@@ -24,11 +24,11 @@ from litestar.middleware import DefineMiddleware
 from conveyor.api.auth import authenticate
 from conveyor.api.browser import BrowserGuard
 from conveyor.api.controllers import FunctionsController, HealthController
-from conveyor.api.deadlines import end_forever
 from conveyor.api.deploys import STALE_MARGIN, Deploys
 from conveyor.api.docs import assets, docs_page
 from conveyor.api.files import FilesController
 from conveyor.api.jobs import JobsController
+from conveyor.api.limits import limits_forever
 from conveyor.api.observability import ObservabilityController
 from conveyor.api.observability import assets as dashboard_assets
 from conveyor.api.openapi import Options, document
@@ -173,7 +173,7 @@ def create_app(settings: Settings) -> Litestar:
             asyncio.create_task(deployer.collect_forever(), name="conveyor-collect"),
             asyncio.create_task(fire_forever(platform), name="conveyor-schedules"),
             asyncio.create_task(finish_forever(platform), name="conveyor-trainings"),
-            asyncio.create_task(end_forever(platform), name="conveyor-deadlines"),
+            asyncio.create_task(limits_forever(platform), name="conveyor-limits"),
             asyncio.create_task(
                 _sweep_files(platform.files.store, settings), name="conveyor-sweep"
             ),

@@ -11,9 +11,9 @@ from litestar.di import NamedDependency
 from litestar.exceptions import ClientException
 from litestar.params import FromPath
 
-from conveyor.api.deadlines import request_deadline
 from conveyor.api.deploys import deploy
 from conveyor.api.files import base_url, discard, inline_files, own_hosts
+from conveyor.api.limits import request_deadline
 from conveyor.api.multipart import check_parts, is_multipart, read_form
 from conveyor.api.params import (
     idempotency_key,
@@ -279,10 +279,15 @@ async def _submit(  # noqa: PLR0917
 
 
 async def waiting_body(platform: Platform, entry: FunctionEntry) -> dict[str, Any]:
-    """How many of its invocations wait to start, and its cap ([limits] max_queued)."""
+    """How many of its invocations wait to start, and its cap ([limits] max_queued); with
+    [limits] concurrency, how many run and the limit."""
     body: dict[str, Any] = {"waiting": await platform.invocations.waiting(entry.name)}
-    if entry.spec is not None and entry.spec.manifest.limits.max_queued is not None:
-        body["max_queued"] = entry.spec.manifest.limits.max_queued
+    limits = entry.spec.manifest.limits if entry.spec is not None else None
+    if limits is not None and limits.max_queued is not None:
+        body["max_queued"] = limits.max_queued
+    if limits is not None and limits.concurrency is not None:
+        body["running"] = await platform.invocations.running(entry.name)
+        body["concurrency"] = limits.concurrency
     return body
 
 

@@ -206,6 +206,8 @@ class FunctionDetail(FunctionInfo):
     max_queued: int | Absent = Field(
         None, description="[limits] max_queued: past it, invoke answers 429"
     )
+    running: int | Absent = Field(None, description="its attempts holding a concurrency slot")
+    concurrency: int | Absent = Field(None, description="[limits] concurrency")
 
 
 class FunctionList(BaseModel):

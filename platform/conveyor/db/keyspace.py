@@ -28,6 +28,20 @@ WAITING = f"{PREFIX}:waiting"
 # max_queue_time, or a request's Cancel-After) while they wait, then ``cancel_at`` (a
 # request's Cancel-After) while they run (invocations/lua/deadline.lua).
 DEADLINES = f"{PREFIX}:deadlines"
+# [limits] concurrency: a function's slots (running ids by when their lease ends) and its
+# parked messages ("<queue list> <message>"), invocations/lua/slots.lua.
+SLOTS_PREFIX = f"{PREFIX}:slots:"
+PARKED_PREFIX = f"{PREFIX}:parked:"
+
+
+def slots(function: str) -> str:
+    return f"{SLOTS_PREFIX}{function}"
+
+
+def parked(function: str) -> str:
+    return f"{PARKED_PREFIX}{function}"
+
+
 SENT_MESSAGES = f"{PREFIX}:sent-messages"
 STRANDED = f"{PREFIX}:stranded"  # id -> when a sweep first found its message nowhere
 STRANDED_LOCK = f"{PREFIX}:stranded-lock"

@@ -59,6 +59,8 @@ class LimitsSection(_Section):
     max_input_bytes: Annotated[int, Field(gt=0, le=1024 * 1024 * 1024)] = 1024 * 1024
     # A streaming invocation's events (chunks, lines printed) in all; past it, it fails.
     max_stream_bytes: Annotated[int, Field(gt=0, le=1024 * 1024 * 1024)] = 64 * 1024 * 1024
+    # Attempts running at once across every worker (None: no limit); the rest wait.
+    concurrency: Annotated[int, Field(ge=1, le=100_000)] | None = None
     # Seconds an invocation may wait to start; past it, it ends ``expired`` (None: no limit).
     max_queue_time: PositiveSeconds | None = None
     # Invocations waiting to start, at most; past it, invoke answers 429 (None: no cap).
@@ -213,6 +215,15 @@ class Manifest(_Section):
         return self
 
     @model_validator(mode="after")
+    def _concurrency_of_a_function(self) -> Self:
+        if self.limits.concurrency is not None and self.batching is not None:
+            raise ValueError(
+                "[limits] concurrency does not apply to a batching function yet: its batches"
+                " run as one; bound them with max_batch_size and the workers' concurrency"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _handler_or_steps(self) -> Self:
         if self.steps is None:
             if self.function.handler is None:
@@ -240,7 +251,7 @@ class Manifest(_Section):
                 raise ValueError(
                     f"[{section}] does not apply to a pipeline: each step's function has its own"
                 )
-        for key in ("max_queued", "max_queue_time"):
+        for key in ("max_queued", "max_queue_time", "concurrency"):
             if getattr(self.limits, key) is not None:
                 raise ValueError(
                     f"[limits] {key} does not apply to a pipeline yet: set it on its steps'"

@@ -43,6 +43,7 @@ from conveyor.invocations.records import (
     RUN,
     SUBMIT,
     TRANSITION,
+    UNPARK,
     WITHDRAW,
     InvocationRecord,
     InvocationStatus,
@@ -485,6 +486,24 @@ class InvocationClient:
             purged += int(changed)
         log.info("invocations_purged", function=function, purged=purged)
         return purged
+
+    async def unpark(self, function: str, concurrency: int) -> int:
+        """Free ``function``'s slots whose worker is gone and move as many parked
+        invocations back to their queues: how many moved."""
+        with broker_errors():
+            moved = await self.scripts.call(
+                UNPARK,
+                slots=keyspace.slots(function),
+                parked=keyspace.parked(function),
+                now=repr(time.time()),
+                concurrency=str(concurrency),
+            )
+        return int(moved)
+
+    async def running(self, function: str) -> int:
+        """How many slots of ``function``'s [limits] concurrency are held."""
+        with broker_errors():
+            return int(await self.redis.zcount(keyspace.slots(function), time.time(), "+inf"))
 
     async def due_deadlines(self, limit: int = 100) -> list[str]:
         """Invocations whose deadline has come (see :func:`deadline_fields`)."""

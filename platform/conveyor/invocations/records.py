@@ -43,6 +43,7 @@ ACTIVE = (InvocationStatus.QUEUED, InvocationStatus.RUNNING, InvocationStatus.RE
 
 TRANSITION = script("invocations", "transition")
 START = script("invocations", "start")
+UNPARK = script("invocations", "unpark")
 SUBMIT = script("invocations", "submit")
 DELETE = script("invocations", "delete")
 WITHDRAW = script("invocations", "withdraw")
@@ -244,6 +245,8 @@ def transition_args(
         **stream_keys(invocation_id),
         "waiting": keyspace.WAITING,
         "deadlines": keyspace.DEADLINES,
+        "slots_prefix": keyspace.SLOTS_PREFIX,
+        "parked_prefix": keyspace.PARKED_PREFIX,
         "allowed": " ".join(allowed),
         "to": to.value,
         "ttl": ttl,
@@ -270,9 +273,44 @@ def counted_keys(metrics: bool) -> dict[str, str]:
     return _counted() if metrics else dict.fromkeys(_counted(), "")
 
 
-def start_args(invocation_id: str, pid: int, *, metrics: bool = True) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Slot:
+    """What :data:`START` needs for a function with ``[limits] concurrency``: its limit,
+    the lease a slot is taken for, and the message to park if none is free."""
+
+    function: str
+    concurrency: int
+    lease: float
+    queue_list: str
+    message: str
+
+    def values(self) -> dict[str, str]:
+        return {
+            "slots": keyspace.slots(self.function),
+            "parked": keyspace.parked(self.function),
+            "concurrency": str(self.concurrency),
+            "lease_end": repr(time.time() + self.lease),
+            "park_list": self.queue_list,
+            "park_message": self.message,
+        }
+
+
+_NO_SLOT = {
+    "slots": "",
+    "parked": "",
+    "concurrency": "",
+    "lease_end": "",
+    "park_list": "",
+    "park_message": "",
+}
+
+
+def start_args(
+    invocation_id: str, pid: int, *, metrics: bool = True, slot: Slot | None = None
+) -> dict[str, Any]:
     """The keys and arguments of :data:`START`, by name."""
     return {
+        **(slot.values() if slot is not None else _NO_SLOT),
         "record": keyspace.record(invocation_id),
         "delivery": keyspace.webhook_delivery(invocation_id, "start"),
         "due": keyspace.WEBHOOKS_DUE,

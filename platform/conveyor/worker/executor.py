@@ -14,6 +14,7 @@ import random
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from traceback import format_exception
@@ -47,6 +48,7 @@ from conveyor.invocations.records import (
     TRANSITION,
     InvocationStatus,
     Requeue,
+    Slot,
     start_args,
     stream_keys,
     transition_args,
@@ -196,7 +198,8 @@ class Executor:
             if self.start(invocation_id) is not None:
                 self.fail(invocation_id, exc, started, traceback=False)
             return
-        admitted = self.admit(fn, invocation_id, started)
+        slot = self.slot(task, fn, invocation_id, raw_input, training)
+        admitted = self.admitted(fn, invocation_id, started, self.start(invocation_id, slot))
         if admitted is None:
             return
         ctx = self.context(fn, invocation_id, admitted, training)
@@ -256,6 +259,31 @@ class Executor:
             logs=logs.text,
             folder=fn.folder,
             requeue=requeue,
+        )
+
+    def slot(
+        self,
+        task: Task[Any, Any],
+        fn: LoadedFunction,
+        invocation_id: str,
+        raw_input: Any,
+        training: dict[str, Any] | None,
+    ) -> Slot | None:
+        """For a function with ``[limits] concurrency``: its slot, and the message that
+        waits parked when none is free (this one, again, with its own delivery tag)."""
+        concurrency = fn.manifest.limits.concurrency
+        if concurrency is None or training is not None:
+            return None
+        tag = f"{invocation_id}.parked.{uuid.uuid4().hex[:12]}"
+        message = retry_message(
+            task, fn, invocation_id, raw_input, delay=0, attempt=0, training=None, tag=tag
+        )
+        return Slot(
+            fn.name,
+            concurrency,
+            self.settings.worker.slot_lease,
+            message.queue_list,
+            message.message,
         )
 
     def context(
@@ -334,10 +362,13 @@ class Executor:
                 stream.close()
             return output
 
-    def start(self, invocation_id: str) -> tuple[int, bool] | None:
+    def start(self, invocation_id: str, slot: Slot | None = None) -> tuple[int, bool] | None:
         """Mark an attempt started: (attempt number, whether a lost attempt preceded it),
-        or None when the invocation must not run (cancelled, finished, or unknown)."""
-        values = start_args(invocation_id, os.getpid(), metrics=self.settings.metrics.enabled)
+        or None when the invocation must not run (cancelled, finished, unknown, or parked
+        until a ``slot`` of its function's concurrency is free)."""
+        values = start_args(
+            invocation_id, os.getpid(), metrics=self.settings.metrics.enabled, slot=slot
+        )
         answer = self.scripts.call(START, **values)
         return self.started(invocation_id, answer)
 
@@ -356,13 +387,6 @@ class Executor:
             log.info("invocation_skipped", invocation_id=invocation_id, status=previous)
             return None
         return int(attempts), bool(lost)
-
-    def admit(
-        self, fn: LoadedFunction, invocation_id: str, started: float
-    ) -> tuple[int, bool] | None:
-        """Start an attempt of ``fn``; see :meth:`admitted`."""
-        begun = self.start(invocation_id)
-        return self.admitted(fn, invocation_id, started, begun)
 
     def admitted(
         self,
@@ -520,6 +544,7 @@ def retry_message(
     delay: float,
     attempt: int,
     training: dict[str, Any] | None = None,
+    tag: str | None = None,
 ) -> Requeue:
     """The next attempt's message, as task.retry() would publish it: same id, queue and
     broker priority, due in ``delay`` seconds; its own delivery tag (kombu keys its unacked
@@ -537,7 +562,7 @@ def retry_message(
         soft_timeout=limits.soft_timeout,
         training=training,
     )
-    tag = f"{invocation_id}.{attempt + 1}"
+    tag = tag or f"{invocation_id}.{attempt + 1}"
     queue_list, message = encode_message(
         task.app, inv, countdown=delay, delivery_tag=tag, priority=delivery.get("priority")
     )

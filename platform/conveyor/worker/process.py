@@ -195,17 +195,37 @@ class WorkerProcess:
         An attempt may legitimately run longer (the timeout was set short, or a longer
         function was deployed), so every third of the timeout the parent re-stamps the
         delivery time of each message it holds. Only a worker that is gone stops doing so.
+        The slots its running attempts hold ([limits] concurrency) are renewed the same way,
+        every third of ``[worker] slot_lease``.
         """
         client = self._redis()
-        while not self._stop.wait(max(0.2, self.visibility_timeout / 3)):
-            tags = _held_delivery_tags()
-            if not tags:
+        lease = self.settings.worker.slot_lease
+        while not self._stop.wait(max(0.2, min(self.visibility_timeout, lease) / 3)):
+            held = _held_requests()
+            if not held:
                 continue
             now = time.time()
+            tags = [str(r.message.delivery_tag) for r in held if not r.acknowledged]
             try:
-                client.zadd(keyspace.KOMBU_UNACKED_INDEX, dict.fromkeys(tags, now), xx=True)
+                pipe = client.pipeline(transaction=False)
+                if tags:
+                    pipe.zadd(keyspace.KOMBU_UNACKED_INDEX, dict.fromkeys(tags, now), xx=True)
+                for function, invocation_id in self._slot_holders(held):
+                    pipe.zadd(keyspace.slots(function), {invocation_id: now + lease}, xx=True)
+                pipe.execute()
             except redis.RedisError as exc:
                 log.warning("lease_renewal_failed", error=str(exc))
+
+    def _slot_holders(self, held: list[Any]) -> list[tuple[str, str]]:
+        """(function, invocation id) of the attempts running here that hold a slot."""
+        found = []
+        for request in held:
+            kwargs = request.kwargs or {}
+            function, invocation_id = kwargs.get("function"), kwargs.get("invocation_id")
+            served = self.serving.get(function or "")
+            if invocation_id and served is not None and served[1].limits.concurrency:
+                found.append((str(function), str(invocation_id)))
+        return found
 
     def _heartbeat(self) -> None:
         """Say every ``[worker] heartbeat`` seconds what this worker serves and how busy
@@ -256,14 +276,11 @@ def _active_count() -> int:
     return len(state.active_requests)
 
 
-def _held_delivery_tags() -> list[str]:
-    """Delivery tags of the messages this worker has taken and not yet acknowledged."""
+def _held_requests() -> list[Any]:
+    """The requests this worker has taken (running or reserved)."""
     for _ in range(3):  # the sets change under us while the consumer thread works
         try:
-            held = [*state.active_requests, *state.reserved_requests]
-            break
+            return [*state.active_requests, *state.reserved_requests]
         except RuntimeError:
             continue
-    else:
-        return []
-    return [str(r.message.delivery_tag) for r in held if not r.acknowledged]
+    return []

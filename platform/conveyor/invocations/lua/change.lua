@@ -4,8 +4,9 @@
 -- record's own keys (record, delivery: its 'completed' webhook, stream); ``ctx``: the
 -- script's shared keys (events, due, wake, in_use, the counters: '' each when [metrics]
 -- is off, stream_events, sent, sent_messages) and ``kill``, the ids of running attempts
--- a cancel must stop; ``waiting`` (invocations/waiting) and ``deadlines``
--- (invocations/deadline), where the script passes them. ``ttl``: 0 keeps the record, 'record' expires it after the ttl it
+-- a cancel must stop; ``waiting`` (invocations/waiting), ``deadlines``
+-- (invocations/deadline) and ``slots_prefix``/``parked_prefix`` (invocations/slots: the
+-- attempt's slot let go), where the script passes them. ``ttl``: 0 keeps the record, 'record' expires it after the ttl it
 -- was created with. A final status (``final`` true) publishes "<id> <record as JSON>" on
 -- ``events`` (a waiter never misses it and needs no further read), counts the record's
 -- version down in ``in_use``, queues the 'completed' webhook and counts the record; a
@@ -15,6 +16,7 @@
 --! include invocations/record
 --! include invocations/waiting
 --! include invocations/deadline
+--! include invocations/slots
 --! include webhooks/enqueue
 --! include metrics/count
 --! include streams/event
@@ -59,6 +61,10 @@ local function change(ctx, keys, id, allowed, to, ttl, final, fields)
     end
   end
   if final and ctx.deadlines then redis.call('ZREM', ctx.deadlines, id) end
+  if ctx.slots_prefix and redis.call('HDEL', keys.record, 'slot') == 1 then
+    local fn = redis.call('HGET', keys.record, 'function')
+    release_slot(ctx.slots_prefix .. fn, ctx.parked_prefix .. fn, id)
+  end
   if final then
     local record = hash_table(keys.record)
     local output = record.output

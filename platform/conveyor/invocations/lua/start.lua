@@ -9,10 +9,14 @@
 -- It leaves its function's ``waiting`` set (invocations/waiting). A first attempt past its
 -- ``start_by`` does not start (answered as skipped): an API process ends it expired
 -- (invocations/deadline); one that starts is due again at its ``cancel_at``, if any.
--- KEYS: record delivery due wake queue_wait redeliveries sent sent_messages stream stream_events waiting deadlines
--- ARGV: now pid id
+-- With [limits] concurrency (``slots``, ``parked``: '' without), it runs only in a free slot
+-- (invocations/slots), held until ``lease_end``; else its message (``park_message``, for
+-- ``park_list``) is parked and the answer is {'parked', 0, 0}.
+-- KEYS: record delivery due wake queue_wait redeliveries sent sent_messages stream stream_events waiting deadlines slots parked
+-- ARGV: now pid id concurrency lease_end park_list park_message
 -- A pipeline step's invocation marks its run running (pipelines/advance).
 --! include invocations/change
+--! include invocations/slots
 redis.call('HDEL', K.sent, A.id)
 redis.call('HDEL', K.sent_messages, A.id)
 local status = redis.call('HGET', K.record, 'status')
@@ -20,9 +24,16 @@ if not status then return {'', 0, 0} end
 if status ~= 'queued' and status ~= 'retrying' and status ~= 'running' then
   return {status, 0, 0}
 end
+if status ~= 'running' and deadline_passed(K.record, A.now) then return {status, 0, 0} end
+if K.slots ~= '' then
+  if not take_slot(K.slots, A.id, tonumber(A.concurrency), A.now, A.lease_end) then
+    redis.call('RPUSH', K.parked, A.park_list .. ' ' .. A.park_message)
+    return {'parked', 0, 0}
+  end
+  redis.call('HSET', K.record, 'slot', '1')
+end
 local lost = 0
 if status == 'running' or redis.call('HDEL', K.record, 'lost') == 1 then lost = 1 end
-if status ~= 'running' and deadline_passed(K.record, A.now) then return {status, 0, 0} end
 wait_out(K.waiting, K.record, A.id)
 deadline_started(K.deadlines, K.record, A.id)
 local attempts = redis.call('HINCRBY', K.record, 'attempts', 1)

@@ -12,9 +12,10 @@
 -- (conveyor/invocations/stranded.py), and a batch item's ``retry_member`` into the
 -- ``delayed`` set, due at ``retry_due``.
 -- A submitted invocation enters or leaves its function's ``waiting`` set with the change.
--- A final status takes it out of ``deadlines``.
+-- A final status takes it out of ``deadlines``; an attempt that ends lets its slot go
+-- (``slots_prefix``, ``parked_prefix``: a function's keys are the prefix and its name).
 -- KEYS: record events delivery due wake invocations failures durations retries bucket recent in_use retry_list sent sent_messages sent_sequence delayed stream stream_events waiting deadlines
--- ARGV: allowed to ttl final id retry_message retry_tag retry_member retry_due retry_copied ...fields
+-- ARGV: allowed to ttl final id retry_message retry_tag retry_member retry_due retry_copied slots_prefix parked_prefix ...fields
 --! include invocations/change
 local ctx = {
   events = K.events, due = K.due, wake = K.wake, in_use = K.in_use,
@@ -22,6 +23,7 @@ local ctx = {
   retries = K.retries, bucket = K.bucket, recent = K.recent,
   stream_events = K.stream_events, sent = K.sent, sent_messages = K.sent_messages, kill = {},
   waiting = K.waiting, deadlines = K.deadlines,
+  slots_prefix = A.slots_prefix, parked_prefix = A.parked_prefix,
 }
 local keys = {record = K.record, delivery = K.delivery, stream = K.stream}
 local changed = change(ctx, keys, A.id, A.allowed, A.to, A.ttl, A.final == '1',

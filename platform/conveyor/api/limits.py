@@ -1,5 +1,6 @@
-"""Deadlines: a request's ``Cancel-After`` (or its body's ``deadline``) and ``[limits]
-max_queue_time``, and the loop every API process runs to end what is past its deadline.
+"""Limits the API keeps: a request's ``Cancel-After`` (or its body's ``deadline``) and
+``[limits] max_queue_time``, and the loop every API process runs to end what is past its
+deadline and to give back the ``[limits] concurrency`` slots of workers that vanished.
 
 An invocation that has not started by its deadline ends ``expired`` (never run: a worker
 that takes it later drops it, ``start.lua``); one still running at its request's deadline is
@@ -107,11 +108,26 @@ async def end_due(platform: Platform) -> int:
     return ended
 
 
-async def end_forever(platform: Platform) -> None:
-    """The deadlines' loop of one API process (any number may run)."""
+async def unpark(platform: Platform) -> int:
+    """Give back the slots of workers that vanished ([limits] concurrency): the parked
+    invocations they free go back to their queues. How many moved."""
+    moved = 0
+    for entry in platform.functions.entries():
+        limit = entry.spec.manifest.limits.concurrency if entry.spec is not None else None
+        if limit is not None:
+            moved += await platform.invocations.unpark(entry.name, limit)
+    if moved:
+        log.info("invocations_unparked", invocations=moved)
+    return moved
+
+
+async def limits_forever(platform: Platform) -> None:
+    """The limits' loop of one API process (any number may run): deadlines, and slots
+    whose lease ran out."""
     while True:
         await asyncio.sleep(LOOK_EVERY)
         try:
             await end_due(platform)
+            await unpark(platform)
         except ConveyorError as exc:  # Redis away: the next look tries again
-            log.warning("deadlines_not_looked_at", error=str(exc))
+            log.warning("limits_not_looked_at", error=str(exc))
