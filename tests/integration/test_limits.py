@@ -201,3 +201,28 @@ def test_concurrency_holds_across_workers_and_a_lost_slot_comes_back(make_stack,
 
 def _children(pid: int) -> str:
     return Path(f"/proc/{pid}/task/{pid}/children").read_text()
+
+
+def test_rate_holds_across_workers(make_stack, report) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = make_stack()
+    log = stack.root / "spans"
+    write_function(
+        stack.functions,
+        "metered",
+        TIMED.format(log=str(log)),
+        '[function]\nhandler = "handler:run"\n[limits]\nrate = "5/s"\n',
+    )
+    stack.worker("--queues", "default", "--concurrency", "2")
+    stack.worker("--queues", "default", "--concurrency", "2")
+    with stack.api() as api:
+        ids = [invoke(api, "metered", 0)[1]["id"] for _ in range(60)]
+        outcomes = [result(api, "metered", i, wait=60) for i in ids]
+        assert all(o["status"] == "succeeded" for o in outcomes), outcomes
+    starts = sorted(start for start, _ in spans(log))
+    first = starts[0]
+    in_ten = sum(1 for start in starts if start < first + 10)
+    report(
+        f'rate = "5/s" over 2 workers (4 processes), 60 invocations queued at once: {in_ten}'
+        f" started in the first 10 s (50 expected), all done in {starts[-1] - first:.1f} s"
+    )
+    assert abs(in_ten - 50) <= 50 * 0.05 + 1, in_ten  # the first start has no turn to wait

@@ -132,11 +132,18 @@ class JobsController(Controller):
         caller.require(Action.INVOKE, name)
         entry = platform.functions.serving(name)
         assert entry.spec is not None and entry.schemas is not None
-        if entry.spec.manifest.limits.concurrency is not None:
+        declared = entry.spec.manifest.limits
+        if declared.concurrency is not None or declared.rate is not None:
             raise ValidationError(
-                f"{name!r} has [limits] concurrency, which a map job's chunks do not hold to"
-                " yet: invoke it once per input instead",
-                [{"field": "name", "message": "has [limits] concurrency", "type": "Limits"}],
+                f"{name!r} has [limits] concurrency or rate, which a map job's chunks do not"
+                " hold to yet: invoke it once per input instead",
+                [
+                    {
+                        "field": "name",
+                        "message": "has [limits] concurrency or rate",
+                        "type": "Limits",
+                    }
+                ],
             )
         media = _media(request)
         key = idempotency_key(request)

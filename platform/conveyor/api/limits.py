@@ -110,12 +110,16 @@ async def end_due(platform: Platform) -> int:
 
 async def unpark(platform: Platform) -> int:
     """Give back the slots of workers that vanished ([limits] concurrency): the parked
-    invocations they free go back to their queues. How many moved."""
+    invocations they free go back to their queues, as do those whose turn came ([limits]
+    rate). How many moved."""
     moved = 0
     for entry in platform.functions.entries():
-        limit = entry.spec.manifest.limits.concurrency if entry.spec is not None else None
-        if limit is not None:
-            moved += await platform.invocations.unpark(entry.name, limit)
+        if entry.spec is None:
+            continue
+        limits = entry.spec.manifest.limits
+        if limits.concurrency is not None or limits.rate is not None:
+            rated = limits.rate is not None
+            moved += await platform.invocations.unpark(entry.name, limits.concurrency, rated)
     if moved:
         log.info("invocations_unparked", invocations=moved)
     return moved

@@ -34,6 +34,16 @@ SLOTS_PREFIX = f"{PREFIX}:slots:"
 PARKED_PREFIX = f"{PREFIX}:parked:"
 
 
+def rate(function: str) -> str:
+    """[limits] rate: the function's theoretical arrival time (invocations/lua/rate.lua)."""
+    return f"{PREFIX}:rate:{function}"
+
+
+def rate_parked(function: str) -> str:
+    """[limits] rate: its parked messages, by when their turn comes."""
+    return f"{PREFIX}:rate-parked:{function}"
+
+
 def slots(function: str) -> str:
     return f"{SLOTS_PREFIX}{function}"
 

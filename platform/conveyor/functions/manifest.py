@@ -61,6 +61,22 @@ class LimitsSection(_Section):
     max_stream_bytes: Annotated[int, Field(gt=0, le=1024 * 1024 * 1024)] = 64 * 1024 * 1024
     # Attempts running at once across every worker (None: no limit); the rest wait.
     concurrency: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    # Starts at most this often across every worker: "100/s", "30/m", "1000/h" (None: no
+    # limit); the rest wait their turn.
+    rate: str | None = None
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            rate_per_second(value)
+        return value
+
+    @property
+    def emission(self) -> float | None:
+        """Seconds between two starts under ``rate`` (None: no rate)."""
+        return None if self.rate is None else 1.0 / rate_per_second(self.rate)
+
     # Seconds an invocation may wait to start; past it, it ends ``expired`` (None: no limit).
     max_queue_time: PositiveSeconds | None = None
     # Invocations waiting to start, at most; past it, invoke answers 429 (None: no cap).
@@ -85,6 +101,21 @@ class LimitsSection(_Section):
                 f"soft_timeout ({self.soft_timeout}) must be below timeout ({self.timeout})"
             )
         return self
+
+
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)/(s|m|h)$")
+_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def rate_per_second(rate: str) -> float:
+    """``"100/s"``, ``"30/m"``, ``"1000/h"`` as starts per second (ValueError: what it may be)."""
+    match = _RATE.match(rate.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"{rate!r} is not a rate: write a count per s, m or h ('100/s')")
+    per_second = float(match.group(1)) / _PER[match.group(2)]
+    if per_second > 100_000:
+        raise ValueError(f"{rate!r}: at most 100000 starts a second")
+    return per_second
 
 
 class RetriesSection(_Section):
@@ -216,11 +247,12 @@ class Manifest(_Section):
 
     @model_validator(mode="after")
     def _concurrency_of_a_function(self) -> Self:
-        if self.limits.concurrency is not None and self.batching is not None:
-            raise ValueError(
-                "[limits] concurrency does not apply to a batching function yet: its batches"
-                " run as one; bound them with max_batch_size and the workers' concurrency"
-            )
+        for key in ("concurrency", "rate"):
+            if getattr(self.limits, key) is not None and self.batching is not None:
+                raise ValueError(
+                    f"[limits] {key} does not apply to a batching function yet: its batches"
+                    " run as one; bound them with max_batch_size and the workers' concurrency"
+                )
         return self
 
     @model_validator(mode="after")
@@ -251,7 +283,7 @@ class Manifest(_Section):
                 raise ValueError(
                     f"[{section}] does not apply to a pipeline: each step's function has its own"
                 )
-        for key in ("max_queued", "max_queue_time", "concurrency"):
+        for key in ("max_queued", "max_queue_time", "concurrency", "rate"):
             if getattr(self.limits, key) is not None:
                 raise ValueError(
                     f"[limits] {key} does not apply to a pipeline yet: set it on its steps'"

@@ -487,16 +487,17 @@ class InvocationClient:
         log.info("invocations_purged", function=function, purged=purged)
         return purged
 
-    async def unpark(self, function: str, concurrency: int) -> int:
+    async def unpark(self, function: str, concurrency: int | None, rated: bool) -> int:
         """Free ``function``'s slots whose worker is gone and move as many parked
-        invocations back to their queues: how many moved."""
+        invocations back to their queues, and those whose rate turn came: how many."""
         with broker_errors():
             moved = await self.scripts.call(
                 UNPARK,
-                slots=keyspace.slots(function),
-                parked=keyspace.parked(function),
+                slots=keyspace.slots(function) if concurrency else "",
+                parked=keyspace.parked(function) if concurrency else "",
+                rate_parked=keyspace.rate_parked(function) if rated else "",
                 now=repr(time.time()),
-                concurrency=str(concurrency),
+                concurrency=str(concurrency or 0),
             )
         return int(moved)
 

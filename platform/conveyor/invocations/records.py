@@ -275,34 +275,47 @@ def counted_keys(metrics: bool) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Slot:
-    """What :data:`START` needs for a function with ``[limits] concurrency``: its limit,
-    the lease a slot is taken for, and the message to park if none is free."""
+    """What :data:`START` needs for a function with ``[limits] concurrency`` or ``rate``:
+    the limit (None: none), the lease a slot is taken for, the seconds between two starts,
+    and the message to park when it may not start yet."""
 
     function: str
-    concurrency: int
+    concurrency: int | None
     lease: float
+    emission: float | None
     queue_list: str
     message: str
 
     def values(self) -> dict[str, str]:
+        limited = self.concurrency is not None
+        rated = self.emission is not None
         return {
-            "slots": keyspace.slots(self.function),
-            "parked": keyspace.parked(self.function),
-            "concurrency": str(self.concurrency),
+            "slots": keyspace.slots(self.function) if limited else "",
+            "parked": keyspace.parked(self.function) if limited else "",
+            "rate_key": keyspace.rate(self.function) if rated else "",
+            "rate_parked": keyspace.rate_parked(self.function) if rated else "",
+            "concurrency": str(self.concurrency or ""),
             "lease_end": repr(time.time() + self.lease),
+            "emission": repr(self.emission or 0.0),
             "park_list": self.queue_list,
             "park_message": self.message,
         }
 
 
-_NO_SLOT = {
-    "slots": "",
-    "parked": "",
-    "concurrency": "",
-    "lease_end": "",
-    "park_list": "",
-    "park_message": "",
-}
+_NO_SLOT = dict.fromkeys(
+    (
+        "slots",
+        "parked",
+        "rate_key",
+        "rate_parked",
+        "concurrency",
+        "lease_end",
+        "emission",
+        "park_list",
+        "park_message",
+    ),
+    "",
+)
 
 
 def start_args(

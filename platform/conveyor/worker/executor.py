@@ -269,10 +269,11 @@ class Executor:
         raw_input: Any,
         training: dict[str, Any] | None,
     ) -> Slot | None:
-        """For a function with ``[limits] concurrency``: its slot, and the message that
-        waits parked when none is free (this one, again, with its own delivery tag)."""
-        concurrency = fn.manifest.limits.concurrency
-        if concurrency is None or training is not None:
+        """For a function with ``[limits] concurrency`` or ``rate``: its slot and turn, and
+        the message that waits parked when it may not start yet (this one, again, with its
+        own delivery tag)."""
+        limits = fn.manifest.limits
+        if (limits.concurrency is None and limits.rate is None) or training is not None:
             return None
         tag = f"{invocation_id}.parked.{uuid.uuid4().hex[:12]}"
         message = retry_message(
@@ -280,8 +281,9 @@ class Executor:
         )
         return Slot(
             fn.name,
-            concurrency,
+            limits.concurrency,
             self.settings.worker.slot_lease,
+            limits.emission,
             message.queue_list,
             message.message,
         )

@@ -12,11 +12,14 @@
 -- With [limits] concurrency (``slots``, ``parked``: '' without), it runs only in a free slot
 -- (invocations/slots), held until ``lease_end``; else its message (``park_message``, for
 -- ``park_list``) is parked and the answer is {'parked', 0, 0}.
--- KEYS: record delivery due wake queue_wait redeliveries sent sent_messages stream stream_events waiting deadlines slots parked
--- ARGV: now pid id concurrency lease_end park_list park_message
+-- With [limits] rate (``rate_key``, ``rate_parked``: '' without), a start that comes before
+-- its turn is parked until then (invocations/rate), with the same answer.
+-- KEYS: record delivery due wake queue_wait redeliveries sent sent_messages stream stream_events waiting deadlines slots parked rate_key rate_parked
+-- ARGV: now pid id concurrency lease_end park_list park_message emission
 -- A pipeline step's invocation marks its run running (pipelines/advance).
 --! include invocations/change
 --! include invocations/slots
+--! include invocations/rate
 redis.call('HDEL', K.sent, A.id)
 redis.call('HDEL', K.sent_messages, A.id)
 local status = redis.call('HGET', K.record, 'status')
@@ -25,8 +28,17 @@ if status ~= 'queued' and status ~= 'retrying' and status ~= 'running' then
   return {status, 0, 0}
 end
 if status ~= 'running' and deadline_passed(K.record, A.now) then return {status, 0, 0} end
+if K.rate_key ~= '' and status ~= 'running' then
+  local turn = rate_turn(K.rate_key, K.record, A.now, tonumber(A.emission))
+  if turn then
+    redis.call('ZADD', K.rate_parked, turn, A.park_list .. ' ' .. A.park_message)
+    return {'parked', 0, 0}
+  end
+end
 if K.slots ~= '' then
   if not take_slot(K.slots, A.id, tonumber(A.concurrency), A.now, A.lease_end) then
+    -- its rate turn (if any) was used: it starts without another when a slot frees
+    if K.rate_key ~= '' then redis.call('HSET', K.record, 'rate_at', A.now) end
     redis.call('RPUSH', K.parked, A.park_list .. ' ' .. A.park_message)
     return {'parked', 0, 0}
   end
