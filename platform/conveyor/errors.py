@@ -168,6 +168,11 @@ class BrokerUnavailableError(ConveyorError):
     """Redis, the broker and result store, cannot be reached."""
 
 
+class RedisFullError(BrokerUnavailableError):
+    """Redis holds more than ``[redis] max_memory_bytes`` (or ``max_memory_fraction`` of its
+    maxmemory): new work is refused with 503 until it drains; what was accepted runs."""
+
+
 class NotReplicatedError(BrokerUnavailableError):
     """Redis did not confirm the submit on [redis] min_replicas replicas in time."""
 

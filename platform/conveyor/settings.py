@@ -75,6 +75,14 @@ class RedisSettings(_Section):
     data_dir: Path = Field(Path(".conveyor/redis"), description="where `conveyor redis` persists")
     connect_timeout: Seconds = 2.0
     socket_timeout: Seconds = 10.0
+    # Past this much memory in Redis, new invocations, trainings and map jobs get 503 (what
+    # was accepted still runs): before Redis's own maxmemory makes every write fail.
+    max_memory_bytes: int | None = Field(
+        None, gt=0, description="a cap on Redis's used_memory for new work"
+    )
+    max_memory_fraction: float | None = Field(
+        None, gt=0, le=1, description="the cap as a fraction of Redis's maxmemory"
+    )
     max_connections: int = Field(
         64, ge=1, le=10_000, description="per API process; more requests wait for one"
     )

@@ -226,3 +226,48 @@ def test_rate_holds_across_workers(make_stack, report) -> None:  # type: ignore[
         f" started in the first 10 s (50 expected), all done in {starts[-1] - first:.1f} s"
     )
     assert abs(in_ten - 50) <= 50 * 0.05 + 1, in_ten  # the first start has no turn to wait
+
+
+def test_a_redis_memory_cap_refuses_new_work_and_keeps_what_was_accepted(make_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = make_stack()
+    used = int(stack.redis.info("memory")["used_memory"])
+    stack.set_settings("redis", max_memory_bytes=used + 2 * 1024 * 1024)
+    runs = stack.root / "runs"
+    write_function(
+        stack.functions,
+        "bulky",
+        BULKY.format(runs=str(runs)),
+        '[function]\nhandler = "handler:run"\n',
+    )
+    big = "x" * 200_000
+    with stack.api() as api:
+        accepted, refused = [], None
+        for _ in range(100):  # no worker yet: records and messages pile up in Redis
+            answer = api.post("/functions/bulky/invoke", json={"input": big})
+            if answer.status_code == 503:
+                refused = answer
+                break
+            assert answer.status_code == 202, answer.text
+            accepted.append(answer.json()["id"])
+            time.sleep(0.05)  # the API looks at Redis's memory every 0.25 s
+        assert refused is not None, "the cap never answered"
+        assert refused.headers["retry-after"].isdigit()
+        assert "max_memory_bytes" in refused.json()["detail"], refused.text
+        job = api.post("/functions/bulky/map", json={"inputs": ["a"]})
+        assert job.status_code == 503, job.text
+        metrics = api.get("/metrics").text
+        assert "conveyor_redis_memory_bytes" in metrics
+        stack.worker("--queues", "default")
+        done = [result(api, "bulky", i, wait=60)["status"] for i in accepted]
+        assert done == ["succeeded"] * len(accepted)
+    assert sorted(runs.read_text().split()) == sorted(accepted)  # every one accepted ran
+
+
+BULKY = """
+from conveyor import context
+
+def run(text: str) -> int:
+    with open({runs!r}, "a") as f:
+        f.write(context.current().id + "\\n")
+    return len(text)
+"""

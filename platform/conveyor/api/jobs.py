@@ -132,6 +132,7 @@ class JobsController(Controller):
         caller.require(Action.INVOKE, name)
         entry = platform.functions.serving(name)
         assert entry.spec is not None and entry.schemas is not None
+        platform.invocations.refuse_when_full()
         declared = entry.spec.manifest.limits
         if declared.concurrency is not None or declared.rate is not None:
             raise ValidationError(

@@ -126,12 +126,13 @@ async def unpark(platform: Platform) -> int:
 
 
 async def limits_forever(platform: Platform) -> None:
-    """The limits' loop of one API process (any number may run): deadlines, and slots
-    whose lease ran out."""
+    """The limits' loop of one API process (any number may run): deadlines, slots whose
+    lease ran out, and Redis's memory against its cap for new work."""
     while True:
         await asyncio.sleep(LOOK_EVERY)
         try:
             await end_due(platform)
             await unpark(platform)
+            await platform.invocations.check_memory()
         except ConveyorError as exc:  # Redis away: the next look tries again
             log.warning("limits_not_looked_at", error=str(exc))

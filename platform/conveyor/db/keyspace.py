@@ -97,6 +97,7 @@ METRICS_REDELIVERIES = f"{_METRICS}:redeliveries"
 METRICS_DURATION = f"{_METRICS}:duration"
 METRICS_QUEUE_WAIT = f"{_METRICS}:queue-wait"
 METRICS_BATCH_SIZE = f"{_METRICS}:batch-size"
+METRICS_REJECTIONS = f"{_METRICS}:rejections"  # "<function>\t<limit>" -> refused submits
 RECENT = f"{PREFIX}:recent"
 
 

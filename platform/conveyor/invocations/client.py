@@ -34,6 +34,7 @@ from conveyor.errors import (
     InvocationUnfinishedError,
     NotReplicatedError,
     QueueFullError,
+    RedisFullError,
     VersionNotFoundError,
 )
 from conveyor.functions.registry import FunctionSpec
@@ -77,6 +78,7 @@ class InvocationClient:
         self.subscription = Subscription(listener_client(settings))
         self._waiters = Waiters(self.subscription, keyspace.EVENTS_CHANNEL, _finished)
         self._later: set[asyncio.Task[None]] = set()  # kills due after a cancel's grace
+        self.full: str | None = None  # why new work is refused (Redis's memory), if it is
 
     async def start(self) -> None:
         self.subscription.start()
@@ -130,6 +132,7 @@ class InvocationClient:
         ``expired``; still running then, it is cancelled. ``[limits] max_queue_time``
         bounds how long it may wait to start as well.
         """
+        self.refuse_when_full()
         if training is not None:
             spec = replace(spec, manifest=spec.manifest.for_training())
             idempotency_key = idempotency_key and f"training:{idempotency_key}"
@@ -285,6 +288,7 @@ class InvocationClient:
         common |= {
             "waiting": keyspace.WAITING,
             "deadlines": keyspace.DEADLINES,
+            "rejections": keyspace.METRICS_REJECTIONS if self.settings.metrics.enabled else "",
             "function_name": inv.function,
             "max_queued": "" if limit is None else str(limit),
         }
@@ -451,6 +455,34 @@ class InvocationClient:
             await kill(self.celery, str(step))
         log.info("invocation_cancelled", function=record.function, invocation_id=invocation_id)
         return await self.get(invocation_id, function)
+
+    async def check_memory(self) -> None:
+        """Look at Redis's memory against ``[redis] max_memory_bytes`` or
+        ``max_memory_fraction``: past it, :meth:`refuse_when_full` refuses new work."""
+        cap_bytes = self.settings.redis.max_memory_bytes
+        fraction = self.settings.redis.max_memory_fraction
+        if cap_bytes is None and fraction is None:
+            return
+        with broker_errors():
+            memory = await self.redis.info("memory")
+        used, ceiling = int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))
+        caps = [c for c in (cap_bytes, fraction and ceiling and int(fraction * ceiling)) if c]
+        cap = min(caps) if caps else None
+        was = self.full
+        self.full = None
+        if cap is not None and used > cap:
+            self.full = (
+                f"Redis holds {used} bytes, past the {cap} bytes [redis] max_memory_bytes /"
+                " max_memory_fraction allow for new work: retry once results expire or are"
+                " deleted (everything already accepted still runs)"
+            )
+        if self.full != was:
+            log.warning("redis_memory", used=used, cap=cap, refusing=self.full is not None)
+
+    def refuse_when_full(self) -> None:
+        """:class:`RedisFullError` (503) while Redis is past its memory cap."""
+        if self.full is not None:
+            raise RedisFullError(self.full)
 
     async def waiting(self, function: str) -> int:
         """How many of ``function``'s submitted invocations wait to start."""

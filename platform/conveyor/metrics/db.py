@@ -113,6 +113,8 @@ class Totals:
     queue_waits: dict[str, Histogram] = field(default_factory=dict)
     batch_sizes: dict[str, Histogram] = field(default_factory=dict)
     webhooks_pending: int = 0
+    rejections: dict[tuple[str, str], int] = field(default_factory=dict)  # (fn, limit)
+    memory: tuple[int, int] = (0, 0)  # Redis: bytes used, its maxmemory (0: none)
 
 
 def _pairs(raw: dict[str, str]) -> dict[tuple[str, str], int]:
@@ -142,11 +144,15 @@ async def totals(client: aioredis.Redis) -> Totals:
                 keyspace.METRICS_DURATION,
                 keyspace.METRICS_QUEUE_WAIT,
                 keyspace.METRICS_BATCH_SIZE,
+                keyspace.METRICS_REJECTIONS,
             ):
                 pipe.hgetall(key)
             pipe.zcard(keyspace.WEBHOOKS_DUE)
-            *found, pending = await pipe.execute()
-    inv, fail, retries, redeliveries, duration, wait, batch = cast(list[dict[str, str]], found)
+            pipe.info("memory")
+            *found, pending, memory = await pipe.execute()
+    inv, fail, retries, redeliveries, duration, wait, batch, refused = cast(
+        list[dict[str, str]], found
+    )
     return Totals(
         invocations=_pairs(inv),
         failures=_pairs(fail),
@@ -156,6 +162,8 @@ async def totals(client: aioredis.Redis) -> Totals:
         queue_waits=_histograms(wait, SECONDS_BUCKETS),
         batch_sizes=_histograms(batch, tuple(float(b) for b in BATCH_BUCKETS)),
         webhooks_pending=int(pending),
+        rejections=_pairs(refused),
+        memory=(int(memory.get("used_memory", 0)), int(memory.get("maxmemory", 0))),
     )
 
 

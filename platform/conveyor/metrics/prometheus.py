@@ -103,6 +103,17 @@ def families(snap: Snapshot) -> list[Metric]:
         functions.add_metric([status], n)
     pending = GaugeMetricFamily("conveyor_webhooks_pending", "Webhook deliveries not yet settled")
     pending.add_metric([], t.webhooks_pending)
+    rejections = CounterMetricFamily(
+        "conveyor_rejections",
+        "Submits refused by a limit ([limits] max_queued: 429)",
+        labels=["function", "limit"],
+    )
+    for (function, limit), n in sorted(t.rejections.items()):
+        rejections.add_metric([function, limit], n)
+    memory = GaugeMetricFamily("conveyor_redis_memory_bytes", "Memory Redis uses (used_memory)")
+    memory.add_metric([], t.memory[0])
+    ceiling = GaugeMetricFamily("conveyor_redis_maxmemory_bytes", "Redis's maxmemory (0: none set)")
+    ceiling.add_metric([], t.memory[1])
     return [
         invocations,
         failures,
@@ -123,6 +134,9 @@ def families(snap: Snapshot) -> list[Metric]:
         workers,
         functions,
         pending,
+        rejections,
+        memory,
+        ceiling,
     ]
 
 

@@ -15,7 +15,8 @@
 -- ``max_queued`` (its function's [limits] max_queued, '' none) reached, nothing is written
 -- and the answer is 'full' (unless the idempotency key was used: that answer comes first).
 -- A record with ``start_by`` is added to ``deadlines`` (invocations/deadline).
--- KEYS: record queue armed trigger_list idempotency version_record in_use sent sent_messages sent_sequence stream stream_events waiting deadlines ...holders
+-- A refusal is counted in ``rejections`` ('' when [metrics] is off).
+-- KEYS: record queue armed trigger_list idempotency version_record in_use sent sent_messages sent_sequence stream stream_events waiting deadlines rejections ...holders
 -- ARGV: pending_ttl message armed_ttl trigger item_id item_version item_input id digest in_use_field function_name max_queued ...fields
 --! include invocations/accept
 --! include invocations/waiting
@@ -23,6 +24,9 @@
 --! include streams/event
 if A.max_queued ~= '' and (K.idempotency == '' or redis.call('EXISTS', K.idempotency) == 0)
    and waiting_count(K.waiting, A.function_name) >= tonumber(A.max_queued) then
+  if K.rejections ~= '' then
+    redis.call('HINCRBY', K.rejections, A.function_name .. '\tmax_queued', 1)
+  end
   return 'full'
 end
 local refused = accept(K.record, K.idempotency, K.version_record, K.in_use, A.in_use_field,
