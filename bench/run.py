@@ -6,7 +6,8 @@ BENCH_RUNS (default 3) sets how many times each scenario runs; medians are repor
 BENCH_ONLY=store (or embed: the real model; coldstart; request: the API's cost per
 invocation and [api] workers = 2; failover: [redis] min_replicas and BENCH_FAILOVERS
 (default 10) kills of the primary; files: the image example and a 10 MiB file; streams:
-a generator's chunks through SSE) runs those rows alone.
+a generator's chunks through SSE; pipelines; limits: echo with every [limits] key set
+against echo) runs those rows alone.
 """
 
 from __future__ import annotations
@@ -454,6 +455,8 @@ def only_rows(env: Platform, root: Path, worker: Process) -> list[Row] | None:
         return stream_rows(env)
     if only == "pipelines":
         return pipeline_rows(env)
+    if only == "limits":
+        return limit_rows(env)
     alone = {"embed": embed_rows, "coldstart": coldstart_rows}.get(only)
     if alone is None:
         return None
@@ -847,6 +850,30 @@ def pipeline_rows(env: Platform) -> list[Row]:
             "≥ 0.9×",
             fanned >= 0.9 * mapped,
         ),
+    ]
+
+
+def limit_rows(env: Platform) -> list[Row]:
+    """The throughput load over ``echolimited`` (every [limits] key set, none reached)
+    against ``echo``, in turn, on the one worker process of the main scenarios: what the
+    checks cost."""
+    conveyor_throughput(env.base)  # warm
+    rates: dict[str, list[float]] = {"echo": [], "echolimited": []}
+    for _ in range(RUNS):  # in turn, so both see the same machine
+        for name, seen in rates.items():
+            load = _http_load(env.base, name, lambda i: i, BURST, CLIENTS)
+            seen.append(asyncio.run(load)["rate"])
+    limited, plain = (statistics.median(rates[k]) for k in ("echolimited", "echo"))
+    return [
+        Row(
+            "limits",
+            "all set vs none (/s)",
+            limited,
+            plain,
+            "/s",
+            "≥ 0.9×",
+            limited >= 0.9 * plain,
+        )
     ]
 
 

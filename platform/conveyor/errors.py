@@ -108,6 +108,19 @@ class StreamTooLargeError(ConveyorError):
     """A streaming invocation's events went past its [limits] max_stream_bytes."""
 
 
+class KeyLimitError(ConveyorError):
+    """An API key's limit is reached (``conveyor keys update``): a 429 naming it."""
+
+    def __init__(self, limit: str, retry_after: int, limits: Any) -> None:
+        super().__init__(
+            f"the API key's {limit} limit is reached ({getattr(limits, limit)}): retry after"
+            f" {retry_after} s"
+        )
+        self.limit = limit
+        self.retry_after = max(1, retry_after)
+        self.limits = limits  # the key's KeyLimits
+
+
 class QueueFullError(ConveyorError):
     """A function's ``[limits] max_queued`` invocations are waiting: a 429, retried later."""
 

@@ -62,7 +62,8 @@ def base(make_stack) -> Iterator[str]:  # type: ignore[no-untyped-def]
         stack.functions,
         "pause",
         PAUSE,
-        '[function]\nhandler = "handler:run"\n[[schedules]]\nevery = "1h"\ninput = 1\n',
+        '[function]\nhandler = "handler:run"\n[limits]\nconcurrency = 2\nmax_queued = 100\n'
+        '[[schedules]]\nevery = "1h"\ninput = 1\n',
     )
     (stack.functions / "twostep").mkdir()
     (stack.functions / "twostep" / "function.toml").write_text(TWOSTEP)
@@ -174,7 +175,7 @@ def shows_a_run_step_by_step(page: Page) -> None:
 
 def trains_iris_and_lists_schedules(page: Page) -> None:
     """A function with [training] lists its trainings and starts one from its form; one
-    with schedules shows each rule and its next tick."""
+    with schedules shows each rule and its next tick, and its limits."""
     card = "article[data-function=iris]"
     page.click(f"{card} .trainings summary")
     page.fill(f"{card} textarea[name=training-input]", '{"epochs": 50}')
@@ -186,6 +187,8 @@ def trains_iris_and_lists_schedules(page: Page) -> None:
     assert "(serving)" in listed, listed
     schedule = page.inner_text("article[data-function=pause] .schedules li")
     assert schedule.startswith("every 1h, next"), schedule
+    limit = page.inner_text("article[data-function=pause] [data-limit=concurrency] b")
+    assert limit == "0/2", limit  # running/limit ([limits] concurrency)
 
 
 def sends_pictures(page: Page, tmp_path: Path) -> None:

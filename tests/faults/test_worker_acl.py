@@ -121,6 +121,10 @@ def test_a_handler_with_the_workers_connection_gets_noperm(
         )  # fmt: skip
         write_function(stack.functions, "words", WORDS, TOML)
         write_function(
+            stack.functions, "limited", "def run(x: int) -> int:\n    return x\n",
+            TOML + '[limits]\nconcurrency = 1\nrate = "50/s"\nmax_queued = 100\nmax_queue_time = 60\n',
+        )  # fmt: skip
+        write_function(
             stack.functions, "learn", LEARN, TOML + '[training]\nhandler = "handler:train"\n'
         )
         (stack.functions / "steps").mkdir()
@@ -158,6 +162,9 @@ def test_a_handler_with_the_workers_connection_gets_noperm(
             status, ran = invoke(api, "steps", [1, 2, 3], wait=30)
             assert status == 200 and ran["output"] == 1, ran
             assert result(api, "double", f"{ran['id']}.each.2")["output"] == 6
+            # limits: slots, turns, the waiting set and deadlines, under these rules
+            limited = [invoke(api, "limited", n)[1]["id"] for n in range(6)]
+            assert [result(api, "limited", i)["output"] for i in limited] == list(range(6))
             # a training: a checkpoint saved, its version made (by the API, not the worker)
             started = api.post("/functions/learn/trainings", json={"input": 3, "promote": True})
             assert started.status_code == 202, started.text

@@ -7,12 +7,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.support import (
     Stack,
+    cli,
+    free_port,
     invoke,
+    make_key,
     result,
+    start_api,
     wait_for,
     wait_until,
     write_function,
@@ -271,3 +276,61 @@ def run(text: str) -> int:
         f.write(context.current().id + "\\n")
     return len(text)
 """
+
+
+def test_key_limits_hold_across_two_api_processes(make_stack, report) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = make_stack()
+    stack.set_settings("api", auth='"keys"')
+    write_recording_function(stack.functions, "echoed", stack.root / "runs")
+    fast = make_key(stack, "fast", "invoke:*", options=("--rate", "5/s"))
+    few = make_key(stack, "few", "invoke:*", options=("--max-inflight", "3", "--daily", "5"))
+    apis = [start_api(stack.config, stack.root / f"api-{i}.log", free_port()) for i in range(2)]
+    try:
+        bases = [base for _, base in apis]
+
+        def post(i: int, key: str) -> httpx.Response:
+            return httpx.post(
+                f"{bases[i % 2]}/functions/echoed/invoke",
+                json={"input": i},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=10,
+            )
+
+        # rate: a burst of 5, then one each 0.2 s, whichever process answers
+        begun, answers = time.monotonic(), []
+        while time.monotonic() - begun < 3:
+            answers.append(post(len(answers), fast))
+        took = time.monotonic() - begun
+        accepted = sum(a.status_code == 202 for a in answers)
+        limited = [a for a in answers if a.status_code == 429]
+        assert limited and accepted + len(limited) == len(answers), {a.status_code for a in answers}
+        refusal = limited[0]
+        assert refusal.headers["ratelimit-policy"] == '"rate";q=5;w=1', refusal.headers
+        assert refusal.headers["ratelimit"].startswith('"rate";r=0;t=')
+        assert int(refusal.headers["retry-after"]) >= 1
+        problem = refusal.json()
+        assert problem["limit"] == "rate" and problem["scope"] == "key", problem
+        expected = 5 + took * 5
+        assert abs(accepted - expected) <= 2, (accepted, expected)
+
+        # in flight: 3 unfinished (no worker runs them), the 4th refused on either process
+        assert all(post(i, few).status_code == 202 for i in range(3))
+        refused = post(3, few)
+        assert refused.status_code == 429 and refused.json()["limit"] == "max_inflight"
+        me = httpx.get(f"{bases[1]}/keys/me", headers={"Authorization": f"Bearer {few}"}).json()
+        assert me["limits"] == {"max_inflight": 3, "daily": 5}, me
+        assert me["usage"] == {"inflight": 3, "queued": 3, "today": 3}, me
+        updated = cli(stack, "keys", "update", "few", "--max-inflight", "none")
+        assert "daily 5" in updated, updated
+        wait_for(lambda: post(4, few).status_code == 202, 10, "the lifted limit")
+        assert post(5, few).status_code == 202  # the fifth today
+        daily = post(6, few)
+        assert daily.status_code == 429 and daily.json()["limit"] == "daily", daily.text
+        assert daily.headers["ratelimit-policy"] == '"daily";q=5;w=86400'
+    finally:
+        for proc, _ in apis:
+            proc.stop()
+    report(
+        f'key rate "5/s" on 2 API processes: {accepted} accepted in {took:.1f} s'
+        f" ({expected:.0f} expected: a burst of 5, then 5/s), {len(limited)} answered 429"
+    )

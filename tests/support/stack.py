@@ -49,17 +49,23 @@ class ClientThreads:
         raise NotImplementedError
 
 
-def make_key(stack: Stack, name: str, *scopes: str) -> str:
-    """``conveyor keys create``, as an operator runs it: the new key."""
+def make_key(stack: Stack, name: str, *scopes: str, options: tuple[str, ...] = ()) -> str:
+    """``conveyor keys create``, as an operator runs it: the new key; ``options``: its
+    limits (``--rate 5/s`` ...)."""
     args = [a for scope in scopes for a in ("--scope", scope)]
+    return cli(stack, "keys", "create", "--name", name, *args, *options).strip()
+
+
+def cli(stack: Stack, *args: str) -> str:
+    """A ``conveyor`` command on the stack's deploy.toml: what it printed."""
     done = subprocess.run(
-        conveyor("keys", "create", "--name", name, *args),
+        conveyor(*args),
         env={**os.environ, "CONVEYOR_CONFIG": str(stack.config)},
         capture_output=True,
         text=True,
         check=True,
     )
-    return done.stdout.strip()
+    return done.stdout
 
 
 @dataclass

@@ -123,7 +123,7 @@ def test_function_components_resolve_and_have_unique_titles(tmp_path: Path) -> N
     assert schemas["plain.Input"] == {"type": "integer", "title": "PlainInput"}
     invoke = doc["paths"]["/functions/plain/invoke"]["post"]
     assert invoke["parameters"][0]["schema"] == {"type": "number", "minimum": 0, "maximum": 30}
-    assert {"200", "202", "400", "404", "409", "413", "415", "422", "503"} == set(
+    assert {"200", "202", "400", "404", "409", "413", "415", "422", "429", "503"} == set(
         invoke["responses"]
     )
     assert invoke["responses"]["422"]["content"] == {

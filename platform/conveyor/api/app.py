@@ -21,7 +21,7 @@ from litestar.config.cors import CORSConfig
 from litestar.di import NamedDependency, Provide
 from litestar.middleware import DefineMiddleware
 
-from conveyor.api.auth import authenticate
+from conveyor.api.auth import KeysController, authenticate
 from conveyor.api.browser import BrowserGuard
 from conveyor.api.controllers import FunctionsController, HealthController
 from conveyor.api.deploys import STALE_MARGIN, Deploys
@@ -216,6 +216,7 @@ def create_app(settings: Settings) -> Litestar:
             VersionsController,
             SchedulesController,
             TrainingsController,
+            KeysController,
             openapi_document,
             docs_page,
             assets(),

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request
+from litestar import Controller, Request, get
 from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
 
+from conveyor.api.params import takes
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
+from conveyor.auth.db import usage
 from conveyor.auth.keys import digest, same_digest
 from conveyor.errors import AuthenticationError
 
@@ -45,3 +48,24 @@ async def authenticate(
         )
     await keys.touch(record)
     return Caller(record)
+
+
+class KeysController(Controller):
+    path = "/keys"
+    opt = takes()
+
+    @get("/me", summary="The caller's API key: its scopes, limits and usage")
+    async def me(
+        self, platform: NamedDependency[Platform], caller: NamedDependency[Caller]
+    ) -> dict[str, Any]:
+        key = caller.key
+        if key is None:
+            raise NotFoundException(
+                'this API takes no keys ([api] auth = "none"): there is no key to describe'
+            )
+        return {
+            "name": key.name,
+            "scopes": list(key.scopes),
+            "limits": key.limits.shown(),
+            "usage": await usage(platform.invocations.redis, key.id),
+        }

@@ -275,6 +275,7 @@ async def _submit(  # noqa: PLR0917
         stream=schemas.streams,
         plan=plan,
         deadline=deadline,
+        key_limits=caller.key.limits if caller.key is not None else None,
     )
 
 

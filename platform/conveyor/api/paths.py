@@ -65,6 +65,15 @@ def paths(max_wait: float) -> dict[str, Any]:
             )
         },
         "/functions/{name}/rollback": {"post": rollback_op(name)},
+        "/keys/me": {
+            "get": operation(
+                "get_key",
+                "The caller's API key: its scopes, limits and usage",
+                ok=ref("KeyInfo"),
+                problems=[404, 503],
+                tags=["keys"],
+            )
+        },
         "/functions/{name}/purge": {
             "post": operation(
                 "purge",

@@ -26,6 +26,7 @@ from conveyor.errors import (
     InvocationFinishedError,
     InvocationNotFoundError,
     InvocationUnfinishedError,
+    KeyLimitError,
     ManifestError,
     NotReplicatedError,
     NotStreamingError,
@@ -70,6 +71,7 @@ _STATUS: dict[type[Exception], tuple[int, str]] = {
     NotStreamingError: (404, "no-stream"),
     NotTrainableError: (404, "no-training"),
     QueueFullError: (429, "queue-full"),
+    KeyLimitError: (429, "key-limit"),
     InvocationUnfinishedError: (409, "invocation-unfinished"),
     FunctionUnavailableError: (503, "function-unavailable"),
     NotReplicatedError: (503, "not-replicated"),
@@ -137,7 +139,27 @@ def conveyor_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
         extra.update(invocation_id=exc.invocation_id, accepted=exc.accepted)
     if isinstance(exc, QueueFullError):
         extra.update(limit="max_queued", scope="function", max_queued=exc.limit)
+    if isinstance(exc, KeyLimitError):
+        headers = rate_limit_headers(exc)
+        extra.update(limit=exc.limit, scope="key", retry_after=exc.retry_after)
     return problem(status, slug, str(exc), request, headers, **extra)
+
+
+def rate_limit_headers(exc: KeyLimitError) -> dict[str, str]:
+    """Retry-After, and the limit reached as the IETF RateLimit header fields draft says
+    (``RateLimit-Policy``: its quota and window; ``RateLimit``: none left, and when)."""
+    quota = getattr(exc.limits, exc.limit)
+    window = ""
+    if exc.limit == "rate":
+        count, _, per = str(quota).partition("/")
+        quota, window = count, f";w={int({'s': 1, 'm': 60, 'h': 3600}[per])}"
+    elif exc.limit == "daily":
+        window = ";w=86400"
+    return {
+        "Retry-After": str(exc.retry_after),
+        "RateLimit-Policy": f'"{exc.limit}";q={quota}{window}',
+        "RateLimit": f'"{exc.limit}";r=0;t={exc.retry_after}',
+    }
 
 
 def http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

@@ -440,6 +440,23 @@ class DeploymentError(BaseModel):
     detail: str
 
 
+class KeyUsage(BaseModel):
+    inflight: int = Field(description="its invocations unfinished")
+    queued: int = Field(description="its invocations waiting to start")
+    today: int = Field(description="its invocations accepted today (UTC)")
+
+
+class KeyInfo(BaseModel):
+    """The caller's API key: what it may do, its limits and what it uses of them."""
+
+    name: str
+    scopes: list[str]
+    limits: dict[str, Any] = Field(
+        description="rate, max_inflight, max_queued, daily: those it has"
+    )
+    usage: KeyUsage
+
+
 class Purged(BaseModel):
     """``POST /functions/{name}/purge``: how many waiting invocations were cancelled."""
 
@@ -490,6 +507,7 @@ DOCUMENTED: list[type[BaseModel]] = [
     TrainingList,
     TrainingRequest,
     Purged,
+    KeyInfo,
     RollbackRequest,
     Deployment,
     DeploymentAccepted,

@@ -22,7 +22,7 @@ from conveyor.api.files import own_hosts
 from conveyor.api.params import idempotency_key, limited_body, parse_json, takes, wait_seconds
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
-from conveyor.auth.keys import Action
+from conveyor.auth.keys import Action, KeyLimits
 from conveyor.errors import (
     BrokerUnavailableError,
     ConveyorError,
@@ -70,8 +70,10 @@ async def start_training(
     key: str | None = None,
     webhook: str | None = None,
     files: list[str] | None = None,
+    key_limits: KeyLimits | None = None,
 ) -> InvocationRecord:
-    """Submit a training of ``spec`` (its input validated already) and list it."""
+    """Submit a training of ``spec`` (its input validated already) and list it; it counts
+    against the limits of the API key that starts it (``key_limits``)."""
     record = await platform.invocations.submit(
         spec,
         value,
@@ -81,6 +83,7 @@ async def start_training(
         webhook=webhook,
         files=files or [],
         training={"promote": promote},
+        key_limits=key_limits,
     )
     await platform.trainings.add(spec.name, record.id, record.created_at)
     return record
@@ -143,6 +146,7 @@ class TrainingsController(Controller):
             key=key,
             webhook=webhook,
             files=files,
+            key_limits=caller.key.limits if caller.key is not None else None,
         )
         if record.status.final:
             return Response(result_body(record), status_code=200)

@@ -16,7 +16,7 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
-from conveyor.auth.keys import KeyRecord, check_name, digest, new_key, parse_scopes
+from conveyor.auth.keys import KeyLimits, KeyRecord, check_name, digest, new_key, parse_scopes
 from conveyor.db import keyspace
 from conveyor.db.connections import broker_errors
 from conveyor.db.scripts import Scripts, script
@@ -28,6 +28,7 @@ CACHE_LIMIT = 10_000  # digests remembered (known and unknown) before the cache 
 
 CREATE = script("auth", "create")
 REVOKE = script("auth", "revoke")
+LIMIT = script("auth", "limit")
 
 
 _KEYS = {
@@ -42,7 +43,12 @@ _KEYS = {
 def _record(raw: str) -> KeyRecord:
     data = json.loads(raw)
     return KeyRecord(
-        data["id"], data["name"], tuple(data["scopes"]), data["created_at"], data["digest"]
+        data["id"],
+        data["name"],
+        tuple(data["scopes"]),
+        data["created_at"],
+        data["digest"],
+        KeyLimits(**data.get("limits", {})),
     )
 
 
@@ -60,7 +66,11 @@ class ApiKeyStore:
             subscription.on(keyspace.API_KEYS_CHANNEL, self._changed, self._cache.clear)
 
     async def create(
-        self, name: str, scopes: list[str], webhook_secret: str = ""
+        self,
+        name: str,
+        scopes: list[str],
+        webhook_secret: str = "",
+        limits: KeyLimits = KeyLimits(),  # noqa: B008  # frozen: one shared default is fine
     ) -> tuple[str, KeyRecord]:
         """A new key (returned once, never stored) and its record; ``webhook_secret``
         signs the webhooks of its invocations instead of the platform's secrets."""
@@ -71,6 +81,7 @@ class ApiKeyStore:
             scopes=parse_scopes(scopes),
             created_at=time.time(),
             digest=digest(key),
+            limits=limits,
         )
         with broker_errors():
             made = await self.scripts.call(
@@ -102,6 +113,16 @@ class ApiKeyStore:
             revoked = await self.scripts.call(REVOKE, **_KEYS, name=name)
         if not revoked:
             raise ApiKeyError(f"no key named {name!r} (conveyor keys ls lists them)")
+
+    async def limit(self, name: str, limits: KeyLimits) -> KeyRecord:
+        """Set a key's limits (each API process drops the key it cached): its record."""
+        with broker_errors():
+            updated = await self.scripts.call(
+                LIMIT, **_KEYS, name=name, limits=json.dumps(limits.shown())
+            )
+        if not updated:
+            raise ApiKeyError(f"no key named {name!r} (conveyor keys ls lists them)")
+        return _record(str(updated))
 
     async def webhook_secret(self, key_id: str) -> str | None:
         """The webhook signing secret of the API key with this id, if it was given one."""
@@ -136,3 +157,16 @@ class ApiKeyStore:
     def _changed(self, key_digest: str) -> None:
         self._changes += 1
         self._cache.pop(key_digest, None)
+
+
+async def usage(client: aioredis.Redis, key_id: str) -> dict[str, int]:
+    """What a key has in use against its limits: invocations unfinished and waiting, and
+    accepted today (UTC)."""
+    day = time.strftime("daily:%Y%m%d", time.gmtime())
+    with broker_errors():
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.zcard(keyspace.key_usage(key_id, "inflight"))
+            pipe.zcard(keyspace.key_usage(key_id, "waiting"))
+            pipe.get(keyspace.key_usage(key_id, day))
+            inflight, waiting, today = await pipe.execute()
+    return {"inflight": int(inflight), "queued": int(waiting), "today": int(today or 0)}

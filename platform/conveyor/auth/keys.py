@@ -20,10 +20,12 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import StrEnum
+from typing import Any
 
 from conveyor.errors import ApiKeyError
+from conveyor.functions.manifest import rate_per_second
 
 PREFIX = "cvk_"
 RANDOM_BYTES = 32
@@ -73,6 +75,37 @@ def check_name(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class KeyLimits:
+    """What one key may do, across every API process (None: no limit): requests a
+    period (``rate``: "10/s", "600/m"; a burst of one period's count), invocations
+    unfinished (``max_inflight``) and waiting to start (``max_queued``), and accepted per
+    UTC day (``daily``)."""
+
+    rate: str | None = None
+    max_inflight: int | None = None
+    max_queued: int | None = None
+    daily: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate is not None:
+            try:
+                rate_per_second(self.rate)
+            except ValueError as exc:
+                raise ApiKeyError(f"--rate: {exc}") from None
+        for name in ("max_inflight", "max_queued", "daily"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ApiKeyError(f"--{name.replace('_', '-')} must be at least 1 (or none)")
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in asdict(self).values())
+
+    def shown(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
 class KeyRecord:
     """A key as stored: never the key itself."""
 
@@ -81,6 +114,7 @@ class KeyRecord:
     scopes: tuple[str, ...]
     created_at: float
     digest: str
+    limits: KeyLimits = KeyLimits()
 
     @property
     def admin(self) -> bool:

@@ -10,9 +10,11 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any, TypeVar
 
-from conveyor.errors import SettingsError
+from conveyor.auth.keys import KeyLimits, KeyRecord
+from conveyor.errors import ApiKeyError, SettingsError
 from conveyor.settings import Settings, is_loopback
 
 T = TypeVar("T")
@@ -21,7 +23,7 @@ FLOWER_USER = "conveyor"
 
 def add_commands(sub: Any) -> None:
     """Add the admin commands to the CLI's subparsers."""
-    keys = sub.add_parser("keys", help="API keys: create, ls, revoke (they live in Redis)")
+    keys = sub.add_parser("keys", help="API keys: create, ls, update, revoke (they live in Redis)")
     keys_sub = keys.add_subparsers(required=True, metavar="action")
     create = keys_sub.add_parser("create", help="make a key and print it, once")
     create.add_argument("--name", required=True, help="a name to list and revoke it by")
@@ -37,10 +39,17 @@ def add_commands(sub: Any) -> None:
         help="give the key its own webhook signing secret (printed once): its invocations'"
         " deliveries are signed with it instead of the platform's",
     )
+    _limit_options(create)
     create.set_defaults(run=_keys_create)
     keys_sub.add_parser("ls", help="list keys (never the keys themselves)").set_defaults(
         run=_keys_ls
     )
+    update = keys_sub.add_parser(
+        "update", help="set a key's limits (the options given; 'none' lifts one)"
+    )
+    update.add_argument("name")
+    _limit_options(update)
+    update.set_defaults(run=_keys_update)
     revoke = keys_sub.add_parser("revoke", help="revoke a key: it stops working at once")
     revoke.add_argument("name")
     revoke.set_defaults(run=_keys_revoke)
@@ -66,11 +75,41 @@ def add_commands(sub: Any) -> None:
     webhooks.set_defaults(run=_webhooks)
 
 
+def _limit_options(parser: argparse.ArgumentParser) -> None:
+    """A key's limits, each enforced across every API process (429 past it)."""
+    parser.add_argument("--rate", help="requests per period: 10/s, 600/m, 10000/h")
+    parser.add_argument("--max-inflight", help="its invocations unfinished at once")
+    parser.add_argument("--max-queued", help="its invocations waiting to start at once")
+    parser.add_argument("--daily", help="invocations accepted per UTC day")
+
+
+def _limits(args: argparse.Namespace, base: KeyLimits | None = None) -> KeyLimits:
+    """The limits the options give (over ``base``: an option left out keeps its value)."""
+    values: dict[str, Any] = asdict(base) if base is not None else {}
+    for name in ("rate", "max_inflight", "max_queued", "daily"):
+        given = getattr(args, name)
+        if given is None:
+            continue
+        if given.lower() == "none":
+            values[name] = None
+        elif name == "rate":
+            values[name] = given
+        elif given.isdigit():
+            values[name] = int(given)
+        else:
+            option = name.replace("_", "-")
+            raise ApiKeyError(f"--{option} takes a whole number (or none); got {given!r}")
+    return KeyLimits(**values)
+
+
 def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
     from conveyor.webhooks.signing import new_secret
 
     secret = new_secret() if args.webhook_secret else ""
-    key, record = _with_keys(settings, lambda store: store.create(args.name, args.scope, secret))
+    limits = _limits(args)
+    key, record = _with_keys(
+        settings, lambda store: store.create(args.name, args.scope, secret, limits)
+    )
     print(key)
     if secret:
         print(secret)
@@ -91,7 +130,23 @@ def _keys_ls(settings: Settings, args: argparse.Namespace) -> int:
     for record, used in _with_keys(settings, lambda store: store.list()):
         created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(record.created_at))
         last = time.strftime("%Y-%m-%d %H:%M", time.gmtime(used)) if used else "never"
-        print(f"{record.name:<24} {' '.join(record.scopes):<40} created {created} used {last}")
+        limits = " ".join(f"{k}={v}" for k, v in record.limits.shown().items())
+        print(
+            f"{record.name:<24} {' '.join(record.scopes):<40} created {created} used {last}"
+            + (f" limits {limits}" if limits else "")
+        )
+    return 0
+
+
+def _keys_update(settings: Settings, args: argparse.Namespace) -> int:
+    async def update(store: Any) -> KeyRecord:
+        current = {r.name: r for r, _ in await store.list()}.get(args.name)
+        base = current.limits if current is not None else None
+        return await store.limit(args.name, _limits(args, base))  # type: ignore[no-any-return]
+
+    record = _with_keys(settings, update)
+    shown = ", ".join(f"{k} {v}" for k, v in record.limits.shown().items()) or "none"
+    print(f"key {record.name!r}: limits {shown}; every API process applies them at once")
     return 0
 
 

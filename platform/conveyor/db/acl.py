@@ -60,6 +60,15 @@ READ_WRITE = [
     keyspace.run("*"),
     # trainings: one whose handler returned waits here for an API process to deploy it
     keyspace.TRAININGS_PENDING,
+    # limits: what waits (by function, by API key), deadlines, concurrency slots and
+    # parked messages, rate turns
+    keyspace.WAITING,
+    keyspace.DEADLINES,
+    f"{keyspace.KEY_USAGE}*",
+    f"{keyspace.SLOTS_PREFIX}*",
+    f"{keyspace.PARKED_PREFIX}*",
+    keyspace.rate("*"),
+    keyspace.rate_parked("*"),
     # kombu's Redis transport
     keyspace.KOMBU_UNACKED,
     keyspace.KOMBU_UNACKED_INDEX,

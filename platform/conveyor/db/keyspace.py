@@ -30,6 +30,15 @@ WAITING = f"{PREFIX}:waiting"
 DEADLINES = f"{PREFIX}:deadlines"
 # [limits] concurrency: a function's slots (running ids by when their lease ends) and its
 # parked messages ("<queue list> <message>"), invocations/lua/slots.lua.
+# An API key's usage, for its limits: its waiting and unfinished invocations (sorted sets),
+# its rate's theoretical arrival time, its count per UTC day: "<prefix><key id>:<part>".
+KEY_USAGE = f"{PREFIX}:key-usage:"
+
+
+def key_usage(key_id: str, part: str) -> str:
+    return f"{KEY_USAGE}{key_id}:{part}"
+
+
 SLOTS_PREFIX = f"{PREFIX}:slots:"
 PARKED_PREFIX = f"{PREFIX}:parked:"
 

@@ -107,6 +107,11 @@ _RATE = re.compile(r"^(\d+(?:\.\d+)?)/(s|m|h)$")
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+def per_period(rate: str) -> float:
+    """The seconds of a rate's period (``"10/s"``: 1; ``"600/m"``: 60)."""
+    return _PER[rate.strip()[-1]]
+
+
 def rate_per_second(rate: str) -> float:
     """``"100/s"``, ``"30/m"``, ``"1000/h"`` as starts per second (ValueError: what it may be)."""
     match = _RATE.match(rate.strip())

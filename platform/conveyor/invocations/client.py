@@ -19,6 +19,7 @@ from typing import Any, cast
 
 from redis.exceptions import RedisError
 
+from conveyor.auth.keys import KeyLimits
 from conveyor.broker.app import create_celery, kill
 from conveyor.broker.census import LIVE_WORKERS, QueueCensus, live_workers_args, parse_workers
 from conveyor.broker.messages import Invocation, Route, encode_batch_trigger, encode_message
@@ -32,11 +33,13 @@ from conveyor.errors import (
     InvocationFinishedError,
     InvocationNotFoundError,
     InvocationUnfinishedError,
+    KeyLimitError,
     NotReplicatedError,
     QueueFullError,
     RedisFullError,
     VersionNotFoundError,
 )
+from conveyor.functions.manifest import per_period, rate_per_second
 from conveyor.functions.registry import FunctionSpec
 from conveyor.invocations.records import (
     ACTIVE,
@@ -111,6 +114,7 @@ class InvocationClient:
         plan: dict[str, Any] | None = None,
         training: dict[str, Any] | None = None,
         deadline: float | None = None,
+        key_limits: KeyLimits | None = None,
     ) -> InvocationRecord:
         """Store the record and enqueue the message in one step; then it is a promise.
 
@@ -130,7 +134,8 @@ class InvocationClient:
         function's ``[training]`` handler runs, on its queue and with its limits.
         ``deadline`` (a request's Cancel-After, as a time): not started by then, it ends
         ``expired``; still running then, it is cancelled. ``[limits] max_queue_time``
-        bounds how long it may wait to start as well.
+        bounds how long it may wait to start as well. ``key_limits``: those of the API key
+        making it (``owner``), checked in the submit's own step (:class:`KeyLimitError`).
         """
         self.refuse_when_full()
         if training is not None:
@@ -173,10 +178,15 @@ class InvocationClient:
         with self._waiters.watch(inv.id) as events:
             if plan is None:
                 submit = self._submit_values(spec, inv, fields, idempotency, digest)
+                submit |= key_values(owner, key_limits)
             else:
                 submit = self._run_values(inv, fields, idempotency, digest, plan)
             submit["holders"] = [keyspace.file_holders(file_id) for file_id in files]
             first, notice = await self._store(inv.id, submit, SUBMIT if plan is None else RUN)
+            if isinstance(first, str) and first.startswith("limited "):
+                _, limit, after = first.split()
+                assert key_limits is not None
+                raise KeyLimitError(limit, int(after), key_limits)
             if first == "full":
                 raise QueueFullError(
                     f"{spec.name!r} has {manifest.limits.max_queued} invocations waiting to start,"
@@ -236,6 +246,7 @@ class InvocationClient:
                 sent_messages=keyspace.SENT_MESSAGES,
                 waiting=keyspace.WAITING,
                 id=invocation_id,
+                usage=keyspace.KEY_USAGE,
             )
         accepted = outcome not in ("withdrawn", "")
         log.warning(
@@ -663,6 +674,27 @@ def element_fields(invocation_id: str, job: dict[str, str], compact: str | None)
     if result.get("d") is not None:
         fields["finished_at"] = repr(float(job["created_at"]) + result["d"] / 1000)
     return fields
+
+
+def key_values(owner: str | None, limits: KeyLimits | None) -> dict[str, Any]:
+    """The keys and arguments of :data:`SUBMIT` that check an API key's limits."""
+    values: dict[str, Any] = {"now": repr(time.time()), "usage": keyspace.KEY_USAGE}
+    given = limits if limits is not None and owner is not None else KeyLimits()
+    day = time.gmtime()
+    rate = given.rate and rate_per_second(given.rate)
+    return values | {
+        "key_rate": keyspace.key_usage(owner, "rate") if owner and rate else "",
+        "key_inflight": keyspace.key_usage(owner, "inflight") if owner else "",
+        "key_waiting": keyspace.key_usage(owner, "waiting") if owner else "",
+        "key_daily": keyspace.key_usage(owner, time.strftime("daily:%Y%m%d", day)) if owner else "",
+        "key_emission": repr(1.0 / rate) if rate else "",
+        # a burst of one period's count: "10/s" lets 10 through at once, then one per 0.1 s
+        "key_tolerance": repr(per_period(given.rate) - 1.0 / rate) if given.rate and rate else "",
+        "key_max_inflight": str(given.max_inflight or ""),
+        "key_max_queued": str(given.max_queued or ""),
+        "key_max_daily": str(given.daily or ""),
+        "day_left": str(86400 - (day.tm_hour * 3600 + day.tm_min * 60 + day.tm_sec)),
+    }
 
 
 def deadline_fields(max_queue_time: float | None, deadline: float | None) -> dict[str, str]:

@@ -5,8 +5,9 @@
 -- script's shared keys (events, due, wake, in_use, the counters: '' each when [metrics]
 -- is off, stream_events, sent, sent_messages) and ``kill``, the ids of running attempts
 -- a cancel must stop; ``waiting`` (invocations/waiting), ``deadlines``
--- (invocations/deadline) and ``slots_prefix``/``parked_prefix`` (invocations/slots: the
--- attempt's slot let go), where the script passes them. ``ttl``: 0 keeps the record, 'record' expires it after the ttl it
+-- (invocations/deadline), ``slots_prefix``/``parked_prefix`` (invocations/slots: the
+-- attempt's slot let go) and ``usage`` (an API key's waiting and unfinished invocations),
+-- where the script passes them. ``ttl``: 0 keeps the record, 'record' expires it after the ttl it
 -- was created with. A final status (``final`` true) publishes "<id> <record as JSON>" on
 -- ``events`` (a waiter never misses it and needs no further read), counts the record's
 -- version down in ``in_use``, queues the 'completed' webhook and counts the record; a
@@ -30,10 +31,12 @@ local function change(ctx, keys, id, allowed, to, ttl, final, fields)
   redis.call('HSET', keys.record, 'status', to, unpack(fields))
   if ctx.waiting then  -- (the scripts that change submitted records pass it)
     if to == 'queued' or to == 'retrying' then
-      wait_in(ctx.waiting, keys.record, id)
+      wait_in(ctx.waiting, keys.record, id, ctx.usage)
     else
-      wait_out(ctx.waiting, keys.record, id)
+      wait_out(ctx.waiting, keys.record, id, ctx.usage)
     end
+    local inflight = final and usage_key(keys.record, ctx.usage, ':inflight')
+    if inflight then redis.call('ZREM', inflight, id) end
   end
   if ttl == 'record' then ttl = redis.call('HGET', keys.record, 'ttl') or '3600' end
   if ttl ~= '0' then

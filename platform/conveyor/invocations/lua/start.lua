@@ -15,7 +15,8 @@
 -- With [limits] rate (``rate_key``, ``rate_parked``: '' without), a start that comes before
 -- its turn is parked until then (invocations/rate), with the same answer.
 -- KEYS: record delivery due wake queue_wait redeliveries sent sent_messages stream stream_events waiting deadlines slots parked rate_key rate_parked
--- ARGV: now pid id concurrency lease_end park_list park_message emission
+-- ``usage``: the prefix of the API keys' usage keys (invocations/waiting).
+-- ARGV: now pid id concurrency lease_end park_list park_message emission usage
 -- A pipeline step's invocation marks its run running (pipelines/advance).
 --! include invocations/change
 --! include invocations/slots
@@ -46,7 +47,7 @@ if K.slots ~= '' then
 end
 local lost = 0
 if status == 'running' or redis.call('HDEL', K.record, 'lost') == 1 then lost = 1 end
-wait_out(K.waiting, K.record, A.id)
+wait_out(K.waiting, K.record, A.id, A.usage)
 deadline_started(K.deadlines, K.record, A.id)
 local attempts = redis.call('HINCRBY', K.record, 'attempts', 1)
 redis.call('HSET', K.record, 'status', 'running', 'started_at', A.now, 'pid', A.pid,

@@ -15,7 +15,8 @@
 -- A final status takes it out of ``deadlines``; an attempt that ends lets its slot go
 -- (``slots_prefix``, ``parked_prefix``: a function's keys are the prefix and its name).
 -- KEYS: record events delivery due wake invocations failures durations retries bucket recent in_use retry_list sent sent_messages sent_sequence delayed stream stream_events waiting deadlines
--- ARGV: allowed to ttl final id retry_message retry_tag retry_member retry_due retry_copied slots_prefix parked_prefix ...fields
+-- ``usage``: the prefix of the API keys' usage keys (invocations/waiting).
+-- ARGV: allowed to ttl final id retry_message retry_tag retry_member retry_due retry_copied slots_prefix parked_prefix usage ...fields
 --! include invocations/change
 local ctx = {
   events = K.events, due = K.due, wake = K.wake, in_use = K.in_use,
@@ -23,7 +24,7 @@ local ctx = {
   retries = K.retries, bucket = K.bucket, recent = K.recent,
   stream_events = K.stream_events, sent = K.sent, sent_messages = K.sent_messages, kill = {},
   waiting = K.waiting, deadlines = K.deadlines,
-  slots_prefix = A.slots_prefix, parked_prefix = A.parked_prefix,
+  slots_prefix = A.slots_prefix, parked_prefix = A.parked_prefix, usage = A.usage,
 }
 local keys = {record = K.record, delivery = K.delivery, stream = K.stream}
 local changed = change(ctx, keys, A.id, A.allowed, A.to, A.ttl, A.final == '1',

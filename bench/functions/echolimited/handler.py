@@ -1,0 +1,5 @@
+from typing import Any
+
+
+def echo(payload: Any) -> Any:
+    return payload
