@@ -29,6 +29,8 @@ from tests.support import (
     RedisServer,
     conveyor,
     invoke,
+    result,
+    start_worker,
     until_reloaded,
     wait_for,
     write_function,
@@ -202,5 +204,75 @@ def test_a_worker_on_another_machine_reads_and_writes_files(
                 assert api.get(done["output"]["reversed"]).content == data[::-1]
         finally:
             worker.stop()
+    finally:
+        server.stop()
+
+
+LICENSED = """
+    import os, time
+
+    def run(seconds: float) -> int:
+        begun = time.time()
+        time.sleep(seconds)
+        with open({log!r}, "a") as f:
+            f.write(f"{{begun}} {{time.time()}}\\n")
+        return os.getppid()  # the worker (one per machine) whose pool child ran it
+"""
+
+
+def test_concurrency_holds_across_two_machines(
+    other_machine: tuple[str, str, str], tmp_path: Path, report: Callable[[str], None]
+) -> None:
+    """``[limits] concurrency = 2`` with a worker here and one on the other machine (3
+    processes each): the handlers' own start and end times never overlap more than 2."""
+    ns, our_address, _ = other_machine
+    server = RedisServer(tmp_path / "redis", bind=f"127.0.0.1 {our_address}").start(
+        "--protected-mode", "no"
+    )
+    try:
+        here = tmp_path / "here"
+        spans = tmp_path / "spans"
+        write_function(
+            here / "functions",
+            "licensed",
+            LICENSED.format(log=str(spans)),
+            HELLO_TOML + "[limits]\nconcurrency = 2\n",
+        )
+        config = write_settings(here / "deploy.toml", server.url, here / "functions")
+        there = tmp_path / "there"
+        there.mkdir()
+        remote_url = f"redis://{our_address}:{server.port}/0"
+        remote_config = write_settings(there / "deploy.toml", remote_url, there / "functions")
+        remote = Process(
+            ["ip", "netns", "exec", ns, *conveyor("worker", "--name", "limited@other",
+                                                  "--concurrency", "3")],
+            remote_config,
+            there / "worker.log",
+        )  # fmt: skip
+        client = server.client()
+        local = start_worker(config, here / "worker.log", "--concurrency", "3", redis_client=client)
+        try:
+            with TestClient(create_app(load_settings(config)), base_url=LOCAL, timeout=90) as api:
+                wait_for(lambda: client.exists("conveyor:worker:limited@other"), 60, "worker")
+                until_reloaded(api, "licensed", lambda f: f.get("workers") == 2)
+                ids = [invoke(api, "licensed", 0.3)[1]["id"] for _ in range(16)]
+                done = [result(api, "licensed", i, wait=60) for i in ids]
+        finally:
+            remote.stop()
+            local.stop()
+        assert all(d["status"] == "succeeded" for d in done), done
+        machines = {d["output"] for d in done}  # the workers that ran them
+        held = [tuple(map(float, line.split())) for line in spans.read_text().splitlines()]
+        edges = sorted([(s, 1) for s, _ in held] + [(e, -1) for _, e in held])
+        peak = now = 0
+        for _, step in edges:
+            now += step
+            peak = max(peak, now)
+        assert peak <= 2, held
+        assert len(machines) == 2, machines  # both machines ran some
+        report(
+            f"concurrency = 2 over two machines (3 processes each): 16 invocations, peak {peak}"
+            " at once, measured from the handlers' own start and end times"
+        )
     finally:
         server.stop()
