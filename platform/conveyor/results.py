@@ -176,6 +176,7 @@ def map_job_body(job: MapJob, now: float | None = None) -> dict[str, Any]:
             "succeeded": job.succeeded,
             "failed": job.failed,
             "cancelled": job.cancelled,
+            "expired": job.expired,
             "pending": max(job.total - job.done, 0),
         },
         "progress": round(job.done / job.total, 4) if job.total else 1.0,

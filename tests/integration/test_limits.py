@@ -4,6 +4,7 @@ invocation, and a recording handler proves none of them runs."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -128,6 +129,7 @@ def test_deadlines_expire_what_never_started_and_cancel_what_runs(make_stack) ->
 
 
 SLEEPY = """
+import json
 import time
 def run(seconds: float) -> float:
     time.sleep(seconds)
@@ -334,3 +336,29 @@ def test_key_limits_hold_across_two_api_processes(make_stack, report) -> None:  
         f'key rate "5/s" on 2 API processes: {accepted} accepted in {took:.1f} s'
         f" ({expected:.0f} expected: a burst of 5, then 5/s), {len(limited)} answered 429"
     )
+
+
+def test_a_map_jobs_deadline_expires_what_it_has_not_run(make_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = make_stack()
+    write_function(stack.functions, "sleepy", SLEEPY, '[function]\nhandler = "handler:run"\n')
+    stack.worker("--queues", "default", "--concurrency", "1")
+    with stack.api() as api:
+        started = api.post(
+            "/functions/sleepy/map",
+            json={"inputs": [0.2] * 100},
+            headers={"Cancel-After": "1.5s"},
+        )
+        assert started.status_code == 202, started.text
+        url = started.json()["status_url"]
+        job = wait_until(
+            lambda: api.get(url).json(), lambda j: j["status"] != "running", 20, "its deadline"
+        )
+        counts = job["counts"]
+        assert job["status"] == "expired", job
+        assert counts["succeeded"] > 0 and counts["expired"] > 0, counts
+        assert counts["succeeded"] + counts["expired"] + counts["cancelled"] == 100, counts
+        lines = [json.loads(line) for line in api.get(f"{url}/results").text.splitlines()]
+        assert {line["status"] for line in lines} <= {"succeeded", "expired", "cancelled"}
+        assert sum(line["status"] == "expired" for line in lines) == counts["expired"]
+        bad = api.post("/functions/sleepy/map", json={"inputs": [1]}, headers={"Cancel-After": "x"})
+        assert bad.status_code == 422, bad.text

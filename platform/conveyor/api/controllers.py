@@ -11,9 +11,9 @@ from litestar.di import NamedDependency
 from litestar.exceptions import ClientException
 from litestar.params import FromPath
 
+from conveyor.api.deadlines import request_deadline
 from conveyor.api.deploys import deploy
 from conveyor.api.files import base_url, discard, inline_files, own_hosts
-from conveyor.api.limits import request_deadline
 from conveyor.api.multipart import check_parts, is_multipart, read_form
 from conveyor.api.params import (
     idempotency_key,

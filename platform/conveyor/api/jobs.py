@@ -16,6 +16,7 @@ from litestar.exceptions import ClientException, HTTPException
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
+from conveyor.api.deadlines import request_deadline
 from conveyor.api.files import base_url, own_hosts
 from conveyor.api.params import idempotency_key, takes, wait_seconds
 from conveyor.api.services import Platform
@@ -133,6 +134,7 @@ class JobsController(Controller):
         entry = platform.functions.serving(name)
         assert entry.spec is not None and entry.schemas is not None
         platform.invocations.refuse_when_full()
+        deadline = request_deadline(request, None)  # Cancel-After, for every item
         declared = entry.spec.manifest.limits
         if declared.concurrency is not None or declared.rate is not None:
             raise ValidationError(
@@ -178,6 +180,8 @@ class JobsController(Controller):
                 pending_ttl=platform.settings.results.pending_ttl,
                 metrics=platform.settings.metrics.enabled,
             )
+            if deadline is not None and first == job_id:
+                await platform.invocations.add_deadline(job_deadline(name, job_id), deadline)
             answer = map_job_body(await store.get(first, name))
             return Response(answer, status_code=202, headers={"Location": answer["status_url"]})
         census = await platform.invocations.census()
@@ -195,6 +199,8 @@ class JobsController(Controller):
             digest=body.digest.hexdigest()[:32],
             pending_ttl=platform.settings.results.pending_ttl,
         )
+        if deadline is not None and first == job_id:
+            await platform.invocations.add_deadline(job_deadline(name, job_id), deadline)
         answer = map_job_body(await store.get(first, name))
         return Response(answer, status_code=202, headers={"Location": answer["status_url"]})
 
@@ -366,12 +372,23 @@ class JobsController(Controller):
         caller.require(Action.INVOKE, name)
         job = await platform.maps.get(job_id, name)
         _check(caller, job, Action.INVOKE)
-        if await platform.maps.cancel(job_id):
-            if job.kind == "pipeline":
-                await _cancel_runs(platform, job_id)
-            else:
-                await _stop_running(platform, job_id)
+        await end_job(platform, job)
         return map_job_body(await platform.maps.get(job_id, name))
+
+
+def job_deadline(function: str, job_id: str) -> str:
+    """A map job's member of the deadlines (an invocation's is its id)."""
+    return f"map {function} {job_id}"
+
+
+async def end_job(platform: Platform, job: maps.MapJob, as_: str = "cancelled") -> None:
+    """Cancel (or, past its deadline, expire) a running job: nothing more starts, what
+    runs is stopped."""
+    if await platform.maps.cancel(job.id, as_):
+        if job.kind == "pipeline":
+            await _cancel_runs(platform, job.id)
+        else:
+            await _stop_running(platform, job.id)
 
 
 async def _stop_running(platform: Platform, job_id: str) -> None:

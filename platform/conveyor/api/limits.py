@@ -13,20 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import time
-from datetime import datetime
-from typing import Any
 
-from litestar import Request
-
-from conveyor.api.operations import DURATION_PATTERN
+from conveyor.api.jobs import end_job
 from conveyor.api.services import Platform
 from conveyor.errors import (
     ConveyorError,
     InvocationFinishedError,
     InvocationNotFoundError,
-    ValidationError,
 )
 from conveyor.invocations.records import InvocationStatus
 from conveyor.log import get_logger
@@ -34,52 +27,15 @@ from conveyor.log import get_logger
 log = get_logger(__name__)
 
 LOOK_EVERY = 0.25  # seconds between looks for deadlines that have come
-_DURATION = re.compile(DURATION_PATTERN)
-_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """``30``, ``30s``, ``5m``, ``1.5h`` in seconds (ValueError: what it may be)."""
-    match = _DURATION.match(text.strip())
-    if match is None:
-        raise ValueError(
-            f"{text!r} is not a duration: write seconds (30, 30s), minutes (5m) or hours (1h)"
-        )
-    return float(match.group(1)) * _UNIT[match.group(2) or "s"]
-
-
-def request_deadline(request: Request[Any, Any, Any], body: Any) -> float | None:
-    """When the request gives up: now plus its ``Cancel-After`` header, or its body's
-    ``deadline`` (RFC 3339); the earlier of both. One already passed is taken as given:
-    the invocation expires at once. A 422 names what is malformed."""
-    found = []
-    header = request.headers.get("cancel-after")
-    if header is not None:
-        try:
-            seconds = parse_duration(header)
-        except ValueError as exc:
-            raise _invalid("Cancel-After", str(exc)) from None
-        found.append(time.time() + seconds)
-    given = body.get("deadline") if isinstance(body, dict) else None
-    if given is not None:
-        try:
-            when = datetime.fromisoformat(str(given))
-        except ValueError:
-            raise _invalid("deadline", f"{given!r} is not an RFC 3339 date-time") from None
-        found.append(when.timestamp())
-    return min(found) if found else None
-
-
-def _invalid(field: str, message: str) -> ValidationError:
-    return ValidationError(
-        f"{field}: {message}", [{"field": field, "message": message, "type": "Deadline"}]
-    )
 
 
 async def end_due(platform: Platform) -> int:
     """End every invocation whose deadline has come: how many."""
     ended = 0
     for invocation_id in await platform.invocations.due_deadlines():
+        if invocation_id.startswith("map "):
+            ended += await _end_job(platform, invocation_id)
+            continue
         try:
             record = await platform.invocations.get(invocation_id)
         except InvocationNotFoundError:
@@ -106,6 +62,19 @@ async def end_due(platform: Platform) -> int:
     if ended:
         log.info("deadlines_ended", invocations=ended)
     return ended
+
+
+async def _end_job(platform: Platform, member: str) -> int:
+    """A map job whose deadline came: what it has not run yet is expired."""
+    _, function, job_id = member.split(" ")
+    try:
+        job = await platform.maps.get(job_id, function)
+        if job.status == "running":
+            await end_job(platform, job, "expired")
+    except (InvocationNotFoundError, InvocationFinishedError):
+        pass  # gone, or ended meanwhile
+    await platform.invocations.forget_deadline(member)
+    return 1
 
 
 async def unpark(platform: Platform) -> int:

@@ -104,13 +104,7 @@ def invoke_op(name: str, description: str, max_wait: float, form: dict[str, Any]
     key = idempotency_param(
         "retrying with the same key and body returns the first invocation; keys are per function"
     )
-    cancel_after = parameter(
-        "Cancel-After",
-        "header",
-        {"type": "string", "pattern": DURATION_PATTERN},
-        "not started within this long (30, 30s, 5m, 1h) it ends expired; still running then,"
-        " cancelled",
-    )
+    cancel_after = cancel_after_param()
     op = operation(
         f"invoke_{name}",
         f"Invoke {name}",
@@ -155,7 +149,7 @@ def map_op(name: dict[str, Any]) -> dict[str, Any]:
     op = operation(
         "map",
         "Map a function over many inputs (streamed; each item checked on its own)",
-        params=[name, priority, key],
+        params=[name, priority, key, cancel_after_param()],
         problems=[400, 404, 409, 413, 415, 422, 503],
         status=202,
         tags=["jobs"],
@@ -373,6 +367,16 @@ def training_op(name: str, max_wait: float) -> dict[str, Any]:
         },
     }
     return op
+
+
+def cancel_after_param() -> dict[str, Any]:
+    return parameter(
+        "Cancel-After",
+        "header",
+        {"type": "string", "pattern": DURATION_PATTERN},
+        "not started within this long (30, 30s, 5m, 1h) it ends expired; still running then,"
+        " cancelled (a map job: every item)",
+    )
 
 
 def idempotency_param(description: str) -> dict[str, Any]:

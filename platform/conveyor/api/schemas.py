@@ -308,6 +308,7 @@ class MapCounts(BaseModel):
     succeeded: int
     failed: int
     cancelled: int
+    expired: int = Field(description="items its deadline (Cancel-After) ended before they ran")
     pending: int = Field(description="not finished yet")
 
 
@@ -317,7 +318,7 @@ class MapJobInfo(BaseModel):
     id: UUID
     function: str
     version: str
-    status: Literal["running", "succeeded", "failed", "cancelled"]
+    status: Literal["running", "succeeded", "failed", "cancelled", "expired"]
     total: int
     counts: MapCounts
     progress: float = Field(ge=0, le=1)

@@ -557,6 +557,11 @@ class InvocationClient:
             )
         return [str(i) for i in found]
 
+    async def add_deadline(self, member: str, deadline: float) -> None:
+        """Something else with a deadline (a map job: ``map <function> <id>``)."""
+        with broker_errors():
+            await self.redis.zadd(keyspace.DEADLINES, {member: deadline})
+
     async def forget_deadline(self, invocation_id: str) -> None:
         with broker_errors():
             await self.redis.zrem(keyspace.DEADLINES, invocation_id)

@@ -45,7 +45,7 @@ from conveyor.invocations.records import counted_keys, webhook_view
 
 STAGING_TTL = 3600  # seconds an upload that never finished lingers
 RECENT_JOBS = 100
-FINAL = ("succeeded", "failed", "cancelled")
+FINAL = ("succeeded", "failed", "cancelled", "expired")
 
 FINISH_UPLOAD = script("maps", "finish_upload")
 BEGIN = script("maps", "begin")
@@ -63,7 +63,7 @@ class MapJob:
     id: str
     function: str
     version: str
-    status: str  # uploading, running, succeeded, failed, cancelled
+    status: str  # uploading, running, succeeded, failed, cancelled, expired
     total: int
     succeeded: int
     failed: int
@@ -75,10 +75,11 @@ class MapJob:
     owner: str | None
     webhook: dict[str, Any] | None
     kind: str = "map"  # "pipeline": each item a run of a pipeline
+    expired: int = 0  # items its deadline ended before they ran
 
     @property
     def done(self) -> int:
-        return self.succeeded + self.failed + self.cancelled
+        return self.succeeded + self.failed + self.cancelled + self.expired
 
     @property
     def final(self) -> bool:
@@ -105,6 +106,7 @@ class MapJob:
             owner=raw.get("owner"),
             webhook=webhook_view(raw),
             kind=raw.get("kind", "map"),
+            expired=int(raw.get("expired", 0)),
         )
 
 
@@ -187,10 +189,10 @@ class Item:
 
 def result_line(index: int, compact: str | None, job_status: str) -> dict[str, Any] | None:
     """One line of the results stream, from the stored compact form; None: not done yet
-    (an item never fed of a cancelled job is cancelled)."""
+    (an item never fed of a cancelled job is cancelled, of an expired one expired)."""
     if compact is None:
-        if job_status == "cancelled":
-            return {"index": index, "status": "cancelled", "attempts": 0}
+        if job_status in ("cancelled", "expired"):
+            return {"index": index, "status": job_status, "attempts": 0}
         return None
     stored = json.loads(compact)
     line: dict[str, Any] = {"index": index, "status": stored["s"], "attempts": stored.get("a", 0)}
@@ -406,9 +408,10 @@ class MapStore:
                 found = await pipe.execute()
         return [MapJob.from_hash(i, raw) for i, raw in zip(ids, found, strict=True) if raw]
 
-    async def cancel(self, job_id: str) -> int:
+    async def cancel(self, job_id: str, as_: str = "cancelled") -> int:
         """Stop feeding; the chunks still running (their task ids) are returned by
-        :meth:`running`. Returns how many were running, or raises if not running."""
+        :meth:`running`. Returns how many were running, or raises if not running.
+        ``as_``: 'expired' when its deadline ended it."""
         with broker_errors():
             changed, detail = await self.scripts.call(
                 CANCEL,
@@ -421,6 +424,7 @@ class MapStore:
                 in_use=keyspace.VERSIONS_IN_USE,
                 id=job_id,
                 now=repr(time.time()),
+                **{"as": as_},
             )
         if not changed:
             raise InvocationFinishedError(f"job {job_id!r} already {detail}; nothing to cancel")

@@ -49,8 +49,10 @@ if back > 0 then
     local entries = {}
     for i = back, 1, -1 do entries[#entries + 1] = ARGV[at + i] end
     redis.call('LPUSH', K.inputs, unpack(entries))  -- the first given back ends up first
-  else
-    redis.call('HINCRBY', job, 'cancelled', back)
+  else  -- cancelled, or expired: what it never ran counts as the job ended
+    local ended = redis.call('HGET', job, 'status')
+    if ended ~= 'expired' then ended = 'cancelled' end
+    redis.call('HINCRBY', job, ended, back)
     redis.call('HINCRBY', job, 'never_fed', back)
   end
 end
