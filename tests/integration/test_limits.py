@@ -286,6 +286,7 @@ def test_key_limits_hold_across_two_api_processes(make_stack, report) -> None:  
     write_recording_function(stack.functions, "echoed", stack.root / "runs")
     fast = make_key(stack, "fast", "invoke:*", options=("--rate", "5/s"))
     few = make_key(stack, "few", "invoke:*", options=("--max-inflight", "3", "--daily", "5"))
+    waits = make_key(stack, "waits", "invoke:*", options=("--max-queued", "2"))
     apis = [start_api(stack.config, stack.root / f"api-{i}.log", free_port()) for i in range(2)]
     try:
         bases = [base for _, base in apis]
@@ -329,6 +330,12 @@ def test_key_limits_hold_across_two_api_processes(make_stack, report) -> None:  
         daily = post(6, few)
         assert daily.status_code == 429 and daily.json()["limit"] == "daily", daily.text
         assert daily.headers["ratelimit-policy"] == '"daily";q=5;w=86400'
+
+        # waiting: 2 of its invocations wait to start (no worker), the 3rd is refused
+        assert all(post(i, waits).status_code == 202 for i in range(2))
+        queued = post(2, waits)
+        assert queued.status_code == 429 and queued.json()["limit"] == "max_queued", queued.text
+        assert queued.headers["ratelimit-policy"] == '"max_queued";q=2'
     finally:
         for proc, _ in apis:
             proc.stop()
