@@ -357,8 +357,8 @@ def test_a_map_jobs_deadline_expires_what_it_has_not_run(make_stack) -> None:  #
         )
         assert started.status_code == 202, started.text
         url = started.json()["status_url"]
-        job = wait_until(
-            lambda: api.get(url).json(), lambda j: j["status"] != "running", 20, "its deadline"
+        job = wait_until(  # ended: its running chunk stopped and settled too
+            lambda: api.get(url).json(), lambda j: j["finished_at"] is not None, 20, "its end"
         )
         counts = job["counts"]
         assert job["status"] == "expired", job

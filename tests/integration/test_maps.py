@@ -127,7 +127,13 @@ def test_20000_items_over_echo(api: TestClient) -> None:  # type: ignore[type-ar
     assert accepted["status"] in ("running", "succeeded")
     done = finished(api, accepted)
     assert done["status"] == "succeeded" and done["progress"] == 1.0
-    assert done["counts"] == {"succeeded": 20_000, "failed": 0, "cancelled": 0, "pending": 0}
+    assert done["counts"] == {
+        "succeeded": 20_000,
+        "failed": 0,
+        "cancelled": 0,
+        "expired": 0,
+        "pending": 0,
+    }
     assert done["items_per_second"] > 0 and done["eta_seconds"] is None
     got = lines(api, accepted)
     assert [line["index"] for line in got] == list(range(20_000))
@@ -191,6 +197,7 @@ def test_items_fail_by_themselves_and_retry(api: TestClient) -> None:  # type: i
         "succeeded": 60 - failed,
         "failed": failed,
         "cancelled": 0,
+        "expired": 0,
         "pending": 0,
     }
     # the failures are counted as single invocations' are
