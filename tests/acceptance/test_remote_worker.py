@@ -29,6 +29,7 @@ from tests.support import (
     RedisServer,
     conveyor,
     invoke,
+    most_at_once,
     result,
     start_worker,
     until_reloaded,
@@ -263,11 +264,7 @@ def test_concurrency_holds_across_two_machines(
         assert all(d["status"] == "succeeded" for d in done), done
         machines = {d["output"] for d in done}  # the workers that ran them
         held = [tuple(map(float, line.split())) for line in spans.read_text().splitlines()]
-        edges = sorted([(s, 1) for s, _ in held] + [(e, -1) for _, e in held])
-        peak = now = 0
-        for _, step in edges:
-            now += step
-            peak = max(peak, now)
+        peak = most_at_once(held)
         assert peak <= 2, held
         assert len(machines) == 2, machines  # both machines ran some
         report(

@@ -17,6 +17,7 @@ from tests.support import (
     free_port,
     invoke,
     make_key,
+    most_at_once,
     result,
     start_api,
     wait_for,
@@ -150,16 +151,6 @@ def run(seconds: float) -> int:
 """
 
 
-def peak(spans: list[tuple[float, float]]) -> int:
-    """The most spans open at once."""
-    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
-    most = now = 0
-    for _, step in edges:
-        now += step
-        most = max(most, now)
-    return most
-
-
 def spans(log: Path) -> list[tuple[float, float]]:
     lines = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
     return [(float(start), float(end)) for _, _, start, end in lines]
@@ -183,7 +174,7 @@ def test_concurrency_holds_across_workers_and_a_lost_slot_comes_back(make_stack,
         assert all(o["status"] == "succeeded" for o in outcomes), outcomes
         held = spans(log)
         pids = {o["output"] for o in outcomes}
-        assert peak(held) <= 2, held
+        assert most_at_once(held) <= 2, held
         described = api.get("/functions/licensed").json()
         assert described["concurrency"] == 2 and described["running"] == 0, described
         # two long attempts hold both slots; their worker is SIGKILLed: the slots come back
@@ -200,7 +191,7 @@ def test_concurrency_holds_across_workers_and_a_lost_slot_comes_back(make_stack,
         freed_after = time.time() - killed
         assert done["status"] == "succeeded", done
     report(
-        f"concurrency = 2 over 2 workers (6 processes): 12 invocations, peak {peak(held)} at"
+        f"concurrency = 2 over 2 workers (6 processes): 12 invocations, peak {most_at_once(held)} at"
         f" once, on {len(pids)} processes; a SIGKILLed worker's slots freed and the next"
         f" invocation done {freed_after:.2f} s after the kill ([worker] slot_lease 2 s)"
     )

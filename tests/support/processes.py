@@ -205,3 +205,14 @@ def start_api(
     )
     assert proc.proc.poll() is None, log.read_text()[-3000:]
     return proc, base
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most (start, end) spans open at one moment (handlers' own times, to check a
+    concurrency limit)."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
