@@ -513,18 +513,14 @@ class InvocationClient:
             f" cancelled (POST /functions/{function}/purge)",
         }
         purged = 0
+        waiting = (InvocationStatus.QUEUED, InvocationStatus.RETRYING)
         for member in members:
             invocation_id = str(member).partition("\0")[2]
-            values = transition_args(
-                invocation_id,
-                (InvocationStatus.QUEUED, InvocationStatus.RETRYING),
-                InvocationStatus.CANCELLED,
-                metrics=self.settings.metrics.enabled,
-                error=json.dumps(error),
+            changed, previous = await self._change(
+                invocation_id, waiting, InvocationStatus.CANCELLED, error=json.dumps(error)
             )
-            with broker_errors():
-                changed, previous, *_ = await self.scripts.call(TRANSITION, **values)
-                if not previous:  # its record expired while it waited: forget it
+            if not previous:  # its record expired while it waited: forget it
+                with broker_errors():
                     await self.redis.zrem(keyspace.WAITING, member)
             purged += int(changed)
         log.info("invocations_purged", function=function, purged=purged)
@@ -575,11 +571,22 @@ class InvocationClient:
     ) -> bool:
         """End an invocation here rather than in a worker (a training once its version is
         stored; one whose deadline passed before it started): whether it changed."""
+        changed, _ = await self._change(invocation_id, allowed, to, **fields)
+        return bool(changed)
+
+    async def _change(
+        self,
+        invocation_id: str,
+        allowed: tuple[InvocationStatus, ...],
+        to: InvocationStatus,
+        **fields: str,
+    ) -> tuple[int, str]:
+        """Run :data:`TRANSITION` from the API: (changed, previous status; '' no record)."""
         values = transition_args(invocation_id, allowed, to, metrics=self.settings.metrics.enabled)
         values["fields"] += [value for pair in fields.items() for value in pair]
         with broker_errors():
-            changed, *_ = await self.scripts.call(TRANSITION, **values)
-        return bool(changed)
+            changed, previous, *_ = await self.scripts.call(TRANSITION, **values)
+        return int(changed), str(previous)
 
     def _kill_later(self, invocation_id: str, grace: float) -> None:
         """Kill the attempt after ``grace`` seconds, if it still runs then (a task that

@@ -15,13 +15,18 @@ local function take_slot(slots, id, concurrency, now, lease_end)
   return true
 end
 
--- Move up to ``n`` parked messages back to their queues (to be taken next).
+-- A parked entry ("<queue list> <message>") back on its queue, to be taken next.
+local function requeue(entry)
+  local space = string.find(entry, ' ', 1, true)
+  redis.call('RPUSH', string.sub(entry, 1, space - 1), string.sub(entry, space + 1))
+end
+
+-- Move up to ``n`` parked messages back to their queues.
 local function unpark(parked, n)
   for _ = 1, n do
     local entry = redis.call('LPOP', parked)
     if not entry then return end
-    local space = string.find(entry, ' ', 1, true)
-    redis.call('RPUSH', string.sub(entry, 1, space - 1), string.sub(entry, space + 1))
+    requeue(entry)
   end
 end
 

@@ -16,8 +16,7 @@ end
 if K.rate_parked ~= '' then
   for _, entry in ipairs(redis.call('ZRANGEBYSCORE', K.rate_parked, '-inf', A.now)) do
     redis.call('ZREM', K.rate_parked, entry)
-    local space = string.find(entry, ' ', 1, true)
-    redis.call('RPUSH', string.sub(entry, 1, space - 1), string.sub(entry, space + 1))
+    requeue(entry)
     moved = moved + 1
   end
 end
