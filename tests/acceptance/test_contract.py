@@ -31,7 +31,11 @@ content_type_overrides:
 """
 
 # A valid Range past a file's end is answered 416 (RFC 9110): a range no schema can rule out.
+# A ?wait request lasts up to [api] max_wait when its invocation is queued behind the
+# fuzzing's others: each request may take that long and a little more
 SCHEMATHESIS_CONFIG = """
+request-timeout = 45
+
 [[operations]]
 include-operation-id = "read_file"
 checks.positive_data_acceptance.expected-statuses = [200, 206, 304, 401, 403, 404, 416]
@@ -47,7 +51,7 @@ parameters = { wait = 0 }
 @pytest.fixture(scope="module")
 def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     stack: Stack = make_stack()
-    stack.set_settings("api", auth='"keys"')
+    stack.set_settings("api", auth='"keys"', max_wait=30)
     copy_examples(stack.functions, "echo", "iris")
     stack.worker("--queues", "realtime")
     return stack
