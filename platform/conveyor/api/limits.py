@@ -21,12 +21,12 @@ from conveyor.errors import (
     InvocationFinishedError,
     InvocationNotFoundError,
 )
-from conveyor.invocations.records import InvocationStatus
+from conveyor.invocations.records import UNPARK_EVERY, InvocationStatus
 from conveyor.log import get_logger
 
 log = get_logger(__name__)
 
-LOOK_EVERY = 0.25  # seconds between looks for deadlines that have come
+LOOK_EVERY = UNPARK_EVERY  # seconds between looks for deadlines, slots and turns that came
 
 
 async def end_due(platform: Platform) -> int:

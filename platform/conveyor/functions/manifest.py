@@ -251,16 +251,6 @@ class Manifest(_Section):
         return self
 
     @model_validator(mode="after")
-    def _concurrency_of_a_function(self) -> Self:
-        for key in ("concurrency", "rate"):
-            if getattr(self.limits, key) is not None and self.batching is not None:
-                raise ValueError(
-                    f"[limits] {key} does not apply to a batching function yet: its batches"
-                    " run as one; bound them with max_batch_size and the workers' concurrency"
-                )
-        return self
-
-    @model_validator(mode="after")
     def _handler_or_steps(self) -> Self:
         if self.steps is None:
             if self.function.handler is None:

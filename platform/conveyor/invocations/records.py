@@ -274,6 +274,9 @@ def counted_keys(metrics: bool) -> dict[str, str]:
     return _counted() if metrics else dict.fromkeys(_counted(), "")
 
 
+UNPARK_EVERY = 0.25  # seconds between an API process's moves of parked messages (api/limits)
+
+
 @dataclass(frozen=True)
 class Slot:
     """What :data:`START` needs for a function with ``[limits] concurrency`` or ``rate``:

@@ -13,6 +13,7 @@ each names. No functions folder is read: a worker needs only the Redis URL.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -25,7 +26,7 @@ from celery.concurrency import get_implementation
 from celery.utils.log import mlevel
 from celery.worker import state
 
-from conveyor.broker.app import create_celery
+from conveyor.broker.app import BATCH_TASK_NAME, create_celery
 from conveyor.broker.census import Heartbeats
 from conveyor.db import keyspace
 from conveyor.db.connections import sync_client
@@ -210,21 +211,31 @@ class WorkerProcess:
                 pipe = client.pipeline(transaction=False)
                 if tags:
                     pipe.zadd(keyspace.KOMBU_UNACKED_INDEX, dict.fromkeys(tags, now), xx=True)
-                for function, invocation_id in self._slot_holders(held):
+                for function, invocation_id in self._slot_holders(client, held):
                     pipe.zadd(keyspace.slots(function), {invocation_id: now + lease}, xx=True)
                 pipe.execute()
             except redis.RedisError as exc:
                 log.warning("lease_renewal_failed", error=str(exc))
 
-    def _slot_holders(self, held: list[Any]) -> list[tuple[str, str]]:
-        """(function, invocation id) of the attempts running here that hold a slot."""
-        found = []
+    def _slot_holders(self, client: redis.Redis, held: list[Any]) -> list[tuple[str, str]]:
+        """(function, invocation id) of the attempts running here that hold a slot: a
+        batch's are its items (the run its parent knows, ``batch-run:<task id>``)."""
+        found, batches = [], []
         for request in held:
             kwargs = request.kwargs or {}
-            function, invocation_id = kwargs.get("function"), kwargs.get("invocation_id")
-            served = self.serving.get(function or "")
-            if invocation_id and served is not None and served[1].limits.concurrency:
-                found.append((str(function), str(invocation_id)))
+            function = str(kwargs.get("function"))
+            served = self.serving.get(function)
+            if served is None or not served[1].limits.concurrency:
+                continue
+            if request.type == BATCH_TASK_NAME:
+                batches.append((function, keyspace.batch_run(str(request.id))))
+            elif invocation_id := kwargs.get("invocation_id"):
+                found.append((function, str(invocation_id)))
+        if batches:
+            runs = client.mget([run for _, run in batches])
+            for (function, _), run in zip(batches, runs, strict=True):
+                items = json.loads(run)["items"] if run else []
+                found += [(function, str(item["invocation_id"])) for item in items]
         return found
 
     def _heartbeat(self) -> None:
