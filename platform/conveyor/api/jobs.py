@@ -135,19 +135,6 @@ class JobsController(Controller):
         assert entry.spec is not None and entry.schemas is not None
         platform.invocations.refuse_when_full()
         deadline = request_deadline(request, None)  # Cancel-After, for every item
-        declared = entry.spec.manifest.limits
-        if declared.concurrency is not None or declared.rate is not None:
-            raise ValidationError(
-                f"{name!r} has [limits] concurrency or rate, which a map job's chunks do not"
-                " hold to yet: invoke it once per input instead",
-                [
-                    {
-                        "field": "name",
-                        "message": "has [limits] concurrency or rate",
-                        "type": "Limits",
-                    }
-                ],
-            )
         media = _media(request)
         key = idempotency_key(request)
         job_id = str(uuid.uuid4())

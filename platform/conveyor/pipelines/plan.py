@@ -75,11 +75,8 @@ class Planner:
                 "skip": step.section.on_error == "skip",
                 "in_use": keyspace.in_use(inner.name, inner.version),
             } | self._runs(inner, schemas, level, depth, workers)
-            limits = inner.manifest.limits
-            chunked = not schemas.streams and limits.concurrency is None and limits.rate is None
-            if step.for_each is not None and built["kind"] != "pipeline" and chunked:
-                # its elements run as a map job's items, in chunks: a map job's speed (a
-                # function with [limits] concurrency or rate takes them one invocation each)
+            if step.for_each is not None and built["kind"] != "pipeline" and not schemas.streams:
+                # its elements run as a map job's items, in chunks: a map job's speed
                 built["job"] = self._job(inner, level, workers)
             uses.append(built["in_use"])
             planned.append(built)

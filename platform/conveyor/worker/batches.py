@@ -19,11 +19,10 @@ How it works:
    per batch. Items left over re-arm a trigger.
 3. With ``[limits] concurrency`` or ``rate`` a batch counts as its items: before it reads
    any, the trigger takes as many places as there are free slots (up to max_batch_size)
-   and a turn of the rate for each (``batch_admit.lua``); with none free, or before its
+   and a turn of the rate for each (``worker/places.py``); with none free, or before its
    turn, the trigger is parked as an invocation's message would be, and a slot let go (or
    the turn, come) moves it back to its queue. The items it read then hold a slot each,
-   as single invocations do, and unused places and turns are given back
-   (``batch_settle.lua``).
+   as single invocations do, and unused places and turns are given back.
 4. An item that fails fails alone; a retryable one waits in ``batch-delayed`` for its
    backoff, with a trigger scheduled for then.
 5. The supervising parent knows what a batch holds (``batch-run:<task id>``): when a child
@@ -55,7 +54,7 @@ from conveyor.db.scripts import script
 from conveyor.errors import ConveyorError
 from conveyor.functions.loader import LoadedFunction
 from conveyor.functions.manifest import Manifest
-from conveyor.invocations.records import UNPARK_EVERY, InvocationStatus, Requeue
+from conveyor.invocations.records import InvocationStatus, Requeue
 from conveyor.log import get_logger
 from conveyor.metrics import db as stats
 from conveyor.runtime.capture import Captured
@@ -67,6 +66,7 @@ from conveyor.worker.executor import (
     soft_limit_error,
 )
 from conveyor.worker.files import Attempt
+from conveyor.worker.places import Places
 
 log = get_logger(__name__)
 
@@ -75,8 +75,6 @@ DRAIN_FOR = 1.0  # seconds one trigger task goes on running batches of a backlog
 
 ARM = script("worker", "arm")
 MOVE_DUE = script("worker", "move_due")
-ADMIT = script("invocations", "batch_admit")
-SETTLE = script("invocations", "batch_settle")
 
 
 @dataclass(frozen=True)
@@ -142,15 +140,23 @@ class Batches:
         started = time.monotonic()
         assert manifest.batching is not None
         room = manifest.batching.max_batch_size
-        limited = manifest.limits.concurrency is not None or manifest.limits.rate is not None
-        if limited:
-            token = f"batch:{task_id}:{uuid.uuid4().hex[:8]}"
-            room = self._admit(manifest, trigger, version, token, room)
+        places = Places(
+            self.executor.scripts,
+            trigger.function,
+            manifest,
+            self.executor.settings.worker.slot_lease,
+        )
+        token = f"batch:{task_id}:{uuid.uuid4().hex[:8]}"
+        if places.limited:
+            park = encode_batch_trigger(self.app, trigger, version)
+            room, _ = places.take(token, room, park)
             if room == 0:
+                log.info("batch_parked", reason="[limits] concurrency or rate")
                 return False
         items = self._collect(manifest, stream, trigger.function, room)
-        if limited:
-            self._settle(manifest, trigger.function, token, room, items)
+        if places.limited:
+            ids = tuple(item.invocation_id for item in items)
+            places.settle(token, room, len(ids), ids)
         if not items:
             return False
         run_key = keyspace.batch_run(task_id)
@@ -185,49 +191,6 @@ class Batches:
         answers = pipe.execute()
         waiting, armed = sum(answers[: len(lists)]), answers[len(lists)]
         return waiting <= armed and _undelivered(answers[len(lists) + 1 :])
-
-    def _admit(
-        self, manifest: Manifest, trigger: Route, version: str, token: str, size: int
-    ) -> int:
-        """How many items the next batch may take under the function's concurrency and
-        rate (0: none now, and a new trigger is parked until it may run)."""
-        limits = manifest.limits
-        queue_key, message = encode_batch_trigger(self.app, trigger, version)
-        room = self.executor.scripts.call(
-            ADMIT,
-            **_limit_keys(manifest, trigger.function),
-            rate_parked=keyspace.rate_parked(trigger.function) if limits.rate else "",
-            armed=keyspace.batch_armed(trigger.function),
-            now=repr(time.time()),
-            lease_end=repr(time.time() + self.executor.settings.worker.slot_lease),
-            concurrency=str(limits.concurrency or ""),
-            emission=repr(limits.emission or 0.0),
-            size=str(size),
-            token=token,
-            park_list=queue_key,
-            park_message=message,
-            armed_ttl=keyspace.BATCH_ARMED_TTL,
-            slack=repr(UNPARK_EVERY),
-        )
-        if not room:
-            log.info("batch_parked", reason="concurrency or rate")
-        return int(room)
-
-    def _settle(
-        self, manifest: Manifest, function: str, token: str, room: int, items: list[Item]
-    ) -> None:
-        """The items read hold the slots the batch's places held; the rest go back."""
-        self.executor.scripts.call(
-            SETTLE,
-            **_limit_keys(manifest, function),
-            now=repr(time.time()),
-            lease_end=repr(time.time() + self.executor.settings.worker.slot_lease),
-            room=str(room),
-            token=token,
-            emission=repr(manifest.limits.emission or 0.0),
-            record_prefix=keyspace.record(""),
-            ids=[item.invocation_id for item in items],
-        )
 
     def _collect(self, manifest: Manifest, stream: str, function: str, size: int) -> list[Item]:
         """Up to ``size`` items: abandoned ones first, then waiting ones, then any that
@@ -451,16 +414,6 @@ class Batches:
             self.executor.worker_lost(item.invocation_id)
         queue_key, message = batch["trigger"]
         self._arm(batch["function"], queue_key, message)
-
-
-def _limit_keys(manifest: Manifest, function: str) -> dict[str, str]:
-    """The keys of the function's [limits] concurrency and rate ('' each without)."""
-    limited, rated = manifest.limits.concurrency is not None, manifest.limits.rate is not None
-    return {
-        "slots": keyspace.slots(function) if limited else "",
-        "parked": keyspace.parked(function) if limited else "",
-        "rate_key": keyspace.rate(function) if rated else "",
-    }
 
 
 def _queue_undelivered(pipe: Any, stream: str) -> None:

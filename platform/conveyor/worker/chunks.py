@@ -30,11 +30,13 @@ from conveyor.context import InvocationContext
 from conveyor.db import keyspace
 from conveyor.errors import ConveyorError
 from conveyor.functions.loader import LoadedFunction
+from conveyor.invocations.records import UNPARK_EVERY
 from conveyor.log import get_logger
 from conveyor.maps import db as maps
 from conveyor.runtime import error_payload
 from conveyor.worker.executor import LOST_WORKER_ALLOWANCE, Executor, bind
 from conveyor.worker.files import Attempt
+from conveyor.worker.places import Places
 
 log = get_logger(__name__)
 
@@ -77,6 +79,9 @@ class Outcomes:
         self.retries: list[str] = []  # flat: entry, due
         self.seconds: list[float] = []
         self.back: list[str] = []  # entries not run: the chunk yielded to more urgent work
+        # or found no place under its function's limits: then the job waits parked until
+        # this time (0: until a slot is let go)
+        self.parked: float | None = None
 
     def succeeded(self, index: int, attempt: int, seconds: float, output: str) -> None:
         # the output last: a pipeline's fan-in reads it without parsing the rest
@@ -222,7 +227,13 @@ class Chunks:
                 else:
                     urgent = _more_urgent(str(queue), int(priority))
                     self._run_items(
-                        fn, job, entries, outcomes, urgent=urgent, redelivered=int(starts) > 1
+                        fn,
+                        job,
+                        chunk,
+                        entries,
+                        outcomes,
+                        urgent=urgent,
+                        redelivered=int(starts) > 1,
                     )
         self.settle(job, chunk, task_id, outcomes)
 
@@ -230,6 +241,7 @@ class Chunks:
         self,
         fn: LoadedFunction,
         job: str,
+        chunk: int,
         entries: list[str],
         out: Outcomes,
         *,
@@ -238,11 +250,19 @@ class Chunks:
     ) -> None:
         """Run the items in order (parsed as they come). After the first one (or batch),
         and then every :data:`SLICE` seconds, look: a cancel stops the chunk; work more
-        urgent than the chunk waiting in its queue makes it give its other items back."""
+        urgent than the chunk waiting in its queue makes it give its other items back.
+        Under [limits] concurrency or rate each item (or batch) first takes its places and
+        turns (``worker/places.py``); with none to be had soon the chunk gives its other
+        items back and the job waits parked (:meth:`settle`)."""
         limit = fn.manifest.limits.timeout
         size = fn.manifest.batching.max_batch_size if fn.manifest.batching else 1
+        places = Places(
+            self.executor.scripts, fn.name, fn.manifest, self.executor.settings.worker.slot_lease
+        )
+        token = f"map:{job}:{chunk}"
+        start = 0
         with Lookout(self.redis, job, urgent) as lookout:
-            for start in range(0, len(entries), size):
+            while start < len(entries):
                 seen = lookout.answer() if start else None
                 if seen is not None:
                     running, waiting = seen
@@ -252,8 +272,33 @@ class Chunks:
                     if waiting:  # single invocations (or a more urgent job): let them go
                         out.back += entries[start:]
                         return
-                group = entries[start : start + size]
-                self._run_group(fn, job, group, out, limit=limit, redelivered=redelivered)
+                room = min(size, len(entries) - start)
+                if places.limited:
+                    room = self._take(places, token, room, out)
+                    if room == 0:
+                        out.back += entries[start:]
+                        return
+                group = entries[start : start + room]
+                try:
+                    self._run_group(fn, job, group, out, limit=limit, redelivered=redelivered)
+                finally:
+                    if places.limited:
+                        places.settle(token, room, len(group))
+                start += room
+
+    @staticmethod
+    def _take(places: Places, token: str, size: int, out: Outcomes) -> int:
+        """Places for up to ``size`` items: a turn of the rate that comes within
+        :data:`UNPARK_EVERY` is waited for here; otherwise none, and ``out.parked`` says
+        until when the job waits (0: until a slot is let go)."""
+        while True:
+            room, turn = places.take(token, size)
+            if room or turn is None or turn - time.time() > UNPARK_EVERY:
+                break
+            time.sleep(max(0.0, turn - time.time()))
+        if not room:
+            out.parked = turn or 0.0
+        return room
 
     def _run_group(
         self,
@@ -339,7 +384,7 @@ class Chunks:
         k, size = int(fields.get("chunks", 0)), self._size(fields, seen)
         message = ("", "")
         room = int(fields.get("outstanding", 0)) - 1 < self._window(fields)
-        if fields.get("status") == "running" and room:
+        if fields.get("status") == "running" and room and out.parked is None:
             message = chunk_message(self.app, job, fields, k, size)
         queue_key = message[0] or keyspace.queue_list(fields["queue"], 0)
         outcomes: list[Any] = [len(out.results) // 5, *out.results]
@@ -366,7 +411,9 @@ class Chunks:
         )
         if stop:  # a pipeline's step failed: the chunks of its siblings stop
             kill_now(self.app, [str(task) for task in stop])
-        if message[1] and not fed:
+        if out.parked is not None:
+            self._park(job, fields, out.parked)
+        elif message[1] and not fed:
             self.feed(job)  # another feeder took chunk k: feed with the next number
         elif earliest and not fed and not out.retries:
             self._timer(job, fields, float(earliest) - time.time())
@@ -395,6 +442,18 @@ class Chunks:
                     self._timer(job, fields, float(earliest[0][1]) - time.time())
                 if int(cast(str, self.redis.hget(keyspace.map_job(job), "chunks") or 0)) == k:
                     return  # nothing to feed (not a lost race)
+
+    def _park(self, job: str, fields: dict[str, str], turn: float) -> None:
+        """After the chunk gave its items back for want of a slot (``turn`` 0) or a turn
+        of the rate: a timer that feeds the job waits parked, as an invocation's message
+        would, until a slot is let go or the turn comes (written after the settle, so the
+        feed it starts finds the items given back)."""
+        queue_key, message = delay_message(self.app, job, fields, 0)
+        function = fields["function"]
+        if turn:
+            self.redis.zadd(keyspace.rate_parked(function), {f"{queue_key} {message}": turn})
+        else:
+            self.redis.rpush(keyspace.parked(function), f"{queue_key} {message}")
 
     def _timer(self, job: str, fields: dict[str, str], seconds: float) -> None:
         queue_key, message = delay_message(self.app, job, fields, seconds)

@@ -26,7 +26,7 @@ from celery.concurrency import get_implementation
 from celery.utils.log import mlevel
 from celery.worker import state
 
-from conveyor.broker.app import BATCH_TASK_NAME, create_celery
+from conveyor.broker.app import BATCH_TASK_NAME, MAP_TASK_NAME, create_celery
 from conveyor.broker.census import Heartbeats
 from conveyor.db import keyspace
 from conveyor.db.connections import sync_client
@@ -218,8 +218,9 @@ class WorkerProcess:
                 log.warning("lease_renewal_failed", error=str(exc))
 
     def _slot_holders(self, client: redis.Redis, held: list[Any]) -> list[tuple[str, str]]:
-        """(function, invocation id) of the attempts running here that hold a slot: a
-        batch's are its items (the run its parent knows, ``batch-run:<task id>``)."""
+        """(function, member) of the slots the attempts running here hold: an
+        invocation's id; a batch's items' ids (the run its parent knows,
+        ``batch-run:<task id>``); a map job chunk's places (worker/places)."""
         found, batches = [], []
         for request in held:
             kwargs = request.kwargs or {}
@@ -229,6 +230,11 @@ class WorkerProcess:
                 continue
             if request.type == BATCH_TASK_NAME:
                 batches.append((function, keyspace.batch_run(str(request.id))))
+            elif request.type == MAP_TASK_NAME and int(kwargs.get("chunk", -1)) >= 0:
+                batching = served[1].batching
+                token = f"map:{kwargs.get('job')}:{kwargs.get('chunk')}"
+                size = batching.max_batch_size if batching else 1
+                found += [(function, f"{token}:{i}") for i in range(1, size + 1)]
             elif invocation_id := kwargs.get("invocation_id"):
                 found.append((function, str(invocation_id)))
         if batches:
