@@ -467,3 +467,34 @@ def test_a_map_job_holds_to_concurrency_and_rate(make_stack, report) -> None:  #
     assert len(spans(held)) == 20 and peak <= 2, spans(held)
     assert in_two <= 20 + 1, starts  # the first start has no turn to wait
     assert starts[-1] - starts[0] >= 2.5, starts  # 30 at 10/s: 2.9 s after the first
+
+
+def test_ids_whose_records_are_gone_stop_counting(make_stack) -> None:  # type: ignore[no-untyped-def]
+    """A record that expires while still queued (past its pending_ttl) leaves no place held
+    under max_queued or its key's limits: an API process forgets such ids (every minute,
+    and at its first look)."""
+    stack: Stack = make_stack()
+    stack.set_settings("api", auth='"keys"')
+    write_recording_function(
+        stack.functions, "held", stack.root / "runs", "[limits]\nmax_queued = 2\n"
+    )
+    key = make_key(stack, "waits", "invoke:*", options=("--max-queued", "2", "--max-inflight", "2"))
+    headers = {"Authorization": f"Bearer {key}"}
+    with stack.api() as api:
+        ids = [
+            api.post("/functions/held/invoke", json={"input": n}, headers=headers).json()["id"]
+            for n in range(2)
+        ]
+        full = api.post("/functions/held/invoke", json={"input": 2}, headers=headers)
+        assert full.status_code == 429, full.text
+    for invocation_id in ids:  # as if their pending_ttl had passed with nobody to run them
+        stack.redis.delete(f"conveyor:job:{invocation_id}")
+    with stack.api() as api:
+        wait_for(
+            lambda: api.get("/functions/held", headers=headers).json()["waiting"] == 0,
+            10,
+            "the gone ids forgotten",
+        )
+        usage = api.get("/keys/me", headers=headers).json()
+        again = api.post("/functions/held/invoke", json={"input": 3}, headers=headers)
+        assert again.status_code == 202, (again.text, usage)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from conveyor.api.jobs import end_job
 from conveyor.api.services import Platform
@@ -27,6 +28,7 @@ from conveyor.log import get_logger
 log = get_logger(__name__)
 
 LOOK_EVERY = UNPARK_EVERY  # seconds between looks for deadlines, slots and turns that came
+FORGET_EVERY = 60.0  # seconds between looks for waiting ids whose records are gone
 
 
 async def end_due(platform: Platform) -> int:
@@ -96,12 +98,17 @@ async def unpark(platform: Platform) -> int:
 
 async def limits_forever(platform: Platform) -> None:
     """The limits' loop of one API process (any number may run): deadlines, slots whose
-    lease ran out, and Redis's memory against its cap for new work."""
+    lease ran out, and Redis's memory against its cap for new work; every minute (the
+    first look too), the ids counted as waiting whose records are gone."""
+    forgot = -FORGET_EVERY
     while True:
         await asyncio.sleep(LOOK_EVERY)
         try:
             await end_due(platform)
             await unpark(platform)
             await platform.invocations.check_memory()
+            if time.monotonic() - forgot >= FORGET_EVERY:
+                forgot = time.monotonic()
+                await platform.invocations.forget_gone()
         except ConveyorError as exc:  # Redis away: the next look tries again
             log.warning("limits_not_looked_at", error=str(exc))

@@ -540,6 +540,37 @@ class InvocationClient:
             )
         return int(moved)
 
+    async def forget_gone(self, batch: int = 500) -> int:
+        """Take out of the waiting set and the API keys' usage sets (waiting, in flight)
+        the ids whose record is gone: it expired while still queued (past its
+        ``pending_ttl``) or its key was removed by hand. Left there, they would hold a
+        place under ``max_queued`` and a key's limits for good. How many went."""
+        gone = 0
+        with broker_errors():
+            sets = [keyspace.WAITING]
+            async for key in self.redis.scan_iter(match=f"{keyspace.KEY_USAGE}*", count=batch):
+                if str(key).endswith((":waiting", ":inflight")):
+                    sets.append(str(key))
+            for name in sets:
+                members = [str(m) async for m, _ in self.redis.zscan_iter(name, count=batch)]
+                for at in range(0, len(members), batch):
+                    gone += await self._forget_gone(name, members[at : at + batch])
+        if gone:
+            log.warning("waiting_ids_forgotten", count=gone, why="their records are gone")
+        return gone
+
+    async def _forget_gone(self, name: str, members: list[str]) -> int:
+        # the waiting set's members are "<function>\0<id>"; the usage sets' are ids
+        ids = [m.rpartition("\0")[2] for m in members]
+        pipe = self.redis.pipeline(transaction=False)
+        for invocation_id in ids:
+            pipe.exists(keyspace.record(invocation_id))
+        found = await pipe.execute()
+        missing = [m for m, there in zip(members, found, strict=True) if not there]
+        if missing:
+            await self.redis.zrem(name, *missing)
+        return len(missing)
+
     async def running(self, function: str) -> int:
         """How many slots of ``function``'s [limits] concurrency are held."""
         with broker_errors():
