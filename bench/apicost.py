@@ -48,12 +48,12 @@ def cpu_per_call(
     return {**result, "cpu_ms": used / calls * 1000}
 
 
-def baseline_platform(into: Path) -> Path | None:
-    """The ``platform/`` folder of :data:`BASELINE_REF`, unpacked under ``into``; None
-    without git history."""
+def baseline_platform(into: Path, ref: str = BASELINE_REF) -> Path | None:
+    """The ``platform/`` folder of ``ref`` (:data:`BASELINE_REF`), unpacked under
+    ``into``; None without git history."""
     try:
         archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", BASELINE_REF, "platform"],
+            ["git", "-C", str(REPO), "archive", ref, "platform"],
             capture_output=True,
             check=True,
         ).stdout

@@ -7,7 +7,8 @@ BENCH_ONLY=store (or embed: the real model; coldstart; request: the API's cost p
 invocation and [api] workers = 2; failover: [redis] min_replicas and BENCH_FAILOVERS
 (default 10) kills of the primary; files: the image example and a 10 MiB file; streams:
 a generator's chunks through SSE; pipelines; limits: echo with every [limits] key set
-against echo) runs those rows alone.
+against echo, and echo against the code before the limits, BENCH_LIMITS_BASELINE) runs
+those rows alone.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ DEPLOYS = 10
 MAP_ITEMS = 100_000
 MLP_MAP_ITEMS = 20_000
 UPLOAD_ITEMS = 1_000_000
+# main before issue 27 (the limits): what a function without limits costs against it
+LIMITS_BASELINE = os.environ.get("BENCH_LIMITS_BASELINE", "aade902")
 
 
 @dataclass
@@ -106,6 +109,7 @@ class Platform:
 
     root: Path
     settings: str = ""  # more deploy.toml tables
+    env: dict[str, str] | None = None  # of its processes (PYTHONPATH: a baseline's code)
     redis: RedisServer = field(init=False)
     procs: list[Process] = field(default_factory=list)
 
@@ -127,7 +131,7 @@ class Platform:
             + self.settings,
         )
         port = free_port()
-        api, self.base = start_api(self.config, self.root / "api.log", port)
+        api, self.base = start_api(self.config, self.root / "api.log", port, self.env)
         self.api = api
         self.procs.append(api)
 
@@ -137,6 +141,7 @@ class Platform:
             self.root / f"worker{len(self.procs)}.log",
             *args,
             redis_client=self.redis.client(),
+            env=self.env,
         )
         self.procs.append(proc)
         return proc
@@ -398,7 +403,7 @@ def main() -> int:
             ]
 
             rows += request_path_rows(env, root)
-            rows += map_rows(env, tp["rate"]) + pipeline_rows(env)
+            rows += map_rows(env, tp["rate"]) + pipeline_rows(env) + limit_rows(env, root)
             rows += access_rows(env, root)
             rows.append(metrics_row(env, root))
 
@@ -456,7 +461,7 @@ def only_rows(env: Platform, root: Path, worker: Process) -> list[Row] | None:
     if only == "pipelines":
         return pipeline_rows(env)
     if only == "limits":
-        return limit_rows(env)
+        return limit_rows(env, root)
     alone = {"embed": embed_rows, "coldstart": coldstart_rows}.get(only)
     if alone is None:
         return None
@@ -853,18 +858,32 @@ def pipeline_rows(env: Platform) -> list[Row]:
     ]
 
 
-def limit_rows(env: Platform) -> list[Row]:
-    """The throughput load over ``echolimited`` (every [limits] key set, none reached)
-    against ``echo``, in turn, on the one worker process of the main scenarios: what the
-    checks cost."""
+def limit_rows(env: Platform, root: Path) -> list[Row]:
+    """What the limits' checks cost on the throughput load: over ``echolimited`` (every
+    [limits] key set, none reached) against ``echo``, on the one worker process of the main
+    scenarios; and ``echo`` (no limits) against ``echo`` on the code before the limits
+    (:data:`LIMITS_BASELINE`: its API and worker, on a Redis of their own), in turn."""
     conveyor_throughput(env.base)  # warm
-    rates: dict[str, list[float]] = {"echo": [], "echolimited": []}
-    for _ in range(RUNS):  # in turn, so both see the same machine
-        for name, seen in rates.items():
-            load = _http_load(env.base, name, lambda i: i, BURST, CLIENTS)
-            seen.append(asyncio.run(load)["rate"])
+    old = baseline_platform(root / "before-limits", LIMITS_BASELINE)
+    before = None
+    if old is not None:
+        before = Platform(root / "before-limits-run", env=env_with_path(old))
+        before.worker("--queues", "realtime,default", "--concurrency", "1")
+        conveyor_throughput(before.base)  # warm
+    loads = {"echo": (env.base, "echo"), "echolimited": (env.base, "echolimited")}
+    if before is not None:
+        loads["before"] = (before.base, "echo")
+    rates: dict[str, list[float]] = {name: [] for name in loads}
+    try:
+        for _ in range(RUNS):  # in turn, so each sees the same machine
+            for name, (base, function) in loads.items():
+                load = _http_load(base, function, lambda i: i, BURST, CLIENTS)
+                rates[name].append(asyncio.run(load)["rate"])
+    finally:
+        if before is not None:
+            before.close()
     limited, plain = (statistics.median(rates[k]) for k in ("echolimited", "echo"))
-    return [
+    rows = [
         Row(
             "limits",
             "all set vs none (/s)",
@@ -875,6 +894,20 @@ def limit_rows(env: Platform) -> list[Row]:
             limited >= 0.9 * plain,
         )
     ]
+    if "before" in rates:
+        was = statistics.median(rates["before"])
+        rows.append(
+            Row(
+                "limits",
+                "none set vs before (/s)",
+                plain,
+                was,
+                "/s",
+                "≥ 0.97×",
+                plain >= 0.97 * was,
+            )
+        )
+    return rows
 
 
 def mlp_map_row(env: Platform) -> Row:
