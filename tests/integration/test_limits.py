@@ -498,3 +498,55 @@ def test_ids_whose_records_are_gone_stop_counting(make_stack) -> None:  # type: 
         usage = api.get("/keys/me", headers=headers).json()
         again = api.post("/functions/held/invoke", json={"input": 3}, headers=headers)
         assert again.status_code == 202, (again.text, usage)
+
+
+def test_key_limits_count_map_jobs_and_pipeline_runs(make_stack) -> None:  # type: ignore[no-untyped-def]
+    """A map job takes a turn of its key's rate and counts its items against the daily
+    limit; a pipeline's run takes a turn and counts one; an Idempotency-Key's replay
+    counts nothing."""
+    stack: Stack = make_stack()
+    stack.set_settings("api", auth='"keys"')
+    write_recording_function(stack.functions, "echoed", stack.root / "runs")
+    folder = stack.functions / "chain"
+    folder.mkdir()
+    (folder / "function.toml").write_text(
+        '[[steps]]\nname = "one"\nfunction = "echoed"\n[[steps]]\nname = "two"\nfunction = "echoed"\n'
+    )
+    daily = make_key(stack, "daily", "invoke:*", options=("--daily", "10"))
+    slow = make_key(stack, "slow", "invoke:*", options=("--rate", "1/m"))
+    with stack.api() as api:
+
+        def post(path: str, key: str, body: dict, **headers: str) -> httpx.Response:  # type: ignore[type-arg]
+            return api.post(path, json=body, headers={"Authorization": f"Bearer {key}", **headers})
+
+        first = post("/functions/echoed/map", daily, {"inputs": list(range(6))})
+        assert first.status_code == 202, first.text
+        again = post(
+            "/functions/echoed/map", daily, {"inputs": list(range(6))}, **{"Idempotency-Key": "j"}
+        )
+        assert again.status_code == 429 and again.json()["limit"] == "daily", again.text
+        assert again.headers["ratelimit-policy"] == '"daily";q=10;w=86400'
+        fits = post(
+            "/functions/echoed/map", daily, {"inputs": [1, 2, 3, 4]}, **{"Idempotency-Key": "k"}
+        )
+        assert fits.status_code == 202, fits.text
+        replay = post(
+            "/functions/echoed/map", daily, {"inputs": [1, 2, 3, 4]}, **{"Idempotency-Key": "k"}
+        )
+        assert replay.status_code == 202 and replay.json()["id"] == fits.json()["id"], replay.text
+        me = api.get("/keys/me", headers={"Authorization": f"Bearer {daily}"}).json()
+        assert me["usage"]["today"] == 10, me
+        over = post("/functions/echoed/invoke", daily, {"input": 1})
+        assert over.status_code == 429 and over.json()["limit"] == "daily", over.text
+
+        run = post("/functions/chain/invoke", slow, {"input": 1})
+        assert run.status_code == 202, run.text
+        second = post("/functions/chain/invoke", slow, {"input": 2})
+        assert second.status_code == 429 and second.json()["limit"] == "rate", second.text
+        assert second.json()["scope"] == "key" and int(second.headers["retry-after"]) >= 1
+        job = post("/functions/echoed/map", slow, {"inputs": [1]})
+        assert job.status_code == 429 and job.json()["limit"] == "rate", job.text
+    # the refused jobs left nothing behind: two jobs, their ten items
+    assert stack.redis.zcard("conveyor:maps:echoed") == 2
+    jobs = {key.split(":")[2] for key in stack.redis.keys("conveyor:map:*")}
+    assert len(jobs) == 2, jobs

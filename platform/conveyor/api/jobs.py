@@ -151,10 +151,17 @@ class JobsController(Controller):
             total = await self._upload(
                 platform, entry, job_id, fields, pairs, limits=limits, files=files
             )
+            idempotency = keyspace.map_idempotency(name, caller.owner or "", key) if key else ""
+            await platform.invocations.take_key(
+                name,
+                caller.owner,
+                caller.key.limits if caller.key is not None else None,
+                total,
+                idempotency,
+            )
         except BaseException:
             await platform.maps.discard(job_id)
             raise
-        idempotency = keyspace.map_idempotency(name, caller.owner or "", key) if key else ""
         if entry.spec.manifest.is_pipeline:  # each item a run, its steps frozen for all
             plan = platform.planner.plan(entry.spec, int(fields["priority"]))
             first = await store.start_runs(

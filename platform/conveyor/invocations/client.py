@@ -44,6 +44,7 @@ from conveyor.functions.registry import FunctionSpec
 from conveyor.invocations.records import (
     ACTIVE,
     DELETE,
+    KEY_TAKE,
     RUN,
     SUBMIT,
     TRANSITION,
@@ -180,6 +181,7 @@ class InvocationClient:
                 submit = self._submit_values(spec, inv, fields, idempotency, digest)
                 submit |= key_values(owner, key_limits)
             else:
+                await self.take_key(spec.name, owner, key_limits, 1, idempotency)
                 submit = self._run_values(inv, fields, idempotency, digest, plan)
             submit["holders"] = [keyspace.file_holders(file_id) for file_id in files]
             first, notice = await self._store(inv.id, submit, SUBMIT if plan is None else RUN)
@@ -213,6 +215,35 @@ class InvocationClient:
             record = InvocationRecord.from_hash(inv.id, fields)
             record = await self._until_final(record, events, wait, None)
             return replace(record, notice=notice) if notice else record
+
+    async def take_key(
+        self,
+        function: str,
+        owner: str | None,
+        limits: KeyLimits | None,
+        count: int,
+        idempotency: str = "",
+    ) -> None:
+        """A map job of ``count`` items, or a pipeline's run, asks its API key's limits
+        before it is accepted (:class:`KeyLimitError`): it takes a turn of the key's rate
+        and counts ``count`` against its daily limit. (A single invocation asks in its
+        submit's own step.) An ``idempotency`` key used before asks nothing."""
+        if owner is None or limits is None or not limits.any:
+            return
+        values = key_values(owner, limits)
+        del values["usage"]
+        with broker_errors():
+            answer = await self.scripts.call(
+                KEY_TAKE,
+                **values,
+                idempotency=idempotency,
+                rejections=keyspace.METRICS_REJECTIONS if self.settings.metrics.enabled else "",
+                function_name=function,
+                count=str(count),
+            )
+        if str(answer).startswith("limited "):
+            _, limit, after = str(answer).split()
+            raise KeyLimitError(limit, int(after), limits)
 
     async def _store(
         self, invocation_id: str, submit: dict[str, Any], accept: Script

@@ -49,6 +49,7 @@ DELETE = script("invocations", "delete")
 WITHDRAW = script("invocations", "withdraw")
 PROGRESS = script("invocations", "progress")
 RUN = script("pipelines", "run")  # a pipeline run accepted: its record and first step
+KEY_TAKE = script("invocations", "key_take")  # a map job's or a run's API key limits
 
 
 def now() -> float:

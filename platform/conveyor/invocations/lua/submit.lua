@@ -15,10 +15,8 @@
 -- ``max_queued`` (its function's [limits] max_queued, '' none) reached, nothing is written
 -- and the answer is 'full' (unless the idempotency key was used: that answer comes first).
 -- A record with ``start_by`` is added to ``deadlines`` (invocations/deadline).
--- Its API key's limits (``key_*``, '' each without: a GCRA over ``key_rate`` with
--- ``key_emission`` between requests and a burst of ``key_tolerance`` seconds; its
--- unfinished invocations ``key_inflight``; its waiting ones ``key_waiting``; its count today
--- ``key_daily``) are checked in the same step: one reached answers "limited <limit>
+-- Its API key's limits (``key_*``, '' each without: invocations/key_limits) are checked
+-- in the same step: one reached answers "limited <limit>
 -- <seconds to retry after>" and nothing is written. A refusal is counted in
 -- ``rejections`` ('' when [metrics] is off). ``usage``: the prefix of the keys' usage keys.
 -- KEYS: record queue armed trigger_list idempotency version_record in_use sent sent_messages sent_sequence stream stream_events waiting deadlines rejections key_rate key_inflight key_waiting key_daily ...holders
@@ -27,33 +25,13 @@
 --! include invocations/waiting
 --! include invocations/deadline
 --! include streams/event
+--! include invocations/key_limits
 local function count_refusal(limit)
   if K.rejections ~= '' then
     redis.call('HINCRBY', K.rejections, A.function_name .. '\t' .. limit, 1)
   end
 end
 local now = tonumber(A.now)
--- The API key's limits, each nil when it has none: which is reached, and when to retry.
-local function key_limit()
-  if A.key_max_daily ~= '' and
-     tonumber(redis.call('GET', K.key_daily) or '0') >= tonumber(A.key_max_daily) then
-    return 'daily', tonumber(A.day_left)
-  end
-  if A.key_max_inflight ~= '' and
-     redis.call('ZCARD', K.key_inflight) >= tonumber(A.key_max_inflight) then
-    return 'max_inflight', 1
-  end
-  if A.key_max_queued ~= '' and
-     redis.call('ZCARD', K.key_waiting) >= tonumber(A.key_max_queued) then
-    return 'max_queued', 1
-  end
-  if A.key_emission ~= '' then
-    local tat = math.max(tonumber(redis.call('GET', K.key_rate) or '0'), now)
-    local early = tat - now - tonumber(A.key_tolerance)
-    if early > 0 then return 'rate', early end
-  end
-  return nil
-end
 local replay = K.idempotency ~= '' and redis.call('EXISTS', K.idempotency) == 1
 if not replay then
   if A.max_queued ~= '' and
@@ -61,7 +39,7 @@ if not replay then
     count_refusal('max_queued')
     return 'full'
   end
-  local limit, after = key_limit()
+  local limit, after = key_limit(K, A, now, 1)
   if limit then
     count_refusal('key:' .. limit)
     return 'limited ' .. limit .. ' ' .. math.ceil(after)
@@ -75,16 +53,7 @@ redis.call('HSET', K.record, 'waits', '1')
 wait_in(K.waiting, K.record, A.id, A.usage)
 local inflight = usage_key(K.record, A.usage, ':inflight')
 if inflight then redis.call('ZADD', inflight, now, A.id) end
-if A.key_max_daily ~= '' then
-  redis.call('INCR', K.key_daily)
-  redis.call('EXPIRE', K.key_daily, 2 * 86400)
-end
-if A.key_emission ~= '' then
-  local tat = math.max(tonumber(redis.call('GET', K.key_rate) or '0'), now) +
-              tonumber(A.key_emission)
-  redis.call('SET', K.key_rate, string.format('%.6f', tat), 'PX',
-             math.ceil((tat - now) * 1000) + 1000)
-end
+key_accepted(K, A, now, 1)
 deadline_submitted(K.deadlines, K.record, A.id)
 if A.message ~= '' then
   local queued = cjson.encode({status = 'queued', ahead = redis.call('LLEN', K.queue)})
