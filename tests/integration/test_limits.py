@@ -550,3 +550,42 @@ def test_key_limits_count_map_jobs_and_pipeline_runs(make_stack) -> None:  # typ
     assert stack.redis.zcard("conveyor:maps:echoed") == 2
     jobs = {key.split(":")[2] for key in stack.redis.keys("conveyor:map:*")}
     assert len(jobs) == 2, jobs
+
+
+def test_a_pipeline_runs_deadline(make_stack) -> None:  # type: ignore[no-untyped-def]
+    """Cancel-After on a pipeline's run: not started by then, it ends expired and none of
+    its steps runs; still running then, it is cancelled with the step that runs."""
+    stack: Stack = make_stack()
+    runs = stack.root / "runs"
+    write_recording_function(stack.functions, "noted", runs)
+    write_function(stack.functions, "sleepy", SLEEPY, '[function]\nhandler = "handler:run"\n')
+    for name, first in (("later", "noted"), ("slow", "sleepy")):
+        folder = stack.functions / name
+        folder.mkdir()
+        (folder / "function.toml").write_text(
+            f'[[steps]]\nname = "one"\nfunction = "{first}"\n'
+            '[[steps]]\nname = "two"\nfunction = "noted"\n'
+        )
+    with stack.api() as api:
+        late = api.post(
+            "/functions/later/invoke", json={"input": 1}, headers={"Cancel-After": "0.5s"}
+        )
+        assert late.status_code == 202, late.text
+        ended = result(api, "later", late.json()["id"], wait=10)
+        assert ended["status"] == "expired", ended
+        assert {s["status"] for s in ended["steps"]} <= {"expired", "cancelled", "pending"}, ended
+        stack.worker("--queues", "default", "--concurrency", "2")
+        held = api.post(
+            "/functions/slow/invoke", json={"input": 30}, headers={"Cancel-After": "2s"}
+        )
+        assert held.status_code == 202, held.text
+        stopped = result(api, "slow", held.json()["id"], wait=30)
+        assert stopped["status"] == "cancelled" and "deadline" in stopped["error"]["message"], (
+            stopped
+        )
+        fine = api.post(
+            "/functions/later/invoke", json={"input": 5}, headers={"Cancel-After": "30s"}
+        )
+        done = result(api, "later", fine.json()["id"], wait=30)
+        assert done["status"] == "succeeded" and done["output"] == 5, done
+    assert len(runs.read_text().split()) == 2  # the run in time, both its steps; none of the rest

@@ -27,7 +27,6 @@ from conveyor.api.schemas import function_body
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
-from conveyor.errors import ValidationError
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.registry import FunctionEntry, FunctionSpec
 from conveyor.invocations.records import InvocationRecord
@@ -251,12 +250,6 @@ async def _submit(  # noqa: PLR0917
     )
     priority = None if body.get("priority") is None else int(body["priority"])
     deadline = request_deadline(request, body)
-    if deadline is not None and spec.manifest.is_pipeline:
-        raise ValidationError(
-            "Cancel-After and deadline do not apply to a pipeline's run yet: cancel it"
-            f" (POST /functions/{spec.name}/results/<id>/cancel)",
-            [{"field": "deadline", "message": "not for a pipeline", "type": "Deadline"}],
-        )
     plan = None
     if spec.manifest.is_pipeline:
         census = await platform.invocations.census()

@@ -374,6 +374,7 @@ class InvocationClient:
             **counted_keys(self.settings.metrics.enabled),
             "plan": encoded(plan),
             "input": json.dumps(inv.input),
+            "deadlines": keyspace.DEADLINES,
         }
 
     def _accept_values(

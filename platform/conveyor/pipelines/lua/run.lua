@@ -5,11 +5,14 @@
 -- (JSON). Like a submit: with an ``idempotency`` key already used nothing is written and
 -- the answer is "<run id> <body digest>" of the first use; a pipeline version no longer in
 -- the function store (``version_record``) answers 0; ``holders``: the holders sets of the
--- files its input refers to. The run streams its steps' events (``stream``).
--- KEYS: record idempotency version_record in_use sent sent_messages events due wake invocations failures durations retries bucket recent stream stream_events ...holders
+-- files its input refers to. The run streams its steps' events (``stream``). A run with a
+-- request's deadline (its ``start_by``) is added to ``deadlines`` (invocations/deadline):
+-- not started by then, it ends expired; still running, cancelled.
+-- KEYS: record idempotency version_record in_use sent sent_messages events due wake invocations failures durations retries bucket recent stream stream_events deadlines ...holders
 -- ARGV: pending_ttl id digest in_use_field plan input ...fields
 --! include invocations/accept
 --! include invocations/change
+--! include invocations/deadline
 local refused = accept(K.record, K.idempotency, K.version_record, K.in_use, A.in_use_field,
                        A.id, A.digest, A.pending_ttl, {unpack(KEYS, K_REST)},
                        {unpack(ARGV, A_REST)})
@@ -22,5 +25,6 @@ local ctx = {
 }
 stream_event(K.record, K.stream, K.stream_events, A.id, 'status',
              cjson.encode({status = 'queued'}))
+deadline_submitted(K.deadlines, K.record, A.id)
 pipeline.start(ctx, A.id, cjson.decode(A.plan), A.input, A.plan)
 return 1
