@@ -358,6 +358,17 @@ def test_a_map_jobs_deadline_expires_what_it_has_not_run(make_stack) -> None:  #
         lines = [json.loads(line) for line in api.get(f"{url}/results").text.splitlines()]
         assert {line["status"] for line in lines} <= {"succeeded", "expired", "cancelled"}
         assert sum(line["status"] == "expired" for line in lines) == counts["expired"]
+        assert counts["cancelled"] <= 1, counts  # an item runs past the deadline's grace
+        # an item still running at the deadline is cancelled (killed), the rest expired
+        long = api.post(
+            "/functions/sleepy/map", json={"inputs": [30, 30, 30]}, headers={"Cancel-After": "1s"}
+        )
+        url = long.json()["status_url"]
+        job = wait_until(
+            lambda: api.get(url).json(), lambda j: j["finished_at"] is not None, 20, "its end"
+        )
+        assert job["status"] == "expired", job
+        assert job["counts"]["cancelled"] == 1 and job["counts"]["expired"] == 2, job
         bad = api.post("/functions/sleepy/map", json={"inputs": [1]}, headers={"Cancel-After": "x"})
         assert bad.status_code == 422, bad.text
 

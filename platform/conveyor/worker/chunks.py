@@ -104,9 +104,17 @@ class Outcomes:
     def cancelled(self, index: int, attempt: int) -> None:
         self.results += [str(index), "cancelled", "", "", _compact("cancelled", attempt, None)]
 
-    def cancel_all(self, entries: list[str]) -> None:
+    def expired(self, index: int, attempt: int) -> None:
+        self.results += [str(index), "expired", "", "", _compact("expired", attempt, None)]
+
+    def never_ran(self, entries: list[str], job_status: str) -> None:
+        """Items the chunk will not start: its job was cancelled, or expired at its
+        deadline (then so are they)."""
         for item in map(maps.Item.parse, entries):
-            self.cancelled(item.index, item.attempt)
+            if job_status == "expired":
+                self.expired(item.index, item.attempt)
+            else:
+                self.cancelled(item.index, item.attempt)
 
     def fail_all(self, entries: list[str], exc: BaseException) -> None:
         for item in map(maps.Item.parse, entries):
@@ -167,13 +175,13 @@ class Lookout:
         self.conn.send_packed_command(self.conn.pack_commands(self.commands))
         self.sent = time.perf_counter()
 
-    def answer(self) -> tuple[bool, bool] | None:
-        """(the job runs, more urgent work waits), if a look's answer has come; then the
+    def answer(self) -> tuple[str, bool] | None:
+        """(the job's status, more urgent work waits), if a look's answer has come; then the
         next look is sent once :data:`SLICE` has passed since the last."""
         if self.sent and self.conn.can_read(timeout=0):
             status, *lengths = [self.conn.read_response() for _ in self.commands]
             self.sent, self.answered = 0.0, time.perf_counter()
-            return status in ("running", b"running"), any(int(n) for n in lengths)
+            return str(status or ""), any(int(n) for n in lengths)
         if not self.sent and time.perf_counter() - self.answered > SLICE:
             self._send()
         return None
@@ -211,7 +219,7 @@ class Chunks:
             return  # settled already (by the parent, or a first delivery)
         outcomes = Outcomes()
         if not began:
-            outcomes.cancel_all(entries)
+            outcomes.never_ran(entries, str(self.redis.hget(keyspace.map_job(job), "status")))
         else:
             try:
                 fn = self.executor.load(function, version)
@@ -265,9 +273,9 @@ class Chunks:
             while start < len(entries):
                 seen = lookout.answer() if start else None
                 if seen is not None:
-                    running, waiting = seen
-                    if not running:
-                        out.cancel_all(entries[start:])
+                    status, waiting = seen
+                    if status != "running":
+                        out.never_ran(entries[start:], status)
                         return
                     if waiting:  # single invocations (or a more urgent job): let them go
                         out.back += entries[start:]
@@ -486,13 +494,24 @@ class Chunks:
 
     def lost(self, task_id: str, kwargs: dict[str, Any]) -> None:
         """The child died. A running job's chunk is redelivered and runs again; a cancelled
-        job's (its chunk was killed on purpose) settles now, its items cancelled."""
+        or expired job's (its chunk was killed on purpose) settles now: the item it was
+        running cancelled, the others cancelled or, past the job's deadline, expired."""
         job = kwargs.get("job")
-        if job is None or self.redis.hget(keyspace.map_job(job), "status") != "cancelled":
+        if job is None or int(kwargs.get("chunk", -1)) < 0:
             return
+        status = str(self.redis.hget(keyspace.map_job(job), "status"))
+        if status not in ("cancelled", "expired"):
+            return
+        manifest = self.executor.manifest(str(kwargs["function"]), str(kwargs["version"]))
+        batching = manifest.batching if manifest is not None else None
+        running = batching.max_batch_size if batching is not None else 1
         out = Outcomes()
-        for item in self._unfinished(job, int(kwargs["chunk"])):
-            out.cancelled(item.index, item.attempt)
+        unfinished = self._unfinished(job, int(kwargs["chunk"]))
+        for k, item in enumerate(unfinished):
+            if k < running or status == "cancelled":  # the first item or batch was running
+                out.cancelled(item.index, item.attempt)
+            else:
+                out.expired(item.index, item.attempt)
         self.settle(job, int(kwargs["chunk"]), task_id, out)
 
     def _fail_rest(self, task_id: str, kwargs: dict[str, Any], why: str) -> None:
