@@ -461,6 +461,8 @@ def test_a_map_job_holds_to_concurrency_and_rate(make_stack, report) -> None:  #
         done = _map_done(api, "heldmap", [0.2] * 20)
         assert done["status"] == "succeeded" and done["counts"]["succeeded"] == 20, done
         wait_for(lambda: api.get("/functions/heldmap").json()["running"] == 0, 10, "slots")
+        # one feed timer per job waited parked at a time: none is left over
+        wait_for(lambda: stack.redis.llen("conveyor:parked:heldmap") == 0, 10, "no timers")
         done = _map_done(api, "metmap", [0] * 30)
         assert done["status"] == "succeeded" and done["counts"]["succeeded"] == 30, done
     peak = most_at_once(spans(held))

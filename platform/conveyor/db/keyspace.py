@@ -148,6 +148,11 @@ def map_active(job_id: str) -> str:
     return f"{PREFIX}:map:{job_id}:active"
 
 
+def map_parked(job_id: str) -> str:
+    """Set while a timer that feeds the job waits parked under its function's limits."""
+    return f"{PREFIX}:map:{job_id}:parked"
+
+
 def map_jobs(function: str) -> str:
     """A function's recent jobs, by creation time."""
     return f"{PREFIX}:maps:{function}"

@@ -43,6 +43,7 @@ log = get_logger(__name__)
 SLICE = 0.002  # seconds of items between looks at the job's status
 CENSUS_EVERY = 5.0
 FEED_TRIES = 3
+PARKED_TTL = 60  # seconds: a safety net; the parked timer clears it when it runs
 
 
 class ItemTimeLimitExceeded(Exception):  # noqa: N818  # named as Celery's, which users know
@@ -203,7 +204,8 @@ class Chunks:
 
     def run(self, task: Task[Any, Any], job: str, function: str, version: str, chunk: int) -> None:
         bind(function, None, task)
-        if chunk < 0:  # a timer: retries came due
+        if chunk < 0:  # a timer: retries came due, or a slot or turn came (parked)
+            self.redis.delete(keyspace.map_parked(job))
             self.feed(job)
             return
         task_id = str(task.request.id)
@@ -260,16 +262,25 @@ class Chunks:
         and then every :data:`SLICE` seconds, look: a cancel stops the chunk; work more
         urgent than the chunk waiting in its queue makes it give its other items back.
         Under [limits] concurrency or rate each item (or batch) first takes its places and
-        turns (``worker/places.py``); with none to be had soon the chunk gives its other
-        items back and the job waits parked (:meth:`settle`)."""
+        turns (``worker/places.py``): the chunk keeps its places from one item to the next
+        (each take gives them back and takes them again in one step) and ends them when it
+        ends; with none to be had soon it gives its other items back and the job waits
+        parked (:meth:`settle`)."""
         limit = fn.manifest.limits.timeout
         size = fn.manifest.batching.max_batch_size if fn.manifest.batching else 1
         places = Places(
             self.executor.scripts, fn.name, fn.manifest, self.executor.settings.worker.slot_lease
         )
         token = f"map:{job}:{chunk}"
-        start = 0
-        with Lookout(self.redis, job, urgent) as lookout:
+        start = held = used = 0
+
+        def end_places() -> None:
+            if held:  # the places last taken, ``used`` of them by the last group
+                places.settle(token, held, used)
+
+        with contextlib.ExitStack() as stack:
+            stack.callback(end_places)
+            lookout = stack.enter_context(Lookout(self.redis, job, urgent))
             while start < len(entries):
                 seen = lookout.answer() if start else None
                 if seen is not None:
@@ -280,18 +291,15 @@ class Chunks:
                     if waiting:  # single invocations (or a more urgent job): let them go
                         out.back += entries[start:]
                         return
-                room = min(size, len(entries) - start)
-                if places.limited:
-                    room = self._take(places, token, room, out)
+                room = size
+                if places.limited:  # a whole group's places and turns, always under token
+                    held = room = self._take(places, token, size, out)
                     if room == 0:
                         out.back += entries[start:]
                         return
                 group = entries[start : start + room]
-                try:
-                    self._run_group(fn, job, group, out, limit=limit, redelivered=redelivered)
-                finally:
-                    if places.limited:
-                        places.settle(token, room, len(group))
+                used = len(group)
+                self._run_group(fn, job, group, out, limit=limit, redelivered=redelivered)
                 start += room
 
     @staticmethod
@@ -455,7 +463,10 @@ class Chunks:
         """After the chunk gave its items back for want of a slot (``turn`` 0) or a turn
         of the rate: a timer that feeds the job waits parked, as an invocation's message
         would, until a slot is let go or the turn comes (written after the settle, so the
-        feed it starts finds the items given back)."""
+        feed it starts finds the items given back). One timer per job waits: the feed it
+        starts queues chunks for every item given back meanwhile."""
+        if not self.redis.set(keyspace.map_parked(job), "1", nx=True, ex=PARKED_TTL):
+            return
         queue_key, message = delay_message(self.app, job, fields, 0)
         function = fields["function"]
         if turn:

@@ -3,8 +3,10 @@
 -- job chunk's next group (worker/chunks). Returns {places, turn}: places 0 means not now,
 -- ``turn`` then the time the rate's next turn comes ('' when slots are what is missing).
 -- Concurrency (``slots``, ``parked``: '' without): as many places as there are free slots,
--- up to ``size``, each held by a placeholder "<token>:<i>" until ``lease_end`` (those of an
--- earlier holder with the same ``token``, gone, are let go first); settle_places ends them.
+-- up to ``size``, each held by a placeholder "<token>:<i>" until ``lease_end``; those
+-- already held under ``token`` (the holder's own, taken again with each group, or an
+-- earlier holder's that is gone) are let go first, and moved on to what waits when it is
+-- refused; settle_places ends them.
 -- Rate (``rate_key``, ``rate_parked``: '' without): it starts when its function's turn has
 -- come and takes a turn for each place, so the next start waits as many turns; a holder
 -- woken late (an API process moves a parked message back within ``slack`` seconds of its
@@ -20,7 +22,11 @@ local now = tonumber(A.now)
 local room = tonumber(A.size)
 local entry = A.park_list .. ' ' .. A.park_message
 
+--! include invocations/slots
+local mine = 0  -- places this holder held until now (a chunk's, from one item to the next)
+
 local function refuse(turn)
+  if mine > 0 then unpark(K.parked, mine) end  -- let go: what waits for them moves on
   if A.park_message ~= '' then
     if turn == '' then
       redis.call('RPUSH', K.parked, entry)
@@ -33,7 +39,7 @@ local function refuse(turn)
 end
 
 if K.slots ~= '' then
-  for i = 1, room do redis.call('ZREM', K.slots, A.token .. ':' .. i) end
+  for i = 1, room do mine = mine + redis.call('ZREM', K.slots, A.token .. ':' .. i) end
   redis.call('ZREMRANGEBYSCORE', K.slots, '-inf', now)
   local free = tonumber(A.concurrency) - redis.call('ZCARD', K.slots)
   if free <= 0 then return refuse('') end
