@@ -25,6 +25,7 @@ from conveyor.broker.census import LIVE_WORKERS, QueueCensus, live_workers_args,
 from conveyor.broker.messages import Invocation, Route, encode_batch_trigger, encode_message
 from conveyor.db import keyspace, replication
 from conveyor.db.connections import broker_errors, listener_client, pooled_client
+from conveyor.db.gone import drop_gone
 from conveyor.db.scripts import Script, Scripts
 from conveyor.db.subscription import Subscription, Waiters, long_poll
 from conveyor.errors import (
@@ -594,14 +595,7 @@ class InvocationClient:
     async def _forget_gone(self, name: str, members: list[str]) -> int:
         # the waiting set's members are "<function>\0<id>"; the usage sets' are ids
         ids = [m.rpartition("\0")[2] for m in members]
-        pipe = self.redis.pipeline(transaction=False)
-        for invocation_id in ids:
-            pipe.exists(keyspace.record(invocation_id))
-        found = await pipe.execute()
-        missing = [m for m, there in zip(members, found, strict=True) if not there]
-        if missing:
-            await self.redis.zrem(name, *missing)
-        return len(missing)
+        return sum(not there for there in await drop_gone(self.redis, name, members, ids))
 
     async def running(self, function: str) -> int:
         """How many slots of ``function``'s [limits] concurrency are held."""

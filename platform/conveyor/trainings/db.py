@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from conveyor.db import keyspace
 from conveyor.db.connections import broker_errors
+from conveyor.db.gone import drop_gone
 from conveyor.db.scripts import Scripts, script
 
 TRAINED = script("trainings", "trained")
@@ -69,13 +70,7 @@ class TrainingIndex:
             ids = cast("list[str]", await self.redis.zrevrange(key, 0, limit - 1))
             if not ids:
                 return []
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for training_id in ids:
-                    pipe.exists(keyspace.record(training_id))
-                found = await pipe.execute()
-            gone = [i for i, there in zip(ids, found, strict=True) if not there]
-            if gone:
-                await self.redis.zrem(key, *gone)
+            found = await drop_gone(self.redis, key, ids, ids)
         return [i for i, there in zip(ids, found, strict=True) if there]
 
     async def claim(self, lease: float) -> str | None:
