@@ -1,11 +1,10 @@
 -- The ``places`` take_places held under ``token`` end, ``used`` of them by items that
 -- started. A batch's items (``ids``, with ``record_prefix`` their records' keys) take them
--- over: with [limits] concurrency
--- (``slots``, ``parked``: '' without) each item that may still start (queued, retrying,
--- or running when a lost attempt's item comes back) holds a slot until ``lease_end``,
--- marked on its record as an invocation's is, so the step that ends its attempt lets it go
--- (invocations/change); a map job's items (no ``ids``) ran and hold nothing. Each place no
--- item holds moves a parked message back to its queue.
+-- over: with [limits] concurrency (``slots``, ``parked``: '' without) each item that may
+-- still start (queued, retrying, or running when a lost attempt's item comes back) holds
+-- a slot until ``lease_end``, marked on its record as an invocation's is, so the step that
+-- ends its attempt lets it go (invocations/change); a map job's items (no ``ids``) ran and
+-- hold nothing. Each place no item holds moves a parked message back to its queue.
 -- With [limits] rate (``rate_key``: '' without) the turns of places not ``used`` are given
 -- back (the arrival time moves back ``emission`` each, never before ``now``).
 -- Returns how many slots the items hold.
@@ -14,7 +13,7 @@
 --! include invocations/slots
 local places = tonumber(A.places)
 local held = 0
-local taken = tonumber(A.used)
+local used = tonumber(A.used)
 for i = A_REST, #ARGV do
   local record = A.record_prefix .. ARGV[i]
   local status = redis.call('HGET', record, 'status')
@@ -28,10 +27,10 @@ if K.slots ~= '' then
   for i = 1, places do redis.call('ZREM', K.slots, A.token .. ':' .. i) end
   if places > held then unpark(K.parked, places - held) end
 end
-if K.rate_key ~= '' and taken < places then
+if K.rate_key ~= '' and used < places then
   local now = tonumber(A.now)
   local tat = tonumber(redis.call('GET', K.rate_key) or '0')
-  local back = tat - (places - taken) * tonumber(A.emission)
+  local back = tat - (places - used) * tonumber(A.emission)
   if back < now then back = now end
   if tat > now then
     redis.call('SET', K.rate_key, string.format('%.6f', back), 'PX',
