@@ -4,6 +4,7 @@
 -- GCRA over ``key_rate`` with ``key_emission`` between requests and a burst of
 -- ``key_tolerance`` seconds; its unfinished invocations ``key_inflight``; its waiting ones
 -- ``key_waiting``; how many it had accepted today, ``key_daily``.
+--! include invocations/rate
 
 -- Which limit a request for ``count`` more reaches (nil: none), and the seconds to retry
 -- after.
@@ -37,7 +38,6 @@ local function key_accepted(k, a, now, count)
   if a.key_emission ~= '' then
     local tat = math.max(tonumber(redis.call('GET', k.key_rate) or '0'), now) +
                 tonumber(a.key_emission)
-    redis.call('SET', k.key_rate, string.format('%.6f', tat), 'PX',
-               math.ceil((tat - now) * 1000) + 1000)
+    set_arrival(k.key_rate, tat, now)
   end
 end

@@ -5,6 +5,12 @@
 -- waiting ones start one per turn, in order, rather than all retrying at once; an API
 -- process moves each back to its queue when its turn comes.
 
+-- A GCRA's theoretical arrival time (``key``) set to ``tat``, kept a second past it (so
+-- a holder woken a little late still finds it: invocations/take_places).
+local function set_arrival(key, tat, now)
+  redis.call('SET', key, string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
+end
+
 -- nil: start now; else the time it may start (its turn, reserved on its record).
 local function rate_turn(rate_key, record, now, emission)
   now = tonumber(now)
@@ -19,8 +25,7 @@ local function rate_turn(rate_key, record, now, emission)
   local tat = tonumber(redis.call('GET', rate_key) or '0')
   if tat < now then tat = now end
   local after = tat + emission
-  redis.call('SET', rate_key, string.format('%.6f', after), 'PX',
-             math.ceil((after - now) * 1000) + 1000)
+  set_arrival(rate_key, after, now)
   if tat <= now then return nil end
   redis.call('HSET', record, 'rate_at', string.format('%.6f', tat))
   return tat

@@ -11,6 +11,7 @@
 -- KEYS: slots parked rate_key
 -- ARGV: now lease_end places used token emission record_prefix ...ids
 --! include invocations/slots
+--! include invocations/rate
 local places = tonumber(A.places)
 local held = 0
 local used = tonumber(A.used)
@@ -33,8 +34,7 @@ if K.rate_key ~= '' and used < places then
   local back = tat - (places - used) * tonumber(A.emission)
   if back < now then back = now end
   if tat > now then
-    redis.call('SET', K.rate_key, string.format('%.6f', back), 'PX',
-               math.ceil((back - now) * 1000) + 1000)
+    set_arrival(K.rate_key, back, now)
   end
 end
 return held

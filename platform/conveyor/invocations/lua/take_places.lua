@@ -23,6 +23,7 @@ local room = tonumber(A.size)
 local entry = A.park_list .. ' ' .. A.park_message
 
 --! include invocations/slots
+--! include invocations/rate
 local mine = 0  -- places this holder held until now (a chunk's, from one item to the next)
 
 local function refuse(turn)
@@ -54,8 +55,7 @@ if K.rate_key ~= '' then
   if kept then earliest = now - math.min(tonumber(A.slack), room * emission) end
   if tat < earliest then tat = earliest end
   local after = tat + room * emission
-  redis.call('SET', K.rate_key, string.format('%.6f', after), 'PX',
-             math.ceil((after - now) * 1000) + 1000)
+  set_arrival(K.rate_key, after, now)
 end
 if K.slots ~= '' then
   for i = 1, room do redis.call('ZADD', K.slots, A.lease_end, A.token .. ':' .. i) end
