@@ -54,6 +54,7 @@ from conveyor.invocations.records import (
     InvocationRecord,
     InvocationStatus,
     counted_keys,
+    limit_keys,
     new_record_fields,
     stream_keys,
     transition_args,
@@ -563,11 +564,11 @@ class InvocationClient:
         """Free ``function``'s slots whose worker is gone and move as many parked
         invocations back to their queues, and those whose rate turn came: how many."""
         with broker_errors():
+            keys = limit_keys(function, limited=concurrency is not None, rated=rated)
+            del keys["rate_key"]  # turns that came are read from rate_parked alone
             moved = await self.scripts.call(
                 UNPARK,
-                slots=keyspace.slots(function) if concurrency else "",
-                parked=keyspace.parked(function) if concurrency else "",
-                rate_parked=keyspace.rate_parked(function) if rated else "",
+                **keys,
                 now=repr(time.time()),
                 concurrency=str(concurrency or 0),
             )

@@ -278,6 +278,17 @@ def counted_keys(metrics: bool) -> dict[str, str]:
 UNPARK_EVERY = 0.25  # seconds between an API process's moves of parked messages (api/limits)
 
 
+def limit_keys(function: str, *, limited: bool, rated: bool) -> dict[str, str]:
+    """The keys of ``function``'s [limits] concurrency (``slots``, ``parked``) and rate
+    (``rate_key``, ``rate_parked``), '' each without: invocations/lua/slots and rate."""
+    return {
+        "slots": keyspace.slots(function) if limited else "",
+        "parked": keyspace.parked(function) if limited else "",
+        "rate_key": keyspace.rate(function) if rated else "",
+        "rate_parked": keyspace.rate_parked(function) if rated else "",
+    }
+
+
 @dataclass(frozen=True)
 class Slot:
     """What :data:`START` needs for a function with ``[limits] concurrency`` or ``rate``:
@@ -292,13 +303,9 @@ class Slot:
     message: str
 
     def values(self) -> dict[str, str]:
-        limited = self.concurrency is not None
-        rated = self.emission is not None
+        limited, rated = self.concurrency is not None, self.emission is not None
         return {
-            "slots": keyspace.slots(self.function) if limited else "",
-            "parked": keyspace.parked(self.function) if limited else "",
-            "rate_key": keyspace.rate(self.function) if rated else "",
-            "rate_parked": keyspace.rate_parked(self.function) if rated else "",
+            **limit_keys(self.function, limited=limited, rated=rated),
             "concurrency": str(self.concurrency or ""),
             "lease_end": repr(time.time() + self.lease),
             "emission": repr(self.emission or 0.0),

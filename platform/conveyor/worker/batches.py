@@ -146,8 +146,9 @@ class Batches:
             manifest,
             self.executor.settings.worker.slot_lease,
         )
-        token = f"batch:{task_id}:{uuid.uuid4().hex[:8]}"
+        token = ""
         if places.limited:
+            token = f"batch:{task_id}:{uuid.uuid4().hex[:8]}"
             park = encode_batch_trigger(self.app, trigger, version)
             room, _ = places.take(token, room, park)
             if room == 0:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from conveyor.db import keyspace
 from conveyor.db.scripts import Scripts, script
 from conveyor.functions.manifest import Manifest
-from conveyor.invocations.records import UNPARK_EVERY
+from conveyor.invocations.records import UNPARK_EVERY, limit_keys
 
 TAKE = script("invocations", "take_places")
 SETTLE = script("invocations", "settle_places")
@@ -47,7 +47,6 @@ class Places:
         places, turn = self.scripts.call(
             TAKE,
             **self._keys(),
-            rate_parked=keyspace.rate_parked(self.function) if limits.rate else "",
             armed=keyspace.batch_armed(self.function),
             now=repr(now),
             lease_end=repr(now + self.lease),
@@ -66,9 +65,11 @@ class Places:
         """End the ``places`` taken under ``token``, ``used`` of them by items that
         started; a batch's items (``ids``, invocations) hold slots of their own from now."""
         now = time.time()
+        keys = self._keys()
+        del keys["rate_parked"]  # nothing is parked when places end
         self.scripts.call(
             SETTLE,
-            **self._keys(),
+            **keys,
             now=repr(now),
             lease_end=repr(now + self.lease),
             places=str(places),
@@ -81,9 +82,6 @@ class Places:
 
     def _keys(self) -> dict[str, str]:
         limits = self.manifest.limits
-        limited, rated = limits.concurrency is not None, limits.rate is not None
-        return {
-            "slots": keyspace.slots(self.function) if limited else "",
-            "parked": keyspace.parked(self.function) if limited else "",
-            "rate_key": keyspace.rate(self.function) if rated else "",
-        }
+        return limit_keys(
+            self.function, limited=limits.concurrency is not None, rated=limits.rate is not None
+        )
