@@ -156,6 +156,13 @@ def spans(log: Path) -> list[tuple[float, float]]:
     return [(float(start), float(end)) for _, _, start, end in lines]
 
 
+def starts_within(log: Path, seconds: float) -> tuple[int, float, list[float]]:
+    """How many handlers started within ``seconds`` of the first, how long from the first
+    start to the last, and the starts (for assertion messages)."""
+    starts = sorted(start for start, _ in spans(log))
+    return sum(1 for start in starts if start < starts[0] + seconds), starts[-1] - starts[0], starts
+
+
 def test_concurrency_holds_across_workers_and_a_lost_slot_comes_back(make_stack, report) -> None:  # type: ignore[no-untyped-def]
     stack: Stack = make_stack()
     stack.set_worker(slot_lease=2, visibility_timeout=4, restore_interval=0.5)
@@ -216,12 +223,10 @@ def test_rate_holds_across_workers(make_stack, report) -> None:  # type: ignore[
         ids = [invoke(api, "metered", 0)[1]["id"] for _ in range(60)]
         outcomes = [result(api, "metered", i, wait=60) for i in ids]
         assert all(o["status"] == "succeeded" for o in outcomes), outcomes
-    starts = sorted(start for start, _ in spans(log))
-    first = starts[0]
-    in_ten = sum(1 for start in starts if start < first + 10)
+    in_ten, took, _ = starts_within(log, 10)
     report(
         f'rate = "5/s" over 2 workers (4 processes), 60 invocations queued at once: {in_ten}'
-        f" started in the first 10 s (50 expected), all done in {starts[-1] - first:.1f} s"
+        f" started in the first 10 s (50 expected), all done in {took:.1f} s"
     )
     assert abs(in_ten - 50) <= 50 * 0.05 + 1, in_ten  # the first start has no turn to wait
 
@@ -424,19 +429,17 @@ def test_a_batch_counts_as_its_items(make_stack, report) -> None:  # type: ignor
         ids = [invoke(api, "metbatch", 0)[1]["id"] for _ in range(40)]
         outcomes = [result(api, "metbatch", i, wait=60) for i in ids]
         assert all(o["status"] == "succeeded" for o in outcomes), outcomes
-    starts = sorted(start for start, _ in spans(metered))
-    first = starts[0]
-    in_two = sum(1 for start in starts if start < first + 2)
+    in_two, took, starts = starts_within(metered, 2)
     report(
         f"batching, max_batch_size 4, 2 workers (4 processes): concurrency = 3, 24 items, peak"
         f" {peak} items at once; rate = 10/s, 40 items queued at once: {in_two} started in the"
-        f" first 2 s (20 expected), all in {starts[-1] - first:.1f} s"
+        f" first 2 s (20 expected), all in {took:.1f} s"
     )
     # a batch takes a turn per item: 10 items a second after the first batch (one batch
     # more where the first handler's own start came late); one turn a batch would run
     # every batch within the first second
     assert in_two <= 20 + 4 + 4, starts
-    assert starts[-1] - first >= 3.2, starts  # 40 items at 10/s: 3.6 s after the first batch
+    assert took >= 3.2, starts  # 40 items at 10/s: 3.6 s after the first batch
 
 
 def _map_done(api, name: str, inputs: list[float]) -> dict:  # type: ignore[no-untyped-def,type-arg]
@@ -466,16 +469,15 @@ def test_a_map_job_holds_to_concurrency_and_rate(make_stack, report) -> None:  #
         done = _map_done(api, "metmap", [0] * 30)
         assert done["status"] == "succeeded" and done["counts"]["succeeded"] == 30, done
     peak = most_at_once(spans(held))
-    starts = sorted(start for start, _ in spans(metered))
-    in_two = sum(1 for start in starts if start < starts[0] + 2)
+    in_two, took, starts = starts_within(metered, 2)
     report(
         f"map jobs over 3 workers (5 processes): concurrency = 2, 20 items of 0.2 s, peak {peak}"
         f' at once; rate = "10/s", 30 items: {in_two} started in the first 2 s (20 expected),'
-        f" all in {starts[-1] - starts[0]:.1f} s"
+        f" all in {took:.1f} s"
     )
     assert len(spans(held)) == 20 and peak <= 2, spans(held)
     assert in_two <= 20 + 1, starts  # the first start has no turn to wait
-    assert starts[-1] - starts[0] >= 2.5, starts  # 30 at 10/s: 2.9 s after the first
+    assert took >= 2.5, starts  # 30 at 10/s: 2.9 s after the first
 
 
 def test_ids_whose_records_are_gone_stop_counting(make_stack) -> None:  # type: ignore[no-untyped-def]
