@@ -181,6 +181,11 @@ class BrokerUnavailableError(ConveyorError):
     """Redis, the broker and result store, cannot be reached."""
 
 
+class RedisCommandError(ConveyorError):
+    """Redis refused a command or a script failed: a fault of Conveyor's, not an outage
+    (a script checks what can fail before it writes, so nothing half-done is left)."""
+
+
 class RedisFullError(BrokerUnavailableError):
     """Redis holds more than ``[redis] max_memory_bytes`` (or ``max_memory_fraction`` of its
     maxmemory): new work is refused with 503 until it drains; what was accepted runs."""

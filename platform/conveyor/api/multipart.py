@@ -24,7 +24,7 @@ from conveyor.files.db import FileMeta
 from conveyor.files.intake import PIECE, FileIntake
 from conveyor.files.store import FileWriter
 from conveyor.functions.loader import FunctionSchemas
-from conveyor.nesting import check_text
+from conveyor.nesting import check_portable, check_text
 
 FIELDS = ("input", "priority", "webhook")  # the parts that are JSON, not files
 MAX_FILES = 64  # file parts one invoke may carry
@@ -217,7 +217,9 @@ def _json(name: str, text: bytes, depth: int) -> Any:
     (as a form's text field sends it; the function's schema says whether it is an input)."""
     check_text(text, depth)
     try:
-        return json.loads(text)
+        value = json.loads(text)
+        check_portable(value, name, text)
+        return value
     except (ValueError, UnicodeDecodeError) as exc:
         if name == "input":
             with contextlib.suppress(UnicodeDecodeError):

@@ -13,7 +13,7 @@ from litestar.exceptions import ClientException, HTTPException
 from conveyor.api.operations import IDEMPOTENCY_KEY_PATTERN, VERSION_PATTERN
 from conveyor.api.services import Platform
 from conveyor.errors import InputTooLargeError
-from conveyor.nesting import check_text
+from conveyor.nesting import check_portable, check_text
 
 QUERY = "query"  # a route handler's ``opt``: the query parameters it takes (see takes())
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
@@ -51,9 +51,11 @@ def parse_json(body: bytes, content_type: str, limit: int, depth: int) -> Any:
         raise InputTooLargeError(f"the body is {len(body)} bytes; this function accepts {limit}")
     check_text(body, depth)
     try:
-        return json.loads(body, parse_constant=_not_json)
+        value = json.loads(body, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ClientException(f"the body is not valid JSON: {exc}") from None
+    check_portable(value, "", body)
+    return value
 
 
 def _not_json(constant: str) -> Any:

@@ -33,6 +33,7 @@ from conveyor.errors import (
     NotTrainableError,
     PermissionDeniedError,
     QueueFullError,
+    RedisCommandError,
     TooDeepError,
     ValidationError,
     VersionNotFoundError,
@@ -76,6 +77,7 @@ _STATUS: dict[type[Exception], tuple[int, str]] = {
     FunctionUnavailableError: (503, "function-unavailable"),
     NotReplicatedError: (503, "not-replicated"),
     BrokerUnavailableError: (503, "broker-unavailable"),
+    RedisCommandError: (500, "redis-command-failed"),
 }
 
 
@@ -133,6 +135,8 @@ def conveyor_error(request: Request[Any, Any, Any], exc: Exception) -> Response[
         headers = {"WWW-Authenticate": challenge}
     if isinstance(exc, BrokerUnavailableError):
         log.warning("broker_unavailable", error=str(exc), path=request.url.path)
+    if isinstance(exc, RedisCommandError):
+        log.error("redis_command_failed", error=str(exc), path=request.url.path)
     if isinstance(exc, ValidationError):
         extra["errors"] = exc.errors
     if isinstance(exc, NotReplicatedError):

@@ -26,7 +26,7 @@ from ijson.backends import python as ijson_python
 from litestar.exceptions import ClientException
 
 from conveyor.errors import InputTooLargeError, ValidationError
-from conveyor.nesting import check_text, too_deep
+from conveyor.nesting import check_portable, check_text, too_deep
 
 ENVELOPE = ("inputs", "priority", "webhook")
 NDJSON = "application/x-ndjson"
@@ -157,6 +157,7 @@ async def _line(raw: bytearray, number: int, index: int, limits: ItemLimits) -> 
     except (ValueError, UnicodeDecodeError) as exc:
         raise ClientException(f"line {number} of the body is not JSON: {exc}") from None
     await _pause(large)
+    check_portable(value, where, raw)
     return Line(value, text)
 
 
@@ -193,6 +194,7 @@ async def _json(body: BodyStream, limits: ItemLimits) -> AsyncIterator[tuple[str
                 if depth > limits.max_depth:
                     raise too_deep(limits.max_depth, f"item {index}")
                 if depth == 0:
+                    check_portable(builder.value, f"item {index}")
                     yield field, builder.value
                     index += field == "input"
                     builder = None
@@ -216,6 +218,7 @@ async def _json(body: BodyStream, limits: ItemLimits) -> AsyncIterator[tuple[str
             builder.event(event, value)
             depth = int(event in _OPEN)
             if depth == 0:
+                check_portable(builder.value, f"item {index}")
                 yield field, builder.value
                 index += field == "input"
                 builder = None

@@ -20,17 +20,35 @@ import redis.asyncio.sentinel as aiosentinel
 import redis.sentinel
 from redis.exceptions import RedisError
 
-from conveyor.errors import BrokerUnavailableError
+from conveyor.errors import BrokerUnavailableError, RedisCommandError
 from conveyor.settings import Settings
 
 HEALTH_CHECK_INTERVAL = 30
 
 
+# Redis' answers that say it cannot serve now (busy, loading, a replica, out of memory, a
+# failover under way): the caller may try again. Any other error reply is a fault.
+_UNAVAILABLE = ("BUSY", "LOADING", "MASTERDOWN", "READONLY", "OOM", "NOREPLICAS", "TRYAGAIN")
+_UNAVAILABLE_ERRORS = (
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.NoPermissionError,
+)
+
+
 @contextlib.contextmanager
 def broker_errors() -> Iterator[None]:
-    """Turn any failure to talk to Redis into :class:`BrokerUnavailableError`."""
+    """Turn any failure to talk to Redis into :class:`BrokerUnavailableError`, and an
+    error reply that is no outage (a script's error, a wrong command) into
+    :class:`RedisCommandError`: never reported as an unreachable Redis."""
     try:
         yield
+    except redis.ResponseError as exc:
+        code = getattr(exc, "status_code", None) or str(exc).partition(" ")[0]
+        if code in _UNAVAILABLE or isinstance(exc, _UNAVAILABLE_ERRORS):
+            raise BrokerUnavailableError(f"Redis cannot serve now: {exc}") from exc
+        raise RedisCommandError(f"Redis refused a command: {exc}") from exc
     except (RedisError, OSError) as exc:
         raise BrokerUnavailableError(f"Redis is unreachable: {exc}") from exc
 

@@ -14,6 +14,7 @@
 -- streaming record's stream gets the attempt's 'error', 'status' retrying and 'done' in
 -- the same step; and a pipeline's run or step goes on (``pipeline.ended``, filled in by
 -- pipelines/advance, included at the end).
+--! include db/decode
 --! include invocations/record
 --! include invocations/waiting
 --! include invocations/deadline
@@ -52,7 +53,7 @@ local function change(ctx, keys, id, allowed, to, ttl, final, fields)
     local error = redis.call('HGET', keys.record, 'error')
     if (to == 'retrying' or to == 'failed') and error then
       local failed = {attempt = attempt.attempt, redelivered = attempt.redelivered}
-      failed.error = cjson.decode(error)
+      failed.error = decoded(error, {type = 'Error', message = error})
       stream_event(keys.record, keys.stream, ctx.stream_events, id, 'error', cjson.encode(failed))
     end
     if to == 'retrying' then

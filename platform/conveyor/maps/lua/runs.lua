@@ -46,7 +46,7 @@ pipeline.mapped = function(ctx, id, record, to)
     compact = '{"s":"succeeded","a":1' .. ms .. ',"o":' .. (record.output or 'null') .. '}'
   else
     local error = {type = 'Cancelled', message = 'cancelled'}
-    if record.error then error = cjson.decode(record.error) end
+    if record.error then error = decoded(record.error, error) end
     compact = cjson.encode({s = to, a = 1, e = error})
   end
   if redis.call('HSETNX', k[1], record.map_index, compact) == 1 then

@@ -350,7 +350,7 @@ local function step_ended(ctx, id, record, to)
   if to ~= 'succeeded' then
     if found[2] ~= '1' then
       local error = {type = 'StepFailed', message = 'ended ' .. to}
-      if record.error then error = cjson.decode(record.error) end
+      if record.error then error = decoded(record.error, error) end
       error.invocation = id
       return fail_run(ctx, plan_of(state), run_id, k, record.element, error)
     end
@@ -392,7 +392,7 @@ pipeline.job_settled = function(ctx, job, settled, failed)
   if status == 'queued' then run_runs(ctx, state, run_id) end  -- its first chunk ended
   if #failed > 0 and at[2] ~= '1' then
     local first = failed[1]
-    local error = cjson.decode(first[2]).e or {type = 'StepFailed', message = 'failed'}
+    local error = (decoded(first[2], {}) or {}).e or {type = 'StepFailed', message = 'failed'}
     error.invocation = run_id .. '.' .. plan.steps[k + 1].name .. '.' .. first[1]
     return fail_run(ctx, plan, run_id, k, first[1], error)
   end

@@ -3,6 +3,7 @@
 -- the position after the value starting at ``i``; json_elements(s): a list's elements as
 -- texts; json_member(s, key): an object's member as text; json_kind(s): what ``s`` is;
 -- json_path(s, path): the part of ``s`` a path ({"key", 0, -1 ...}) selects, or nil and why.
+--! include db/decode
 local function json_skip(s, i)
   local _, e = string.find(s, '^[ \t\r\n]*', i)
   return e + 1
@@ -72,7 +73,7 @@ local function json_member(s, key)
   while string.sub(s, i, i) == '"' do
     local e = json_end(s, i)
     if not e then return nil end
-    local name = cjson.decode(string.sub(s, i, e - 1))
+    local name = decoded(string.sub(s, i, e - 1), nil)  -- undecodable: no selector's
     i = json_skip(s, e)
     if string.sub(s, i, i) ~= ':' then return nil end
     i = json_skip(s, i + 1)

@@ -13,6 +13,8 @@
 --! include invocations/accept
 --! include invocations/change
 --! include invocations/deadline
+local plan = decoded(A.plan, nil)  -- checked before anything is written
+if type(plan) ~= 'table' then return redis.error_reply('ERR the run\'s plan is not JSON') end
 local refused = accept(K.record, K.idempotency, K.version_record, K.in_use, A.in_use_field,
                        A.id, A.digest, A.pending_ttl, {unpack(KEYS, K_REST)},
                        {unpack(ARGV, A_REST)})
@@ -26,5 +28,5 @@ local ctx = {
 stream_event(K.record, K.stream, K.stream_events, A.id, 'status',
              cjson.encode({status = 'queued'}))
 deadline_submitted(K.deadlines, K.record, A.id)
-pipeline.start(ctx, A.id, cjson.decode(A.plan), A.input, A.plan)
+pipeline.start(ctx, A.id, plan, A.input, A.plan)
 return 1

@@ -3,6 +3,7 @@
 -- delivery it owes): if the record asked for ``event``, a delivery hash holding the record
 -- as it is, due now, and a wake-up for the deliverer. hash_table(key): a hash as a Lua
 -- table (the record a delivery holds).
+--! include db/decode
 local function hash_table(key)
   local flat = redis.call('HGETALL', key)
   local record = {}
@@ -11,7 +12,8 @@ local function hash_table(key)
 end
 local function webhook(event, record, id, job, delivery, due, wake)
   if not record.webhook then return end
-  local hook = cjson.decode(record.webhook)
+  local hook = decoded(record.webhook, nil)
+  if type(hook) ~= 'table' or type(hook.events) ~= 'table' then return end
   for _, wanted in ipairs(hook.events) do
     if wanted == event then
       local now = redis.call('TIME')
