@@ -202,6 +202,20 @@ def test_training_scopes_and_a_function_without_training(make_stack) -> None:  #
         assert refused.status_code == 403 and "train:scale" in refused.text, refused.text
         done = train(client, {"input": {"factor": 2}}, as_trainer)
         assert done["status"] == "succeeded", done
+        # Serving at once is a deploy's right (it ends an admin's rollback pin): train:
+        # alone may not promote; with deploy: it may.
+        as_admin = {"authorization": f"Bearer {admin}"}
+        pinned = client.post(
+            "/functions/scale/rollback", json={"version": done["version"]}, headers=as_admin
+        )
+        assert pinned.status_code == 200, pinned.text
+        promote = {"input": {"factor": 3}, "promote": True}
+        refused = client.post("/functions/scale/trainings", json=promote, headers=as_trainer)
+        assert refused.status_code == 403 and "deploy:scale" in refused.text, refused.text
+        assert stack.redis.hget("conveyor:function:scale", "pinned")
+        deployer = make_key(stack, "deployer", "train:scale", "deploy:scale")
+        promoted = train(client, promote, {"authorization": f"Bearer {deployer}"})
+        assert promoted["status"] == "succeeded" and promoted["output"]["promoted"], promoted
         assert client.get("/functions/scale/trainings", headers=as_trainer).json()["trainings"]
         mine = client.get(f"/functions/scale/trainings/{done['id']}", headers=as_caller)
         assert mine.status_code == 403, mine.text  # another key's training

@@ -127,6 +127,9 @@ class TrainingsController(Controller):
         if isinstance(body, dict) and "webhook" in body:
             platform.intake.require_enabled()
         platform.validators.validate_training(spec, schemas, body)
+        if body.get("promote") and not caller.can(Action.DEPLOY, name):
+            # Serving a version at once (and ending a rollback pin) is a deploy's right.
+            raise caller.denied(f"deploy:{name}", "promote serves the new version at once")
         webhook = await platform.intake.accept(body["webhook"]) if "webhook" in body else None
         value, files = await platform.files.resolve(
             schemas.for_training(),

@@ -7,6 +7,9 @@ A key is ``cvk_`` and 43 URL-safe characters (32 random bytes). Its scopes:
 - ``read:<glob>``: list and describe the matching functions, read any of their results;
 - ``train:<glob>``: start trainings of the matching functions (each makes a new version),
   and read and cancel the trainings this key started;
+- ``deploy:<glob>``: serve a new version of the matching functions (a training's
+  ``promote``, which also ends an admin's rollback pin);
+- ``files:write``: upload files (``POST /files``); an ``invoke:`` scope allows it too;
 - ``admin``: everything.
 
 Globs match function names as shell patterns (``invoke:*``, ``read:iris``,
@@ -30,13 +33,18 @@ from conveyor.functions.manifest import rate_per_second
 PREFIX = "cvk_"
 RANDOM_BYTES = 32
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
-_SCOPE = re.compile(r"^(?:admin|(?P<action>invoke|read|train):(?P<glob>[a-z0-9_*?\[\]!-]{1,64}))$")
+_SCOPE = re.compile(
+    r"^(?:admin|files:write|(?P<action>invoke|read|train|deploy):(?P<glob>[a-z0-9_*?\[\]!-]{1,64}))$"
+)
+FILES_WRITE = "files:write"
+SCOPE_FORMS = "invoke:<glob>, read:<glob>, train:<glob>, deploy:<glob>, files:write or admin"
 
 
 class Action(StrEnum):
     INVOKE = "invoke"
     READ = "read"
     TRAIN = "train"
+    DEPLOY = "deploy"
 
 
 def new_key() -> str:
@@ -57,12 +65,12 @@ def parse_scopes(scopes: list[str]) -> tuple[str, ...]:
     """Check each scope's form; raise naming the bad one and the forms that exist."""
     if not scopes:
         raise ApiKeyError(
-            "give a key at least one --scope (invoke:<glob>, read:<glob>, train:<glob> or admin)"
+            f"give a key at least one --scope ({SCOPE_FORMS})"
         )
     for scope in scopes:
         if not _SCOPE.match(scope):
             raise ApiKeyError(
-                f"scope {scope!r} is not one of invoke:<glob>, read:<glob>, train:<glob> or admin"
+                f"scope {scope!r} is not one of {SCOPE_FORMS}"
                 " (a glob matches function names: *, iris, team-a-*)"
             )
     return tuple(dict.fromkeys(scopes))
@@ -119,6 +127,14 @@ class KeyRecord:
     @property
     def admin(self) -> bool:
         return "admin" in self.scopes
+
+    @property
+    def uploads(self) -> bool:
+        """Whether the key may store files: ``files:write``, any ``invoke:`` scope (a file
+        is an input), or ``admin``."""
+        return self.admin or any(
+            scope == FILES_WRITE or scope.startswith("invoke:") for scope in self.scopes
+        )
 
     def allows(self, action: Action, function: str) -> bool:
         """Whether the key may ``action`` the function (``read`` of an invocation it made

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, TypeVar
 
-from conveyor.auth.keys import KeyLimits, KeyRecord
+from conveyor.auth.keys import SCOPE_FORMS, KeyLimits, KeyRecord
 from conveyor.errors import ApiKeyError, SettingsError
 from conveyor.settings import Settings, is_loopback
 
@@ -31,7 +31,7 @@ def add_commands(sub: Any) -> None:
         "--scope",
         action="append",
         required=True,
-        help="invoke:<glob>, read:<glob>, train:<glob> or admin; repeat for several",
+        help=f"{SCOPE_FORMS}; repeat for several",
     )
     create.add_argument(
         "--webhook-secret",
