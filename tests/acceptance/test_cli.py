@@ -140,7 +140,8 @@ def test_keys_and_the_cli_sending_one(tmp_path: Path) -> None:
         bad = run("keys", "create", "--name", "x", "--scope", "write:*", config=config)
         assert (
             bad.returncode == 2
-            and "invoke:<glob>, read:<glob>, train:<glob>, deploy:<glob>, files:write or admin" in bad.stderr
+            and "invoke:<glob>, read:<glob>, train:<glob>, deploy:<glob>, files:write or admin"
+            in bad.stderr
         )
         api, base = start_api(config, tmp_path / "api.log", free_port())
         try:

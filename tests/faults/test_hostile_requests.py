@@ -47,6 +47,7 @@ def api(make_stack) -> Iterator[tuple[Stack, str]]:  # type: ignore[no-untyped-d
     write_function(stack.functions, "tree", RECURSIVE, TOML)
     write_function(stack.functions, "small", "def run(x):\n    return x\n", SMALL)
     write_function(stack.functions, "large", "def run(x: str) -> int:\n    return len(x)\n", LARGE)
+    write_function(stack.functions, "gen", "def run(x: int):\n    yield x\n", TOML)
     proc, base = start_api(stack.config, stack.root / "api.log", free_port())
     yield stack, base
     proc.stop()
@@ -237,3 +238,40 @@ def _expected(answer: bytes) -> int:
         if name.strip().lower() == b"content-length":
             return len(head) + 4 + int(value)
     return len(answer)
+
+
+def test_numbers_that_are_not_ascii_digits_are_a_4xx_everywhere(api: tuple[Stack, str]) -> None:
+    """'²' passes str.isdigit() and int() refuses it; 4,300 digits int() refuses too:
+    every header, query value and part name that takes a number answers 4xx."""
+    _, base = api
+    made = httpx.post(f"{base}/files", content=b"0123456789", timeout=10).json()
+    invoked = httpx.post(f"{base}/functions/gen/invoke", json={"input": 1}, timeout=10).json()
+    huge = "9" * 5000
+    answers = {
+        "range ²": httpx.get(
+            f"{base}/files/{made['id']}", headers={"Range": "bytes=²-".encode("latin-1")}
+        ),
+        "range huge": httpx.get(f"{base}/files/{made['id']}", headers={"Range": f"bytes={huge}-"}),
+        "after ²": httpx.get(
+            f"{base}/functions/gen/results/{invoked['id']}/stream", params={"after": "²"}
+        ),
+        "last-event-id huge": httpx.get(
+            f"{base}/functions/gen/results/{invoked['id']}/stream",
+            headers={"Last-Event-ID": huge},
+        ),
+        "priority ²": httpx.post(
+            f"{base}/functions/small/map", params={"priority": "²"}, json={"inputs": [1]}
+        ),
+        "part input.²": httpx.post(
+            f"{base}/functions/small/invoke",
+            files={"input": (None, "{}"), "input.²": ("a.bin", b"x")},
+        ),
+    }
+    for what, answer in answers.items():
+        assert 200 <= answer.status_code < 500, (what, answer.status_code, answer.text)
+        if answer.status_code >= 300:
+            assert answer.status_code != 500, what
+    assert answers["range ²"].status_code == 200  # a Range not served: the whole file
+    assert answers["after ²"].status_code == 400
+    assert answers["priority ²"].status_code == 400
+    _alive(base)

@@ -5,6 +5,7 @@ holds, a refused content type, and the Redis file store's chunks."""
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import http.server
 import json
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 import pytest
@@ -48,6 +50,7 @@ READER = """
                 "content_type": f.content_type,
                 "is_file": isinstance(f, File),
                 "local": str(f).startswith("/"),
+                "path": str(f),
             }
         return {"doc": seen(item.doc), "extra": [seen(f) for f in item.extra]}
 """
@@ -394,15 +397,35 @@ def test_a_full_memory_scratch_falls_back_to_disk(stack: Stack, tmp_path: Path) 
     store = FileStore(settings.files, sync_client(settings))
     meta = store.put_bytes(b"abc", kind="upload", owner=None, ttl=60)
     files = WorkerFiles(settings, lambda: store.index.redis)
-    blocker = tmp_path / "not-a-folder"  # writing under it fails as a full /dev/shm does
-    blocker.write_text("")
-    files.memory = str(blocker)
+    files.memory = str(tmp_path)
+    files._store = store
+    fetch = store.fetch
+
+    def full(*args: Any) -> Any:  # the first write fails as a full /dev/shm does
+        store.fetch = fetch  # type: ignore[method-assign]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    store.fetch = full  # type: ignore[method-assign]
     attempt = Attempt(files, "conveyor:job:x", 60)
     got = attempt._fetch("input.doc", meta.id)
     assert got.read_bytes() == b"abc" and got.sha256 == meta.sha256
     assert str(got).startswith(files.disk) and files.memory is None
     attempt.cleanup()
     assert not got.exists()
+
+
+def test_a_file_name_no_folder_can_hold_is_made_safe(api: TestClient) -> None:  # type: ignore[type-arg]
+    """'..' and a name over 255 bytes are stored safe and written safe: the invocations
+    that use them succeed, and the pool process keeps writing small files to memory."""
+    long = "é" * 200 + ".txt"  # 404 bytes
+    for name, kept in (("..", None), (".", None), (long, "é" * 125 + ".txt")):
+        made = upload(api, b"x", filename=name)
+        assert made["filename"] == kept, made
+        status, done = invoke(api, "reader", {"doc": made["url"]}, wait=30)
+        assert status == 200 and done["status"] == "succeeded", done
+        assert done["output"]["doc"]["filename"] == kept
+        if Path("/dev/shm").is_dir():
+            assert done["output"]["doc"]["path"].startswith("/dev/shm/"), done
 
 
 def test_a_retry_with_the_same_data_uri_is_the_same_invocation(api: TestClient) -> None:  # type: ignore[type-arg]

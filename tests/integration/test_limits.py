@@ -600,3 +600,26 @@ def test_a_pipeline_runs_deadline(make_stack) -> None:  # type: ignore[no-untype
         done = result(api, "later", fine.json()["id"], wait=30)
         assert done["status"] == "succeeded" and done["output"] == 5, done
     assert len(runs.read_text().split()) == 2  # the run in time, both its steps; none of the rest
+
+
+def test_a_fractional_key_rate_lets_one_through_then_one_per_period(make_stack) -> None:  # type: ignore[no-untyped-def]
+    """'0.5/s' is a burst of one and a turn each 2 s, never a key refused for good."""
+    stack: Stack = make_stack()
+    stack.set_settings("api", auth='"keys"')
+    write_function(
+        stack.functions,
+        "echo",
+        "def run(x):\n    return x\n",
+        '[function]\nhandler = "handler:run"\n',
+    )
+    half = make_key(stack, "half", "invoke:*", options=("--rate", "0.5/s"))
+    with stack.api() as client:
+        headers = {"Authorization": f"Bearer {half}"}
+        first = client.post("/functions/echo/invoke", json={"input": 1}, headers=headers)
+        assert first.status_code == 202, first.text
+        second = client.post("/functions/echo/invoke", json={"input": 2}, headers=headers)
+        assert second.status_code == 429 and second.json()["limit"] == "rate", second.text
+        assert 1 <= int(second.headers["retry-after"]) <= 2
+        time.sleep(2.1)
+        third = client.post("/functions/echo/invoke", json={"input": 3}, headers=headers)
+        assert third.status_code == 202, third.text

@@ -26,10 +26,11 @@ from conveyor.auth.caller import Caller
 from conveyor.errors import FileNotFoundInStoreError, FileTooLargeError
 from conveyor.files import refs
 from conveyor.files.db import FileMeta
+from conveyor.integers import whole_number
 from conveyor.results import iso
 
 INLINE_LIMIT = 256 * 1024  # ?files=data_uri inlines outputs up to this size
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]{0,18})-([0-9]{0,18})$", re.ASCII)
 
 
 def base_url(platform: Platform, request: Request[Any, Any, Any]) -> str:
@@ -120,7 +121,8 @@ class FilesController(Controller):
         bodyless = length in ("", "0") and "transfer-encoding" not in request.headers
         if bodyless and "content-type" not in request.headers:  # (an empty file has a type)
             raise ClientException("no body: send the file's bytes, with their Content-Type")
-        if length.isdigit() and int(length) > limit:
+        size = whole_number(length)
+        if size is not None and size > limit:
             raise FileTooLargeError(
                 f"the file is {length} bytes, more than [files] max_bytes ({limit})"
             )

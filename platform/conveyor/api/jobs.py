@@ -36,6 +36,7 @@ from conveyor.errors import (
 from conveyor.files.db import hold
 from conveyor.files.refs import REF
 from conveyor.functions.registry import FunctionEntry
+from conveyor.integers import whole_number
 from conveyor.maps import db as maps
 from conveyor.pipelines.plan import encoded
 from conveyor.results import map_job_body, with_urls
@@ -418,9 +419,10 @@ def _priority(request: Request[Any, Any, Any]) -> int | None:
     given = request.query_params.get("priority")
     if given is None:
         return None
-    if not given.isdigit() or not 0 <= int(given) <= 9:
+    priority = whole_number(given)
+    if priority is None or priority > 9:
         raise ClientException(f"priority must be an integer from 0 to 9, not {given!r}")
-    return int(given)
+    return priority
 
 
 def _text(line: dict[str, Any], base: str) -> str:

@@ -24,6 +24,7 @@ from conveyor.files.db import FileMeta
 from conveyor.files.intake import PIECE, FileIntake
 from conveyor.files.store import FileWriter
 from conveyor.functions.loader import FunctionSchemas
+from conveyor.integers import whole_number
 from conveyor.nesting import check_portable, check_text
 
 FIELDS = ("input", "priority", "webhook")  # the parts that are JSON, not files
@@ -209,7 +210,12 @@ def check_parts(form: Form, schemas: FunctionSchemas) -> None:
 
 
 def _path(name: str) -> refs.Path:
-    return tuple(int(p) if p.isdigit() else p for p in name.split("."))
+    return tuple(_index_or_name(p) for p in name.split("."))
+
+
+def _index_or_name(part: str) -> int | str:
+    index = whole_number(part)
+    return part if index is None else index
 
 
 def _json(name: str, text: bytes, depth: int) -> Any:

@@ -13,6 +13,7 @@ from litestar.exceptions import ClientException, HTTPException
 from conveyor.api.operations import IDEMPOTENCY_KEY_PATTERN, VERSION_PATTERN
 from conveyor.api.services import Platform
 from conveyor.errors import InputTooLargeError
+from conveyor.integers import whole_number
 from conveyor.nesting import check_portable, check_text
 
 QUERY = "query"  # a route handler's ``opt``: the query parameters it takes (see takes())
@@ -23,9 +24,9 @@ _VERSION = re.compile(VERSION_PATTERN)
 
 async def limited_body(request: Request[Any, Any, Any], limit: int) -> bytes:
     """The body, refused with 413 past ``limit`` bytes (Content-Length, or as it streams)."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit():
-        if int(length) > limit:
+    length = whole_number(request.headers.get("content-length"))
+    if length is not None:
+        if length > limit:
             raise HTTPException(status_code=413, detail=_too_large(limit))
         return await request.body()  # the server holds it to its Content-Length
     body = bytearray()

@@ -27,6 +27,7 @@ from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.errors import BrokerUnavailableError, InvocationNotFoundError, NotStreamingError
 from conveyor.files import refs
+from conveyor.integers import whole_number
 from conveyor.invocations.records import InvocationRecord
 from conveyor.log import get_logger
 from conveyor.results import result_body, with_urls
@@ -68,11 +69,12 @@ class StreamsController(Controller):
 def last_event_id(request: Request[Any, Any, Any]) -> int:
     """The number of the last event the client has: ``Last-Event-ID`` or ``?after``."""
     given = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-    if not given.isdigit() or len(given) > 18:
+    after = whole_number(given)
+    if after is None:
         raise ClientException(
             f"Last-Event-ID (or ?after) is the number of the last event received; got {given!r}"
         )
-    return int(given)
+    return after
 
 
 async def _events(

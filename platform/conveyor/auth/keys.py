@@ -64,9 +64,7 @@ def same_digest(a: str, b: str) -> bool:
 def parse_scopes(scopes: list[str]) -> tuple[str, ...]:
     """Check each scope's form; raise naming the bad one and the forms that exist."""
     if not scopes:
-        raise ApiKeyError(
-            f"give a key at least one --scope ({SCOPE_FORMS})"
-        )
+        raise ApiKeyError(f"give a key at least one --scope ({SCOPE_FORMS})")
     for scope in scopes:
         if not _SCOPE.match(scope):
             raise ApiKeyError(

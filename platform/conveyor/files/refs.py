@@ -229,3 +229,25 @@ def refusal(accept: str, declared: str | None, sniffed: str | None) -> str | Non
     if not generic and not matches(accept, declared):
         return f"it was sent as {base_type(declared)}, and the field accepts {accept}"
     return None
+
+
+MAX_NAME_BYTES = 255  # what a Linux file system holds in one name
+
+
+def safe_filename(filename: str) -> str:
+    """A file name as a folder can hold it: its last part, printable, never ``.`` or
+    ``..``, at most 255 bytes of UTF-8 (cut before its extension); '' when nothing is left
+    (the platform then names the file itself)."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable() and ch not in '"\r\n').strip()
+    name = name.encode("utf-8", "ignore").decode("utf-8")  # unpaired surrogates dropped
+    if name in (".", ".."):
+        return ""
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    if not dot or len(extension.encode()) > 16:
+        stem, extension = name, ""
+    room = MAX_NAME_BYTES - len(extension.encode()) - len(dot)
+    cut = stem.encode()[:room].decode("utf-8", "ignore")
+    return f"{cut}.{extension}" if extension else cut

@@ -17,6 +17,7 @@ from pathlib import Path
 import redis
 
 from conveyor.errors import FileTooLargeError
+from conveyor.files import refs
 from conveyor.files.blobs import Blobs, RedisBlobs, S3Blobs
 from conveyor.files.db import FileIndex, FileMeta
 from conveyor.files.refs import HEAD, new_id, sniff
@@ -227,7 +228,4 @@ class FileWriter:
 
 
 def _clean(filename: str) -> str:
-    """A file name as a header may carry it: its last part, printable, at most 255."""
-    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in name if ch.isprintable() and ch not in '"\r\n')
-    return name[:255]
+    return refs.safe_filename(filename)

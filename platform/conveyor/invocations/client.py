@@ -42,6 +42,7 @@ from conveyor.errors import (
 )
 from conveyor.functions.manifest import per_period, rate_per_second
 from conveyor.functions.registry import FunctionSpec
+from conveyor.integers import whole_number
 from conveyor.invocations.records import (
     ACTIVE,
     DELETE,
@@ -434,7 +435,7 @@ class InvocationClient:
         """An element of a pipeline's for_each step ("<run>.<step>.<index>"), which runs as
         an item of the step's map job: its record, as the job's result for it says."""
         job_id, _, index = invocation_id.rpartition(".")
-        if not index.isdigit() or not job_id:
+        if whole_number(index) is None or not job_id:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keyspace.map_job(job_id))
@@ -758,8 +759,11 @@ def key_values(owner: str | None, limits: KeyLimits | None) -> dict[str, Any]:
         "key_waiting": keyspace.key_usage(owner, "waiting") if owner else "",
         "key_daily": keyspace.key_usage(owner, time.strftime("daily:%Y%m%d", day)) if owner else "",
         "key_emission": repr(1.0 / rate) if rate else "",
-        # a burst of one period's count: "10/s" lets 10 through at once, then one per 0.1 s
-        "key_tolerance": repr(per_period(given.rate) - 1.0 / rate) if given.rate and rate else "",
+        # a burst of one period's count: "10/s" lets 10 through at once, then one per 0.1 s;
+        # at least one ("0.5/s": one now, the next 2 s later, never a negative burst)
+        "key_tolerance": repr(max(per_period(given.rate) - 1.0 / rate, 0.0))
+        if given.rate and rate
+        else "",
         "key_max_inflight": str(given.max_inflight or ""),
         "key_max_queued": str(given.max_queued or ""),
         "key_max_daily": str(given.daily or ""),

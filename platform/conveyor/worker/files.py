@@ -10,6 +10,7 @@ and the record lists the files (:meth:`Attempt.listed`).
 
 from __future__ import annotations
 
+import errno
 import json
 import mimetypes
 import shutil
@@ -113,7 +114,7 @@ class Attempt:
         try:
             fetched = self.files.store.fetch(file_id, self._place, read)
         except OSError as exc:
-            if self.files.memory is None:
+            if self.files.memory is None or exc.errno != errno.ENOSPC:
                 raise
             # /dev/shm is full (a container's is 64 MiB): this process writes to disk now
             log.warning("files_memory_full", error=str(exc), scratch=self.files.disk)
@@ -138,7 +139,9 @@ class Attempt:
             folder = self.folders[root] = Path(tempfile.mkdtemp(prefix="conveyor-", dir=root))
         place = folder / meta.id
         place.mkdir(exist_ok=True)
-        return place / (meta.filename or f"input{refs.extension(meta.content_type)}")
+        # Named safe again here: a record stored before names were made safe may hold any.
+        name = refs.safe_filename(meta.filename)
+        return place / (name or f"input{refs.extension(meta.content_type)}")
 
     def outputs(self, output: Any) -> Any:
         dumped = (
