@@ -6,7 +6,7 @@ import pytest
 
 from conveyor.errors import ManifestError
 from conveyor.functions.manifest import parse_manifest
-from conveyor.settings import QueueSettings
+from conveyor.settings import QueueSettings, load_settings
 
 QUEUES = {"realtime": QueueSettings(max_timeout=60), "default": QueueSettings()}
 
@@ -113,7 +113,7 @@ def test_gpu_function_goes_to_the_gpu_variant_of_its_queue(tmp_path: Path) -> No
             r"\[training\] queue: 'gpu' is not a queue of this deployment",
         ),
         (
-            '[function]\nhandler = "h:f"\n[training]\nhandler = "t:t"\nqueue = "realtime"\n',
+            '[function]\nhandler = "h:f"\n[training]\nhandler = "t:t"\nqueue = "realtime"\ntimeout = 3600\n',
             r"\[training\] timeout: 3600.0s exceeds the max_timeout \(60.0s\) of queue 'realtime'",
         ),
         (
@@ -163,3 +163,38 @@ def test_a_training_runs_under_its_own_table(tmp_path: Path) -> None:
     assert trained.handler == "train:train" and trained.target_queue == "default"
     assert trained.limits.timeout == 600 and trained.batching is None
     assert trained.retries == manifest.retries and trained.training is None
+
+
+# Each section with only what it requires: the defaults of one never refuse another's.
+HANDLER = '[function]\nhandler = "handler:run"\n'
+MINIMAL_SECTIONS = {
+    "function": HANDLER,
+    "queue": HANDLER,  # [queue] with its name: added below
+    "resources": HANDLER + "[resources]\n",
+    "limits": HANDLER + "[limits]\n",
+    "retries": HANDLER + "[retries]\n",
+    "batching": HANDLER + "[batching]\n",
+    "results": HANDLER + "[results]\n",
+    "training": HANDLER + '[training]\nhandler = "train:train"\n',
+    "schedules": HANDLER + '[[schedules]]\nevery = "1h"\n',
+    "steps": '[[steps]]\nname = "one"\nfunction = "echo"\n',
+    "pipeline": '[pipeline]\n[[steps]]\nname = "one"\nfunction = "echo"\n',
+}
+
+
+@pytest.mark.parametrize("section", sorted(MINIMAL_SECTIONS))
+@pytest.mark.parametrize("queue", ["default", "realtime", "batch"])
+def test_a_manifest_of_defaults_passes_on_every_queue_of_deploy_toml(
+    tmp_path: Path, section: str, queue: str
+) -> None:
+    """The repository's deploy.toml, whatever queue the function names."""
+    queues = load_settings(Path(__file__).parents[2] / "deploy.toml").queues
+    text = MINIMAL_SECTIONS[section]
+    if "[[steps]]" not in text:
+        text = text.replace(HANDLER, HANDLER + f'[queue]\nname = "{queue}"\n', 1)
+    path = tmp_path / "function.toml"
+    path.write_text(text)
+    manifest = parse_manifest(path, queues)
+    if manifest.training is not None:
+        training = manifest.for_training()
+        assert training.limits.timeout == min(3600, queues[queue].max_timeout)

@@ -370,13 +370,16 @@ def parse_manifest(path: Path, queues: Mapping[str, QueueSettings]) -> Manifest:
             f" ({queue.max_timeout}s) of queue {manifest.queue.name!r} in deploy.toml"
         )
     if manifest.training is not None:
-        _check_training(path, manifest.training, manifest.queue.name, queues)
+        training = _check_training(path, manifest.training, manifest.queue.name, queues)
+        manifest = manifest.model_copy(update={"training": training})
     return manifest
 
 
 def _check_training(
     path: Path, training: TrainingSection, default: str, queues: Mapping[str, QueueSettings]
-) -> None:
+) -> TrainingSection:
+    """``[training]`` against its queue; a timeout left out is the queue's longest, up to an
+    hour (a default never refuses another default)."""
     name = training.queue or default
     queue = queues.get(name)
     if queue is None:
@@ -384,11 +387,14 @@ def _check_training(
             f"{path}: [training] queue: {name!r} is not a queue of this deployment"
             f" (deploy.toml has: {', '.join(sorted(queues))})"
         )
+    if "timeout" not in training.model_fields_set:
+        return training.model_copy(update={"timeout": min(training.timeout, queue.max_timeout)})
     if training.timeout > queue.max_timeout:
         raise ManifestError(
             f"{path}: [training] timeout: {training.timeout}s exceeds the max_timeout"
             f" ({queue.max_timeout}s) of queue {name!r} in deploy.toml"
         )
+    return training
 
 
 def _describe(path: Path, exc: ValidationError) -> str:
