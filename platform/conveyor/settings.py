@@ -311,8 +311,11 @@ class QueueSettings(_Section):
 
 class WorkerSettings(_Section):
     concurrency: int = Field(1, ge=1, le=256)
-    visibility_timeout: Seconds | None = Field(
-        None, description="unset: derived from the longest hard limit of the functions"
+    visibility_timeout: Seconds = Field(
+        20.0,
+        description="seconds before what a vanished worker held (messages, batch items) is"
+        " delivered again; a live worker re-stamps what it holds every third of it, so a"
+        " long run is never handed to a second worker",
     )
     restore_interval: Seconds = 5.0
     start_timeout: Seconds = Field(300.0, description="time a process may take in setup()")

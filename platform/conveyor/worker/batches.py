@@ -26,9 +26,11 @@ How it works:
 4. An item that fails fails alone; a retryable one waits in ``batch-delayed`` for its
    backoff, with a trigger scheduled for then.
 5. The supervising parent knows what a batch holds (``batch-run:<task id>``): when a child
-   dies it puts the items back on the stream; at the hard limit it fails them. Items of a
-   worker that vanished entirely stay pending in the group, and the next trigger (Redis
-   redelivers the dead worker's) claims them once idle longer than the hard limit.
+   dies it puts the items back on the stream; at the hard limit it fails them. While the
+   worker lives its parent claims them again every third of ``[worker]
+   visibility_timeout``; items of a worker that vanished entirely stay pending in the
+   group, and the next trigger (Redis redelivers the dead worker's) claims them once idle
+   two thirds of it.
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ from conveyor.worker.places import Places
 
 log = get_logger(__name__)
 
-CLAIM_MARGIN = 30.0  # seconds past the hard limit before another worker takes items
 DRAIN_FOR = 1.0  # seconds one trigger task goes on running batches of a backlog
 
 ARM = script("worker", "arm")
@@ -164,6 +165,7 @@ class Batches:
         record = {
             "function": trigger.function,
             "pid": os.getpid(),
+            "consumer": _consumer(),  # the parent claims the items again for it
             # the parent never loads code:
             "trigger": encode_batch_trigger(self.app, trigger, version),
             "items": [item.__dict__ for item in items],
@@ -199,8 +201,12 @@ class Batches:
         is over join the stream first.)"""
         assert manifest.batching is not None
         wait = manifest.batching.max_wait_ms / 1000
-        consumer = f"{socket.gethostname()}:{os.getpid()}"
-        idle_ms = int((manifest.limits.timeout + CLAIM_MARGIN) * 1000)
+        consumer = _consumer()
+        # A live worker's parent claims its items again every third of the visibility
+        # timeout; a vanished one's are taken once idle two thirds of it, so the trigger
+        # Redis redelivers after the timeout finds them even if they were read a little
+        # after it was delivered.
+        idle_ms = int(self.executor.settings.worker.visibility_timeout * 2000 / 3)
         pipe = self.redis.pipeline(transaction=False)
         self.executor.scripts.call(
             MOVE_DUE,
@@ -446,3 +452,8 @@ def _id(entry_id: str) -> tuple[int, int]:
 
 def _ms(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 3)
+
+
+def _consumer() -> str:
+    """This pool process's name in a batch stream's consumer group."""
+    return f"{socket.gethostname()}:{os.getpid()}"

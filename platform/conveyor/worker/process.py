@@ -1,13 +1,15 @@
 """``conveyor worker``: a supervising Celery parent and a prefork pool of children.
 
 The parent reads manifests only, from the function store (never user code, so never
-torch or CUDA): it derives the visibility timeout from the longest hard limit, keeps it
-current as functions change, writes a heartbeat so the API can say which queues have live
-workers, and drops unpacked versions the store has collected from the machine's version
-cache. Each child imports the serving versions of its queues' functions and runs
-``setup()`` once when it starts (``worker_proc_alive_timeout`` is raised to ``[worker]
-start_timeout`` for model loading), then takes one message at a time, running the version
-each names. No functions folder is read: a worker needs only the Redis URL.
+torch or CUDA): it re-stamps what it holds (its messages, its batches' items, its slots)
+every third of ``[worker] visibility_timeout``, so only what a vanished worker held is
+delivered again, within that timeout whatever the functions' time limits; it writes a
+heartbeat so the API can say which queues have live workers, and drops unpacked versions
+the store has collected from the machine's version cache. Each child imports the serving
+versions of its queues' functions and runs ``setup()`` once when it starts
+(``worker_proc_alive_timeout`` is raised to ``[worker] start_timeout`` for model loading),
+then takes one message at a time, running the version each names. No functions folder is
+read: a worker needs only the Redis URL.
 """
 
 from __future__ import annotations
@@ -42,19 +44,7 @@ from conveyor.worker.task import register_task
 
 log = get_logger(__name__)
 
-VISIBILITY_MARGIN = 30.0
-MIN_LIMIT = 30.0
 PRUNE_EVERY = 60.0  # seconds between looks for cached versions the store has collected
-
-
-def derived_visibility_timeout(manifests: list[Manifest]) -> float:
-    """Longest hard limit of any function plus a margin.
-
-    kombu's Redis transport keeps one unacked set for all queues and every worker sweeps
-    all of it, so the figure must cover every function, not only this worker's queues.
-    """
-    limits = [manifest.limits.timeout for manifest in manifests]
-    return max([MIN_LIMIT, *limits]) + VISIBILITY_MARGIN
 
 
 class WorkerProcess:
@@ -77,7 +67,7 @@ class WorkerProcess:
         self.store = StoreReader(lambda: self._client)
         self.cache = VersionCache(settings.store.cache_dir)
         self.serving = self._read_serving()
-        self.visibility_timeout = self._visibility_timeout()
+        self.visibility_timeout = settings.worker.visibility_timeout
         self.app = create_celery(settings, visibility_timeout=self.visibility_timeout)
         self.executor = Executor(settings, queues)
         register_task(self.app, self.executor)
@@ -94,21 +84,6 @@ class WorkerProcess:
 
     def _manifests(self) -> list[Manifest]:
         return [manifest for _, manifest in self.serving.values()]
-
-    def _visibility_timeout(self) -> float:
-        derived = derived_visibility_timeout(self._manifests())
-        configured = self.settings.worker.visibility_timeout
-        if configured is None:
-            return derived
-        if configured < derived - VISIBILITY_MARGIN:
-            log.warning(
-                "visibility_timeout_below_time_limit",
-                visibility_timeout=configured,
-                longest_limit=derived - VISIBILITY_MARGIN,
-                hint="a running invocation may be delivered twice; raise"
-                " [worker] visibility_timeout or unset it",
-            )
-        return configured
 
     def run(self) -> None:
         signals.setup_logging.connect(lambda **_: None, weak=False)
@@ -139,14 +114,6 @@ class WorkerProcess:
         worker.start()
         raise SystemExit(worker.exitcode)
 
-    def _on_functions_changed(self) -> None:
-        if self.settings.worker.visibility_timeout is not None:
-            return
-        new = derived_visibility_timeout(self._manifests())
-        if new > self.visibility_timeout:
-            self.visibility_timeout = new
-            self._apply_visibility_timeout()
-
     def _apply_visibility_timeout(self) -> None:
         if self._consumer is None:
             return
@@ -154,7 +121,6 @@ class WorkerProcess:
         channel.visibility_timeout = self.visibility_timeout
         # kombu caches the figure on the channel's QoS object.
         channel.qos.__dict__.pop("visibility_timeout", None)
-        log.info("visibility_timeout_raised", visibility_timeout=self.visibility_timeout)
 
     def _on_ready(self, sender: Any = None, **_: Any) -> None:
         self._consumer = sender
@@ -192,12 +158,13 @@ class WorkerProcess:
     def _renew_leases(self) -> None:
         """Keep Redis from redelivering what this worker still holds.
 
-        kombu redelivers a message once it has been unacked for the visibility timeout.
-        An attempt may legitimately run longer (the timeout was set short, or a longer
-        function was deployed), so every third of the timeout the parent re-stamps the
-        delivery time of each message it holds. Only a worker that is gone stops doing so.
-        The slots its running attempts hold ([limits] concurrency) are renewed the same way,
-        every third of ``[worker] slot_lease``.
+        kombu redelivers a message once it has been unacked for the visibility timeout,
+        and a batch's items are claimed by another worker once idle that long in the
+        stream's group; an attempt may run far longer, so every third of the timeout the
+        parent re-stamps the delivery time of each message it holds and claims its
+        batches' items again for the children that read them. Only a worker that is gone
+        stops doing so. The slots its running attempts hold ([limits] concurrency) are
+        renewed the same way, every third of ``[worker] slot_lease``.
         """
         client = self._redis()
         lease = self.settings.worker.slot_lease
@@ -211,17 +178,22 @@ class WorkerProcess:
                 pipe = client.pipeline(transaction=False)
                 if tags:
                     pipe.zadd(keyspace.KOMBU_UNACKED_INDEX, dict.fromkeys(tags, now), xx=True)
-                for function, invocation_id in self._slot_holders(client, held):
+                batches = _batch_runs(client, held)
+                for batch in batches:
+                    _keep_claimed(pipe, batch)
+                for function, invocation_id in self._slot_holders(held, batches):
                     pipe.zadd(keyspace.slots(function), {invocation_id: now + lease}, xx=True)
                 pipe.execute()
             except redis.RedisError as exc:
                 log.warning("lease_renewal_failed", error=str(exc))
 
-    def _slot_holders(self, client: redis.Redis, held: list[Any]) -> list[tuple[str, str]]:
+    def _slot_holders(
+        self, held: list[Any], batches: list[dict[str, Any]]
+    ) -> list[tuple[str, str]]:
         """(function, member) of the slots the attempts running here hold: an
-        invocation's id; a batch's items' ids (the run its parent knows,
+        invocation's id; a batch's items' ids (``batches``: the runs the parent knows,
         ``batch-run:<task id>``); a map job chunk's places (worker/places)."""
-        found, batches = [], []
+        found = []
         for request in held:
             kwargs = request.kwargs or {}
             function = str(kwargs.get("function"))
@@ -229,19 +201,18 @@ class WorkerProcess:
             if served is None or not served[1].limits.concurrency:
                 continue
             if request.type == BATCH_TASK_NAME:
-                batches.append((function, keyspace.batch_run(str(request.id))))
-            elif request.type == MAP_TASK_NAME and int(kwargs.get("chunk", -1)) >= 0:
+                continue  # its items, below
+            if request.type == MAP_TASK_NAME and int(kwargs.get("chunk", -1)) >= 0:
                 batching = served[1].batching
                 token = f"map:{kwargs.get('job')}:{kwargs.get('chunk')}"
                 size = batching.max_batch_size if batching else 1
                 found += [(function, f"{token}:{i}") for i in range(1, size + 1)]
             elif invocation_id := kwargs.get("invocation_id"):
                 found.append((function, str(invocation_id)))
-        if batches:
-            runs = client.mget([run for _, run in batches])
-            for (function, _), run in zip(batches, runs, strict=True):
-                items = json.loads(run)["items"] if run else []
-                found += [(function, str(item["invocation_id"])) for item in items]
+        for batch in batches:
+            served = self.serving.get(batch["function"])
+            if served is not None and served[1].limits.concurrency:
+                found += [(batch["function"], str(i["invocation_id"])) for i in batch["items"]]
         return found
 
     def _heartbeat(self) -> None:
@@ -256,10 +227,7 @@ class WorkerProcess:
             if time.time() - last_sweep >= sweeper.interval:
                 last_sweep = time.time()
                 sweep_quietly(sweeper)
-            serving = self._read_serving()
-            if serving != self.serving:
-                self.serving = serving
-                self._on_functions_changed()
+            self.serving = self._read_serving()
             if time.time() - last_prune >= PRUNE_EVERY:
                 last_prune = time.time()
                 self._prune_cache()
@@ -280,6 +248,28 @@ class WorkerProcess:
             except redis.RedisError as exc:
                 log.warning("heartbeat_failed", error=str(exc))
             self._stop.wait(interval)
+
+
+def _batch_runs(client: redis.Redis, held: list[Any]) -> list[dict[str, Any]]:
+    """The batches running here, as their children recorded them (worker/batches)."""
+    ids = [str(r.id) for r in held if r.type == BATCH_TASK_NAME]
+    runs = client.mget([keyspace.batch_run(i) for i in ids]) if ids else []
+    return [json.loads(run) for run in runs if run]
+
+
+def _keep_claimed(pipe: Any, batch: dict[str, Any]) -> None:
+    """A batch's items claimed again by the child that read them: their idle time in the
+    stream's group starts over, so no other worker takes them while this one lives."""
+    entries = [item["entry_id"] for item in batch["items"]]
+    if entries and batch.get("consumer"):
+        pipe.xclaim(
+            keyspace.batch_stream(batch["function"]),
+            keyspace.BATCH_GROUP,
+            batch["consumer"],
+            0,
+            entries,
+            justid=True,
+        )
 
 
 def _pool_pids(consumer: Any) -> list[int]:
