@@ -97,6 +97,9 @@ def result_body(
     if record.files:
         body["output"] = with_urls(record.output, record.files, base, inline or {})
         body["files"] = [file_view(f, base) for f in record.files]
+    elif record.pipeline and record.has_output:
+        # A run's output is its steps': their files, owned by the run's caller, as URLs.
+        body["output"] = with_urls(record.output, None, base)
     if record.error is not None:
         body["error"] = record.error
     if record.started_at is not None:

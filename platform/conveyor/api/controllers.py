@@ -176,7 +176,9 @@ class FunctionsController(Controller):
         caller.require_sees(name)
         record = await waited(platform, request, name, invocation_id)
         check_handles(caller, record, Action.READ)
-        inline = await inline_files(platform, record.files or []) if _inline(request) else None
+        inline = (
+            await inline_files(platform, caller, record.files or []) if _inline(request) else None
+        )
         steps = await run_steps(platform, record)
         if record.status.final:
             base = _base(platform, request, record)
@@ -291,8 +293,9 @@ async def run_steps(platform: Platform, record: InvocationRecord) -> Steps:
 
 
 def _base(platform: Platform, request: Request[Any, Any, Any], record: InvocationRecord) -> str:
-    """The base of its files' URLs: worked out only for a record that has files."""
-    return base_url(platform, request) if record.files else ""
+    """The base of its files' URLs: worked out only for a record that has files (a run's
+    output may hold its steps')."""
+    return base_url(platform, request) if record.files or record.pipeline else ""
 
 
 def _inline(request: Request[Any, Any, Any]) -> bool:

@@ -70,14 +70,17 @@ async def readable(platform: Platform, caller: Caller, file_id: str) -> FileMeta
     return meta
 
 
-async def inline_files(platform: Platform, files: list[dict[str, Any]]) -> dict[str, str]:
-    """``?files=data_uri``: each output file up to :data:`INLINE_LIMIT` as a data URI."""
+async def inline_files(
+    platform: Platform, caller: Caller, files: list[dict[str, Any]]
+) -> dict[str, str]:
+    """``?files=data_uri``: each output file up to :data:`INLINE_LIMIT` that the caller
+    may read (as ``GET /files/{id}`` would let it) as a data URI; others stay URLs."""
     inline: dict[str, str] = {}
     for listed in files:
         if listed.get("size", INLINE_LIMIT + 1) > INLINE_LIMIT:
             continue
         meta = await platform.files.get(listed["id"])
-        if meta is not None:
+        if meta is not None and caller.owns(meta.owner or None):
             data = await asyncio.to_thread(platform.files.store.small, meta)
             inline[meta.id] = refs.data_uri(meta.content_type, data)
     return inline

@@ -269,6 +269,11 @@ def file_holders(file_id: str) -> str:
     return f"{PREFIX}:file-holders:{file_id}"
 
 
+def holder(key: str) -> str:
+    """The member of ``file-holders`` that a record's or a map job's key stands for."""
+    return key.removeprefix(f"{PREFIX}:")
+
+
 # Streams (conveyor/streams): a streaming invocation's events (a Redis stream whose entry
 # ids are the events' sequence numbers, ``<n>-0``), expiring with its record; and a
 # channel on which each event is published as it is added, for the API's readers.

@@ -23,6 +23,7 @@ from typing import Any, cast
 import pydantic
 import redis
 
+from conveyor.db import keyspace
 from conveyor.errors import FileInputError
 from conveyor.files import refs
 from conveyor.files.db import FileMeta
@@ -97,6 +98,23 @@ class Attempt:
         self.folders: dict[str, Path] = {}  # by root: this attempt's own folder there
         self.stored: list[dict[str, Any]] = []
 
+    def _may_read(self, meta: FileMeta) -> bool:
+        """The API's rule, where the bytes are read: a file is read by the invocations of
+        its owner (a pipeline's steps and a map job's items are their caller's), of a
+        caller with no key, and by whatever holds it: the invocation, run or map job whose
+        caller the API let name it (an admin may name any)."""
+        if not meta.owner:
+            return True
+        client = self.files.store.index.redis
+        owner, run = client.hmget(self.owned_by, ["owner", "run"])
+        if owner is None or owner == meta.owner:
+            return True
+        holders = [keyspace.holder(self.owned_by)]
+        if run:
+            holders.append(keyspace.holder(keyspace.record(str(run))))
+        held = client.smismember(keyspace.file_holders(meta.id), holders)
+        return any(held)
+
     def inputs(self, fn: LoadedFunction, raw: Any) -> Any:
         schemas = self.files.schemas(fn)
         if schemas is None:
@@ -123,6 +141,9 @@ class Attempt:
         if fetched is None:
             raise FileInputError(field, f"file {file_id} is gone (deleted, or Redis lost it)")
         meta, path = fetched
+        if not self._may_read(meta):
+            path.unlink(missing_ok=True)
+            raise FileInputError(field, f"file {file_id} was made with another key")
         return File.of(
             path,
             content_type=meta.content_type,

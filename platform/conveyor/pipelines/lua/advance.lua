@@ -73,6 +73,13 @@ local function fill(parts, marks)
   return table.concat(out)
 end
 
+-- A step's invocation (or map job) is its run's caller's: what it reads and writes is
+-- checked and owned as the caller's own (files, API keys' listings).
+local function inherit_owner(plan, run_id, key)
+  local owner = redis.call('HGET', plan.keys.record .. run_id, 'owner')
+  if owner then redis.call('HSET', key, 'owner', owner) end
+end
+
 -- A for_each step's map job: its keys.
 local function job_keys(plan, job_id)
   local k, job = plan.keys, plan.keys.map .. job_id
@@ -89,6 +96,7 @@ local function start_job(ctx, plan, step, k, run_id, inputs, at)
   redis.call('HSET', keys.job, 'status', 'running', 'created_at', at, 'started_at', at,
              'total', #inputs, 'id', job_id, 'run', run_id, 'run_state', plan.keys.run .. run_id,
              'step', k, unpack(step.job.fields))
+  inherit_owner(plan, run_id, keys.job)
   for from = 1, #inputs, 1000 do
     local entries = {}
     for i = from, math.min(from + 999, #inputs) do
@@ -132,6 +140,7 @@ local function enqueue(ctx, plan, step, k, id, input, run_id, element, at)
              'run', run_id, 'run_state', plan.keys.run .. run_id, 'step', k,
              unpack(step.fields))
   if element then redis.call('HSET', keys.record, 'element', element) end
+  inherit_owner(plan, run_id, keys.record)
   redis.call('EXPIRE', keys.record, plan.pending_ttl)
   redis.call('HINCRBY', ctx.in_use, step.in_use, 1)
   if step.kind == 'pipeline' then
