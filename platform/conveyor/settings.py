@@ -274,6 +274,12 @@ class FilesSettings(_Section):
         "redis", description='where file bytes live: "redis" (chunks) or "s3" (a bucket)'
     )
     max_bytes: int = Field(1024 * 1024 * 1024, ge=1024, description="one file, at most (1 GiB)")
+    max_request_bytes: int = Field(
+        1024 * 1024 * 1024,
+        ge=1024,
+        description="the files of one request (its uploads, data URIs and URLs) in all, at"
+        " most (1 GiB)",
+    )
     upload_ttl: Seconds = Field(
         24 * 3600.0, description="seconds an upload stays (while an invocation uses it: longer)"
     )

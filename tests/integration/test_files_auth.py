@@ -3,6 +3,7 @@ outputs), may put only its own uploads in an input, and an admin sees every file
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 
 import pytest
@@ -138,3 +139,78 @@ def test_ownership_travels_with_the_data(api: TestClient, stack: Stack) -> None:
     assert api.get(picture, headers=bob).status_code == 403
     step = stack.redis.hget(f"conveyor:job:{ran['id']}.make", "owner")
     assert step == stack.redis.hget(f"conveyor:job:{ran['id']}", "owner") is not None
+
+
+def _file_records(stack: Stack) -> int:
+    return sum(1 for _ in stack.redis.scan_iter("conveyor:file:*"))
+
+
+def test_every_byte_stored_counts_before_it_is_stored(api: TestClient, stack: Stack) -> None:  # type: ignore[type-arg]
+    reading = {"Authorization": f"Bearer {make_key(stack, 'reading', 'read:maker')}"}
+    refused = api.post("/files", content=b"x" * 100, headers=reading)
+    assert refused.status_code == 403 and "files:write" in refused.text, refused.text
+
+    # a key's quota of stored bytes, counted before the bytes go in
+    writer = make_key(stack, "writer", "files:write", options=("--max-file-bytes", "3000"))
+    headers = {"Authorization": f"Bearer {writer}"}
+    first = api.post("/files", content=b"a" * 2000, headers=headers)
+    assert first.status_code == 201, first.text
+    before = _file_records(stack)
+    over = api.post("/files", content=b"b" * 2000, headers=headers)
+    assert over.status_code == 429, over.text
+    assert over.json()["limit"] == "max_file_bytes" and over.json()["scope"] == "key"
+    assert over.headers["ratelimit-policy"] == '"max_file_bytes";q=3000', over.headers
+    assert _file_records(stack) == before  # nothing of it kept
+    assert api.delete(first.json()["url"], headers=headers).status_code == 204
+    again = api.post("/files", content=b"c" * 2900, headers=headers)
+    assert again.status_code == 201, again.text  # deleting gave its bytes back
+
+    # an invocation refused by its key's limits stores none of its data URIs
+    limited = make_key(stack, "limited", "invoke:reader", options=("--daily", "2"))
+    headers = {"Authorization": f"Bearer {limited}"}
+    uri = "data:text/plain;base64,aGVsbG8="
+    before = _file_records(stack)
+    answers = [
+        api.post("/functions/reader/invoke", json={"input": {"doc": uri}}, headers=headers)
+        for _ in range(4)
+    ]
+    assert [a.status_code for a in answers] == [202, 202, 429, 429], [a.text for a in answers]
+    assert _file_records(stack) == before + 2
+
+
+def test_one_requests_files_are_bounded_in_all(make_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = make_stack()
+    stack.config.write_text(stack.config.read_text() + "[files]\nmax_request_bytes = 10000\n")
+    write_function(stack.functions, "reader", READER, TOML)
+
+    def part(byte: bytes) -> str:
+        return "data:application/octet-stream;base64," + base64.b64encode(byte * 6000).decode()
+
+    with stack.api() as api:
+        one = api.post("/functions/reader/invoke", json={"input": {"doc": part(b"a")}})
+        assert one.status_code == 202, one.text
+        before = _file_records(stack)
+        two = api.post(
+            "/functions/reader/invoke", json={"input": {"doc": part(b"b"), "extra": [part(b"c")]}}
+        )
+        assert two.status_code == 413, two.text
+        assert "max_request_bytes" in two.json()["detail"]
+        assert _file_records(stack) == before  # the first file of the two removed at once
+
+
+def test_redis_past_its_cap_refuses_uploads_before_writing(make_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = make_stack()
+    stack.set_settings("redis", max_memory_bytes=1024)  # past it from the start
+    write_function(stack.functions, "reader", READER, TOML)
+    with stack.api() as api:
+        wait_for(lambda: api.post("/files", content=b"x").status_code == 503, 10, "the cap seen")
+        before = _file_records(stack)
+        for answer in (
+            api.post("/files", content=b"y" * 5000),
+            api.post(
+                "/functions/reader/invoke",
+                json={"input": {"doc": "data:text/plain;base64,aGVsbG8="}},
+            ),
+        ):
+            assert answer.status_code == 503, answer.text
+        assert _file_records(stack) == before

@@ -318,7 +318,7 @@ def test_key_limits_hold_across_two_api_processes(make_stack, report) -> None:  
         assert refused.status_code == 429 and refused.json()["limit"] == "max_inflight"
         me = httpx.get(f"{bases[1]}/keys/me", headers={"Authorization": f"Bearer {few}"}).json()
         assert me["limits"] == {"max_inflight": 3, "daily": 5}, me
-        assert me["usage"] == {"inflight": 3, "queued": 3, "today": 3}, me
+        assert me["usage"] == {"inflight": 3, "queued": 3, "today": 3, "file_bytes": 0}, me
         updated = cli(stack, "keys", "update", "few", "--max-inflight", "none")
         assert "daily 5" in updated, updated
         wait_for(lambda: post(4, few).status_code == 202, 10, "the lifted limit")

@@ -13,7 +13,7 @@ from litestar.params import FromPath
 
 from conveyor.api.deadlines import request_deadline
 from conveyor.api.deploys import deploy
-from conveyor.api.files import base_url, discard, inline_files, own_hosts
+from conveyor.api.files import admit_files, base_url, discard, inline_files, own_hosts
 from conveyor.api.multipart import check_parts, is_multipart, read_form
 from conveyor.api.params import (
     idempotency_key,
@@ -27,6 +27,7 @@ from conveyor.api.schemas import function_body
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
+from conveyor.files.store import Budget
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.registry import FunctionEntry, FunctionSpec
 from conveyor.invocations.records import InvocationRecord
@@ -124,6 +125,7 @@ class FunctionsController(Controller):
         key = idempotency_key(request)
         content_type = request.headers.get("content-type", "")
         limit, depth = spec.manifest.limits.max_input_bytes, platform.settings.api.max_json_depth
+        budget = await admit_files(platform, caller, schemas.takes_files, name)
         form = None
         if is_multipart(content_type):
             form = await read_form(
@@ -133,6 +135,7 @@ class FunctionsController(Controller):
                 owner=caller.owner,
                 limit=limit,
                 depth=depth,
+                budget=budget,
             )
             body: Any = form.body
         else:
@@ -141,10 +144,11 @@ class FunctionsController(Controller):
         try:
             if form is not None:
                 check_parts(form, schemas)
-            record = await _submit(platform, caller, request, spec, schemas, body, seconds, key)
+            record = await _submit(
+                platform, caller, request, spec, schemas, body, seconds, key, budget
+            )
         except BaseException:
-            if form is not None:
-                await discard(platform, form.files)
+            await discard(platform, budget.made)  # a refused request keeps no byte
             raise
         steps = await run_steps(platform, record)
         if record.status.final:
@@ -236,9 +240,10 @@ async def _submit(  # noqa: PLR0917
     body: Any,
     seconds: float,
     key: str | None,
+    budget: Budget,
 ) -> InvocationRecord:
-    """Validate ``body``, take its files (URLs fetched, data URIs stored, uploads checked)
-    and submit it."""
+    """Validate ``body``, take its files (URLs fetched, data URIs stored, uploads checked,
+    each byte counted on ``budget`` before it is written) and submit it."""
     if isinstance(body, dict) and "webhook" in body:
         platform.intake.require_enabled()  # a clearer answer than "not allowed here"
     platform.validators.validate(spec, schemas, body)
@@ -249,6 +254,7 @@ async def _submit(  # noqa: PLR0917
         owner=caller.owner,
         owns=caller.owns,
         own_hosts=own_hosts(platform, request),
+        budget=budget,
     )
     priority = None if body.get("priority") is None else int(body["priority"])
     deadline = request_deadline(request, body)

@@ -26,6 +26,7 @@ from conveyor.auth.caller import Caller
 from conveyor.errors import FileNotFoundInStoreError, FileTooLargeError
 from conveyor.files import refs
 from conveyor.files.db import FileMeta
+from conveyor.files.store import Budget
 from conveyor.integers import whole_number
 from conveyor.results import iso
 
@@ -86,10 +87,24 @@ async def inline_files(
     return inline
 
 
-async def discard(platform: Platform, files: dict[Any, FileMeta]) -> None:
-    """Remove files a request stored before it failed."""
-    for meta in files.values():
-        await asyncio.to_thread(platform.files.store.remove, meta.id)
+async def discard(platform: Platform, made: list[str]) -> None:
+    """Remove the files a request stored before it was refused."""
+    for file_id in made:
+        await asyncio.to_thread(platform.files.store.remove, file_id)
+    made.clear()
+
+
+async def admit_files(
+    platform: Platform, caller: Caller, takes_files: bool, function: str = ""
+) -> Budget:
+    """Before a request stores any byte: Redis under its memory cap, and the caller's key
+    within its limits (a request it would refuse later fetches nothing); what the request
+    may then store (:class:`Budget`)."""
+    if takes_files:
+        platform.invocations.refuse_when_full()
+        if caller.key is not None and caller.key.limits.any:
+            await platform.invocations.check_key(function, caller.owner, caller.key.limits)
+    return platform.files.budget(caller.owner, caller.key.limits if caller.key else None)
 
 
 class FilesController(Controller):
@@ -129,11 +144,15 @@ class FilesController(Controller):
             raise FileTooLargeError(
                 f"the file is {length} bytes, more than [files] max_bytes ({limit})"
             )
+        if caller.key is not None and not caller.key.uploads:
+            raise caller.denied("files:write", "uploading a file")
+        platform.invocations.refuse_when_full()
         meta = await platform.files.upload(
             request.stream(),
             owner=caller.owner,
             filename=request.query_params.get("filename", ""),
             content_type=refs.base_type(request.headers.get("content-type")),
+            budget=platform.files.budget(caller.owner, caller.key.limits if caller.key else None),
         )
         body = file_body(meta, base_url(platform, request))
         return Response(body, status_code=201, headers={"Location": body["url"]})

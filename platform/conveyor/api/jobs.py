@@ -17,7 +17,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
 from conveyor.api.deadlines import request_deadline
-from conveyor.api.files import base_url, own_hosts
+from conveyor.api.files import admit_files, base_url, discard, own_hosts
 from conveyor.api.params import idempotency_key, takes, wait_seconds
 from conveyor.api.services import Platform
 from conveyor.api.uploads import NDJSON, PAUSE_EVERY, BodyStream, ItemLimits, Line, items
@@ -35,6 +35,7 @@ from conveyor.errors import (
 )
 from conveyor.files.db import hold
 from conveyor.files.refs import REF
+from conveyor.files.store import Budget
 from conveyor.functions.registry import FunctionEntry
 from conveyor.integers import whole_number
 from conveyor.maps import db as maps
@@ -61,9 +62,12 @@ class _FileItems:
         request: Request[Any, Any, Any],
         entry: FunctionEntry,
         job_id: str,
+        *,
+        budget: Budget,
     ) -> None:
         assert entry.schemas is not None
         self.platform, self.caller, self.job_id = platform, caller, job_id
+        self.budget = budget
         self.schemas = entry.schemas
         self.hosts = own_hosts(platform, request)
 
@@ -75,6 +79,7 @@ class _FileItems:
                 owner=self.caller.owner,
                 owns=self.caller.owns,
                 own_hosts=self.hosts,
+                budget=self.budget,
             )
         except FileInputError as exc:
             return value, exc.errors
@@ -135,6 +140,7 @@ class JobsController(Controller):
         entry = platform.functions.serving(name)
         assert entry.spec is not None and entry.schemas is not None
         platform.invocations.refuse_when_full()
+        budget = await admit_files(platform, caller, entry.schemas.takes_files, name)
         deadline = request_deadline(request, None)  # Cancel-After, for every item
         media = _media(request)
         key = idempotency_key(request)
@@ -148,7 +154,7 @@ class JobsController(Controller):
         )
         try:
             pairs = items(body, media, limits)
-            files = _FileItems(platform, caller, request, entry, job_id)
+            files = _FileItems(platform, caller, request, entry, job_id, budget=budget)
             total = await self._upload(
                 platform, entry, job_id, fields, pairs, limits=limits, files=files
             )
@@ -162,6 +168,7 @@ class JobsController(Controller):
             )
         except BaseException:
             await platform.maps.discard(job_id)
+            await discard(platform, budget.made)  # a refused job keeps no byte
             raise
         if entry.spec.manifest.is_pipeline:  # each item a run, its steps frozen for all
             plan = platform.planner.plan(entry.spec, int(fields["priority"]))

@@ -22,7 +22,7 @@ from conveyor.errors import FileInputError, InputTooLargeError, ValidationError
 from conveyor.files import refs
 from conveyor.files.db import FileMeta
 from conveyor.files.intake import PIECE, FileIntake
-from conveyor.files.store import FileWriter
+from conveyor.files.store import Budget, FileWriter
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.integers import whole_number
 from conveyor.nesting import check_portable, check_text
@@ -60,6 +60,7 @@ async def read_form(
     owner: str | None,
     limit: int,
     depth: int,
+    budget: Budget | None = None,
 ) -> Form:
     """Parse the parts; the files are stored and ``body["input"]`` holds their references.
     On any error the files stored so far are removed."""
@@ -96,7 +97,7 @@ async def read_form(
             "on_part_end": lambda: events.append(("end", None)),
         },
     )
-    form = _Collector(intake, owner, limit)
+    form = _Collector(intake, owner, limit, budget)
     try:
         async for chunk in stream:
             try:
@@ -114,8 +115,10 @@ async def read_form(
 
 
 class _Collector:
-    def __init__(self, intake: FileIntake, owner: str | None, limit: int) -> None:
-        self.intake, self.owner, self.limit = intake, owner, limit
+    def __init__(
+        self, intake: FileIntake, owner: str | None, limit: int, budget: Budget | None
+    ) -> None:
+        self.intake, self.owner, self.limit, self.budget = intake, owner, limit, budget
         self.part: _Part | None = None
         self.fields: dict[str, bytes] = {}
         self.files: dict[refs.Path, FileMeta] = {}
@@ -148,6 +151,7 @@ class _Collector:
                 owner=self.owner,
                 filename=part.filename,
                 content_type=refs.base_type(part.content_type),
+                budget=self.budget,
             )
             self.writers.append(part.writer)
         return part

@@ -445,6 +445,10 @@ class KeyUsage(BaseModel):
     inflight: int = Field(description="its invocations unfinished")
     queued: int = Field(description="its invocations waiting to start")
     today: int = Field(description="its invocations accepted today (UTC)")
+    file_bytes: int = Field(
+        description="bytes of its files held now (uploads, data URIs, URL inputs), counted"
+        " under max_file_bytes"
+    )
 
 
 class KeyInfo(BaseModel):

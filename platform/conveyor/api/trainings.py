@@ -18,7 +18,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 
 from conveyor.api.controllers import waited
-from conveyor.api.files import own_hosts
+from conveyor.api.files import admit_files, discard, own_hosts
 from conveyor.api.params import idempotency_key, limited_body, parse_json, takes, wait_seconds
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
@@ -131,26 +131,32 @@ class TrainingsController(Controller):
             # Serving a version at once (and ending a rollback pin) is a deploy's right.
             raise caller.denied(f"deploy:{name}", "promote serves the new version at once")
         webhook = await platform.intake.accept(body["webhook"]) if "webhook" in body else None
-        value, files = await platform.files.resolve(
-            schemas.for_training(),
-            body["input"],
-            owner=caller.owner,
-            owns=caller.owns,
-            own_hosts=own_hosts(platform, request),
-        )
-        record = await start_training(
-            platform,
-            spec,
-            schemas,
-            value,
-            promote=bool(body.get("promote", False)),
-            owner=caller.owner,
-            wait=seconds,
-            key=key,
-            webhook=webhook,
-            files=files,
-            key_limits=caller.key.limits if caller.key is not None else None,
-        )
+        budget = await admit_files(platform, caller, schemas.for_training().takes_files, name)
+        try:
+            value, files = await platform.files.resolve(
+                schemas.for_training(),
+                body["input"],
+                owner=caller.owner,
+                owns=caller.owns,
+                own_hosts=own_hosts(platform, request),
+                budget=budget,
+            )
+            record = await start_training(
+                platform,
+                spec,
+                schemas,
+                value,
+                promote=bool(body.get("promote", False)),
+                owner=caller.owner,
+                wait=seconds,
+                key=key,
+                webhook=webhook,
+                files=files,
+                key_limits=caller.key.limits if caller.key is not None else None,
+            )
+        except BaseException:
+            await discard(platform, budget.made)  # a refused request keeps no byte
+            raise
         if record.status.final:
             return Response(result_body(record), status_code=200)
         accepted = accepted_body(record, await platform.invocations.census(), None)

@@ -160,13 +160,19 @@ class ApiKeyStore:
 
 
 async def usage(client: aioredis.Redis, key_id: str) -> dict[str, int]:
-    """What a key has in use against its limits: invocations unfinished and waiting, and
-    accepted today (UTC)."""
+    """What a key has in use against its limits: invocations unfinished and waiting,
+    accepted today (UTC), and bytes of files held (counted only under max_file_bytes)."""
     day = time.strftime("daily:%Y%m%d", time.gmtime())
     with broker_errors():
         async with client.pipeline(transaction=False) as pipe:
             pipe.zcard(keyspace.key_usage(key_id, "inflight"))
             pipe.zcard(keyspace.key_usage(key_id, "waiting"))
             pipe.get(keyspace.key_usage(key_id, day))
-            inflight, waiting, today = await pipe.execute()
-    return {"inflight": int(inflight), "queued": int(waiting), "today": int(today or 0)}
+            pipe.get(keyspace.key_usage(key_id, "file-bytes"))
+            inflight, waiting, today, file_bytes = await pipe.execute()
+    return {
+        "inflight": int(inflight),
+        "queued": int(waiting),
+        "today": int(today or 0),
+        "file_bytes": int(file_bytes or 0),
+    }

@@ -84,13 +84,15 @@ def check_name(name: str) -> str:
 class KeyLimits:
     """What one key may do, across every API process (None: no limit): requests a
     period (``rate``: "10/s", "600/m"; a burst of one period's count), invocations
-    unfinished (``max_inflight``) and waiting to start (``max_queued``), and accepted per
-    UTC day (``daily``)."""
+    unfinished (``max_inflight``) and waiting to start (``max_queued``), accepted per
+    UTC day (``daily``), and bytes of files it holds at once (``max_file_bytes``: its
+    uploads, data URIs and URL inputs, until they expire or are deleted)."""
 
     rate: str | None = None
     max_inflight: int | None = None
     max_queued: int | None = None
     daily: int | None = None
+    max_file_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.rate is not None:
@@ -98,7 +100,7 @@ class KeyLimits:
                 rate_per_second(self.rate)
             except ValueError as exc:
                 raise ApiKeyError(f"--rate: {exc}") from None
-        for name in ("max_inflight", "max_queued", "daily"):
+        for name in ("max_inflight", "max_queued", "daily", "max_file_bytes"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ApiKeyError(f"--{name.replace('_', '-')} must be at least 1 (or none)")

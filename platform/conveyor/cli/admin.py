@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from conveyor.auth.keys import SCOPE_FORMS, KeyLimits, KeyRecord
 from conveyor.errors import ApiKeyError, SettingsError
+from conveyor.integers import whole_number
 from conveyor.settings import Settings, is_loopback
 
 T = TypeVar("T")
@@ -81,12 +82,15 @@ def _limit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-inflight", help="its invocations unfinished at once")
     parser.add_argument("--max-queued", help="its invocations waiting to start at once")
     parser.add_argument("--daily", help="invocations accepted per UTC day")
+    parser.add_argument(
+        "--max-file-bytes", help="bytes of files (uploads, data URIs, URL inputs) it holds at once"
+    )
 
 
 def _limits(args: argparse.Namespace, base: KeyLimits | None = None) -> KeyLimits:
     """The limits the options give (over ``base``: an option left out keeps its value)."""
     values: dict[str, Any] = asdict(base) if base is not None else {}
-    for name in ("rate", "max_inflight", "max_queued", "daily"):
+    for name in ("rate", "max_inflight", "max_queued", "daily", "max_file_bytes"):
         given = getattr(args, name)
         if given is None:
             continue
@@ -94,8 +98,8 @@ def _limits(args: argparse.Namespace, base: KeyLimits | None = None) -> KeyLimit
             values[name] = None
         elif name == "rate":
             values[name] = given
-        elif given.isdigit():
-            values[name] = int(given)
+        elif (number := whole_number(given)) is not None:
+            values[name] = number
         else:
             option = name.replace("_", "-")
             raise ApiKeyError(f"--{option} takes a whole number (or none); got {given!r}")

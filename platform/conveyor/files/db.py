@@ -21,6 +21,7 @@ from conveyor.db.scripts import Scripts, script
 
 PUT = script("files", "put")
 REMOVE = script("files", "remove")
+RESERVE = script("files", "reserve")
 HELD_RECHECK = 60.0  # seconds before a held file that is due is looked at again
 # What still holds a file: an invocation that has not finished, a map job that is running.
 _ACTIVE_JOB = {"queued", "running", "retrying"}
@@ -89,6 +90,18 @@ class FileIndex:
             expires_at=repr(meta.expires_at),
             fields=_pairs(meta.fields()),
         )
+
+    def reserve(self, file_id: str, usage: str, size: int, quota: int | None) -> int | None:
+        """Count ``size`` bytes of ``file_id`` on ``usage`` (files/reserve): None if they
+        fit ``quota``, else the bytes already held."""
+        held = self.scripts.call(
+            RESERVE,
+            file=keyspace.file(file_id),
+            usage=usage,
+            bytes=size,
+            quota="" if quota is None else quota,
+        )
+        return None if int(held) < 0 else int(held)
 
     def get(self, file_id: str) -> FileMeta | None:
         """A file written whole (None: unknown, being written, or removed)."""

@@ -25,11 +25,12 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import redis.asyncio
 
+from conveyor.db import keyspace
 from conveyor.errors import FileInputError, FileTooLargeError
 from conveyor.files import refs
 from conveyor.files.db import FileMeta, get_async
 from conveyor.files.refs import FileField
-from conveyor.files.store import FileStore, FileWriter
+from conveyor.files.store import Budget, FileStore, FileWriter
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.guard import Guard, RefusedAddressError, guarded_connector
 from conveyor.settings import FilesSettings
@@ -64,10 +65,11 @@ class FileIntake:
         filename: str = "",
         content_type: str = "",
         ttl: float | None = None,
+        budget: Budget | None = None,
     ) -> FileMeta:
         """Stream ``pieces`` into a new file; it is readable once all are stored."""
         writer = await self.new_upload(
-            owner=owner, filename=filename, content_type=content_type, ttl=ttl
+            owner=owner, filename=filename, content_type=content_type, ttl=ttl, budget=budget
         )
         return await _fill(writer, pieces)
 
@@ -78,9 +80,10 @@ class FileIntake:
         filename: str = "",
         content_type: str = "",
         ttl: float | None = None,
+        budget: Budget | None = None,
     ) -> FileWriter:
         """A new upload's writer (its record made: a thread's work), kept ``[files]
-        upload_ttl`` unless ``ttl`` says otherwise."""
+        upload_ttl`` unless ``ttl`` says otherwise; its bytes counted on ``budget``."""
         return await asyncio.to_thread(
             self.store.writer,
             kind="upload",
@@ -88,6 +91,16 @@ class FileIntake:
             ttl=self.settings.upload_ttl if ttl is None else ttl,
             filename=filename,
             content_type=content_type,
+            budget=budget,
+        )
+
+    def budget(self, owner: str | None, limits: Any) -> Budget:
+        """What one request of the key ``owner`` (its KeyLimits: ``limits``) may store."""
+        quota = getattr(limits, "max_file_bytes", None) if owner else None
+        return Budget(
+            left=self.settings.max_request_bytes,
+            usage=keyspace.key_usage(owner, "file-bytes") if owner and quota else "",
+            limits=limits,
         )
 
     async def resolve(
@@ -98,15 +111,18 @@ class FileIntake:
         owner: str | None,
         owns: Callable[[str], bool],
         own_hosts: set[str],
+        budget: Budget | None = None,
     ) -> tuple[Any, list[str]]:
         """A copy of ``value`` (an input) with every file field a reference, and the files'
-        ids (``value`` itself is left as the caller sent it)."""
+        ids (``value`` itself is left as the caller sent it); what it stores is counted on
+        ``budget`` (and listed in its ``made``)."""
         ids: list[str] = []
         if not schemas.takes_files:
             return value, ids
         value = copy.deepcopy(value)
         for field in refs.file_fields(schemas.input, schemas.defs, value):
-            meta = await self.take(field, refs.get(value, field.path), owner, owns, own_hosts)
+            raw = refs.get(value, field.path)
+            meta = await self.take(field, raw, owner, owns, own_hosts, budget=budget)
             value = refs.replace(value, field.path, refs.ref(meta.id))
             ids.append(meta.id)
         return value, ids
@@ -118,6 +134,8 @@ class FileIntake:
         owner: str | None,
         owns: Callable[[str], bool],
         own_hosts: set[str],
+        *,
+        budget: Budget | None = None,
     ) -> FileMeta:
         """The file one field names (see the module's docstring), checked."""
         file_id = refs.ref_id(raw) or refs.url_id(raw, own_hosts)
@@ -132,9 +150,9 @@ class FileIntake:
             self.check(field, meta.content_type, meta.sniffed)
             return meta
         if raw.startswith("data:"):
-            return await self._decode(field, raw, owner)
+            return await self._decode(field, raw, owner, budget)
         if urlsplit(raw).scheme in ("http", "https"):
-            return await self._fetch(field, raw, owner)
+            return await self._fetch(field, raw, owner, budget)
         raise FileInputError(
             field.name,
             "a file is an http(s) URL, a data URI (data:image/png;base64,...) or the url of"
@@ -149,7 +167,9 @@ class FileIntake:
         if field.accept and (why := refs.refusal(field.accept, declared, sniffed or None)):
             raise FileInputError(field.name, why)
 
-    async def _decode(self, field: FileField, raw: str, owner: str | None) -> FileMeta:
+    async def _decode(
+        self, field: FileField, raw: str, owner: str | None, budget: Budget | None
+    ) -> FileMeta:
         try:
             media, data = refs.parse_data_uri(raw)
         except refs.DataUriError as exc:
@@ -162,9 +182,12 @@ class FileIntake:
             owner=owner,
             ttl=self.settings.upload_ttl,
             content_type=media,
+            budget=budget,
         )
 
-    async def _fetch(self, field: FileField, url: str, owner: str | None) -> FileMeta:
+    async def _fetch(
+        self, field: FileField, url: str, owner: str | None, budget: Budget | None
+    ) -> FileMeta:
         timeout = aiohttp.ClientTimeout(total=self.settings.fetch_timeout)
         try:
             async with self.session.get(
@@ -185,6 +208,7 @@ class FileIntake:
                     owner=owner,
                     filename=name,
                     content_type=refs.base_type(declared),
+                    budget=budget,
                 )
         except FileInputError:
             raise

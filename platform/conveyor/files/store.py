@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import redis
 
-from conveyor.errors import FileTooLargeError
+from conveyor.errors import FileTooLargeError, KeyLimitError
 from conveyor.files import refs
 from conveyor.files.blobs import Blobs, RedisBlobs, S3Blobs
 from conveyor.files.db import FileIndex, FileMeta
@@ -53,8 +54,9 @@ class FileStore:
         ttl: float,
         filename: str = "",
         content_type: str = "",
+        budget: Budget | None = None,
     ) -> FileWriter:
-        return FileWriter(self, kind, owner or "", ttl, filename, content_type)
+        return FileWriter(self, kind, owner or "", ttl, filename, content_type, budget)
 
     def put_path(
         self, path: Path, *, kind: str, owner: str | None, ttl: float, content_type: str = ""
@@ -75,9 +77,15 @@ class FileStore:
         ttl: float,
         filename: str = "",
         content_type: str = "",
+        budget: Budget | None = None,
     ) -> FileMeta:
         writer = self.writer(
-            kind=kind, owner=owner, ttl=ttl, filename=filename, content_type=content_type
+            kind=kind,
+            owner=owner,
+            ttl=ttl,
+            filename=filename,
+            content_type=content_type,
+            budget=budget,
         )
         return writer.fill([data])
 
@@ -139,6 +147,41 @@ class FileStore:
         return removed
 
 
+@dataclass
+class Budget:
+    """What one request may store, counted before each piece is written: its files' bytes
+    in all (``left`` of ``[files] max_request_bytes``) and, for a key with
+    ``max_file_bytes``, what the key holds (``usage``, its counter; ``limits``, the key's
+    KeyLimits). ``made``: the files it stored, removed at once if the request is refused."""
+
+    left: int
+    usage: str = ""
+    limits: Any = None
+    made: list[str] = field(default_factory=list)
+
+    @property
+    def quota(self) -> int | None:
+        return getattr(self.limits, "max_file_bytes", None)
+
+    def spend(self, store: FileStore, file_id: str, size: int) -> None:
+        """Count ``size`` more bytes of ``file_id``: FileTooLargeError past the request's
+        bound, KeyLimitError past the key's quota (nothing counted then)."""
+        if size > self.left:
+            raise FileTooLargeError(
+                f"the request's files are over {store.settings.max_request_bytes} bytes in all"
+                " ([files] max_request_bytes): send fewer or smaller files"
+            )
+        if self.usage:
+            quota = self.quota
+            held = store.index.reserve(file_id, self.usage, size, quota)
+            if held is not None:
+                raise KeyLimitError("max_file_bytes", QUOTA_RETRY, self.limits)
+        self.left -= size
+
+
+QUOTA_RETRY = 60  # seconds: a key's files free room as they expire or are deleted
+
+
 class FileWriter:
     """One file being written: ``write`` pieces, then ``finish`` (or ``abort``)."""
 
@@ -150,8 +193,10 @@ class FileWriter:
         ttl: float,
         filename: str,
         content_type: str,
+        budget: Budget | None = None,
     ) -> None:
         self.store = store
+        self.budget = budget
         self.id = new_id()
         self.ttl = ttl
         self.limit = store.settings.max_bytes
@@ -173,6 +218,8 @@ class FileWriter:
             expires_at=now + WRITE_LEASE,
         )
         store.index.put(self.meta, "writing")
+        if budget is not None:
+            budget.made.append(self.id)
         self.sink = self.blobs.writer(self.id)
         self.aborted = False
         self.finished = False
@@ -186,6 +233,12 @@ class FileWriter:
             raise FileTooLargeError(
                 f"the file is larger than {self.limit} bytes ([files] max_bytes)"
             )
+        if self.budget is not None:
+            try:
+                self.budget.spend(self.store, self.id, len(data))
+            except BaseException:
+                self.abort()
+                raise
         if len(self.head) < HEAD:
             self.head += data[: HEAD - len(self.head)]
         self.hash.update(data)

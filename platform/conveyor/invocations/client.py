@@ -226,11 +226,14 @@ class InvocationClient:
         limits: KeyLimits | None,
         count: int,
         idempotency: str = "",
+        *,
+        take: bool = True,
     ) -> None:
         """A map job of ``count`` items, or a pipeline's run, asks its API key's limits
         before it is accepted (:class:`KeyLimitError`): it takes a turn of the key's rate
         and counts ``count`` against its daily limit. (A single invocation asks in its
-        submit's own step.) An ``idempotency`` key used before asks nothing."""
+        submit's own step.) An ``idempotency`` key used before asks nothing. Without
+        ``take`` the limits are only asked (:meth:`check_key`)."""
         if owner is None or limits is None or not limits.any:
             return
         values = key_values(owner, limits)
@@ -243,10 +246,16 @@ class InvocationClient:
                 rejections=keyspace.METRICS_REJECTIONS if self.settings.metrics.enabled else "",
                 function_name=function,
                 count=str(count),
+                take="1" if take else "0",
             )
         if str(answer).startswith("limited "):
             _, limit, after = str(answer).split()
             raise KeyLimitError(limit, int(after), limits)
+
+    async def check_key(self, function: str, owner: str | None, limits: KeyLimits) -> None:
+        """:class:`KeyLimitError` if the key's limits would refuse one more request now: a
+        request that stores files asks before it stores any."""
+        await self.take_key(function, owner, limits, 1, take=False)
 
     async def _store(
         self, invocation_id: str, submit: dict[str, Any], accept: Script
