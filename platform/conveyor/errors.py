@@ -121,6 +121,10 @@ class KeyLimitError(ConveyorError):
         self.limits = limits  # the key's KeyLimits
 
 
+class TooManyOpenError(ConveyorError):
+    """Too many downloads and event streams are open (per API process, or for one key)."""
+
+
 class QueueFullError(ConveyorError):
     """A function's ``[limits] max_queued`` invocations are waiting: a 429, retried later."""
 

@@ -166,6 +166,15 @@ class ApiSettings(_Section):
         description="the API's address as clients reach it (https://api.example.com): file"
         " URLs in results are built on it; empty: the request's own base URL",
     )
+    max_open_responses: int = Field(
+        1024,
+        ge=1,
+        description="downloads (GET /files) and event streams one API process holds open at"
+        " once (429 beyond)",
+    )
+    max_open_responses_per_key: int = Field(
+        32, ge=1, description="... of them for one API key, on one API process"
+    )
     stream_heartbeat: Seconds = Field(
         15.0,
         gt=0,

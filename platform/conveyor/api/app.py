@@ -34,6 +34,7 @@ from conveyor.api.observability import assets as dashboard_assets
 from conveyor.api.openapi import Options, document
 from conveyor.api.params import reject_unknown_query
 from conveyor.api.problems import EXCEPTION_HANDLERS
+from conveyor.api.readers import OpenResponses
 from conveyor.api.schedules import SchedulesController, fire_forever
 from conveyor.api.services import Platform
 from conveyor.api.streams import StreamsController
@@ -152,6 +153,7 @@ def create_app(settings: Settings) -> Litestar:
         runs=Runs(invocations.redis),
         schedules=ScheduleStore(invocations.redis),
         trainings=TrainingIndex(invocations.redis),
+        open_responses=OpenResponses(settings.api),
         api_keys=ApiKeyStore(invocations.redis, invocations.subscription)
         if settings.api.auth == "keys"
         else None,

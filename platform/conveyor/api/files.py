@@ -31,6 +31,7 @@ from conveyor.integers import whole_number
 from conveyor.results import iso
 
 INLINE_LIMIT = 256 * 1024  # ?files=data_uri inlines outputs up to this size
+SEND = 256 * 1024  # a download's pieces, as handed to the transport
 _RANGE = re.compile(r"^bytes=([0-9]{0,18})-([0-9]{0,18})$", re.ASCII)
 
 
@@ -190,7 +191,7 @@ class FilesController(Controller):
             headers["Content-Range"] = f"bytes {start}-{end - 1}/{meta.size}"
         headers["Content-Length"] = str(end - start)
         return Stream(
-            _pieces(platform, meta, start, end),
+            platform.open_responses.hold(caller.owner, _pieces(platform, meta, start, end)),
             status_code=status,
             media_type=meta.content_type,
             headers=headers,
@@ -240,10 +241,14 @@ def _disposition(meta: FileMeta) -> str:
 
 
 async def _pieces(platform: Platform, meta: FileMeta, start: int, end: int) -> AsyncIterator[bytes]:
-    reader: Iterator[bytes] = platform.files.store.read(meta, start, end)
+    """The bytes with back-pressure: one chunk read at a time, sent in quarters, each sent
+    only once the transport took the one before (a reader that stalls holds one chunk)."""
+    reader: Iterator[bytes] = platform.files.store.read(meta, start, end, ahead=1)
     try:
         while piece := await asyncio.to_thread(next, reader, b""):
-            yield piece
+            view = memoryview(piece)
+            for at in range(0, len(view), SEND):
+                yield bytes(view[at : at + SEND])
     finally:
         close = getattr(reader, "close", None)
         if close is not None:

@@ -35,6 +35,7 @@ from conveyor.errors import (
     QueueFullError,
     RedisCommandError,
     TooDeepError,
+    TooManyOpenError,
     ValidationError,
     VersionNotFoundError,
 )
@@ -72,6 +73,7 @@ _STATUS: dict[type[Exception], tuple[int, str]] = {
     NotStreamingError: (404, "no-stream"),
     NotTrainableError: (404, "no-training"),
     QueueFullError: (429, "queue-full"),
+    TooManyOpenError: (429, "too-many-open"),
     KeyLimitError: (429, "key-limit"),
     InvocationUnfinishedError: (409, "invocation-unfinished"),
     FunctionUnavailableError: (503, "function-unavailable"),

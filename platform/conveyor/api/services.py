@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from conveyor.api.deploys import Deploys
+from conveyor.api.readers import OpenResponses
 from conveyor.api.validation import RequestValidators
 from conveyor.auth.db import ApiKeyStore
 from conveyor.db.subscription import Waiters
@@ -41,5 +42,6 @@ class Platform:
     runs: Runs  # pipeline runs' steps
     schedules: ScheduleStore  # each schedule's last fired tick and runs
     trainings: TrainingIndex  # each function's trainings, to list them
+    open_responses: OpenResponses  # downloads and event streams held open, capped
     api_keys: ApiKeyStore | None = None  # None: [api] auth = "none"
     loaded: bool = False  # the functions found at start have been inspected

@@ -62,7 +62,9 @@ class StreamsController(Controller):
                 f" (a generator handler streams); GET /functions/{name}/results/{invocation_id}"
             )
         after = last_event_id(request)
-        events = _events(platform, base_url(platform, request), name, invocation_id, after)
+        events = platform.open_responses.hold(
+            caller.owner, _events(platform, base_url(platform, request), name, invocation_id, after)
+        )
         return Stream(events, media_type="text/event-stream", headers=HEADERS)
 
 

@@ -32,7 +32,7 @@ class Blobs(Protocol):
     name: str  # what a file's record says of where its bytes are
 
     def writer(self, file_id: str) -> BlobWriter: ...
-    def read(self, file_id: str, start: int, end: int) -> Iterator[bytes]: ...
+    def read(self, file_id: str, start: int, end: int, ahead: int = ...) -> Iterator[bytes]: ...
     def delete(self, file_id: str) -> None: ...
 
 
@@ -47,13 +47,17 @@ class RedisBlobs:
     def writer(self, file_id: str) -> _RedisWriter:
         return _RedisWriter(self.redis, keyspace.file_data(file_id))
 
-    def read(self, file_id: str, start: int, end: int) -> Iterator[bytes]:
+    def read(
+        self, file_id: str, start: int, end: int, ahead: int = CHUNKS_PER_COMMAND
+    ) -> Iterator[bytes]:
+        """Bytes ``start`` to ``end``, ``ahead`` chunks a command (1: one chunk in hand, for
+        a reader that may be slow)."""
         if end <= start:
             return
         key = keyspace.file_data(file_id)
         first, last = start // CHUNK, (end - 1) // CHUNK
-        for at in range(first, last + 1, CHUNKS_PER_COMMAND):
-            upto = min(at + CHUNKS_PER_COMMAND - 1, last)
+        for at in range(first, last + 1, ahead):
+            upto = min(at + ahead - 1, last)
             chunks = self.redis.execute_command(  # type: ignore[no-untyped-call]
                 "LRANGE", key, at, upto, **{NEVER_DECODE: True}
             )
@@ -135,7 +139,10 @@ class S3Blobs:
     def writer(self, file_id: str) -> _S3Writer:
         return _S3Writer(self.client, self.bucket, self.key(file_id))
 
-    def read(self, file_id: str, start: int, end: int) -> Iterator[bytes]:
+    def read(
+        self, file_id: str, start: int, end: int, ahead: int = CHUNKS_PER_COMMAND
+    ) -> Iterator[bytes]:
+        """Bytes ``start`` to ``end``, streamed a piece at a time whatever ``ahead`` says."""
         if end <= start:
             return
         answer = self.client.get_object(

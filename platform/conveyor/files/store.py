@@ -92,9 +92,13 @@ class FileStore:
     def get(self, file_id: str) -> FileMeta | None:
         return self.index.get(file_id)
 
-    def read(self, meta: FileMeta, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        """Bytes ``start`` to ``end`` (exclusive; None: the end) in pieces of about a MiB."""
-        return self.blobs(meta.store).read(meta.id, start, meta.size if end is None else end)
+    def read(
+        self, meta: FileMeta, start: int = 0, end: int | None = None, *, ahead: int = 4
+    ) -> Iterator[bytes]:
+        """Bytes ``start`` to ``end`` (exclusive; None: the end) in pieces of about a MiB,
+        ``ahead`` of them read at once (1 for a reader that may be slow)."""
+        stop = meta.size if end is None else end
+        return self.blobs(meta.store).read(meta.id, start, stop, ahead)
 
     def small(self, meta: FileMeta) -> bytes:
         """A small file whole (a data URI's bytes): callers check its size first."""
