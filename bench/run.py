@@ -7,8 +7,9 @@ BENCH_ONLY=store (or embed: the real model; coldstart; request: the API's cost p
 invocation and [api] workers = 2; failover: [redis] min_replicas and BENCH_FAILOVERS
 (default 10) kills of the primary; files: the image example and a 10 MiB file; streams:
 a generator's chunks through SSE; pipelines; limits: echo with every [limits] key set
-against echo, and echo against the code before the limits, BENCH_LIMITS_BASELINE) runs
-those rows alone.
+against echo, and echo against the code before the limits, BENCH_LIMITS_BASELINE;
+hardening: Redis's longest block around the widest fan-out, and echo against the code
+before the hardening, BENCH_HARDENING_BASELINE) runs those rows alone.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from bench import images, pipelines, streams
+from bench import hardening, images, pipelines, streams
 from bench.access import Receiver, keyed_config, make_key, webhook_load
 from bench.apicost import (
     BASELINE_REF,
@@ -86,6 +87,8 @@ MLP_MAP_ITEMS = 20_000
 UPLOAD_ITEMS = 1_000_000
 # main before issue 27 (the limits): what a function without limits costs against it
 LIMITS_BASELINE = os.environ.get("BENCH_LIMITS_BASELINE", "aade902")
+# The code before the hardening of the new surfaces (portable JSON, ownership, quotas).
+HARDENING_BASELINE = os.environ.get("BENCH_HARDENING_BASELINE", "e1eb12b")
 
 
 @dataclass
@@ -403,7 +406,12 @@ def main() -> int:
             ]
 
             rows += request_path_rows(env, root)
-            rows += map_rows(env, tp["rate"]) + pipeline_rows(env) + limit_rows(env, root)
+            rows += [
+                *map_rows(env, tp["rate"]),
+                *pipeline_rows(env),
+                *limit_rows(env, root),
+                *hardening_rows(env, root),
+            ]
             rows += access_rows(env, root)
             rows.append(metrics_row(env, root))
 
@@ -462,6 +470,8 @@ def only_rows(env: Platform, root: Path, worker: Process) -> list[Row] | None:
         return pipeline_rows(env)
     if only == "limits":
         return limit_rows(env, root)
+    if only == "hardening":
+        return hardening_rows(env, root)
     alone = {"embed": embed_rows, "coldstart": coldstart_rows}.get(only)
     if alone is None:
         return None
@@ -907,6 +917,44 @@ def limit_rows(env: Platform, root: Path) -> list[Row]:
                 plain >= 0.97 * was,
             )
         )
+    return rows
+
+
+def hardening_rows(env: Platform, root: Path) -> list[Row]:
+    """Redis's longest block (the slowest PING) while the widest fan-out is planned, run
+    and cancelled, over a plain function (a map job) and a streaming one (a window of
+    invocations), against the slowest while idle (goal: 50 ms at most); and echo's
+    throughput against the code before the hardening (:data:`HARDENING_BASELINE`)."""
+    rows = []
+    for pipeline, kind in (("echofan", "map job"), ("streamfan", "streaming")):
+        phases = hardening.fanout_blocks(env.base, env.redis.url, pipeline)
+        drain(env.redis.url, "realtime")
+        for phase in ("plan", "run", "cancel"):
+            worst = phases[phase]
+            name = f"10k fan-out ({kind}): {phase}, longest block"
+            rows.append(Row("hardening", name, worst, phases["idle"], "ms", "≤ 50 ms", worst <= 50))
+    forget_jobs(env.redis.url)
+    conveyor_throughput(env.base)  # warm
+    old = baseline_platform(root / "before-hardening", HARDENING_BASELINE)
+    if old is None:
+        return rows
+    before = Platform(root / "before-hardening-run", env=env_with_path(old))
+    try:
+        before.worker("--queues", "realtime,default", "--concurrency", "1")
+        conveyor_throughput(before.base)  # warm
+
+        def load(base: str) -> Callable[[], float]:
+            return lambda: asyncio.run(_http_load(base, "echo", lambda i: i, BURST, CLIENTS))[
+                "rate"
+            ]
+
+        rates = hardening.in_turn({"now": load(env.base), "before": load(before.base)}, RUNS)
+    finally:
+        before.close()
+    now, was = statistics.median(rates["now"]), statistics.median(rates["before"])
+    rows.append(
+        Row("hardening", "echo vs before (/s)", now, was, "/s", "≥ 0.98×", now >= 0.98 * was)
+    )
     return rows
 
 

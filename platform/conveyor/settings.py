@@ -385,6 +385,23 @@ class MapSettings(_Section):
     )
 
 
+class PipelinesSettings(_Section):
+    max_fanout: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="elements one for_each step may have: a run whose list is longer fails"
+        " (refused with 422 when the list is in the input)",
+    )
+    window: int = Field(
+        128,
+        ge=1,
+        le=1024,
+        description="elements of a for_each step over a streaming function or a pipeline"
+        " under way at once (each is an invocation or a run; the next starts as one ends)",
+    )
+
+
 class MetricsSettings(_Section):
     enabled: bool = Field(
         True, description="count invocations for /metrics and the dashboard (workers and API)"
@@ -411,6 +428,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     map: MapSettings = MapSettings()
+    pipelines: PipelinesSettings = PipelinesSettings()
     webhooks: WebhookSettings = WebhookSettings()
     store: StoreSettings = StoreSettings()
     files: FilesSettings = FilesSettings()

@@ -149,6 +149,8 @@ def create_app(settings: Settings) -> Litestar:
             _resolver(served),
             settings.results.pending_ttl,
             settings.map.window,
+            max_fanout=settings.pipelines.max_fanout,
+            element_window=settings.pipelines.window,
         ),
         runs=Runs(invocations.redis),
         schedules=ScheduleStore(invocations.redis),

@@ -27,10 +27,13 @@ from conveyor.api.schemas import function_body
 from conveyor.api.services import Platform
 from conveyor.auth.caller import Caller
 from conveyor.auth.keys import Action
+from conveyor.errors import ValidationError
 from conveyor.files.store import Budget
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.registry import FunctionEntry, FunctionSpec
+from conveyor.invocations.client import key_counters
 from conveyor.invocations.records import InvocationRecord
+from conveyor.pipelines.plan import count_against, input_fanouts
 from conveyor.results import Steps, accepted_body, logs_body, result_body, result_url
 
 RESULT = "/{name:str}/results/{invocation_id:str}"
@@ -258,11 +261,15 @@ async def _submit(  # noqa: PLR0917
     )
     priority = None if body.get("priority") is None else int(body["priority"])
     deadline = request_deadline(request, body)
-    plan = None
+    plan, work = None, 1
     if spec.manifest.is_pipeline:
         census = await platform.invocations.census()
         workers = census.pool if census is not None else None
         plan = platform.planner.plan(spec, priority, workers=workers)
+        work += _fanned_out(platform, value, plan)
+        counters = key_counters(caller.owner, caller.key.limits if caller.key else None)
+        if counters is not None:
+            plan = count_against(plan, counters)
     return await platform.invocations.submit(
         spec,
         value,
@@ -277,7 +284,23 @@ async def _submit(  # noqa: PLR0917
         plan=plan,
         deadline=deadline,
         key_limits=caller.key.limits if caller.key is not None else None,
+        work=work,
     )
+
+
+def _fanned_out(platform: Platform, value: Any, plan: dict[str, Any]) -> int:
+    """The elements a run's for_each steps over its input start: refused past
+    ``[pipelines] max_fanout`` before anything is stored, else counted as the run's work."""
+    limit = platform.settings.pipelines.max_fanout
+    fanouts = input_fanouts(plan, value)
+    for text, count in fanouts:
+        if count > limit:
+            field = "input" + text.removeprefix("$.input")
+            message = f"{count} elements for {text}, more than [pipelines] max_fanout ({limit})"
+            raise ValidationError(
+                f"{field}: {message}", [{"field": field, "message": message, "type": "fanout"}]
+            )
+    return sum(count for _, count in fanouts)
 
 
 async def waiting_body(platform: Platform, entry: FunctionEntry) -> dict[str, Any]:

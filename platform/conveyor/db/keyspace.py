@@ -289,6 +289,8 @@ def stream(invocation_id: str) -> str:
 # step's invocations are ordinary records, "<run>.<step>" and "<run>.<step>.<index>".
 RUN_PREFIX = f"{PREFIX}:run:"
 RUN_ITEMS = ":items"  # + after run(id): the outputs of the running step's elements
+RUN_PENDING = ":pending"  # ... the elements of a streaming or pipeline step not yet started
+RUN_RUNNING = ":running"  # ... the ids of that step's element invocations under way
 
 
 def run(run_id: str) -> str:
@@ -310,6 +312,8 @@ def run_key_parts() -> dict[str, str]:
         "record": record(""),
         "run": RUN_PREFIX,
         "items": RUN_ITEMS,
+        "pending": RUN_PENDING,
+        "running": RUN_RUNNING,
         "stream": stream(""),
         "webhook": webhook,
         "completed": completed,

@@ -119,6 +119,7 @@ class InvocationClient:
         training: dict[str, Any] | None = None,
         deadline: float | None = None,
         key_limits: KeyLimits | None = None,
+        work: int = 1,
     ) -> InvocationRecord:
         """Store the record and enqueue the message in one step; then it is a promise.
 
@@ -139,7 +140,8 @@ class InvocationClient:
         ``deadline`` (a request's Cancel-After, as a time): not started by then, it ends
         ``expired``; still running then, it is cancelled. ``[limits] max_queue_time``
         bounds how long it may wait to start as well. ``key_limits``: those of the API key
-        making it (``owner``), checked in the submit's own step (:class:`KeyLimitError`).
+        making it (``owner``), checked in the submit's own step (:class:`KeyLimitError`);
+        a run counts as ``work`` against them (itself and the elements its input fans out).
         """
         self.refuse_when_full()
         if training is not None:
@@ -184,7 +186,7 @@ class InvocationClient:
                 submit = self._submit_values(spec, inv, fields, idempotency, digest)
                 submit |= key_values(owner, key_limits)
             else:
-                await self.take_key(spec.name, owner, key_limits, 1, idempotency)
+                await self.take_key(spec.name, owner, key_limits, work, idempotency)
                 submit = self._run_values(inv, fields, idempotency, digest, plan)
             submit["holders"] = [keyspace.file_holders(file_id) for file_id in files]
             first, notice = await self._store(inv.id, submit, SUBMIT if plan is None else RUN)
@@ -754,6 +756,19 @@ def element_fields(invocation_id: str, job: dict[str, str], compact: str | None)
     if result.get("d") is not None:
         fields["finished_at"] = repr(float(job["created_at"]) + result["d"] / 1000)
     return fields
+
+
+def key_counters(owner: str | None, limits: KeyLimits | None) -> dict[str, str] | None:
+    """What a pipeline run's plan counts its fan-outs on (pipelines/plan.count_against):
+    its key's daily and rate keys and its rate's emission; None for a key without them."""
+    if owner is None or limits is None or (limits.daily is None and limits.rate is None):
+        return None
+    values = key_values(owner, limits)
+    return {
+        "daily": values["key_daily"] if limits.daily is not None else "",
+        "rate": values["key_rate"],
+        "emission": values["key_emission"] or "0",
+    }
 
 
 def key_values(owner: str | None, limits: KeyLimits | None) -> dict[str, Any]:

@@ -37,12 +37,16 @@ Resolve = Callable[[str], tuple[FunctionSpec, FunctionSchemas]]
 class Planner:
     """Builds plans for one process: ``resolve`` gives a function's serving version;
     ``window``: a for_each step's chunks under way at first, per worker process of its
-    queue (``[map] window``)."""
+    queue (``[map] window``); ``max_fanout``: a for_each step's elements at most
+    (``[pipelines] max_fanout``); ``element_window``: the elements of a step over a
+    streaming function or a pipeline under way at once (``[pipelines] window``)."""
 
     app: BrokerApp
     resolve: Resolve
     pending_ttl: int
     window: int = 2
+    max_fanout: int = 10_000
+    element_window: int = 128
 
     def plan(
         self,
@@ -88,6 +92,8 @@ class Planner:
             "steps": planned,
             "output": selected.plan(names) if selected else None,
             "uses": uses,
+            "max_fanout": self.max_fanout,
+            "element_window": self.element_window,
         }
 
     def _job(
@@ -168,6 +174,51 @@ class Planner:
             "sent_sequence": keyspace.sent_sequence(queue_list),
             "message": message,
         }
+
+
+def input_fanouts(plan: dict[str, Any], value: Any) -> list[tuple[str, int]]:
+    """The for_each steps of a run that select their list from its input: each one's
+    selector and how many elements it has in ``value`` (known before the run is accepted:
+    refused past ``[pipelines] max_fanout``, counted against its key's limits)."""
+    found = []
+    for step in plan["steps"]:
+        each = step.get("each")
+        if not each or each.get("sel") != "input":
+            continue
+        node = _selected(value, each["path"])
+        if isinstance(node, list):
+            found.append((str(each["text"]), len(node)))
+    return found
+
+
+def _selected(value: Any, path: list[str | int]) -> Any:
+    """What a selector's path picks out of ``value`` (None where it picks nothing)."""
+    node = value
+    for part in path:
+        if isinstance(node, list) and isinstance(part, int):
+            if not -len(node) <= part < len(node):
+                return None
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str):
+            if part not in node:
+                return None
+            node = node[part]
+        else:
+            return None
+    return node
+
+
+def count_against(plan: dict[str, Any], key: dict[str, str]) -> dict[str, Any]:
+    """``plan`` with its API key's counters (``key``: its daily and rate keys, its rate's
+    emission): each for_each step counts its elements against them as it starts them,
+    but for those over the run's own input, counted when the run was accepted."""
+    plan["key"] = key | {"counted_input": True}
+    nested = [step["plan"] for step in plan["steps"] if step.get("kind") == "pipeline"]
+    while nested:
+        inner = nested.pop()
+        inner["key"] = key | {"counted_input": False}
+        nested += [step["plan"] for step in inner["steps"] if step.get("kind") == "pipeline"]
+    return plan
 
 
 def _flat(fields: dict[str, str]) -> list[str]:

@@ -194,6 +194,65 @@ local function finish_run(ctx, plan, run_id)
          {'output', output, 'finished_at', now()})
 end
 
+-- ``n`` elements started count against the run's API key as the work they are (the key's
+-- accepted today, and its rate's turns), not as one run; those of a list in the run's own
+-- input were counted when it was accepted. Accepted work is never refused here.
+local function count_work(plan, n, from_input)
+  local key = plan.key
+  if not key or n == 0 or (from_input and key.counted_input) then return end
+  if key.daily ~= '' then
+    redis.call('INCRBY', key.daily, n)
+    redis.call('EXPIRE', key.daily, 2 * 86400)
+  end
+  if key.rate ~= '' then
+    local t = redis.call('TIME')
+    local at = t[1] + t[2] / 1000000
+    local tat = math.max(tonumber(redis.call('GET', key.rate) or '0'), at) + n * key.emission
+    redis.call('SET', key.rate, string.format('%.6f', tat), 'PX',
+               math.ceil((tat - at) * 1000) + 1000)
+  end
+end
+
+-- The next ``n`` elements of a for_each step over a streaming function or a pipeline,
+-- each an invocation (or a run) of its own: their inputs built from the elements waiting
+-- in the run's ``pending`` list, in order, their ids in its ``running`` set. A step starts
+-- [pipelines] window of them and each one's end starts the next, so no script plans more
+-- than a window, and a cancel has at most a window to stop.
+local function feed_elements(ctx, plan, step, k, run_id, n)
+  local state = plan.keys.run .. run_id
+  local keys = redis.call('HMGET', state, 'pending', 'running')
+  local whole = step.input.sel == 'item' and #step.input.path == 0
+  local env = {state = state}
+  local at = now()
+  for _ = 1, n do
+    local element = redis.call('LPOP', keys[1])
+    if not element then return end
+    local index = redis.call('HINCRBY', state, 'fed:' .. k, 1) - 1
+    local built = element
+    if not whole then
+      env.input = env.input or redis.call('HGET', state, 'input')
+      env.item, env.index = element, index
+      local bad
+      built, bad = build(step.input, env)
+      if not built then
+        return fail_run(ctx, plan, run_id, k, index, {type = 'InputError', message = bad})
+      end
+    end
+    local id = step_id(run_id, step, index)
+    redis.call('SADD', keys[2], id)
+    enqueue(ctx, plan, step, k, id, built, run_id, index, at)
+  end
+end
+
+local function start_elements(ctx, plan, step, k, run_id, elements)
+  local pending = redis.call('HGET', plan.keys.run .. run_id, 'pending')
+  for from = 1, #elements, 1000 do
+    redis.call('RPUSH', pending, unpack(elements, from, math.min(from + 999, #elements)))
+  end
+  redis.call('EXPIRE', pending, plan.pending_ttl)
+  feed_elements(ctx, plan, step, k, run_id, plan.element_window or #elements)
+end
+
 -- Start step ``k`` of the run (its invocations queued), or end the run after the last.
 local function run_step(ctx, plan, run_id, k)
   local state = plan.keys.run .. run_id
@@ -212,9 +271,16 @@ local function run_step(ctx, plan, run_id, k)
       if not elements then
         return fail_run(ctx, plan, run_id, k, nil, {type = 'ForEachError', message = why})
       end
+      if plan.max_fanout and #elements > plan.max_fanout then
+        return fail_run(ctx, plan, run_id, k, nil, {type = 'ForEachError', message =
+          step.each.text .. ' has ' .. #elements .. ' elements, more than [pipelines]'
+          .. ' max_fanout (' .. plan.max_fanout .. ')'})
+      end
+      count_work(plan, #elements, step.each.sel == 'input')
       local whole = step.input.sel == 'item' and #step.input.path == 0
+      local windowed = plan.keys.pending and not given(step.job)
       for i, element in ipairs(elements) do
-        if whole then inputs[i] = element  -- the element is the input: nothing to build
+        if whole or windowed then inputs[i] = element  -- built as it is fed, if at all
         else
           env.item, env.index = element, i - 1
           local built, bad = build(step.input, env)
@@ -239,6 +305,9 @@ local function run_step(ctx, plan, run_id, k)
     if #inputs > 0 and given(step.job) then
       start_job(ctx, plan, step, k, run_id, inputs, at)
       return
+    end
+    if #inputs > 0 and each and plan.keys.pending then
+      return start_elements(ctx, plan, step, k, run_id, inputs)
     end
     if #inputs > 0 then
       for i, built in ipairs(inputs) do
@@ -288,6 +357,10 @@ start_run = function(ctx, run_id, plan, input, text)
              'record', record, 'items', state .. plan.keys.items,
              'stream', plan.keys.stream .. run_id,
              'start_delivery', plan.keys.webhook .. run_id .. plan.keys.started)
+  if plan.keys.pending then  -- (a plan made by the release before has none)
+    redis.call('HSET', state, 'pending', state .. plan.keys.pending,
+               'running', state .. plan.keys.running)
+  end
   redis.call('EXPIRE', state, plan.pending_ttl)
   for _, version in ipairs(plan.uses) do redis.call('HINCRBY', ctx.in_use, version, 1) end
   run_step(ctx, plan, run_id, 0)
@@ -325,7 +398,13 @@ local function run_ended(ctx, id, record, to)
   end
   local ttl = record.ttl or '3600'
   redis.call('EXPIRE', state, ttl)
-  redis.call('EXPIRE', redis.call('HGET', state, 'items'), ttl)
+  local kept = redis.call('HMGET', state, 'items', 'pending', 'running')
+  redis.call('EXPIRE', kept[1], ttl)
+  local under_way = {}
+  if kept[3] then
+    under_way = redis.call('SMEMBERS', kept[3])
+    redis.call('DEL', kept[2], kept[3])
+  end
   local k = tonumber(redis.call('HGET', state, 'step'))
   local step = plan.steps[k + 1]
   if to == 'succeeded' or not step then return end
@@ -334,9 +413,11 @@ local function run_ended(ctx, id, record, to)
   end
   if given(step.job) then return cancel_job(ctx, plan, id .. '.' .. step.name) end
   local n = tonumber(redis.call('HGET', state, 'each:' .. k))
-  local ids = {}
-  if n < 0 then ids[1] = step_id(id, step, nil) end
-  for i = 0, n - 1 do ids[#ids + 1] = step_id(id, step, i) end
+  local ids = under_way
+  if n < 0 then ids = {step_id(id, step, nil)}
+  elseif not kept[3] then  -- a run of the release before: every element was queued
+    for i = 0, n - 1 do ids[#ids + 1] = step_id(id, step, i) end
+  end
   local at = now()
   for _, sibling in ipairs(ids) do
     local done = change(ctx, own_keys(plan, sibling), sibling, ACTIVE, 'cancelled', 'record',
@@ -371,7 +452,15 @@ local function step_ended(ctx, id, record, to)
   else
     redis.call('HSET', state, 'out:' .. k, output)
   end
-  if redis.call('HINCRBY', state, 'left', -1) > 0 then return end
+  local keys = redis.call('HMGET', state, 'pending', 'running')
+  local fed = keys[2] and redis.call('SREM', keys[2], id) == 1
+  if redis.call('HINCRBY', state, 'left', -1) > 0 then
+    if fed and redis.call('LLEN', keys[1]) > 0 then
+      local plan = plan_of(state)
+      feed_elements(ctx, plan, plan.steps[k + 1], k, run_id, 1)
+    end
+    return
+  end
   local fanned = nil
   if each >= 0 then fanned = json_list(items, k .. ':', each, output_or_null, true) end
   step_succeeded(ctx, plan_of(state), run_id, k, fanned)
