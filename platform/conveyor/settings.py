@@ -333,6 +333,12 @@ class WorkerSettings(_Section):
         " long run is never handed to a second worker",
     )
     restore_interval: Seconds = 5.0
+    stall_after: Seconds = Field(
+        30.0,
+        description="seconds a worker's consumer may take no message while its queues hold"
+        " some and it has room (Redis reachable), or its heartbeat not beat, before the"
+        " worker starts itself afresh (what it held is redelivered)",
+    )
     start_timeout: Seconds = Field(300.0, description="time a process may take in setup()")
     heartbeat: Seconds = 5.0
     slot_lease: Seconds = Field(

@@ -9,6 +9,7 @@ twice, pushes the kept copy again, and the invocation runs once."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -89,3 +90,26 @@ def test_a_retrys_lost_message_is_queued_again(make_stack) -> None:  # type: ign
         assert done["status"] == "succeeded" and done["output"] == 7 and done["attempts"] == 2
     assert runs.read_text().split() == [f"{invocation}:1", f"{invocation}:2"]
     assert "message_lost" in rescuer.log.read_text()
+
+
+def test_a_map_chunks_lost_message_is_queued_again(make_stack) -> None:  # type: ignore[no-untyped-def]
+    """A chunk's message, fed by the map job, is copied until the chunk begins: popped off
+    its list and never recorded (Redis went away between kombu's two commands), the job
+    would wait for it for good; the sweep queues it again and the job ends."""
+    stack = make_stack()
+    runs = stack.root / "runs"
+    write_recording_function(stack.functions, "work", runs)
+    client = stack.redis
+    with stack.api() as api:
+        job = api.post("/functions/work/map", json={"inputs": list(range(6))}).json()
+        [queue_list] = [k for k in client.keys("default*") if client.llen(k)]
+        copies = client.hgetall("conveyor:sent")
+        assert copies and all(e.endswith(f"conveyor:map:{job['id']}") for e in copies.values())
+        taken = client.rpop(queue_list)  # the first chunk's message, as kombu took it
+        assert json.loads(taken)["properties"]["delivery_tag"] in copies
+        worker = stack.worker("--queues", "default", "--concurrency", "1")
+        wait_for(lambda: api.get(job["status_url"]).json()["status"] == "succeeded", 60, "the job")
+        wait_for(lambda: client.hlen("conveyor:sent") == 0, 30, "the copies dropped")
+    ran = Counter(runs.read_text().split())
+    assert len(ran) == 6 and set(ran.values()) == {1}, ran  # each item once
+    assert "message_lost" in worker.log.read_text()

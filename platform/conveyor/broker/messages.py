@@ -174,11 +174,16 @@ def encode_task(
 
 def chunk_message(
     app: Celery, job_id: str, fields: dict[str, str], chunk: int, n: int
-) -> tuple[str, str]:
-    """The Redis list and the ``conveyor.map`` message of chunk ``chunk`` (``n`` items),
-    one priority step below the job's, with a hard limit of ``n`` items' time limits."""
+) -> tuple[str, str, str]:
+    """The Redis list, the ``conveyor.map`` message of chunk ``chunk`` (``n`` items), one
+    priority step below the job's, with a hard limit of ``n`` items' time limits, and its
+    task id (its delivery tag too, which the sent copy of the message names)."""
     route, kwargs = _chunk(fields, n, job_id, chunk)
-    return encode_task(app, str(uuid.uuid4()), MAP_TASK_NAME, kwargs, route, below=True)
+    task_id = str(uuid.uuid4())
+    queue_list, message = encode_task(
+        app, task_id, MAP_TASK_NAME, kwargs, route, below=True, delivery_tag=task_id
+    )
+    return queue_list, message, task_id
 
 
 def _chunk(

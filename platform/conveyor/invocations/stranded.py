@@ -40,11 +40,12 @@ log = get_logger(__name__)
 RESCUE = script("invocations", "rescue")
 
 
-def _entry(invocation_id: str, entry: str) -> tuple[str, int, str]:
-    """A copy's list, sequence and delivery tag (a submit's copy names no tag: its tag is
-    the invocation's id)."""
-    queue_list, seq, *tag = entry.split(" ")
-    return queue_list, int(seq), tag[0] if tag else invocation_id
+def _entry(task_id: str, entry: str) -> tuple[str, int, str, str]:
+    """A copy's list, sequence, delivery tag (a submit's copy names no tag: its tag is
+    the invocation's id) and owner: the key of a map job, for a chunk's message ('' for an
+    invocation's: its record is the task's own)."""
+    queue_list, seq, *rest = entry.split(" ")
+    return queue_list, int(seq), rest[0] if rest else task_id, rest[1] if len(rest) > 1 else ""
 
 
 class StrandedSweeper:
@@ -79,10 +80,10 @@ class StrandedSweeper:
             if first is None or now - float(first) < self.interval:
                 continue
             entry = entries[invocation_id]
-            queue_list, _, tag = _entry(invocation_id, entry)
+            queue_list, _, tag, owner = _entry(invocation_id, entry)
             outcome = self.scripts.call(
                 RESCUE,
-                record=keyspace.record(invocation_id),
+                record=owner or keyspace.record(invocation_id),
                 sent=keyspace.SENT,
                 sent_messages=keyspace.SENT_MESSAGES,
                 unacked=keyspace.KOMBU_UNACKED,
@@ -91,6 +92,8 @@ class StrandedSweeper:
                 id=invocation_id,
                 entry=entry,
                 tag=tag,
+                wanted="running" if owner else "queued retrying",  # a chunk's job still runs
+                owner=owner,
             )
             self.client.hdel(keyspace.STRANDED, invocation_id)
             if outcome == "requeued":
@@ -106,9 +109,9 @@ class StrandedSweeper:
     def _stranded(self, entries: dict[str, str]) -> set[str]:
         """Copies whose message left its list and is neither held nor started."""
         parsed = {i: _entry(i, e) for i, e in entries.items()}
-        lists = {queue_list for queue_list, _, _ in parsed.values()}
+        lists = {queue_list for queue_list, _, _, _ in parsed.values()}
         taken_below = {q: self._taken_below(q, entries) for q in lists}
-        taken = [i for i, (q, seq, _) in parsed.items() if seq < taken_below[q]]
+        taken = [i for i, (q, seq, _, _) in parsed.items() if seq < taken_below[q]]
         if not taken:
             return set()
         pipe = self.client.pipeline(transaction=False)

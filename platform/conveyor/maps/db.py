@@ -146,6 +146,7 @@ def settle_values(
         "stream_events": keyspace.STREAM_EVENTS_CHANNEL,
         "sent": keyspace.SENT,
         "sent_messages": keyspace.SENT_MESSAGES,
+        "sent_sequence": keyspace.sent_sequence(queue_key),
         **{
             "retries_count" if name == "retries" else name: key
             for name, key in counted_keys(metrics).items()
@@ -162,6 +163,9 @@ def feed_values(job_id: str, chunk: int, queue_key: str) -> dict[str, str]:
         "retries": keyspace.map_retries(job_id),
         "chunk": keyspace.map_chunk(job_id, chunk),
         "queue": queue_key,
+        "sent": keyspace.SENT,
+        "sent_messages": keyspace.SENT_MESSAGES,
+        "sent_sequence": keyspace.sent_sequence(queue_key),
     }
 
 
@@ -294,14 +298,17 @@ class MapStore:
         messages = [chunk_message(self.app, job_id, fields, k, size) for k in range(chunks)]
         queue_key = messages[0][0]
         feeds: list[Any] = []
-        for k, (_, message) in enumerate(messages):
-            feeds += [k, size, message]
+        for k, (_, message, task_id) in enumerate(messages):
+            feeds += [k, size, message, task_id]
         with broker_errors():
             await self.redis.hset(keyspace.map_job(job_id), "total", total)
             outcome, detail = await self.scripts.call(
                 FINISH_UPLOAD,
                 **_accept_keys(job_id, fields, idempotency),
                 queue=queue_key,
+                sent=keyspace.SENT,
+                sent_messages=keyspace.SENT_MESSAGES,
+                sent_sequence=keyspace.sent_sequence(queue_key),
                 chunks=[keyspace.map_chunk(job_id, k) for k in range(chunks)],
                 id=job_id,
                 now=repr(time.time()),

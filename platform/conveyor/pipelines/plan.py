@@ -121,6 +121,7 @@ class Planner:
         return {
             "fields": _flat(fields),
             "queue": queue_list,
+            "sent_sequence": keyspace.sent_sequence(queue_list),
             "chunk": chunk,
             "size": size,
             "window": max(1, count) * self.window,

@@ -213,6 +213,8 @@ class Chunks:
             maps.BEGIN,
             job=keyspace.map_job(job),
             active=keyspace.map_active(job),
+            sent=keyspace.SENT,
+            sent_messages=keyspace.SENT_MESSAGES,
             task_id=task_id,
             chunk=chunk,
         )
@@ -398,7 +400,7 @@ class Chunks:
             return  # the job expired
         seen = repr(sum(out.seconds) / len(out.seconds)) if out.seconds else ""
         k, size = int(fields.get("chunks", 0)), self._size(fields, seen)
-        message = ("", "")
+        message = ("", "", "")
         room = int(fields.get("outstanding", 0)) - 1 < self._window(fields)
         if fields.get("status") == "running" and room and out.parked is None:
             message = chunk_message(self.app, job, fields, k, size)
@@ -422,6 +424,7 @@ class Chunks:
             next_k=k,
             next_n=size,
             next_message=message[1],
+            next_task_id=message[2],
             function_name=fields["function"],
             outcomes=outcomes,
         )
@@ -443,7 +446,9 @@ class Chunks:
             ) >= self._window(fields):
                 return
             k = int(fields.get("chunks", 0))
-            queue_key, message = chunk_message(self.app, job, fields, k, self._size(fields, ""))
+            queue_key, message, task_id = chunk_message(
+                self.app, job, fields, k, self._size(fields, "")
+            )
             fed = self.executor.scripts.call(
                 maps.FEED,
                 **maps.feed_values(job, k, queue_key),
@@ -451,6 +456,7 @@ class Chunks:
                 n=self._size(fields, ""),
                 message=message,
                 now=repr(time.time()),
+                task_id=task_id,
             )
             if not fed:
                 earliest = self.redis.zrange(keyspace.map_retries(job), 0, 0, withscores=True)

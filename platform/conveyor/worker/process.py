@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import signal
 import socket
+import sys
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from celery import signals
@@ -45,6 +48,7 @@ from conveyor.worker.task import register_task
 log = get_logger(__name__)
 
 PRUNE_EVERY = 60.0  # seconds between looks for cached versions the store has collected
+MIN_LIFE = 30.0  # a worker that stops on an error younger than this exits (no restart loop)
 
 
 class WorkerProcess:
@@ -72,7 +76,9 @@ class WorkerProcess:
         self.executor = Executor(settings, queues)
         register_task(self.app, self.executor)
         self._consumer: Any = None
+        self._stopping = False
         self._stop = threading.Event()
+        self.watchdog = Watchdog(self)
 
     def _read_serving(self) -> dict[str, tuple[str, Manifest]]:
         """What serves (name -> version, manifest); the last known if Redis is away."""
@@ -91,6 +97,7 @@ class WorkerProcess:
         signals.worker_ready.connect(self._on_ready, weak=False)
         signals.worker_shutdown.connect(self._on_shutdown, weak=False)
         signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
+        signals.task_received.connect(lambda **_: self.watchdog.progressed(), weak=False)
         self._prune_cache()
         log.info(
             "worker_starting",
@@ -111,7 +118,12 @@ class WorkerProcess:
             without_gossip=True,
             without_mingle=True,
         )
+        started = time.monotonic()
         worker.start()
+        if worker.exitcode and time.monotonic() - started > MIN_LIFE and not self._stopping:
+            # Celery stopped on an error of its own ("Unrecoverable error"): start afresh,
+            # as the same process, so honcho, systemd or a supervisor keep it.
+            restart("worker_stopped_on_error", exitcode=worker.exitcode)
         raise SystemExit(worker.exitcode)
 
     def _apply_visibility_timeout(self) -> None:
@@ -127,11 +139,13 @@ class WorkerProcess:
         self._apply_visibility_timeout()
         threading.Thread(target=self._heartbeat, name="conveyor-heartbeat", daemon=True).start()
         threading.Thread(target=self._renew_leases, name="conveyor-leases", daemon=True).start()
+        threading.Thread(target=self.watchdog.run, name="conveyor-watchdog", daemon=True).start()
         log.info("worker_ready", worker=self.name, queues=self.queues)
 
     def _on_shutting_down(self, **_: Any) -> None:
         """A warm shutdown begins (in the signal handler): running handlers get their
         ``[worker] shutdown_grace`` (see :mod:`.stopping`)."""
+        self._stopping = True
         if self._consumer is not None:
             tell_children(_pool_pids(self._consumer))
 
@@ -242,12 +256,91 @@ class WorkerProcess:
                 "seen_at": time.time(),
                 "active": _active_count(),
                 "functions": {name: version for name, (version, _) in self.serving.items()},
+                "stalled_s": round(self.watchdog.stalled_s, 1),
             }
+            self.watchdog.beat()
             try:
                 census.beat(self.name, payload, interval)
             except redis.RedisError as exc:
                 log.warning("heartbeat_failed", error=str(exc))
             self._stop.wait(interval)
+
+
+class Watchdog:
+    """Notices a worker that stopped making progress and starts it afresh.
+
+    kombu has lost a worker's consumer in more than one way when Redis went away (a
+    channel closing on a released connection; a consumer that never took a message again
+    after a restart), and Celery does not always notice. So the parent watches: its
+    consumer took no message for ``[worker] stall_after`` seconds while Redis answers,
+    its queues hold messages and it has room for one, or its heartbeat has not beaten for
+    as long. Then it says so in its heartbeat, kills its pool and runs its own command
+    again as the same process (:func:`restart`); what it held is redelivered after the
+    visibility timeout, as for a lost worker, and nothing accepted is lost.
+    """
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.worker = worker
+        self.progress_at = self.beat_at = time.monotonic()
+        self.stalled_s = 0.0
+
+    def progressed(self) -> None:
+        self.progress_at = time.monotonic()
+
+    def beat(self) -> None:
+        self.beat_at = time.monotonic()
+
+    def run(self) -> None:
+        worker = self.worker
+        limit = worker.settings.worker.stall_after
+        client = sync_client(worker.settings)
+        every = min(worker.settings.worker.heartbeat, limit / 3)
+        while not worker._stop.wait(every):
+            now = time.monotonic()
+            self.stalled_s = self._stalled(client, now)
+            if self.stalled_s > limit:
+                self._restart("worker_consumer_stalled", self.stalled_s)
+            if now - self.beat_at > limit + worker.settings.worker.heartbeat:
+                self._restart("worker_heartbeat_stalled", now - self.beat_at)
+
+    def _stalled(self, client: redis.Redis, now: float) -> float:
+        """Seconds the consumer has taken nothing while it could have (0: it has not)."""
+        worker = self.worker
+        if len(_held_requests()) >= worker.concurrency:
+            self.progress_at = now  # busy: nothing to take
+            return 0.0
+        try:
+            pipe = client.pipeline(transaction=False)
+            for queue in worker.queues:
+                for key in keyspace.queue_lists(queue):
+                    pipe.llen(key)
+            waiting = sum(pipe.execute())
+        except redis.RedisError:
+            self.progress_at = now  # Redis away: the consumer's time starts once it is back
+            return 0.0
+        if not waiting:
+            self.progress_at = now
+            return 0.0
+        return now - self.progress_at
+
+    def _restart(self, event: str, seconds: float) -> None:
+        worker = self.worker
+        log.error(event, worker=worker.name, seconds=round(seconds, 1))
+        if worker._consumer is not None:
+            for pid in _pool_pids(worker._consumer):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        restart(event)
+
+
+def restart(reason: str, **fields: Any) -> NoReturn:
+    """Run this worker's own command again, as the same process (the same pid: honcho,
+    systemd, Kubernetes or ``conveyor worker --autoscale`` keep it)."""
+    log.warning("worker_restarting", reason=reason, **fields)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def _batch_runs(client: redis.Redis, held: list[Any]) -> list[dict[str, Any]]:

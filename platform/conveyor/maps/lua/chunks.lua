@@ -1,9 +1,12 @@
 -- Fragment: feed(...) moves due retries, then waiting items, into chunk k and queues its
 -- message, if the job runs and chunk k is the next; finish(...) ends a job with nothing
 -- left to run (its version counted down in use, its keys expiring, its 'completed'
--- webhook); ended(...) says whether nothing is left.
+-- webhook); ended(...) says whether nothing is left. ``sent`` ({hash, messages, sequence,
+-- id}: the sent copies, the queue's sequence, the chunk's task id) keeps a copy of the
+-- chunk's message until it begins, as a submit does (invocations/stranded.py: a message
+-- kombu took off its list but never recorded, as Redis went away, is queued again).
 --! include webhooks/enqueue
-local function feed(job, inputs, retries, chunk, queue, k, n, message, now)
+local function feed(job, inputs, retries, chunk, queue, k, n, message, now, sent)
   if redis.call('HGET', job, 'status') ~= 'running' then return 0 end
   if tonumber(redis.call('HGET', job, 'chunks')) ~= tonumber(k) then return 0 end
   local due = redis.call('ZRANGEBYSCORE', retries, '-inf', now, 'LIMIT', 0, n)
@@ -20,6 +23,11 @@ local function feed(job, inputs, retries, chunk, queue, k, n, message, now)
   redis.call('HINCRBY', job, 'chunks', 1)
   redis.call('HINCRBY', job, 'outstanding', 1)
   redis.call('LPUSH', queue, message)
+  if sent and sent.sequence and sent.id ~= '' then
+    local seq = redis.call('INCR', sent.sequence)
+    redis.call('HSET', sent.hash, sent.id, queue .. ' ' .. seq .. ' ' .. sent.id .. ' ' .. job)
+    redis.call('HSET', sent.messages, sent.id, message)
+  end
   return 1
 end
 

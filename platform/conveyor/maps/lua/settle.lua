@@ -12,8 +12,8 @@
 -- end starts the next step (``records``, the invocations' events channel, and the keys
 -- after it, as a transition has them). Returns {fed, ended, earliest retry or '', ids of
 -- running chunks to kill...}.
--- KEYS: job chunk results done retries active inputs next_chunk queue events invocations failures durations delivery due wake in_use timer_list records stream_events sent sent_messages retries_count bucket recent
--- ARGV: id now task_id chunk_number item_seconds next_k next_n next_message function_name ...outcomes
+-- KEYS: job chunk results done retries active inputs next_chunk queue events invocations failures durations delivery due wake in_use timer_list records stream_events sent sent_messages retries_count bucket recent sent_sequence
+-- ARGV: id now task_id chunk_number item_seconds next_k next_n next_message next_task_id function_name ...outcomes
 --! include maps/chunks
 --! include metrics/count
 --! include invocations/change
@@ -68,7 +68,8 @@ redis.call('HDEL', job, 'starts:' .. A.chunk_number)
 local fed = 0
 if A.next_message ~= '' then
   fed = feed(job, K.inputs, K.retries, K.next_chunk, K.queue, A.next_k, A.next_n,
-             A.next_message, now)
+             A.next_message, now, {hash = K.sent, messages = K.sent_messages,
+                                   sequence = K.sent_sequence, id = A.next_task_id})
 end
 local timer = ARGV[at + back + 1]
 if retries > 0 and fed == 0 and timer and timer ~= '' then

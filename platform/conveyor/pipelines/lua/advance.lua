@@ -107,9 +107,12 @@ local function start_job(ctx, plan, step, k, run_id, inputs, at)
   for _, key in ipairs({keys.job, keys.inputs}) do redis.call('EXPIRE', key, plan.pending_ttl) end
   redis.call('HINCRBY', ctx.in_use, step.in_use, 1)
   for c = 0, step.job.window - 1 do
-    local message = fill(step.job.chunk, {id = job_id .. '.c' .. c, job = job_id, chunk = c})
+    local task_id = job_id .. '.c' .. c
+    local message = fill(step.job.chunk, {id = task_id, job = job_id, chunk = c})
+    local sent = {hash = ctx.sent, messages = ctx.sent_messages,
+                  sequence = step.job.sent_sequence, id = task_id}
     if feed(keys.job, keys.inputs, keys.retries, keys.chunk .. c, step.job.queue, c,
-            step.job.size, message, at) == 0 then
+            step.job.size, message, at, sent) == 0 then
       break
     end
   end
