@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from conveyor.broker.app import create_celery
-from tests.support import Stack, free_port, start_api, wait_for, write_function
+from tests.support import Stack, free_port, start_api, wait_for, write_function, write_pipeline
 
 pytestmark = pytest.mark.faults
 
@@ -60,9 +60,7 @@ def deploy(stack: Stack) -> None:
         BATCHED,
         '[function]\nhandler = "handler:Model"\n[batching]\nmax_batch_size = 8\nmax_wait_ms = 20\n',
     )
-    folder = stack.functions / "flow"
-    folder.mkdir()
-    (folder / "function.toml").write_text(FLOW)
+    write_pipeline(stack.functions, "flow", FLOW)
 
 
 def submit(client: httpx.Client, i: int) -> list[tuple[str, str]]:
@@ -104,6 +102,32 @@ def ended(client: httpx.Client, kind: str, ident: str) -> dict[str, Any]:
         if body.get("finished_at") or body.get("status") == 404:
             return body
     return body
+
+
+def _explain(stack: Stack, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """What Redis holds of unfinished work: its record, a run's state and its steps'."""
+    client = stack.redis
+    ident = body.get("id", "")
+    found: dict[str, Any] = {"kind": kind, "body": body}
+    if kind == "map":
+        found["job"] = client.hgetall(f"conveyor:map:{ident}")
+    else:
+        found["record"] = client.hgetall(f"conveyor:job:{ident}")
+        state = client.hgetall(f"conveyor:run:{ident}")
+        state.pop("plan", None)
+        found["state"] = state
+        found["steps"] = {
+            key: client.hgetall(key)
+            for key in client.scan_iter(f"conveyor:job:{ident}.*")
+            if client.hget(key, "status") not in ("succeeded",)
+        }
+        found["jobs"] = {
+            key: client.hgetall(key)
+            for key in client.scan_iter(f"conveyor:map:{ident}.*")
+            if client.type(key) == "hash"
+        }
+    found["sent"] = client.hlen("conveyor:sent")
+    return found
 
 
 @pytest.mark.timeout(900)
@@ -148,7 +172,7 @@ def test_workers_survive_redis_restarted_again_and_again(
         f" {dict(statuses)}, unfinished {len(unfinished)}, workers restarted themselves"
         f" {restarted} times, {took:.0f} s"
     )
-    assert not unfinished, unfinished[:3]
+    assert not unfinished, [_explain(stack, kind, body) for kind, body in unfinished[:3]]
     assert all(status == "succeeded" for (_, status) in statuses), statuses
 
 

@@ -10,7 +10,7 @@ import pytest
 from litestar.testing import TestClient
 
 from tests.integration.test_files import MAKER, READER, TOML
-from tests.support import Stack, make_key, wait_for, write_function
+from tests.support import Stack, make_key, wait_for, write_function, write_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -75,18 +75,12 @@ function = "maker"
 """
 
 
-def _pipeline(stack: Stack, name: str, manifest: str) -> None:
-    folder = stack.functions / name
-    folder.mkdir(exist_ok=True)
-    (folder / "function.toml").write_text(manifest)
-
-
 def test_ownership_travels_with_the_data(api: TestClient, stack: Stack) -> None:  # type: ignore[type-arg]
     """One rule where bytes are read, API and worker alike: a file is its owner's, an
     admin's, and the invocations' its owner started (a run's steps are its caller's)."""
     write_function(stack.functions, "passer", PASS, TOML)
-    _pipeline(stack, "relay", RELAY)
-    _pipeline(stack, "made", MADE)
+    write_pipeline(stack.functions, "relay", RELAY)
+    write_pipeline(stack.functions, "made", MADE)
     admin = {"Authorization": f"Bearer {make_key(stack, 'root2', 'admin')}"}
     wait_for(
         lambda: all(

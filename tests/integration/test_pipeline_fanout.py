@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-from tests.support import Stack, make_key, wait_for, write_function
+from tests.support import Stack, make_key, wait_for, write_function, write_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -60,10 +60,8 @@ def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     write_function(stack.functions, "streamed", STREAMED.format(), FN)
     write_function(stack.functions, "split", SPLIT, FN)
     write_function(stack.functions, "plain", "def run(x: int) -> int:\n    return x\n", FN)
-    for name, manifest in (("fan", OVER_INPUT), ("made", OVER_STEP)):
-        folder = stack.functions / name
-        folder.mkdir()
-        (folder / "function.toml").write_text(manifest)
+    write_pipeline(stack.functions, "fan", OVER_INPUT)
+    write_pipeline(stack.functions, "made", OVER_STEP)
     stack.worker("--queues", "default", "--concurrency", "4")
     return stack
 

@@ -15,7 +15,15 @@ from hypothesis import strategies as st
 from litestar.testing import TestClient
 
 from conveyor.db import scripts
-from tests.support import Stack, cancel, invoke, result, wait_for, write_function
+from tests.support import (
+    Stack,
+    cancel,
+    invoke,
+    result,
+    wait_for,
+    write_function,
+    write_pipeline,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -186,13 +194,6 @@ def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     write_pipeline(stack.functions, "loose", LOOSE)
     stack.worker("--queues", "default", "--concurrency", "4")
     return stack
-
-
-def write_pipeline(root: Path, name: str, manifest: str) -> Path:
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "function.toml").write_text(manifest)
-    return folder
 
 
 def run(api: TestClient, name: str, payload: Any, wait: float = 30) -> dict[str, Any]:  # type: ignore[type-arg]

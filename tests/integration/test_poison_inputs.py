@@ -18,7 +18,7 @@ from litestar.testing import TestClient
 from conveyor.db import scripts
 from conveyor.db.connections import broker_errors
 from conveyor.errors import BrokerUnavailableError, RedisCommandError
-from tests.support import Stack, result, write_function
+from tests.support import Stack, result, write_function, write_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -80,10 +80,8 @@ def stack(make_stack) -> Stack:  # type: ignore[no-untyped-def]
     write_function(stack.functions, "same", SAME, FN)
     write_function(stack.functions, "parse", PARSE, FN)
     write_function(stack.functions, "streamed", STREAMED, FN)
-    for name, manifest in (("poison", POISON), ("direct", DIRECT)):
-        folder = stack.functions / name
-        folder.mkdir()
-        (folder / "function.toml").write_text(manifest)
+    write_pipeline(stack.functions, "poison", POISON)
+    write_pipeline(stack.functions, "direct", DIRECT)
     stack.worker("--queues", "default", "--concurrency", "4")
     return stack
 

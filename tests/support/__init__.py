@@ -11,6 +11,7 @@ from tests.support.functions import (
     load,
     loaded_entries,
     write_function,
+    write_pipeline,
     write_recording_function,
     write_settings,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "wait_for",
     "wait_until",
     "write_function",
+    "write_pipeline",
     "write_recording_function",
     "write_settings",
 ]

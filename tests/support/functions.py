@@ -81,6 +81,14 @@ def write_function(root: Path, name: str, code: str, manifest: str) -> Path:
     return folder
 
 
+def write_pipeline(root: Path, name: str, manifest: str) -> Path:
+    """A pipeline's folder: its function.toml alone."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "function.toml").write_text(manifest)
+    return folder
+
+
 RECORDING = """
     from conveyor import context
 
