@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from conveyor.errors import VersionNotFoundError
+from conveyor.errors import FunctionUnavailableError, VersionNotFoundError
 from conveyor.functions.loader import FunctionSchemas
 from conveyor.functions.registry import (
     FunctionEntry,
@@ -37,6 +37,7 @@ class Served:
         self._versions: dict[tuple[str, str], StoredVersion] = {}
         self._entries: dict[str, FunctionEntry] = {}
         self._lock = asyncio.Lock()
+        self.read = False  # the whole store read once: before, a name unknown here may exist
 
     # -- reading (no I/O) ----------------------------------------------------------------
 
@@ -58,6 +59,12 @@ class Served:
 
     def entry(self, name: str) -> FunctionEntry:
         entry = self.find(name)
+        if entry is None and not self.read:
+            # a process just started (uvicorn replaces one that died) has not read the
+            # store yet: the function may well exist, so not a 404
+            raise FunctionUnavailableError(
+                "this API process is still reading the function store: retry in a moment"
+            )
         if entry is None:
             raise not_found(name)
         return entry
@@ -106,6 +113,7 @@ class Served:
                         self._remember(stored)
             self._states = states
             self._entries = {n: self._build(s) for n, s in states.items()}
+            self.read = self.read or name is None
 
     def _build(self, state: StoredFunction) -> FunctionEntry:
         local = self.folder.find(state.name) if self.folder is not None else None
