@@ -122,6 +122,7 @@ class Batches:
             return
         stream = keyspace.batch_stream(function)
         self._ensure_group(stream)
+        self._take_back(str(task.request.id))
         trigger = Route.of(function, manifest)
         until = started + min(DRAIN_FOR, manifest.limits.timeout / 4)
         while True:
@@ -403,6 +404,15 @@ class Batches:
             )
         self._acknowledge(keyspace.batch_stream(batch["function"]), [i.entry_id for i in items])
         log.warning("batch_finished", task_id=task_id, outcome="timed_out", size=len(items))
+
+    def _take_back(self, task_id: str) -> None:
+        """A trigger redelivered after its worker vanished: the batch its last attempt read
+        goes back on the stream now (its items' attempts counted as a lost worker's), not
+        once they have been idle long enough for a claim."""
+        batch = self._batch(task_id)
+        if batch is not None and batch.get("consumer") != _consumer():
+            log.warning("batch_taken_back", task_id=task_id, size=len(batch["items"]))
+            self._requeue(batch)
 
     def lost(self, task_id: str) -> None:
         """The child running the batch died: its items go back on the stream."""

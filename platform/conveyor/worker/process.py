@@ -192,7 +192,7 @@ class WorkerProcess:
                 pipe = client.pipeline(transaction=False)
                 if tags:
                     pipe.zadd(keyspace.KOMBU_UNACKED_INDEX, dict.fromkeys(tags, now), xx=True)
-                batches = _batch_runs(client, held)
+                batches = _batch_runs(client, held, _pool_pids(self._consumer))
                 for batch in batches:
                     _keep_claimed(pipe, batch)
                 for function, invocation_id in self._slot_holders(held, batches):
@@ -343,11 +343,14 @@ def restart(reason: str, **fields: Any) -> NoReturn:
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
-def _batch_runs(client: redis.Redis, held: list[Any]) -> list[dict[str, Any]]:
-    """The batches running here, as their children recorded them (worker/batches)."""
+def _batch_runs(client: redis.Redis, held: list[Any], children: list[int]) -> list[dict[str, Any]]:
+    """The batches this worker's pool ``children`` run, as they recorded them
+    (worker/batches): a trigger redelivered from a vanished worker may still have its old
+    record, whose items are not this worker's to keep."""
     ids = [str(r.id) for r in held if r.type == BATCH_TASK_NAME]
     runs = client.mget([keyspace.batch_run(i) for i in ids]) if ids else []
-    return [json.loads(run) for run in runs if run]
+    found = [json.loads(run) for run in runs if run]
+    return [batch for batch in found if batch.get("pid") in children]
 
 
 def _keep_claimed(pipe: Any, batch: dict[str, Any]) -> None:
