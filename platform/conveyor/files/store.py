@@ -214,7 +214,7 @@ class FileWriter:
             size=0,
             sha256="",
             content_type=content_type or "application/octet-stream",
-            filename=_clean(filename),
+            filename=refs.safe_filename(filename),
             owner=owner,
             kind=kind,
             store=self.blobs.name,
@@ -282,7 +282,3 @@ class FileWriter:
             self.sink.abort()
         finally:
             self.store.index.remove(self.id)
-
-
-def _clean(filename: str) -> str:
-    return refs.safe_filename(filename)
