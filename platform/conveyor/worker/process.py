@@ -293,28 +293,24 @@ class Watchdog:
     def run(self) -> None:
         worker = self.worker
         limit = worker.settings.worker.stall_after
-        client = sync_client(worker.settings)
+        census = Heartbeats(sync_client(worker.settings))
         every = min(worker.settings.worker.heartbeat, limit / 3)
         while not worker._stop.wait(every):
             now = time.monotonic()
-            self.stalled_s = self._stalled(client, now)
+            self.stalled_s = self._stalled(census, now)
             if self.stalled_s > limit:
                 self._restart("worker_consumer_stalled", self.stalled_s)
             if now - self.beat_at > limit + worker.settings.worker.heartbeat:
                 self._restart("worker_heartbeat_stalled", now - self.beat_at)
 
-    def _stalled(self, client: redis.Redis, now: float) -> float:
+    def _stalled(self, census: Heartbeats, now: float) -> float:
         """Seconds the consumer has taken nothing while it could have (0: it has not)."""
         worker = self.worker
         if len(_held_requests()) >= worker.concurrency:
             self.progress_at = now  # busy: nothing to take
             return 0.0
         try:
-            pipe = client.pipeline(transaction=False)
-            for queue in worker.queues:
-                for key in keyspace.queue_lists(queue):
-                    pipe.llen(key)
-            waiting = sum(pipe.execute())
+            waiting = census.depth(worker.queues)  # its messages, every priority
         except redis.RedisError:
             self.progress_at = now  # Redis away: the consumer's time starts once it is back
             return 0.0
