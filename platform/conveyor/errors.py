@@ -28,6 +28,11 @@ class FunctionLoadError(ConveyorError):
     """A function's code could not be imported or does not fit the handler contract."""
 
 
+class EnvironmentResolveError(FunctionLoadError):
+    """A function's [environment] could not be resolved against the worker runtime or
+    built: the deploy fails and the last good version keeps serving."""
+
+
 class FunctionNotFoundError(ConveyorError):
     """No function of that name is deployed."""
 

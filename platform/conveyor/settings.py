@@ -274,7 +274,14 @@ class StoreSettings(_Section):
         60.0, le=24 * 3600, description="seconds between looks for versions past keep_versions"
     )
     cache_dir: Path = Field(
-        Path(".conveyor/cache"), description="where a worker unpacks the versions it runs"
+        Path(".conveyor/cache"),
+        description="where a worker unpacks the versions it runs, and builds functions' own"
+        " environments (.environments/<id>)",
+    )
+    uv_cache_dir: Path | None = Field(
+        None,
+        description="uv's package cache for those environments (default: <cache_dir>/.uv;"
+        " on the same disk, so installs are hard links)",
     )
 
 

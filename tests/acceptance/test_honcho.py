@@ -10,7 +10,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import BIN, REPO, Process, free_port, wait_for, wait_until, write_function
+from tests.support import (
+    BIN,
+    REPO,
+    UV_CACHE,
+    Process,
+    free_port,
+    wait_for,
+    wait_until,
+    write_function,
+)
 
 pytestmark = pytest.mark.acceptance
 
@@ -29,6 +38,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
         "CONVEYOR_REDIS__URL": f"redis://127.0.0.1:{free_port()}/0",
         "CONVEYOR_API__PORT": str(port),
         "CONVEYOR_LOG__FORMAT": "json",
+        # legacy's environment: uv's cache shared by the tests (each package downloaded once)
+        "CONVEYOR_STORE__UV_CACHE_DIR": str(UV_CACHE),
     }
     honcho = Process(
         [str(BIN / "honcho"), "start", "-f", str(REPO / "Procfile"), "-d", str(root)],
@@ -68,6 +79,23 @@ def test_both_examples(platform: tuple[str, Path, Process]) -> None:
     assert status == 202
     done = httpx.get(f"{base}{accepted['result_url']}", params={"wait": 30}, timeout=60).json()
     assert done["status"] == "succeeded" and done["output"]["species"] == "virginica"
+
+
+def test_a_function_in_its_own_environment(platform: tuple[str, Path, Process]) -> None:
+    """legacy pins numpy<2 (its requirements.txt) while the platform has numpy 2."""
+    base, _, _ = platform
+    described = httpx.get(f"{base}/functions/legacy").json()
+    assert described["environment"] and described["target_queue"].startswith("default.env-")
+    _, done = wait_until(
+        lambda: _invoke(base, "legacy", [1.0, 2.0, 4.5], wait=30),
+        lambda r: r[1].get("status") == "succeeded",
+        120,
+        "legacy in its environment",
+    )
+    assert done["output"]["numpy"].startswith("1.") and done["output"]["mean"] == 2.5
+    import numpy  # the platform's (the torch extra)
+
+    assert numpy.__version__.startswith("2.")
 
 
 def test_unknown_id_and_bad_input(platform: tuple[str, Path, Process]) -> None:

@@ -25,6 +25,7 @@ from conveyor.api.app import create_app
 from conveyor.settings import load_settings
 from tests.support import (
     LOCAL,
+    UV_CACHE,
     Process,
     RedisServer,
     conveyor,
@@ -271,5 +272,69 @@ def test_concurrency_holds_across_two_machines(
             f"concurrency = 2 over two machines (3 processes each): 16 invocations, peak {peak}"
             " at once, measured from the handlers' own start and end times"
         )
+    finally:
+        server.stop()
+
+
+def _store_dirs(config: Path, cache: Path, uv_cache: Path) -> None:
+    text = config.read_text().replace(f'uv_cache_dir = "{UV_CACHE}"\n', "")
+    config.write_text(
+        text.replace("[store]\n", f'[store]\ncache_dir = "{cache}"\nuv_cache_dir = "{uv_cache}"\n')
+    )
+
+
+ENV_VERSION = (
+    "from importlib.metadata import version\n\ndef run(p: str) -> str:\n    return version(p)\n"
+)
+
+
+def test_a_worker_on_another_machine_builds_an_environment_from_the_stored_lock(
+    other_machine: tuple[str, str, str], tmp_path: Path
+) -> None:
+    """A function with requirements.txt: the API resolves and builds it here; the other
+    machine has no functions folder and no network beyond our Redis, so it builds the
+    environment from the lock the function store holds, offline, from a uv cache that
+    already holds its packages (as a machine image with a warm cache would)."""
+    ns, our_address, _ = other_machine
+    server = RedisServer(tmp_path / "redis", bind=f"127.0.0.1 {our_address}").start(
+        "--protected-mode", "no"
+    )
+    uv_cache = tmp_path / "uv"
+    try:
+        here = tmp_path / "here"
+        folder = write_function(here / "functions", "pinned", ENV_VERSION, HELLO_TOML)
+        (folder / "requirements.txt").write_text("iniconfig==1.1.1\n")
+        config = write_settings(
+            here / "deploy.toml",
+            server.url,
+            here / "functions",
+        )
+        _store_dirs(config, here / "cache", uv_cache)
+        there = tmp_path / "there"
+        there.mkdir()
+        remote_url = f"redis://{our_address}:{server.port}/0"
+        remote_config = write_settings(
+            there / "deploy.toml",
+            remote_url,
+            there / "functions",
+        )
+        _store_dirs(remote_config, there / "cache", uv_cache)
+        with TestClient(create_app(load_settings(config)), base_url=LOCAL, timeout=90) as api:
+            until_reloaded(api, "pinned", lambda f: f["status"] == "ready")
+            environment = api.get("/functions/pinned").json()["environment"]
+            worker = Process(
+                ["ip", "netns", "exec", ns, *conveyor("worker", "--name", "envs@other")],
+                remote_config,
+                there / "worker.log",
+            )
+            try:
+                status, done = invoke(api, "pinned", "iniconfig", wait=60)
+                assert status == 200 and done["output"] == "1.1.1", done
+            finally:
+                worker.stop()
+        log = (there / "worker.log").read_text()
+        assert '"environment_built"' in log
+        assert (there / "cache" / ".environments" / environment / ".conveyor-ready").is_file()
+        assert not (there / "functions").exists()
     finally:
         server.stop()

@@ -6,6 +6,7 @@ import it as ``tests.support`` (run from the repository root: pytest's ``pythonp
 from tests.support.functions import (
     QUEUES,
     RECORDING,
+    UV_CACHE,
     copy_examples,
     importing_refresh,
     load,
@@ -51,6 +52,7 @@ __all__ = [
     "QUEUES",
     "RECORDING",
     "REPO",
+    "UV_CACHE",
     "ClientThreads",
     "Process",
     "Receiver",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -13,6 +15,12 @@ from conveyor.functions.manifest import MANIFEST_FILE, parse_manifest
 from conveyor.functions.registry import Change, FunctionEntry, Registry
 from conveyor.settings import QueueSettings
 from tests.support.processes import REPO, free_port
+
+# uv's cache for functions' own environments, shared by every test stack (and CI run on this
+# machine): each package is downloaded from the index once
+UV_CACHE = Path(
+    os.environ.get("CONVEYOR_TEST_UV_CACHE", Path(tempfile.gettempdir()) / "conveyor-uv")
+)
 
 QUEUES = {"realtime": QueueSettings(), "batch": QueueSettings(), "default": QueueSettings()}
 
@@ -63,6 +71,7 @@ def write_settings(path: Path, redis_url: str, functions: Path, extra: str = "")
         [log]
         format = "json"
         [store]
+        uv_cache_dir = "{UV_CACHE}"
         [queues.realtime]
         max_timeout = 60
         [queues.batch]

@@ -103,9 +103,9 @@ class Stack:
         text = self.config.read_text()
         self.config.write_text(text.replace(f"[{section}]\n", f"[{section}]\n" + lines))
 
-    def worker(self, *args: str) -> Process:
+    def worker(self, *args: str, env: dict[str, str] | None = None) -> Process:
         log = self.root / f"worker-{len(self.workers)}.log"
-        proc = start_worker(self.config, log, *args, redis_client=self.redis)
+        proc = start_worker(self.config, log, *args, redis_client=self.redis, env=env)
         self.workers.append(proc)
         return proc
 

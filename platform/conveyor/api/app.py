@@ -47,6 +47,9 @@ from conveyor.db import keyspace
 from conveyor.db.connections import sync_client
 from conveyor.db.subscription import Subscription, Waiters
 from conveyor.environment import blank_environ_block
+from conveyor.environments.build import BUILD_TIMEOUT
+from conveyor.environments.db import Locks
+from conveyor.environments.deploying import Preparer
 from conveyor.errors import (
     BrokerUnavailableError,
     FunctionNotFoundError,
@@ -122,10 +125,21 @@ def create_app(settings: Settings) -> Litestar:
     folder = Registry(settings.functions.dir, settings.queues)
     store = FunctionStore(invocations.redis, BucketBundles.of(settings))
     served = Served(store, folder)
+    environments = Preparer(settings.store.cache_dir, settings.store.uv_cache_dir)
     inspector = ScheduleInspector(
-        PipelineInspector(Inspector(Limits.of(settings)), store_lookup(store))
+        PipelineInspector(
+            Inspector(Limits.of(settings), environments.interpreter), store_lookup(store)
+        )
     )
-    deployer = Deployer(settings, store, served, folder, inspector)
+    deployer = Deployer(
+        settings,
+        store,
+        served,
+        folder,
+        inspector,
+        environments=environments,
+        locks=Locks(invocations.redis),
+    )
     platform = Platform(
         settings=settings,
         functions=served,
@@ -133,7 +147,7 @@ def create_app(settings: Settings) -> Litestar:
         deploys=Deploys(
             deployer,
             DeploymentLog(invocations.redis),
-            settings.functions.inspect_timeout + STALE_MARGIN,
+            settings.functions.inspect_timeout + BUILD_TIMEOUT + STALE_MARGIN,
         ),
         invocations=invocations,
         intake=WebhookIntake(Guard(tuple(settings.webhooks.allow_networks)), enabled=webhooks),
@@ -160,7 +174,7 @@ def create_app(settings: Settings) -> Litestar:
         if settings.api.auth == "keys"
         else None,
     )
-    catalog = Catalog(folder, inspector, store, deployer.on_change)
+    catalog = Catalog(folder, inspector, store, deployer.on_change, environments)
     tasks = _follow_store(invocations.subscription, served, deployer)
 
     async def first_load() -> None:

@@ -184,6 +184,11 @@ class FunctionInfo(BaseModel):
     invoke_url: str | Absent = None
     schema_url: str | Absent = None
     target_queue: str | Absent = None
+    environment: str | Absent = Field(
+        None,
+        description="its own Python environment: the id (digest) of the lock its"
+        " requirements resolved to; absent: the platform's environment",
+    )
     workers: int | Absent | None = Field(None, description="live workers; null if unknown")
     autoscaled: bool | Absent = None
     warning: str | Absent = None
@@ -560,6 +565,7 @@ def function_body(entry: FunctionEntry, *, detail: bool, census: KnownCensus) ->
             invoke_url=f"/functions/{entry.name}/invoke",
             schema_url=f"/functions/{entry.name}",
             target_queue=manifest.target_queue,
+            environment=manifest.environment_id,
             workers=None if census is None else census.count(manifest.target_queue),
             autoscaled=census is not None and manifest.target_queue in census.autoscaled,
         )

@@ -6,6 +6,7 @@ Other packages hold the app (:data:`BrokerApp`) and hand it back to this package
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -45,8 +46,12 @@ def transport_options(settings: Settings, visibility_timeout: float | None) -> d
     return {**options, **broker_transport_options(settings)}
 
 
-def create_celery(settings: Settings, *, visibility_timeout: float | None = None) -> Celery:
-    """A Celery app for ``settings``: JSON only, late acks, one message per free process."""
+def create_celery(
+    settings: Settings, *, visibility_timeout: float | None = None, queues: Sequence[str] = ()
+) -> Celery:
+    """A Celery app for ``settings``: JSON only, late acks, one message per free process;
+    ``queues``: a worker's, an environment's variants among them (``<queue>.env-<id>``)."""
+    names = list(dict.fromkeys([*all_queues(settings), *queues]))
     app = Celery("conveyor", broker=broker_url(settings), set_as_current=False)
     app.conf.update(
         broker_transport_options=transport_options(settings, visibility_timeout),
@@ -63,7 +68,7 @@ def create_celery(settings: Settings, *, visibility_timeout: float | None = None
         task_acks_late=True,
         task_acks_on_failure_or_timeout=True,
         task_reject_on_worker_lost=True,
-        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in all_queues(settings)],
+        task_queues=[Queue(q, Exchange(q), routing_key=q) for q in names],
         task_default_queue=next(iter(settings.queues)),
         task_create_missing_queues=False,
         worker_prefetch_multiplier=1,

@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlparse
 
 from conveyor.environment import blank_environ_block, hide_from_user_code
 from conveyor.errors import ConveyorError, SettingsError, WorkerOptionsError
+from conveyor.functions.manifest import environment_queue
 from conveyor.runtime.gpus import parse_gpus
 from conveyor.settings import (
     GPU_QUEUE_SUFFIX,
@@ -45,6 +46,8 @@ def add_commands(sub: Any) -> None:
         help="start and stop worker processes as the queues back up and drain",
     )
     worker.add_argument("--name", help="the worker's name in heartbeats and logs")
+    # a worker starts one such process per environment its queues' functions run in
+    worker.add_argument("--environment", help=argparse.SUPPRESS)
     worker.set_defaults(run=_worker)
 
     redis = sub.add_parser("redis", help="run redis-server on deploy.toml's port, persistent")
@@ -107,8 +110,16 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
     from conveyor.worker.process import WorkerProcess
 
+    environ = dict(os.environ)  # an environment's process is started with what we were
+    if args.environment:
+        from conveyor.worker.supervisor import die_with_parent
+
+        die_with_parent()
+        queues = [environment_queue(q, args.environment) for q in queues]
     hide_from_user_code(settings.worker.hidden_env)  # before the pool forks its children
-    WorkerProcess(settings, queues, concurrency, args.name).run()
+    WorkerProcess(
+        settings, queues, concurrency, args.name, environment=args.environment, environ=environ
+    ).run()
     return 0
 
 

@@ -349,3 +349,13 @@ TRAININGS_PENDING = f"{PREFIX}:trainings-pending"
 
 def trainings(function: str) -> str:
     return f"{PREFIX}:trainings:{function}"
+
+
+# Functions' own environments (environments/db.py): each lock by its id, and the versions
+# ("<name>@<version>") that use it; the lock goes with the last of them.
+def environment_lock(environment_id: str) -> str:
+    return f"{PREFIX}:environment:{environment_id}"
+
+
+def environment_users(environment_id: str) -> str:
+    return f"{PREFIX}:environment:{environment_id}:users"

@@ -36,6 +36,13 @@ class SchemaCache(Protocol):
 Listener = Callable[[Change], Awaitable[None]]
 
 
+class Prepares(Protocol):
+    """What resolves a version's own environment before it is inspected (its manifest
+    given the environment's id), or raises a FunctionLoadError naming the package."""
+
+    async def prepare(self, spec: FunctionSpec) -> FunctionSpec: ...
+
+
 class Catalog:
     """Keeps ``registry`` current without importing user code in this process."""
 
@@ -45,8 +52,10 @@ class Catalog:
         inspector: Inspects,
         cache: SchemaCache | None = None,
         listener: Listener | None = None,
+        environments: Prepares | None = None,
     ) -> None:
         self.registry = registry
+        self.environments = environments
         self.inspector = inspector
         self.cache = cache
         self.listener = listener
@@ -104,9 +113,14 @@ class Catalog:
         if self._checks.get(name) is task:
             del self._checks[name]
 
-    async def _check(self, spec: FunctionSpec) -> None:
-        if spec.manifest.is_pipeline:
+    async def _check(self, pending: FunctionSpec) -> None:
+        if pending.manifest.is_pipeline:
             await self._functions_checked()
+        try:
+            spec = await self._prepared(pending)
+        except FunctionLoadError as exc:
+            await self._tell(self.registry.reject(pending, str(exc)))
+            return
         # a pipeline is checked again: the functions it names may have changed
         schemas = None if spec.manifest.is_pipeline else await self._cached(spec)
         if schemas is not None:
@@ -116,12 +130,12 @@ class Catalog:
             try:
                 schemas = await self._inspect(spec)
             except FunctionLoadError as exc:
-                await self._tell(self.registry.reject(spec, str(exc)))
+                await self._tell(self.registry.reject(pending, str(exc)))
                 return
             except Exception as exc:  # the inspector itself failed (fork, pipes)
                 log.exception("function_inspection_failed", function=spec.name)
                 error = f"{spec.name}: could not be inspected: {exc!r}"
-                await self._tell(self.registry.reject(spec, error))
+                await self._tell(self.registry.reject(pending, error))
                 return
             log.info(
                 "function_inspected",
@@ -129,7 +143,12 @@ class Catalog:
                 version=spec.version,
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
             )
-        await self._tell(self.registry.accept(spec, schemas))
+        await self._tell(self.registry.accept(pending, schemas, spec))
+
+    async def _prepared(self, spec: FunctionSpec) -> FunctionSpec:
+        if self.environments is None or spec.manifest.environment is None:
+            return spec
+        return await self.environments.prepare(spec)
 
     async def _inspect(self, spec: FunctionSpec) -> FunctionSchemas:
         """``spec``'s schemas; a pipeline found wrong while another function changed is

@@ -25,6 +25,7 @@ import re
 import resource
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,8 +65,9 @@ class Inspects(Protocol):
 class Inspector:
     """Runs inspections in subprocesses, at most :data:`CONCURRENT` at once."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, interpreter: Callable[[str], Path] | None = None) -> None:
         self.limits = limits
+        self.interpreter = interpreter  # an environment's Python, by id
         self._slots = asyncio.Semaphore(CONCURRENT)
 
     async def inspect(self, spec: FunctionSpec) -> FunctionSchemas:
@@ -82,8 +84,13 @@ class Inspector:
             "manifest": spec.manifest.model_dump(mode="json"),
             "memory_mb": self.limits.memory_mb,
         }
+        python = sys.executable
+        if (environment := spec.manifest.environment_id) is not None:
+            if self.interpreter is None:
+                raise FunctionLoadError(f"{spec.name}: no environments here to import it in")
+            python = str(self.interpreter(environment))  # the code as it will run
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
+            python,
             "-m",
             "conveyor.functions.inspector",
             stdin=asyncio.subprocess.PIPE,

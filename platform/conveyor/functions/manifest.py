@@ -228,6 +228,30 @@ class PipelineSection(_Section):
     input_schema: dict[str, Any] | Annotated[str, Field(pattern=r"\.json$")] | None = None
 
 
+ENVIRONMENT_ID = r"^[0-9a-f]{16}$"
+REQUIREMENTS_FILE = "requirements.txt"
+
+
+class EnvironmentSection(_Section):
+    """The function's own Python environment: ``requirements`` (a file in the folder, pip's
+    format) or ``packages`` (the same lines, inline); resolved at deploy into a lock whose
+    digest, ``id``, the platform sets (never the folder)."""
+
+    requirements: Annotated[str, Field(pattern=r"^[\w.-][\w./-]*$")] | None = None
+    packages: list[Annotated[str, Field(min_length=1, max_length=400)]] | None = None
+    id: Annotated[str, Field(pattern=ENVIRONMENT_ID)] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.requirements is not None and self.packages is not None:
+            raise ValueError("give requirements (a file) or packages (a list), not both")
+        if self.requirements is None and self.packages is None:
+            raise ValueError(f'give requirements = "{REQUIREMENTS_FILE}" or packages = [...]')
+        if self.requirements is not None and ".." in self.requirements.split("/"):
+            raise ValueError("requirements: a file inside the function's folder")
+        return self
+
+
 class Manifest(_Section):
     function: FunctionSection = FunctionSection()
     queue: QueueSection = QueueSection()
@@ -240,6 +264,7 @@ class Manifest(_Section):
     pipeline: PipelineSection | None = None
     schedules: list[ScheduleSection] = Field(default_factory=list)
     training: TrainingSection | None = None
+    environment: EnvironmentSection | None = None
 
     @model_validator(mode="after")
     def _trained_schedules(self) -> Self:
@@ -293,8 +318,21 @@ class Manifest(_Section):
     @property
     def target_queue(self) -> str:
         """The queue its invocations go to: the GPU variant of ``[queue] name`` when the
-        function needs a GPU, consumed only by ``conveyor worker --gpus``."""
-        return gpu_queue(self.queue.name) if self.resources.gpu else self.queue.name
+        function needs a GPU, consumed only by ``conveyor worker --gpus``; with its own
+        environment, that queue's variant for it, consumed only by its processes."""
+        queue = gpu_queue(self.queue.name) if self.resources.gpu else self.queue.name
+        return environment_queue(queue, self.environment_id)
+
+    @property
+    def environment_id(self) -> str | None:
+        """The resolved environment it runs in; None: the platform's own."""
+        return None if self.environment is None else self.environment.id
+
+    def with_environment(self, environment_id: str) -> Manifest:
+        """This manifest, its environment resolved to ``environment_id``."""
+        assert self.environment is not None
+        resolved = self.environment.model_copy(update={"id": environment_id})
+        return self.model_copy(update={"environment": resolved})
 
     def for_training(self) -> Manifest:
         """The manifest a training runs under: ``[training]``'s handler, queue, time limit,
@@ -372,7 +410,42 @@ def parse_manifest(path: Path, queues: Mapping[str, QueueSettings]) -> Manifest:
     if manifest.training is not None:
         training = _check_training(path, manifest.training, manifest.queue.name, queues)
         manifest = manifest.model_copy(update={"training": training})
+    return _check_environment(path, manifest)
+
+
+def _check_environment(path: Path, manifest: Manifest) -> Manifest:
+    """``[environment]`` as the folder gives it: never its id (the platform resolves that);
+    a ``requirements.txt`` beside the manifest, with no table, is its requirements."""
+    section = manifest.environment
+    if section is None:
+        if (path.parent / REQUIREMENTS_FILE).is_file() and not manifest.is_pipeline:
+            section = EnvironmentSection(requirements=REQUIREMENTS_FILE)
+            return manifest.model_copy(update={"environment": section})
+        return manifest
+    if manifest.is_pipeline:
+        raise ManifestError(
+            f"{path}: [environment] does not apply to a pipeline: each step runs in its"
+            " function's environment"
+        )
+    if section.id is not None:
+        raise ManifestError(
+            f"{path}: [environment] id: unknown key (the platform sets it when it resolves"
+            " the requirements)"
+        )
+    if section.requirements is not None and not (path.parent / section.requirements).is_file():
+        raise ManifestError(
+            f"{path}: [environment] requirements: {section.requirements!r} is not a file in"
+            " the function's folder"
+        )
     return manifest
+
+
+def environment_queue(queue: str, environment_id: str | None) -> str:
+    """The variant of ``queue`` consumed only by worker processes of one environment."""
+    return queue if environment_id is None else f"{queue}{ENVIRONMENT_QUEUE_INFIX}{environment_id}"
+
+
+ENVIRONMENT_QUEUE_INFIX = ".env-"
 
 
 def _check_training(

@@ -161,15 +161,22 @@ class Registry:
             _log(change)
         return scan
 
-    def accept(self, spec: FunctionSpec, schemas: FunctionSchemas | None = None) -> Change | None:
-        """``spec``'s code checked out: it serves now. None if a newer scan superseded it."""
+    def accept(
+        self,
+        spec: FunctionSpec,
+        schemas: FunctionSchemas | None = None,
+        resolved: FunctionSpec | None = None,
+    ) -> Change | None:
+        """``spec``'s code checked out: it serves now (as ``resolved``, its environment
+        resolved, if given). None if a newer scan superseded it."""
         with self._lock:
             old = self._entries.get(spec.name)
             if old is None or old.pending != spec:
                 return None
+            serving = resolved or spec
             self._entries = {
                 **self._entries,
-                spec.name: FunctionEntry(spec.name, spec.path, spec, schemas),
+                spec.name: FunctionEntry(spec.name, spec.path, serving, schemas),
             }
         change = Change(spec.name, "updated" if old.spec else "added", spec.version)
         _log(change)

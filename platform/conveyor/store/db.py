@@ -308,6 +308,7 @@ class FunctionStore:
             ]
             collected, busy = [], []
             for version in versions:
+                environment = await self._environment(name, version)
                 outcome = await self.scripts.call(
                     COLLECT,
                     versions=keyspace.function_versions(name),
@@ -320,6 +321,9 @@ class FunctionStore:
                     version=version,
                     keep=keep,
                     in_use_field=keyspace.in_use(name, version),
+                    environment_lock=keyspace.environment_lock(environment),
+                    environment_users=keyspace.environment_users(environment),
+                    environment=environment,
                 )
                 if outcome == 1:
                     collected.append(version)
@@ -328,6 +332,13 @@ class FunctionStore:
                 elif outcome == -1:
                     busy.append(version)
         return collected, busy
+
+    async def _environment(self, name: str, version: str) -> str:
+        """The id of the environment a stored version runs in ('' for the platform's)."""
+        raw = await self.redis.hget(keyspace.function_version(name, version), "manifest")
+        if raw is None:
+            return ""
+        return Manifest.model_validate_json(str(raw)).environment_id or ""
 
     async def stored_functions(self) -> list[str]:
         """Functions with retained versions (removed ones among them, until collected)."""

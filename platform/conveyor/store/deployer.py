@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from conveyor.environments.db import Locks
+from conveyor.environments.deploying import Preparer
 from conveyor.errors import (
     BrokerUnavailableError,
     BundleTooLargeError,
@@ -112,12 +114,17 @@ class Deployer:
         served: Served,
         folder: Registry,
         inspector: Inspects,
+        *,
+        environments: Preparer | None = None,
+        locks: Locks | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.served = served
         self.folder = folder
         self.inspector = inspector
+        self.environments = environments  # [environment]s resolved and built (a push's)
+        self.locks = locks  # ... and their locks kept for every machine
         # Which functions folder deployed a function: its removal removes only its own.
         self.source_dir = f"{socket.gethostname()}:{folder.root}"
         self.in_sync = False  # every folder version is in the store and the view is read
@@ -239,6 +246,10 @@ class Deployer:
     ) -> str:
         """Store ``bundle`` (once, whoever else stores it) and make it serve (``serve``)."""
         name, version = spec.name, spec.version
+        if (environment := spec.manifest.environment_id) is not None:
+            assert self.environments is not None and self.locks is not None
+            lock = await asyncio.to_thread(self.environments.lock, environment)
+            await self.locks.use(environment, lock, name, version)
         outcome = await store_version(
             self.store,
             spec,
@@ -284,6 +295,10 @@ class Deployer:
             try:
                 manifest = parse_manifest(folder / MANIFEST_FILE, self.settings.queues)
                 spec = FunctionSpec(name, bundle.version, folder, manifest)
+                if manifest.environment is not None:
+                    if self.environments is None:
+                        raise FunctionLoadError(f"{name}: [environment] is not served here")
+                    spec = await self.environments.prepare(spec)
                 schemas = await self.store.schemas(name, spec.version)
                 if schemas is None:
                     schemas = await self.inspector.inspect(spec)

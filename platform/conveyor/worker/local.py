@@ -16,13 +16,14 @@ from pathlib import Path
 
 import redis
 
-from conveyor.errors import ConveyorError, FunctionUnavailableError
+from conveyor.errors import ConveyorError, EnvironmentResolveError, FunctionUnavailableError
 from conveyor.functions.loader import LoadedFunction, load_function, unload
 from conveyor.log import get_logger
 from conveyor.settings import Settings
 from conveyor.store.bucket import BucketBundles
 from conveyor.store.cache import VersionCache
 from conveyor.store.db import StoreReader
+from conveyor.worker.environments import environment_failure
 
 log = get_logger(__name__)
 
@@ -52,6 +53,8 @@ class LocalFunctions:
     def load(self, name: str, version: str, *, training: bool = False) -> LoadedFunction:
         """``version`` of ``name``, imported (fetched from the store first if need be);
         ``training``: its ``[training]`` handler, under the manifest a training runs with."""
+        if (failure := environment_failure()) is not None:
+            raise EnvironmentResolveError(f"{name}: its [environment] cannot run here: {failure}")
         key = f"{name} training" if training else name
         current = self._loaded.get(key)
         if current is not None and current.version == version:

@@ -23,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 import redis
@@ -41,12 +42,14 @@ from conveyor.log import get_logger
 from conveyor.settings import Settings
 from conveyor.store.cache import VersionCache
 from conveyor.store.db import StoreReader
+from conveyor.worker.environments import EnvironmentWorkers
 from conveyor.worker.executor import Executor
 from conveyor.worker.stopping import tell_children
 from conveyor.worker.task import register_task
 
 log = get_logger(__name__)
 
+ENVIRONMENTS_EVERY = 1.0  # seconds between looks for environments to start or stop
 PRUNE_EVERY = 60.0  # seconds between looks for cached versions the store has collected
 MIN_LIFE = 30.0  # a worker that stops on an error younger than this exits (no restart loop)
 
@@ -56,7 +59,14 @@ class WorkerProcess:
     :func:`~conveyor.settings.all_queues`, checked where the command line is read."""
 
     def __init__(
-        self, settings: Settings, queues: list[str], concurrency: int, name: str | None = None
+        self,
+        settings: Settings,
+        queues: list[str],
+        concurrency: int,
+        name: str | None = None,
+        *,
+        environment: str | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         # A worker signs no webhook: the secret stays out of the memory its children inherit.
         settings = settings.model_copy(
@@ -72,13 +82,28 @@ class WorkerProcess:
         self.cache = VersionCache(settings.store.cache_dir)
         self.serving = self._read_serving()
         self.visibility_timeout = settings.worker.visibility_timeout
-        self.app = create_celery(settings, visibility_timeout=self.visibility_timeout)
+        self.app = create_celery(
+            settings, visibility_timeout=self.visibility_timeout, queues=queues
+        )
         self.executor = Executor(settings, queues)
         register_task(self.app, self.executor)
         self._consumer: Any = None
         self._stopping = False
         self._stop = threading.Event()
         self.watchdog = Watchdog(self)
+        # the worker processes of its functions' own environments (none in one of those)
+        self.environments = (
+            None
+            if environment is not None
+            else EnvironmentWorkers(
+                settings,
+                queues,
+                concurrency,
+                self.name,
+                environ=os.environ if environ is None else environ,
+                client=self._redis,
+            )
+        )
 
     def _read_serving(self) -> dict[str, tuple[str, Manifest]]:
         """What serves (name -> version, manifest); the last known if Redis is away."""
@@ -140,6 +165,10 @@ class WorkerProcess:
         threading.Thread(target=self._heartbeat, name="conveyor-heartbeat", daemon=True).start()
         threading.Thread(target=self._renew_leases, name="conveyor-leases", daemon=True).start()
         threading.Thread(target=self.watchdog.run, name="conveyor-watchdog", daemon=True).start()
+        if self.environments is not None:
+            threading.Thread(
+                target=self._environment_workers, name="conveyor-environments", daemon=True
+            ).start()
         log.info("worker_ready", worker=self.name, queues=self.queues)
 
     def _on_shutting_down(self, **_: Any) -> None:
@@ -149,8 +178,24 @@ class WorkerProcess:
         if self._consumer is not None:
             tell_children(_pool_pids(self._consumer))
 
+    def _environment_workers(self) -> None:
+        """Keep a worker process per environment its queues' functions run in."""
+        assert self.environments is not None
+        reader = StoreReader(self._redis)
+        last_prune = 0.0
+        while not self._stop.wait(ENVIRONMENTS_EVERY):
+            try:
+                self.environments.update(reader.serving())
+                if time.time() - last_prune >= PRUNE_EVERY:
+                    last_prune = time.time()
+                    self.environments.forget_collected()
+            except redis.RedisError as exc:
+                log.warning("function_store_unavailable", error=str(exc))
+
     def _on_shutdown(self, **_: Any) -> None:
         self._stop.set()
+        if self.environments is not None:
+            self.environments.close()
         with contextlib.suppress(redis.RedisError):
             Heartbeats(self._redis()).forget(self.name)
 

@@ -168,7 +168,7 @@ class Supervisor:
         if slot.device is not None:
             env.update(device_env(slot.device))
         # The supervisor starts no threads, so preexec_fn cannot deadlock here.
-        slot.proc = subprocess.Popen(args, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        slot.proc = subprocess.Popen(args, env=env, preexec_fn=die_with_parent)  # noqa: PLW1509
         slot.started_at = time.monotonic()
         slot.restart_at = None
         log.info("worker_process_started", worker=slot.name, pid=slot.proc.pid, device=slot.device)
@@ -292,7 +292,7 @@ class Supervisor:
         return 0
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: get SIGTERM (a warm shutdown) if the supervisor dies."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
