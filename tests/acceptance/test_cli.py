@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from tests.support import (
     REPO,
+    UV_CACHE,
     RedisServer,
     conveyor,
     copy_examples,
@@ -37,7 +39,12 @@ def run(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
         check=False,
-        env={**os.environ, "CONVEYOR_CONFIG": str(config)},
+        # uv's cache for the examples' environments (legacy's): the tests' shared one
+        env={
+            **os.environ,
+            "CONVEYOR_CONFIG": str(config),
+            "CONVEYOR_STORE__UV_CACHE_DIR": str(UV_CACHE),
+        },
     )
 
 
@@ -49,6 +56,8 @@ def test_check_passes_on_the_repo() -> None:
     done = run("check", config=REPO / "deploy.toml")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok    echo" in done.stdout and "ok    iris" in done.stdout
+    # legacy's requirements.txt resolved and built, its module imported with numpy 1.x
+    assert re.search(r"ok    legacy \w+ queue=default environment=[0-9a-f]{16}", done.stdout)
 
 
 def test_check_fails_on_a_broken_function_and_bad_settings(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ each package is downloaded once per machine.
 from __future__ import annotations
 
 import os
-import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -19,9 +19,6 @@ from tests.support import Stack, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 
-UV_CACHE = Path(
-    os.environ.get("CONVEYOR_TEST_UV_CACHE", Path(tempfile.gettempdir()) / "conveyor-uv")
-)
 VERSION = """
 from importlib.metadata import version
 
@@ -229,3 +226,20 @@ def test_an_environment_goes_with_its_last_version(make_stack, tmp_path: Path) -
         assert done.json()["output"] != "1.1.1", done.text
     log = stack.workers[0].log
     wait_for(lambda: '"environment_worker_stopped"' in log.read_text(), 30, "its process stopped")
+
+
+def test_with_autoscale_an_environments_process_starts_on_demand_and_stops_idle(
+    make_stack, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    stack = env_stack(make_stack, tmp_path / "cache")
+    stack.set_worker(scale_interval=0.5, scale_down_after=2)
+    with_requirements(stack, "lazy", "iniconfig==1.1.1\n")
+    supervisor = stack.supervisor("--queues", "default", "--autoscale", "1,1", expect=1)
+    with stack.api() as api:
+        serving(api, "lazy")
+        time.sleep(3)
+        assert '"environment_worker_started"' not in supervisor.log.read_text()
+        assert api.get("/functions/lazy").json().get("warning") is None  # autoscaled
+        done = api.post("/functions/lazy/invoke", json={"input": "iniconfig"}, params={"wait": 60})
+        assert done.status_code == 200 and done.json()["output"] == "1.1.1", done.text
+    wait_for(lambda: '"environment_worker_stopped"' in supervisor.log.read_text(), 30, "idle stop")

@@ -567,7 +567,7 @@ def function_body(entry: FunctionEntry, *, detail: bool, census: KnownCensus) ->
             target_queue=manifest.target_queue,
             environment=manifest.environment_id,
             workers=None if census is None else census.count(manifest.target_queue),
-            autoscaled=census is not None and manifest.target_queue in census.autoscaled,
+            autoscaled=census is not None and census.scaled(manifest.target_queue),
         )
         if warning := census_warning(census, manifest.target_queue):
             body["warning"] = warning

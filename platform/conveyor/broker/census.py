@@ -19,6 +19,7 @@ import redis
 
 from conveyor.db import keyspace
 from conveyor.db.scripts import Scripts, script
+from conveyor.functions.manifest import ENVIRONMENT_QUEUE_INFIX
 from conveyor.settings import GPU_QUEUE_SUFFIX
 
 AUTOSCALER = "autoscaler"  # the "kind" of a supervisor's heartbeat; workers have none
@@ -62,15 +63,26 @@ class QueueCensus:
         """The pool processes that consume ``queue`` (a chunk each, at most, at once)."""
         return self.processes.get(queue, 0)
 
+    def scaled(self, queue: str) -> bool:
+        """Whether an autoscaler watches ``queue`` (an environment's variant: its queue)."""
+        return queue in self.autoscaled or base_queue(queue) in self.autoscaled
+
     def warning(self, queue: str) -> str | None:
         """Why an invocation on ``queue`` would wait for nobody, if it would."""
-        if self.count(queue) or queue in self.autoscaled:
+        if self.count(queue) or self.scaled(queue):
             return None
         return no_worker_warning(queue)
 
 
+def base_queue(queue: str) -> str:
+    """The queue whose workers start the process of an environment's variant of it."""
+    return queue.partition(ENVIRONMENT_QUEUE_INFIX)[0]
+
+
 def worker_hint(queue: str) -> str:
-    """The command that would start a worker for ``queue``."""
+    """The command that would start a worker for ``queue`` (for an environment's variant:
+    a worker of its queue, which starts the environment's process)."""
+    queue = base_queue(queue)
     if queue.endswith(GPU_QUEUE_SUFFIX):
         return f"conveyor worker --gpus all --queues {queue.removesuffix(GPU_QUEUE_SUFFIX)}"
     return f"conveyor worker --queues {queue}"

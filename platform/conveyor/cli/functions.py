@@ -76,6 +76,7 @@ def add_commands(sub: Any) -> None:
 
 
 def _check(settings: Settings, args: argparse.Namespace) -> int:
+    from conveyor.environments.deploying import Preparer
     from conveyor.functions.catalog import Catalog
     from conveyor.functions.inspector import Inspector, Limits
     from conveyor.functions.registry import Registry
@@ -93,8 +94,12 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     registry = Registry(settings.functions.dir, settings.queues, folders)
     limits = Limits.of(settings)
     # a pipeline is checked against the functions checked with it
-    inspector = PipelineInspector(Inspector(limits), registry_lookup(registry))
-    catalog = Catalog(registry, ScheduleInspector(inspector))
+    # a folder with requirements is resolved and built here, as the API would
+    environments = Preparer(settings.store.cache_dir, settings.store.uv_cache_dir)
+    inspector = PipelineInspector(
+        Inspector(limits, environments.interpreter), registry_lookup(registry)
+    )
+    catalog = Catalog(registry, ScheduleInspector(inspector), environments=environments)
 
     async def load() -> None:
         await catalog.refresh()
@@ -119,6 +124,8 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
             assert entry.spec is not None
             manifest = entry.spec.manifest
             where = f"queue={manifest.queue.name}"
+            if manifest.environment_id is not None:
+                where += f" environment={manifest.environment_id}"
             if manifest.steps is not None:
                 where = "steps=" + ",".join(f"{s.name}:{s.function}" for s in manifest.steps)
             print(f"  ok    {entry.name} {entry.spec.version} {where}")
@@ -140,6 +147,7 @@ def _ls(settings: Settings, args: argparse.Namespace) -> int:
         else:
             line += f" queue={fn.get('queue', '-')} priority={fn.get('priority', '-')}"
             line += f" gpu={fn.get('gpu', '-')} workers={fn.get('workers', '-')}"
+            line += f" environment={fn['environment']}" if fn.get("environment") else ""
         line += " (autoscaled)" if fn.get("autoscaled") else ""
         line += " (pinned)" if fn.get("pinned") else ""
         notes = [fn[key] for key in ("error", "warning") if fn.get(key)]

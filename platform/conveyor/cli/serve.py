@@ -48,6 +48,8 @@ def add_commands(sub: Any) -> None:
     worker.add_argument("--name", help="the worker's name in heartbeats and logs")
     # a worker starts one such process per environment its queues' functions run in
     worker.add_argument("--environment", help=argparse.SUPPRESS)
+    # ... on the first message for it, stopped when idle (a supervisor's, with --autoscale)
+    worker.add_argument("--environments-on-demand", action="store_true", help=argparse.SUPPRESS)
     worker.set_defaults(run=_worker)
 
     redis = sub.add_parser("redis", help="run redis-server on deploy.toml's port, persistent")
@@ -118,7 +120,13 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
         queues = [environment_queue(q, args.environment) for q in queues]
     hide_from_user_code(settings.worker.hidden_env)  # before the pool forks its children
     WorkerProcess(
-        settings, queues, concurrency, args.name, environment=args.environment, environ=environ
+        settings,
+        queues,
+        concurrency,
+        args.name,
+        environment=args.environment,
+        environ=environ,
+        environments_on_demand=args.environments_on_demand,
     ).run()
     return 0
 

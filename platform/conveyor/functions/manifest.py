@@ -320,8 +320,13 @@ class Manifest(_Section):
         """The queue its invocations go to: the GPU variant of ``[queue] name`` when the
         function needs a GPU, consumed only by ``conveyor worker --gpus``; with its own
         environment, that queue's variant for it, consumed only by its processes."""
-        queue = gpu_queue(self.queue.name) if self.resources.gpu else self.queue.name
-        return environment_queue(queue, self.environment_id)
+        return environment_queue(self.base_queue, self.environment_id)
+
+    @property
+    def base_queue(self) -> str:
+        """The queue of the workers that serve it: ``[queue] name``, or its GPU variant
+        (an environment's process is started by a worker of that queue)."""
+        return gpu_queue(self.queue.name) if self.resources.gpu else self.queue.name
 
     @property
     def environment_id(self) -> str | None:

@@ -18,6 +18,7 @@ folder is removed once the store has collected the last version that used it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,10 +30,12 @@ from dataclasses import dataclass
 
 import redis
 
+from conveyor.broker.census import Heartbeats
+from conveyor.db import keyspace
 from conveyor.environments.build import READY, Environments
 from conveyor.environments.db import read_lock
 from conveyor.errors import EnvironmentResolveError
-from conveyor.functions.manifest import ENVIRONMENT_QUEUE_INFIX, Manifest
+from conveyor.functions.manifest import Manifest, environment_queue
 from conveyor.log import get_logger
 from conveyor.settings import Settings
 
@@ -52,6 +55,7 @@ class Child:
     proc: subprocess.Popen[bytes]
     started: float
     failed: bool  # its environment could not be built
+    idle_since: float | None = None  # on demand: its queues empty and it running nothing
 
 
 def wanted_environments(
@@ -65,9 +69,8 @@ def wanted_environments(
             continue
         runs = [manifest] + ([manifest.for_training()] if manifest.training else [])
         for each in runs:
-            base = each.target_queue.removesuffix(f"{ENVIRONMENT_QUEUE_INFIX}{environment}")
-            if base in queues:
-                found.setdefault(environment, set()).add(base)
+            if each.base_queue in queues:
+                found.setdefault(environment, set()).add(each.base_queue)
     return {env: tuple(sorted(qs)) for env, qs in found.items()}
 
 
@@ -83,6 +86,7 @@ class EnvironmentWorkers:
         *,
         environ: Mapping[str, str],
         client: Callable[[], redis.Redis],
+        on_demand: bool = False,
     ) -> None:
         self.settings = settings
         self.queues = queues
@@ -90,6 +94,9 @@ class EnvironmentWorkers:
         self.name = name
         self.environ = dict(environ)  # as the worker was started (its secrets included)
         self.client = client
+        # --autoscale: a process starts on its environment's first message and stops once
+        # idle for [worker] scale_down_after; otherwise one runs while its functions serve
+        self.on_demand = on_demand
         self.environments = Environments(settings.store.cache_dir, settings.store.uv_cache_dir)
         self.children: dict[str, Child] = {}
         self._restart_at: dict[str, float] = {}
@@ -104,10 +111,41 @@ class EnvironmentWorkers:
                     self._stop(child)
                 elif child.proc.poll() is not None:
                     self._died(child)
+                elif self.on_demand and self._idle_long(child, serving):
+                    self._stop(child)
             now = time.monotonic()
             for environment, queues in wanted.items():
-                if environment not in self.children and now >= self._restart_at.get(environment, 0):
+                if environment in self.children or now < self._restart_at.get(environment, 0):
+                    continue
+                if not self.on_demand or self._waiting(environment, queues, serving):
                     self._start(environment, queues)
+
+    def _waiting(
+        self, environment: str, queues: tuple[str, ...], serving: Mapping[str, tuple[str, Manifest]]
+    ) -> int:
+        """Messages (and batches) waiting for ``environment``'s process on ``queues``."""
+        batching = {
+            name: manifest.batching.max_batch_size
+            for name, (_, manifest) in serving.items()
+            if manifest.environment_id == environment and manifest.batching is not None
+        }
+        variants = [environment_queue(queue, environment) for queue in queues]
+        return Heartbeats(self.client()).depth(variants, batching)
+
+    def _idle_long(self, child: Child, serving: Mapping[str, tuple[str, Manifest]]) -> bool:
+        """Whether an on-demand process has had nothing to do for scale_down_after."""
+        beat = self.client().get(keyspace.worker(self._child_name(child.environment)))
+        active = json.loads(beat).get("active", 1) if beat else 1
+        if active or self._waiting(child.environment, child.queues, serving):
+            child.idle_since = None
+            return False
+        now = time.monotonic()
+        if child.idle_since is None:
+            child.idle_since = now
+        return now - child.idle_since >= self.settings.worker.scale_down_after
+
+    def _child_name(self, environment: str) -> str:
+        return f"{self.name}.env-{environment}"
 
     def _start(self, environment: str, queues: tuple[str, ...]) -> None:
         python, failure = self._interpreter(environment)
@@ -118,7 +156,7 @@ class EnvironmentWorkers:
             env[FAILED_ENV] = failure
         args = [python or sys.executable, "-m", "conveyor", "worker"]
         args += ["--queues", ",".join(queues), "--environment", environment]
-        args += ["--concurrency", str(self.concurrency), "--name", f"{self.name}.env-{environment}"]
+        args += ["--concurrency", str(self.concurrency), "--name", self._child_name(environment)]
         proc = subprocess.Popen(args, env=env, start_new_session=False)
         self.children[environment] = Child(
             environment, queues, proc, time.monotonic(), failure is not None

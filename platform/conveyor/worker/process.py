@@ -67,6 +67,7 @@ class WorkerProcess:
         *,
         environment: str | None = None,
         environ: Mapping[str, str] | None = None,
+        environments_on_demand: bool = False,
     ) -> None:
         # A worker signs no webhook: the secret stays out of the memory its children inherit.
         settings = settings.model_copy(
@@ -102,6 +103,7 @@ class WorkerProcess:
                 self.name,
                 environ=os.environ if environ is None else environ,
                 client=self._redis,
+                on_demand=environments_on_demand,
             )
         )
 

@@ -164,6 +164,8 @@ class Supervisor:
     def _start(self, slot: Slot) -> None:
         args = [sys.executable, "-m", "conveyor", "worker", "--queues", ",".join(self.queues)]
         args += ["--concurrency", str(self.concurrency), "--name", slot.name]
+        if self.scale is not None:  # environments' processes: on their first message
+            args.append("--environments-on-demand")
         env = dict(os.environ)
         if slot.device is not None:
             env.update(device_env(slot.device))
@@ -211,7 +213,7 @@ class Supervisor:
             return
         self._next_look = now + self.settings.worker.scale_interval
         try:
-            depth = self._census.depth(self.queues, self._batching())
+            depth = self._census.depth(self._queues(), self._batching())
             beats = {w["name"]: w for w in self._census.workers()}
         except redis.RedisError as exc:
             log.warning("autoscale_cannot_read_queue", error=str(exc))
@@ -239,8 +241,18 @@ class Supervisor:
         return {
             name: manifest.batching.max_batch_size
             for name, (_, manifest) in self._store.serving().items()
-            if manifest.batching is not None and manifest.target_queue in self.queues
+            if manifest.batching is not None and manifest.base_queue in self.queues
         }
+
+    def _queues(self) -> list[str]:
+        """Our queues, and their variants for the environments of functions on them (whose
+        processes our worker processes start)."""
+        variants = {
+            manifest.target_queue
+            for _, manifest in self._store.serving().values()
+            if manifest.environment_id is not None and manifest.base_queue in self.queues
+        }
+        return [*self.queues, *sorted(variants)]
 
     def _scale_up(self, count: int, depth: int) -> None:
         for _ in range(count):

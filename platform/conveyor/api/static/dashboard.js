@@ -303,6 +303,8 @@ function card(fn) {
     el("div", { class: "muted", text: fn.description || "" }),
     el("div", { class: "facts" },
       el("div", {}, el("b", { text: fn.queue || "–" }), el("span", { text: "queue" })),
+      fn.environment ? el("div", { "data-environment": fn.environment, title: `its own Python environment ${fn.environment}` },
+        el("b", { text: fn.environment.slice(0, 8) }), el("span", { text: "environment" })) : null,
       el("div", {}, el("b", { text: fn.workers ?? "–" }), el("span", { text: "workers" })),
       el("div", {}, el("b", { text: fn.depth ?? "–" }), el("span", { text: "waiting" })),
       el("div", {}, el("b", { text: fmt(rate, "/s") }), el("span", { text: "invocations" })),
