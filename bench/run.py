@@ -9,7 +9,8 @@ invocation and [api] workers = 2; failover: [redis] min_replicas and BENCH_FAILO
 a generator's chunks through SSE; pipelines; limits: echo with every [limits] key set
 against echo, and echo against the code before the limits, BENCH_LIMITS_BASELINE;
 hardening: Redis's longest block around the widest fan-out, and echo against the code
-before the hardening, BENCH_HARDENING_BASELINE) runs those rows alone.
+before the hardening, BENCH_HARDENING_BASELINE; environments: a function's own environment
+against the platform's) runs those rows alone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +33,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from bench import hardening, images, pipelines, streams
+from bench import environments, hardening, images, pipelines, streams
 from bench.access import Receiver, keyed_config, make_key, webhook_load
 from bench.apicost import (
     BASELINE_REF,
@@ -60,6 +62,7 @@ from bench.store import fetch_latency, memory_per_version, push_deploy_times
 from conveyor.webhooks.signing import new_secret
 from tests.support import (
     BIN,
+    UV_CACHE,
     Process,
     RedisServer,
     child_pids,
@@ -411,6 +414,7 @@ def main() -> int:
                 *pipeline_rows(env),
                 *limit_rows(env, root),
                 *hardening_rows(env, root),
+                *environment_rows(env, root),
             ]
             rows += access_rows(env, root)
             rows.append(metrics_row(env, root))
@@ -472,6 +476,8 @@ def only_rows(env: Platform, root: Path, worker: Process) -> list[Row] | None:
         return limit_rows(env, root)
     if only == "hardening":
         return hardening_rows(env, root)
+    if only == "environments":
+        return environment_rows(env, root)
     alone = {"embed": embed_rows, "coldstart": coldstart_rows}.get(only)
     if alone is None:
         return None
@@ -954,6 +960,53 @@ def hardening_rows(env: Platform, root: Path) -> list[Row]:
     now, was = statistics.median(rates["now"]), statistics.median(rates["before"])
     rows.append(
         Row("hardening", "echo vs before (/s)", now, was, "/s", "≥ 0.98×", now >= 0.98 * was)
+    )
+    return rows
+
+
+def environment_rows(env: Platform, root: Path) -> list[Row]:
+    """Functions' own environments against the platform's, on this run: the first answer
+    of a new function whose environment must be built (goal: within 5 s), a worker
+    process's start in a built environment (goal: within 1 s of the platform's), and echo
+    in its own environment (goal: at least 0.97 times echo without one)."""
+    cache = env.root / ".conveyor" / "cache"  # the bench's worker (realtime,default) serves
+    environments.warm_uv_cache(UV_CACHE, root / "uv-warm", RUNS)
+    environments.first_answer(env.base, env.functions, False, 1)  # warm
+    own = environments.first_answer(env.base, env.functions, True, RUNS)
+    plain = environments.first_answer(env.base, env.functions, False, RUNS)
+    rows = [
+        Row("environments", "first answer, environment built", own, plain, "s", "≤ 5 s", own <= 5)
+    ]
+    environments.write_echo(env.functions, "echoenv", environments.REQUIREMENTS)
+    environments.write_echo(env.functions, "echoplain", None)
+    built = environments.environment_of(env.base, "echoenv")
+    python = str(cache / ".environments" / built / "bin" / "python")
+    log = root / "starts.log"
+    mine = environments.start_seconds(
+        env.config, log, python, env.redis.url, RUNS, "--environment", built
+    )
+    theirs = environments.start_seconds(env.config, log, sys.executable, env.redis.url, RUNS)
+    rows.append(
+        Row("environments", "worker process start", mine, theirs, "s", "≤ +1 s", mine <= theirs + 1)
+    )
+
+    def load(name: str) -> Callable[[], float]:
+        return lambda: asyncio.run(_http_load(env.base, name, lambda i: i, BURST, CLIENTS))["rate"]
+
+    for name in ("echoenv", "echoplain"):
+        asyncio.run(_http_load(env.base, name, lambda i: i, ROUND_TRIPS, CLIENTS))  # warm
+    rates = hardening.in_turn({"own": load("echoenv"), "plain": load("echoplain")}, RUNS)
+    mine, theirs = statistics.median(rates["own"]), statistics.median(rates["plain"])
+    rows.append(
+        Row(
+            "environments",
+            "echo in its environment vs without (/s)",
+            mine,
+            theirs,
+            "/s",
+            "≥ 0.97×",
+            mine >= 0.97 * theirs,
+        )
     )
     return rows
 

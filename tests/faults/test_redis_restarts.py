@@ -9,6 +9,7 @@ CONVEYOR_REDIS_RESTARTS sets how many restarts (20). Figures are reported, never
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -174,9 +175,11 @@ def test_workers_survive_redis_restarted_again_and_again(
         f" {dict(statuses)}, unfinished {len(unfinished)}, workers restarted themselves"
         f" {restarted} times, {took:.0f} s"
     )
-    assert not unfinished, [_explain(stack, kind, body) for kind, body in unfinished[:3]]
     failed = [(k, b) for k, b in outcomes if b.get("status") != "succeeded"]
-    assert not failed, (statuses, [_explain(stack, kind, body) for kind, body in failed[:3]])
+    explained = [_explain(stack, kind, body) for kind, body in failed[:3]]
+    print(json.dumps(explained, indent=1, default=str))  # shown in full when it fails
+    assert not unfinished, explained
+    assert not failed, (statuses, explained)
 
 
 def test_a_worker_whose_consumer_stops_starts_afresh(

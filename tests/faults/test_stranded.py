@@ -113,3 +113,34 @@ def test_a_map_chunks_lost_message_is_queued_again(make_stack) -> None:  # type:
     ran = Counter(runs.read_text().split())
     assert len(ran) == 6 and set(ran.values()) == {1}, ran  # each item once
     assert "message_lost" in worker.log.read_text()
+
+
+BATCHED = """
+class Model:
+    def predict_batch(self, xs: list[int]) -> list[int]:
+        return [2 * x for x in xs]
+"""
+
+
+def test_batch_items_whose_trigger_is_gone_get_one(make_stack) -> None:  # type: ignore[no-untyped-def]
+    """A drain that a Redis restart ended before it re-armed (its task failed, and was
+    acked) leaves items on the stream with no trigger coming and no flag set: the state
+    made exactly, before any worker runs. A worker's sweep arms a trigger; they run."""
+    stack = make_stack()
+    write_function(
+        stack.functions,
+        "batched",
+        BATCHED,
+        '[function]\nhandler = "handler:Model"\n[batching]\nmax_batch_size = 4\nmax_wait_ms = 10\n',
+    )
+    client = stack.redis
+    with stack.api() as api:
+        ids = [invoke(api, "batched", x)[1]["id"] for x in range(6)]
+        for key in client.keys("default*"):  # the trigger, gone with its drain
+            client.delete(key)
+        client.delete("conveyor:batch-armed:batched", "conveyor:sent", "conveyor:sent-messages")
+        assert client.xlen("conveyor:batch:batched") == 6
+        worker = stack.worker("--queues", "default", "--concurrency", "1")
+        outputs = [result(api, "batched", i, wait=60)["output"] for i in ids]
+    assert outputs == [2 * x for x in range(6)]
+    assert "batch_trigger_rearmed" in worker.log.read_text()

@@ -8,7 +8,9 @@ together with them as constraints (``uv pip compile``), so a lock that asks anot
 version of any of them is a conflict named at deploy, never a worker that breaks later.
 
 The lock is uv's output without headers or annotations (so the same requirements on the
-same index give the same bytes); its digest is the environment's id. uv reads the
+same index give the same bytes); its digest is the environment's id. uv resolves from its
+cached index pages first (offline) and asks the index only when they do not suffice, so a
+deploy on a machine that has seen the packages costs a tenth of a second. uv reads the
 package index this machine's pip reads (``pip config``: index-url, extra-index-url,
 find-links), so a function's packages come from nowhere else.
 """
@@ -159,22 +161,30 @@ def resolve(lines: list[str], cache: Path) -> Lock:
             "--quiet",
             *index_options(),
         ]
-        try:
-            done = subprocess.run(
-                command,
-                capture_output=True,
-                text=True,
-                timeout=RESOLVE_TIMEOUT,
-                env=uv_environ(cache),
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise EnvironmentResolveError(
-                f"resolving {', '.join(lines)} took longer than {RESOLVE_TIMEOUT:g} s"
-            ) from None
+        # from uv's cached index pages first (0.1 s, not 3: the runtime's 70-odd pins need
+        # no request); the index itself for what the cache has never seen
+        done = _compile([*command, "--offline"], lines, cache)
+        if done.returncode != 0:
+            done = _compile(command, lines, cache)
     if done.returncode != 0:
         raise EnvironmentResolveError(explain(lines, pins, done.stderr))
     return Lock(done.stdout)
+
+
+def _compile(command: list[str], lines: list[str], cache: Path) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=RESOLVE_TIMEOUT,
+            env=uv_environ(cache),
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise EnvironmentResolveError(
+            f"resolving {', '.join(lines)} took longer than {RESOLVE_TIMEOUT:g} s"
+        ) from None
 
 
 def explain(lines: list[str], pins: tuple[str, ...], stderr: str) -> str:

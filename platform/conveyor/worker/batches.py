@@ -52,7 +52,7 @@ from conveyor import context
 from conveyor.broker.messages import Route, encode_batch_trigger
 from conveyor.context import InvocationContext
 from conveyor.db import keyspace, replication
-from conveyor.db.scripts import script
+from conveyor.db.scripts import Scripts, script
 from conveyor.errors import ConveyorError
 from conveyor.functions.loader import LoadedFunction
 from conveyor.functions.manifest import Manifest
@@ -448,6 +448,26 @@ def _undelivered(answers: list[Any]) -> bool:
     return bool(length) and _id(delivered) < _id(info["last-generated-id"])
 
 
+def _stranded(client: redis.Redis, function: str, idle: float) -> bool:
+    """Whether ``function``'s stream holds items with no trigger armed: items no batch has
+    taken (none ever, if its group does not exist yet), or taken ones idle past ``idle``."""
+    stream = keyspace.batch_stream(function)
+    pipe = client.pipeline(transaction=False)
+    pipe.exists(keyspace.batch_armed(function))
+    pipe.xlen(stream)
+    armed, length = pipe.execute()
+    if armed or not length:
+        return False
+    groups = client.xinfo_groups(stream)
+    if not any(g["name"] == keyspace.BATCH_GROUP for g in groups):
+        return True  # no trigger ever drained it
+    pipe = client.pipeline(transaction=False)  # a fresh one
+    _queue_undelivered(pipe, stream)
+    pipe.xpending_range(stream, keyspace.BATCH_GROUP, "-", "+", 1, idle=max(1, int(idle * 1000)))
+    *undelivered, pending = pipe.execute()
+    return _undelivered(undelivered) or bool(pending)
+
+
 def _by_version(items: list[Item]) -> dict[str, list[Item]]:
     groups: dict[str, list[Item]] = {}
     for item in items:
@@ -467,3 +487,36 @@ def _ms(started: float) -> float:
 def _consumer() -> str:
     """This pool process's name in a batch stream's consumer group."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def rearm_stranded(
+    client: redis.Redis,
+    app: Celery,
+    serving: dict[str, tuple[str, Manifest]],
+    queues: list[str],
+    idle: float,
+) -> list[str]:
+    """Arm a trigger for each batching function of ``queues`` whose stream holds items no
+    trigger is coming for: items no batch has taken, or taken ones idle past ``idle``
+    seconds (their worker is gone), while no trigger is armed. A Redis restart can end a
+    drain before it re-arms (its task fails on the lost connection, and is acked), and the
+    next submit arms again, but the last items before a quiet spell would wait for ever.
+    The functions armed (``worker/lua/arm.lua`` sets the flag: one trigger whoever sweeps)."""
+    armed = []
+    scripts = Scripts(client)
+    for function, (version, manifest) in serving.items():
+        if manifest.batching is None or manifest.target_queue not in queues:
+            continue
+        if not _stranded(client, function, idle):
+            continue
+        queue_list, trigger = encode_batch_trigger(app, Route.of(function, manifest), version)
+        if scripts.call(
+            ARM,
+            armed=keyspace.batch_armed(function),
+            queue_list=queue_list,
+            armed_ttl=keyspace.BATCH_ARMED_TTL,
+            trigger=trigger,
+        ):
+            log.warning("batch_trigger_rearmed", function=function, version=version)
+            armed.append(function)
+    return armed

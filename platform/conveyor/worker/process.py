@@ -42,6 +42,7 @@ from conveyor.log import get_logger
 from conveyor.settings import Settings
 from conveyor.store.cache import VersionCache
 from conveyor.store.db import StoreReader
+from conveyor.worker.batches import rearm_stranded
 from conveyor.worker.environments import EnvironmentWorkers
 from conveyor.worker.executor import Executor
 from conveyor.worker.stopping import tell_children
@@ -276,6 +277,13 @@ class WorkerProcess:
                 found += [(batch["function"], str(i["invocation_id"])) for i in batch["items"]]
         return found
 
+    def _rearm_batches(self, client: redis.Redis) -> None:
+        """Batch items no trigger is coming for get one (see :func:`rearm_stranded`)."""
+        try:
+            rearm_stranded(client, self.app, self.serving, self.queues, self.visibility_timeout)
+        except redis.RedisError as exc:
+            log.warning("batch_sweep_failed", error=str(exc))
+
     def _heartbeat(self) -> None:
         """Say every ``[worker] heartbeat`` seconds what this worker serves and how busy
         it is; the key expires after three missed beats, so a dead worker drops out."""
@@ -288,6 +296,7 @@ class WorkerProcess:
             if time.time() - last_sweep >= sweeper.interval:
                 last_sweep = time.time()
                 sweep_quietly(sweeper)
+                self._rearm_batches(client)
             self.serving = self._read_serving()
             if time.time() - last_prune >= PRUNE_EVERY:
                 last_prune = time.time()
