@@ -194,6 +194,7 @@ class Requeue:
     delayed: str = ""  # the delayed set: a batch item's entry waits there until due
     member: str = ""
     due: float = 0.0
+    push: bool = True  # False: only the copy (kombu is to redeliver the message itself)
 
     def values(self) -> dict[str, Any]:
         """The retry's keys and arguments of :data:`TRANSITION`."""
@@ -207,6 +208,7 @@ class Requeue:
             "retry_tag": self.delivery_tag,
             "retry_member": self.member,
             "retry_due": repr(self.due),
+            "retry_push": "1" if self.push else "0",
         }
 
 

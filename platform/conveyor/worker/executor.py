@@ -529,12 +529,45 @@ class Executor:
             "invocation_finished", invocation_id=invocation_id, outcome="timed_out", timeout=timeout
         )
 
-    def worker_lost(self, invocation_id: str) -> None:
-        """The child running it died; Celery requeues the message."""
+    def worker_lost(self, invocation_id: str, request: Any = None) -> None:
+        """The child running it died, or Celery cancelled the attempt when it lost the
+        broker; Celery requeues the message, or kombu redelivers it from ``unacked``. A
+        copy of it is kept (``request``: Celery's, in the parent) for the stranded sweep,
+        which pushes it if it is found nowhere: a Redis restart at that moment can lose
+        the message itself, and the record would stay queued for ever."""
+        requeue = None if request is None else self._lost_copy(request)
         self.transition(
-            invocation_id, (InvocationStatus.RUNNING,), InvocationStatus.QUEUED, lost="1"
+            invocation_id,
+            (InvocationStatus.RUNNING,),
+            InvocationStatus.QUEUED,
+            requeue=requeue,
+            lost="1",
         )
         log.warning("invocation_requeued", invocation_id=invocation_id, reason="worker_lost")
+
+    def _lost_copy(self, request: Any) -> Requeue | None:
+        kwargs = request.kwargs or {}
+        manifest = self.manifest(str(kwargs.get("function")), str(kwargs.get("version")))
+        if manifest is None or "invocation_id" not in kwargs:
+            return None
+        delivery = request.delivery_info or {}
+        limits = manifest.limits
+        inv = Invocation(
+            id=str(kwargs["invocation_id"]),
+            function=str(kwargs["function"]),
+            version=str(kwargs["version"]),
+            input=kwargs.get("input"),
+            queue=str(delivery.get("routing_key") or manifest.target_queue),
+            priority=manifest.queue.priority,
+            timeout=limits.timeout,
+            soft_timeout=limits.soft_timeout,
+            training=kwargs.get("training"),
+        )
+        tag = str(getattr(request.message, "delivery_tag", None) or inv.id)
+        queue_list, message = encode_message(
+            request.task.app, inv, delivery_tag=tag, priority=delivery.get("priority")
+        )
+        return Requeue(queue_list, message, delivery_tag=tag, copied=True, push=False)
 
 
 def retry_message(

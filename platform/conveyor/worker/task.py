@@ -51,7 +51,10 @@ def register_task(app: Celery, executor: Executor) -> None:
                 # Celery cancelled the attempt (it lost the broker) and leaves the message
                 # unacked for redelivery. billiard's timer may still report the job timed
                 # out: acking or failing it then would lose the invocation.
-                _record(batches.lost if batch else executor.worker_lost, self.id)
+                if batch:
+                    _record(batches.lost, self.id)
+                else:
+                    _record(executor.worker_lost, self.id, self)
                 return
             # Celery acks the message of a timed-out attempt and requeues that of a lost
             # child; the record must follow, or a 'running' invocation would never finish.
@@ -63,7 +66,10 @@ def register_task(app: Celery, executor: Executor) -> None:
                 timeout = exc.args[0] if exc.args else None
                 _record(batches.timed_out if batch else executor.timed_out, self.id, timeout)
             elif isinstance(exc, WorkerLostError):
-                _record(batches.lost if batch else executor.worker_lost, self.id)
+                if batch:
+                    _record(batches.lost, self.id)
+                else:
+                    _record(executor.worker_lost, self.id, self)
 
         def _chunk_failed(self, exc_info: Any, send_failed_event: bool, return_ok: bool) -> None:
             if getattr(self, "_already_cancelled", False):

@@ -9,14 +9,16 @@
 -- ``sent_messages`` keep their copies). ``ttl``: 0 keeps the record, 'record' expires it
 -- after the ttl it was created with. A retry (``retry_message`` not ''): the message goes
 -- onto ``retry_list`` in the same step, with a sent copy when ``retry_copied`` is '1'
--- (conveyor/invocations/stranded.py), and a batch item's ``retry_member`` into the
+-- (conveyor/invocations/stranded.py); with ``retry_push`` '0' only the copy is kept (an
+-- attempt lost with the broker: kombu should redeliver its message, and the stranded
+-- sweep pushes the copy if it never does), and a batch item's ``retry_member`` into the
 -- ``delayed`` set, due at ``retry_due``.
 -- A submitted invocation enters or leaves its function's ``waiting`` set with the change.
 -- A final status takes it out of ``deadlines``; an attempt that ends lets its slot go
 -- (``slots_prefix``, ``parked_prefix``: a function's keys are the prefix and its name).
 -- KEYS: record events delivery due wake invocations failures durations retries bucket recent in_use retry_list sent sent_messages sent_sequence delayed stream stream_events waiting deadlines
 -- ``usage``: the prefix of the API keys' usage keys (invocations/waiting).
--- ARGV: allowed to ttl final id retry_message retry_tag retry_member retry_due retry_copied slots_prefix parked_prefix usage ...fields
+-- ARGV: allowed to ttl final id retry_message retry_tag retry_member retry_due retry_copied retry_push slots_prefix parked_prefix usage ...fields
 --! include invocations/change
 local ctx = {
   events = K.events, due = K.due, wake = K.wake, in_use = K.in_use,
@@ -33,7 +35,7 @@ if changed[1] == 0 then return changed end
 -- A retry's message goes with the change to 'retrying': no record is ever left retrying
 -- without one (a worker killed between two steps would leave it so forever).
 if A.retry_message ~= '' then
-  redis.call('LPUSH', K.retry_list, A.retry_message)
+  if A.retry_push ~= '0' then redis.call('LPUSH', K.retry_list, A.retry_message) end
   if A.retry_copied == '1' then
     local seq = redis.call('INCR', K.sent_sequence)
     redis.call('HSET', K.sent, A.id, K.retry_list .. ' ' .. seq .. ' ' .. A.retry_tag)
