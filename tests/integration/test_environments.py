@@ -243,3 +243,82 @@ def test_with_autoscale_an_environments_process_starts_on_demand_and_stops_idle(
         done = api.post("/functions/lazy/invoke", json={"input": "iniconfig"}, params={"wait": 60})
         assert done.status_code == 200 and done.json()["output"] == "1.1.1", done.text
     wait_for(lambda: '"environment_worker_stopped"' in supervisor.log.read_text(), 30, "idle stop")
+
+
+BATCHED = """
+from importlib.metadata import version
+
+class Model:
+    def predict_batch(self, packages: list[str]) -> list[str]:
+        return [version(p) for p in packages]
+"""
+
+
+def test_batching_and_map_jobs_in_an_environment(make_stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    stack = env_stack(make_stack, tmp_path / "cache")
+    folder = with_requirements(stack, "batched", "iniconfig==1.1.1\n", BATCHED)
+    (folder / "function.toml").write_text(
+        '[function]\nhandler = "handler:Model"\n[batching]\nmax_batch_size = 4\nmax_wait_ms = 20\n'
+    )
+    with_requirements(stack, "mapped", "iniconfig==1.1.1\n")
+    stack.worker("--queues", "default", "--concurrency", "1")
+    with stack.api() as api:
+        assert serving(api, "batched")["environment"] == serving(api, "mapped")["environment"]
+        ids = [
+            api.post("/functions/batched/invoke", json={"input": "iniconfig"}).json()["id"]
+            for _ in range(6)
+        ]
+        outputs = [
+            api.get(f"/functions/batched/results/{i}", params={"wait": 60}).json().get("output")
+            for i in ids
+        ]
+        assert outputs == ["1.1.1"] * 6
+        job = api.post("/functions/mapped/map", json={"inputs": ["iniconfig"] * 20}).json()
+        body: dict = {}
+
+        def ended() -> bool:
+            nonlocal body
+            body = api.get(f"/functions/mapped/jobs/{job['id']}", params={"wait": 10}).json()
+            return bool(body.get("finished_at"))
+
+        wait_for(ended, 120, "the map job")
+        assert body["status"] == "succeeded", body
+        results = api.get(f"/functions/mapped/jobs/{job['id']}/results").text.splitlines()
+        assert len(results) == 20 and all("1.1.1" in line for line in results), results[:3]
+
+
+def test_an_environment_that_cannot_be_built_fails_its_invocations(
+    make_stack, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A worker machine that cannot reach the package index and has none of the packages
+    cached: its invocations fail with the build's error, naming the package, and the
+    worker keeps serving the platform's functions (no crash loop)."""
+    stack = env_stack(make_stack, tmp_path / "api-cache")
+    with_requirements(stack, "unbuildable", "iniconfig==1.1.1\n")
+    write_function(stack.functions, "plain", VERSION, FN)
+    empty = tmp_path / "worker-uv"
+    environ = {
+        **os.environ,
+        "CONVEYOR_STORE__CACHE_DIR": str(tmp_path / "worker-cache"),
+        "CONVEYOR_STORE__UV_CACHE_DIR": str(empty),
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "PIP_EXTRA_INDEX_URL": "",
+        "PIP_FIND_LINKS": "",
+    }
+    with stack.api() as api:
+        serving(api, "unbuildable")
+        worker = stack.worker("--queues", "default", "--concurrency", "1", env=environ)
+        done = api.post(
+            "/functions/unbuildable/invoke", json={"input": "iniconfig"}, params={"wait": 60}
+        ).json()
+        assert done["status"] == "failed", done
+        assert done["error"]["type"] == "EnvironmentResolveError", done
+        message = done["error"]["message"]  # the package uv could not fetch, by its URL
+        assert "could not be built" in message and "127.0.0.1:9/simple/" in message, done
+        plain = api.post(
+            "/functions/plain/invoke", json={"input": "iniconfig"}, params={"wait": 30}
+        )
+        assert plain.json()["status"] == "succeeded", plain.text
+    assert worker.proc.poll() is None
+    assert worker.log.read_text().count('"environment_build_failed"') == 1

@@ -109,12 +109,18 @@ class Environments:
             reason = " ".join(done.stderr.split())[-2000:]
             raise EnvironmentResolveError(f"the environment could not be built: {reason}")
 
-    def remove(self, environment_id: str) -> None:
-        """Forget a built environment (its last version was collected)."""
+    def remove(self, environment_id: str, older_than: float = 0.0) -> bool:
+        """Forget a built environment (its last version was collected) that has been
+        ready for ``older_than`` seconds: never one being built (the lock is held while it
+        is, and the check is made under it). Whether it was removed."""
         with self._locked(environment_id):
+            ready = self.folder(environment_id) / READY
+            if not ready.is_file() or time.time() - ready.stat().st_mtime < older_than:
+                return False
             shutil.rmtree(self.folder(environment_id), ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.root / f"{environment_id}.flock")
+        return True
 
 
 def _link_platform(folder: Path) -> None:

@@ -171,8 +171,10 @@ def _exited(module: str, code: Any, stderr: str, folder: Path) -> str:
         status = f"status {code or 0}"
     else:
         status = f"status 1 ({code})"  # sys.exit("message")
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    said = f" ({lines[-1][:300]})" if lines and status == "status 1" else ""
     return (
-        f"{module} exited with {status} while being imported{_where(stderr, folder)};"
+        f"{module} exited with {status} while being imported{_where(stderr, folder)}{said};"
         " a module must not end its process (a stray exit() or sys.exit() at module level?)"
     )
 

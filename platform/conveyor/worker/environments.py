@@ -32,7 +32,7 @@ import redis
 
 from conveyor.broker.census import Heartbeats
 from conveyor.db import keyspace
-from conveyor.environments.build import READY, Environments
+from conveyor.environments.build import Environments
 from conveyor.environments.db import read_lock
 from conveyor.errors import EnvironmentResolveError
 from conveyor.functions.manifest import Manifest, environment_queue
@@ -218,16 +218,15 @@ class EnvironmentWorkers:
             environment = folder.name
             if not folder.is_dir() or environment in self.children:
                 continue
-            ready = folder / READY
-            if ready.is_file() and time.time() - ready.stat().st_mtime < KEEP_NEW:
-                continue  # an API here may have built it for a deploy not stored yet
             try:
                 if read_lock(client, environment) is not None:
                     continue
             except redis.RedisError:
                 return
-            self.environments.remove(environment)
-            log.info("environment_removed", environment=environment)
+            # not one being built, nor one built lately (an API here may have built it for
+            # a deploy whose lock is not stored yet): both are checked under its file lock
+            if self.environments.remove(environment, older_than=KEEP_NEW):
+                log.info("environment_removed", environment=environment)
 
     def close(self) -> None:
         """Stop every process (the worker is shutting down): warm, then killed."""
