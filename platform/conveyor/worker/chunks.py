@@ -509,6 +509,27 @@ class Chunks:
             task_id, kwargs, f"the chunk ran past its hard time limit of {timeout}s; it was killed"
         )
 
+    def keep_copy(self, request: Any) -> None:
+        """A chunk whose attempt Celery cancelled when it lost the broker: kombu is to
+        redeliver its message from ``unacked``, but a Redis restart at that moment can
+        lose it, and the job would wait for ever. A copy as ``maps/lua/chunks.lua`` keeps
+        one (dropped by ``begin.lua`` when the chunk runs again) lets the stranded sweep
+        push it when it is found nowhere."""
+        kwargs = request.kwargs or {}
+        job, raw = kwargs.get("job"), getattr(request.message, "_raw", None)
+        if job is None or int(kwargs.get("chunk", -1)) < 0 or not isinstance(raw, dict):
+            return
+        properties = raw.get("properties") or {}
+        routing_key = (request.delivery_info or {}).get("routing_key")
+        queue_list = keyspace.queue_list(str(routing_key), int(properties.get("priority") or 0))
+        tag = str(properties.get("delivery_tag") or request.id)
+        seq = self.redis.incr(keyspace.sent_sequence(queue_list))
+        entry = f"{queue_list} {seq} {tag} {keyspace.map_job(job)}"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(keyspace.SENT, request.id, entry)
+        pipe.hset(keyspace.SENT_MESSAGES, request.id, json.dumps(raw))
+        pipe.execute()
+
     def lost(self, task_id: str, kwargs: dict[str, Any]) -> None:
         """The child died. A running job's chunk is redelivered and runs again; a cancelled
         or expired job's (its chunk was killed on purpose) settles now: the item it was

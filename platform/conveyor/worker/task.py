@@ -73,7 +73,8 @@ def register_task(app: Celery, executor: Executor) -> None:
 
         def _chunk_failed(self, exc_info: Any, send_failed_event: bool, return_ok: bool) -> None:
             if getattr(self, "_already_cancelled", False):
-                return  # lost the broker: the chunk is redelivered as it is
+                _record(chunks.keep_copy, self)  # lost the broker: redelivered as it is
+                return
             super().on_failure(exc_info, send_failed_event, return_ok)
             exc = exc_info.exception
             if isinstance(exc, ExceptionWithTraceback):
