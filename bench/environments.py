@@ -80,15 +80,24 @@ def environment_of(base: str, name: str) -> str:
     return str(found)
 
 
-def start_seconds(config: Path, log: Path, python: str, url: str, runs: int, *extra: str) -> float:
-    """Median seconds from ``python -m conveyor worker`` to its first heartbeat."""
+def start_seconds(
+    config: Path,
+    log: Path,
+    python: str,
+    url: str,
+    runs: int,
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> float:
+    """Median seconds from ``python -m conveyor worker`` to its first heartbeat (``env``:
+    as a worker starts an environment's process, its bytecode where it keeps it)."""
     client = redis.Redis.from_url(url)
     seconds = []
     for i in range(runs):
         name = f"start-{i}-{time.monotonic_ns()}"
         args = [python, "-m", "conveyor", "worker", "--queues", "default", "--name", name]
         started = time.perf_counter()
-        proc = Process([*args, *extra], config, log)
+        proc = Process([*args, *extra], config, log, env)
         try:
             while not client.exists(f"conveyor:worker:{name}"):
                 assert proc.proc.poll() is None, log.read_text()[-2000:]

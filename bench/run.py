@@ -982,8 +982,12 @@ def environment_rows(env: Platform, root: Path) -> list[Row]:
     built = environments.environment_of(env.base, "echoenv")
     python = str(cache / ".environments" / built / "bin" / "python")
     log = root / "starts.log"
+    pycache = {  # as the worker starts it: its bytecode kept in the environment
+        "PYTHONDONTWRITEBYTECODE": "",
+        "PYTHONPYCACHEPREFIX": str(cache / ".environments" / built / ".pycache"),
+    }
     mine = environments.start_seconds(
-        env.config, log, python, env.redis.url, RUNS, "--environment", built
+        env.config, log, python, env.redis.url, RUNS, "--environment", built, env=pycache
     )
     theirs = environments.start_seconds(env.config, log, sys.executable, env.redis.url, RUNS)
     rows.append(

@@ -7,6 +7,7 @@ manifest given the environment's id. Whatever fails is a deploy error naming the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,8 +26,12 @@ class Preparer:
     def __init__(self, cache_dir: Path, uv_cache: Path | None = None) -> None:
         self.environments = Environments(cache_dir, uv_cache)
 
-    def interpreter(self, environment_id: str) -> Path:
-        return self.environments.python(environment_id)
+    def interpreter(
+        self, environment_id: str, environ: Mapping[str, str]
+    ) -> tuple[str, dict[str, str]]:
+        """The environment's Python, and ``environ`` as its processes get it."""
+        python = str(self.environments.python(environment_id))
+        return python, self.environments.process_environ(environment_id, environ)
 
     async def prepare(self, spec: FunctionSpec) -> FunctionSpec:
         """``spec`` with its environment resolved and built here (unchanged without one)."""

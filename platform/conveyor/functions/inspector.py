@@ -25,7 +25,7 @@ import re
 import resource
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,6 +56,10 @@ class Limits:
         )
 
 
+# An environment's interpreter, by id, and the environment variables its processes get.
+Interpreter = Callable[[str, Mapping[str, str]], tuple[str, dict[str, str]]]
+
+
 class Inspects(Protocol):
     """What checks a version and gives its schemas (or a FunctionLoadError)."""
 
@@ -65,7 +69,7 @@ class Inspects(Protocol):
 class Inspector:
     """Runs inspections in subprocesses, at most :data:`CONCURRENT` at once."""
 
-    def __init__(self, limits: Limits, interpreter: Callable[[str], Path] | None = None) -> None:
+    def __init__(self, limits: Limits, interpreter: Interpreter | None = None) -> None:
         self.limits = limits
         self.interpreter = interpreter  # an environment's Python, by id
         self._slots = asyncio.Semaphore(CONCURRENT)
@@ -84,11 +88,11 @@ class Inspector:
             "manifest": spec.manifest.model_dump(mode="json"),
             "memory_mb": self.limits.memory_mb,
         }
-        python = sys.executable
+        python, environ = sys.executable, dict(os.environ)
         if (environment := spec.manifest.environment_id) is not None:
             if self.interpreter is None:
                 raise FunctionLoadError(f"{spec.name}: no environments here to import it in")
-            python = str(self.interpreter(environment))  # the code as it will run
+            python, environ = self.interpreter(environment, environ)  # the code as it will run
         proc = await asyncio.create_subprocess_exec(
             python,
             "-m",
@@ -99,7 +103,7 @@ class Inspector:
             start_new_session=True,  # a timeout kills whatever the import started, too
             # never the platform's secrets (user code runs here); never a GPU to read types
             env={
-                **user_environment(os.environ, self.limits.hidden_env),
+                **user_environment(environ, self.limits.hidden_env),
                 "CUDA_VISIBLE_DEVICES": "",
             },
         )

@@ -154,6 +154,8 @@ class EnvironmentWorkers:
         env = dict(self.environ)
         if failure is not None:
             env[FAILED_ENV] = failure
+        else:
+            env = self.environments.process_environ(environment, env)
         args = [python or sys.executable, "-m", "conveyor", "worker"]
         args += ["--queues", ",".join(queues), "--environment", environment]
         args += ["--concurrency", str(self.concurrency), "--name", self._child_name(environment)]

@@ -50,7 +50,7 @@ from conveyor.worker.task import register_task
 
 log = get_logger(__name__)
 
-ENVIRONMENTS_EVERY = 1.0  # seconds between looks for environments to start or stop
+ENVIRONMENTS_EVERY = 0.25  # seconds between looks for environments to start or stop (one HGETALL)
 PRUNE_EVERY = 60.0  # seconds between looks for cached versions the store has collected
 MIN_LIFE = 30.0  # a worker that stops on an error younger than this exits (no restart loop)
 
