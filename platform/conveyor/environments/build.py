@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import conveyor
-from conveyor.environments.resolve import index_options, uv_binary, uv_environ
+from conveyor.environments.resolve import index_options, run_uv, uv_binary
 from conveyor.errors import EnvironmentResolveError
 from conveyor.log import get_logger
 
@@ -117,19 +117,8 @@ class Environments:
         )
 
     def _uv(self, *args: str) -> None:
-        try:
-            done = subprocess.run(
-                [uv_binary(), *args],
-                capture_output=True,
-                text=True,
-                timeout=BUILD_TIMEOUT,
-                env=uv_environ(self.uv_cache),
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise EnvironmentResolveError(
-                f"building the environment took longer than {BUILD_TIMEOUT:g} s"
-            ) from None
+        doing = "building the environment"
+        done = run_uv([uv_binary(), *args], self.uv_cache, BUILD_TIMEOUT, doing)
         if done.returncode != 0:
             reason = " ".join(done.stderr.split())[-2000:]
             raise EnvironmentResolveError(f"the environment could not be built: {reason}")

@@ -172,19 +172,25 @@ def resolve(lines: list[str], cache: Path) -> Lock:
 
 
 def _compile(command: list[str], lines: list[str], cache: Path) -> subprocess.CompletedProcess[str]:
+    return run_uv(command, cache, RESOLVE_TIMEOUT, f"resolving {', '.join(lines)}")
+
+
+def run_uv(
+    command: list[str], cache: Path, timeout: float, doing: str
+) -> subprocess.CompletedProcess[str]:
+    """A uv command with its cache under ``cache``; EnvironmentResolveError past ``timeout``
+    (``doing``: what it was, for the error)."""
     try:
         return subprocess.run(
             command,
             capture_output=True,
             text=True,
-            timeout=RESOLVE_TIMEOUT,
+            timeout=timeout,
             env=uv_environ(cache),
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise EnvironmentResolveError(
-            f"resolving {', '.join(lines)} took longer than {RESOLVE_TIMEOUT:g} s"
-        ) from None
+        raise EnvironmentResolveError(f"{doing} took longer than {timeout:g} s") from None
 
 
 def explain(lines: list[str], pins: tuple[str, ...], stderr: str) -> str:
