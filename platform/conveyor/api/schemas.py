@@ -565,10 +565,11 @@ def function_body(entry: FunctionEntry, *, detail: bool, census: KnownCensus) ->
             invoke_url=f"/functions/{entry.name}/invoke",
             schema_url=f"/functions/{entry.name}",
             target_queue=manifest.target_queue,
-            environment=manifest.environment_id,
             workers=None if census is None else census.count(manifest.target_queue),
             autoscaled=census is not None and census.scaled(manifest.target_queue),
         )
+        if manifest.environment_id is not None:  # absent: the platform's environment
+            body["environment"] = manifest.environment_id
         if warning := census_warning(census, manifest.target_queue):
             body["warning"] = warning
     if spec is not None and spec.manifest.training is not None:
