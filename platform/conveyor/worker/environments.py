@@ -54,7 +54,6 @@ class Child:
     queues: tuple[str, ...]
     proc: subprocess.Popen[bytes]
     started: float
-    failed: bool  # its environment could not be built
     idle_since: float | None = None  # on demand: its queues empty and it running nothing
 
 
@@ -160,9 +159,7 @@ class EnvironmentWorkers:
         args += ["--queues", ",".join(queues), "--environment", environment]
         args += ["--concurrency", str(self.concurrency), "--name", self._child_name(environment)]
         proc = subprocess.Popen(args, env=env, start_new_session=False)
-        self.children[environment] = Child(
-            environment, queues, proc, time.monotonic(), failure is not None
-        )
+        self.children[environment] = Child(environment, queues, proc, time.monotonic())
         log.info(
             "environment_worker_started",
             environment=environment,

@@ -103,7 +103,7 @@ class WorkerProcess:
                 concurrency,
                 self.name,
                 environ=os.environ if environ is None else environ,
-                client=self._redis,
+                client=lambda: self._client,
                 on_demand=environments_on_demand,
             )
         )
@@ -184,11 +184,10 @@ class WorkerProcess:
     def _environment_workers(self) -> None:
         """Keep a worker process per environment its queues' functions run in."""
         assert self.environments is not None
-        reader = StoreReader(self._redis)
         last_prune = 0.0
         while not self._stop.wait(ENVIRONMENTS_EVERY):
             try:
-                self.environments.update(reader.serving())
+                self.environments.update(self.store.serving())
                 if time.time() - last_prune >= PRUNE_EVERY:
                     last_prune = time.time()
                     self.environments.forget_collected()
